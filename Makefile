@@ -1,0 +1,60 @@
+# make dev   — create .venv, install, serve `stepstream dev` on http://127.0.0.1:8000
+# make test  — create .venv, install test extras and system tools, lint, type-check, run every test
+
+PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
+	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && { echo $$p; break; }; done)
+VENV := .venv
+BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: dev test lint typecheck check-python system-deps bench clean
+
+check-python:
+	@test -n "$(PYTHON)" || { echo "stepstream needs Python >= 3.11 (python3.11, python3.12 or python3.13 on PATH)"; exit 1; }
+
+$(BIN)/python: | check-python
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.test-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@ $(VENV)/.dev-installed
+
+dev: $(VENV)/.dev-installed
+	$(BIN)/stepstream dev --host 127.0.0.1 --port 8000
+
+# Redis tests start their own redis-server; browser tests drive Debian's chromium.
+# Both are installed from Debian's packages when missing and we may (root, or sudo).
+system-deps:
+	@missing=""; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	test -x /usr/bin/chromium || missing="$$missing chromium"; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
+	if [ -n "$$missing" ]; then \
+		if command -v apt-get >/dev/null 2>&1 && { [ "$$(id -u)" = 0 ] || command -v sudo >/dev/null 2>&1; }; then \
+			echo "installing$$missing from Debian packages"; \
+			$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+		else \
+			echo "warning:$$missing missing and cannot be installed here; those tests will skip (never in CI)"; \
+		fi; \
+	fi
+
+lint: $(VENV)/.test-installed
+	$(BIN)/ruff format --check src tests $(wildcard bench examples)
+	$(BIN)/ruff check src tests $(wildcard bench examples)
+
+typecheck: $(VENV)/.test-installed
+	$(BIN)/mypy
+
+test: $(VENV)/.test-installed system-deps lint typecheck
+	$(BIN)/python -m pytest -q -ra
+
+bench: $(VENV)/.test-installed
+	$(BIN)/python bench/realtime.py
+
+clean:
+	rm -rf $(VENV) .stepstream .mypy_cache .ruff_cache .pytest_cache tests/browser/node_modules

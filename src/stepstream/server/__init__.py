@@ -1,0 +1,1 @@
+"""The stepstream ASGI app (``create_app``) and its static files."""

@@ -1,0 +1,109 @@
+"""The stepstream ASGI app: routes, read top to bottom.
+
+GET  /                        the demo page (the dashboard arrives with the engine)
+GET  /healthz                 liveness + backend reachability
+GET  /api/realtime            SSE, all three dialects (``realtime/sse.py``)
+GET  /api/realtime/history    a channel's history as JSON (for clients without SSE history)
+GET  /static/...              the JS client (``stepstream.js``) and React hook (``react.js``)
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from stepstream.backends.base import parse_cursor
+from stepstream.errors import CursorUnavailable, StepstreamError, ValidationError
+from stepstream.realtime.channel import Realtime
+from stepstream.realtime.sse import Middleware, error_response, handle
+
+STATIC = Path(__file__).parent / "static"
+
+
+def create_app(
+    realtime: Realtime,
+    *,
+    middleware: Middleware | None = None,
+    cors_origins: Sequence[str] | None = None,
+) -> Starlette:
+    """The stepstream app for ``realtime``. Its lifespan opens and closes the backend."""
+
+    sse = handle(realtime, middleware=middleware, cors_origins=cors_origins)
+
+    async def healthz(request: Request) -> Response:
+        try:
+            hub = await realtime.hub()
+            await realtime.backend.ping()
+        except StepstreamError as exc:
+            return JSONResponse({"status": "unavailable", "error": str(exc)}, status_code=503)
+        return JSONResponse(
+            {
+                "status": "ok",
+                "backend": realtime.backend.url.split(":", 1)[0],
+                "sse_connections": sse.active,
+                "live_channels": hub.watched,
+            }
+        )
+
+    async def history(request: Request) -> Response:
+        params = request.query_params
+        channel = params.get("channel", "default")
+        try:
+            limit = _limit(params.get("limit", "100"))
+            after = params.get("after")
+            if after is not None:
+                try:
+                    parse_cursor(after)
+                except ValueError:
+                    raise ValidationError(f"after={after[:40]!r} is not a cursor") from None
+            messages = await realtime.channel(channel).history(limit=limit, after=after)
+        except ValidationError as exc:
+            return error_response(400, "bad_request", str(exc))
+        except CursorUnavailable as exc:
+            return error_response(410, "cursor_unavailable", str(exc))
+        except StepstreamError as exc:
+            return error_response(503, "backend_unavailable", str(exc))
+        return JSONResponse(
+            {
+                "messages": [
+                    {"id": m.id, "event": m.event, "channel": m.channel, "data": m.data}
+                    for m in messages
+                ]
+            },
+            headers={"cache-control": "no-store"},
+        )
+
+    async def index(request: Request) -> Response:
+        return FileResponse(STATIC / "demo.html")
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await realtime.open()
+        try:
+            yield
+        finally:
+            await realtime.aclose()
+
+    return Starlette(
+        routes=[
+            Route("/", index),
+            Route("/healthz", healthz),
+            Route("/api/realtime", sse, methods=["GET", "HEAD", "OPTIONS"]),
+            Route("/api/realtime/history", history),
+            Mount("/static", StaticFiles(directory=STATIC), name="static"),
+        ],
+        lifespan=lifespan,
+    )
+
+
+def _limit(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 10_000:
+        raise ValidationError(f"limit={value[:20]!r}: expected an integer from 1 to 10000")
+    return int(value)

@@ -1,0 +1,190 @@
+"""One contract, every backend: each test runs on SQLite and on a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from stepstream import CursorUnavailable, HistoryPolicy
+from stepstream.backends import Backend, backend_from_url
+from stepstream.backends.base import Message, parse_cursor
+
+pytestmark = pytest.mark.anyio
+
+FOREVER = HistoryPolicy()
+
+
+class Collector:
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+        self.lost_reasons: list[str] = []
+        self.arrived = asyncio.Event()
+
+    def deliver(self, messages: list[Message]) -> None:
+        self.messages.extend(messages)
+        self.arrived.set()
+
+    def lost(self, reason: str) -> None:
+        self.lost_reasons.append(reason)
+
+    async def wait_for(self, count: int) -> list[Message]:
+        async with asyncio.timeout(10):
+            while len(self.messages) < count:
+                self.arrived.clear()
+                await self.arrived.wait()
+        return self.messages
+
+
+@pytest.fixture
+async def backend(backend_url: str):  # type: ignore[no-untyped-def]
+    backend = backend_from_url(backend_url)
+    await backend.open()
+    yield backend
+    await backend.close()
+
+
+async def emit(
+    backend: Backend, channel: str, n: int, policy: HistoryPolicy = FOREVER
+) -> list[str]:
+    return [
+        (await backend.append(channel, "t.e", json.dumps({"n": i}), policy)).id for i in range(n)
+    ]
+
+
+async def test_ids_are_cursors_strictly_increasing(backend: Backend) -> None:
+    ids = await emit(backend, "c", 50)
+    keys = [parse_cursor(i) for i in ids]
+    assert keys == sorted(keys)
+    assert len(set(keys)) == 50
+
+
+async def test_concurrent_appends_get_distinct_increasing_ids(backend: Backend) -> None:
+    results = await asyncio.gather(*(emit(backend, "c", 25) for _ in range(8)))
+    ids = [i for batch in results for i in batch]
+    assert len(set(ids)) == 200
+    stored = await backend.read("c")
+    assert [m.id for m in stored] == sorted(ids, key=parse_cursor)
+
+
+async def test_read_is_oldest_first_and_limit_keeps_the_latest(backend: Backend) -> None:
+    ids = await emit(backend, "c", 10)
+    everything = await backend.read("c")
+    assert [m.id for m in everything] == ids
+    assert [m.data["n"] for m in everything] == list(range(10))
+    latest = await backend.read("c", limit=3)
+    assert [m.data["n"] for m in latest] == [7, 8, 9]
+
+
+async def test_read_after_cursor_is_exclusive(backend: Backend) -> None:
+    ids = await emit(backend, "c", 5)
+    after = await backend.read("c", after=parse_cursor(ids[1]))
+    assert [m.id for m in after] == ids[2:]
+    assert await backend.read("c", after=parse_cursor(ids[-1])) == []
+
+
+async def test_read_by_time_range(backend: Backend) -> None:
+    first = await emit(backend, "c", 3)
+    await asyncio.sleep(0.02)
+    second = await emit(backend, "c", 3)
+    start_ms = parse_cursor(second[0])[0]
+    assert [m.id for m in await backend.read("c", start_ms=start_ms)] == second
+    end_ms = parse_cursor(first[-1])[0]
+    assert [m.id for m in await backend.read("c", end_ms=end_ms)] == first
+
+
+async def test_channels_are_independent(backend: Backend) -> None:
+    await emit(backend, "a", 3)
+    await emit(backend, "b", 2)
+    assert len(await backend.read("a")) == 3
+    assert len(await backend.read("b")) == 2
+    assert await backend.read("nothing-here") == []
+    assert await backend.latest_id("nothing-here") is None
+
+
+async def test_latest_id(backend: Backend) -> None:
+    ids = await emit(backend, "c", 4)
+    assert await backend.latest_id("c") == ids[-1]
+
+
+async def test_trim_by_length_keeps_last_n_and_flags_old_cursors(backend: Backend) -> None:
+    policy = HistoryPolicy(max_length=5)
+    ids = await emit(backend, "c", 12, policy)
+    kept = await backend.read("c")
+    assert [m.id for m in kept] == ids[-5:]
+    # A cursor whose successor survived is still good ...
+    assert [m.id for m in await backend.read("c", after=parse_cursor(ids[6]))] == ids[7:]
+    # ... one whose successor was trimmed is not.
+    with pytest.raises(CursorUnavailable) as info:
+        await backend.read("c", after=parse_cursor(ids[3]))
+    assert info.value.channel == "c"
+    assert ids[3] in str(info.value)
+
+
+async def test_trim_by_age_expires_the_whole_history(backend: Backend) -> None:
+    policy = HistoryPolicy(expire_after=0.3)
+    ids = await emit(backend, "c", 3, policy)
+    assert len(await backend.read("c")) == 3
+    await asyncio.sleep(0.6)
+    assert await backend.read("c") == []
+    with pytest.raises(CursorUnavailable):
+        await backend.read("c", after=parse_cursor(ids[0]))
+    # The channel lives on after expiry, and its ids keep increasing.
+    again = await emit(backend, "c", 1, policy)
+    assert parse_cursor(again[0]) > parse_cursor(ids[-1])
+    assert [m.id for m in await backend.read("c")] == again
+
+
+async def test_every_emit_refreshes_expiry(backend: Backend) -> None:
+    policy = HistoryPolicy(expire_after=0.5)
+    for _ in range(4):
+        await emit(backend, "c", 1, policy)
+        await asyncio.sleep(0.2)
+    assert len(await backend.read("c")) == 4
+
+
+async def test_live_delivery_reaches_another_instance(backend_url: str) -> None:
+    """Two backend objects on one store behave like two processes."""
+    listener, emitter = backend_from_url(backend_url), backend_from_url(backend_url)
+    sink = Collector()
+    listener.set_sink(sink)
+    try:
+        await listener.open()
+        await emitter.open()
+        await listener.listen(["c"])
+        ids = await emit(emitter, "c", 20)
+        await emit(emitter, "other", 3)
+        got = await sink.wait_for(20)
+        assert [m.id for m in got] == ids
+        assert {m.channel for m in got} == {"c"}
+        await listener.unlisten(["c"])
+        await emit(emitter, "c", 2)
+        await asyncio.sleep(0.1)
+        assert len(sink.messages) == 20
+    finally:
+        await listener.close()
+        await emitter.close()
+
+
+async def test_live_delivery_in_the_same_instance(backend: Backend) -> None:
+    sink = Collector()
+    backend.set_sink(sink)
+    await backend.listen(["c"])
+    ids = await emit(backend, "c", 5)
+    assert [m.id for m in await sink.wait_for(5)] == ids
+
+
+async def test_message_data_round_trips(backend: Backend) -> None:
+    payload = {"text": "héllo\nworld", "nested": {"list": [1, 2.5, None, True]}}
+    await backend.append("c", "t.e", json.dumps(payload), FOREVER)
+    (message,) = await backend.read("c")
+    assert message.data == payload
+    assert message.event == "t.e"
+    assert message.channel == "c"
+
+
+async def test_odd_channel_names(backend: Backend) -> None:
+    for name in ["with space", "braces{}x", "ünïcode", "a:b:c", "x" * 200]:
+        await emit(backend, name, 1)
+        assert [m.channel for m in await backend.read(name)] == [name]

@@ -1,0 +1,93 @@
+"""Shared fixtures: a real SQLite file and a real redis-server per backend test."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from stepstream import Realtime
+from stepstream.events import SCHEMA
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[str]:
+    """A redis-server of our own on a free port (or ``$STEPSTREAM_TEST_REDIS_URL``)."""
+    url = os.environ.get("STEPSTREAM_TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    binary = shutil.which("redis-server")
+    if binary is None:
+        if IN_CI:
+            pytest.fail("redis-server is missing in CI: `make test` installs Debian's package")
+        pytest.skip(
+            "redis-server not installed (apt-get install redis-server); Redis tests skipped"
+        )
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail(f"redis-server did not start on port {port}")
+            time.sleep(0.05)
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty store: a new SQLite file, or a new key prefix on the test Redis."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'stepstream.db'}"
+    base: str = request.getfixturevalue("redis_server")
+    return f"{base}?prefix=test-{uuid.uuid4().hex[:12]}:"
+
+
+@pytest.fixture
+async def make_realtime(backend_url: str) -> AsyncIterator[Callable[..., Realtime]]:
+    """Build ``Realtime``s on the test store (several may share it, like processes would)."""
+    made: list[Realtime] = []
+
+    def make(**kwargs: object) -> Realtime:
+        kwargs.setdefault("schema", SCHEMA)
+        realtime = Realtime(backend=backend_url, **kwargs)  # type: ignore[arg-type]
+        made.append(realtime)
+        return realtime
+
+    yield make
+    for realtime in made:
+        await realtime.aclose()
