@@ -13,13 +13,32 @@ from stepstream import __version__
 def _serve(app: object, host: str, port: int, log_level: str) -> None:
     import uvicorn
 
+    from stepstream.realtime.channel import drain_all
+
     try:
         import uvloop  # noqa: F401
 
         loop = "uvloop"
     except ImportError:
         loop = "asyncio"
-    uvicorn.run(app, host=host, port=port, loop=loop, http="httptools", log_level=log_level)  # type: ignore[arg-type]
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: object) -> None:
+            # uvicorn waits for open responses before it stops; SSE responses would hold it
+            # until max_duration. Tell them to send "reconnect" and end now.
+            drain_all()
+            super().handle_exit(sig, frame)  # type: ignore[arg-type]
+
+    config = uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        host=host,
+        port=port,
+        loop=loop,
+        http="httptools",
+        log_level=log_level,
+        timeout_graceful_shutdown=10,
+    )
+    Server(config).run()
 
 
 @click.group()

@@ -162,8 +162,7 @@ class RedisBackend:
 
     async def _redis(self) -> aioredis.Redis:
         if self._client is None:
-            await self.open()
-        assert self._client is not None
+            raise BackendUnavailable(f"Redis backend {self.url} is not open (or was closed)")
         return self._client
 
     # -- the protocol ----------------------------------------------------------------------

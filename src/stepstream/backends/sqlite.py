@@ -155,7 +155,9 @@ class SQLiteBackend:
             try:
                 await ready
             except BaseException:
-                self._thread.join()
+                # Never join here: a cancelled open must not block the event loop. The thread
+                # either failed to connect and is gone, or sees the stop sentinel and exits.
+                self._queue.put(None)
                 self._thread = None
                 raise
 
@@ -176,7 +178,16 @@ class SQLiteBackend:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         # Several processes share the file: wait for the write lock instead of failing at once.
         conn.execute("PRAGMA busy_timeout = 10000")
-        conn.execute("PRAGMA journal_mode = WAL")
+        # Switching a new file to WAL takes an exclusive lock that busy_timeout does not cover:
+        # two processes opening a fresh file together can see "database is locked" here.
+        for attempt in range(100):
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                break
+            except sqlite3.OperationalError:
+                if attempt == 99:
+                    raise
+                time.sleep(0.02)
         conn.execute(f"PRAGMA synchronous = {self._synchronous}")
         conn.execute("PRAGMA foreign_keys = ON")
         conn.executescript(SCHEMA)
@@ -324,7 +335,7 @@ class SQLiteBackend:
 
     async def _submit(self, fn: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
         if self._thread is None:
-            await self.open()
+            raise BackendUnavailable(f"SQLite backend {self.path} is not open (or was closed)")
         job = _Job(fn, write)
         self._queue.put(job)
         result: T = await job.future

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import weakref
 from collections.abc import AsyncIterator, Collection
 from types import TracebackType
 from typing import Any
@@ -15,6 +16,14 @@ from stepstream.realtime.hub import Hub, Start, Stream
 from stepstream.realtime.schema import EventSchema, Schema
 
 MAX_CHANNEL_NAME = 200
+OPEN: weakref.WeakSet[Realtime] = weakref.WeakSet()
+"""Every opened ``Realtime`` of this process (so a server can drain them on shutdown)."""
+
+
+def drain_all() -> None:
+    """``drain()`` every open ``Realtime`` of this process."""
+    for realtime in list(OPEN):
+        realtime.drain()
 
 
 def check_channel_name(name: object) -> str:
@@ -94,6 +103,14 @@ class Realtime:
             self._opening = None
         self._loop = asyncio.get_running_loop()
         self._hub = Hub(self.backend)
+        OPEN.add(self)
+
+    def drain(self) -> None:
+        """Tell every SSE response of this process to send ``reconnect`` and end (call on
+        shutdown: clients resume elsewhere from their cursors instead of holding the server
+        open until ``max_duration``). ``stepstream dev``/``server`` do it on SIGTERM/SIGINT."""
+        if self._hub is not None:
+            self._hub.drain()
 
     async def aclose(self) -> None:
         hub, self._hub = self._hub, None

@@ -78,6 +78,7 @@ class Hub:
         self._ready: dict[str, asyncio.Future[None]] = {}
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.draining = False
         backend.set_sink(self)
 
     @property
@@ -163,6 +164,12 @@ class Hub:
         self._ready.clear()
         for feed in feeds:
             feed.mark_lost()
+
+    def drain(self) -> None:
+        """The server is shutting down: wake every consumer so it can say goodbye."""
+        self.draining = True
+        for feed in {feed for group in self._feeds.values() for feed in group}:
+            feed.alarm()
 
     async def close(self) -> None:
         for feed in {feed for group in self._feeds.values() for feed in group}:
@@ -257,6 +264,8 @@ class Stream:
                     before = _predecessor(replay[0].key)
                     if start.after is not None and not gaps:
                         before = start.after
+                    elif start.history and start.limit is None and start.since_ms is None:
+                        before = (0, 0)
                     self.floor[channel] = replay[-1].key
                 else:
                     latest = await self._backend.latest_id(channel)
@@ -337,6 +346,10 @@ class Stream:
                     if self._wanted(message):
                         items.append(message)
         return items
+
+    @property
+    def draining(self) -> bool:
+        return self._hub.draining
 
     def close(self) -> None:
         self._hub.detach(self.feed)

@@ -96,6 +96,7 @@ class SSEEndpoint:
             return
         if request.method not in {"GET", "HEAD"}:
             response: Response = error_response(405, "method_not_allowed", "use GET")
+            response.headers["allow"] = "GET, HEAD, OPTIONS"
             await response(scope, receive, send)
             return
         try:
@@ -110,6 +111,8 @@ class SSEEndpoint:
             if inspect.isawaitable(refusal):
                 refusal = await refusal
             if refusal is not None:
+                # Let a cross-origin page read why it was refused.
+                refusal.headers.update(cors)
                 await refusal(scope, receive, send)
                 return
         self.active += 1
@@ -121,6 +124,7 @@ class SSEEndpoint:
                 items = await stream.start()
             except StepstreamError as exc:
                 response = error_response(503, "backend_unavailable", str(exc))
+                response.headers.update(cors)
                 await response(scope, receive, send)
                 return
             try:
@@ -179,7 +183,14 @@ class SSEEndpoint:
         # Like @upstash/realtime: say "reconnect" 2 s before the limit, but never sooner than 1 s.
         deadline = loop.time() + max(realtime.max_duration - 2, 1)
         next_ping = loop.time() + ping_every
-        timer = loop.call_at(min(next_ping, deadline), lambda: stream.feed.alarm())
+        fired = False
+
+        def wake() -> None:
+            nonlocal fired
+            fired = True
+            stream.feed.alarm()
+
+        timer = loop.call_at(min(next_ping, deadline), wake)
         try:
             await send(_body(encoder.encode_all(items)))
             while not gone:
@@ -193,14 +204,21 @@ class SSEEndpoint:
                     return
                 chunk = encoder.encode_all(items) if items else b""
                 now = loop.time()
-                if now >= deadline:
+                if now >= deadline or stream.draining:
                     await send(_body(chunk + encoder.reconnect()))
                     return
+                rearm = fired
                 if now >= next_ping:
                     chunk += encoder.system({"type": "ping", "timestamp": _now_ms()})
                     next_ping = now + ping_every
+                    rearm = True
+                # A timer can fire with loop.time() a hair below its `when` (uvloop counts
+                # whole milliseconds; float rounding): re-arm it whenever it fired, or
+                # nothing would ever wake this connection again (no ping, no reconnect).
+                if rearm:
+                    fired = False
                     timer.cancel()
-                    timer = loop.call_at(min(next_ping, deadline), lambda: stream.feed.alarm())
+                    timer = loop.call_at(min(next_ping, deadline), wake)
                 if chunk:
                     await send(_body(chunk))
         finally:
@@ -291,7 +309,7 @@ class Encoder:
 def _user_frame(dialect: Dialect, message: Message) -> bytes:
     channel = json.dumps(message.channel)
     if dialect == "v0":
-        path = json.dumps(message.event.split("."))
+        path = json.dumps(message.event.split("."), separators=(",", ":"))
         body = (
             f'{{"data":{message.raw},"__event_path":{path},"__stream_id":"{message.id}",'
             f'"__channel":{channel}}}'

@@ -95,7 +95,7 @@ def create_app(
         routes=[
             Route("/", index),
             Route("/healthz", healthz),
-            Route("/api/realtime", sse, methods=["GET", "HEAD", "OPTIONS"]),
+            Route("/api/realtime", sse),
             Route("/api/realtime/history", history),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ],

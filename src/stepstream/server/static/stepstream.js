@@ -172,7 +172,8 @@ export function subscribe({
   function handleSystem(event) {
     // When nothing is replayed, `cursor` is where live delivery starts: adopt it so that a
     // reconnect before the first event still resumes without a gap. When history is replayed,
-    // `cursor` is the *last* replayed id, which only becomes ours once that event arrives.
+    // `cursor` may be the *last* replayed id (docs/sse-protocol.md), which only becomes ours
+    // once that event has arrived.
     if (event.type === "connected" && !cursors.has(event.channel)) {
       const nothingReplayed = !history || event.cursor === "0-0";
       if (nothingReplayed && names.includes(event.channel) && parseCursor(event.cursor)) {
@@ -189,8 +190,8 @@ export function subscribe({
   function retry(status) {
     teardown();
     setStatus(status);
-    // Exponential backoff with full jitter, so a restarted server is not hit by every
-    // client at the same instant.
+    // Exponential backoff, each delay drawn between half and all of it, so that a restarted
+    // server is not hit by all of its clients at the same instant.
     const ceiling = Math.min(MAX_BACKOFF_MS, BASE_BACKOFF_MS * 2 ** attempt);
     attempt += 1;
     retryTimer = setTimeout(connect, ceiling / 2 + (Math.random() * ceiling) / 2);
