@@ -9,26 +9,58 @@ from stepstream.backends.base import HistoryPolicy, Message
 from stepstream.errors import (
     BackendError,
     BackendUnavailable,
+    ChildRunFailed,
     ConfigurationError,
     CursorUnavailable,
+    NonDeterminismError,
+    NonRetryableError,
+    NoWaiters,
+    RetryAfterError,
+    RunConflict,
+    RunNotFound,
+    StepFailed,
     StepstreamError,
+    UnknownWorkflow,
     ValidationError,
+    WorkflowFailed,
 )
 from stepstream.realtime import Channel, Realtime, handle
+from stepstream.workflow.client import Client
+from stepstream.workflow.context import WorkflowContext
+from stepstream.workflow.records import RunState, StepState
+from stepstream.workflow.registry import Backoff, Workflows
+from stepstream.workflow.worker import Worker
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BackendError",
     "BackendUnavailable",
+    "Backoff",
     "Channel",
+    "ChildRunFailed",
+    "Client",
     "ConfigurationError",
     "CursorUnavailable",
     "HistoryPolicy",
     "Message",
+    "NoWaiters",
+    "NonDeterminismError",
+    "NonRetryableError",
     "Realtime",
+    "RetryAfterError",
+    "RunConflict",
+    "RunNotFound",
+    "RunState",
+    "StepFailed",
+    "StepState",
     "StepstreamError",
+    "UnknownWorkflow",
     "ValidationError",
+    "Worker",
+    "WorkflowContext",
+    "WorkflowFailed",
+    "Workflows",
     "__version__",
     "handle",
 ]

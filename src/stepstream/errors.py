@@ -7,7 +7,21 @@ The tree::
     ├── CursorUnavailable      a resume cursor points into history that was trimmed away
     ├── BackendError           the storage backend failed (driver errors are wrapped here)
     │   └── BackendUnavailable the backend cannot be reached
-    └── ConfigurationError     a setting (backend URL, option) is wrong
+    ├── ConfigurationError     a setting (backend URL, option) is wrong
+    ├── UnknownWorkflow        no workflow is registered under that name
+    ├── RunNotFound            no run has that id
+    ├── RunConflict            the run id is taken, or the run already finished
+    ├── NoWaiters              notify found nobody waiting for the event
+    ├── NonDeterminismError    a replay met a different step than the recorded one
+    ├── ChildRunFailed         a run started with ``invoke`` failed or was canceled
+    ├── StepFailed             a step failed for good (retries exhausted)
+    ├── WorkflowFailed         why a run failed (given to the failure function)
+    └── LeaseLost              (internal) this worker no longer holds the run
+
+Raised by workflow code to steer retries (plain ``Exception``s, so the engine sees them):
+
+    NonRetryableError          fail the run now, no more retries
+    RetryAfterError            retry the step after ``seconds``
 
 Driver exceptions (``redis.exceptions.*``, ``sqlite3.*``) never escape: backends translate them
 into ``BackendError`` ``from`` the original.
@@ -73,3 +87,86 @@ class BackendUnavailable(BackendError, ConnectionError):
 
 class ConfigurationError(StepstreamError, ValueError):
     """A setting is wrong: an unknown backend URL scheme, an invalid option value."""
+
+
+class UnknownWorkflow(StepstreamError, LookupError):
+    """No workflow is registered under this name."""
+
+    def __init__(self, name: str, known: Sequence[str]) -> None:
+        self.name = name
+        listed = ", ".join(sorted(known)) or "none are registered"
+        super().__init__(f"unknown workflow {name!r}; registered workflows: {listed}")
+
+
+class RunNotFound(StepstreamError, LookupError):
+    """No run has this id."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        super().__init__(f"no workflow run {run_id!r}")
+
+
+class RunConflict(StepstreamError):
+    """The run id is already taken, or the run has already finished."""
+
+
+class NoWaiters(StepstreamError, LookupError):
+    """``notify`` found no run waiting for the event (and named no run to keep it for)."""
+
+    def __init__(self, event_id: str) -> None:
+        self.event_id = event_id
+        super().__init__(
+            f"no run is waiting for event {event_id!r}: pass workflow_run_id= so the event is "
+            "kept until that run waits for it"
+        )
+
+
+class NonDeterminismError(StepstreamError):
+    """Replaying a run met a different step at a position than the recorded one."""
+
+
+class ChildRunFailed(StepstreamError):
+    """A run started with ``context.invoke`` failed or was canceled."""
+
+    def __init__(self, run_id: str, state: str, error: str | None) -> None:
+        self.run_id = run_id
+        self.state = state
+        self.error = error
+        super().__init__(f"invoked run {run_id} ended {state}: {error or 'no error message'}")
+
+
+class LeaseLost(StepstreamError):
+    """This worker no longer holds the run (canceled, finished or taken over)."""
+
+
+class NonRetryableError(Exception):
+    """Raise from a step (or workflow) to fail the run at once, without more retries."""
+
+
+class RetryAfterError(Exception):
+    """Raise from a step to retry it after ``seconds`` (e.g. a rate limit's Retry-After)."""
+
+    def __init__(self, seconds: float, message: str = "") -> None:
+        self.seconds = float(seconds)
+        super().__init__(message or f"retry after {self.seconds:g}s")
+
+
+class StepFailed(StepstreamError):
+    """A step failed for good (retries exhausted, or ``NonRetryableError``). Raised where the
+    workflow awaits the step, on every replay; catch it to compensate, or let it fail the run."""
+
+    def __init__(self, step: str, message: str, attempts: int) -> None:
+        self.step = step
+        self.message = message
+        self.attempts = attempts
+        super().__init__(f"step {step!r} failed after {attempts} attempt(s): {message}")
+
+
+class WorkflowFailed(StepstreamError):
+    """What a ``failure_function`` receives: why the run failed (``step`` names the failing
+    step, when one did)."""
+
+    def __init__(self, message: str, step: str | None = None) -> None:
+        self.message = message
+        self.step = step
+        super().__init__(message)

@@ -11,9 +11,12 @@ import json
 import re
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from stepstream.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from stepstream.workflow.records import Emit, RunPage, RunRecord, StepRecord
 
 CURSOR = re.compile(r"^(\d{1,16})-(\d{1,16})$")
 
@@ -108,9 +111,9 @@ class LiveSink(Protocol):
         """Live delivery broke (connection lost); events may have been missed since."""
 
 
-class Backend(Protocol):
-    """The storage protocol. Every method is a coroutine unless noted; all are safe to call
-    concurrently from one event loop."""
+class RealtimeStore(Protocol):
+    """The realtime half of the storage protocol. Every method is a coroutine unless noted;
+    all are safe to call concurrently from one event loop."""
 
     url: str
 
@@ -155,3 +158,98 @@ class Backend(Protocol):
 
     async def unlisten(self, channels: Collection[str]) -> None:
         """Stop live delivery of ``channels``."""
+
+
+class RunStore(Protocol):
+    """The workflow half of the storage protocol. Every method that changes a run takes the
+    realtime events (``emits``) reporting that change and appends them **in the same atomic
+    unit** (with ``policy`` trimming, delivered live like ``append``), so after any crash a
+    run's event history matches its log.
+
+    "Fenced" methods act only while the run is ``RUN_STARTED`` and leased by ``owner``;
+    otherwise they change nothing and raise ``LeaseLost``.
+    """
+
+    async def create_run(self, run: RunRecord, emits: list[Emit], policy: HistoryPolicy) -> None:
+        """Store a new run (due at ``run.due_at``). ``RunConflict`` if the id exists."""
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        """The run with its steps (ordered by position), or ``None``."""
+
+    async def list_runs(
+        self, *, state: str | None, workflow: str | None, cursor: str | None, count: int
+    ) -> RunPage:
+        """Runs newest first (without steps), filtered; ``cursor`` continues a page."""
+
+    async def claim_runs(self, owner: str, now: int, lease_ms: int, limit: int) -> list[RunRecord]:
+        """Lease up to ``limit`` runs that are ``RUN_STARTED``, due (``due_at <= now``) and not
+        leased (or whose lease expired) to ``owner`` until ``now + lease_ms``; oldest due first.
+        Returns them with their steps. Atomic: two workers never get the same run."""
+
+    async def renew_leases(self, owner: str, run_ids: list[str], until: int) -> list[str]:
+        """Extend ``owner``'s leases; returns the ids it still holds."""
+
+    async def save_steps(
+        self,
+        run_id: str,
+        owner: str,
+        steps: list[StepRecord],
+        emits: list[Emit],
+        policy: HistoryPolicy,
+    ) -> None:
+        """Fenced. Insert or replace these steps (by position)."""
+
+    async def release_run(
+        self,
+        run_id: str,
+        owner: str,
+        due_at: int | None,
+        patch: dict[str, Any],
+        emits: list[Emit],
+        policy: HistoryPolicy,
+    ) -> None:
+        """Fenced. Give the run up until ``due_at`` (``None``: until a notify or a child wakes
+        it); ``patch`` updates run fields (``phase``, ``error``, ``failure_attempts``)."""
+
+    async def finish_run(
+        self,
+        run_id: str,
+        owner: str,
+        state: str,
+        result: str | None,
+        error: str | None,
+        now: int,
+        emits: list[Emit],
+        policy: HistoryPolicy,
+    ) -> None:
+        """Fenced. End the run in ``state``. If it was invoked by a parent, resolve the parent's
+        invoke step (``out`` = ``{"state", "result", "error"}``) and make the parent due now."""
+
+    async def wait_event(
+        self,
+        run_id: str,
+        owner: str,
+        step: StepRecord,
+        emits: list[Emit],
+        policy: HistoryPolicy,
+    ) -> str | None:
+        """Fenced. If an event for ``step.event_id`` was already sent to this run (lookback),
+        consume it, save ``step`` resolved with it (``out`` = the data, ``resolved`` true) and
+        return the data (JSON text); otherwise save ``step``, register it as waiting for
+        ``step.event_id`` and return ``None``. Either way ``emits`` are appended."""
+
+    async def notify(self, event_id: str, raw: str, run_id: str | None, now: int) -> int:
+        """Resolve every step waiting for ``event_id`` (only in ``run_id`` if given): its ``out``
+        becomes ``raw``, ``resolved`` true, and its run is due now. Returns how many. If
+        ``run_id`` is given and nothing of it waits, keep the event for that run (lookback) and
+        return 0. ``RunNotFound`` / ``RunConflict`` (finished) for a bad ``run_id``."""
+
+    async def cancel_run(
+        self, run_id: str, now: int, emits: list[Emit], policy: HistoryPolicy
+    ) -> None:
+        """Mark a running run ``RUN_CANCELED`` (its in-progress steps ``STEP_CANCELED``), drop its
+        lease and waits. ``RunNotFound``, or ``RunConflict`` if it already finished."""
+
+
+class Backend(RealtimeStore, RunStore, Protocol):
+    """The whole storage protocol: what ``sqlite.py`` and ``redis.py`` implement."""

@@ -11,12 +11,33 @@ publishes, so "stored" and "delivered" cannot disagree after a crash, and publis
 id order even with many concurrent emitters. Each process holds one pub/sub connection for all
 its live channels; if it drops, the hub is told (``LiveSink.lost``) and subscribers resume from
 their cursors rather than silently missing events.
+
+Workflow runs (scripts and codecs in ``redis_runs.py``)::
+
+    P wf:seq                 counter   creation order of runs
+    P wf:run:<id>            hash      id, workflow, state, created_at, completed_at, due_at,
+                                       lease_owner, lease_until, parent, seq, and each meta
+                                       field as JSON under ``m.<name>`` (``m.payload``, ...)
+    P wf:steps:<id>          hash      position -> StepRecord JSON
+    P wf:due                 zset      unleased RUN_STARTED runs with a due_at, by due_at
+    P wf:leased              zset      leased RUN_STARTED runs, by lease_until
+    P wf:waits:<event>       set       ``<run id>|<position>`` of steps waiting for the event
+    P wf:waitsof:<id>        set       ``<position>|<event>``: the run's waits, to drop them
+    P wf:lookback:<id>       hash      event -> data notified to the run before it waited
+    P wf:runs                zset      every run by seq (listing, newest first)
+    P wf:runs:state:<S>      zset      runs in state S by seq
+    P wf:runs:workflow:<W>   zset      runs of workflow W by seq
+
+Each state change is one Lua script that also appends the events reporting it (the append
+script's code, shared), so a run's log and its channel history cannot disagree.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import time
 from collections import deque
 from collections.abc import Collection
 from typing import Any
@@ -27,6 +48,7 @@ import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from stepstream.backends import redis_runs as runs
 from stepstream.backends.base import (
     CursorKey,
     HistoryPolicy,
@@ -40,43 +62,53 @@ from stepstream.errors import (
     BackendUnavailable,
     ConfigurationError,
     CursorUnavailable,
+    LeaseLost,
+    RunConflict,
+    RunNotFound,
 )
+from stepstream.workflow.records import Emit, RunPage, RunRecord, RunState, StepRecord
 
-APPEND = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local id = '*'
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  local last = redis.call('HGET', KEYS[2], 'last')
-  if last then
-    -- The stream expired: everything up to `last` is gone, and ids must keep increasing.
-    redis.call('HSET', KEYS[2], 'trimmed', last)
-    local dash = string.find(last, '-', 1, true)
-    local ms = tonumber(string.sub(last, 1, dash - 1))
-    if now <= ms then
-      id = string.sub(last, 1, dash - 1) .. '-' .. (tonumber(string.sub(last, dash + 1)) + 1)
+APPEND_EVENT = """
+local function append_event(key, meta, event, raw, maxlen, ttl)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local id = '*'
+  if redis.call('EXISTS', key) == 0 then
+    local last = redis.call('HGET', meta, 'last')
+    if last then
+      -- The stream expired: everything up to `last` is gone, and ids must keep increasing.
+      redis.call('HSET', meta, 'trimmed', last)
+      local dash = string.find(last, '-', 1, true)
+      local ms = tonumber(string.sub(last, 1, dash - 1))
+      if now <= ms then
+        id = string.sub(last, 1, dash - 1) .. '-' .. (tonumber(string.sub(last, dash + 1)) + 1)
+      end
     end
   end
-end
-id = redis.call('XADD', KEYS[1], id, 'e', ARGV[1], 'd', ARGV[2])
-local maxlen = tonumber(ARGV[3])
-if maxlen > 0 then
-  local len = redis.call('XLEN', KEYS[1])
-  if len > maxlen then
-    local old = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', len - maxlen)
-    redis.call('XTRIM', KEYS[1], 'MAXLEN', maxlen)
-    redis.call('HSET', KEYS[2], 'trimmed', old[#old][1])
+  id = redis.call('XADD', key, id, 'e', event, 'd', raw)
+  if maxlen > 0 then
+    local len = redis.call('XLEN', key)
+    if len > maxlen then
+      local old = redis.call('XRANGE', key, '-', '+', 'COUNT', len - maxlen)
+      redis.call('XTRIM', key, 'MAXLEN', maxlen)
+      redis.call('HSET', meta, 'trimmed', old[#old][1])
+    end
   end
+  redis.call('HSET', meta, 'last', id)
+  if ttl > 0 then
+    redis.call('PEXPIRE', key, ttl)
+    redis.call('PEXPIRE', meta, ttl + 86400000)
+  end
+  redis.call('PUBLISH', key, id .. '\\n' .. event .. '\\n' .. raw)
+  return id
 end
-redis.call('HSET', KEYS[2], 'last', id)
-local ttl = tonumber(ARGV[4])
-if ttl > 0 then
-  redis.call('PEXPIRE', KEYS[1], ttl)
-  redis.call('PEXPIRE', KEYS[2], ttl + 86400000)
-end
-redis.call('PUBLISH', KEYS[1], id .. '\\n' .. ARGV[1] .. '\\n' .. ARGV[2])
-return id
 """
+
+APPEND = (
+    APPEND_EVENT
+    + "return append_event(KEYS[1], KEYS[2], ARGV[1], ARGV[2], tonumber(ARGV[3]), "
+    + "tonumber(ARGV[4]))\n"
+)
 
 
 class RedisBackend:
@@ -89,6 +121,7 @@ class RedisBackend:
         self._client: aioredis.Redis | None = None
         self._live_client: aioredis.Redis | None = None
         self._append: Any = None
+        self._scripts: dict[str, Any] = {}
         self._sink: LiveSink | None = None
         self._pubsub: Any = None
         self._reader: asyncio.Task[None] | None = None
@@ -126,6 +159,10 @@ class RedisBackend:
                 await client.aclose()
                 raise BackendUnavailable(f"cannot reach Redis at {self.url}: {exc}") from exc
             self._append = client.register_script(APPEND)
+            self._scripts = {
+                name: client.register_script(APPEND_EVENT + runs.LIB + body)
+                for name, body in runs.SCRIPTS.items()
+            }
             # No silent reconnects on the pub/sub connection: events published while it was
             # down would be lost without anyone knowing. Errors surface and subscribers resume.
             self._live_client = aioredis.Redis.from_url(
@@ -298,6 +335,167 @@ class RedisBackend:
             asyncio.get_running_loop().create_task(_quietly_close(pubsub))
         if self._sink is not None:
             self._sink.lost(f"Redis pub/sub connection lost: {exc}")
+
+    # -- workflow runs (Lua in redis_runs.py) -----------------------------------------------
+
+    async def _script(self, name: str, *args: str | int) -> Any:
+        await self._redis()
+        try:
+            return await self._scripts[name](keys=[], args=[self.prefix, *args])
+        except redis.exceptions.RedisError as exc:
+            raise _translate(exc, self.url) from exc
+
+    def _emits(self, emits: list[Emit], policy: HistoryPolicy) -> list[str | int]:
+        return runs.emit_args([(self._key(e.channel), e.event, e.raw) for e in emits], policy)
+
+    async def create_run(self, run: RunRecord, emits: list[Emit], policy: HistoryPolicy) -> None:
+        due = "" if run.due_at is None else run.due_at
+        fields = runs.counted(runs.run_fields(run))
+        steps = runs.steps_args(run.steps)
+        status, *_ = await self._script(
+            "create_run",
+            run.id,
+            run.state.value,
+            run.workflow,
+            due,
+            *fields,
+            *steps,
+            *self._emits(emits, policy),
+        )
+        if status == "EXISTS":
+            raise RunConflict(
+                f"a workflow run with id {run.id!r} already exists: ids are single-use"
+            )
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        client = await self._redis()
+        try:
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.hgetall(f"{self.prefix}wf:run:{run_id}")
+                pipe.hgetall(f"{self.prefix}wf:steps:{run_id}")
+                fields, steps = await pipe.execute()
+        except redis.exceptions.RedisError as exc:
+            raise _translate(exc, self.url) from exc
+        return runs.run_record(fields, steps) if fields else None
+
+    async def list_runs(
+        self, *, state: str | None, workflow: str | None, cursor: str | None, count: int
+    ) -> RunPage:
+        found = await self._script("list_runs", state or "", workflow or "", cursor or "", count)
+        page = [runs.run_record(fields) for fields in found[:count]]
+        more = len(found) > count and page
+        return RunPage(page, runs.seq_of(found[count - 1]) if more else None)
+
+    async def claim_runs(self, owner: str, now: int, lease_ms: int, limit: int) -> list[RunRecord]:
+        claimed = await self._script("claim_runs", owner, now, now + lease_ms, limit)
+        return [runs.run_record(fields, steps) for fields, steps in claimed]
+
+    async def renew_leases(self, owner: str, run_ids: list[str], until: int) -> list[str]:
+        held: list[str] = await self._script("renew_leases", owner, until, *run_ids)
+        return held
+
+    async def save_steps(
+        self,
+        run_id: str,
+        owner: str,
+        steps: list[StepRecord],
+        emits: list[Emit],
+        policy: HistoryPolicy,
+    ) -> None:
+        reply = await self._script(
+            "save_steps", run_id, owner, *runs.steps_args(steps), *self._emits(emits, policy)
+        )
+        _fenced(reply, run_id)
+
+    async def release_run(
+        self,
+        run_id: str,
+        owner: str,
+        due_at: int | None,
+        patch: dict[str, Any],
+        emits: list[Emit],
+        policy: HistoryPolicy,
+    ) -> None:
+        due = "" if due_at is None else due_at
+        now = time.time_ns() // 1_000_000
+        patched = runs.counted(runs.meta_fields(patch))
+        reply = await self._script(
+            "release_run", run_id, owner, due, now, *patched, *self._emits(emits, policy)
+        )
+        _fenced(reply, run_id)
+
+    async def finish_run(
+        self,
+        run_id: str,
+        owner: str,
+        state: str,
+        result: str | None,
+        error: str | None,
+        now: int,
+        emits: list[Emit],
+        policy: HistoryPolicy,
+    ) -> None:
+        reply = await self._script(
+            "finish_run",
+            run_id,
+            owner,
+            state,
+            json.dumps(result),
+            json.dumps(error),
+            now,
+            runs.child_outcome(state, result, error),
+            *self._emits(emits, policy),
+        )
+        _fenced(reply, run_id)
+
+    async def wait_event(
+        self,
+        run_id: str,
+        owner: str,
+        step: StepRecord,
+        emits: list[Emit],
+        policy: HistoryPolicy,
+    ) -> str | None:
+        assert step.event_id is not None
+        reply = await self._script(
+            "wait_event",
+            run_id,
+            owner,
+            step.position,
+            step.event_id,
+            step.to_json(),
+            *self._emits(emits, policy),
+        )
+        _fenced(reply, run_id)
+        return reply[1] if len(reply) > 1 else None
+
+    async def notify(self, event_id: str, raw: str, run_id: str | None, now: int) -> int:
+        reply = await self._script("notify", event_id, raw, run_id or "", now)
+        if reply[0] == "MISSING":
+            raise RunNotFound(run_id or "")
+        if reply[0] == "FINISHED":
+            raise RunConflict(
+                f"run {run_id} already finished ({reply[1]}); nothing can wait anymore"
+            )
+        woken: int = reply[1]
+        return woken
+
+    async def cancel_run(
+        self, run_id: str, now: int, emits: list[Emit], policy: HistoryPolicy
+    ) -> None:
+        outcome = runs.child_outcome(RunState.CANCELED.value, None, "canceled")
+        reply = await self._script("cancel_run", run_id, now, outcome, *self._emits(emits, policy))
+        if reply[0] == "MISSING":
+            raise RunNotFound(run_id)
+        if reply[0] == "FINISHED":
+            raise RunConflict(
+                f"run {run_id} already finished ({reply[1]}); only running runs can be canceled"
+            )
+
+
+def _fenced(reply: list[Any], run_id: str) -> None:
+    if reply[0] == "LEASE":
+        raise LeaseLost(f"run {run_id} is no longer held by this worker")
 
 
 async def _quietly_close(pubsub: Any) -> None:

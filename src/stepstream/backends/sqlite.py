@@ -23,9 +23,10 @@ import threading
 import time
 from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
+from stepstream.backends import sqlite_runs as runs
 from stepstream.backends.base import CursorKey, HistoryPolicy, LiveSink, Message, format_cursor
 from stepstream.errors import (
     BackendError,
@@ -33,6 +34,9 @@ from stepstream.errors import (
     ConfigurationError,
     CursorUnavailable,
 )
+
+if TYPE_CHECKING:
+    from stepstream.workflow.records import Emit, RunPage, RunRecord, StepRecord
 
 T = TypeVar("T")
 
@@ -190,7 +194,7 @@ class SQLiteBackend:
                 time.sleep(0.02)
         conn.execute(f"PRAGMA synchronous = {self._synchronous}")
         conn.execute("PRAGMA foreign_keys = ON")
-        conn.executescript(SCHEMA)
+        conn.executescript(SCHEMA + runs.SCHEMA)
         return conn
 
     def _run(self, ready: asyncio.Future[None]) -> None:
@@ -394,6 +398,95 @@ class SQLiteBackend:
                 self._cursor = None
 
         await self._submit(unwatch, write=False)
+
+    # -- workflow runs (SQL in sqlite_runs.py) -------------------------------------------------
+
+    async def create_run(self, run: RunRecord, emits: list[Emit], policy: HistoryPolicy) -> None:
+        await self._submit(lambda c: runs.create_run(c, _append, run, emits, policy), write=True)
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        return await self._submit(lambda c: runs.get_run(c, run_id), write=False)
+
+    async def list_runs(
+        self, *, state: str | None, workflow: str | None, cursor: str | None, count: int
+    ) -> RunPage:
+        return await self._submit(
+            lambda c: runs.list_runs(c, state, workflow, cursor, count), write=False
+        )
+
+    async def claim_runs(self, owner: str, now: int, lease_ms: int, limit: int) -> list[RunRecord]:
+        return await self._submit(
+            lambda c: runs.claim_runs(c, owner, now, lease_ms, limit), write=True
+        )
+
+    async def renew_leases(self, owner: str, run_ids: list[str], until: int) -> list[str]:
+        return await self._submit(lambda c: runs.renew_leases(c, owner, run_ids, until), write=True)
+
+    async def save_steps(
+        self,
+        run_id: str,
+        owner: str,
+        steps: list[StepRecord],
+        emits: list[Emit],
+        policy: HistoryPolicy,
+    ) -> None:
+        await self._submit(
+            lambda c: runs.save_steps(c, _append, run_id, owner, steps, emits, policy), write=True
+        )
+
+    async def release_run(
+        self,
+        run_id: str,
+        owner: str,
+        due_at: int | None,
+        patch: dict[str, Any],
+        emits: list[Emit],
+        policy: HistoryPolicy,
+    ) -> None:
+        await self._submit(
+            lambda c: runs.release_run(c, _append, run_id, owner, due_at, patch, emits, policy),
+            write=True,
+        )
+
+    async def finish_run(
+        self,
+        run_id: str,
+        owner: str,
+        state: str,
+        result: str | None,
+        error: str | None,
+        now: int,
+        emits: list[Emit],
+        policy: HistoryPolicy,
+    ) -> None:
+        await self._submit(
+            lambda c: runs.finish_run(
+                c, _append, run_id, owner, state, result, error, now, emits, policy
+            ),
+            write=True,
+        )
+
+    async def wait_event(
+        self,
+        run_id: str,
+        owner: str,
+        step: StepRecord,
+        emits: list[Emit],
+        policy: HistoryPolicy,
+    ) -> str | None:
+        return await self._submit(
+            lambda c: runs.wait_event(c, _append, run_id, owner, step, emits, policy), write=True
+        )
+
+    async def notify(self, event_id: str, raw: str, run_id: str | None, now: int) -> int:
+        return await self._submit(lambda c: runs.notify(c, event_id, raw, run_id, now), write=True)
+
+    async def cancel_run(
+        self, run_id: str, now: int, emits: list[Emit], policy: HistoryPolicy
+    ) -> None:
+        await self._submit(
+            lambda c: runs.cancel_run(c, _append, run_id, now, emits, policy), write=True
+        )
 
 
 _IDLE: Any = object()

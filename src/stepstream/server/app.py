@@ -12,17 +12,22 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from stepstream.backends.base import parse_cursor
 from stepstream.errors import CursorUnavailable, StepstreamError, ValidationError
 from stepstream.realtime.channel import Realtime
 from stepstream.realtime.sse import Middleware, error_response, handle
+from stepstream.server.api import api_routes
+
+if TYPE_CHECKING:
+    from stepstream.workflow.registry import Workflows
 
 STATIC = Path(__file__).parent / "static"
 
@@ -32,8 +37,10 @@ def create_app(
     *,
     middleware: Middleware | None = None,
     cors_origins: Sequence[str] | None = None,
+    routes: Sequence[BaseRoute] = (),
 ) -> Starlette:
-    """The stepstream app for ``realtime``. Its lifespan opens and closes the backend."""
+    """The stepstream app for ``realtime`` (plus ``routes``). Its lifespan opens and closes the
+    backend."""
 
     sse = handle(realtime, middleware=middleware, cors_origins=cors_origins)
 
@@ -97,6 +104,7 @@ def create_app(
             Route("/healthz", healthz),
             Route("/api/realtime", sse),
             Route("/api/realtime/history", history),
+            *routes,
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ],
         lifespan=lifespan,
@@ -107,3 +115,41 @@ def _limit(value: str) -> int:
     if not value.isdigit() or not 1 <= int(value) <= 10_000:
         raise ValidationError(f"limit={value[:20]!r}: expected an integer from 1 to 10000")
     return int(value)
+
+
+def workflows_app(
+    workflows: Workflows,
+    *,
+    workers: int = 1,
+    concurrency: int = 100,
+    middleware: Middleware | None = None,
+    cors_origins: Sequence[str] | None = None,
+) -> Starlette:
+    """The app for a ``Workflows`` registry; its lifespan runs ``workers`` in-process workers
+    (``0`` for an API/SSE-only server)."""
+    realtime = workflows.realtime or Realtime(backend=workflows.backend.url)
+    app = create_app(
+        realtime,
+        middleware=middleware,
+        cors_origins=cors_origins,
+        routes=api_routes(workflows),
+    )
+    inner = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with inner(app):
+            await workflows.open()
+            pool = [workflows.worker(concurrency=concurrency) for _ in range(workers)]
+            for worker in pool:
+                await worker.start()
+            try:
+                yield
+            finally:
+                for worker in pool:
+                    await worker.stop(grace=10)
+                await workflows.engine.aclose()
+
+    app.router.lifespan_context = lifespan
+    app.state.workflows = workflows
+    return app

@@ -1,0 +1,385 @@
+"""``WorkflowContext``: what a workflow function gets, and every step method.
+
+A run is replayed from the top once per resume. Each step call takes the next position; if the
+log holds a finished step there, its stored result is returned (its body never runs again);
+otherwise the step runs and its result is persisted before the workflow moves on. Steps are
+started as tasks at call time, so ``asyncio.gather(context.run(...), ...)`` runs them in
+parallel with positions in call order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import inspect
+import json
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from stepstream.errors import (
+    ChildRunFailed,
+    NonDeterminismError,
+    NonRetryableError,
+    RetryAfterError,
+    StepFailed,
+)
+from stepstream.workflow.records import RunRecord, StepRecord, StepState, StepType
+
+if TYPE_CHECKING:
+    from stepstream.realtime.channel import Channel
+    from stepstream.workflow.engine import Engine
+
+T = TypeVar("T")
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Suspend(BaseException):
+    """Control flow: the run must wait (a sleep, a retry delay, an event, a child run). A
+    ``BaseException`` so that a user's ``except Exception`` cannot swallow it."""
+
+    def __init__(self, wake_at: int | None) -> None:
+        self.wake_at = wake_at
+
+
+class Cancel(BaseException):
+    """Control flow: ``context.cancel()`` was called."""
+
+
+class WorkflowContext:
+    """The handle a workflow function works through.
+
+    >>> # @workflows.workflow("order")
+    >>> # async def order(context: WorkflowContext) -> dict:
+    >>> #     item = await context.run("reserve", reserve, context.request_payload["sku"])
+    >>> #     await context.sleep("cool-off", 30)
+    >>> #     data, timed_out = await context.wait_for_event("approval", f"approve-{item}")
+    >>> #     return {"item": item, "approved": not timed_out}
+    """
+
+    def __init__(self, run: RunRecord, engine: Engine, owner: str) -> None:
+        self.workflow_run_id = run.id
+        self.workflow_name = run.workflow
+        self.request_payload: Any = json.loads(run.payload)
+        self.headers: dict[str, str] = dict(run.headers)
+        self._run = run
+        self._engine = engine
+        self._owner = owner
+        self._recorded = {step.position: step for step in run.steps}
+        self._position = 0
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._last_write: asyncio.Future[None] | None = None
+        self.wakes: list[int | None] = []
+
+    @property
+    def channel(self) -> Channel:
+        """This run's realtime channel (named by the run id), for custom progress events."""
+        realtime = self._engine.workflows.realtime
+        if realtime is None:
+            raise RuntimeError("this Workflows has no Realtime: create it with Workflows(realtime)")
+        return realtime.channel(self.workflow_run_id)
+
+    # -- step methods ------------------------------------------------------------------------
+
+    def run(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Awaitable[Any]:
+        """Run ``fn(*args, **kwargs)`` (sync or async) once as the step ``name``; its result
+        must be JSON-serialisable. Failures are retried per the workflow's ``retries``."""
+        return self._start(self._step_run, name, StepType.RUN, fn, args, kwargs)
+
+    def sleep(self, name: str, seconds: float) -> Awaitable[None]:
+        """Pause the run for ``seconds`` (a durable timer: it survives restarts)."""
+        if seconds < 0:
+            raise ValueError(f"sleep {name!r}: seconds must be >= 0, got {seconds}")
+        return self._start(self._step_sleep, name, StepType.SLEEP, seconds)
+
+    def sleep_until(self, name: str, when: dt.datetime | float) -> Awaitable[None]:
+        """Pause the run until ``when`` (a datetime, or epoch seconds)."""
+        at = when.timestamp() if isinstance(when, dt.datetime) else float(when)
+        return self._start(self._step_sleep, name, StepType.SLEEP_UNTIL, at - time.time())
+
+    def call(
+        self,
+        name: str,
+        url: str,
+        *,
+        method: str = "GET",
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 30.0,
+    ) -> Awaitable[dict[str, Any]]:
+        """A durable HTTP call: ``{"status", "headers", "body"}`` (JSON bodies parsed). A non-2xx
+        status is a result, not an error; network errors are retried like any step."""
+        return self._start(
+            self._step_run,
+            name,
+            StepType.CALL,
+            self._engine.http_call,
+            (url, method, body, headers or {}, timeout),
+            {},
+        )
+
+    def wait_for_event(
+        self, name: str, event_id: str, timeout: float = 7 * 24 * 3600
+    ) -> Awaitable[tuple[Any, bool]]:
+        """Wait until ``notify(event_id, data)``; returns ``(data, timed_out)``. A notify that
+        names this run and arrives before the wait is kept for it (lookback)."""
+        return self._start(self._step_wait, name, StepType.WAIT, event_id, timeout)
+
+    def notify(self, name: str, event_id: str, data: Any = None) -> Awaitable[int]:
+        """Send ``data`` to every run waiting for ``event_id``; returns how many were waiting."""
+        return self._start(
+            self._step_run, name, StepType.NOTIFY, self._engine.notify, (event_id, data), {}
+        )
+
+    def invoke(self, name: str, workflow: str, body: Any = None) -> Awaitable[Any]:
+        """Start ``workflow`` as a child run and wait for it: returns its result, or raises
+        ``ChildRunFailed`` if it failed or was canceled."""
+        return self._start(self._step_invoke, name, StepType.INVOKE, workflow, body)
+
+    def cancel(self) -> None:
+        """End this run now as ``RUN_CANCELED`` (no failure function)."""
+        raise Cancel()
+
+    # -- machinery ---------------------------------------------------------------------------
+
+    def _start(
+        self, method: Callable[..., Coroutine[Any, Any, T]], name: str, *args: Any
+    ) -> asyncio.Task[T]:
+        if not isinstance(name, str) or not name:
+            raise ValueError("every step needs a non-empty string name")
+        position = self._position
+        self._position += 1
+        task = asyncio.ensure_future(method(position, name, *args))
+        self._tasks.append(task)
+        return task
+
+    async def settle(self) -> None:
+        """Wait for every step started so far (parallel siblings of a step that suspended)."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._last_write is not None:
+            await self._last_write
+
+    def _recorded_step(self, position: int, name: str, type: StepType) -> StepRecord | None:
+        step = self._recorded.get(position)
+        if step is not None and (step.name != name or step.type is not type):
+            raise NonDeterminismError(
+                f"step {position} of run {self.workflow_run_id} is {type.value} {name!r} now but "
+                f"was {step.type.value} {step.name!r} when recorded: steps must keep their order "
+                "and names between deployments (finish or cancel old runs before changing them)"
+            )
+        return step
+
+    def _write(self, write: Callable[[], Awaitable[None]]) -> asyncio.Future[None]:
+        """Queue a write after the previous one (so a step's start is stored before its
+        finish) without waiting for it; the next awaited write waits for the chain."""
+        previous = self._last_write
+
+        async def chained() -> None:
+            if previous is not None:
+                await previous
+            await write()
+
+        self._last_write = asyncio.ensure_future(chained())
+        return self._last_write
+
+    async def _save(self, step: StepRecord, event: dict[str, Any] | None, *, wait: bool) -> None:
+        self._recorded[step.position] = step
+        snapshot = dataclasses.replace(step)
+        emits = self._engine.emits(self._run.id, event)
+        future = self._write(
+            lambda: self._engine.backend.save_steps(
+                self._run.id, self._owner, [snapshot], emits, self._engine.policy
+            )
+        )
+        if wait:
+            await future
+
+    def _suspend(self, wake_at: int | None) -> Suspend:
+        self.wakes.append(wake_at)
+        return Suspend(wake_at)
+
+    async def _step_run(
+        self,
+        position: int,
+        name: str,
+        type: StepType,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        step = self._recorded_step(position, name, type)
+        if step is not None:
+            if step.state is StepState.SUCCESS:
+                return json.loads(step.out or "null")
+            if step.state is StepState.FAILED:
+                raise StepFailed(name, step.error or "failed", step.attempts)
+            if (
+                step.state is StepState.RETRY
+                and step.wake_at is not None
+                and step.wake_at > now_ms()
+            ):
+                raise self._suspend(step.wake_at)
+        attempt = (step.attempts if step is not None else 0) + 1
+        started = now_ms()
+        step = StepRecord(
+            position, name, type, StepState.PROGRESS, attempts=attempt, started_at=started
+        )
+        await self._save(step, self._engine.step_event("stepStart", self._run.id, step), wait=False)
+        try:
+            value = fn(*args, **kwargs)
+            if inspect.isawaitable(value):
+                value = await value
+            try:
+                out = json.dumps(value, separators=(",", ":"))
+            except (TypeError, ValueError) as exc:
+                raise NonRetryableError(
+                    f"step {name!r} returned {type_name(value)}, which is not JSON-serialisable "
+                    f"({exc}); return plain data (dict, list, str, int, float, bool, None)"
+                ) from exc
+        except Exception as exc:
+            await self._step_failed(step, exc)
+            raise AssertionError("unreachable") from exc
+        step.state, step.out, step.finished_at = StepState.SUCCESS, out, now_ms()
+        await self._save(step, self._engine.step_event("stepFinish", self._run.id, step), wait=True)
+        return json.loads(out)
+
+    async def _step_failed(self, step: StepRecord, exc: Exception) -> None:
+        """Record a failed attempt; raise ``Suspend`` (retry later) or ``StepFailed``."""
+        message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        workflow = self._engine.workflows.get(self.workflow_name)
+        step.error, step.finished_at = message, now_ms()
+        retry = not isinstance(exc, NonRetryableError) and step.attempts <= workflow.retries
+        if retry:
+            delay = (
+                exc.seconds if isinstance(exc, RetryAfterError) else workflow.delay(step.attempts)
+            )
+            step.state, step.wake_at = StepState.RETRY, now_ms() + int(delay * 1000)
+        else:
+            step.state = StepState.FAILED
+        event = self._engine.step_event("stepFail", self._run.id, step, willRetry=retry)
+        await self._save(step, event, wait=True)
+        if retry:
+            raise self._suspend(step.wake_at)
+        raise StepFailed(step.name, message, step.attempts) from exc
+
+    async def _step_sleep(self, position: int, name: str, type: StepType, seconds: float) -> None:
+        step = self._recorded_step(position, name, type)
+        now = now_ms()
+        if step is None:
+            step = StepRecord(
+                position,
+                name,
+                type,
+                StepState.PROGRESS,
+                attempts=1,
+                started_at=now,
+                wake_at=now + max(0, int(seconds * 1000)),
+            )
+            await self._save(
+                step, self._engine.step_event("stepStart", self._run.id, step), wait=True
+            )
+        if step.state is StepState.SUCCESS:
+            return
+        assert step.wake_at is not None
+        if step.wake_at > now:
+            raise self._suspend(step.wake_at)
+        step.state, step.finished_at = StepState.SUCCESS, now
+        await self._save(step, self._engine.step_event("stepFinish", self._run.id, step), wait=True)
+
+    async def _step_wait(
+        self, position: int, name: str, type: StepType, event_id: str, seconds: float
+    ) -> tuple[Any, bool]:
+        step = self._recorded_step(position, name, type)
+        now = now_ms()
+        if step is None:
+            step = StepRecord(
+                position,
+                name,
+                type,
+                StepState.PROGRESS,
+                attempts=1,
+                started_at=now,
+                wake_at=now + int(seconds * 1000),
+                event_id=event_id,
+            )
+            self._recorded[position] = step
+            await self._settle_writes()
+            data = await self._engine.backend.wait_event(
+                self._run.id,
+                self._owner,
+                step,
+                self._engine.emits(
+                    self._run.id, self._engine.step_event("stepStart", self._run.id, step)
+                ),
+                self._engine.policy,
+            )
+            if data is None:
+                raise self._suspend(step.wake_at)
+            step.out, step.resolved = data, True
+        if step.state is StepState.SUCCESS:
+            result = json.loads(step.out or "{}")
+            return result.get("data"), bool(result.get("timed_out"))
+        if step.resolved:
+            data_value, timed_out = json.loads(step.out or "null"), False
+        elif step.wake_at is not None and step.wake_at <= now:
+            data_value, timed_out = None, True
+        else:
+            raise self._suspend(step.wake_at)
+        step.state, step.finished_at = StepState.SUCCESS, now
+        step.out = json.dumps({"data": data_value, "timed_out": timed_out}, separators=(",", ":"))
+        await self._save(step, self._engine.step_event("stepFinish", self._run.id, step), wait=True)
+        return data_value, timed_out
+
+    async def _step_invoke(
+        self, position: int, name: str, type: StepType, workflow: str, body: Any
+    ) -> Any:
+        step = self._recorded_step(position, name, type)
+        if step is None:
+            step = StepRecord(
+                position,
+                name,
+                type,
+                StepState.PROGRESS,
+                attempts=1,
+                started_at=now_ms(),
+                child=self._engine.new_run_id(),
+            )
+            await self._save(
+                step, self._engine.step_event("stepStart", self._run.id, step), wait=True
+            )
+        if step.state is StepState.SUCCESS:
+            return json.loads(step.out or "null")
+        if step.state is StepState.FAILED:
+            raise ChildRunFailed(step.child or "?", "RUN_FAILED", step.error)
+        assert step.child is not None
+        if not step.resolved:
+            await self._engine.ensure_child(self._run, position, step.child, workflow, body)
+            raise self._suspend(None)
+        outcome = json.loads(step.out or "{}")
+        step.finished_at = now_ms()
+        if outcome.get("state") == "RUN_SUCCESS":
+            step.state, step.out = StepState.SUCCESS, outcome.get("result") or "null"
+            await self._save(
+                step, self._engine.step_event("stepFinish", self._run.id, step), wait=True
+            )
+            return json.loads(step.out)
+        step.state, step.error = StepState.FAILED, outcome.get("error") or outcome.get("state")
+        await self._save(
+            step,
+            self._engine.step_event("stepFail", self._run.id, step, willRetry=False),
+            wait=True,
+        )
+        raise ChildRunFailed(step.child, str(outcome.get("state")), step.error)
+
+    async def _settle_writes(self) -> None:
+        if self._last_write is not None:
+            await self._last_write
+
+
+def type_name(value: object) -> str:
+    return f"a {type(value).__name__}"

@@ -1,0 +1,147 @@
+"""What the engine stores about runs and steps, and the state names of the log (DESIGN §5)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+
+class RunState(StrEnum):
+    STARTED = "RUN_STARTED"
+    SUCCESS = "RUN_SUCCESS"
+    FAILED = "RUN_FAILED"
+    CANCELED = "RUN_CANCELED"
+
+    @property
+    def finished(self) -> bool:
+        return self is not RunState.STARTED
+
+
+class StepState(StrEnum):
+    PROGRESS = "STEP_PROGRESS"
+    SUCCESS = "STEP_SUCCESS"
+    RETRY = "STEP_RETRY"
+    FAILED = "STEP_FAILED"
+    CANCELED = "STEP_CANCELED"
+
+
+class StepType(StrEnum):
+    RUN = "Run"
+    SLEEP = "SleepFor"
+    SLEEP_UNTIL = "SleepUntil"
+    CALL = "Call"
+    WAIT = "Wait"
+    NOTIFY = "Notify"
+    INVOKE = "Invoke"
+
+
+@dataclass(slots=True)
+class StepRecord:
+    """One step of a run, at its position. ``out`` is the JSON text of its result.
+
+    ``wake_at`` (epoch ms): when a sleep ends or a wait times out. ``event_id``: what a wait
+    waits for. ``child``: the run an invoke started. ``resolved``: a notify or a finished child
+    has written ``out`` while the step was still in progress; the run's worker completes it.
+    """
+
+    position: int
+    name: str
+    type: StepType
+    state: StepState
+    attempts: int = 0
+    started_at: int | None = None
+    finished_at: int | None = None
+    out: str | None = None
+    error: str | None = None
+    wake_at: int | None = None
+    event_id: str | None = None
+    child: str | None = None
+    resolved: bool = False
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["type"] = self.type.value
+        data["state"] = self.state.value
+        return json.dumps(data, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> StepRecord:
+        data = json.loads(text)
+        data["type"] = StepType(data["type"])
+        data["state"] = StepState(data["state"])
+        return cls(**data)
+
+
+@dataclass(slots=True)
+class RunRecord:
+    """A workflow run. ``payload``/``result`` are JSON text; times are epoch milliseconds.
+
+    ``due_at``: when a worker may (re)claim it; ``None`` while it waits for something else (an
+    event without timeout, a child run). ``phase`` is ``"run"`` normally and ``"failure"`` while
+    the failure function runs (``error`` then holds the failure being handled).
+    """
+
+    id: str
+    workflow: str
+    state: RunState
+    created_at: int
+    payload: str = "null"
+    headers: dict[str, str] = field(default_factory=dict)
+    completed_at: int | None = None
+    result: str | None = None
+    error: str | None = None
+    due_at: int | None = None
+    timeout_at: int | None = None
+    parent: str | None = None
+    parent_position: int | None = None
+    phase: str = "run"
+    failure_attempts: int = 0
+    lease_owner: str | None = None
+    lease_until: int | None = None
+    steps: list[StepRecord] = field(default_factory=list)
+
+    def meta_json(self) -> str:
+        """Everything but the indexed columns and the steps, as JSON."""
+        return json.dumps(
+            {
+                "payload": self.payload,
+                "headers": self.headers,
+                "result": self.result,
+                "error": self.error,
+                "timeout_at": self.timeout_at,
+                "parent_position": self.parent_position,
+                "phase": self.phase,
+                "failure_attempts": self.failure_attempts,
+            },
+            separators=(",", ":"),
+        )
+
+    def with_meta(self, text: str) -> RunRecord:
+        return replace(self, **json.loads(text))
+
+    def step(self, position: int) -> StepRecord | None:
+        for step in self.steps:
+            if step.position == position:
+                return step
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Emit:
+    """A realtime event to append in the same atomic unit as a state change."""
+
+    channel: str
+    event: str
+    raw: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunPage:
+    runs: list[RunRecord]
+    cursor: str | None
+
+
+def loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
