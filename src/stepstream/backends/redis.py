@@ -382,9 +382,9 @@ class RedisBackend:
         self, *, state: str | None, workflow: str | None, cursor: str | None, count: int
     ) -> RunPage:
         found = await self._script("list_runs", state or "", workflow or "", cursor or "", count)
-        page = [runs.run_record(fields) for fields in found[:count]]
-        more = len(found) > count and page
-        return RunPage(page, runs.seq_of(found[count - 1]) if more else None)
+        page = found[:count]
+        cursor = runs.seq_of(page[-1]) if len(found) > count and page else None
+        return RunPage([runs.run_record(fields) for fields in page], cursor)
 
     async def claim_runs(self, owner: str, now: int, lease_ms: int, limit: int) -> list[RunRecord]:
         claimed = await self._script("claim_runs", owner, now, now + lease_ms, limit)
@@ -483,8 +483,11 @@ class RedisBackend:
     async def cancel_run(
         self, run_id: str, now: int, emits: list[Emit], policy: HistoryPolicy
     ) -> None:
-        outcome = runs.child_outcome(RunState.CANCELED.value, None, "canceled")
-        reply = await self._script("cancel_run", run_id, now, outcome, *self._emits(emits, policy))
+        error = "canceled"
+        outcome = runs.child_outcome(RunState.CANCELED.value, None, error)
+        reply = await self._script(
+            "cancel_run", run_id, now, json.dumps(error), outcome, *self._emits(emits, policy)
+        )
         if reply[0] == "MISSING":
             raise RunNotFound(run_id)
         if reply[0] == "FINISHED":

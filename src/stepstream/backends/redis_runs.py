@@ -313,14 +313,14 @@ end
 return {'OK', woken}
 """
 
-# ARGV: P, id, now, the parent's step out, emits.
+# ARGV: P, id, now, error JSON, the parent's step out, emits.
 CANCEL_RUN = """
 local id, now = ARGV[2], ARGV[3]
 local state = redis.call('HGET', run_key(id), 'state')
 if not state then return {'MISSING'} end
 if state ~= 'RUN_STARTED' then return {'FINISHED', state} end
-close(id, 'RUN_CANCELED', 'null', cjson.encode('canceled'), now, ARGV[4])
-emit_all(5)
+close(id, 'RUN_CANCELED', 'null', ARGV[4], now, ARGV[5])
+emit_all(6)
 return {'OK'}
 """
 

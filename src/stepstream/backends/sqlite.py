@@ -260,17 +260,24 @@ class SQLiteBackend:
         except sqlite3.Error as exc:
             error = _translate(exc, self.path)
             return [(job, None, error) for job in jobs]
-        for job in jobs:
-            conn.execute("SAVEPOINT job")
+        if len(jobs) == 1:  # alone in its transaction: no savepoint needed
             try:
-                value = job.fn(conn)
+                results.append((jobs[0], jobs[0].fn(conn), None))
             except BaseException as exc:
-                conn.execute("ROLLBACK TO job")
-                conn.execute("RELEASE job")
-                results.append((job, None, _translate(exc, self.path)))
-            else:
-                conn.execute("RELEASE job")
-                results.append((job, value, None))
+                conn.execute("ROLLBACK")
+                return [(jobs[0], None, _translate(exc, self.path))]
+        else:
+            for job in jobs:
+                conn.execute("SAVEPOINT job")
+                try:
+                    value = job.fn(conn)
+                except BaseException as exc:
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                    results.append((job, None, _translate(exc, self.path)))
+                else:
+                    conn.execute("RELEASE job")
+                    results.append((job, value, None))
         try:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -402,7 +409,9 @@ class SQLiteBackend:
     # -- workflow runs (SQL in sqlite_runs.py) -------------------------------------------------
 
     async def create_run(self, run: RunRecord, emits: list[Emit], policy: HistoryPolicy) -> None:
-        await self._submit(lambda c: runs.create_run(c, _append, run, emits, policy), write=True)
+        await self._submit(
+            lambda c: runs.create_run(c, _append_many, run, emits, policy), write=True
+        )
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         return await self._submit(lambda c: runs.get_run(c, run_id), write=False)
@@ -431,7 +440,8 @@ class SQLiteBackend:
         policy: HistoryPolicy,
     ) -> None:
         await self._submit(
-            lambda c: runs.save_steps(c, _append, run_id, owner, steps, emits, policy), write=True
+            lambda c: runs.save_steps(c, _append_many, run_id, owner, steps, emits, policy),
+            write=True,
         )
 
     async def release_run(
@@ -444,7 +454,9 @@ class SQLiteBackend:
         policy: HistoryPolicy,
     ) -> None:
         await self._submit(
-            lambda c: runs.release_run(c, _append, run_id, owner, due_at, patch, emits, policy),
+            lambda c: runs.release_run(
+                c, _append_many, run_id, owner, due_at, patch, emits, policy
+            ),
             write=True,
         )
 
@@ -461,7 +473,7 @@ class SQLiteBackend:
     ) -> None:
         await self._submit(
             lambda c: runs.finish_run(
-                c, _append, run_id, owner, state, result, error, now, emits, policy
+                c, _append_many, run_id, owner, state, result, error, now, emits, policy
             ),
             write=True,
         )
@@ -475,7 +487,8 @@ class SQLiteBackend:
         policy: HistoryPolicy,
     ) -> str | None:
         return await self._submit(
-            lambda c: runs.wait_event(c, _append, run_id, owner, step, emits, policy), write=True
+            lambda c: runs.wait_event(c, _append_many, run_id, owner, step, emits, policy),
+            write=True,
         )
 
     async def notify(self, event_id: str, raw: str, run_id: str | None, now: int) -> int:
@@ -485,7 +498,7 @@ class SQLiteBackend:
         self, run_id: str, now: int, emits: list[Emit], policy: HistoryPolicy
     ) -> None:
         await self._submit(
-            lambda c: runs.cancel_run(c, _append, run_id, now, emits, policy), write=True
+            lambda c: runs.cancel_run(c, _append_many, run_id, now, emits, policy), write=True
         )
 
 
@@ -548,31 +561,43 @@ def _expire(conn: sqlite3.Connection, channel: str) -> None:
 def _append(
     conn: sqlite3.Connection, channel: str, event: str, raw: str, policy: HistoryPolicy
 ) -> Message:
+    return _append_many(conn, channel, [(event, raw)], policy)[-1]
+
+
+def _append_many(
+    conn: sqlite3.Connection,
+    channel: str,
+    events: list[tuple[str, str]],
+    policy: HistoryPolicy,
+) -> list[Message]:
+    """Append ``(event, raw)`` pairs to one channel: ids, trimming and expiry, one channel-row
+    read and write however many events."""
     now = _now_ms()
     state = _channel_state(conn, channel)
     if state is not None and state.expired:
         _expire(conn, channel)
-    if state is None:
-        key = (now, 0)
-        length = 1
-    else:
-        last_ms, last_seq = state.last
-        key = (now, 0) if now > last_ms else (last_ms, last_seq + 1)
-        length = state.length + 1
-    conn.execute(
-        "INSERT INTO rt_events (channel, ms, seq, event, data) VALUES (?, ?, ?, ?, ?)",
-        (channel, key[0], key[1], event, raw),
+    key = (now - 1, 0) if state is None else state.last
+    length = 0 if state is None else state.length
+    messages = []
+    rows = []
+    for event, raw in events:
+        key = (now, 0) if now > key[0] else (key[0], key[1] + 1)
+        rows.append((channel, key[0], key[1], event, raw))
+        messages.append(Message(format_cursor(key), channel, event, raw, key))
+    conn.executemany(
+        "INSERT INTO rt_events (channel, ms, seq, event, data) VALUES (?, ?, ?, ?, ?)", rows
     )
+    length += len(events)
     expires_at = None if policy.expire_after is None else now + int(policy.expire_after * 1000)
     trimmed: CursorKey | None = None
     if policy.max_length is not None and length > policy.max_length:
         excess = length - policy.max_length
-        rows = conn.execute(
+        old = conn.execute(
             "SELECT pos, ms, seq FROM rt_events WHERE channel = ? ORDER BY ms, seq LIMIT ?",
             (channel, excess),
         ).fetchall()
-        conn.execute("DELETE FROM rt_events WHERE channel = ? AND pos <= ?", (channel, rows[-1][0]))
-        trimmed = (rows[-1][1], rows[-1][2])
+        conn.execute("DELETE FROM rt_events WHERE channel = ? AND pos <= ?", (channel, old[-1][0]))
+        trimmed = (old[-1][1], old[-1][2])
         length = policy.max_length
     conn.execute(
         "INSERT INTO rt_channels (name, last_ms, last_seq, length, expires_at) "
@@ -586,7 +611,7 @@ def _append(
             "UPDATE rt_channels SET trimmed_ms = ?, trimmed_seq = ? WHERE name = ?",
             (trimmed[0], trimmed[1], channel),
         )
-    return Message(format_cursor(key), channel, event, raw, key)
+    return messages
 
 
 def _read(

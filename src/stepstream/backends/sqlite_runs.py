@@ -52,7 +52,7 @@ CREATE TABLE IF NOT EXISTS wf_lookback (
 ) WITHOUT ROWID;
 """
 
-Append = Callable[[sqlite3.Connection, str, str, str, HistoryPolicy], Any]
+Append = Callable[[sqlite3.Connection, str, list[tuple[str, str]], HistoryPolicy], Any]
 
 COLUMNS = (
     "id, workflow, state, created_at, completed_at, due_at, lease_owner, lease_until, parent, meta"
@@ -85,8 +85,11 @@ def _steps(conn: sqlite3.Connection, run_id: str) -> list[StepRecord]:
 def _emit(
     conn: sqlite3.Connection, append: Append, emits: list[Emit], policy: HistoryPolicy
 ) -> None:
+    by_channel: dict[str, list[tuple[str, str]]] = {}
     for emit in emits:
-        append(conn, emit.channel, emit.event, emit.raw, policy)
+        by_channel.setdefault(emit.channel, []).append((emit.event, emit.raw))
+    for channel, events in by_channel.items():
+        append(conn, channel, events, policy)
 
 
 def _fence(conn: sqlite3.Connection, run_id: str, owner: str) -> None:

@@ -22,6 +22,7 @@ from stepstream.errors import (
     ChildRunFailed,
     NonDeterminismError,
     NonRetryableError,
+    NoWaiters,
     RetryAfterError,
     StepFailed,
 )
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from stepstream.workflow.engine import Engine
 
 T = TypeVar("T")
+START_DELAY = 0.02
 
 
 def now_ms() -> int:
@@ -71,7 +73,8 @@ class WorkflowContext:
         self._owner = owner
         self._recorded = {step.position: step for step in run.steps}
         self._position = 0
-        self._tasks: list[asyncio.Task[Any]] = []
+        self._inflight = 0
+        self._idle: asyncio.Future[None] | None = None
         self._last_write: asyncio.Future[None] | None = None
         self.wakes: list[int | None] = []
 
@@ -85,18 +88,20 @@ class WorkflowContext:
 
     # -- step methods ------------------------------------------------------------------------
 
-    def run(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Awaitable[Any]:
+    def run(
+        self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> Coroutine[Any, Any, Any]:
         """Run ``fn(*args, **kwargs)`` (sync or async) once as the step ``name``; its result
         must be JSON-serialisable. Failures are retried per the workflow's ``retries``."""
         return self._start(self._step_run, name, StepType.RUN, fn, args, kwargs)
 
-    def sleep(self, name: str, seconds: float) -> Awaitable[None]:
+    def sleep(self, name: str, seconds: float) -> Coroutine[Any, Any, None]:
         """Pause the run for ``seconds`` (a durable timer: it survives restarts)."""
         if seconds < 0:
             raise ValueError(f"sleep {name!r}: seconds must be >= 0, got {seconds}")
         return self._start(self._step_sleep, name, StepType.SLEEP, seconds)
 
-    def sleep_until(self, name: str, when: dt.datetime | float) -> Awaitable[None]:
+    def sleep_until(self, name: str, when: dt.datetime | float) -> Coroutine[Any, Any, None]:
         """Pause the run until ``when`` (a datetime, or epoch seconds)."""
         at = when.timestamp() if isinstance(when, dt.datetime) else float(when)
         return self._start(self._step_sleep, name, StepType.SLEEP_UNTIL, at - time.time())
@@ -110,7 +115,7 @@ class WorkflowContext:
         body: Any = None,
         headers: dict[str, str] | None = None,
         timeout: float = 30.0,
-    ) -> Awaitable[dict[str, Any]]:
+    ) -> Coroutine[Any, Any, dict[str, Any]]:
         """A durable HTTP call: ``{"status", "headers", "body"}`` (JSON bodies parsed). A non-2xx
         status is a result, not an error; network errors are retried like any step."""
         return self._start(
@@ -124,18 +129,18 @@ class WorkflowContext:
 
     def wait_for_event(
         self, name: str, event_id: str, timeout: float = 7 * 24 * 3600
-    ) -> Awaitable[tuple[Any, bool]]:
+    ) -> Coroutine[Any, Any, tuple[Any, bool]]:
         """Wait until ``notify(event_id, data)``; returns ``(data, timed_out)``. A notify that
         names this run and arrives before the wait is kept for it (lookback)."""
         return self._start(self._step_wait, name, StepType.WAIT, event_id, timeout)
 
-    def notify(self, name: str, event_id: str, data: Any = None) -> Awaitable[int]:
+    def notify(self, name: str, event_id: str, data: Any = None) -> Coroutine[Any, Any, int]:
         """Send ``data`` to every run waiting for ``event_id``; returns how many were waiting."""
         return self._start(
-            self._step_run, name, StepType.NOTIFY, self._engine.notify, (event_id, data), {}
+            self._step_run, name, StepType.NOTIFY, self._notify, (event_id, data), {}
         )
 
-    def invoke(self, name: str, workflow: str, body: Any = None) -> Awaitable[Any]:
+    def invoke(self, name: str, workflow: str, body: Any = None) -> Coroutine[Any, Any, Any]:
         """Start ``workflow`` as a child run and wait for it: returns its result, or raises
         ``ChildRunFailed`` if it failed or was canceled."""
         return self._start(self._step_invoke, name, StepType.INVOKE, workflow, body)
@@ -148,19 +153,30 @@ class WorkflowContext:
 
     def _start(
         self, method: Callable[..., Coroutine[Any, Any, T]], name: str, *args: Any
-    ) -> asyncio.Task[T]:
+    ) -> Coroutine[Any, Any, T]:
+        # The position is taken now, at call time, so steps gathered in parallel get their
+        # positions in call order whatever order they run in.
         if not isinstance(name, str) or not name:
             raise ValueError("every step needs a non-empty string name")
         position = self._position
         self._position += 1
-        task = asyncio.ensure_future(method(position, name, *args))
-        self._tasks.append(task)
-        return task
+        return self._track(method(position, name, *args))
+
+    async def _track(self, step: Coroutine[Any, Any, T]) -> T:
+        self._inflight += 1
+        try:
+            return await step
+        finally:
+            self._inflight -= 1
+            if not self._inflight and self._idle is not None and not self._idle.done():
+                self._idle.set_result(None)
 
     async def settle(self) -> None:
-        """Wait for every step started so far (parallel siblings of a step that suspended)."""
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        """Wait for every step started so far (parallel siblings of a step that suspended),
+        and for their writes."""
+        while self._inflight:
+            self._idle = asyncio.get_running_loop().create_future()
+            await self._idle
         if self._last_write is not None:
             await self._last_write
 
@@ -187,10 +203,24 @@ class WorkflowContext:
         self._last_write = asyncio.ensure_future(chained())
         return self._last_write
 
-    async def _save(self, step: StepRecord, event: dict[str, Any] | None, *, wait: bool) -> None:
+    async def _save(
+        self, step: StepRecord, event: dict[str, Any] | None, *, wait: bool, also: Any = None
+    ) -> None:
+        """Store ``step`` with the event reporting it (after ``also``, an earlier event not yet
+        stored); with ``wait``, return once it is durable."""
         self._recorded[step.position] = step
         snapshot = dataclasses.replace(step)
-        emits = self._engine.emits(self._run.id, event)
+        emits = self._engine.emits(self._run.id, also) + self._engine.emits(self._run.id, event)
+        previous = self._last_write
+        if wait and (previous is None or previous.done()):
+            # Nothing queued before it: write directly, no task.
+            self._last_write = None
+            if previous is not None:
+                previous.result()
+            await self._engine.backend.save_steps(
+                self._run.id, self._owner, [snapshot], emits, self._engine.policy
+            )
+            return
         future = self._write(
             lambda: self._engine.backend.save_steps(
                 self._run.id, self._owner, [snapshot], emits, self._engine.policy
@@ -229,7 +259,15 @@ class WorkflowContext:
         step = StepRecord(
             position, name, type, StepState.PROGRESS, attempts=attempt, started_at=started
         )
-        await self._save(step, self._engine.step_event("stepStart", self._run.id, step), wait=False)
+        # A step that ends within START_DELAY stores its start with its end: one write, not
+        # two. A longer one stores (and streams) its start when the delay runs out.
+        start: list[dict[str, Any]] = [self._engine.step_event("stepStart", self._run.id, step)]
+
+        def store_start() -> None:
+            if start and step.state is StepState.PROGRESS:
+                self._write_soon(step, start.pop())
+
+        timer = asyncio.get_running_loop().call_later(START_DELAY, store_start)
         try:
             value = fn(*args, **kwargs)
             if inspect.isawaitable(value):
@@ -242,13 +280,28 @@ class WorkflowContext:
                     f"({exc}); return plain data (dict, list, str, int, float, bool, None)"
                 ) from exc
         except Exception as exc:
-            await self._step_failed(step, exc)
+            timer.cancel()
+            await self._step_failed(step, exc, start[0] if start else None)
             raise AssertionError("unreachable") from exc
+        finally:
+            timer.cancel()
         step.state, step.out, step.finished_at = StepState.SUCCESS, out, now_ms()
-        await self._save(step, self._engine.step_event("stepFinish", self._run.id, step), wait=True)
+        finish = self._engine.step_event("stepFinish", self._run.id, step)
+        await self._save(step, finish, wait=True, also=start[0] if start else None)
         return json.loads(out)
 
-    async def _step_failed(self, step: StepRecord, exc: Exception) -> None:
+    def _write_soon(self, step: StepRecord, event: dict[str, Any]) -> None:
+        snapshot = dataclasses.replace(step)
+        emits = self._engine.emits(self._run.id, event)
+        self._write(
+            lambda: self._engine.backend.save_steps(
+                self._run.id, self._owner, [snapshot], emits, self._engine.policy
+            )
+        )
+
+    async def _step_failed(
+        self, step: StepRecord, exc: Exception, start: dict[str, Any] | None = None
+    ) -> None:
         """Record a failed attempt; raise ``Suspend`` (retry later) or ``StepFailed``."""
         message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         workflow = self._engine.workflows.get(self.workflow_name)
@@ -262,7 +315,7 @@ class WorkflowContext:
         else:
             step.state = StepState.FAILED
         event = self._engine.step_event("stepFail", self._run.id, step, willRetry=retry)
-        await self._save(step, event, wait=True)
+        await self._save(step, event, wait=True, also=start)
         if retry:
             raise self._suspend(step.wake_at)
         raise StepFailed(step.name, message, step.attempts) from exc
@@ -375,6 +428,13 @@ class WorkflowContext:
             wait=True,
         )
         raise ChildRunFailed(step.child, str(outcome.get("state")), step.error)
+
+    async def _notify(self, event_id: str, data: Any) -> int:
+        try:
+            woken: int = await self._engine.notify(event_id, data)
+        except NoWaiters:
+            return 0  # nobody waiting is the answer, not a failure to retry
+        return woken
 
     async def _settle_writes(self) -> None:
         if self._last_write is not None:

@@ -256,7 +256,7 @@ class Engine:
         if definition.failure_function is None:
             await self._finish(run, owner, RunState.FAILED, None, failure.message)
             return
-        patch = {"phase": "failure", "error": failure.message}
+        patch = {"phase": "failure", "error": failure.message, "failed_step": failure.step}
         await self.backend.release_run(run.id, owner, now_ms(), patch, [], self.policy)
         self.wake()
 
@@ -267,7 +267,9 @@ class Engine:
         error = run.error or "failed"
         try:
             try:
-                outcome = definition.failure_function(context, WorkflowFailed(error))
+                outcome = definition.failure_function(
+                    context, WorkflowFailed(error, run.failed_step)
+                )
                 if asyncio.iscoroutine(outcome) or isinstance(outcome, asyncio.Future):
                     await outcome
             finally:
