@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
+import json
 import os
 import signal
 import sys
@@ -14,8 +16,11 @@ import click
 
 from stepstream import __version__
 from stepstream.backends import DEFAULT_URL
+from stepstream.errors import StepstreamError
+from stepstream.workflow.records import RunState
 
 if TYPE_CHECKING:
+    from stepstream.workflow.client import Client
     from stepstream.workflow.registry import Workflows
 
 
@@ -106,16 +111,13 @@ def _app_options(function: Callable[..., None]) -> Callable[..., None]:
 def dev(app: str | None, backend: str | None, host: str, port: int, log_level: str) -> None:
     """API, SSE, dashboard and in-process workers in one process (embedded SQLite default).
 
-    With no APP, serves the live demo."""
-    if app is None:
-        from stepstream.server.demo import demo_app
-
-        where = backend or os.environ.get("STEPSTREAM_BACKEND") or DEFAULT_URL
-        click.echo(f"stepstream dev: open http://{host}:{port}/  (backend: {where})")
-        _serve(demo_app(backend), host, port, log_level)
-        return
-    workflows = load_workflows(app, backend)
-    click.echo(f"stepstream dev: {', '.join(workflows.names)} on http://{host}:{port}/")
+    With no APP, serves the built-in examples: basic, failing, approval, parallel."""
+    workflows = load_workflows(app or "stepstream.examples:workflows", backend)
+    where = backend or os.environ.get("STEPSTREAM_BACKEND") or DEFAULT_URL
+    click.echo(
+        f"stepstream dev: workflows {', '.join(workflows.names)}; "
+        f"open http://{host}:{port}/  (backend: {where})"
+    )
     _serve(workflows.asgi(workers=1), host, port, log_level)
 
 
@@ -158,13 +160,158 @@ def worker(app: str, backend: str | None, concurrency: int, lease: float) -> Non
     _run(run())
 
 
-def _run(coro: Any) -> None:
+URL_OPTION = click.option(
+    "--url",
+    envvar="STEPSTREAM_URL",
+    default="http://127.0.0.1:8000",
+    show_default=True,
+    help="the stepstream server (STEPSTREAM_URL)",
+)
+TOKEN_OPTION = click.option("--token", envvar="STEPSTREAM_TOKEN", help="API bearer token")
+
+
+def _client(url: str, token: str | None) -> Client:
+    from stepstream.workflow.client import Client
+
+    return Client(url=url, token=token)
+
+
+def _fail(exc: Exception) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[bold red]error:[/] {exc}")
+    sys.exit(1)
+
+
+@main.command()
+@click.argument("name")
+@click.option("--data", default=None, help="the request payload, as JSON")
+@click.option("--id", "run_id", default=None, help="choose the run id (gets the wfr_ prefix)")
+@click.option("--delay", type=float, default=None, help="start after this many seconds")
+@click.option("--follow", is_flag=True, help="show live step progress until the run ends")
+@URL_OPTION
+@TOKEN_OPTION
+def trigger(
+    name: str,
+    data: str | None,
+    run_id: str | None,
+    delay: float | None,
+    follow: bool,
+    url: str,
+    token: str | None,
+) -> None:
+    """Start a run of workflow NAME. With --follow, exit 0 on success and 1 on failure."""
+    try:
+        body = None if data is None else json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--data") from None
+
+    async def go() -> int:
+        client = _client(url, token)
+        try:
+            new_id = await client.trigger(name, body, workflow_run_id=run_id, delay=delay)
+        except StepstreamError as exc:
+            _fail(exc)
+        finally:
+            await client.aclose()
+        if not follow:
+            click.echo(new_id)
+            return 0
+        from stepstream.console import follow_run
+
+        return await follow_run(url, new_id, token)
+
+    sys.exit(_run(go()))
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="print the log as JSON")
+@URL_OPTION
+@TOKEN_OPTION
+def logs(run_id: str, as_json: bool, url: str, token: str | None) -> None:
+    """Show a run's log: state, payload, result and a table of its steps."""
+
+    async def go() -> dict[str, Any]:
+        client = _client(url, token)
+        try:
+            return await client.logs(run_id)
+        except StepstreamError as exc:
+            _fail(exc)
+            raise
+        finally:
+            await client.aclose()
+
+    log = _run(go())
+    if as_json:
+        click.echo(json.dumps(log, indent=2))
+        return
+    from stepstream.console import print_log
+
+    print_log(log)
+
+
+@main.command()
+@click.option("--state", type=click.Choice([s.value for s in RunState]), default=None)
+@click.option("--workflow", default=None)
+@click.option("--count", default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@URL_OPTION
+@TOKEN_OPTION
+def runs(
+    state: str | None, workflow: str | None, count: int, as_json: bool, url: str, token: str | None
+) -> None:
+    """List runs, newest first."""
+
+    async def go() -> dict[str, Any]:
+        client = _client(url, token)
+        try:
+            return await client.runs(state=state, workflow=workflow, count=count)
+        except StepstreamError as exc:
+            _fail(exc)
+            raise
+        finally:
+            await client.aclose()
+
+    page = _run(go())
+    if as_json:
+        click.echo(json.dumps(page, indent=2))
+        return
+    from stepstream.console import print_runs
+
+    print_runs(page["runs"])
+
+
+@main.command()
+@click.argument("channel")
+@click.option("--history", is_flag=True, help="print stored events first")
+@URL_OPTION
+@TOKEN_OPTION
+def tail(channel: str, history: bool, url: str, token: str | None) -> None:
+    """Print a channel's events as they arrive, one JSON object per line (Ctrl-C to stop)."""
+    from stepstream.realtime.remote import subscribe_remote
+
+    async def go() -> None:
+        endpoint = url.rstrip("/") + "/api/realtime"
+        try:
+            async for message in subscribe_remote(
+                endpoint, [channel], history=history, token=token
+            ):
+                line = {"id": message.id, "event": message.event, "data": message.data}
+                click.echo(json.dumps(line), nl=True)
+        except StepstreamError as exc:
+            _fail(exc)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        _run(go())
+
+
+def _run(coro: Any) -> Any:
     try:
         import uvloop
-
-        uvloop.run(coro)
     except ImportError:
-        asyncio.run(coro)
+        return asyncio.run(coro)
+    return uvloop.run(coro)
 
 
 if __name__ == "__main__":

@@ -179,7 +179,9 @@ class SQLiteBackend:
 
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, factory=_Connection
+        )
         # Several processes share the file: wait for the write lock instead of failing at once.
         conn.execute("PRAGMA busy_timeout = 10000")
         # Switching a new file to WAL takes an exclusive lock that busy_timeout does not cover:
@@ -260,20 +262,25 @@ class SQLiteBackend:
         except sqlite3.Error as exc:
             error = _translate(exc, self.path)
             return [(job, None, error) for job in jobs]
+        appended = _appended(conn)
+        appended.clear()
         if len(jobs) == 1:  # alone in its transaction: no savepoint needed
             try:
                 results.append((jobs[0], jobs[0].fn(conn), None))
             except BaseException as exc:
                 conn.execute("ROLLBACK")
+                appended.clear()
                 return [(jobs[0], None, _translate(exc, self.path))]
         else:
             for job in jobs:
                 conn.execute("SAVEPOINT job")
+                mark = len(appended)
                 try:
                     value = job.fn(conn)
                 except BaseException as exc:
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
+                    del appended[mark:]
                     results.append((job, None, _translate(exc, self.path)))
                 else:
                     conn.execute("RELEASE job")
@@ -283,6 +290,7 @@ class SQLiteBackend:
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
+            appended.clear()
             error = _translate(exc, self.path)
             return [(job, None, error) for job, _, _ in results]
         return results
@@ -298,15 +306,25 @@ class SQLiteBackend:
             "SELECT pos, channel, ms, seq, event, data FROM rt_events WHERE pos > ? ORDER BY pos",
             (self._cursor,),
         ).fetchall()
-        if not rows:
-            return []
-        self._cursor = rows[-1][0]
+        if rows:
+            self._cursor = rows[-1][0]
         watched = self._watched
-        return [
+        live = [
             Message(f"{ms}-{seq}", channel, event, data, (ms, seq))
             for _, channel, ms, seq, event, data in rows
             if channel in watched
         ]
+        # Our own appends that max_length trimmed within the same transaction never show up
+        # in the table, but were emitted all the same: deliver them too, in id order.
+        appended = _appended(conn)
+        if appended:
+            seen = {(m.channel, m.key) for m in live}
+            live.extend(
+                m for m in appended if m.channel in watched and (m.channel, m.key) not in seen
+            )
+            live.sort(key=lambda m: m.key)
+        appended.clear()
+        return live
 
     def _sweep(self, conn: sqlite3.Connection) -> None:
         self._next_sweep = time.monotonic() + SWEEP_INTERVAL
@@ -505,6 +523,19 @@ class SQLiteBackend:
 _IDLE: Any = object()
 
 
+class _Connection(sqlite3.Connection):
+    """Remembers the events appended in the current transaction (for live delivery)."""
+
+    appended: list[Message]
+
+
+def _appended(conn: sqlite3.Connection) -> list[Message]:
+    if not hasattr(conn, "appended"):
+        conn.appended = []  # type: ignore[attr-defined]
+    result: list[Message] = conn.appended  # type: ignore[attr-defined]
+    return result
+
+
 def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
     if future.done():
         return
@@ -584,6 +615,7 @@ def _append_many(
         key = (now, 0) if now > key[0] else (key[0], key[1] + 1)
         rows.append((channel, key[0], key[1], event, raw))
         messages.append(Message(format_cursor(key), channel, event, raw, key))
+    _appended(conn).extend(messages)  # delivered live after commit, even if trimmed below
     conn.executemany(
         "INSERT INTO rt_events (channel, ms, seq, event, data) VALUES (?, ?, ?, ?, ?)", rows
     )

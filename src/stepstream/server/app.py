@@ -1,6 +1,6 @@
 """The stepstream ASGI app: routes, read top to bottom.
 
-GET  /                        the demo page (the dashboard arrives with the engine)
+GET  /                        the dashboard (``static/dashboard.html``: runs, live run view)
 GET  /healthz                 liveness + backend reachability
 GET  /api/realtime            SSE, all three dialects (``realtime/sse.py``)
 GET  /api/realtime/history    a channel's history as JSON (for clients without SSE history)
@@ -88,7 +88,8 @@ def create_app(
         )
 
     async def index(request: Request) -> Response:
-        return FileResponse(STATIC / "demo.html")
+        # Small and always current: never let a browser keep a stale copy of the shell.
+        return FileResponse(STATIC / "dashboard.html", headers={"cache-control": "no-cache"})
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

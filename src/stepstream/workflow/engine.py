@@ -200,6 +200,12 @@ class Engine:
     async def _run_workflow(
         self, run: RunRecord, owner: str, definition: Workflow, context: WorkflowContext
     ) -> None:
+        if run.timeout_at is not None and run.timeout_at <= now_ms():
+            # Resumed past the deadline: a replay that suspends without ever yielding to the
+            # loop would never let the timer below fire, and the run would be retaken forever.
+            message = f"run timed out after {definition.timeout:g}s"
+            await self._fail(run, owner, definition, WorkflowFailed(message))
+            return
         loop = asyncio.get_running_loop()
         deadline = None
         if run.timeout_at is not None:

@@ -1,0 +1,80 @@
+"""The built-in examples ``stepstream dev`` serves when given no APP.
+
+- ``basic``: the guide's workflow — validate, process, notify, with short pauses.
+- ``failing``: a step that always fails, is retried, and then the failure function runs.
+- ``approval``: waits for the event ``approve-<run id>`` (the dashboard has a button for it).
+- ``parallel``: three steps at once with ``asyncio.gather``, then a summary step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+from stepstream import Backoff, Realtime, WorkflowContext, Workflows
+
+realtime = Realtime()
+workflows = Workflows(realtime=realtime)
+
+
+async def _work(seconds: float, result: Any) -> Any:
+    await asyncio.sleep(seconds)
+    return result
+
+
+@workflows.workflow("basic")
+async def basic(context: WorkflowContext) -> dict[str, Any]:
+    payload = context.request_payload or {}
+    user = payload.get("userId", "user-123") if isinstance(payload, dict) else "user-123"
+    data = await context.run("validate-data", _work, 0.5, {"valid": True, "userId": user})
+    processed = await context.run("process-data", _work, 0.8, {"processed": True, **data})
+    await context.sleep("cool-down", 0.5)
+    await context.run("send-notification", _work, 0.4, {"notified": user})
+    return {"success": True, "workflowRunId": context.workflow_run_id, **processed}
+
+
+async def _report_failure(context: WorkflowContext, error: BaseException) -> None:
+    await context.run("record-failure", _work, 0.1, {"recorded": str(error)})
+
+
+@workflows.workflow(
+    "failing",
+    retries=2,
+    retry_delay=Backoff(initial=0.5, factor=2, jitter=0),
+    failure_function=_report_failure,
+)
+async def failing(context: WorkflowContext) -> None:
+    await context.run("fetch-data", _work, 0.3, {"rows": 3})
+
+    async def flaky_upload() -> None:
+        await asyncio.sleep(0.2)
+        raise ConnectionError("upstream storage answered 503")
+
+    await context.run("upload-report", flaky_upload)
+
+
+@workflows.workflow("approval")
+async def approval(context: WorkflowContext) -> dict[str, Any]:
+    request = await context.run("prepare-request", _work, 0.3, {"amount": 420})
+    decision, timed_out = await context.wait_for_event(
+        "wait-for-approval", f"approve-{context.workflow_run_id}", timeout=3600
+    )
+    if timed_out:
+        return {"approved": False, "reason": "no decision within an hour"}
+    await context.run("apply-decision", _work, 0.3, {"applied": decision})
+    return {"approved": True, "request": request, "decision": decision}
+
+
+@workflows.workflow("parallel")
+async def parallel(context: WorkflowContext) -> dict[str, Any]:
+    results = await asyncio.gather(
+        context.run("resize-image", _work, random.uniform(0.3, 1.0), "thumb.png"),
+        context.run("transcribe-audio", _work, random.uniform(0.3, 1.0), "transcript.txt"),
+        context.run("scan-virus", _work, random.uniform(0.3, 1.0), "clean"),
+    )
+    summary: dict[str, Any] = await context.run("summarize", _work, 0.2, {"outputs": results})
+    return summary
+
+
+__all__ = ["realtime", "workflows"]

@@ -1,0 +1,742 @@
+"""The workflow half of the storage contract (``RunStore``), on SQLite and on a real Redis.
+
+Times are real epoch milliseconds (13 digits): the Redis scripts edit step JSON in Lua, where a
+careless encoder would turn them into floats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import fields, replace
+from typing import Any
+
+import pytest
+
+from stepstream import HistoryPolicy
+from stepstream.backends import Backend, backend_from_url
+from stepstream.backends.base import Message
+from stepstream.errors import LeaseLost, RunConflict, RunNotFound
+from stepstream.workflow.records import (
+    Emit,
+    RunRecord,
+    RunState,
+    StepRecord,
+    StepState,
+    StepType,
+)
+
+pytestmark = pytest.mark.anyio
+
+FOREVER = HistoryPolicy()
+LEASE = 30_000
+FAR = 10**12  # far enough in the future for any test (≈ 31 years)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@pytest.fixture
+async def backend(backend_url: str) -> AsyncIterator[Backend]:
+    backend = backend_from_url(backend_url)
+    await backend.open()
+    yield backend
+    await backend.close()
+
+
+def new_run(
+    run_id: str,
+    *,
+    workflow: str = "wf",
+    due_at: int | None = 0,
+    created_at: int = 1_795_500_000_000,
+    **kwargs: Any,
+) -> RunRecord:
+    return RunRecord(
+        id=run_id,
+        workflow=workflow,
+        state=RunState.STARTED,
+        created_at=created_at,
+        due_at=due_at,
+        **kwargs,
+    )
+
+
+def step(position: int, state: StepState = StepState.PROGRESS, **kwargs: Any) -> StepRecord:
+    kwargs.setdefault("type", StepType.RUN)
+    return StepRecord(position, kwargs.pop("name", f"step-{position}"), state=state, **kwargs)
+
+
+def waiting(position: int, event_id: str, **kwargs: Any) -> StepRecord:
+    return step(position, type=StepType.WAIT, event_id=event_id, attempts=1, **kwargs)
+
+
+def emits(channel: str, *labels: str) -> list[Emit]:
+    return [Emit(channel, "workflow.update", json.dumps({"label": label})) for label in labels]
+
+
+async def history(backend: Backend, channel: str) -> list[str]:
+    return [message.data["label"] for message in await backend.read(channel)]
+
+
+async def claim_one(backend: Backend, run_id: str, owner: str = "w1") -> RunRecord:
+    """Claim exactly ``run_id`` (tests create it due; nothing else is due)."""
+    (run,) = await backend.claim_runs(owner, now_ms(), LEASE, 10)
+    assert run.id == run_id
+    return run
+
+
+def assert_int_fields(record: StepRecord) -> None:
+    """Equality cannot tell 1795500000123 from 1795500000123.0; the log must keep integers."""
+    for name in ("position", "attempts", "started_at", "finished_at", "wake_at"):
+        value = getattr(record, name)
+        assert value is None or type(value) is int, (name, value)
+
+
+async def create_claimed(
+    backend: Backend, run_id: str, owner: str = "w1", **kwargs: Any
+) -> RunRecord:
+    await backend.create_run(new_run(run_id, **kwargs), [], FOREVER)
+    return await claim_one(backend, run_id, owner)
+
+
+# -- create / get / list ------------------------------------------------------------------------
+
+
+async def test_create_and_get_round_trip_every_field(backend: Backend) -> None:
+    steps = [
+        step(2, StepState.PROGRESS, started_at=1_795_500_000_456, wake_at=9_007_199_254_740_991),
+        step(0, StepState.SUCCESS, attempts=1, started_at=1_795_500_000_001, out='{"a": 1}'),
+        step(
+            1,
+            StepState.RETRY,
+            name='ünïcode "quoted" / slash',
+            attempts=2,
+            error="line\nbreak",
+            type=StepType.INVOKE,
+            child="wfr_child",
+        ),
+    ]
+    run = new_run(
+        "wfr_full",
+        workflow="basic",
+        due_at=1_795_500_000_999,
+        payload='{"text": "héllo", "list": [1, 2.5, null]}',
+        headers={"x-trace": "abc", "content-type": "application/json"},
+        timeout_at=4_102_444_800_000,
+        parent="wfr_parent",
+        parent_position=3,
+        steps=steps,
+    )
+    await backend.create_run(run, emits("wfr_full", "runStart"), FOREVER)
+    got = await backend.get_run("wfr_full")
+    assert got == replace(run, steps=sorted(steps, key=lambda s: s.position))
+    assert got is not None
+    assert [s.position for s in got.steps] == [0, 1, 2]
+    for each in got.steps:
+        assert_int_fields(each)
+    assert type(got.created_at) is int and type(got.due_at) is int
+    assert await history(backend, "wfr_full") == ["runStart"]
+    assert await backend.get_run("wfr_missing") is None
+
+
+async def test_create_defaults_round_trip(backend: Backend) -> None:
+    run = RunRecord(id="wfr_min", workflow="wf", state=RunState.STARTED, created_at=1)
+    await backend.create_run(run, [], FOREVER)
+    assert await backend.get_run("wfr_min") == run
+
+
+async def test_duplicate_id_conflicts_and_changes_nothing(backend: Backend) -> None:
+    first = new_run("wfr_dup", payload='"first"')
+    await backend.create_run(first, emits("wfr_dup", "first"), FOREVER)
+    second = new_run("wfr_dup", workflow="other", payload='"second"', steps=[step(0)])
+    with pytest.raises(RunConflict, match="wfr_dup"):
+        await backend.create_run(second, emits("wfr_dup", "second"), FOREVER)
+    assert await backend.get_run("wfr_dup") == first
+    assert await history(backend, "wfr_dup") == ["first"]
+    page = await backend.list_runs(state=None, workflow=None, cursor=None, count=10)
+    assert [r.id for r in page.runs] == ["wfr_dup"]
+    assert (await backend.list_runs(state=None, workflow="other", cursor=None, count=10)).runs == []
+
+
+async def test_list_runs_newest_first_with_filters(backend: Backend) -> None:
+    plan = [("r0", "a"), ("r1", "b"), ("r2", "a"), ("r3", "a"), ("r4", "b"), ("r5", "a")]
+    finish = {"r2": RunState.SUCCESS, "r4": RunState.FAILED}
+    for run_id, workflow in plan:
+        due = 0 if run_id in finish else None
+        await backend.create_run(new_run(run_id, workflow=workflow, due_at=due), [], FOREVER)
+    claimed = await backend.claim_runs("w1", now_ms(), LEASE, 10)
+    assert sorted(run.id for run in claimed) == ["r2", "r4"]
+    for run_id, state in finish.items():
+        await backend.finish_run(run_id, "w1", state.value, None, None, now_ms(), [], FOREVER)
+    await backend.cancel_run("r5", now_ms(), [], FOREVER)
+
+    async def ids(state: str | None = None, workflow: str | None = None) -> list[str]:
+        page = await backend.list_runs(state=state, workflow=workflow, cursor=None, count=100)
+        assert page.cursor is None
+        assert all(run.steps == [] for run in page.runs)
+        return [run.id for run in page.runs]
+
+    assert await ids() == ["r5", "r4", "r3", "r2", "r1", "r0"]
+    assert await ids(workflow="a") == ["r5", "r3", "r2", "r0"]
+    assert await ids(workflow="b") == ["r4", "r1"]
+    assert await ids(state="RUN_STARTED") == ["r3", "r1", "r0"]
+    assert await ids(state="RUN_SUCCESS") == ["r2"]
+    assert await ids(state="RUN_FAILED") == ["r4"]
+    assert await ids(state="RUN_CANCELED") == ["r5"]
+    assert await ids(state="RUN_STARTED", workflow="a") == ["r3", "r0"]
+    assert await ids(state="RUN_FAILED", workflow="a") == []
+    assert await ids(state="RUN_FAILED", workflow="b") == ["r4"]
+    assert await ids(workflow="nope") == []
+    page = await backend.list_runs(state=None, workflow="b", cursor=None, count=1)
+    (listed,) = page.runs
+    assert listed.id == "r4" and listed.state is RunState.FAILED
+    assert listed.completed_at is not None and listed.lease_owner is None
+    assert page.cursor is not None
+
+
+async def test_list_runs_cursor_pages(backend: Backend) -> None:
+    for i in range(7):
+        await backend.create_run(new_run(f"r{i}", due_at=None), [], FOREVER)
+    seen: list[str] = []
+    cursor: str | None = None
+    pages = 0
+    while True:
+        page = await backend.list_runs(state=None, workflow=None, cursor=cursor, count=3)
+        seen += [run.id for run in page.runs]
+        pages += 1
+        if page.cursor is None:
+            break
+        cursor = page.cursor
+        # A run created between pages is newer than the cursor: later pages never show it.
+        await backend.create_run(new_run(f"late{pages}", due_at=None), [], FOREVER)
+    assert seen == [f"r{i}" for i in reversed(range(7))]
+    assert pages == 3
+    exact = await backend.list_runs(state="RUN_STARTED", workflow="wf", cursor=None, count=9)
+    assert len(exact.runs) == 9 and exact.cursor is None
+    filtered = await backend.list_runs(state="RUN_STARTED", workflow="wf", cursor=None, count=4)
+    assert filtered.cursor is not None
+    rest = await backend.list_runs(
+        state="RUN_STARTED", workflow="wf", cursor=filtered.cursor, count=4
+    )
+    newest = [f"r{i}" for i in reversed(range(7))]
+    assert [r.id for r in [*filtered.runs, *rest.runs]] == ["late2", "late1", *newest[:6]]
+
+
+# -- claiming and leases ------------------------------------------------------------------------
+
+
+async def test_claim_takes_due_unleased_runs_oldest_due_first(backend: Backend) -> None:
+    now = now_ms()
+    due = {"r1": now - 3000, "r2": now - 1000, "r3": now - 2000, "r4": now + 60_000, "r5": None}
+    for run_id, due_at in due.items():
+        steps = [step(0, StepState.SUCCESS, out='"x"')] if run_id == "r1" else []
+        await backend.create_run(new_run(run_id, due_at=due_at, steps=steps), [], FOREVER)
+
+    first = await backend.claim_runs("w1", now, LEASE, 2)
+    assert [run.id for run in first] == ["r1", "r3"]
+    assert all(r.lease_owner == "w1" and r.lease_until == now + LEASE for r in first)
+    assert first[0].steps == [step(0, StepState.SUCCESS, out='"x"')]
+    assert first[0].due_at == now - 3000
+    stored = await backend.get_run("r1")
+    assert stored is not None and (stored.lease_owner, stored.lease_until) == ("w1", now + LEASE)
+
+    assert [run.id for run in await backend.claim_runs("w2", now, LEASE, 10)] == ["r2"]
+    assert await backend.claim_runs("w2", now, LEASE, 10) == []  # r4 not due, r5 never
+    assert await backend.claim_runs("w2", now, LEASE, 0) == []
+    # Past every lease and r4's due time: expired leases and due runs merge, oldest due first.
+    later = now + 60_001
+    again = await backend.claim_runs("w3", later, LEASE, 10)
+    assert [run.id for run in again] == ["r1", "r3", "r2", "r4"]
+    assert all(r.lease_owner == "w3" and r.lease_until == later + LEASE for r in again)
+
+
+async def test_concurrent_claimers_never_share_a_run(backend: Backend, backend_url: str) -> None:
+    now = now_ms()
+    for i in range(30):
+        await backend.create_run(new_run(f"r{i:02}", due_at=now - 1000 + i), [], FOREVER)
+    other = backend_from_url(backend_url)  # a second process, in effect
+    await other.open()
+    try:
+        batches = await asyncio.gather(
+            *((backend if i % 2 else other).claim_runs(f"w{i}", now, LEASE, 3) for i in range(20))
+        )
+    finally:
+        await other.close()
+    claimed = [(run.id, run.lease_owner) for batch in batches for run in batch]
+    assert sorted(run_id for run_id, _ in claimed) == [f"r{i:02}" for i in range(30)]
+    for run_id, owner in claimed:
+        stored = await backend.get_run(run_id)
+        assert stored is not None and stored.lease_owner == owner
+
+
+async def test_expired_lease_is_reclaimed_by_another_owner(backend: Backend) -> None:
+    await backend.create_run(new_run("r1"), [], FOREVER)
+    now = now_ms()
+    assert len(await backend.claim_runs("w1", now, 1000, 10)) == 1
+    assert await backend.claim_runs("w2", now + 500, 1000, 10) == []
+    assert await backend.claim_runs("w2", now + 1000, 1000, 10) == []  # expires strictly after
+    (taken,) = await backend.claim_runs("w2", now + 1001, 1000, 10)
+    assert taken.id == "r1" and taken.lease_owner == "w2"
+    with pytest.raises(LeaseLost):
+        await backend.save_steps("r1", "w1", [step(0)], emits("r1", "late"), FOREVER)
+    assert await backend.renew_leases("w1", ["r1"], now + 10_000) == []
+    await backend.save_steps("r1", "w2", [step(0)], emits("r1", "mine"), FOREVER)
+    assert await history(backend, "r1") == ["mine"]
+
+
+async def test_renew_leases_extends_only_what_the_owner_holds(backend: Backend) -> None:
+    now = now_ms()
+    for run_id in ("r1", "r2", "r3"):
+        await backend.create_run(new_run(run_id, due_at=now - 10), [], FOREVER)
+    await backend.claim_runs("w1", now, 1000, 2)
+    await backend.claim_runs("w2", now, 1000, 1)
+    held = await backend.renew_leases("w1", ["r1", "r2", "r3", "missing"], now + 5000)
+    assert held == ["r1", "r2"]
+    for run_id, until in (("r1", now + 5000), ("r2", now + 5000), ("r3", now + 1000)):
+        stored = await backend.get_run(run_id)
+        assert stored is not None and stored.lease_until == until
+    # The renewed leases hold past the original expiry; r3's does not.
+    assert [r.id for r in await backend.claim_runs("w9", now + 2000, 1000, 10)] == ["r3"]
+    # A finished run's lease cannot be renewed.
+    await backend.finish_run("r1", "w1", "RUN_SUCCESS", None, None, now, [], FOREVER)
+    assert await backend.renew_leases("w1", ["r1", "r2"], now + 9000) == ["r2"]
+
+
+async def test_a_run_created_without_due_at_is_never_claimed(backend: Backend) -> None:
+    await backend.create_run(new_run("r1", due_at=None), [], FOREVER)
+    assert await backend.claim_runs("w1", now_ms() + FAR, LEASE, 10) == []
+
+
+# -- saving steps and releasing -----------------------------------------------------------------
+
+
+async def test_save_steps_inserts_and_replaces_by_position(backend: Backend) -> None:
+    await create_claimed(backend, "r1", steps=[step(0, name="first")])
+    s1 = step(1, started_at=1_795_500_000_123, attempts=1)
+    await backend.save_steps("r1", "w1", [s1], emits("r1", "s1-start"), FOREVER)
+    done = replace(s1, state=StepState.SUCCESS, finished_at=1_795_500_000_999, out="[1, 2]")
+    s3 = step(3, StepState.RETRY, attempts=2, error="flaky")
+    await backend.save_steps("r1", "w1", [done, s3], emits("r1", "s1-end", "s3"), FOREVER)
+    stored = await backend.get_run("r1")
+    assert stored is not None
+    assert stored.steps == [step(0, name="first"), done, s3]
+    assert await history(backend, "r1") == ["s1-start", "s1-end", "s3"]
+
+
+@pytest.mark.parametrize("owner", ["w2", None])
+async def test_save_steps_is_fenced(backend: Backend, owner: str | None) -> None:
+    """Another owner, or a run nobody holds: nothing written, no event stored."""
+    await backend.create_run(new_run("r1", steps=[step(0)]), [], FOREVER)
+    if owner is not None:
+        await claim_one(backend, "r1", "w1")
+    with pytest.raises(LeaseLost, match="r1"):
+        await backend.save_steps(
+            "r1", owner or "w1", [step(0, StepState.SUCCESS), step(1)], emits("r1", "nope"), FOREVER
+        )
+    with pytest.raises(LeaseLost):
+        await backend.save_steps("missing", "w1", [step(0)], emits("missing", "nope"), FOREVER)
+    stored = await backend.get_run("r1")
+    assert stored is not None and stored.steps == [step(0)]
+    assert await history(backend, "r1") == []
+    assert await history(backend, "missing") == []
+
+
+async def test_release_until_later_applies_the_patch(backend: Backend) -> None:
+    await create_claimed(backend, "r1")
+    now = now_ms()
+    patch = {"phase": "failure", "error": "boom", "failure_attempts": 2}
+    await backend.release_run("r1", "w1", now + 5000, patch, emits("r1", "released"), FOREVER)
+    stored = await backend.get_run("r1")
+    assert stored is not None
+    assert (stored.phase, stored.error, stored.failure_attempts) == ("failure", "boom", 2)
+    assert (stored.due_at, stored.lease_owner, stored.lease_until) == (now + 5000, None, None)
+    assert stored.payload == "null" and stored.state is RunState.STARTED
+    assert await history(backend, "r1") == ["released"]
+    assert await backend.claim_runs("w2", now + 4999, LEASE, 10) == []
+    (again,) = await backend.claim_runs("w2", now + 5000, LEASE, 10)
+    assert again.phase == "failure" and again.lease_owner == "w2"
+    # The old owner is fenced out: no patch, no event.
+    with pytest.raises(LeaseLost):
+        await backend.release_run("r1", "w1", None, {"phase": "run"}, emits("r1", "x"), FOREVER)
+    stored = await backend.get_run("r1")
+    assert stored is not None and stored.phase == "failure" and stored.lease_owner == "w2"
+    assert await history(backend, "r1") == ["released"]
+
+
+async def test_release_without_due_at_waits_for_a_wake_up(backend: Backend) -> None:
+    await create_claimed(backend, "r1")
+    await backend.release_run("r1", "w1", None, {}, [], FOREVER)
+    stored = await backend.get_run("r1")
+    assert stored is not None and stored.due_at is None and stored.lease_owner is None
+    assert await backend.claim_runs("w1", now_ms() + FAR, LEASE, 10) == []
+    with pytest.raises(LeaseLost):  # released: the old owner holds nothing
+        await backend.save_steps("r1", "w1", [step(0)], [], FOREVER)
+
+
+# -- waiting for events -------------------------------------------------------------------------
+
+
+async def test_notify_resolves_a_waiting_step_and_makes_its_run_due(backend: Backend) -> None:
+    await create_claimed(backend, "r1")
+    wait = waiting(0, "approve", started_at=1_795_500_000_123, wake_at=1_795_500_060_123)
+    assert await backend.wait_event("r1", "w1", wait, emits("r1", "waiting"), FOREVER) is None
+    await backend.release_run("r1", "w1", None, {}, [], FOREVER)
+    stored = await backend.get_run("r1")
+    assert stored is not None and stored.steps == [wait] and stored.due_at is None
+    assert await history(backend, "r1") == ["waiting"]
+
+    now = now_ms()
+    raw = '{"ok": true, "by": "ünï \\"q\\" /"}'
+    assert await backend.notify("approve", raw, None, now) == 1
+    stored = await backend.get_run("r1")
+    assert stored is not None
+    assert stored.steps == [replace(wait, out=raw, resolved=True)]
+    assert_int_fields(stored.steps[0])
+    assert stored.due_at == now
+    (claimed,) = await backend.claim_runs("w2", now, LEASE, 10)
+    assert claimed.steps[0].out == raw
+    # The waiter was consumed: nobody else waits.
+    assert await backend.notify("approve", "null", None, now) == 0
+    assert await history(backend, "r1") == ["waiting"]
+
+
+async def test_wait_event_registration_is_fenced(backend: Backend) -> None:
+    await create_claimed(backend, "r1")
+    with pytest.raises(LeaseLost):
+        await backend.wait_event("r1", "w2", waiting(0, "ev"), emits("r1", "x"), FOREVER)
+    stored = await backend.get_run("r1")
+    assert stored is not None and stored.steps == []
+    assert await backend.notify("ev", "1", None, now_ms()) == 0
+    assert await history(backend, "r1") == []
+
+
+async def test_notify_before_the_wait_is_kept_for_the_run(backend: Backend) -> None:
+    """Lookback: the event waits for the step; the wait returns it and records it resolved."""
+    await create_claimed(backend, "r1")
+    assert await backend.notify("ev", '{"n": 1}', "r1", now_ms()) == 0
+    stored = await backend.get_run("r1")
+    assert stored is not None and stored.steps == []
+
+    wait = waiting(2, "ev", started_at=1_795_500_000_123)
+    data = await backend.wait_event("r1", "w1", wait, emits("r1", "stepStart"), FOREVER)
+    assert data == '{"n": 1}'
+    stored = await backend.get_run("r1")
+    assert stored is not None and stored.steps == [replace(wait, out=data, resolved=True)]
+    assert_int_fields(stored.steps[0])
+    assert await history(backend, "r1") == ["stepStart"]
+    # Consumed: a second wait for the same event id waits for a new notify.
+    assert await backend.wait_event("r1", "w1", waiting(3, "ev"), [], FOREVER) is None
+    # A later notify for the run replaces what is kept, it does not pile up.
+    await backend.notify("other", '"a"', "r1", now_ms())
+    await backend.notify("other", '"b"', "r1", now_ms())
+    assert await backend.wait_event("r1", "w1", waiting(4, "other"), [], FOREVER) == '"b"'
+
+
+async def test_notify_names_only_the_given_run(backend: Backend) -> None:
+    for run_id in ("r1", "r2"):
+        await create_claimed(backend, run_id)
+        await backend.wait_event(run_id, "w1", waiting(0, "shared"), [], FOREVER)
+        await backend.release_run(run_id, "w1", None, {}, [], FOREVER)
+    assert await backend.notify("shared", '"one"', "r2", now_ms()) == 1
+    r1, r2 = await backend.get_run("r1"), await backend.get_run("r2")
+    assert r1 is not None and r2 is not None
+    assert (r1.steps[0].resolved, r2.steps[0].resolved) == (False, True)
+    assert await backend.notify("shared", '"all"', None, now_ms()) == 1
+    r1 = await backend.get_run("r1")
+    assert r1 is not None and r1.steps[0].out == '"all"'
+
+
+async def test_notify_wakes_every_waiter(backend: Backend) -> None:
+    for run_id in ("r1", "r2"):
+        await create_claimed(backend, run_id)
+        await backend.wait_event(run_id, "w1", waiting(0, "go"), [], FOREVER)
+        await backend.wait_event(run_id, "w1", waiting(1, "go"), [], FOREVER)
+        await backend.release_run(run_id, "w1", None, {}, [], FOREVER)
+    assert await backend.notify("go", "7", None, now_ms()) == 4
+    for run_id in ("r1", "r2"):
+        stored = await backend.get_run(run_id)
+        assert stored is not None and [s.out for s in stored.steps] == ["7", "7"]
+
+
+async def test_notify_without_waiters_or_run(backend: Backend) -> None:
+    assert await backend.notify("nobody", "null", None, now_ms()) == 0
+    with pytest.raises(RunNotFound):
+        await backend.notify("ev", "null", "wfr_missing", now_ms())
+    await create_claimed(backend, "r1")
+    await backend.finish_run("r1", "w1", "RUN_SUCCESS", "1", None, now_ms(), [], FOREVER)
+    with pytest.raises(RunConflict, match="r1"):
+        await backend.notify("ev", "null", "r1", now_ms())
+
+
+async def test_notify_while_leased_makes_the_release_due_now(backend: Backend) -> None:
+    await create_claimed(backend, "r1")
+    await backend.wait_event("r1", "w1", waiting(0, "ev"), [], FOREVER)
+    assert await backend.notify("ev", '"hi"', None, now_ms()) == 1
+    # Still leased: nobody else gets it meanwhile.
+    assert await backend.claim_runs("w2", now_ms(), LEASE, 10) == []
+    # The worker, unaware, plans to sleep for ages; the resolved step wins.
+    before = now_ms()
+    await backend.release_run("r1", "w1", before + FAR, {}, [], FOREVER)
+    stored = await backend.get_run("r1")
+    assert stored is not None and stored.due_at is not None
+    assert before <= stored.due_at <= now_ms()
+    (claimed,) = await backend.claim_runs("w2", now_ms(), LEASE, 10)
+    assert claimed.steps[0].resolved and claimed.steps[0].out == '"hi"'
+    # Once the worker completed the step, a release is taken at its word again.
+    done = replace(claimed.steps[0], state=StepState.SUCCESS, finished_at=now_ms())
+    await backend.save_steps("r1", "w2", [done], [], FOREVER)
+    await backend.release_run("r1", "w2", before + FAR, {}, [], FOREVER)
+    stored = await backend.get_run("r1")
+    assert stored is not None and stored.due_at == before + FAR
+
+
+# -- finishing and canceling --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("state", "result", "error"),
+    [(RunState.SUCCESS, '{"total": 3}', None), (RunState.FAILED, None, "boom: it broke")],
+)
+async def test_finish_run(
+    backend: Backend, state: RunState, result: str | None, error: str | None
+) -> None:
+    await create_claimed(backend, "r1", steps=[step(0, StepState.SUCCESS)])
+    now = now_ms()
+    await backend.finish_run(
+        "r1", "w1", state.value, result, error, now, emits("r1", "fin"), FOREVER
+    )
+    stored = await backend.get_run("r1")
+    assert stored is not None
+    assert (stored.state, stored.result, stored.error, stored.completed_at) == (
+        state,
+        result,
+        error,
+        now,
+    )
+    assert (stored.due_at, stored.lease_owner, stored.lease_until) == (None, None, None)
+    assert stored.steps == [step(0, StepState.SUCCESS)]
+    assert await history(backend, "r1") == ["fin"]
+    assert await backend.claim_runs("w1", now + FAR, LEASE, 10) == []
+    page = await backend.list_runs(state=state.value, workflow=None, cursor=None, count=10)
+    assert [r.id for r in page.runs] == ["r1"]
+    started = await backend.list_runs(state="RUN_STARTED", workflow=None, cursor=None, count=10)
+    assert started.runs == []
+    # Finished: every fenced method refuses, and stores no event.
+    with pytest.raises(LeaseLost):
+        await backend.finish_run(
+            "r1", "w1", "RUN_SUCCESS", None, None, now, emits("r1", "x"), FOREVER
+        )
+    with pytest.raises(LeaseLost):
+        await backend.save_steps("r1", "w1", [step(1)], emits("r1", "x"), FOREVER)
+    with pytest.raises(LeaseLost):
+        await backend.release_run("r1", "w1", now, {}, emits("r1", "x"), FOREVER)
+    with pytest.raises(LeaseLost):
+        await backend.wait_event("r1", "w1", waiting(1, "ev"), emits("r1", "x"), FOREVER)
+    assert await history(backend, "r1") == ["fin"]
+    after = await backend.get_run("r1")
+    assert after == stored
+
+
+async def _parent_waiting_on_child(backend: Backend, *, keep_lease: bool = False) -> StepRecord:
+    await create_claimed(backend, "parent")
+    invoke = step(1, type=StepType.INVOKE, child="child", started_at=1_795_500_000_123)
+    await backend.save_steps("parent", "w1", [invoke], [], FOREVER)
+    if not keep_lease:
+        await backend.release_run("parent", "w1", None, {}, [], FOREVER)
+    child = new_run("child", workflow="kid", parent="parent", parent_position=1)
+    await backend.create_run(child, [], FOREVER)
+    (claimed,) = await backend.claim_runs("w2", now_ms(), LEASE, 10)
+    assert claimed.id == "child"
+    return invoke
+
+
+@pytest.mark.parametrize(
+    ("state", "result", "error"),
+    [(RunState.SUCCESS, '{"v": [1, "two"]}', None), (RunState.FAILED, None, 'bad "input"')],
+)
+async def test_finishing_a_child_resolves_the_parent(
+    backend: Backend, state: RunState, result: str | None, error: str | None
+) -> None:
+    invoke = await _parent_waiting_on_child(backend)
+    now = now_ms()
+    await backend.finish_run("child", "w2", state.value, result, error, now, [], FOREVER)
+    parent = await backend.get_run("parent")
+    assert parent is not None
+    out = json.dumps({"state": state.value, "result": result, "error": error})
+    assert parent.steps == [replace(invoke, out=out, resolved=True)]
+    assert_int_fields(parent.steps[0])
+    assert parent.due_at == now and parent.state is RunState.STARTED
+    (claimed,) = await backend.claim_runs("w1", now, LEASE, 10)
+    assert claimed.id == "parent"
+
+
+async def test_a_child_finishing_while_the_parent_is_leased(backend: Backend) -> None:
+    await _parent_waiting_on_child(backend, keep_lease=True)
+    await backend.finish_run("child", "w2", "RUN_SUCCESS", "1", None, now_ms(), [], FOREVER)
+    assert await backend.claim_runs("w3", now_ms(), LEASE, 10) == []  # still w1's
+    await backend.release_run("parent", "w1", None, {}, [], FOREVER)
+    (claimed,) = await backend.claim_runs("w3", now_ms(), LEASE, 10)
+    assert claimed.id == "parent" and claimed.steps[0].resolved
+
+
+async def test_cancel_a_running_run(backend: Backend) -> None:
+    steps = [
+        step(0, StepState.SUCCESS, started_at=1_795_500_000_001, finished_at=1_795_500_000_002),
+        step(1, StepState.PROGRESS, started_at=1_795_500_000_003, attempts=1),
+        step(2, StepState.RETRY, attempts=2, error="flaky", wake_at=1_795_500_009_000),
+        step(4, StepState.FAILED, error="gave up"),
+    ]
+    await create_claimed(backend, "r1", steps=steps)
+    wait = waiting(3, "ev", started_at=1_795_500_000_004)
+    await backend.wait_event("r1", "w1", wait, [], FOREVER)
+    await backend.notify("kept", '"x"', "r1", now_ms())  # lookback, dropped by the cancel
+    now = now_ms()
+    await backend.cancel_run("r1", now, emits("r1", "canceled"), FOREVER)
+
+    stored = await backend.get_run("r1")
+    assert stored is not None
+    assert (stored.state, stored.completed_at, stored.result, stored.error) == (
+        RunState.CANCELED,
+        now,
+        None,
+        "canceled",
+    )
+    assert (stored.due_at, stored.lease_owner, stored.lease_until) == (None, None, None)
+    canceled = replace(wait, state=StepState.CANCELED, finished_at=now)
+    assert stored.steps == [
+        steps[0],
+        replace(steps[1], state=StepState.CANCELED, finished_at=now),
+        replace(steps[2], state=StepState.CANCELED, finished_at=now),
+        canceled,
+        steps[3],
+    ]
+    for each in stored.steps:
+        assert_int_fields(each)
+    assert await history(backend, "r1") == ["canceled"]
+    # The lease holder finds out at its next write; nothing it sends is stored.
+    with pytest.raises(LeaseLost):
+        await backend.save_steps(
+            "r1", "w1", [step(1, StepState.SUCCESS)], emits("r1", "late"), FOREVER
+        )
+    assert await backend.renew_leases("w1", ["r1"], now + LEASE) == []
+    assert await history(backend, "r1") == ["canceled"]
+    # Its waits are gone, and it is never claimed again.
+    assert await backend.notify("ev", "null", None, now) == 0
+    assert await backend.claim_runs("w2", now + FAR, LEASE, 10) == []
+    page = await backend.list_runs(state="RUN_CANCELED", workflow=None, cursor=None, count=5)
+    assert [r.id for r in page.runs] == ["r1"]
+
+
+async def test_cancel_an_idle_run_and_a_child(backend: Backend) -> None:
+    await backend.create_run(new_run("idle", due_at=None), [], FOREVER)
+    await backend.cancel_run("idle", now_ms(), [], FOREVER)
+    stored = await backend.get_run("idle")
+    assert stored is not None and stored.state is RunState.CANCELED
+
+    invoke = await _parent_waiting_on_child(backend)
+    await backend.cancel_run("child", now_ms(), [], FOREVER)
+    parent = await backend.get_run("parent")
+    assert parent is not None
+    out = json.dumps({"state": "RUN_CANCELED", "result": None, "error": "canceled"})
+    assert parent.steps == [replace(invoke, out=out, resolved=True)]
+
+
+async def test_finish_as_canceled_cancels_open_steps(backend: Backend) -> None:
+    await create_claimed(backend, "r1", steps=[step(0), step(1, StepState.SUCCESS)])
+    now = now_ms()
+    await backend.finish_run("r1", "w1", "RUN_CANCELED", None, "canceled", now, [], FOREVER)
+    stored = await backend.get_run("r1")
+    assert stored is not None
+    assert [s.state for s in stored.steps] == [StepState.CANCELED, StepState.SUCCESS]
+    assert stored.steps[0].finished_at == now
+
+
+async def test_cancel_refuses_finished_and_unknown_runs(backend: Backend) -> None:
+    with pytest.raises(RunNotFound):
+        await backend.cancel_run("wfr_missing", now_ms(), emits("wfr_missing", "x"), FOREVER)
+    await create_claimed(backend, "r1")
+    await backend.finish_run("r1", "w1", "RUN_FAILED", None, "boom", now_ms(), [], FOREVER)
+    with pytest.raises(RunConflict, match="RUN_FAILED"):
+        await backend.cancel_run("r1", now_ms(), emits("r1", "x"), FOREVER)
+    stored = await backend.get_run("r1")
+    assert stored is not None and stored.state is RunState.FAILED and stored.error == "boom"
+    assert await history(backend, "r1") == []
+    assert await history(backend, "wfr_missing") == []
+
+
+# -- the events reporting each change -----------------------------------------------------------
+
+
+async def test_emits_follow_the_policy(backend: Backend) -> None:
+    short = HistoryPolicy(max_length=2)
+    await backend.create_run(new_run("r1"), emits("r1", "a", "b", "c"), short)
+    assert await history(backend, "r1") == ["b", "c"]
+    await claim_one(backend, "r1")
+    await backend.save_steps("r1", "w1", [step(0)], emits("r1", "d"), short)
+    assert await history(backend, "r1") == ["c", "d"]
+
+
+async def test_emits_reach_live_listeners(backend: Backend) -> None:
+    delivered: list[Message] = []
+    four = asyncio.Event()
+
+    class Sink:
+        def deliver(self, messages: list[Message]) -> None:
+            delivered.extend(messages)
+            if len(delivered) >= 4:
+                four.set()
+
+        def lost(self, reason: str) -> None:
+            raise AssertionError(reason)
+
+    backend.set_sink(Sink())
+    await backend.listen(["r1", "side"])
+    await backend.create_run(new_run("r1"), emits("r1", "a", "b"), FOREVER)
+    await claim_one(backend, "r1")
+    # Several channels in one call, in order.
+    await backend.save_steps("r1", "w1", [step(0)], emits("r1", "c") + emits("side", "s"), FOREVER)
+    async with asyncio.timeout(5):
+        await four.wait()
+    assert [(m.channel, m.data["label"]) for m in delivered] == [
+        ("r1", "a"),
+        ("r1", "b"),
+        ("r1", "c"),
+        ("side", "s"),
+    ]
+    assert all(m.event == "workflow.update" for m in delivered)
+    assert [m.id for m in delivered[:3]] == [m.id for m in await backend.read("r1")]
+
+
+async def test_json_edits_keep_every_field_exact(backend: Backend) -> None:
+    """Lua rewrites a step when a notify resolves it: nothing else of it may change."""
+    wait = StepRecord(
+        position=7,
+        name='wait "for" ✓ / 😀 \\ end',
+        type=StepType.WAIT,
+        state=StepState.PROGRESS,
+        attempts=3,
+        started_at=1_795_500_000_123,
+        finished_at=None,
+        out=None,
+        error="previous\ttry\n",
+        wake_at=9_007_199_254_740_991,
+        event_id="évent/1",
+        child=None,
+        resolved=False,
+    )
+    await create_claimed(backend, "r1")
+    await backend.wait_event("r1", "w1", wait, [], FOREVER)
+    raw = json.dumps({"big": 2**53 - 1, "float": 0.1, "text": "😀", "nested": {"empty": []}})
+    assert await backend.notify("évent/1", raw, None, now_ms()) == 1
+    stored = await backend.get_run("r1")
+    assert stored is not None
+    (got,) = stored.steps
+    assert got == replace(wait, out=raw, resolved=True)
+    assert {f.name: type(getattr(got, f.name)) for f in fields(got)} == {
+        f.name: type(getattr(replace(wait, out=raw, resolved=True), f.name)) for f in fields(got)
+    }
+    assert got.out == raw  # byte for byte
