@@ -112,7 +112,7 @@ local function close(id, state, result, err, now, outcome)
     redis.call('SREM', P .. 'wf:waits:' .. event, id .. '|' .. at)
   end
   redis.call('DEL', waits, P .. 'wf:lookback:' .. id)
-  if state == 'RUN_CANCELED' then
+  do -- a finished run leaves no step in progress (canceled, timed out, abandoned)
     local steps = steps_key(id)
     local all = redis.call('HGETALL', steps)
     for i = 1, #all, 2 do

@@ -289,12 +289,12 @@ def _close(
     )
     conn.execute("DELETE FROM wf_waits WHERE run_id = ?", (run_id,))
     conn.execute("DELETE FROM wf_lookback WHERE run_id = ?", (run_id,))
-    if state == RunState.CANCELED.value:
-        for step in _steps(conn, run_id):
-            if step.state in (StepState.PROGRESS, StepState.RETRY):
-                step.state = StepState.CANCELED
-                step.finished_at = now
-                _put_steps(conn, run_id, [step])
+    # A finished run leaves no step in progress (canceled, timed out, or abandoned).
+    for step in _steps(conn, run_id):
+        if step.state in (StepState.PROGRESS, StepState.RETRY):
+            step.state = StepState.CANCELED
+            step.finished_at = now
+            _put_steps(conn, run_id, [step])
     if parent is not None and meta.get("parent_position") is not None:
         out = json.dumps({"state": state, "result": result, "error": error})
         _resolve(conn, parent, meta["parent_position"], out, now)

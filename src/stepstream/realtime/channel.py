@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import weakref
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection, Sequence
 from types import TracebackType
 from typing import Any
 
+from stepstream.auth import TokenSigner
 from stepstream.backends import Backend, backend_from_url
 from stepstream.backends.base import HistoryPolicy, Message, parse_cursor
 from stepstream.errors import ConfigurationError, StepstreamError, ValidationError
@@ -63,8 +64,10 @@ class Realtime:
         history: HistoryPolicy | None = None,
         max_duration: float = 300,
         ping_interval: float = 15,
+        secret: str | bytes | None = None,
     ) -> None:
         self.schema = EventSchema(schema)
+        self.signer = TokenSigner(secret)
         self.backend: Backend = (
             backend_from_url(backend) if backend is None or isinstance(backend, str) else backend
         )
@@ -138,6 +141,14 @@ class Realtime:
         return self._hub
 
     # -- channels --------------------------------------------------------------------------
+
+    def token(self, channels: Sequence[str], ttl: float = 3600) -> str:
+        """A signed token letting a browser subscribe to ``channels`` for ``ttl`` seconds
+        (pass it as ``?token=`` to the SSE endpoint). Signed with ``secret`` /
+        ``$STEPSTREAM_SECRET``, which every server of a deployment must share."""
+        for name in [channels] if isinstance(channels, str) else channels:
+            check_channel_name(name)
+        return self.signer.mint(channels, ttl)
 
     def channel(self, name: str) -> Channel:
         """The channel called ``name`` (created on first emit)."""

@@ -27,6 +27,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Message as ASGIMessage
 from starlette.types import Receive, Scope, Send
 
+from stepstream.auth import InvalidToken, bearer, same_token
 from stepstream.backends.base import Message, parse_cursor
 from stepstream.errors import StepstreamError, ValidationError
 from stepstream.realtime.channel import Realtime, check_channel_name
@@ -63,14 +64,24 @@ def handle(
     *,
     middleware: Middleware | None = None,
     cors_origins: Sequence[str] | None = None,
+    require_token: bool = False,
+    api_token: str | None = None,
 ) -> SSEEndpoint:
     """The SSE endpoint of ``realtime`` as an ASGI app.
 
     ``middleware(request, channels)`` runs before anything else and may return a response
     (e.g. 401/403) to refuse the connection. ``cors_origins``: origins allowed to connect from
-    another site (``["*"]`` for any); by default only the same origin.
+    another site (``["*"]`` for any); by default only the same origin. ``require_token``: every
+    channel must be granted by a ``realtime.token(...)`` passed as ``?token=`` (or the
+    ``api_token`` itself, as ``?token=`` or a bearer header) — checked before any byte is sent.
     """
-    return SSEEndpoint(realtime, middleware=middleware, cors_origins=cors_origins)
+    return SSEEndpoint(
+        realtime,
+        middleware=middleware,
+        cors_origins=cors_origins,
+        require_token=require_token,
+        api_token=api_token,
+    )
 
 
 class SSEEndpoint:
@@ -80,9 +91,13 @@ class SSEEndpoint:
         *,
         middleware: Middleware | None = None,
         cors_origins: Sequence[str] | None = None,
+        require_token: bool = False,
+        api_token: str | None = None,
     ) -> None:
         self.realtime = realtime
         self.middleware = middleware
+        self.require_token = require_token or api_token is not None
+        self.api_token = api_token
         self.cors_origins = frozenset(cors_origins or ())
         self.active = 0  # SSE responses being served now (reported by /healthz)
 
@@ -106,6 +121,12 @@ class SSEEndpoint:
             response.headers.update(cors)
             await response(scope, receive, send)
             return
+        if self.require_token:
+            denied = self._check_token(request, spec.channels)
+            if denied is not None:
+                denied.headers.update(cors)
+                await denied(scope, receive, send)
+                return
         if self.middleware is not None:
             refusal = self.middleware(request, list(spec.channels))
             if inspect.isawaitable(refusal):
@@ -133,6 +154,25 @@ class SSEEndpoint:
                 stream.close()
         finally:
             self.active -= 1
+
+    def _check_token(self, request: Request, channels: list[str]) -> Response | None:
+        given = request.query_params.get("token") or bearer(request.headers.get("authorization"))
+        if not given:
+            return error_response(
+                401, "unauthorized", "this endpoint needs a subscription token: add ?token=..."
+            )
+        if self.api_token is not None and same_token(given, self.api_token):
+            return None
+        try:
+            granted = self.realtime.signer.verify(given)
+        except InvalidToken as exc:
+            return error_response(401, "unauthorized", str(exc))
+        refused = [channel for channel in channels if channel not in granted]
+        if refused:
+            return error_response(
+                403, "forbidden", f"the token does not grant channel(s) {', '.join(refused)}"
+            )
+        return None
 
     def _cors_headers(self, origin: str | None) -> dict[str, str]:
         if origin is None or not self.cors_origins:

@@ -9,17 +9,22 @@ GET  /static/...              the JS client (``stepstream.js``) and React hook (
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
+from starlette.middleware import Middleware as Middleware_
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from stepstream.auth import TOKEN_ENV, bearer, same_token
 from stepstream.backends.base import parse_cursor
 from stepstream.errors import CursorUnavailable, StepstreamError, ValidationError
 from stepstream.realtime.channel import Realtime
@@ -38,11 +43,32 @@ def create_app(
     middleware: Middleware | None = None,
     cors_origins: Sequence[str] | None = None,
     routes: Sequence[BaseRoute] = (),
+    token: str | None = None,
 ) -> Starlette:
     """The stepstream app for ``realtime`` (plus ``routes``). Its lifespan opens and closes the
-    backend."""
+    backend.
 
-    sse = handle(realtime, middleware=middleware, cors_origins=cors_origins)
+    ``token`` (default ``$STEPSTREAM_TOKEN``) protects the API: every ``/api/...`` request needs
+    ``Authorization: Bearer <token>``, and the SSE endpoint needs a subscription token for each
+    channel (``POST /api/realtime/token`` or ``realtime.token(...)``).
+    """
+    token = token if token is not None else os.environ.get(TOKEN_ENV) or None
+    sse = handle(realtime, middleware=middleware, cors_origins=cors_origins, api_token=token)
+
+    async def mint(request: Request) -> Response:
+        try:
+            body = await request.json()
+            channels, ttl = body["channels"], float(body.get("ttl", 3600))
+            if not isinstance(channels, list) or not 0 < ttl <= 7 * 86400:
+                raise ValueError
+            minted = realtime.token(channels, ttl)
+        except ValidationError as exc:
+            return error_response(422, "validation_error", str(exc))
+        except (ValueError, KeyError, TypeError):
+            return error_response(
+                400, "bad_request", 'send {"channels": ["..."], "ttl": seconds (max 7 days)}'
+            )
+        return JSONResponse({"token": minted, "channels": channels, "ttl": ttl})
 
     async def healthz(request: Request) -> Response:
         try:
@@ -105,11 +131,39 @@ def create_app(
             Route("/healthz", healthz),
             Route("/api/realtime", sse),
             Route("/api/realtime/history", history),
+            Route("/api/realtime/token", mint, methods=["POST"]),
             *routes,
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ],
+        middleware=[Middleware_(BearerAuth, token=token)] if token else [],
         lifespan=lifespan,
     )
+
+
+class BearerAuth:
+    """Refuses ``/api/...`` requests (but the SSE endpoint, which checks its own tokens)
+    without ``Authorization: Bearer <token>``, before they reach any route."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self.token = token
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if (
+            scope["type"] == "http"
+            and path.startswith("/api/")
+            and path != "/api/realtime"
+            and scope.get("method") != "OPTIONS"
+            and not same_token(bearer(Headers(scope=scope).get("authorization")), self.token)
+        ):
+            response = error_response(
+                401, "unauthorized", "send Authorization: Bearer <STEPSTREAM_TOKEN>"
+            )
+            response.headers["www-authenticate"] = "Bearer"
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 def _limit(value: str) -> int:
@@ -125,15 +179,17 @@ def workflows_app(
     concurrency: int = 100,
     middleware: Middleware | None = None,
     cors_origins: Sequence[str] | None = None,
+    token: str | None = None,
 ) -> Starlette:
     """The app for a ``Workflows`` registry; its lifespan runs ``workers`` in-process workers
-    (``0`` for an API/SSE-only server)."""
+    (``0`` for an API/SSE-only server). ``token``: see ``create_app``."""
     realtime = workflows.realtime or Realtime(backend=workflows.backend.url)
     app = create_app(
         realtime,
         middleware=middleware,
         cors_origins=cors_origins,
         routes=api_routes(workflows),
+        token=token,
     )
     inner = app.router.lifespan_context
 

@@ -1,0 +1,90 @@
+"""Access control: the API bearer token, and short-lived signed subscription tokens.
+
+Browsers cannot put headers on an ``EventSource``, so a page gets a token scoped to the
+channels it may read (minted by your server with ``realtime.token(channels, ttl)``, or by
+``POST /api/realtime/token`` with the API token) and passes it as ``?token=``. A token is
+``<payload>.<signature>``: base64url JSON ``{"c": channels, "e": expiry}`` signed with
+HMAC-SHA256 under the realtime's secret (``STEPSTREAM_SECRET``; every server of a deployment
+needs the same one).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import time
+from collections.abc import Sequence
+
+from stepstream.errors import StepstreamError
+
+SECRET_ENV = "STEPSTREAM_SECRET"
+TOKEN_ENV = "STEPSTREAM_TOKEN"
+
+
+class InvalidToken(StepstreamError):
+    """A subscription token is malformed, tampered with, or expired."""
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class TokenSigner:
+    """Mints and checks subscription tokens.
+
+    >>> signer = TokenSigner(b"k" * 32)
+    >>> token = signer.mint(["run-1"], ttl=60)
+    >>> sorted(signer.verify(token))
+    ['run-1']
+    """
+
+    def __init__(self, secret: bytes | str | None = None) -> None:
+        if secret is None:
+            secret = os.environ.get(SECRET_ENV) or secrets.token_bytes(32)
+        self._key = secret.encode() if isinstance(secret, str) else secret
+
+    def _sign(self, payload: str) -> str:
+        return _b64(hmac.new(self._key, payload.encode(), hashlib.sha256).digest())
+
+    def mint(self, channels: Sequence[str], ttl: float = 3600) -> str:
+        if isinstance(channels, str):
+            channels = [channels]
+        if not channels or ttl <= 0:
+            raise ValueError("a token needs at least one channel and a positive ttl")
+        body = {"c": list(channels), "e": int(time.time() + ttl)}
+        payload = _b64(json.dumps(body, separators=(",", ":")).encode())
+        return f"{payload}.{self._sign(payload)}"
+
+    def verify(self, token: str) -> frozenset[str]:
+        """The channels ``token`` grants; ``InvalidToken`` (saying why) otherwise."""
+        payload, _, signature = token.partition(".")
+        if not payload or not signature:
+            raise InvalidToken("malformed token: expected <payload>.<signature>")
+        if not hmac.compare_digest(signature, self._sign(payload)):
+            raise InvalidToken("token signature does not match (tampered, or another secret)")
+        try:
+            body = json.loads(_unb64(payload))
+            channels, expiry = body["c"], body["e"]
+        except (ValueError, KeyError, TypeError):
+            raise InvalidToken("malformed token payload") from None
+        if time.time() > expiry:
+            raise InvalidToken("token expired: ask the server for a new one")
+        return frozenset(str(c) for c in channels)
+
+
+def bearer(authorization: str | None) -> str | None:
+    if authorization and authorization.lower().startswith("bearer "):
+        return authorization[7:].strip()
+    return None
+
+
+def same_token(given: str | None, expected: str) -> bool:
+    return given is not None and hmac.compare_digest(given.encode(), expected.encode())

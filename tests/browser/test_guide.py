@@ -1,0 +1,91 @@
+"""The guide's own hook and page (examples/guide/, verbatim, bundled against
+@upstash/realtime@0.3.0) against ``uvicorn examples.guide_app:app``: every step shows
+``completed`` and the run ``success``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from browser_harness import _free_port
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[2]
+GUIDE = ROOT / "examples" / "guide"
+
+
+@pytest.fixture(scope="module")
+def guide_bundle() -> Path:
+    if shutil.which("npm") is None:
+        if os.environ.get("CI"):
+            pytest.fail("npm is missing in CI: `make test` installs it")
+        pytest.skip("npm is not installed")
+    subprocess.run([str(GUIDE / "build.sh")], check=True, timeout=300)
+    return GUIDE / "dist"
+
+
+@pytest.fixture
+def guide_server(tmp_path: Path, guide_bundle: Path) -> Iterator[str]:
+    port = _free_port()
+    log = (tmp_path / "guide.log").open("wb")
+    env = {**os.environ, "STEPSTREAM_BACKEND": f"sqlite:///{tmp_path / 'guide.db'}"}
+    command = [
+        sys.executable, "-m", "uvicorn", "examples.guide_app:app", "--host", "127.0.0.1",
+        "--port", str(port), "--timeout-graceful-shutdown", "1",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError((tmp_path / "guide.log").read_text())
+            time.sleep(0.05)  # waiting for the port, not an assertion
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)
+        log.close()
+
+
+def test_guide_page_shows_every_step_completed_and_success(page: Any, guide_server: str) -> None:
+    page.goto(guide_server + "/")
+    page.get_by_role("button", name="Click to Trigger Workflow").click()
+    page.wait_for_function(
+        "document.body.innerText.includes('send-notification: completed')", timeout=20_000
+    )
+    page.wait_for_function("document.body.innerText.includes('success')", timeout=20_000)
+    text = page.inner_text("body")
+    for step in ("validate-data", "process-data", "send-notification"):
+        assert f"{step}: completed" in text
+    assert text.count(": completed") == 3  # each step once: no duplicate event was applied
+    assert "failed" not in text
+    artifacts = ROOT / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    page.screenshot(path=str(artifacts / "guide-page.png"))
+
+
+def test_guide_trigger_endpoint(guide_server: str) -> None:
+    reply = httpx.post(f"{guide_server}/api/trigger", json={"workflowType": "basic"}, timeout=10)
+    assert reply.status_code == 200
+    assert reply.json()["workflowRunId"].startswith("wfr_")
+    bad = httpx.post(f"{guide_server}/api/trigger", json={"workflowType": "nope"}, timeout=10)
+    assert bad.status_code == 404
+    malformed = httpx.post(f"{guide_server}/api/trigger", content=b"{", timeout=10)
+    assert malformed.status_code == 400

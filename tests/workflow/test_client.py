@@ -1,0 +1,102 @@
+"""Bad input to the client is refused with a stepstream error, and changes nothing stored."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+
+from stepstream import (
+    Client,
+    NoWaiters,
+    RunConflict,
+    RunNotFound,
+    UnknownWorkflow,
+    ValidationError,
+    WorkflowContext,
+    Workflows,
+)
+from tests.workflow.helpers import Harness, updates, wait_for_state
+
+pytestmark = pytest.mark.anyio
+
+
+async def snapshot(workflows: Workflows, client: Client) -> dict[str, Any]:
+    """Every stored run's log and event history."""
+    runs = (await client.runs(count=1000))["runs"]
+    return {
+        run["workflowRunId"]: (
+            await client.logs(run["workflowRunId"]),
+            await updates(workflows, run["workflowRunId"]),
+        )
+        for run in runs
+    }
+
+
+async def test_rejected_calls_change_nothing(harness: Harness) -> None:
+    workflows = harness.workflows()
+
+    @workflows.workflow("echo", retry_delay=0.01)
+    async def echo(context: WorkflowContext) -> Any:
+        return await context.run("echo", lambda: context.request_payload)
+
+    worker = await harness.worker(workflows)
+    client = workflows.client()
+    finished = await client.trigger("echo", {"n": 1}, workflow_run_id="finished-one")
+    assert finished == "wfr_finished-one"
+    assert (await wait_for_state(client, finished))["workflowState"] == "RUN_SUCCESS"
+    await harness.stop(worker)  # nothing moves from here on
+    pending = await client.trigger("echo", {"n": 2}, workflow_run_id="wfr_pending-one")
+    assert pending == "wfr_pending-one"  # the prefix is not doubled
+    before = await snapshot(workflows, client)
+    assert set(before) == {finished, pending}
+
+    with pytest.raises(UnknownWorkflow, match=r"'nope'.*echo"):
+        await client.trigger("nope", {"n": 1})
+    for payload in ({1, 2}, object(), {"n": float("nan")}, {"bytes": b"x"}):
+        with pytest.raises(ValidationError):
+            await client.trigger("echo", payload)
+    for taken in ("pending-one", "wfr_pending-one", "finished-one"):
+        with pytest.raises(RunConflict):
+            await client.trigger("echo", {"n": "other"}, workflow_run_id=taken)
+    for bad_id in ("has space", "a/b", "x" * 200, "", "é"):
+        with pytest.raises(ValidationError):
+            await client.trigger("echo", {"n": 3}, workflow_run_id=bad_id)
+    with pytest.raises(ValidationError):
+        await client.trigger("echo", {"n": 3}, delay=-1)
+    with pytest.raises(NoWaiters, match="nobody-waits"):
+        await client.notify("nobody-waits", {"x": 1})
+    with pytest.raises(ValidationError):
+        await client.notify("some-event", {1, 2}, workflow_run_id=pending)
+    with pytest.raises(RunNotFound):
+        await client.notify("some-event", None, workflow_run_id="wfr_unknown")
+    with pytest.raises(RunConflict):
+        await client.notify("some-event", None, workflow_run_id=finished)
+    with pytest.raises(RunConflict):
+        await client.cancel(finished)
+    with pytest.raises(RunNotFound):
+        await client.cancel("wfr_unknown")
+    with pytest.raises(RunNotFound):
+        await client.logs("wfr_unknown")
+
+    assert await snapshot(workflows, client) == before
+    log, events = before[pending]
+    assert log["requestPayload"] == {"n": 2}
+    assert [e["type"] for e in events] == ["runStart"]
+
+
+async def test_run_ids(harness: Harness) -> None:
+    workflows = harness.workflows()
+
+    @workflows.workflow("noop")
+    async def noop(context: WorkflowContext) -> None:
+        return None
+
+    client = workflows.client()
+    generated = {await client.trigger("noop") for _ in range(20)}
+    assert len(generated) == 20
+    for run_id in generated:
+        assert re.fullmatch(r"wfr_[A-Za-z0-9_\-]{22,}", run_id), run_id  # >= 128 random bits
+    assert await client.trigger("noop", workflow_run_id="mine-1") == "wfr_mine-1"
+    assert (await client.logs("wfr_mine-1"))["workflowName"] == "noop"
