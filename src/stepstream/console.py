@@ -111,6 +111,9 @@ async def follow_run(url: str, run_id: str, token: str | None = None) -> int:
             live.stop()
             Console(stderr=True).print(f"[bold red]error:[/] {exc}")
             return 1
+    if not console.is_terminal:
+        # Live ends a terminal's last line itself, not a pipe's: `| tail -1` must see it.
+        console.line()
     return 0 if progress.status == "success" else 1
 
 
@@ -136,8 +139,10 @@ def print_log(log: dict[str, Any]) -> None:
     if log.get("error"):
         console.print(f"[red]error    {log['error']}[/]")
     table = Table(box=None, header_style="bold dim")
-    for column in ("#", "step", "type", "state", "attempts", "took", "out / error"):
-        table.add_column(column)
+    for column in ("#", "step", "type", "state", "attempts", "took"):
+        # Names and states whole; the free text wraps in what room is left (80 columns in a pipe).
+        table.add_column(column, no_wrap=True)
+    table.add_column("out / error", ratio=1)
     for step in log["steps"]:
         took = ""
         if step.get("startedAt") and step.get("finishedAt"):

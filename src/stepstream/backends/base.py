@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -243,6 +243,16 @@ class RunStore(Protocol):
         becomes ``raw``, ``resolved`` true, and its run is due now. Returns how many. If
         ``run_id`` is given and nothing of it waits, keep the event for that run (lookback) and
         return 0. ``RunNotFound`` / ``RunConflict`` (finished) for a bad ``run_id``."""
+
+    async def wake_workers(self) -> None:
+        """Best effort: tell workers in other processes that a run is due now, so they claim
+        it without waiting for their next poll."""
+
+    async def listen_wakeups(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (on this loop) whenever ``wake_workers`` is called anywhere."""
+
+    def wakeups_active(self) -> bool:
+        """Whether ``listen_wakeups`` is still in effect (a dropped connection ends it)."""
 
     async def cancel_run(
         self, run_id: str, now: int, emits: list[Emit], policy: HistoryPolicy

@@ -39,7 +39,7 @@ import contextlib
 import json
 import time
 from collections import deque
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
@@ -126,6 +126,9 @@ class RedisBackend:
         self._pubsub: Any = None
         self._reader: asyncio.Task[None] | None = None
         self._acks: dict[str, deque[asyncio.Future[None]]] = {}
+        self._wake_key = f"{prefix}wf:wake"
+        self._wake_callbacks: list[Callable[[], None]] = []
+        self._wake_listening = False
         self._open_lock = asyncio.Lock()
 
     @classmethod
@@ -266,16 +269,16 @@ class RedisBackend:
         return str(entries[0][0]) if entries else None
 
     async def listen(self, channels: Collection[str]) -> None:
+        await self._subscribe([self._key(channel) for channel in channels])
+
+    async def _subscribe(self, keys: list[str]) -> None:
         await self._redis()
         assert self._live_client is not None
         if self._pubsub is None:
             self._pubsub = self._live_client.pubsub()
         loop = asyncio.get_running_loop()
         waiters = []
-        keys = []
-        for channel in channels:
-            key = self._key(channel)
-            keys.append(key)
+        for key in keys:
             waiter: asyncio.Future[None] = loop.create_future()
             self._acks.setdefault(key, deque()).append(waiter)
             waiters.append(waiter)
@@ -306,7 +309,10 @@ class RedisBackend:
                 if message is None:
                     continue
                 kind = message[0]
-                if kind == "message":
+                if kind == "message" and message[1] == self._wake_key:
+                    for callback in self._wake_callbacks:
+                        callback()
+                elif kind == "message":
                     id, event, raw = message[2].split("\n", 2)
                     if sink is not None:
                         sink.deliver([Message(id, self._channel(message[1]), event, raw)])
@@ -323,7 +329,29 @@ class RedisBackend:
         except Exception as exc:
             self._connection_lost(exc)
 
+    async def wake_workers(self) -> None:
+        client = await self._redis()
+        try:
+            await client.publish(self._wake_key, "")
+        except redis.exceptions.RedisError as exc:
+            raise _translate(exc, self.url) from exc
+
+    async def listen_wakeups(self, callback: Callable[[], None]) -> None:
+        if callback not in self._wake_callbacks:
+            self._wake_callbacks.append(callback)
+        if not self._wake_listening:
+            self._wake_listening = True
+            try:
+                await self._subscribe([self._wake_key])
+            except BaseException:
+                self._wake_listening = False
+                raise
+
+    def wakeups_active(self) -> bool:
+        return self._wake_listening
+
     def _connection_lost(self, exc: BaseException) -> None:
+        self._wake_listening = False
         pubsub, self._pubsub = self._pubsub, None
         self._reader = None
         for waiters in self._acks.values():

@@ -109,6 +109,7 @@ class SQLiteBackend:
         self._sink: LiveSink | None = None
         # Owned by the database thread only:
         self._watched: set[str] = set()
+        self._wake_callbacks: list[Callable[[], None]] = []
         self._cursor: int | None = None
         self._data_version = -1
         self._next_sweep = 0.0
@@ -217,7 +218,8 @@ class SQLiteBackend:
 
     def _serve(self, conn: sqlite3.Connection) -> None:
         while True:
-            timeout = self._poll_interval if self._watched else SWEEP_INTERVAL
+            polling = self._watched or self._wake_callbacks
+            timeout = self._poll_interval if polling else SWEEP_INTERVAL
             try:
                 first = self._queue.get(timeout=timeout)
             except queue.Empty:
@@ -241,7 +243,7 @@ class SQLiteBackend:
             for job in jobs:
                 if not job.write:
                     outcomes.append(self._run_one(conn, job))
-            live = self._poll(conn, force=bool(writes)) if self._watched else []
+            live = self._poll(conn, force=bool(writes)) if polling else []
             if time.monotonic() >= self._next_sweep:
                 self._sweep(conn)
             if outcomes or live:
@@ -299,6 +301,11 @@ class SQLiteBackend:
         (version,) = conn.execute("PRAGMA data_version").fetchone()
         if not force and version == self._data_version:
             return []
+        if version != self._data_version and self._wake_callbacks and self._loop is not None:
+            # Another process committed: maybe a run became due. Claiming is cheap; let the
+            # workers look now instead of at their next poll.
+            for callback in self._wake_callbacks:
+                self._loop.call_soon_threadsafe(callback)
         self._data_version = version
         if self._cursor is None:
             return []
@@ -511,6 +518,19 @@ class SQLiteBackend:
 
     async def notify(self, event_id: str, raw: str, run_id: str | None, now: int) -> int:
         return await self._submit(lambda c: runs.notify(c, event_id, raw, run_id, now), write=True)
+
+    async def wake_workers(self) -> None:
+        """Nothing to send: other processes see the commit through ``PRAGMA data_version``."""
+
+    async def listen_wakeups(self, callback: Callable[[], None]) -> None:
+        def register(conn: sqlite3.Connection) -> None:
+            if callback not in self._wake_callbacks:
+                self._wake_callbacks.append(callback)
+
+        await self._submit(register, write=False)
+
+    def wakeups_active(self) -> bool:
+        return self._thread is not None
 
     async def cancel_run(
         self, run_id: str, now: int, emits: list[Emit], policy: HistoryPolicy

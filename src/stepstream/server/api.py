@@ -19,6 +19,7 @@ from stepstream.errors import (
     ValidationError,
 )
 from stepstream.realtime.sse import error_response
+from stepstream.server.openapi import OPENAPI
 from stepstream.workflow.client import run_log
 from stepstream.workflow.records import RunState
 
@@ -96,10 +97,11 @@ def api_routes(workflows: Workflows, *, max_body: int = 1_000_000) -> list[Route
                 f"state={state[:40]!r}: use one of {', '.join(s.value for s in RunState)}"
             )
         count_text = params.get("count", "50")
-        if not count_text.isdigit() or not 1 <= int(count_text) <= 1000:
+        # str.isdigit() alone lets "²" through to int(), which refuses it with a ValueError.
+        if not _digits(count_text) or not 1 <= int(count_text) <= 1000:
             raise ValidationError("count must be an integer from 1 to 1000")
         cursor = params.get("cursor")
-        if cursor is not None and not cursor.isdigit():
+        if cursor is not None and (not _digits(cursor) or int(cursor) >= 2**63):
             raise ValidationError("cursor must be the value returned by the previous page")
         page = await workflows.backend.list_runs(
             state=state, workflow=params.get("workflow"), cursor=cursor, count=int(count_text)
@@ -121,6 +123,9 @@ def api_routes(workflows: Workflows, *, max_body: int = 1_000_000) -> list[Route
     async def list_workflows(request: Request) -> Response:
         return JSONResponse({"workflows": workflows.names})
 
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(OPENAPI)
+
     return [
         Route("/api/workflows", guarded(list_workflows), methods=["GET"]),
         Route("/api/workflows/{name}", guarded(trigger), methods=["POST"]),
@@ -128,7 +133,12 @@ def api_routes(workflows: Workflows, *, max_body: int = 1_000_000) -> list[Route
         Route("/api/runs/{run_id}", guarded(get_run), methods=["GET"]),
         Route("/api/runs/{run_id}/cancel", guarded(cancel), methods=["POST"]),
         Route("/api/events/{event_id}", guarded(notify), methods=["POST"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
     ]
+
+
+def _digits(text: str) -> bool:
+    return text.isascii() and text.isdigit()
 
 
 def guarded(endpoint: Endpoint) -> Endpoint:
@@ -151,6 +161,9 @@ def guarded(endpoint: Endpoint) -> Endpoint:
             return error_response(404, "no_waiters", str(exc))
         except RunConflict as exc:
             return error_response(409, "conflict", str(exc))
+        except RecursionError:
+            # json.loads/dumps recurse per nesting level: ~1000 "[" would otherwise be a 500.
+            return error_response(400, "malformed_json", "the JSON is nested too deeply")
         except ClientDisconnect:
             return error_response(400, "client_disconnected", "the request body was cut off")
         except StepstreamError as exc:

@@ -21,6 +21,7 @@ from stepstream.errors import (
     NoWaiters,
     RunConflict,
     StepFailed,
+    StepstreamError,
     UnknownWorkflow,
     ValidationError,
     WorkflowFailed,
@@ -60,6 +61,7 @@ class Engine:
         self.workflows = workflows
         self.backend: Backend = workflows.backend
         self._wakers: list[Callable[[], None]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
         self._http: httpx.AsyncClient | None = None
 
     def new_run_id(self) -> str:
@@ -79,10 +81,15 @@ class Engine:
             self._wakers.remove(waker)
 
     def wake(self, at: int | None = None) -> None:
-        """Tell this process's workers a run is due (now, or at ``at`` if within a minute)."""
+        """Tell workers a run is due: now (this process's and, through the backend, every
+        other's), or at ``at`` (this process's, if within a minute)."""
+        delay = 0.0 if at is None else (at - now_ms()) / 1000
+        if delay <= 0:
+            task = asyncio.get_running_loop().create_task(self._wake_others())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         if not self._wakers:
             return
-        delay = 0.0 if at is None else (at - now_ms()) / 1000
         if delay > 60:
             return  # the workers' polling finds it
         loop = asyncio.get_running_loop()
@@ -91,6 +98,10 @@ class Engine:
                 waker()
             else:
                 loop.call_later(delay, waker)
+
+    async def _wake_others(self) -> None:
+        with contextlib.suppress(StepstreamError):  # best effort: workers also poll
+            await self.backend.wake_workers()
 
     # -- events ------------------------------------------------------------------------------
 

@@ -92,7 +92,13 @@ class Worker:
             await self.stop()
 
     async def _claim_loop(self) -> None:
+        backend = self.workflows.backend
         while not self._stopping:
+            if not backend.wakeups_active():
+                try:
+                    await backend.listen_wakeups(self.wake)
+                except BackendError as exc:
+                    log.warning("cannot listen for wake-ups (%s); polling only", exc)
             free = self.concurrency - len(self.active)
             claimed: list[RunRecord] = []
             self._wakeup.clear()

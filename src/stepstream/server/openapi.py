@@ -1,0 +1,350 @@
+"""The OpenAPI 3.1 description of the HTTP API (DESIGN §5), served at ``GET /openapi.json``.
+
+Written by hand, next to the routes it describes (``api.py``, ``app.py``): the API is small and
+its wire shapes are a contract, so the document states them rather than deriving them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stepstream import __version__
+from stepstream.workflow.records import RunState, StepState, StepType
+
+ANY_JSON: dict[str, Any] = {}  # the empty schema: any JSON value
+EPOCH_MS = {"type": "integer", "description": "Unix epoch milliseconds"}
+RUN_ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}$"}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json(_ref("Error"), description)
+
+
+def _object(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(properties) if required is None else required,
+    }
+
+
+SCHEMAS: dict[str, Any] = {
+    "Error": _object(
+        {"error": _object({"code": {"type": "string"}, "message": {"type": "string"}})}
+    ),
+    "Step": _object(
+        {
+            "stepId": {"type": "integer", "description": "the step's position in the run"},
+            "stepName": {"type": "string"},
+            "stepType": {"enum": [t.value for t in StepType]},
+            "state": {"enum": [s.value for s in StepState]},
+            "attempts": {"type": "integer", "minimum": 0},
+            "startedAt": _nullable(EPOCH_MS),
+            "finishedAt": _nullable(EPOCH_MS),
+            "out": ANY_JSON,
+            "error": _nullable({"type": "string"}),
+        },
+        required=["stepName", "stepType", "state", "attempts", "startedAt", "finishedAt"],
+    ),
+    "RunLog": _object(
+        {
+            "workflowRunId": {"type": "string"},
+            "workflowName": {"type": "string"},
+            "workflowState": {"enum": [s.value for s in RunState]},
+            "workflowRunCreatedAt": EPOCH_MS,
+            "workflowRunCompletedAt": _nullable(EPOCH_MS),
+            "requestPayload": ANY_JSON,
+            "workflowRunResponse": ANY_JSON,
+            "error": _nullable({"type": "string"}),
+            "invoker": _nullable({"type": "string"}),
+            "steps": {"type": "array", "items": _ref("Step")},
+        },
+        required=[
+            "workflowRunId",
+            "workflowName",
+            "workflowState",
+            "workflowRunCreatedAt",
+            "workflowRunCompletedAt",
+            "requestPayload",
+            "workflowRunResponse",
+            "error",
+            "steps",
+        ],
+    ),
+    "RunPage": _object(
+        {
+            "runs": {"type": "array", "items": _ref("RunLog")},
+            "cursor": _nullable({"type": "string"}),
+        }
+    ),
+    "Message": _object(
+        {
+            "id": {"type": "string", "pattern": "^[0-9]+-[0-9]+$"},
+            "event": {"type": "string"},
+            "channel": {"type": "string"},
+            "data": ANY_JSON,
+        }
+    ),
+}
+
+PAYLOAD = {
+    "required": False,
+    "description": "any JSON value (an empty body is null); at most the configured size",
+    "content": {"application/json": {"schema": ANY_JSON}},
+}
+RUN_ID_IN_PATH = {"name": "run_id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+PATHS: dict[str, Any] = {
+    "/api/workflows": {
+        "get": {
+            "summary": "The registered workflow names",
+            "operationId": "listWorkflows",
+            "responses": {
+                "200": _json(
+                    _object({"workflows": {"type": "array", "items": {"type": "string"}}}),
+                    "the names",
+                )
+            },
+        }
+    },
+    "/api/workflows/{name}": {
+        "post": {
+            "summary": "Trigger a run; the body is its request payload",
+            "operationId": "trigger",
+            "parameters": [
+                {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
+                {
+                    "name": "workflowRunId",
+                    "in": "query",
+                    "description": "choose the run id (gets the wfr_ prefix unless it has it)",
+                    "schema": RUN_ID,
+                },
+                {
+                    "name": "delay",
+                    "in": "query",
+                    "description": "seconds before the run starts",
+                    "schema": {"type": "number", "minimum": 0, "maximum": 366 * 24 * 3600},
+                },
+            ],
+            "requestBody": PAYLOAD,
+            "responses": {
+                "202": _json(_object({"workflowRunId": {"type": "string"}}), "started"),
+                "400": _error("the body is not JSON"),
+                "404": _error("no workflow by that name"),
+                "409": _error("that workflowRunId is taken"),
+                "413": _error("the body is over the size limit"),
+                "422": _error("a bad workflowRunId or delay, or a payload JSON cannot hold"),
+            },
+        }
+    },
+    "/api/runs": {
+        "get": {
+            "summary": "Runs, newest first (their steps are left out: read one run for them)",
+            "operationId": "listRuns",
+            "parameters": [
+                {"name": "state", "in": "query", "schema": {"enum": [s.value for s in RunState]}},
+                {"name": "workflow", "in": "query", "schema": {"type": "string"}},
+                {
+                    "name": "count",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50},
+                },
+                {
+                    "name": "cursor",
+                    "in": "query",
+                    "description": "the cursor of the previous page",
+                    "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                },
+            ],
+            "responses": {
+                "200": _json(_ref("RunPage"), "a page of runs"),
+                "422": _error("a bad filter, count or cursor"),
+            },
+        }
+    },
+    "/api/runs/{run_id}": {
+        "get": {
+            "summary": "A run's log",
+            "operationId": "getRun",
+            "parameters": [RUN_ID_IN_PATH],
+            "responses": {
+                "200": _json(_ref("RunLog"), "the log"),
+                "404": _error("no such run"),
+            },
+        }
+    },
+    "/api/runs/{run_id}/cancel": {
+        "post": {
+            "summary": "Cancel a run that has not finished",
+            "operationId": "cancelRun",
+            "parameters": [RUN_ID_IN_PATH],
+            "responses": {
+                "200": _json(
+                    _object(
+                        {
+                            "workflowRunId": {"type": "string"},
+                            "workflowState": {"const": "RUN_CANCELED"},
+                        }
+                    ),
+                    "canceled",
+                ),
+                "404": _error("no such run"),
+                "409": _error("the run has already finished"),
+            },
+        }
+    },
+    "/api/events/{event_id}": {
+        "post": {
+            "summary": "Notify the runs waiting for an event; the body is the event data",
+            "operationId": "notify",
+            "parameters": [
+                {"name": "event_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                {
+                    "name": "workflowRunId",
+                    "in": "query",
+                    "description": "keep the event for this run if it is not waiting yet",
+                    "schema": {"type": "string"},
+                },
+            ],
+            "requestBody": PAYLOAD,
+            "responses": {
+                "200": _json(
+                    _object({"eventId": {"type": "string"}, "waiters": {"type": "integer"}}),
+                    "how many runs were woken",
+                ),
+                "400": _error("the body is not JSON"),
+                "404": _error("nobody waits (and no workflowRunId), or no such run"),
+                "413": _error("the body is over the size limit"),
+                "422": _error("data JSON cannot hold"),
+            },
+        }
+    },
+    "/api/realtime": {
+        "get": {
+            "summary": "Server-Sent Events: history and live events of channels (DESIGN §6)",
+            "operationId": "realtime",
+            "parameters": [
+                {
+                    "name": "channel",
+                    "in": "query",
+                    "style": "form",
+                    "explode": True,
+                    "schema": {"type": "array", "items": {"type": "string"}},
+                },
+                {"name": "history", "in": "query", "schema": {"type": "string"}},
+                {"name": "events", "in": "query", "schema": {"type": "string"}},
+            ],
+            "responses": {
+                "200": {
+                    "description": "the event stream",
+                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                },
+                "400": _error("bad parameters"),
+            },
+        }
+    },
+    "/api/realtime/history": {
+        "get": {
+            "summary": "A channel's stored events, oldest first",
+            "operationId": "history",
+            "parameters": [
+                {"name": "channel", "in": "query", "schema": {"type": "string"}},
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 100},
+                },
+                {
+                    "name": "after",
+                    "in": "query",
+                    "schema": {"type": "string", "pattern": "^[0-9]+-[0-9]+$"},
+                },
+            ],
+            "responses": {
+                "200": _json(
+                    _object({"messages": {"type": "array", "items": _ref("Message")}}),
+                    "the events",
+                ),
+                "400": _error("a bad channel, limit or cursor"),
+                "410": _error("the cursor was trimmed away"),
+            },
+        }
+    },
+    "/api/realtime/token": {
+        "post": {
+            "summary": "Mint a subscription token for channels",
+            "operationId": "token",
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": _object(
+                            {
+                                "channels": {"type": "array", "items": {"type": "string"}},
+                                "ttl": {
+                                    "type": "number",
+                                    "exclusiveMinimum": 0,
+                                    "maximum": 7 * 86400,
+                                },
+                            },
+                            required=["channels"],
+                        )
+                    }
+                },
+            },
+            "responses": {
+                "200": _json(
+                    _object(
+                        {
+                            "token": {"type": "string"},
+                            "channels": {"type": "array", "items": {"type": "string"}},
+                            "ttl": {"type": "number"},
+                        }
+                    ),
+                    "the token",
+                ),
+                "400": _error("not {channels, ttl}"),
+                "422": _error("a bad channel name"),
+            },
+        }
+    },
+    "/healthz": {
+        "get": {
+            "summary": "Liveness and backend reachability",
+            "operationId": "health",
+            "responses": {
+                "200": _json(_object({"status": {"const": "ok"}}), "up"),
+                "503": _json(_object({"status": {"const": "unavailable"}}), "no backend"),
+            },
+        }
+    },
+}
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "stepstream",
+        "version": __version__,
+        "description": "Durable workflows whose progress streams live to the browser. Every "
+        'error is {"error": {"code", "message"}} with a 4xx for anything a client sent.',
+    },
+    "paths": PATHS,
+    # A bearer token is needed only when the server was given one (STEPSTREAM_TOKEN).
+    "security": [{}, {"bearer": []}],
+    "components": {
+        "schemas": SCHEMAS,
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+    },
+}
