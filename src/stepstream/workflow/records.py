@@ -9,6 +9,8 @@ from typing import Any
 
 
 class RunState(StrEnum):
+    """A run's state in its log (``workflowState``)."""
+
     STARTED = "RUN_STARTED"
     SUCCESS = "RUN_SUCCESS"
     FAILED = "RUN_FAILED"
@@ -20,6 +22,8 @@ class RunState(StrEnum):
 
 
 class StepState(StrEnum):
+    """A step's state in its run's log."""
+
     PROGRESS = "STEP_PROGRESS"
     SUCCESS = "STEP_SUCCESS"
     RETRY = "STEP_RETRY"
@@ -28,6 +32,8 @@ class StepState(StrEnum):
 
 
 class StepType(StrEnum):
+    """What kind of step it is (``stepType`` in logs and events)."""
+
     RUN = "Run"
     SLEEP = "SleepFor"
     SLEEP_UNTIL = "SleepUntil"
