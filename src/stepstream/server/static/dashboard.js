@@ -122,6 +122,36 @@ class ApiError extends Error {
   }
 }
 
+// With STEPSTREAM_TOKEN set on the server, the API wants "Authorization: Bearer <token>". The
+// dashboard asks for it once (on the first 401) and keeps it in this browser's localStorage.
+const TOKEN_KEY = "stepstream.apiToken";
+
+function authHeaders() {
+  const token = localStorage.getItem(TOKEN_KEY);
+  return token ? { authorization: `Bearer ${token}` } : {};
+}
+
+/** fetch() with the stored API token; on 401 ask for a token once and retry. */
+async function authorizedFetch(path, init = {}) {
+  const send = () => fetch(path, { ...init, headers: { ...(init.headers ?? {}), ...authHeaders() } });
+  let response = await send();
+  if (response.status === 401) {
+    const token = window.prompt("This stepstream server needs its API token (STEPSTREAM_TOKEN):");
+    if (token) {
+      localStorage.setItem(TOKEN_KEY, token.trim());
+      response = await send();
+    }
+  }
+  return response;
+}
+
+/** The SSE endpoint for `channels`, with a subscription token scoped to them (EventSource
+ * cannot send an Authorization header; a server without STEPSTREAM_TOKEN ignores it). */
+async function realtimeUrl(channels) {
+  const minted = await api("POST", "/api/realtime/token", JSON.stringify({ channels, ttl: 86400 }));
+  return `/api/realtime?token=${encodeURIComponent(minted.token)}`;
+}
+
 async function api(method, path, body) {
   const init = { method, headers: { accept: "application/json" } };
   if (body !== undefined) {
@@ -130,7 +160,7 @@ async function api(method, path, body) {
   }
   let response;
   try {
-    response = await fetch(path, init);
+    response = await authorizedFetch(path, init);
   } catch (error) {
     throw new ApiError(`cannot reach the server (${error.message})`, 0, "network");
   }
@@ -275,7 +305,7 @@ function showRuns(params) {
     const controller = new AbortController();
     inflight = controller;
     try {
-      const response = await fetch(query(), { signal: controller.signal, headers: { accept: "application/json" } });
+      const response = await authorizedFetch(query(), { signal: controller.signal, headers: { accept: "application/json" } });
       const data = await response.json().catch(() => null);
       if (stopped || controller !== inflight) return;
       if (!response.ok) throw new Error(data?.error?.message ?? `${response.status}`);
@@ -390,29 +420,33 @@ function showRuns(params) {
     listSub = null;
     listSubKey = key;
     if (!running.length) return;
-    listSub = subscribe({
-      channels: running,
-      events: ["workflow.update"],
-      history: 1, // the latest event of each: what it is doing now
-      onData: ({ channel, data }) => {
-        if (stopped || !data || typeof data !== "object") return;
-        const live = current.get(channel) ?? {};
-        if (data.type === "stepStart") {
-          live.step = data.stepType === "Wait" ? `waiting: ${data.stepName}` : `▸ ${data.stepName}`;
-        } else if (data.type === "stepFail" && data.willRetry) {
-          live.step = `retrying ${data.stepName}`;
-        } else if (data.type === "runFinish") {
-          live.state = FINISH_STATES[data.status] ?? live.state;
-          live.completedAt = data.timestamp;
-          clearTimeout(timer);
-          timer = setTimeout(poll, 150);
-        }
-        current.set(channel, live);
-        const row = [...list.children].find((r) => r.dataset.runId === channel);
-        const run = firstPage.concat(older).find((r) => r.workflowRunId === channel);
-        if (row && run) updateRow(row, run);
-      },
-    });
+    realtimeUrl(running).then((url) => {
+      if (stopped || listSubKey !== key) return;
+      listSub = subscribe({
+      url,
+        channels: running,
+        events: ["workflow.update"],
+        history: 1, // the latest event of each: what it is doing now
+        onData: ({ channel, data }) => {
+          if (stopped || !data || typeof data !== "object") return;
+          const live = current.get(channel) ?? {};
+          if (data.type === "stepStart") {
+            live.step = data.stepType === "Wait" ? `waiting: ${data.stepName}` : `▸ ${data.stepName}`;
+          } else if (data.type === "stepFail" && data.willRetry) {
+            live.step = `retrying ${data.stepName}`;
+          } else if (data.type === "runFinish") {
+            live.state = FINISH_STATES[data.status] ?? live.state;
+            live.completedAt = data.timestamp;
+            clearTimeout(timer);
+            timer = setTimeout(poll, 150);
+          }
+          current.set(channel, live);
+          const row = [...list.children].find((r) => r.dataset.runId === channel);
+          const run = firstPage.concat(older).find((r) => r.workflowRunId === channel);
+          if (row && run) updateRow(row, run);
+        },
+      });
+    }).catch((error) => console.error("stepstream: cannot subscribe:", error));
   }
 
   const onFilter = () => {
@@ -999,15 +1033,30 @@ function showRun(runId) {
   $("notify-form").onsubmit = sendEvent;
   $("copy-id").onclick = copyId;
 
-  const sub = subscribe({
-    channels: [runId],
-    events: ["workflow.update"],
-    history: true,
-    onData,
-    onStatus: (status) => {
-      if (!stopped) setConn(status);
+  // Closed when the page is left, the run is not found, or after runFinish.
+  let closed = false;
+  let live = null;
+  const sub = {
+    close() {
+      closed = true;
+      live?.close();
     },
-  });
+  };
+  realtimeUrl([runId])
+    .then((url) => {
+      if (closed) return;
+      live = subscribe({
+        url,
+        channels: [runId],
+        events: ["workflow.update"],
+        history: true,
+        onData,
+        onStatus: (status) => {
+          if (!stopped) setConn(status);
+        },
+      });
+    })
+    .catch((error) => banner(`Live updates unavailable: ${error.message}`));
   loadLog();
 
   return {
