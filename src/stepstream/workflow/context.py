@@ -324,24 +324,26 @@ class WorkflowContext:
         step = self._recorded_step(position, name, type)
         now = now_ms()
         if step is None:
-            step = StepRecord(
-                position,
-                name,
-                type,
-                StepState.PROGRESS,
-                attempts=1,
-                started_at=now,
-                wake_at=now + max(0, int(seconds * 1000)),
-            )
-            await self._save(
-                step, self._engine.step_event("stepStart", self._run.id, step), wait=True
-            )
+            wake_at = now + max(0, int(seconds * 1000))
+            step = await self._begin(position, name, type, wake_at=wake_at)
         if step.state is StepState.SUCCESS:
             return
         assert step.wake_at is not None
         if step.wake_at > now:
             raise self._suspend(step.wake_at)
-        step.state, step.finished_at = StepState.SUCCESS, now
+        await self._complete(step, step.out)
+
+    async def _begin(self, position: int, name: str, type: StepType, **fields: Any) -> StepRecord:
+        """Record a durable step (sleep, invoke) as started, with its ``stepStart`` event."""
+        step = StepRecord(
+            position, name, type, StepState.PROGRESS, attempts=1, started_at=now_ms(), **fields
+        )
+        await self._save(step, self._engine.step_event("stepStart", self._run.id, step), wait=True)
+        return step
+
+    async def _complete(self, step: StepRecord, out: str | None) -> None:
+        """Record a step as succeeded with ``out``, with its ``stepFinish`` event."""
+        step.state, step.out, step.finished_at = StepState.SUCCESS, out, now_ms()
         await self._save(step, self._engine.step_event("stepFinish", self._run.id, step), wait=True)
 
     async def _step_wait(
@@ -383,9 +385,8 @@ class WorkflowContext:
             data_value, timed_out = None, True
         else:
             raise self._suspend(step.wake_at)
-        step.state, step.finished_at = StepState.SUCCESS, now
-        step.out = json.dumps({"data": data_value, "timed_out": timed_out}, separators=(",", ":"))
-        await self._save(step, self._engine.step_event("stepFinish", self._run.id, step), wait=True)
+        out = json.dumps({"data": data_value, "timed_out": timed_out}, separators=(",", ":"))
+        await self._complete(step, out)
         return data_value, timed_out
 
     async def _step_invoke(
@@ -393,18 +394,7 @@ class WorkflowContext:
     ) -> Any:
         step = self._recorded_step(position, name, type)
         if step is None:
-            step = StepRecord(
-                position,
-                name,
-                type,
-                StepState.PROGRESS,
-                attempts=1,
-                started_at=now_ms(),
-                child=self._engine.new_run_id(),
-            )
-            await self._save(
-                step, self._engine.step_event("stepStart", self._run.id, step), wait=True
-            )
+            step = await self._begin(position, name, type, child=self._engine.new_run_id())
         if step.state is StepState.SUCCESS:
             return json.loads(step.out or "null")
         if step.state is StepState.FAILED:
@@ -414,13 +404,10 @@ class WorkflowContext:
             await self._engine.ensure_child(self._run, position, step.child, workflow, body)
             raise self._suspend(None)
         outcome = json.loads(step.out or "{}")
-        step.finished_at = now_ms()
         if outcome.get("state") == "RUN_SUCCESS":
-            step.state, step.out = StepState.SUCCESS, outcome.get("result") or "null"
-            await self._save(
-                step, self._engine.step_event("stepFinish", self._run.id, step), wait=True
-            )
-            return json.loads(step.out)
+            await self._complete(step, outcome.get("result") or "null")
+            return json.loads(step.out or "null")
+        step.finished_at = now_ms()
         step.state, step.error = StepState.FAILED, outcome.get("error") or outcome.get("state")
         await self._save(
             step,
