@@ -153,13 +153,18 @@ class RedisBackend:
             if self._client is not None:
                 return
             try:
-                client = aioredis.Redis.from_url(self.url, decode_responses=True)
+                # A burst of SSE connects (a server restart) issues many reads at once: wait
+                # for a pooled connection instead of failing with "Too many connections".
+                pool = aioredis.BlockingConnectionPool.from_url(
+                    self.url, decode_responses=True, max_connections=64, timeout=30
+                )
+                client = aioredis.Redis(connection_pool=pool)
             except ValueError as exc:
                 raise ConfigurationError(f"invalid Redis URL {self.url!r}: {exc}") from exc
             try:
                 await client.ping()
             except redis.exceptions.RedisError as exc:
-                await client.aclose()
+                await client.aclose(close_connection_pool=True)
                 raise BackendUnavailable(f"cannot reach Redis at {self.url}: {exc}") from exc
             self._append = client.register_script(APPEND)
             self._scripts = {
@@ -179,7 +184,7 @@ class RedisBackend:
         await self._stop_reader()
         for each in (client, live):
             if each is not None:
-                await each.aclose()
+                await each.aclose(close_connection_pool=True)
 
     async def _stop_reader(self) -> None:
         reader, self._reader = self._reader, None

@@ -17,7 +17,7 @@ import inspect
 import json
 import re
 import time
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import parse_qsl, quote
@@ -55,8 +55,12 @@ class Spec:
     events: list[str] | None = None
 
 
-def error_response(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+def error_response(
+    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    """The JSON error every stepstream endpoint answers with: ``{"error": {code, message}}``."""
+    body = {"error": {"code": code, "message": message}}
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def handle(
@@ -326,6 +330,13 @@ class Encoder:
             frame = frames[self.dialect] = _user_frame(self.dialect, message)
         if self.dialect == "native":
             self.sent[message.channel] = message.id
+            if len(self.sent) == 1:
+                # One channel: the id line is the same for every such connection, so a
+                # broadcast builds the whole frame once.
+                whole = frames.get("native-1")
+                if whole is None:
+                    whole = frames["native-1"] = self._id_line() + frame
+                return whole
             return self._id_line() + frame
         return frame
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware as Middleware_
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
@@ -64,7 +65,7 @@ def create_app(
             minted = realtime.token(channels, ttl)
         except ValidationError as exc:
             return error_response(422, "validation_error", str(exc))
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             return error_response(
                 400, "bad_request", 'send {"channels": ["..."], "ttl": seconds (max 7 days)}'
             )
@@ -136,8 +137,19 @@ def create_app(
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ],
         middleware=[Middleware_(BearerAuth, token=token)] if token else [],
+        exception_handlers={404: _http_error, 405: _http_error},
         lifespan=lifespan,
     )
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404/405 (no such route, wrong method) in the API's JSON error shape."""
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    message = f"no route for {request.method} {request.url.path}"
+    if exc.status_code == 405:
+        message = f"{request.method} is not allowed on {request.url.path}"
+    return error_response(exc.status_code, code, message, headers=exc.headers)
 
 
 class BearerAuth:
@@ -167,7 +179,7 @@ class BearerAuth:
 
 
 def _limit(value: str) -> int:
-    if not value.isdigit() or not 1 <= int(value) <= 10_000:
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= 10_000:
         raise ValidationError(f"limit={value[:20]!r}: expected an integer from 1 to 10000")
     return int(value)
 

@@ -32,6 +32,13 @@ def _error(description: str) -> dict[str, Any]:
     return _json(_ref("Error"), description)
 
 
+def _run_link(operation_id: str) -> dict[str, Any]:
+    return {
+        "operationId": operation_id,
+        "parameters": {"run_id": "$response.body#/workflowRunId"},
+    }
+
+
 def _object(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
     return {
         "type": "object",
@@ -140,7 +147,13 @@ PATHS: dict[str, Any] = {
             ],
             "requestBody": PAYLOAD,
             "responses": {
-                "202": _json(_object({"workflowRunId": {"type": "string"}}), "started"),
+                "202": {
+                    **_json(_object({"workflowRunId": {"type": "string"}}), "started"),
+                    "links": {
+                        "GetRun": _run_link("getRun"),
+                        "CancelRun": _run_link("cancelRun"),
+                    },
+                },
                 "400": _error("the body is not JSON"),
                 "404": _error("no workflow by that name"),
                 "409": _error("that workflowRunId is taken"),

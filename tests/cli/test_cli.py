@@ -1,0 +1,366 @@
+"""The ``stepstream`` command as a user runs it: ``stepstream dev`` (the built-in examples, on a
+SQLite file) in a subprocess, and every client command a subprocess of its own that reaches it
+through ``STEPSTREAM_URL``. Output is read as a pipe sees it (no terminal, 80 columns)."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+
+STEPSTREAM = [sys.executable, "-m", "stepstream.cli"]
+BASIC_STEPS = ["validate-data", "process-data", "cool-down", "send-notification"]
+RUN_ID = re.compile(r"wfr_[A-Za-z0-9_-]{22,}")
+TIMEOUT = 60  # seconds any one command may take; the runs themselves take ~3 s
+
+
+def environment(url: str | None = None) -> dict[str, str]:
+    """The test's environment without anything that would change how rich draws or where the
+    CLI looks: no terminal width, no forced colour, no backend or token of the developer's."""
+    dropped = {"COLUMNS", "LINES", "FORCE_COLOR", "STEPSTREAM_BACKEND", "STEPSTREAM_TOKEN"}
+    env = {key: value for key, value in os.environ.items() if key not in dropped}
+    env.update(NO_COLOR="1", PYTHONIOENCODING="utf-8")
+    if url is not None:
+        env["STEPSTREAM_URL"] = url
+    return env
+
+
+@pytest.fixture(scope="module")
+def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``stepstream dev`` (no APP: the built-in examples) on a SQLite file and a free port."""
+    tmp = tmp_path_factory.mktemp("dev")
+    port = free_port()
+    log_path = tmp / "dev.log"
+    command = [
+        *STEPSTREAM, "dev", "--port", str(port),
+        "--backend", f"sqlite:///{tmp / 'x.db'}", "--log-level", "warning",
+    ]  # fmt: skip
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, cwd=tmp, env=environment(), stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError(f"stepstream dev did not start:\n{log_path.read_text()}")
+            time.sleep(0.05)  # waiting for the port, not an assertion
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    log_text = log_path.read_text()
+    print(f"stepstream dev log:\n{log_text}")
+    assert "Traceback" not in log_text, "stepstream dev logged an exception"
+
+
+def stepstream(*args: str, url: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*STEPSTREAM, *args],
+        env=environment(url),
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=TIMEOUT,
+    )
+
+
+def words(text: str) -> str:
+    """``text`` with every run of whitespace made one space: rich wraps long lines at 80."""
+    return " ".join(text.split())
+
+
+def wait_finished(url: str, run_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        log: dict[str, Any] = httpx.get(f"{url}/api/runs/{run_id}", timeout=5).json()
+        if log["workflowState"] != "RUN_STARTED":
+            return log
+        assert time.monotonic() < deadline, f"{run_id} did not finish: {log}"
+        time.sleep(0.1)  # polling for the end of the run, not an assertion
+
+
+@pytest.fixture(scope="module")
+def finished_run(dev: str) -> str:
+    """A ``basic`` run started without ``--follow``, once it has finished."""
+    done = stepstream("trigger", "basic", "--data", '{"userId": "u-cli"}', url=dev)
+    assert done.returncode == 0, done.stderr
+    run_id = done.stdout.strip()
+    assert RUN_ID.fullmatch(run_id), done.stdout
+    assert wait_finished(dev, run_id)["workflowState"] == "RUN_SUCCESS"
+    return run_id
+
+
+# -- help ---------------------------------------------------------------------------------------
+
+
+def test_help_lists_every_command() -> None:
+    done = stepstream("--help")
+    assert done.returncode == 0, done.stderr
+    for command in ("dev", "server", "worker", "trigger", "logs", "runs", "tail"):
+        assert re.search(rf"^\s+{command}\s", done.stdout, re.MULTILINE), (command, done.stdout)
+
+
+def test_dev_help_names_the_examples_and_common_options() -> None:
+    done = stepstream("dev", "--help")
+    assert done.returncode == 0, done.stderr
+    text = words(done.stdout)
+    for option in ("--backend", "--host", "--port"):
+        assert option in text
+    for example in ("basic", "failing", "approval", "parallel"):
+        assert example in text
+
+
+def test_version() -> None:
+    done = stepstream("--version")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("stepstream, version ")
+
+
+# -- trigger ------------------------------------------------------------------------------------
+
+
+def test_trigger_follow_shows_each_step_and_exits_0_on_success(dev: str) -> None:
+    done = stepstream("trigger", "basic", "--follow", url=dev)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert RUN_ID.search(lines[0]), lines
+    marked = [line.split()[1] for line in lines if line.startswith("✓ ")]
+    assert marked == BASIC_STEPS, done.stdout
+    assert lines[-1].startswith("success"), done.stdout
+    assert done.stdout.endswith("\n"), "the last line is not ended"
+    run_id = RUN_ID.search(lines[0]).group()  # type: ignore[union-attr]
+    assert wait_finished(dev, run_id)["workflowState"] == "RUN_SUCCESS"
+
+
+def test_trigger_follow_shows_the_failed_step_and_exits_1(dev: str) -> None:
+    done = stepstream("trigger", "failing", "--follow", url=dev)
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    failed = [line for line in lines if line.startswith("✗ ")]
+    assert [line.split()[1] for line in failed] == ["upload-report"], done.stdout
+    text = words(done.stdout)
+    assert "✓ fetch-data" in text
+    assert "upload-report" in text and "upstream storage answered 503" in text
+    summary = words("\n".join(lines[lines.index(failed[0]) + 1 :]))
+    assert "failed" in summary, done.stdout
+
+
+def test_trigger_unknown_workflow_exits_1(dev: str) -> None:
+    done = stepstream("trigger", "nope", url=dev)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "unknown workflow" in words(done.stderr)
+    assert "Traceback" not in done.stderr
+
+
+def test_trigger_with_bad_json_is_a_usage_error(dev: str) -> None:
+    done = stepstream("trigger", "basic", "--data", "{bad", url=dev)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "--data" in done.stderr
+    assert done.stdout == ""
+
+
+def test_trigger_prints_the_run_id(dev: str) -> None:
+    done = stepstream("trigger", "basic", url=dev)
+    assert done.returncode == 0, done.stderr
+    assert RUN_ID.fullmatch(done.stdout.strip()), done.stdout
+    assert done.stdout.count("\n") == 1
+
+
+def test_trigger_with_a_chosen_id_gets_the_prefix_and_a_reuse_fails(dev: str) -> None:
+    done = stepstream("trigger", "basic", "--id", "cli-chosen-id", url=dev)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "wfr_cli-chosen-id"
+    again = stepstream("trigger", "basic", "--id", "wfr_cli-chosen-id", url=dev)
+    assert again.returncode == 1, again.stdout + again.stderr
+    assert "Traceback" not in again.stderr
+
+
+def test_unreachable_server_is_a_clean_error(tmp_path: Path) -> None:
+    done = stepstream("trigger", "basic", url=f"http://127.0.0.1:{free_port()}")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "cannot reach" in words(done.stderr)
+    assert "Traceback" not in done.stderr
+
+
+# -- logs and runs ------------------------------------------------------------------------------
+
+
+def test_logs_json_is_the_design_log(dev: str, finished_run: str) -> None:
+    done = stepstream("logs", finished_run, "--json", url=dev)
+    assert done.returncode == 0, done.stderr
+    log = json.loads(done.stdout)
+    assert {
+        "workflowRunId", "workflowName", "workflowState", "workflowRunCreatedAt",
+        "workflowRunCompletedAt", "requestPayload", "workflowRunResponse", "error", "steps",
+    } <= log.keys()  # fmt: skip
+    assert log["workflowRunId"] == finished_run
+    assert log["workflowName"] == "basic"
+    assert log["workflowState"] == "RUN_SUCCESS"
+    assert log["requestPayload"] == {"userId": "u-cli"}
+    assert log["workflowRunResponse"]["success"] is True
+    assert log["error"] is None
+    for key in ("workflowRunCreatedAt", "workflowRunCompletedAt"):
+        assert type(log[key]) is int
+    assert [step["stepName"] for step in log["steps"]] == BASIC_STEPS
+    for step in log["steps"]:
+        assert {
+            "stepName", "stepType", "state", "attempts", "startedAt", "finishedAt", "out", "error"
+        } <= step.keys()  # fmt: skip
+        assert step["state"] == "STEP_SUCCESS"
+        assert step["attempts"] == 1
+        assert type(step["startedAt"]) is int and type(step["finishedAt"]) is int
+
+
+def test_logs_prints_a_table(dev: str, finished_run: str) -> None:
+    done = stepstream("logs", finished_run, url=dev)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].split() == [finished_run, "basic", "RUN_SUCCESS"]
+    header = next(i for i, line in enumerate(lines) if line.split()[:3] == ["#", "step", "type"])
+    rows = [line.split() for line in lines[header + 1 :] if line[:4].strip().isdigit()]
+    assert [row[1] for row in rows] == BASIC_STEPS, done.stdout
+    assert all(row[3] == "STEP_SUCCESS" for row in rows), done.stdout
+
+
+def test_logs_of_a_failed_run_shows_the_error(dev: str) -> None:
+    done = stepstream("trigger", "failing", url=dev)
+    run_id = done.stdout.strip()
+    assert wait_finished(dev, run_id)["workflowState"] == "RUN_FAILED"
+    table = stepstream("logs", run_id, url=dev)
+    assert table.returncode == 0, table.stderr
+    assert "RUN_FAILED" in table.stdout
+    assert "STEP_FAILED" in table.stdout
+    assert "upstream storage answered 503" in words(table.stdout)
+
+
+def test_logs_of_a_missing_run_exits_1(dev: str) -> None:
+    done = stepstream("logs", "wfr_missing", url=dev)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "wfr_missing" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_runs_filters_by_state(dev: str, finished_run: str) -> None:
+    done = stepstream("runs", "--state", "RUN_SUCCESS", "--json", "--count", "100", url=dev)
+    assert done.returncode == 0, done.stderr
+    page = json.loads(done.stdout)
+    assert {"runs", "cursor"} <= page.keys()
+    assert finished_run in [run["workflowRunId"] for run in page["runs"]]
+    assert {run["workflowState"] for run in page["runs"]} == {"RUN_SUCCESS"}
+    table = stepstream("runs", url=dev)
+    assert table.returncode == 0, table.stderr
+    assert finished_run in table.stdout
+
+
+def test_runs_refuses_an_unknown_state(dev: str) -> None:
+    done = stepstream("runs", "--state", "DONE", url=dev)
+    assert done.returncode == 2, done.stdout + done.stderr
+
+
+# -- tail ---------------------------------------------------------------------------------------
+
+
+class Tail:
+    """``stepstream tail`` in the background; its stdout lines on a queue (a pipe read has no
+    timeout of its own)."""
+
+    def __init__(self, *args: str, url: str) -> None:
+        self.process = subprocess.Popen(
+            [*STEPSTREAM, "tail", *args],
+            env=environment(url),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def until_run_finish(self) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        deadline = time.monotonic() + TIMEOUT
+        while not events or events[-1]["data"]["type"] != "runFinish":
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no runFinish within {TIMEOUT}s: {events}") from None
+            if line is None:
+                stderr = self.process.stderr.read() if self.process.stderr else ""
+                raise AssertionError(f"tail ended early ({self.process.poll()}): {stderr}")
+            events.append(json.loads(line))
+        return events
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait(10)
+
+
+def check_basic_events(events: list[dict[str, Any]], run_id: str) -> None:
+    assert all(set(event) == {"id", "event", "data"} for event in events)
+    assert all(event["event"] == "workflow.update" for event in events)
+    assert all(event["data"]["workflowRunId"] == run_id for event in events)
+    ids = [tuple(map(int, event["id"].split("-"))) for event in events]
+    assert ids == sorted(set(ids)), "ids repeat or go backwards"
+    kinds = [(event["data"]["type"], event["data"].get("stepName")) for event in events]
+    expected = [("runStart", None)]
+    for step in BASIC_STEPS:
+        expected += [("stepStart", step), ("stepFinish", step)]
+    assert kinds == [*expected, ("runFinish", None)]
+    assert events[-1]["data"]["status"] == "success"
+
+
+def test_tail_history_prints_a_finished_runs_events(dev: str, finished_run: str) -> None:
+    tail = Tail(finished_run, "--history", url=dev)
+    try:
+        events = tail.until_run_finish()
+    finally:
+        tail.stop()
+    check_basic_events(events, finished_run)
+
+
+def test_tail_follows_a_run_live(dev: str) -> None:
+    run_id = f"wfr_cli-tail-{os.getpid()}"
+    # --history too: the server counts a connection a moment before it subscribes, so a run
+    # triggered in between is covered by the replay (exactly once) rather than lost.
+    tail = Tail(run_id, "--history", url=dev)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while httpx.get(f"{dev}/healthz", timeout=5).json()["sse_connections"] < 1:
+            assert tail.process.poll() is None, tail.process.stderr
+            assert time.monotonic() < deadline, "tail never connected"
+            time.sleep(0.05)  # waiting for the subscription, not an assertion
+        done = stepstream("trigger", "basic", "--id", run_id, url=dev)
+        assert done.returncode == 0, done.stderr
+        events = tail.until_run_finish()
+    finally:
+        tail.stop()
+    check_basic_events(events, run_id)
