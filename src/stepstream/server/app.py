@@ -9,6 +9,7 @@ GET  /static/...              the JS client (``stepstream.js``) and React hook (
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -121,6 +122,9 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await realtime.open()
+        # Everything loaded so far (modules, schemas) lives as long as the process: keep it out
+        # of the cyclic GC's full passes, which otherwise stall every SSE stream at once.
+        gc.freeze()
         try:
             yield
         finally:
