@@ -129,6 +129,7 @@ class RedisBackend:
         self._wake_key = f"{prefix}wf:wake"
         self._wake_callbacks: list[Callable[[], None]] = []
         self._wake_listening = False
+        self._subscribe_lock = asyncio.Lock()
         self._open_lock = asyncio.Lock()
 
     @classmethod
@@ -279,21 +280,24 @@ class RedisBackend:
     async def _subscribe(self, keys: list[str]) -> None:
         await self._redis()
         assert self._live_client is not None
-        if self._pubsub is None:
-            self._pubsub = self._live_client.pubsub()
         loop = asyncio.get_running_loop()
         waiters = []
-        for key in keys:
-            waiter: asyncio.Future[None] = loop.create_future()
-            self._acks.setdefault(key, deque()).append(waiter)
-            waiters.append(waiter)
-        try:
-            await self._pubsub.subscribe(*keys)
-        except redis.exceptions.RedisError as exc:
-            self._connection_lost(exc)
-            raise _translate(exc, self.url) from exc
-        if self._reader is None:
-            self._reader = loop.create_task(self._read_live(self._pubsub))
+        # One subscriber at a time: redis-py's PubSub connects on its first command, and two
+        # overlapping first commands would each open a connection, one of them lost.
+        async with self._subscribe_lock:
+            if self._pubsub is None:
+                self._pubsub = self._live_client.pubsub()
+            for key in keys:
+                waiter: asyncio.Future[None] = loop.create_future()
+                self._acks.setdefault(key, deque()).append(waiter)
+                waiters.append(waiter)
+            try:
+                await self._pubsub.subscribe(*keys)
+            except redis.exceptions.RedisError as exc:
+                self._connection_lost(exc)
+                raise _translate(exc, self.url) from exc
+            if self._reader is None:
+                self._reader = loop.create_task(self._read_live(self._pubsub))
         # Live delivery is guaranteed only once Redis has confirmed each subscription.
         await asyncio.gather(*waiters)
 
@@ -302,7 +306,8 @@ class RedisBackend:
             return
         keys = [self._key(channel) for channel in channels]
         try:
-            await self._pubsub.unsubscribe(*keys)
+            async with self._subscribe_lock:
+                await self._pubsub.unsubscribe(*keys)
         except redis.exceptions.RedisError as exc:
             self._connection_lost(exc)
 

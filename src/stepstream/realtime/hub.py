@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Literal
 
 from stepstream.backends.base import Backend, CursorKey, Message, format_cursor, parse_cursor
-from stepstream.errors import CursorUnavailable
+from stepstream.errors import BackendUnavailable, CursorUnavailable
 
 DEFAULT_QUEUE_LIMIT = 10_000
+SUBSCRIBE_TIMEOUT = 15.0
 
 
 class Feed:
@@ -103,7 +104,13 @@ class Hub:
         try:
             waits = {self._ready[c] for c in feed.channels if c in self._ready}
             for ready in waits:
-                await asyncio.shield(ready)
+                try:
+                    await asyncio.wait_for(asyncio.shield(ready), SUBSCRIBE_TIMEOUT)
+                except TimeoutError:
+                    raise BackendUnavailable(
+                        f"the backend did not confirm a live subscription within "
+                        f"{SUBSCRIBE_TIMEOUT:g} s; retry"
+                    ) from None
         except BaseException:
             self.detach(feed)
             raise
@@ -319,16 +326,20 @@ class Stream:
                 feed.alarmed = False
                 return items
 
-    def _take(self, queue: deque[Message]) -> Iterable[Message]:
+    def _take(self, queue: deque[Message]) -> list[Message]:
+        # The hot path of every broadcast, once per consumer: keep it a plain loop.
         floor = self.floor
+        events = self._events
+        taken = []
         while queue:
             message = queue.popleft()
             last = floor.get(message.channel)
             if last is not None and message.key <= last:
                 continue
             floor[message.channel] = message.key
-            if self._events is None or message.event in self._events:
-                yield message
+            if events is None or message.event in events:
+                taken.append(message)
+        return taken
 
     async def _catch_up(self, *, reattach: bool) -> list[Item]:
         """Replay from storage after our cursors; with ``reattach``, first take a fresh feed

@@ -299,7 +299,9 @@ class Encoder:
         self._quoted: dict[str, str] = {}
 
     def encode_all(self, items: list[Item]) -> bytes:
-        return b"".join(self.encode(item) for item in items)
+        if len(items) == 1:  # the common case of a live broadcast
+            return self.encode(items[0])
+        return b"".join([self.encode(item) for item in items])
 
     def encode(self, item: Item) -> bytes:
         if isinstance(item, Message):
