@@ -281,12 +281,6 @@ def render(
         "- DBOS *queue* row: its run time / 20 includes the queue's polling "
         "(`polling_interval_sec=0.05`) and `get_result()` polling, not step cost."
     )
-    lines.append(
-        "- Harness note (Redis): `bench/wf_stepstream.py` waits 0.5 s after `worker.start()` "
-        "before its first channel subscription: without it, the worker's wake-up SUBSCRIBE "
-        "(issued from its claim loop) races with the hub's first SUBSCRIBE on the same "
-        "redis-py `PubSub` and the subscription can wait forever."
-    )
     if dbos_step:
         lines.append(
             f"- DBOS per-step p50 in this run: {dbos_step:.2f} ms; 5 warm-up runs precede "

@@ -209,18 +209,19 @@ class WorkflowContext:
         """Store ``step`` with the event reporting it (after ``also``, an earlier event not yet
         stored); with ``wait``, return once it is durable."""
         self._recorded[step.position] = step
-        snapshot = dataclasses.replace(step)
         emits = self._engine.emits(self._run.id, also) + self._engine.emits(self._run.id, event)
         previous = self._last_write
         if wait and (previous is None or previous.done()):
-            # Nothing queued before it: write directly, no task.
+            # Nothing queued before it: write directly, no task (and no copy: nothing can
+            # change the step while we wait).
             self._last_write = None
             if previous is not None:
                 previous.result()
             await self._engine.backend.save_steps(
-                self._run.id, self._owner, [snapshot], emits, self._engine.policy
+                self._run.id, self._owner, [step], emits, self._engine.policy
             )
             return
+        snapshot = dataclasses.replace(step)
         future = self._write(
             lambda: self._engine.backend.save_steps(
                 self._run.id, self._owner, [snapshot], emits, self._engine.policy

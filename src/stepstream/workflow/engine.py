@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 RUN_ID = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
 FAILURE_POSITIONS = 1_000_000  # the failure function's own steps live past the run's
+RAW_RESULT = "\x00result"  # a step event's result, still as JSON text (see ``emits``)
 STATUS = {RunState.SUCCESS: "success", RunState.FAILED: "failed", RunState.CANCELED: "canceled"}
 
 
@@ -108,7 +109,11 @@ class Engine:
     def emits(self, run_id: str, event: dict[str, Any] | None) -> list[Emit]:
         if event is None or self.workflows.realtime is None:
             return []
-        return [Emit(run_id, "workflow.update", json.dumps(event, separators=(",", ":")))]
+        result = event.pop(RAW_RESULT, None)
+        raw = json.dumps(event, separators=(",", ":"))
+        if result is not None:  # already JSON text: splice it in rather than parse and re-dump
+            raw = f'{raw[:-1]},"result":{result}}}'
+        return [Emit(run_id, "workflow.update", raw)]
 
     def step_event(self, kind: str, run_id: str, step: StepRecord, **extra: Any) -> dict[str, Any]:
         event: dict[str, Any] = {
@@ -120,7 +125,7 @@ class Engine:
             "attempt": step.attempts,
         }
         if kind == "stepFinish" and step.out is not None:
-            event["result"] = json.loads(step.out)
+            event[RAW_RESULT] = step.out
         if kind == "stepFail":
             event["error"] = step.error or "failed"
         event.update(extra)
