@@ -29,6 +29,7 @@ import gcstats
 from stepstream_schema import CHANNEL, make_realtime
 
 import stepstream
+from stepstream.server.app import tune_gc
 
 _soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 with contextlib.suppress(ValueError, OSError):
@@ -82,6 +83,7 @@ async def _lifespan(receive, send) -> None:
         if msg["type"] == "lifespan.startup":
             try:
                 await realtime.__aenter__()
+                tune_gc()  # what `stepstream server` does at start-up (create_app's lifespan)
             except Exception as exc:
                 await send({"type": "lifespan.startup.failed", "message": repr(exc)})
                 return
