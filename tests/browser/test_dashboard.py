@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -21,6 +19,8 @@ from playwright.sync_api import Browser, Page, ViewportSize, expect
 
 sys.path.insert(0, str(Path(__file__).parent))
 from browser_harness import _free_port
+
+from tests.processes import serving
 
 pytestmark = pytest.mark.browser
 
@@ -44,28 +44,10 @@ def dashboard(tmp_path: Path) -> Iterator[str]:
         "--log-level", "warning",
     ]  # fmt: skip
     env = {key: value for key, value in os.environ.items() if key != "STEPSTREAM_BACKEND"}
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError(f"stepstream dev did not start:\n{log_path.read_text()}")
-            time.sleep(0.05)  # waiting for the port, not an assertion
-        yield url
+        with serving(command, port=port, cwd=tmp_path, env=env, log_path=log_path) as url:
+            yield url
     finally:
-        process.send_signal(signal.SIGTERM)  # drains SSE streams, then exits
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
         if log_path.stat().st_size:
             print(f"stepstream dev log:\n{log_path.read_text()}")
 

@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from browser_harness import _free_port
+
+from tests.processes import serving
 
 pytestmark = pytest.mark.browser
 
@@ -38,30 +39,14 @@ def guide_bundle() -> Path:
 @pytest.fixture
 def guide_server(tmp_path: Path, guide_bundle: Path) -> Iterator[str]:
     port = _free_port()
-    log = (tmp_path / "guide.log").open("wb")
     env = {**os.environ, "STEPSTREAM_BACKEND": f"sqlite:///{tmp_path / 'guide.db'}"}
     command = [
         sys.executable, "-m", "uvicorn", "examples.guide_app:app", "--host", "127.0.0.1",
         "--port", str(port), "--timeout-graceful-shutdown", "1",
     ]  # fmt: skip
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError((tmp_path / "guide.log").read_text())
-            time.sleep(0.05)  # waiting for the port, not an assertion
+    log_path = tmp_path / "guide.log"
+    with serving(command, port=port, cwd=ROOT, env=env, log_path=log_path) as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(10)
-        log.close()
 
 
 def test_guide_page_shows_every_step_completed_and_success(page: Any, guide_server: str) -> None:

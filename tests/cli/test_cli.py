@@ -8,7 +8,6 @@ import json
 import os
 import queue
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ import httpx
 import pytest
 
 from tests.conftest import free_port
+from tests.processes import serving
 
 STEPSTREAM = [sys.executable, "-m", "stepstream.cli"]
 BASIC_STEPS = ["validate-data", "process-data", "cool-down", "send-notification"]
@@ -49,28 +49,8 @@ def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         *STEPSTREAM, "dev", "--port", str(port),
         "--backend", f"sqlite:///{tmp / 'x.db'}", "--log-level", "warning",
     ]  # fmt: skip
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, cwd=tmp, env=environment(), stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError(f"stepstream dev did not start:\n{log_path.read_text()}")
-            time.sleep(0.05)  # waiting for the port, not an assertion
+    with serving(command, port=port, cwd=tmp, env=environment(), log_path=log_path) as url:
         yield url
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
     log_text = log_path.read_text()
     print(f"stepstream dev log:\n{log_text}")
     assert "Traceback" not in log_text, "stepstream dev logged an exception"
