@@ -22,9 +22,9 @@ import contextlib
 import json
 import resource
 import time
-from urllib.parse import parse_qs
 
 import gcstats
+from bench_http import respond, start_emit
 
 _soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 with contextlib.suppress(ValueError, OSError):
@@ -69,28 +69,6 @@ async def _emit_loop(count: int, interval: float, warmup: int) -> None:
         await asyncio.sleep(max(0.0, delay))
 
 
-async def _read_body(receive) -> bytes:
-    body = b""
-    while True:
-        msg = await receive()
-        if msg["type"] != "http.request":
-            return body
-        body += msg.get("body", b"")
-        if not msg.get("more_body"):
-            return body
-
-
-async def _respond(send, status: int, body: bytes, ctype: bytes = b"application/json") -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", ctype), (b"content-length", str(len(body)).encode())],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
 async def _sse(receive, send) -> None:
     q: asyncio.Queue[bytes | None] = asyncio.Queue()
 
@@ -133,9 +111,9 @@ async def app(scope, receive, send) -> None:
     path = scope["path"]
     if path.startswith("/_bench/"):
         if path == "/_bench/health":
-            await _respond(send, 200, b'{"ok":true}')
+            await respond(send, 200, b'{"ok":true}')
         elif path == "/_bench/stats":
-            await _respond(
+            await respond(
                 send,
                 200,
                 json.dumps(
@@ -147,20 +125,11 @@ async def app(scope, receive, send) -> None:
                 ).encode(),
             )
         elif path == "/_bench/emit" and scope["method"] == "POST":
-            await _read_body(receive)
-            qs = parse_qs(scope.get("query_string", b"").decode())
-            count = int(qs.get("count", ["1"])[0])
-            interval = float(qs.get("interval", ["0.01"])[0])
-            warmup = int(qs.get("warmup", ["0"])[0])
-            gcstats.reset()
-            task = asyncio.ensure_future(_emit_loop(count, interval, warmup))
-            _tasks.add(task)
-            task.add_done_callback(_tasks.discard)
-            await _respond(send, 202, b'{"started":true}')
+            await start_emit(scope, receive, send, _emit_loop, _tasks)
         else:
-            await _respond(send, 404, b'{"error":"not found"}')
+            await respond(send, 404, b'{"error":"not found"}')
         return
     if scope["method"] != "GET":
-        await _respond(send, 405, b'{"error":"method not allowed"}')
+        await respond(send, 405, b'{"error":"method not allowed"}')
         return
     await _sse(receive, send)

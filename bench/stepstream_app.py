@@ -23,9 +23,9 @@ import json
 import os
 import resource
 import time
-from urllib.parse import parse_qs
 
 import gcstats
+from bench_http import respond, start_emit
 from stepstream_schema import CHANNEL, make_realtime
 
 import stepstream
@@ -56,27 +56,6 @@ async def _emit_loop(count: int, interval: float, warmup: int) -> None:
         raise
 
 
-async def _read_body(receive) -> None:
-    while True:
-        msg = await receive()
-        if msg["type"] != "http.request" or not msg.get("more_body"):
-            return
-
-
-async def _respond(send, status: int, body: bytes) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
 async def _lifespan(receive, send) -> None:
     while True:
         msg = await receive()
@@ -104,22 +83,13 @@ async def app(scope, receive, send) -> None:
     path = scope.get("path", "")
     if scope["type"] == "http" and path.startswith("/_bench/"):
         if path == "/_bench/health":
-            await _respond(send, 200, json.dumps({"ok": True, "errors": _errors}).encode())
+            await respond(send, 200, json.dumps({"ok": True, "errors": _errors}).encode())
         elif path == "/_bench/stats":
             stats = {"gc": gcstats.snapshot(), "objects": gcstats.tracked()}
-            await _respond(send, 200, json.dumps(stats).encode())
+            await respond(send, 200, json.dumps(stats).encode())
         elif path == "/_bench/emit" and scope["method"] == "POST":
-            await _read_body(receive)
-            qs = parse_qs(scope.get("query_string", b"").decode())
-            count = int(qs.get("count", ["1"])[0])
-            interval = float(qs.get("interval", ["0.01"])[0])
-            warmup = int(qs.get("warmup", ["0"])[0])
-            gcstats.reset()
-            task = asyncio.ensure_future(_emit_loop(count, interval, warmup))
-            _tasks.add(task)
-            task.add_done_callback(_tasks.discard)
-            await _respond(send, 202, b'{"started":true}')
+            await start_emit(scope, receive, send, _emit_loop, _tasks)
         else:
-            await _respond(send, 404, b'{"error":"not found"}')
+            await respond(send, 404, b'{"error":"not found"}')
         return
     await sse_app(scope, receive, send)
