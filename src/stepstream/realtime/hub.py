@@ -165,8 +165,11 @@ class Hub:
                 for feed in feeds:
                     feed.push(message)
 
+    def _all_feeds(self) -> set[Feed]:
+        return {feed for group in self._feeds.values() for feed in group}
+
     def lost(self, reason: str) -> None:
-        feeds = {feed for group in self._feeds.values() for feed in group}
+        feeds = self._all_feeds()
         self._feeds.clear()
         self._ready.clear()
         for feed in feeds:
@@ -175,11 +178,11 @@ class Hub:
     def drain(self) -> None:
         """The server is shutting down: wake every consumer so it can say goodbye."""
         self.draining = True
-        for feed in {feed for group in self._feeds.values() for feed in group}:
+        for feed in self._all_feeds():
             feed.alarm()
 
     async def close(self) -> None:
-        for feed in {feed for group in self._feeds.values() for feed in group}:
+        for feed in self._all_feeds():
             feed.mark_lost()
         self._feeds.clear()
         for task in list(self._tasks):

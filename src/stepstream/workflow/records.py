@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
-from typing import Any
 
 
 class RunState(StrEnum):
@@ -154,7 +153,3 @@ class Emit:
 class RunPage:
     runs: list[RunRecord]
     cursor: str | None
-
-
-def loads(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
