@@ -1,5 +1,6 @@
 # make dev   — create .venv, install, serve `stepstream dev` on http://127.0.0.1:8000
 # make test  — create .venv, install test extras and system tools, lint, type-check, run every test
+# make chaos — the full chaos suite (fault scenarios, about 15 minutes); figures in RELIABILITY.md
 
 PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
 	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && { echo $$p; break; }; done)
@@ -7,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: dev test lint typecheck check-python system-deps bench clean
+.PHONY: dev test chaos lint typecheck check-python system-deps bench clean
 
 check-python:
 	@test -n "$(PYTHON)" || { echo "stepstream needs Python >= 3.11 (python3.11, python3.12 or python3.13 on PATH)"; exit 1; }
@@ -52,6 +53,10 @@ typecheck: $(VENV)/.test-installed
 
 test: $(VENV)/.test-installed system-deps lint typecheck
 	$(BIN)/python -m pytest -q -ra
+
+# The full chaos suite (DESIGN §10, RELIABILITY.md); `make test` runs a quick version of it.
+chaos: $(VENV)/.test-installed system-deps
+	STEPSTREAM_CHAOS=full $(BIN)/python -m pytest -q -ra tests/chaos -s
 
 bench: $(VENV)/.test-installed
 	$(BIN)/python bench/realtime.py

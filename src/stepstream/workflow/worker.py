@@ -10,6 +10,7 @@ import secrets
 import socket
 from typing import TYPE_CHECKING
 
+from stepstream.clock import Clock, system_ms
 from stepstream.errors import BackendError
 from stepstream.workflow.context import now_ms
 
@@ -40,6 +41,7 @@ class Worker:
         lease: float = 30.0,
         poll_interval: float = 0.1,
         owner: str | None = None,
+        clock: Clock | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
@@ -48,6 +50,7 @@ class Worker:
         self.concurrency = concurrency
         self.lease_ms = int(lease * 1000)
         self.poll_interval = poll_interval
+        self.clock: Clock = clock or system_ms
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.active: dict[str, asyncio.Task[None]] = {}
         self._wakeup = asyncio.Event()

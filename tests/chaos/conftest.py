@@ -1,0 +1,23 @@
+"""The chaos suite (DESIGN §10): fault scenarios on every backend, bounded in time.
+
+``make chaos`` runs every scenario at full scale (``STEPSTREAM_CHAOS=full``); ``make test``
+runs each at a quick scale of a few seconds, so a regression shows up in every CI run.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+FULL = os.environ.get("STEPSTREAM_CHAOS", "").lower() == "full"
+
+
+def scale(quick: int, full: int) -> int:
+    """``quick`` in ``make test``, ``full`` in ``make chaos``."""
+    return full if FULL else quick
+
+
+@pytest.fixture
+def full_scale() -> bool:
+    return FULL
