@@ -137,7 +137,7 @@ def server(
 @click.argument("app")
 @click.option("--backend", help=BACKEND_HELP)
 @click.option("--concurrency", default=100, show_default=True, help="runs executed at once")
-@click.option("--lease", default=30.0, show_default=True, help="seconds a claimed run is held")
+@click.option("--lease", default=15.0, show_default=True, help="seconds a claimed run is held")
 def worker(app: str, backend: str | None, concurrency: int, lease: float) -> None:
     """Execute runs (no HTTP). SIGTERM/SIGINT: stop claiming, finish or release what is held."""
     workflows = load_workflows(app, backend)

@@ -15,8 +15,12 @@ The tree::
     ├── NonDeterminismError    a replay met a different step than the recorded one
     ├── ChildRunFailed         a run started with ``invoke`` failed or was canceled
     ├── StepFailed             a step failed for good (retries exhausted)
-    ├── WorkflowFailed         why a run failed (given to the failure function)
-    └── LeaseLost              (internal) this worker no longer holds the run
+    └── WorkflowFailed         why a run failed (given to the failure function)
+
+Control flow of the engine, ``BaseException``s so a user's ``except Exception`` cannot swallow
+them (see ``workflow/context.py`` for the others)::
+
+    LeaseLost                  (internal) this execution no longer holds the run
 
 Raised by workflow code to steer retries (plain ``Exception``s, so the engine sees them):
 
@@ -135,8 +139,10 @@ class ChildRunFailed(StepstreamError):
         super().__init__(f"invoked run {run_id} ended {state}: {error or 'no error message'}")
 
 
-class LeaseLost(StepstreamError):
-    """This worker no longer holds the run (canceled, finished or taken over)."""
+class LeaseLost(BaseException):
+    """Control flow: this execution no longer holds the run (canceled, finished, or claimed
+    again by a later execution). Every write of the execution is refused from then on; the
+    execution stops without recording anything more."""
 
 
 class NonRetryableError(Exception):

@@ -21,6 +21,7 @@ from stepstream.backends.base import Message
 from stepstream.errors import LeaseLost, RunConflict, RunNotFound
 from stepstream.workflow.records import (
     Emit,
+    Lease,
     RunRecord,
     RunState,
     StepRecord,
@@ -82,9 +83,25 @@ async def history(backend: Backend, channel: str) -> list[str]:
     return [message.data["label"] for message in await backend.read(channel)]
 
 
+WORKFLOWS = ("wf", "a", "b", "kid", "basic")
+
+
+async def claim(
+    backend: Backend, owner: str, limit: int, *, lease_ms: int = LEASE, **options: Any
+) -> list[RunRecord]:
+    options.setdefault("workflows", WORKFLOWS)
+    return await backend.claim_runs(owner, lease_ms, limit, **options)
+
+
+async def lease(backend: Backend, run_id: str, owner: str) -> Lease:
+    """``owner``'s lease on the run's current claim (the stored epoch)."""
+    stored = await backend.get_run(run_id)
+    return Lease(run_id, owner, stored.epoch if stored is not None else 0)
+
+
 async def claim_one(backend: Backend, run_id: str, owner: str = "w1") -> RunRecord:
     """Claim exactly ``run_id`` (tests create it due; nothing else is due)."""
-    (run,) = await backend.claim_runs(owner, now_ms(), LEASE, 10)
+    (run,) = await claim(backend, owner, 10)
     assert run.id == run_id
     return run
 
@@ -168,10 +185,12 @@ async def test_list_runs_newest_first_with_filters(backend: Backend) -> None:
     for run_id, workflow in plan:
         due = 0 if run_id in finish else None
         await backend.create_run(new_run(run_id, workflow=workflow, due_at=due), [], FOREVER)
-    claimed = await backend.claim_runs("w1", now_ms(), LEASE, 10)
+    claimed = await claim(backend, "w1", 10)
     assert sorted(run.id for run in claimed) == ["r2", "r4"]
     for run_id, state in finish.items():
-        await backend.finish_run(run_id, "w1", state.value, None, None, now_ms(), [], FOREVER)
+        await backend.finish_run(
+            await lease(backend, run_id, "w1"), state.value, None, None, now_ms(), [], FOREVER
+        )
     await backend.cancel_run("r5", now_ms(), [], FOREVER)
 
     async def ids(state: str | None = None, workflow: str | None = None) -> list[str]:
@@ -231,27 +250,64 @@ async def test_list_runs_cursor_pages(backend: Backend) -> None:
 
 async def test_claim_takes_due_unleased_runs_oldest_due_first(backend: Backend) -> None:
     now = now_ms()
-    due = {"r1": now - 3000, "r2": now - 1000, "r3": now - 2000, "r4": now + 60_000, "r5": None}
+    due = {"r1": now - 3000, "r2": now - 1000, "r3": now - 2000, "r4": now + 700, "r5": None}
     for run_id, due_at in due.items():
         steps = [step(0, StepState.SUCCESS, out='"x"')] if run_id == "r1" else []
         await backend.create_run(new_run(run_id, due_at=due_at, steps=steps), [], FOREVER)
 
-    first = await backend.claim_runs("w1", now, LEASE, 2)
+    first = await claim(backend, "w1", 2, lease_ms=500)
+    after = now_ms()
     assert [run.id for run in first] == ["r1", "r3"]
-    assert all(r.lease_owner == "w1" and r.lease_until == now + LEASE for r in first)
+    assert all(r.lease_owner == "w1" and r.epoch == 1 for r in first)
+    # Leases run on the storage's clock (this machine's, for these tests).
+    assert all(r.lease_until is not None and now <= r.lease_until - 500 <= after for r in first)
     assert first[0].steps == [step(0, StepState.SUCCESS, out='"x"')]
     assert first[0].due_at == now - 3000
     stored = await backend.get_run("r1")
-    assert stored is not None and (stored.lease_owner, stored.lease_until) == ("w1", now + LEASE)
+    assert stored is not None
+    assert (stored.lease_owner, stored.lease_until, stored.epoch) == ("w1", first[0].lease_until, 1)
 
-    assert [run.id for run in await backend.claim_runs("w2", now, LEASE, 10)] == ["r2"]
-    assert await backend.claim_runs("w2", now, LEASE, 10) == []  # r4 not due, r5 never
-    assert await backend.claim_runs("w2", now, LEASE, 0) == []
+    assert [run.id for run in await claim(backend, "w2", 10, lease_ms=500)] == ["r2"]
+    assert await claim(backend, "w2", 10) == []  # r4 not due, r5 never
+    assert await claim(backend, "w2", 0) == []
+    await asyncio.sleep(0.8)
     # Past every lease and r4's due time: expired leases and due runs merge, oldest due first.
-    later = now + 60_001
-    again = await backend.claim_runs("w3", later, LEASE, 10)
+    again = await claim(backend, "w3", 10)
     assert [run.id for run in again] == ["r1", "r3", "r2", "r4"]
-    assert all(r.lease_owner == "w3" and r.lease_until == later + LEASE for r in again)
+    assert [r.epoch for r in again] == [2, 2, 2, 1]
+    assert all(r.lease_owner == "w3" for r in again)
+
+
+async def test_claim_takes_only_the_given_workflows_and_skips_excluded(backend: Backend) -> None:
+    """A worker claims only what it can run (rolling deploys), never its own executions."""
+    for run_id, workflow in (("r1", "old"), ("r2", "new"), ("r3", "new"), ("r4", "new")):
+        await backend.create_run(new_run(run_id, workflow=workflow), [], FOREVER)
+    assert await claim(backend, "w1", 10, workflows=["gone"]) == []
+    got = await claim(backend, "w1", 10, workflows=["new"], exclude=["r3"])
+    assert sorted(run.id for run in got) == ["r2", "r4"]
+    assert [run.id for run in await claim(backend, "w2", 10, workflows=["old"])] == ["r1"]
+
+
+async def test_a_stalled_claim_is_fenced_out_by_the_next_even_of_the_same_owner(
+    backend: Backend,
+) -> None:
+    """The epoch, not the owner's name, fences: an execution whose lease expired while it
+    stalled cannot write once its run was claimed again, even by its own worker."""
+    await backend.create_run(new_run("r1"), [], FOREVER)
+    (first,) = await claim(backend, "w1", 10, lease_ms=300)
+    stalled = Lease("r1", "w1", first.epoch)
+    await asyncio.sleep(0.4)
+    (second,) = await claim(backend, "w1", 10)
+    assert second.epoch == first.epoch + 1
+    with pytest.raises(LeaseLost):
+        await backend.save_steps(stalled, [step(0)], emits("r1", "stale"), FOREVER)
+    with pytest.raises(LeaseLost):
+        await backend.finish_run(stalled, "RUN_SUCCESS", None, None, 1, emits("r1", "x"), FOREVER)
+    assert await backend.renew_leases([stalled], LEASE) == []
+    current = Lease("r1", "w1", second.epoch)
+    assert await backend.renew_leases([current], LEASE) == ["r1"]
+    await backend.save_steps(current, [step(0)], emits("r1", "mine"), FOREVER)
+    assert await history(backend, "r1") == ["mine"]
 
 
 async def test_concurrent_claimers_never_share_a_run(backend: Backend, backend_url: str) -> None:
@@ -262,7 +318,7 @@ async def test_concurrent_claimers_never_share_a_run(backend: Backend, backend_u
     await other.open()
     try:
         batches = await asyncio.gather(
-            *((backend if i % 2 else other).claim_runs(f"w{i}", now, LEASE, 3) for i in range(20))
+            *(claim(backend if i % 2 else other, f"w{i}", 3) for i in range(20))
         )
     finally:
         await other.close()
@@ -275,16 +331,18 @@ async def test_concurrent_claimers_never_share_a_run(backend: Backend, backend_u
 
 async def test_expired_lease_is_reclaimed_by_another_owner(backend: Backend) -> None:
     await backend.create_run(new_run("r1"), [], FOREVER)
-    now = now_ms()
-    assert len(await backend.claim_runs("w1", now, 1000, 10)) == 1
-    assert await backend.claim_runs("w2", now + 500, 1000, 10) == []
-    assert await backend.claim_runs("w2", now + 1000, 1000, 10) == []  # expires strictly after
-    (taken,) = await backend.claim_runs("w2", now + 1001, 1000, 10)
+    assert len(await claim(backend, "w1", 10, lease_ms=400)) == 1
+    old = await lease(backend, "r1", "w1")
+    assert await claim(backend, "w2", 10, lease_ms=400) == []
+    await asyncio.sleep(0.5)
+    (taken,) = await claim(backend, "w2", 10)
     assert taken.id == "r1" and taken.lease_owner == "w2"
     with pytest.raises(LeaseLost):
-        await backend.save_steps("r1", "w1", [step(0)], emits("r1", "late"), FOREVER)
-    assert await backend.renew_leases("w1", ["r1"], now + 10_000) == []
-    await backend.save_steps("r1", "w2", [step(0)], emits("r1", "mine"), FOREVER)
+        await backend.save_steps(old, [step(0)], emits("r1", "late"), FOREVER)
+    assert await backend.renew_leases([old], 10_000) == []
+    await backend.save_steps(
+        await lease(backend, "r1", "w2"), [step(0)], emits("r1", "mine"), FOREVER
+    )
     assert await history(backend, "r1") == ["mine"]
 
 
@@ -292,23 +350,27 @@ async def test_renew_leases_extends_only_what_the_owner_holds(backend: Backend) 
     now = now_ms()
     for run_id in ("r1", "r2", "r3"):
         await backend.create_run(new_run(run_id, due_at=now - 10), [], FOREVER)
-    await backend.claim_runs("w1", now, 1000, 2)
-    await backend.claim_runs("w2", now, 1000, 1)
-    held = await backend.renew_leases("w1", ["r1", "r2", "r3", "missing"], now + 5000)
+    await claim(backend, "w1", 2, lease_ms=600)
+    await claim(backend, "w2", 1, lease_ms=600)
+    leases = [await lease(backend, r, "w1") for r in ("r1", "r2", "r3", "missing")]
+    before = now_ms()
+    held = await backend.renew_leases(leases, 5000)
     assert held == ["r1", "r2"]
-    for run_id, until in (("r1", now + 5000), ("r2", now + 5000), ("r3", now + 1000)):
+    for run_id in ("r1", "r2"):
         stored = await backend.get_run(run_id)
-        assert stored is not None and stored.lease_until == until
+        assert stored is not None and stored.lease_until is not None
+        assert before + 5000 <= stored.lease_until <= now_ms() + 5000
     # The renewed leases hold past the original expiry; r3's does not.
-    assert [r.id for r in await backend.claim_runs("w9", now + 2000, 1000, 10)] == ["r3"]
+    await asyncio.sleep(0.7)
+    assert [r.id for r in await claim(backend, "w9", 10)] == ["r3"]
     # A finished run's lease cannot be renewed.
-    await backend.finish_run("r1", "w1", "RUN_SUCCESS", None, None, now, [], FOREVER)
-    assert await backend.renew_leases("w1", ["r1", "r2"], now + 9000) == ["r2"]
+    await backend.finish_run(leases[0], "RUN_SUCCESS", None, None, now, [], FOREVER)
+    assert await backend.renew_leases(leases[:2], 9000) == ["r2"]
 
 
 async def test_a_run_created_without_due_at_is_never_claimed(backend: Backend) -> None:
     await backend.create_run(new_run("r1", due_at=None), [], FOREVER)
-    assert await backend.claim_runs("w1", now_ms() + FAR, LEASE, 10) == []
+    assert await claim(backend, "w1", 10) == []
 
 
 # -- saving steps and releasing -----------------------------------------------------------------
@@ -317,10 +379,14 @@ async def test_a_run_created_without_due_at_is_never_claimed(backend: Backend) -
 async def test_save_steps_inserts_and_replaces_by_position(backend: Backend) -> None:
     await create_claimed(backend, "r1", steps=[step(0, name="first")])
     s1 = step(1, started_at=1_795_500_000_123, attempts=1)
-    await backend.save_steps("r1", "w1", [s1], emits("r1", "s1-start"), FOREVER)
+    await backend.save_steps(
+        await lease(backend, "r1", "w1"), [s1], emits("r1", "s1-start"), FOREVER
+    )
     done = replace(s1, state=StepState.SUCCESS, finished_at=1_795_500_000_999, out="[1, 2]")
     s3 = step(3, StepState.RETRY, attempts=2, error="flaky")
-    await backend.save_steps("r1", "w1", [done, s3], emits("r1", "s1-end", "s3"), FOREVER)
+    await backend.save_steps(
+        await lease(backend, "r1", "w1"), [done, s3], emits("r1", "s1-end", "s3"), FOREVER
+    )
     stored = await backend.get_run("r1")
     assert stored is not None
     assert stored.steps == [step(0, name="first"), done, s3]
@@ -335,10 +401,15 @@ async def test_save_steps_is_fenced(backend: Backend, owner: str | None) -> None
         await claim_one(backend, "r1", "w1")
     with pytest.raises(LeaseLost, match="r1"):
         await backend.save_steps(
-            "r1", owner or "w1", [step(0, StepState.SUCCESS), step(1)], emits("r1", "nope"), FOREVER
+            await lease(backend, "r1", owner or "w1"),
+            [step(0, StepState.SUCCESS), step(1)],
+            emits("r1", "nope"),
+            FOREVER,
         )
     with pytest.raises(LeaseLost):
-        await backend.save_steps("missing", "w1", [step(0)], emits("missing", "nope"), FOREVER)
+        await backend.save_steps(
+            await lease(backend, "missing", "w1"), [step(0)], emits("missing", "nope"), FOREVER
+        )
     stored = await backend.get_run("r1")
     assert stored is not None and stored.steps == [step(0)]
     assert await history(backend, "r1") == []
@@ -349,19 +420,21 @@ async def test_release_until_later_applies_the_patch(backend: Backend) -> None:
     await create_claimed(backend, "r1")
     now = now_ms()
     patch = {"phase": "failure", "error": "boom", "failure_attempts": 2}
-    await backend.release_run("r1", "w1", now + 5000, patch, emits("r1", "released"), FOREVER)
+    held = await lease(backend, "r1", "w1")
+    await backend.release_run(held, now + 600, patch, emits("r1", "released"), FOREVER)
     stored = await backend.get_run("r1")
     assert stored is not None
     assert (stored.phase, stored.error, stored.failure_attempts) == ("failure", "boom", 2)
-    assert (stored.due_at, stored.lease_owner, stored.lease_until) == (now + 5000, None, None)
+    assert (stored.due_at, stored.lease_owner, stored.lease_until) == (now + 600, None, None)
     assert stored.payload == "null" and stored.state is RunState.STARTED
     assert await history(backend, "r1") == ["released"]
-    assert await backend.claim_runs("w2", now + 4999, LEASE, 10) == []
-    (again,) = await backend.claim_runs("w2", now + 5000, LEASE, 10)
+    assert await claim(backend, "w2", 10) == []
+    await asyncio.sleep(0.7)
+    (again,) = await claim(backend, "w2", 10)
     assert again.phase == "failure" and again.lease_owner == "w2"
     # The old owner is fenced out: no patch, no event.
     with pytest.raises(LeaseLost):
-        await backend.release_run("r1", "w1", None, {"phase": "run"}, emits("r1", "x"), FOREVER)
+        await backend.release_run(held, None, {"phase": "run"}, emits("r1", "x"), FOREVER)
     stored = await backend.get_run("r1")
     assert stored is not None and stored.phase == "failure" and stored.lease_owner == "w2"
     assert await history(backend, "r1") == ["released"]
@@ -369,12 +442,12 @@ async def test_release_until_later_applies_the_patch(backend: Backend) -> None:
 
 async def test_release_without_due_at_waits_for_a_wake_up(backend: Backend) -> None:
     await create_claimed(backend, "r1")
-    await backend.release_run("r1", "w1", None, {}, [], FOREVER)
+    await backend.release_run(await lease(backend, "r1", "w1"), None, {}, [], FOREVER)
     stored = await backend.get_run("r1")
     assert stored is not None and stored.due_at is None and stored.lease_owner is None
-    assert await backend.claim_runs("w1", now_ms() + FAR, LEASE, 10) == []
+    assert await claim(backend, "w1", 10) == []
     with pytest.raises(LeaseLost):  # released: the old owner holds nothing
-        await backend.save_steps("r1", "w1", [step(0)], [], FOREVER)
+        await backend.save_steps(await lease(backend, "r1", "w1"), [step(0)], [], FOREVER)
 
 
 # -- waiting for events -------------------------------------------------------------------------
@@ -383,8 +456,13 @@ async def test_release_without_due_at_waits_for_a_wake_up(backend: Backend) -> N
 async def test_notify_resolves_a_waiting_step_and_makes_its_run_due(backend: Backend) -> None:
     await create_claimed(backend, "r1")
     wait = waiting(0, "approve", started_at=1_795_500_000_123, wake_at=1_795_500_060_123)
-    assert await backend.wait_event("r1", "w1", wait, emits("r1", "waiting"), FOREVER) is None
-    await backend.release_run("r1", "w1", None, {}, [], FOREVER)
+    assert (
+        await backend.wait_event(
+            await lease(backend, "r1", "w1"), wait, emits("r1", "waiting"), FOREVER
+        )
+        is None
+    )
+    await backend.release_run(await lease(backend, "r1", "w1"), None, {}, [], FOREVER)
     stored = await backend.get_run("r1")
     assert stored is not None and stored.steps == [wait] and stored.due_at is None
     assert await history(backend, "r1") == ["waiting"]
@@ -396,8 +474,8 @@ async def test_notify_resolves_a_waiting_step_and_makes_its_run_due(backend: Bac
     assert stored is not None
     assert stored.steps == [replace(wait, out=raw, resolved=True)]
     assert_int_fields(stored.steps[0])
-    assert stored.due_at == now
-    (claimed,) = await backend.claim_runs("w2", now, LEASE, 10)
+    assert stored.due_at is not None and now <= stored.due_at <= now_ms()
+    (claimed,) = await claim(backend, "w2", 10)
     assert claimed.steps[0].out == raw
     # The waiter was consumed: nobody else waits.
     assert await backend.notify("approve", "null", None, now) == 0
@@ -407,7 +485,9 @@ async def test_notify_resolves_a_waiting_step_and_makes_its_run_due(backend: Bac
 async def test_wait_event_registration_is_fenced(backend: Backend) -> None:
     await create_claimed(backend, "r1")
     with pytest.raises(LeaseLost):
-        await backend.wait_event("r1", "w2", waiting(0, "ev"), emits("r1", "x"), FOREVER)
+        await backend.wait_event(
+            await lease(backend, "r1", "w2"), waiting(0, "ev"), emits("r1", "x"), FOREVER
+        )
     stored = await backend.get_run("r1")
     assert stored is not None and stored.steps == []
     assert await backend.notify("ev", "1", None, now_ms()) == 0
@@ -422,25 +502,35 @@ async def test_notify_before_the_wait_is_kept_for_the_run(backend: Backend) -> N
     assert stored is not None and stored.steps == []
 
     wait = waiting(2, "ev", started_at=1_795_500_000_123)
-    data = await backend.wait_event("r1", "w1", wait, emits("r1", "stepStart"), FOREVER)
+    data = await backend.wait_event(
+        await lease(backend, "r1", "w1"), wait, emits("r1", "stepStart"), FOREVER
+    )
     assert data == '{"n": 1}'
     stored = await backend.get_run("r1")
     assert stored is not None and stored.steps == [replace(wait, out=data, resolved=True)]
     assert_int_fields(stored.steps[0])
     assert await history(backend, "r1") == ["stepStart"]
     # Consumed: a second wait for the same event id waits for a new notify.
-    assert await backend.wait_event("r1", "w1", waiting(3, "ev"), [], FOREVER) is None
+    assert (
+        await backend.wait_event(await lease(backend, "r1", "w1"), waiting(3, "ev"), [], FOREVER)
+        is None
+    )
     # A later notify for the run replaces what is kept, it does not pile up.
     await backend.notify("other", '"a"', "r1", now_ms())
     await backend.notify("other", '"b"', "r1", now_ms())
-    assert await backend.wait_event("r1", "w1", waiting(4, "other"), [], FOREVER) == '"b"'
+    assert (
+        await backend.wait_event(await lease(backend, "r1", "w1"), waiting(4, "other"), [], FOREVER)
+        == '"b"'
+    )
 
 
 async def test_notify_names_only_the_given_run(backend: Backend) -> None:
     for run_id in ("r1", "r2"):
         await create_claimed(backend, run_id)
-        await backend.wait_event(run_id, "w1", waiting(0, "shared"), [], FOREVER)
-        await backend.release_run(run_id, "w1", None, {}, [], FOREVER)
+        await backend.wait_event(
+            await lease(backend, run_id, "w1"), waiting(0, "shared"), [], FOREVER
+        )
+        await backend.release_run(await lease(backend, run_id, "w1"), None, {}, [], FOREVER)
     assert await backend.notify("shared", '"one"', "r2", now_ms()) == 1
     r1, r2 = await backend.get_run("r1"), await backend.get_run("r2")
     assert r1 is not None and r2 is not None
@@ -453,9 +543,9 @@ async def test_notify_names_only_the_given_run(backend: Backend) -> None:
 async def test_notify_wakes_every_waiter(backend: Backend) -> None:
     for run_id in ("r1", "r2"):
         await create_claimed(backend, run_id)
-        await backend.wait_event(run_id, "w1", waiting(0, "go"), [], FOREVER)
-        await backend.wait_event(run_id, "w1", waiting(1, "go"), [], FOREVER)
-        await backend.release_run(run_id, "w1", None, {}, [], FOREVER)
+        await backend.wait_event(await lease(backend, run_id, "w1"), waiting(0, "go"), [], FOREVER)
+        await backend.wait_event(await lease(backend, run_id, "w1"), waiting(1, "go"), [], FOREVER)
+        await backend.release_run(await lease(backend, run_id, "w1"), None, {}, [], FOREVER)
     assert await backend.notify("go", "7", None, now_ms()) == 4
     for run_id in ("r1", "r2"):
         stored = await backend.get_run(run_id)
@@ -467,29 +557,31 @@ async def test_notify_without_waiters_or_run(backend: Backend) -> None:
     with pytest.raises(RunNotFound):
         await backend.notify("ev", "null", "wfr_missing", now_ms())
     await create_claimed(backend, "r1")
-    await backend.finish_run("r1", "w1", "RUN_SUCCESS", "1", None, now_ms(), [], FOREVER)
+    await backend.finish_run(
+        await lease(backend, "r1", "w1"), "RUN_SUCCESS", "1", None, now_ms(), [], FOREVER
+    )
     with pytest.raises(RunConflict, match="r1"):
         await backend.notify("ev", "null", "r1", now_ms())
 
 
 async def test_notify_while_leased_makes_the_release_due_now(backend: Backend) -> None:
     await create_claimed(backend, "r1")
-    await backend.wait_event("r1", "w1", waiting(0, "ev"), [], FOREVER)
+    await backend.wait_event(await lease(backend, "r1", "w1"), waiting(0, "ev"), [], FOREVER)
     assert await backend.notify("ev", '"hi"', None, now_ms()) == 1
     # Still leased: nobody else gets it meanwhile.
-    assert await backend.claim_runs("w2", now_ms(), LEASE, 10) == []
+    assert await claim(backend, "w2", 10) == []
     # The worker, unaware, plans to sleep for ages; the resolved step wins.
     before = now_ms()
-    await backend.release_run("r1", "w1", before + FAR, {}, [], FOREVER)
+    await backend.release_run(await lease(backend, "r1", "w1"), before + FAR, {}, [], FOREVER)
     stored = await backend.get_run("r1")
     assert stored is not None and stored.due_at is not None
     assert before <= stored.due_at <= now_ms()
-    (claimed,) = await backend.claim_runs("w2", now_ms(), LEASE, 10)
+    (claimed,) = await claim(backend, "w2", 10)
     assert claimed.steps[0].resolved and claimed.steps[0].out == '"hi"'
     # Once the worker completed the step, a release is taken at its word again.
     done = replace(claimed.steps[0], state=StepState.SUCCESS, finished_at=now_ms())
-    await backend.save_steps("r1", "w2", [done], [], FOREVER)
-    await backend.release_run("r1", "w2", before + FAR, {}, [], FOREVER)
+    await backend.save_steps(await lease(backend, "r1", "w2"), [done], [], FOREVER)
+    await backend.release_run(await lease(backend, "r1", "w2"), before + FAR, {}, [], FOREVER)
     stored = await backend.get_run("r1")
     assert stored is not None and stored.due_at == before + FAR
 
@@ -507,7 +599,13 @@ async def test_finish_run(
     await create_claimed(backend, "r1", steps=[step(0, StepState.SUCCESS)])
     now = now_ms()
     await backend.finish_run(
-        "r1", "w1", state.value, result, error, now, emits("r1", "fin"), FOREVER
+        await lease(backend, "r1", "w1"),
+        state.value,
+        result,
+        error,
+        now,
+        emits("r1", "fin"),
+        FOREVER,
     )
     stored = await backend.get_run("r1")
     assert stored is not None
@@ -520,7 +618,7 @@ async def test_finish_run(
     assert (stored.due_at, stored.lease_owner, stored.lease_until) == (None, None, None)
     assert stored.steps == [step(0, StepState.SUCCESS)]
     assert await history(backend, "r1") == ["fin"]
-    assert await backend.claim_runs("w1", now + FAR, LEASE, 10) == []
+    assert await claim(backend, "w1", 10) == []
     page = await backend.list_runs(state=state.value, workflow=None, cursor=None, count=10)
     assert [r.id for r in page.runs] == ["r1"]
     started = await backend.list_runs(state="RUN_STARTED", workflow=None, cursor=None, count=10)
@@ -528,14 +626,26 @@ async def test_finish_run(
     # Finished: every fenced method refuses, and stores no event.
     with pytest.raises(LeaseLost):
         await backend.finish_run(
-            "r1", "w1", "RUN_SUCCESS", None, None, now, emits("r1", "x"), FOREVER
+            await lease(backend, "r1", "w1"),
+            "RUN_SUCCESS",
+            None,
+            None,
+            now,
+            emits("r1", "x"),
+            FOREVER,
         )
     with pytest.raises(LeaseLost):
-        await backend.save_steps("r1", "w1", [step(1)], emits("r1", "x"), FOREVER)
+        await backend.save_steps(
+            await lease(backend, "r1", "w1"), [step(1)], emits("r1", "x"), FOREVER
+        )
     with pytest.raises(LeaseLost):
-        await backend.release_run("r1", "w1", now, {}, emits("r1", "x"), FOREVER)
+        await backend.release_run(
+            await lease(backend, "r1", "w1"), now, {}, emits("r1", "x"), FOREVER
+        )
     with pytest.raises(LeaseLost):
-        await backend.wait_event("r1", "w1", waiting(1, "ev"), emits("r1", "x"), FOREVER)
+        await backend.wait_event(
+            await lease(backend, "r1", "w1"), waiting(1, "ev"), emits("r1", "x"), FOREVER
+        )
     assert await history(backend, "r1") == ["fin"]
     after = await backend.get_run("r1")
     assert after == stored
@@ -544,12 +654,12 @@ async def test_finish_run(
 async def _parent_waiting_on_child(backend: Backend, *, keep_lease: bool = False) -> StepRecord:
     await create_claimed(backend, "parent")
     invoke = step(1, type=StepType.INVOKE, child="child", started_at=1_795_500_000_123)
-    await backend.save_steps("parent", "w1", [invoke], [], FOREVER)
+    await backend.save_steps(await lease(backend, "parent", "w1"), [invoke], [], FOREVER)
     if not keep_lease:
-        await backend.release_run("parent", "w1", None, {}, [], FOREVER)
+        await backend.release_run(await lease(backend, "parent", "w1"), None, {}, [], FOREVER)
     child = new_run("child", workflow="kid", parent="parent", parent_position=1)
     await backend.create_run(child, [], FOREVER)
-    (claimed,) = await backend.claim_runs("w2", now_ms(), LEASE, 10)
+    (claimed,) = await claim(backend, "w2", 10)
     assert claimed.id == "child"
     return invoke
 
@@ -563,23 +673,30 @@ async def test_finishing_a_child_resolves_the_parent(
 ) -> None:
     invoke = await _parent_waiting_on_child(backend)
     now = now_ms()
-    await backend.finish_run("child", "w2", state.value, result, error, now, [], FOREVER)
+    await backend.finish_run(
+        await lease(backend, "child", "w2"), state.value, result, error, now, [], FOREVER
+    )
     parent = await backend.get_run("parent")
     assert parent is not None
-    out = json.dumps({"state": state.value, "result": result, "error": error})
+    out = json.dumps(
+        {"state": state.value, "result": result, "error": error}, separators=(",", ":")
+    )
     assert parent.steps == [replace(invoke, out=out, resolved=True)]
     assert_int_fields(parent.steps[0])
-    assert parent.due_at == now and parent.state is RunState.STARTED
-    (claimed,) = await backend.claim_runs("w1", now, LEASE, 10)
+    assert parent.due_at is not None and now <= parent.due_at <= now_ms()
+    assert parent.state is RunState.STARTED
+    (claimed,) = await claim(backend, "w1", 10)
     assert claimed.id == "parent"
 
 
 async def test_a_child_finishing_while_the_parent_is_leased(backend: Backend) -> None:
     await _parent_waiting_on_child(backend, keep_lease=True)
-    await backend.finish_run("child", "w2", "RUN_SUCCESS", "1", None, now_ms(), [], FOREVER)
-    assert await backend.claim_runs("w3", now_ms(), LEASE, 10) == []  # still w1's
-    await backend.release_run("parent", "w1", None, {}, [], FOREVER)
-    (claimed,) = await backend.claim_runs("w3", now_ms(), LEASE, 10)
+    await backend.finish_run(
+        await lease(backend, "child", "w2"), "RUN_SUCCESS", "1", None, now_ms(), [], FOREVER
+    )
+    assert await claim(backend, "w3", 10) == []  # still w1's
+    await backend.release_run(await lease(backend, "parent", "w1"), None, {}, [], FOREVER)
+    (claimed,) = await claim(backend, "w3", 10)
     assert claimed.id == "parent" and claimed.steps[0].resolved
 
 
@@ -592,7 +709,7 @@ async def test_cancel_a_running_run(backend: Backend) -> None:
     ]
     await create_claimed(backend, "r1", steps=steps)
     wait = waiting(3, "ev", started_at=1_795_500_000_004)
-    await backend.wait_event("r1", "w1", wait, [], FOREVER)
+    await backend.wait_event(await lease(backend, "r1", "w1"), wait, [], FOREVER)
     await backend.notify("kept", '"x"', "r1", now_ms())  # lookback, dropped by the cancel
     now = now_ms()
     await backend.cancel_run("r1", now, emits("r1", "canceled"), FOREVER)
@@ -620,13 +737,16 @@ async def test_cancel_a_running_run(backend: Backend) -> None:
     # The lease holder finds out at its next write; nothing it sends is stored.
     with pytest.raises(LeaseLost):
         await backend.save_steps(
-            "r1", "w1", [step(1, StepState.SUCCESS)], emits("r1", "late"), FOREVER
+            await lease(backend, "r1", "w1"),
+            [step(1, StepState.SUCCESS)],
+            emits("r1", "late"),
+            FOREVER,
         )
-    assert await backend.renew_leases("w1", ["r1"], now + LEASE) == []
+    assert await backend.renew_leases([await lease(backend, "r1", "w1")], LEASE) == []
     assert await history(backend, "r1") == ["canceled"]
     # Its waits are gone, and it is never claimed again.
     assert await backend.notify("ev", "null", None, now) == 0
-    assert await backend.claim_runs("w2", now + FAR, LEASE, 10) == []
+    assert await claim(backend, "w2", 10) == []
     page = await backend.list_runs(state="RUN_CANCELED", workflow=None, cursor=None, count=5)
     assert [r.id for r in page.runs] == ["r1"]
 
@@ -641,14 +761,18 @@ async def test_cancel_an_idle_run_and_a_child(backend: Backend) -> None:
     await backend.cancel_run("child", now_ms(), [], FOREVER)
     parent = await backend.get_run("parent")
     assert parent is not None
-    out = json.dumps({"state": "RUN_CANCELED", "result": None, "error": "canceled"})
+    out = json.dumps(
+        {"state": "RUN_CANCELED", "result": None, "error": "canceled"}, separators=(",", ":")
+    )
     assert parent.steps == [replace(invoke, out=out, resolved=True)]
 
 
 async def test_finish_as_canceled_cancels_open_steps(backend: Backend) -> None:
     await create_claimed(backend, "r1", steps=[step(0), step(1, StepState.SUCCESS)])
     now = now_ms()
-    await backend.finish_run("r1", "w1", "RUN_CANCELED", None, "canceled", now, [], FOREVER)
+    await backend.finish_run(
+        await lease(backend, "r1", "w1"), "RUN_CANCELED", None, "canceled", now, [], FOREVER
+    )
     stored = await backend.get_run("r1")
     assert stored is not None
     assert [s.state for s in stored.steps] == [StepState.CANCELED, StepState.SUCCESS]
@@ -659,7 +783,9 @@ async def test_cancel_refuses_finished_and_unknown_runs(backend: Backend) -> Non
     with pytest.raises(RunNotFound):
         await backend.cancel_run("wfr_missing", now_ms(), emits("wfr_missing", "x"), FOREVER)
     await create_claimed(backend, "r1")
-    await backend.finish_run("r1", "w1", "RUN_FAILED", None, "boom", now_ms(), [], FOREVER)
+    await backend.finish_run(
+        await lease(backend, "r1", "w1"), "RUN_FAILED", None, "boom", now_ms(), [], FOREVER
+    )
     with pytest.raises(RunConflict, match="RUN_FAILED"):
         await backend.cancel_run("r1", now_ms(), emits("r1", "x"), FOREVER)
     stored = await backend.get_run("r1")
@@ -676,7 +802,7 @@ async def test_emits_follow_the_policy(backend: Backend) -> None:
     await backend.create_run(new_run("r1"), emits("r1", "a", "b", "c"), short)
     assert await history(backend, "r1") == ["b", "c"]
     await claim_one(backend, "r1")
-    await backend.save_steps("r1", "w1", [step(0)], emits("r1", "d"), short)
+    await backend.save_steps(await lease(backend, "r1", "w1"), [step(0)], emits("r1", "d"), short)
     assert await history(backend, "r1") == ["c", "d"]
 
 
@@ -698,7 +824,9 @@ async def test_emits_reach_live_listeners(backend: Backend) -> None:
     await backend.create_run(new_run("r1"), emits("r1", "a", "b"), FOREVER)
     await claim_one(backend, "r1")
     # Several channels in one call, in order.
-    await backend.save_steps("r1", "w1", [step(0)], emits("r1", "c") + emits("side", "s"), FOREVER)
+    await backend.save_steps(
+        await lease(backend, "r1", "w1"), [step(0)], emits("r1", "c") + emits("side", "s"), FOREVER
+    )
     async with asyncio.timeout(5):
         await four.wait()
     assert [(m.channel, m.data["label"]) for m in delivered] == [
@@ -729,7 +857,7 @@ async def test_json_edits_keep_every_field_exact(backend: Backend) -> None:
         resolved=False,
     )
     await create_claimed(backend, "r1")
-    await backend.wait_event("r1", "w1", wait, [], FOREVER)
+    await backend.wait_event(await lease(backend, "r1", "w1"), wait, [], FOREVER)
     raw = json.dumps({"big": 2**53 - 1, "float": 0.1, "text": "😀", "nested": {"empty": []}})
     assert await backend.notify("évent/1", raw, None, now_ms()) == 1
     stored = await backend.get_run("r1")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from stepstream.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from stepstream.workflow.records import Emit, RunPage, RunRecord, StepRecord
+    from stepstream.workflow.records import Emit, Lease, RunPage, RunRecord, StepRecord
 
 CURSOR = re.compile(r"^(\d{1,16})-(\d{1,16})$")
 
@@ -166,8 +166,10 @@ class RunStore(Protocol):
     unit** (with ``policy`` trimming, delivered live like ``append``), so after any crash a
     run's event history matches its log.
 
-    "Fenced" methods act only while the run is ``RUN_STARTED`` and leased by ``owner``;
-    otherwise they change nothing and raise ``LeaseLost``.
+    "Fenced" methods take the ``Lease`` of one claim and act only while the run is
+    ``RUN_STARTED`` and still held by that very claim (same owner, same ``epoch``); otherwise
+    they change nothing and raise ``LeaseLost``. Leases are judged by the storage's own clock,
+    never by a worker's.
     """
 
     async def create_run(self, run: RunRecord, emits: list[Emit], policy: HistoryPolicy) -> None:
@@ -179,30 +181,37 @@ class RunStore(Protocol):
     async def list_runs(
         self, *, state: str | None, workflow: str | None, cursor: str | None, count: int
     ) -> RunPage:
-        """Runs newest first (without steps), filtered; ``cursor`` continues a page."""
+        """Runs newest first (without steps), filtered; ``cursor`` continues a page. Served
+        from an index for every combination of filters: the work is bounded by ``count``."""
 
-    async def claim_runs(self, owner: str, now: int, lease_ms: int, limit: int) -> list[RunRecord]:
-        """Lease up to ``limit`` runs that are ``RUN_STARTED``, due (``due_at <= now``) and not
-        leased (or whose lease expired) to ``owner`` until ``now + lease_ms``; oldest due first.
-        Returns them with their steps. Atomic: two workers never get the same run."""
+    async def claim_runs(
+        self,
+        owner: str,
+        lease_ms: int,
+        limit: int,
+        *,
+        workflows: Collection[str],
+        exclude: Collection[str] = (),
+    ) -> list[RunRecord]:
+        """Lease up to ``limit`` runs of ``workflows`` that are ``RUN_STARTED``, due
+        (``due_at <= now``) and not leased (or whose lease expired), skipping the ids in
+        ``exclude`` (the caller's own executions), to ``owner`` until ``now + lease_ms``; oldest
+        due first. ``now`` is the storage's time. Each claim increments the run's ``epoch``
+        (the fencing token of ``Lease``). Returns them with their steps, ``epoch`` and
+        ``lease_until``. Atomic: two workers never get the same run."""
 
-    async def renew_leases(self, owner: str, run_ids: list[str], until: int) -> list[str]:
-        """Extend ``owner``'s leases; returns the ids it still holds."""
+    async def renew_leases(self, leases: list[Lease], lease_ms: int) -> list[str]:
+        """Extend these leases to storage time + ``lease_ms``; returns the run ids still held
+        by exactly those claims."""
 
     async def save_steps(
-        self,
-        run_id: str,
-        owner: str,
-        steps: list[StepRecord],
-        emits: list[Emit],
-        policy: HistoryPolicy,
+        self, lease: Lease, steps: list[StepRecord], emits: list[Emit], policy: HistoryPolicy
     ) -> None:
         """Fenced. Insert or replace these steps (by position)."""
 
     async def release_run(
         self,
-        run_id: str,
-        owner: str,
+        lease: Lease,
         due_at: int | None,
         patch: dict[str, Any],
         emits: list[Emit],
@@ -213,8 +222,7 @@ class RunStore(Protocol):
 
     async def finish_run(
         self,
-        run_id: str,
-        owner: str,
+        lease: Lease,
         state: str,
         result: str | None,
         error: str | None,
@@ -226,12 +234,7 @@ class RunStore(Protocol):
         invoke step (``out`` = ``{"state", "result", "error"}``) and make the parent due now."""
 
     async def wait_event(
-        self,
-        run_id: str,
-        owner: str,
-        step: StepRecord,
-        emits: list[Emit],
-        policy: HistoryPolicy,
+        self, lease: Lease, step: StepRecord, emits: list[Emit], policy: HistoryPolicy
     ) -> str | None:
         """Fenced. If an event for ``step.event_id`` was already sent to this run (lookback),
         consume it, save ``step`` resolved with it (``out`` = the data, ``resolved`` true) and

@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import time
 from collections import deque
 from collections.abc import Callable, Collection
 from typing import Any
@@ -66,7 +64,15 @@ from stepstream.errors import (
     RunConflict,
     RunNotFound,
 )
-from stepstream.workflow.records import Emit, RunPage, RunRecord, RunState, StepRecord
+from stepstream.workflow.records import (
+    Emit,
+    Lease,
+    RunPage,
+    RunRecord,
+    RunState,
+    StepRecord,
+    dumps,
+)
 
 APPEND_EVENT = """
 local function append_event(key, meta, event, raw, maxlen, ttl)
@@ -169,7 +175,7 @@ class RedisBackend:
                 raise BackendUnavailable(f"cannot reach Redis at {self.url}: {exc}") from exc
             self._append = client.register_script(APPEND)
             self._scripts = {
-                name: client.register_script(APPEND_EVENT + runs.LIB + body)
+                name: client.register_script(runs.FLAGS + APPEND_EVENT + runs.LIB + body)
                 for name, body in runs.SCRIPTS.items()
             }
             # No silent reconnects on the pub/sub connection: events published while it was
@@ -424,48 +430,54 @@ class RedisBackend:
         cursor = runs.seq_of(page[-1]) if len(found) > count and page else None
         return RunPage([runs.run_record(fields) for fields in page], cursor)
 
-    async def claim_runs(self, owner: str, now: int, lease_ms: int, limit: int) -> list[RunRecord]:
-        claimed = await self._script("claim_runs", owner, now, now + lease_ms, limit)
+    async def claim_runs(
+        self,
+        owner: str,
+        lease_ms: int,
+        limit: int,
+        *,
+        workflows: Collection[str],
+        exclude: Collection[str] = (),
+    ) -> list[RunRecord]:
+        names = list(workflows)
+        claimed = await self._script(
+            "claim_runs", owner, lease_ms, limit, len(names), *names, *exclude
+        )
         return [runs.run_record(fields, steps) for fields, steps in claimed]
 
-    async def renew_leases(self, owner: str, run_ids: list[str], until: int) -> list[str]:
-        held: list[str] = await self._script("renew_leases", owner, until, *run_ids)
+    async def renew_leases(self, leases: list[Lease], lease_ms: int) -> list[str]:
+        flat: list[str | int] = []
+        for lease in leases:
+            flat += [lease.run_id, lease.owner, lease.epoch]
+        held: list[str] = await self._script("renew_leases", lease_ms, *flat)
         return held
 
     async def save_steps(
-        self,
-        run_id: str,
-        owner: str,
-        steps: list[StepRecord],
-        emits: list[Emit],
-        policy: HistoryPolicy,
+        self, lease: Lease, steps: list[StepRecord], emits: list[Emit], policy: HistoryPolicy
     ) -> None:
         reply = await self._script(
-            "save_steps", run_id, owner, *runs.steps_args(steps), *self._emits(emits, policy)
+            "save_steps", *_fence_args(lease), *runs.steps_args(steps), *self._emits(emits, policy)
         )
-        _fenced(reply, run_id)
+        _fenced(reply, lease)
 
     async def release_run(
         self,
-        run_id: str,
-        owner: str,
+        lease: Lease,
         due_at: int | None,
         patch: dict[str, Any],
         emits: list[Emit],
         policy: HistoryPolicy,
     ) -> None:
         due = "" if due_at is None else due_at
-        now = time.time_ns() // 1_000_000
         patched = runs.counted(runs.meta_fields(patch))
         reply = await self._script(
-            "release_run", run_id, owner, due, now, *patched, *self._emits(emits, policy)
+            "release_run", *_fence_args(lease), due, *patched, *self._emits(emits, policy)
         )
-        _fenced(reply, run_id)
+        _fenced(reply, lease)
 
     async def finish_run(
         self,
-        run_id: str,
-        owner: str,
+        lease: Lease,
         state: str,
         result: str | None,
         error: str | None,
@@ -475,40 +487,33 @@ class RedisBackend:
     ) -> None:
         reply = await self._script(
             "finish_run",
-            run_id,
-            owner,
+            *_fence_args(lease),
             state,
-            json.dumps(result),
-            json.dumps(error),
+            dumps(result),
+            dumps(error),
             now,
             runs.child_outcome(state, result, error),
             *self._emits(emits, policy),
         )
-        _fenced(reply, run_id)
+        _fenced(reply, lease)
 
     async def wait_event(
-        self,
-        run_id: str,
-        owner: str,
-        step: StepRecord,
-        emits: list[Emit],
-        policy: HistoryPolicy,
+        self, lease: Lease, step: StepRecord, emits: list[Emit], policy: HistoryPolicy
     ) -> str | None:
         assert step.event_id is not None
         reply = await self._script(
             "wait_event",
-            run_id,
-            owner,
+            *_fence_args(lease),
             step.position,
             step.event_id,
             step.to_json(),
             *self._emits(emits, policy),
         )
-        _fenced(reply, run_id)
+        _fenced(reply, lease)
         return reply[1] if len(reply) > 1 else None
 
     async def notify(self, event_id: str, raw: str, run_id: str | None, now: int) -> int:
-        reply = await self._script("notify", event_id, raw, run_id or "", now)
+        reply = await self._script("notify", event_id, raw, run_id or "")
         if reply[0] == "MISSING":
             raise RunNotFound(run_id or "")
         if reply[0] == "FINISHED":
@@ -524,7 +529,7 @@ class RedisBackend:
         error = "canceled"
         outcome = runs.child_outcome(RunState.CANCELED.value, None, error)
         reply = await self._script(
-            "cancel_run", run_id, now, json.dumps(error), outcome, *self._emits(emits, policy)
+            "cancel_run", run_id, now, dumps(error), outcome, *self._emits(emits, policy)
         )
         if reply[0] == "MISSING":
             raise RunNotFound(run_id)
@@ -534,9 +539,13 @@ class RedisBackend:
             )
 
 
-def _fenced(reply: list[Any], run_id: str) -> None:
+def _fence_args(lease: Lease) -> tuple[str, str, int]:
+    return lease.run_id, lease.owner, lease.epoch
+
+
+def _fenced(reply: list[Any], lease: Lease) -> None:
     if reply[0] == "LEASE":
-        raise LeaseLost(f"run {run_id} is no longer held by this worker")
+        raise LeaseLost(f"run {lease.run_id} is no longer held by this execution")
 
 
 async def _quietly_close(pubsub: Any) -> None:

@@ -8,8 +8,10 @@ stored together with the events that report it. A script returns ``{status, ...}
 ``OK``, ``LEASE`` (fenced out), ``MISSING`` (no such run), ``EXISTS`` (id taken) or
 ``FINISHED`` followed by the run's state.
 
-Run fields holding JSON are edited in Lua only through ``encode_object``, which writes integral
-numbers as integers: cjson alone would print ``1.7955e+12`` for an epoch-ms time.
+Scripts decode no JSON: step records are edited as text (``set_field``), so no decoder can
+refuse stored data half way through a script, and numbers keep the form Python wrote them in
+(cjson would print ``1.7955e+12`` for an epoch-ms time). Everything Python sends is written by
+``records.dumps``, which never produces an escape a strict parser rejects.
 """
 
 from __future__ import annotations
@@ -19,13 +21,25 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from stepstream.backends.base import HistoryPolicy
-from stepstream.workflow.records import RunRecord, RunState, StepRecord
+from stepstream.workflow.records import RunRecord, RunState, StepRecord, dumps
+
+# Scripts compute most keys they touch (a run's keys from its id), so they cannot declare them
+# all in KEYS; Redis allows that, Dragonfly needs the script to say so (a comment to Redis).
+FLAGS = "--!df flags=allow-undeclared-keys\n"
 
 LIB = """
 local P = ARGV[1]
 
 local function run_key(id) return P .. 'wf:run:' .. id end
 local function steps_key(id) return P .. 'wf:steps:' .. id end
+local function due_key(workflow) return P .. 'wf:due:' .. workflow end
+local function leased_key(workflow) return P .. 'wf:leased:' .. workflow end
+
+-- Leases and due times are judged by Redis's clock, never a worker's.
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 
 -- ARGV[from], ARGV[from + 1]: max length and ttl; then (stream key, event, json) triples.
 local function emit_all(from)
@@ -44,68 +58,64 @@ local function hset_pairs(key, at)
   return at + 2 * n + 1
 end
 
-local function fenced(id, owner)
-  local state, lease = unpack(redis.call('HMGET', run_key(id), 'state', 'lease_owner'))
-  return state == 'RUN_STARTED' and lease == owner
+local function fenced(id, owner, epoch)
+  local state, lease, held = unpack(
+    redis.call('HMGET', run_key(id), 'state', 'lease_owner', 'epoch'))
+  return state == 'RUN_STARTED' and lease == owner and (held or '0') == epoch
 end
 
-local function encode_value(v)
-  if v == cjson.null then return 'null' end
-  local kind = type(v)
-  if kind == 'number' then
-    if v == math.floor(v) and math.abs(v) < 9007199254740992 then
-      return string.format('%.0f', v)
-    end
-    return string.format('%.17g', v)
-  elseif kind == 'boolean' then
-    return tostring(v)
-  end
-  return cjson.encode(v)
+-- Step records are JSON written by Python (records.StepRecord.to_json). Scripts never decode
+-- them: a decoder can refuse text (cjson and lone surrogates) half way through a script, after
+-- it has written. They are edited as text instead. A field's `"name":` can only occur once,
+-- structurally: inside a JSON string every quote is escaped.
+local function has(text, literal) return string.find(text, literal, 1, true) ~= nil end
+
+local function set_field(text, name, value)
+  return (string.gsub(text, '"' .. name .. '":[^,}]*', function()
+    return '"' .. name .. '":' .. value
+  end, 1))
 end
 
--- A flat JSON object (a StepRecord), with integers kept integers.
-local function encode_object(object)
-  local parts = {}
-  for k, v in pairs(object) do
-    parts[#parts + 1] = cjson.encode(k) .. ':' .. encode_value(v)
-  end
-  return '{' .. table.concat(parts, ',') .. '}'
-end
+local function in_progress(text) return has(text, '"state":"STEP_PROGRESS"') end
 
 local function make_due(id, at)
   local key = run_key(id)
   redis.call('HSET', key, 'due_at', at)
   if not redis.call('HGET', key, 'lease_owner') then
-    redis.call('ZADD', P .. 'wf:due', at, id)
+    redis.call('ZADD', due_key(redis.call('HGET', key, 'workflow')), at, id)
   end
   -- A leased run stays with its worker; release_run sees the resolved step.
 end
 
+-- The step's text with `out` set to the JSON text `out` and `resolved` true.
+local function resolved_step(text, out)
+  return set_field(set_field(text, 'out', cjson.encode(out)), 'resolved', 'true')
+end
+
 -- A notify or a finished child writes a step's `out` while it is still in progress.
-local function resolve(id, position, out, now)
+local function resolve(id, position, out)
   local key = steps_key(id)
   local text = redis.call('HGET', key, position)
-  if not text then return 0 end
-  local step = cjson.decode(text)
-  if step.state ~= 'STEP_PROGRESS' or step.resolved == true then return 0 end
-  step.out, step.resolved = out, true
-  redis.call('HSET', key, position, encode_object(step))
+  if not text or not in_progress(text) or has(text, '"resolved":true') then return 0 end
+  redis.call('HSET', key, position, resolved_step(text, out))
   if redis.call('HGET', run_key(id), 'state') == 'RUN_STARTED' then
-    make_due(id, now)
+    make_due(id, now_ms())
   end
   return 1
 end
 
 local function close(id, state, result, err, now, outcome)
   local key = run_key(id)
-  local old, seq, parent, position = unpack(
-    redis.call('HMGET', key, 'state', 'seq', 'parent', 'm.parent_position'))
+  local old, seq, parent, position, workflow = unpack(
+    redis.call('HMGET', key, 'state', 'seq', 'parent', 'm.parent_position', 'workflow'))
   redis.call('HSET', key, 'state', state, 'completed_at', now, 'm.result', result, 'm.error', err)
   redis.call('HDEL', key, 'due_at', 'lease_owner', 'lease_until')
-  redis.call('ZREM', P .. 'wf:due', id)
-  redis.call('ZREM', P .. 'wf:leased', id)
+  redis.call('ZREM', due_key(workflow), id)
+  redis.call('ZREM', leased_key(workflow), id)
   redis.call('ZREM', P .. 'wf:runs:state:' .. old, id)
+  redis.call('ZREM', P .. 'wf:runs:sw:' .. old .. ':' .. workflow, id)
   redis.call('ZADD', P .. 'wf:runs:state:' .. state, seq, id)
+  redis.call('ZADD', P .. 'wf:runs:sw:' .. state .. ':' .. workflow, seq, id)
   local waits = P .. 'wf:waitsof:' .. id
   for _, member in ipairs(redis.call('SMEMBERS', waits)) do
     local at, event = string.match(member, '^(%d+)|(.*)$')
@@ -116,15 +126,16 @@ local function close(id, state, result, err, now, outcome)
     local steps = steps_key(id)
     local all = redis.call('HGETALL', steps)
     for i = 1, #all, 2 do
-      local step = cjson.decode(all[i + 1])
-      if step.state == 'STEP_PROGRESS' or step.state == 'STEP_RETRY' then
-        step.state, step.finished_at = 'STEP_CANCELED', tonumber(now)
-        redis.call('HSET', steps, all[i], encode_object(step))
+      local text = all[i + 1]
+      local changed = string.gsub(text, '"state":"STEP_PROGRESS"', '"state":"STEP_CANCELED"', 1)
+      changed = string.gsub(changed, '"state":"STEP_RETRY"', '"state":"STEP_CANCELED"', 1)
+      if changed ~= text then
+        redis.call('HSET', steps, all[i], set_field(changed, 'finished_at', now))
       end
     end
   end
   if parent and position and position ~= 'null' then
-    resolve(parent, position, outcome, now)
+    resolve(parent, position, outcome)
   end
 end
 """
@@ -137,120 +148,122 @@ local key = run_key(id)
 if redis.call('EXISTS', key) == 1 then return {'EXISTS'} end
 local seq = redis.call('INCR', P .. 'wf:seq')
 local at = hset_pairs(key, 6)
-redis.call('HSET', key, 'seq', seq)
+redis.call('HSET', key, 'seq', seq, 'epoch', 0)
 at = hset_pairs(steps_key(id), at)
 redis.call('ZADD', P .. 'wf:runs', seq, id)
 redis.call('ZADD', P .. 'wf:runs:state:' .. state, seq, id)
 redis.call('ZADD', P .. 'wf:runs:workflow:' .. workflow, seq, id)
+redis.call('ZADD', P .. 'wf:runs:sw:' .. state .. ':' .. workflow, seq, id)
 if state == 'RUN_STARTED' and due ~= '' then
-  redis.call('ZADD', P .. 'wf:due', due, id)
+  redis.call('ZADD', due_key(workflow), due, id)
 end
 emit_all(at)
 return {'OK'}
 """
 
-# ARGV: P, state|'', workflow|'', cursor|'', count. Returns {seq, run hash} pairs, newest first,
-# one more than `count` when there are more.
+# ARGV: P, state|'', workflow|'', cursor|'', count. Returns run hashes, newest first, one more
+# than `count` when there are more. Every filter combination has its own index: the work is
+# bounded by `count`, whatever the filters match.
 LIST_RUNS = """
 local state, workflow, count = ARGV[2], ARGV[3], tonumber(ARGV[5])
 local index = P .. 'wf:runs'
-if state ~= '' then
+if state ~= '' and workflow ~= '' then
+  index = P .. 'wf:runs:sw:' .. state .. ':' .. workflow
+elseif state ~= '' then
   index = P .. 'wf:runs:state:' .. state
 elseif workflow ~= '' then
   index = P .. 'wf:runs:workflow:' .. workflow
 end
-local check = state ~= '' and workflow ~= ''
 local high = ARGV[4] == '' and '+inf' or '(' .. ARGV[4]
 local found = {}
-while #found <= count do
-  local batch = redis.call('ZREVRANGEBYSCORE', index, high, '-inf', 'WITHSCORES', 'LIMIT', 0, 100)
-  if #batch == 0 then break end
-  for i = 1, #batch, 2 do
-    high = '(' .. batch[i + 1]
-    local key = run_key(batch[i])
-    if not check or redis.call('HGET', key, 'workflow') == workflow then
-      found[#found + 1] = redis.call('HGETALL', key)
-      if #found > count then break end
-    end
-  end
+for _, id in ipairs(redis.call('ZREVRANGEBYSCORE', index, high, '-inf', 'LIMIT', 0, count + 1)) do
+  found[#found + 1] = redis.call('HGETALL', run_key(id))
 end
 return found
 """
 
-# ARGV: P, owner, now, lease_until, limit. Due runs come from wf:due, runs whose lease expired
-# from wf:leased; both kinds are merged oldest due first.
+# ARGV: P, owner, lease ms, limit, n, n workflow names, then run ids to skip (the caller's
+# own executions). Due runs come from wf:due:<workflow>, runs whose lease expired from
+# wf:leased:<workflow>; all are merged oldest due first. Each claim bumps the run's epoch.
 CLAIM_RUNS = """
-local owner, now, until_, limit = ARGV[2], tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
+local owner, lease_ms, limit, n = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 if limit < 1 then return {} end
-local due_key, leased_key = P .. 'wf:due', P .. 'wf:leased'
+local now = now_ms()
+local skip, skipped = {}, 0
+for i = 6 + n, #ARGV do skip[ARGV[i]] = true skipped = skipped + 1 end
 local candidates = {}
-local due = redis.call('ZRANGEBYSCORE', due_key, '-inf', ARGV[3], 'WITHSCORES', 'LIMIT', 0, limit)
-for i = 1, #due, 2 do
-  candidates[#candidates + 1] = {due[i], tonumber(due[i + 1])}
-end
-local expired = redis.call('ZRANGEBYSCORE', leased_key, '-inf', '(' .. ARGV[3], 'LIMIT', 0, limit)
-for _, id in ipairs(expired) do
-  local at = tonumber(redis.call('HGET', run_key(id), 'due_at'))
-  if at and at <= now then candidates[#candidates + 1] = {id, at} end
+for w = 6, 5 + n do
+  local due = redis.call('ZRANGEBYSCORE', due_key(ARGV[w]), '-inf', now, 'WITHSCORES',
+    'LIMIT', 0, limit + skipped)
+  for i = 1, #due, 2 do
+    if not skip[due[i]] then
+      candidates[#candidates + 1] = {due[i], tonumber(due[i + 1]), ARGV[w]}
+    end
+  end
+  local expired = redis.call('ZRANGEBYSCORE', leased_key(ARGV[w]), '-inf', '(' .. now,
+    'LIMIT', 0, limit + skipped)
+  for _, id in ipairs(expired) do
+    local at = tonumber(redis.call('HGET', run_key(id), 'due_at'))
+    if at and at <= now and not skip[id] then candidates[#candidates + 1] = {id, at, ARGV[w]} end
+  end
 end
 table.sort(candidates, function(a, b)
   if a[2] ~= b[2] then return a[2] < b[2] end
   return a[1] < b[1]
 end)
+local until_ = now + lease_ms
 local claimed = {}
 for i = 1, math.min(limit, #candidates) do
-  local id = candidates[i][1]
-  redis.call('ZREM', due_key, id)
-  redis.call('ZADD', leased_key, until_, id)
+  local id, workflow = candidates[i][1], candidates[i][3]
+  redis.call('ZREM', due_key(workflow), id)
+  redis.call('ZADD', leased_key(workflow), until_, id)
   redis.call('HSET', run_key(id), 'lease_owner', owner, 'lease_until', until_)
+  redis.call('HINCRBY', run_key(id), 'epoch', 1)
   claimed[#claimed + 1] = {redis.call('HGETALL', run_key(id)), redis.call('HGETALL', steps_key(id))}
 end
 return claimed
 """
 
-# ARGV: P, owner, until, run ids...
+# ARGV: P, lease ms, then (run id, owner, epoch) triples.
 RENEW_LEASES = """
-local owner, until_ = ARGV[2], ARGV[3]
+local until_ = now_ms() + tonumber(ARGV[2])
 local held = {}
-for i = 4, #ARGV do
+for i = 3, #ARGV, 3 do
   local id = ARGV[i]
-  if fenced(id, owner) then
+  if fenced(id, ARGV[i + 1], ARGV[i + 2]) then
     redis.call('HSET', run_key(id), 'lease_until', until_)
-    redis.call('ZADD', P .. 'wf:leased', until_, id)
+    redis.call('ZADD', leased_key(redis.call('HGET', run_key(id), 'workflow')), until_, id)
     held[#held + 1] = id
   end
 end
 return held
 """
 
-# ARGV: P, id, owner, steps (n + pairs), emits.
+# ARGV: P, id, owner, epoch, steps (n + pairs), emits.
 SAVE_STEPS = """
-local id, owner = ARGV[2], ARGV[3]
-if not fenced(id, owner) then return {'LEASE'} end
-emit_all(hset_pairs(steps_key(id), 4))
+local id = ARGV[2]
+if not fenced(id, ARGV[3], ARGV[4]) then return {'LEASE'} end
+emit_all(hset_pairs(steps_key(id), 5))
 return {'OK'}
 """
 
-# ARGV: P, id, owner, due_at|'', now, patch (n + pairs of 'm.<field>', JSON), emits.
+# ARGV: P, id, owner, epoch, due_at|'', patch (n + pairs of 'm.<field>', JSON), emits.
 RELEASE_RUN = """
-local id, owner, due, now = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-if not fenced(id, owner) then return {'LEASE'} end
+local id, due = ARGV[2], ARGV[5]
+if not fenced(id, ARGV[3], ARGV[4]) then return {'LEASE'} end
 local key = run_key(id)
-local at = hset_pairs(key, 6)
 -- A notify or a finished child may have resolved a step while we held the run: then it is due
--- now, whatever we planned. (Inside a JSON string a quote is escaped, so the plain search
--- cannot match a step's text, only its `resolved` field.)
+-- now, whatever we planned.
 for _, text in ipairs(redis.call('HVALS', steps_key(id))) do
-  if string.find(text, '"resolved":true', 1, true) then
-    local step = cjson.decode(text)
-    if step.resolved == true and step.state == 'STEP_PROGRESS' then due = now break end
-  end
+  if has(text, '"resolved":true') and in_progress(text) then due = now_ms() break end
 end
+local at = hset_pairs(key, 6)
+local workflow = redis.call('HGET', key, 'workflow')
 redis.call('HDEL', key, 'lease_owner', 'lease_until')
-redis.call('ZREM', P .. 'wf:leased', id)
+redis.call('ZREM', leased_key(workflow), id)
 if due == '' then
   redis.call('HDEL', key, 'due_at')
-  redis.call('ZREM', P .. 'wf:due', id)
+  redis.call('ZREM', due_key(workflow), id)
 else
   make_due(id, due)
 end
@@ -258,40 +271,38 @@ emit_all(at)
 return {'OK'}
 """
 
-# ARGV: P, id, owner, state, result JSON, error JSON, now, the parent's step out, emits.
+# ARGV: P, id, owner, epoch, state, result JSON, error JSON, now, the parent's step out, emits.
 FINISH_RUN = """
-local id, owner = ARGV[2], ARGV[3]
-if not fenced(id, owner) then return {'LEASE'} end
-close(id, ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8])
-emit_all(9)
+local id = ARGV[2]
+if not fenced(id, ARGV[3], ARGV[4]) then return {'LEASE'} end
+close(id, ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9])
+emit_all(10)
 return {'OK'}
 """
 
-# ARGV: P, id, owner, position, event id, step JSON, emits.
+# ARGV: P, id, owner, epoch, position, event id, step JSON, emits.
 WAIT_EVENT = """
-local id, owner, position, event = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-if not fenced(id, owner) then return {'LEASE'} end
+local id, position, event = ARGV[2], ARGV[5], ARGV[6]
+if not fenced(id, ARGV[3], ARGV[4]) then return {'LEASE'} end
 local lookback = P .. 'wf:lookback:' .. id
 local data = redis.call('HGET', lookback, event)
 if data then
   -- Consumed and recorded in one step: a crash now cannot lose the event.
   redis.call('HDEL', lookback, event)
-  local step = cjson.decode(ARGV[6])
-  step.out, step.resolved = data, true
-  redis.call('HSET', steps_key(id), position, encode_object(step))
+  redis.call('HSET', steps_key(id), position, resolved_step(ARGV[7], data))
 else
-  redis.call('HSET', steps_key(id), position, ARGV[6])
+  redis.call('HSET', steps_key(id), position, ARGV[7])
   redis.call('SADD', P .. 'wf:waits:' .. event, id .. '|' .. position)
   redis.call('SADD', P .. 'wf:waitsof:' .. id, position .. '|' .. event)
 end
-emit_all(7)
+emit_all(8)
 if data then return {'OK', data} end
 return {'OK'}
 """
 
-# ARGV: P, event id, data, run id|'', now.
+# ARGV: P, event id, data, run id|''.
 NOTIFY = """
-local event, data, only, now = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local event, data, only = ARGV[2], ARGV[3], ARGV[4]
 if only ~= '' then
   local state = redis.call('HGET', run_key(only), 'state')
   if not state then return {'MISSING'} end
@@ -304,7 +315,7 @@ for _, member in ipairs(redis.call('SMEMBERS', waits)) do
   if only == '' or id == only then
     redis.call('SREM', waits, member)
     redis.call('SREM', P .. 'wf:waitsof:' .. id, position .. '|' .. event)
-    woken = woken + resolve(id, position, data, now)
+    woken = woken + resolve(id, position, data)
   end
 end
 if woken == 0 and only ~= '' then
@@ -394,6 +405,7 @@ def run_record(flat: Sequence[str] | Mapping[str, str], steps: Any = None) -> Ru
         lease_owner=fields.get("lease_owner"),
         lease_until=_int(fields.get("lease_until")),
         parent=fields.get("parent"),
+        epoch=int(fields.get("epoch", 0)),
         **meta,
     )
     if steps is not None:
@@ -411,7 +423,7 @@ def seq_of(flat: Sequence[str]) -> str:
 
 def child_outcome(state: str, result: str | None, error: str | None) -> str:
     """The ``out`` of a parent's invoke step when its child ends (as ``sqlite_runs`` writes it)."""
-    return json.dumps({"state": state, "result": result, "error": error})
+    return dumps({"state": state, "result": result, "error": error})
 
 
 def emit_args(keyed: Sequence[tuple[str, str, str]], policy: HistoryPolicy) -> list[str | int]:
@@ -424,7 +436,7 @@ def emit_args(keyed: Sequence[tuple[str, str, str]], policy: HistoryPolicy) -> l
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
+    return dumps(value)
 
 
 def _pairs(flat: Sequence[str]) -> dict[str, str]:

@@ -36,7 +36,7 @@ from stepstream.errors import (
 )
 
 if TYPE_CHECKING:
-    from stepstream.workflow.records import Emit, RunPage, RunRecord, StepRecord
+    from stepstream.workflow.records import Emit, Lease, RunPage, RunRecord, StepRecord
 
 T = TypeVar("T")
 
@@ -198,6 +198,11 @@ class SQLiteBackend:
         conn.execute(f"PRAGMA synchronous = {self._synchronous}")
         conn.execute("PRAGMA foreign_keys = ON")
         conn.executescript(SCHEMA + runs.SCHEMA)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            runs.migrate(conn)
+        finally:
+            conn.execute("COMMIT")
         return conn
 
     def _run(self, ready: asyncio.Future[None]) -> None:
@@ -448,47 +453,45 @@ class SQLiteBackend:
             lambda c: runs.list_runs(c, state, workflow, cursor, count), write=False
         )
 
-    async def claim_runs(self, owner: str, now: int, lease_ms: int, limit: int) -> list[RunRecord]:
+    async def claim_runs(
+        self,
+        owner: str,
+        lease_ms: int,
+        limit: int,
+        *,
+        workflows: Collection[str],
+        exclude: Collection[str] = (),
+    ) -> list[RunRecord]:
         return await self._submit(
-            lambda c: runs.claim_runs(c, owner, now, lease_ms, limit), write=True
+            lambda c: runs.claim_runs(c, owner, lease_ms, limit, workflows, exclude), write=True
         )
 
-    async def renew_leases(self, owner: str, run_ids: list[str], until: int) -> list[str]:
-        return await self._submit(lambda c: runs.renew_leases(c, owner, run_ids, until), write=True)
+    async def renew_leases(self, leases: list[Lease], lease_ms: int) -> list[str]:
+        return await self._submit(lambda c: runs.renew_leases(c, leases, lease_ms), write=True)
 
     async def save_steps(
-        self,
-        run_id: str,
-        owner: str,
-        steps: list[StepRecord],
-        emits: list[Emit],
-        policy: HistoryPolicy,
+        self, lease: Lease, steps: list[StepRecord], emits: list[Emit], policy: HistoryPolicy
     ) -> None:
         await self._submit(
-            lambda c: runs.save_steps(c, _append_many, run_id, owner, steps, emits, policy),
-            write=True,
+            lambda c: runs.save_steps(c, _append_many, lease, steps, emits, policy), write=True
         )
 
     async def release_run(
         self,
-        run_id: str,
-        owner: str,
+        lease: Lease,
         due_at: int | None,
         patch: dict[str, Any],
         emits: list[Emit],
         policy: HistoryPolicy,
     ) -> None:
         await self._submit(
-            lambda c: runs.release_run(
-                c, _append_many, run_id, owner, due_at, patch, emits, policy
-            ),
+            lambda c: runs.release_run(c, _append_many, lease, due_at, patch, emits, policy),
             write=True,
         )
 
     async def finish_run(
         self,
-        run_id: str,
-        owner: str,
+        lease: Lease,
         state: str,
         result: str | None,
         error: str | None,
@@ -498,22 +501,16 @@ class SQLiteBackend:
     ) -> None:
         await self._submit(
             lambda c: runs.finish_run(
-                c, _append_many, run_id, owner, state, result, error, now, emits, policy
+                c, _append_many, lease, state, result, error, now, emits, policy
             ),
             write=True,
         )
 
     async def wait_event(
-        self,
-        run_id: str,
-        owner: str,
-        step: StepRecord,
-        emits: list[Emit],
-        policy: HistoryPolicy,
+        self, lease: Lease, step: StepRecord, emits: list[Emit], policy: HistoryPolicy
     ) -> str | None:
         return await self._submit(
-            lambda c: runs.wait_event(c, _append_many, run_id, owner, step, emits, policy),
-            write=True,
+            lambda c: runs.wait_event(c, _append_many, lease, step, emits, policy), write=True
         )
 
     async def notify(self, event_id: str, raw: str, run_id: str | None, now: int) -> int:

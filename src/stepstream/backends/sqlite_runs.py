@@ -7,13 +7,22 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import replace
 from typing import Any
 
 from stepstream.backends.base import HistoryPolicy
 from stepstream.errors import LeaseLost, RunConflict, RunNotFound
-from stepstream.workflow.records import Emit, RunPage, RunRecord, RunState, StepRecord, StepState
+from stepstream.workflow.records import (
+    Emit,
+    Lease,
+    RunPage,
+    RunRecord,
+    RunState,
+    StepRecord,
+    StepState,
+    dumps,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS wf_runs (
@@ -27,10 +36,14 @@ CREATE TABLE IF NOT EXISTS wf_runs (
     lease_until INTEGER,
     parent TEXT,
     seq INTEGER NOT NULL,
-    meta TEXT NOT NULL
+    meta TEXT NOT NULL,
+    epoch INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS wf_runs_due ON wf_runs (due_at) WHERE state = 'RUN_STARTED';
 CREATE INDEX IF NOT EXISTS wf_runs_newest ON wf_runs (seq);
+CREATE INDEX IF NOT EXISTS wf_runs_by_state ON wf_runs (state, seq);
+CREATE INDEX IF NOT EXISTS wf_runs_by_workflow ON wf_runs (workflow, seq);
+CREATE INDEX IF NOT EXISTS wf_runs_by_workflow_state ON wf_runs (workflow, state, seq);
 CREATE TABLE IF NOT EXISTS wf_steps (
     run_id TEXT NOT NULL,
     position INTEGER NOT NULL,
@@ -55,12 +68,27 @@ CREATE TABLE IF NOT EXISTS wf_lookback (
 Append = Callable[[sqlite3.Connection, str, list[tuple[str, str]], HistoryPolicy], Any]
 
 COLUMNS = (
-    "id, workflow, state, created_at, completed_at, due_at, lease_owner, lease_until, parent, meta"
+    "id, workflow, state, created_at, completed_at, due_at, lease_owner, lease_until, parent, "
+    "epoch, meta"
 )
 
 
+def migrate(conn: sqlite3.Connection) -> None:
+    """Bring a file made by an earlier version up to ``SCHEMA`` (run inside the schema
+    transaction, so concurrent openers see it done or not at all)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(wf_runs)")}
+    if "epoch" not in columns:
+        conn.execute("ALTER TABLE wf_runs ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0")
+
+
+def storage_ms() -> int:
+    """The time leases and due runs are judged by: this host's clock, read by the database
+    thread, never a worker's (``clock.py``)."""
+    return time.time_ns() // 1_000_000
+
+
 def _run(row: tuple[Any, ...]) -> RunRecord:
-    run_id, workflow, state, created, completed, due, owner, until, parent, meta = row
+    run_id, workflow, state, created, completed, due, owner, until, parent, epoch, meta = row
     base = RunRecord(
         id=run_id,
         workflow=workflow,
@@ -71,6 +99,7 @@ def _run(row: tuple[Any, ...]) -> RunRecord:
         lease_owner=owner,
         lease_until=until,
         parent=parent,
+        epoch=epoch,
     )
     return base.with_meta(meta)
 
@@ -92,10 +121,12 @@ def _emit(
         append(conn, channel, events, policy)
 
 
-def _fence(conn: sqlite3.Connection, run_id: str, owner: str) -> None:
-    row = conn.execute("SELECT state, lease_owner FROM wf_runs WHERE id = ?", (run_id,)).fetchone()
-    if row is None or row[0] != RunState.STARTED.value or row[1] != owner:
-        raise LeaseLost(f"run {run_id} is no longer held by this worker")
+def _fence(conn: sqlite3.Connection, lease: Lease) -> None:
+    row = conn.execute(
+        "SELECT state, lease_owner, epoch FROM wf_runs WHERE id = ?", (lease.run_id,)
+    ).fetchone()
+    if row is None or tuple(row) != (RunState.STARTED.value, lease.owner, lease.epoch):
+        raise LeaseLost(f"run {lease.run_id} is no longer held by this execution")
 
 
 def _put_steps(conn: sqlite3.Connection, run_id: str, steps: list[StepRecord]) -> None:
@@ -116,7 +147,7 @@ def create_run(
         raise RunConflict(f"a workflow run with id {run.id!r} already exists: ids are single-use")
     (seq,) = conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM wf_runs").fetchone()
     conn.execute(
-        f"INSERT INTO wf_runs ({COLUMNS}, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        f"INSERT INTO wf_runs ({COLUMNS}, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             run.id,
             run.workflow,
@@ -127,6 +158,7 @@ def create_run(
             None,
             None,
             run.parent,
+            0,
             run.meta_json(),
             seq,
         ),
@@ -173,69 +205,77 @@ def list_runs(
 
 
 def claim_runs(
-    conn: sqlite3.Connection, owner: str, now: int, lease_ms: int, limit: int
+    conn: sqlite3.Connection,
+    owner: str,
+    lease_ms: int,
+    limit: int,
+    workflows: Collection[str],
+    exclude: Collection[str],
 ) -> list[RunRecord]:
+    now = storage_ms()
     rows = conn.execute(
         f"SELECT {COLUMNS} FROM wf_runs WHERE state = 'RUN_STARTED' AND due_at <= ? "
-        "AND (lease_until IS NULL OR lease_until < ?) ORDER BY due_at LIMIT ?",
-        (now, now, limit),
+        "AND (lease_until IS NULL OR lease_until < ?) "
+        "AND workflow IN (SELECT value FROM json_each(?)) "
+        "AND id NOT IN (SELECT value FROM json_each(?)) ORDER BY due_at LIMIT ?",
+        (now, now, json.dumps(list(workflows)), json.dumps(list(exclude)), limit),
     ).fetchall()
     runs = []
     for row in rows:
         run = _run(row)
-        run.lease_owner, run.lease_until = owner, now + lease_ms
+        run.lease_owner, run.lease_until, run.epoch = owner, now + lease_ms, run.epoch + 1
         conn.execute(
-            "UPDATE wf_runs SET lease_owner = ?, lease_until = ? WHERE id = ?",
-            (owner, run.lease_until, run.id),
+            "UPDATE wf_runs SET lease_owner = ?, lease_until = ?, epoch = ? WHERE id = ?",
+            (owner, run.lease_until, run.epoch, run.id),
         )
         run.steps = _steps(conn, run.id)
         runs.append(run)
     return runs
 
 
-def renew_leases(conn: sqlite3.Connection, owner: str, run_ids: list[str], until: int) -> list[str]:
+def renew_leases(conn: sqlite3.Connection, leases: list[Lease], lease_ms: int) -> list[str]:
+    until = storage_ms() + lease_ms
     held = []
-    for run_id in run_ids:
+    for lease in leases:
         cursor = conn.execute(
-            "UPDATE wf_runs SET lease_until = ? WHERE id = ? AND lease_owner = ? "
+            "UPDATE wf_runs SET lease_until = ? WHERE id = ? AND lease_owner = ? AND epoch = ? "
             "AND state = 'RUN_STARTED'",
-            (until, run_id, owner),
+            (until, lease.run_id, lease.owner, lease.epoch),
         )
         if cursor.rowcount:
-            held.append(run_id)
+            held.append(lease.run_id)
     return held
 
 
 def save_steps(
     conn: sqlite3.Connection,
     append: Append,
-    run_id: str,
-    owner: str,
+    lease: Lease,
     steps: list[StepRecord],
     emits: list[Emit],
     policy: HistoryPolicy,
 ) -> None:
-    _fence(conn, run_id, owner)
-    _put_steps(conn, run_id, steps)
+    _fence(conn, lease)
+    _put_steps(conn, lease.run_id, steps)
     _emit(conn, append, emits, policy)
 
 
 def release_run(
     conn: sqlite3.Connection,
     append: Append,
-    run_id: str,
-    owner: str,
+    lease: Lease,
     due_at: int | None,
     patch: dict[str, Any],
     emits: list[Emit],
     policy: HistoryPolicy,
 ) -> None:
-    _fence(conn, run_id, owner)
+    _fence(conn, lease)
+    run_id = lease.run_id
     if patch:
         (meta,) = conn.execute("SELECT meta FROM wf_runs WHERE id = ?", (run_id,)).fetchone()
         conn.execute(
             "UPDATE wf_runs SET meta = ? WHERE id = ?",
-            (json.dumps({**json.loads(meta), **patch}, separators=(",", ":")), run_id),
+            (dumps({**json.loads(meta), **patch}), run_id),
         )
     # A notify or a finished child may have resolved a step while we held the run: then it is
     # due now, whatever we planned.
@@ -245,7 +285,7 @@ def release_run(
         (run_id,),
     ).fetchone()
     if resolved:
-        due_at = time.time_ns() // 1_000_000
+        due_at = storage_ms()
     conn.execute(
         "UPDATE wf_runs SET due_at = ?, lease_owner = NULL, lease_until = NULL WHERE id = ?",
         (due_at, run_id),
@@ -256,8 +296,7 @@ def release_run(
 def finish_run(
     conn: sqlite3.Connection,
     append: Append,
-    run_id: str,
-    owner: str,
+    lease: Lease,
     state: str,
     result: str | None,
     error: str | None,
@@ -265,8 +304,8 @@ def finish_run(
     emits: list[Emit],
     policy: HistoryPolicy,
 ) -> None:
-    _fence(conn, run_id, owner)
-    _close(conn, run_id, state, result, error, now)
+    _fence(conn, lease)
+    _close(conn, lease.run_id, state, result, error, now)
     _emit(conn, append, emits, policy)
 
 
@@ -285,7 +324,7 @@ def _close(
     conn.execute(
         "UPDATE wf_runs SET state = ?, completed_at = ?, due_at = NULL, lease_owner = NULL, "
         "lease_until = NULL, meta = ? WHERE id = ?",
-        (state, now, json.dumps(meta, separators=(",", ":")), run_id),
+        (state, now, dumps(meta), run_id),
     )
     conn.execute("DELETE FROM wf_waits WHERE run_id = ?", (run_id,))
     conn.execute("DELETE FROM wf_lookback WHERE run_id = ?", (run_id,))
@@ -296,7 +335,7 @@ def _close(
             step.finished_at = now
             _put_steps(conn, run_id, [step])
     if parent is not None and meta.get("parent_position") is not None:
-        out = json.dumps({"state": state, "result": result, "error": error})
+        out = dumps({"state": state, "result": result, "error": error})
         _resolve(conn, parent, meta["parent_position"], out, now)
 
 
@@ -312,7 +351,8 @@ def _resolve(conn: sqlite3.Connection, run_id: str, position: int, out: str, now
     step.out, step.resolved = out, True
     _put_steps(conn, run_id, [step])
     conn.execute(
-        "UPDATE wf_runs SET due_at = ? WHERE id = ? AND state = 'RUN_STARTED'", (now, run_id)
+        "UPDATE wf_runs SET due_at = ? WHERE id = ? AND state = 'RUN_STARTED'",
+        (storage_ms(), run_id),
     )
     return True
 
@@ -320,13 +360,13 @@ def _resolve(conn: sqlite3.Connection, run_id: str, position: int, out: str, now
 def wait_event(
     conn: sqlite3.Connection,
     append: Append,
-    run_id: str,
-    owner: str,
+    lease: Lease,
     step: StepRecord,
     emits: list[Emit],
     policy: HistoryPolicy,
 ) -> str | None:
-    _fence(conn, run_id, owner)
+    _fence(conn, lease)
+    run_id = lease.run_id
     assert step.event_id is not None
     row = conn.execute(
         "SELECT data FROM wf_lookback WHERE run_id = ? AND event_id = ?", (run_id, step.event_id)

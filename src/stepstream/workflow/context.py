@@ -14,19 +14,28 @@ import dataclasses
 import datetime as dt
 import inspect
 import json
-import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from stepstream.clock import Clock
 from stepstream.errors import (
+    BackendError,
     ChildRunFailed,
+    LeaseLost,
     NonDeterminismError,
     NonRetryableError,
     NoWaiters,
     RetryAfterError,
     StepFailed,
 )
-from stepstream.workflow.records import RunRecord, StepRecord, StepState, StepType
+from stepstream.workflow.records import (
+    Lease,
+    RunRecord,
+    StepRecord,
+    StepState,
+    StepType,
+    dumps,
+)
 
 if TYPE_CHECKING:
     from stepstream.realtime.channel import Channel
@@ -34,10 +43,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 START_DELAY = 0.02
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
+FAILURE_POSITIONS = 1_000_000  # the failure function's own steps live past the run's
 
 
 class Suspend(BaseException):
@@ -52,6 +58,12 @@ class Cancel(BaseException):
     """Control flow: ``context.cancel()`` was called."""
 
 
+class StorageInterrupted(BaseException):
+    """Control flow: storage failed while the run was executing. The execution stops and hands
+    the run back to be resumed from its log: a storage error delays a run, it never fails it,
+    and user code cannot mistake it for a failure of its own (``except Exception``)."""
+
+
 class WorkflowContext:
     """The handle a workflow function works through.
 
@@ -63,16 +75,23 @@ class WorkflowContext:
     >>> #     return {"item": item, "approved": not timed_out}
     """
 
-    def __init__(self, run: RunRecord, engine: Engine, owner: str) -> None:
+    def __init__(self, run: RunRecord, engine: Engine, lease: Lease, clock: Clock) -> None:
         self.workflow_run_id = run.id
         self.workflow_name = run.workflow
         self.request_payload: Any = json.loads(run.payload)
         self.headers: dict[str, str] = dict(run.headers)
+        self.record = run
+        self.lease = lease
+        self.now = clock
         self._run = run
         self._engine = engine
-        self._owner = owner
         self._recorded = {step.position: step for step in run.steps}
-        self._position = 0
+        self._position = FAILURE_POSITIONS if run.phase == "failure" else 0
+        # Once set, every later step raises it again: an execution that lost its lease or
+        # its storage records nothing more, and a replay that diverged goes no further, even
+        # if the workflow catches the first error.
+        self._interrupted: LeaseLost | StorageInterrupted | None = None
+        self.nondeterminism: NonDeterminismError | None = None
         self._inflight = 0
         self._idle: asyncio.Future[None] | None = None
         self._last_write: asyncio.Future[None] | None = None
@@ -104,7 +123,7 @@ class WorkflowContext:
     def sleep_until(self, name: str, when: dt.datetime | float) -> Coroutine[Any, Any, None]:
         """Pause the run until ``when`` (a datetime, or epoch seconds)."""
         at = when.timestamp() if isinstance(when, dt.datetime) else float(when)
-        return self._start(self._step_sleep, name, StepType.SLEEP_UNTIL, at - time.time())
+        return self._start(self._step_sleep, name, StepType.SLEEP_UNTIL, at - self.now() / 1000)
 
     def call(
         self,
@@ -158,6 +177,9 @@ class WorkflowContext:
         # positions in call order whatever order they run in.
         if not isinstance(name, str) or not name:
             raise ValueError("every step needs a non-empty string name")
+        self.raise_if_interrupted()
+        if self.nondeterminism is not None:
+            raise self.nondeterminism
         position = self._position
         self._position += 1
         return self._track(method(position, name, *args))
@@ -180,14 +202,33 @@ class WorkflowContext:
         if self._last_write is not None:
             await self._last_write
 
+    def raise_if_interrupted(self) -> None:
+        """Raise the lost lease or storage failure that ended this execution, if one did."""
+        if self._interrupted is not None:
+            raise self._interrupted
+
+    async def _storage(self, operation: Awaitable[T]) -> T:
+        """Await a storage operation of this execution: a lost lease or a storage error ends
+        the execution (see ``StorageInterrupted``)."""
+        self.raise_if_interrupted()
+        try:
+            return await operation
+        except LeaseLost as exc:
+            self._interrupted = exc
+            raise
+        except BackendError as exc:
+            self._interrupted = StorageInterrupted(str(exc))
+            raise self._interrupted from exc
+
     def _recorded_step(self, position: int, name: str, type: StepType) -> StepRecord | None:
         step = self._recorded.get(position)
         if step is not None and (step.name != name or step.type is not type):
-            raise NonDeterminismError(
+            self.nondeterminism = NonDeterminismError(
                 f"step {position} of run {self.workflow_run_id} is {type.value} {name!r} now but "
                 f"was {step.type.value} {step.name!r} when recorded: steps must keep their order "
                 "and names between deployments (finish or cancel old runs before changing them)"
             )
+            raise self.nondeterminism
         return step
 
     def _write(self, write: Callable[[], Awaitable[None]]) -> asyncio.Future[None]:
@@ -217,14 +258,14 @@ class WorkflowContext:
             self._last_write = None
             if previous is not None:
                 previous.result()
-            await self._engine.backend.save_steps(
-                self._run.id, self._owner, [step], emits, self._engine.policy
+            await self._storage(
+                self._engine.backend.save_steps(self.lease, [step], emits, self._engine.policy)
             )
             return
         snapshot = dataclasses.replace(step)
         future = self._write(
-            lambda: self._engine.backend.save_steps(
-                self._run.id, self._owner, [snapshot], emits, self._engine.policy
+            lambda: self._storage(
+                self._engine.backend.save_steps(self.lease, [snapshot], emits, self._engine.policy)
             )
         )
         if wait:
@@ -252,11 +293,11 @@ class WorkflowContext:
             if (
                 step.state is StepState.RETRY
                 and step.wake_at is not None
-                and step.wake_at > now_ms()
+                and step.wake_at > self.now()
             ):
                 raise self._suspend(step.wake_at)
         attempt = (step.attempts if step is not None else 0) + 1
-        started = now_ms()
+        started = self.now()
         step = StepRecord(
             position, name, type, StepState.PROGRESS, attempts=attempt, started_at=started
         )
@@ -270,23 +311,27 @@ class WorkflowContext:
 
         timer = asyncio.get_running_loop().call_later(START_DELAY, store_start)
         try:
-            value = fn(*args, **kwargs)
-            if inspect.isawaitable(value):
-                value = await value
+            if inspect.iscoroutinefunction(fn):
+                value = await fn(*args, **kwargs)
+            else:
+                value = await self._engine.in_thread(fn, args, kwargs)
+                if inspect.isawaitable(value):
+                    value = await value
             try:
-                out = json.dumps(value, separators=(",", ":"))
+                out = dumps(value)
             except (TypeError, ValueError) as exc:
                 raise NonRetryableError(
                     f"step {name!r} returned {type_name(value)}, which is not JSON-serialisable "
                     f"({exc}); return plain data (dict, list, str, int, float, bool, None)"
                 ) from exc
+            self._engine.check_size(out, f"the result of step {name!r}")
         except Exception as exc:
             timer.cancel()
             await self._step_failed(step, exc, start[0] if start else None)
             raise AssertionError("unreachable") from exc
         finally:
             timer.cancel()
-        step.state, step.out, step.finished_at = StepState.SUCCESS, out, now_ms()
+        step.state, step.out, step.finished_at = StepState.SUCCESS, out, self.now()
         finish = self._engine.step_event("stepFinish", self._run.id, step)
         await self._save(step, finish, wait=True, also=start[0] if start else None)
         return json.loads(out)
@@ -295,8 +340,8 @@ class WorkflowContext:
         snapshot = dataclasses.replace(step)
         emits = self._engine.emits(self._run.id, event)
         self._write(
-            lambda: self._engine.backend.save_steps(
-                self._run.id, self._owner, [snapshot], emits, self._engine.policy
+            lambda: self._storage(
+                self._engine.backend.save_steps(self.lease, [snapshot], emits, self._engine.policy)
             )
         )
 
@@ -306,13 +351,13 @@ class WorkflowContext:
         """Record a failed attempt; raise ``Suspend`` (retry later) or ``StepFailed``."""
         message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         workflow = self._engine.workflows.get(self.workflow_name)
-        step.error, step.finished_at = message, now_ms()
+        step.error, step.finished_at = message, self.now()
         retry = not isinstance(exc, NonRetryableError) and step.attempts <= workflow.retries
         if retry:
             delay = (
                 exc.seconds if isinstance(exc, RetryAfterError) else workflow.delay(step.attempts)
             )
-            step.state, step.wake_at = StepState.RETRY, now_ms() + int(delay * 1000)
+            step.state, step.wake_at = StepState.RETRY, self.now() + int(delay * 1000)
         else:
             step.state = StepState.FAILED
         event = self._engine.step_event("stepFail", self._run.id, step, willRetry=retry)
@@ -323,7 +368,7 @@ class WorkflowContext:
 
     async def _step_sleep(self, position: int, name: str, type: StepType, seconds: float) -> None:
         step = self._recorded_step(position, name, type)
-        now = now_ms()
+        now = self.now()
         if step is None:
             wake_at = now + max(0, int(seconds * 1000))
             step = await self._begin(position, name, type, wake_at=wake_at)
@@ -337,21 +382,21 @@ class WorkflowContext:
     async def _begin(self, position: int, name: str, type: StepType, **fields: Any) -> StepRecord:
         """Record a durable step (sleep, invoke) as started, with its ``stepStart`` event."""
         step = StepRecord(
-            position, name, type, StepState.PROGRESS, attempts=1, started_at=now_ms(), **fields
+            position, name, type, StepState.PROGRESS, attempts=1, started_at=self.now(), **fields
         )
         await self._save(step, self._engine.step_event("stepStart", self._run.id, step), wait=True)
         return step
 
     async def _complete(self, step: StepRecord, out: str | None) -> None:
         """Record a step as succeeded with ``out``, with its ``stepFinish`` event."""
-        step.state, step.out, step.finished_at = StepState.SUCCESS, out, now_ms()
+        step.state, step.out, step.finished_at = StepState.SUCCESS, out, self.now()
         await self._save(step, self._engine.step_event("stepFinish", self._run.id, step), wait=True)
 
     async def _step_wait(
         self, position: int, name: str, type: StepType, event_id: str, seconds: float
     ) -> tuple[Any, bool]:
         step = self._recorded_step(position, name, type)
-        now = now_ms()
+        now = self.now()
         if step is None:
             step = StepRecord(
                 position,
@@ -365,14 +410,15 @@ class WorkflowContext:
             )
             self._recorded[position] = step
             await self._settle_writes()
-            data = await self._engine.backend.wait_event(
-                self._run.id,
-                self._owner,
-                step,
-                self._engine.emits(
-                    self._run.id, self._engine.step_event("stepStart", self._run.id, step)
-                ),
-                self._engine.policy,
+            data = await self._storage(
+                self._engine.backend.wait_event(
+                    self.lease,
+                    step,
+                    self._engine.emits(
+                        self._run.id, self._engine.step_event("stepStart", self._run.id, step)
+                    ),
+                    self._engine.policy,
+                )
             )
             if data is None:
                 raise self._suspend(step.wake_at)
@@ -386,7 +432,7 @@ class WorkflowContext:
             data_value, timed_out = None, True
         else:
             raise self._suspend(step.wake_at)
-        out = json.dumps({"data": data_value, "timed_out": timed_out}, separators=(",", ":"))
+        out = dumps({"data": data_value, "timed_out": timed_out})
         await self._complete(step, out)
         return data_value, timed_out
 
@@ -402,13 +448,15 @@ class WorkflowContext:
             raise ChildRunFailed(step.child or "?", "RUN_FAILED", step.error)
         assert step.child is not None
         if not step.resolved:
-            await self._engine.ensure_child(self._run, position, step.child, workflow, body)
+            await self._storage(
+                self._engine.ensure_child(self._run, position, step.child, workflow, body)
+            )
             raise self._suspend(None)
         outcome = json.loads(step.out or "{}")
         if outcome.get("state") == "RUN_SUCCESS":
             await self._complete(step, outcome.get("result") or "null")
             return json.loads(step.out or "null")
-        step.finished_at = now_ms()
+        step.finished_at = self.now()
         step.state, step.error = StepState.FAILED, outcome.get("error") or outcome.get("state")
         await self._save(
             step,
@@ -419,7 +467,7 @@ class WorkflowContext:
 
     async def _notify(self, event_id: str, data: Any) -> int:
         try:
-            woken: int = await self._engine.notify(event_id, data)
+            woken: int = await self._storage(self._engine.notify(event_id, data))
         except NoWaiters:
             return 0  # nobody waiting is the answer, not a failure to retry
         return woken

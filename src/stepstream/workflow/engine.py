@@ -8,16 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import functools
+import inspect
 import json
+import logging
 import re
 import secrets
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from stepstream.clock import Clock, system_ms
 from stepstream.errors import (
+    BackendError,
     LeaseLost,
+    NonRetryableError,
     NoWaiters,
     RunConflict,
     StepFailed,
@@ -26,15 +34,26 @@ from stepstream.errors import (
     ValidationError,
     WorkflowFailed,
 )
-from stepstream.workflow.context import Cancel, Suspend, WorkflowContext, now_ms
-from stepstream.workflow.records import Emit, RunRecord, RunState, StepRecord
+from stepstream.workflow.context import (
+    Cancel,
+    StorageInterrupted,
+    Suspend,
+    WorkflowContext,
+)
+from stepstream.workflow.records import Emit, Lease, RunRecord, RunState, StepRecord, dumps
 
 if TYPE_CHECKING:
     from stepstream.backends.base import Backend, HistoryPolicy
     from stepstream.workflow.registry import Workflow, Workflows
 
-RUN_ID = re.compile(r"^[A-Za-z0-9_\-]{1,128}$")
-FAILURE_POSITIONS = 1_000_000  # the failure function's own steps live past the run's
+RUN_ID = re.compile(r"[A-Za-z0-9_\-]{1,128}")
+PARK_SECONDS = 30  # how often a stuck run (non-determinism, unknown workflow) is looked at again
+HAND_BACK_SECONDS = 10.0  # how long a run is offered back after a storage error
+STEP_THREADS = 64  # synchronous step bodies running at once, per process
+PRIVATE_RESPONSE_HEADERS = frozenset(
+    {"set-cookie", "set-cookie2", "www-authenticate", "proxy-authenticate", "authorization"}
+)
+log = logging.getLogger("stepstream.engine")
 RAW_RESULT = "\x00result"  # a step event's result, still as JSON text (see ``emits``)
 STATUS = {RunState.SUCCESS: "success", RunState.FAILED: "failed", RunState.CANCELED: "canceled"}
 
@@ -43,7 +62,7 @@ def run_id_from(value: str | None) -> str:
     """A caller's id gets the ``wfr_`` prefix; no id gets 128 random bits."""
     if value is None:
         return "wfr_" + secrets.token_urlsafe(16)
-    if not isinstance(value, str) or not RUN_ID.match(value):
+    if not isinstance(value, str) or not RUN_ID.fullmatch(value):
         raise ValidationError(
             f"workflowRunId {str(value)[:60]!r} must be 1-128 characters of A-Z a-z 0-9 _ -"
         )
@@ -52,7 +71,7 @@ def run_id_from(value: str | None) -> str:
 
 def to_json(value: Any, what: str) -> str:
     try:
-        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+        return dumps(value)
     except (TypeError, ValueError) as exc:
         raise ValidationError(f"{what} is not JSON-serialisable: {exc}") from None
 
@@ -64,6 +83,9 @@ class Engine:
         self._wakers: list[Callable[[], None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._http: httpx.AsyncClient | None = None
+        self._threads: ThreadPoolExecutor | None = None
+        self.clock: Clock = system_ms
+        self.park_seconds: float = PARK_SECONDS
 
     def new_run_id(self) -> str:
         return run_id_from(None)
@@ -84,7 +106,7 @@ class Engine:
     def wake(self, at: int | None = None) -> None:
         """Tell workers a run is due: now (this process's and, through the backend, every
         other's), or at ``at`` (this process's, if within a minute)."""
-        delay = 0.0 if at is None else (at - now_ms()) / 1000
+        delay = 0.0 if at is None else (at - self.clock()) / 1000
         if delay <= 0:
             task = asyncio.get_running_loop().create_task(self._wake_others())
             self._tasks.add(task)
@@ -119,7 +141,8 @@ class Engine:
         event: dict[str, Any] = {
             "type": kind,
             "workflowRunId": run_id,
-            "timestamp": now_ms(),
+            "timestamp": (step.started_at if kind == "stepStart" else step.finished_at)
+            or self.clock(),
             "stepName": step.name,
             "stepType": step.type.value,
             "attempt": step.attempts,
@@ -149,7 +172,7 @@ class Engine:
         run_id = run_id_from(run_id)
         if delay is not None and (not isinstance(delay, int | float) or delay < 0):
             raise ValidationError(f"delay must be seconds >= 0, got {delay!r}")
-        now = now_ms()
+        now = self.clock()
         due = now + int((delay or 0) * 1000)
         run = RunRecord(
             id=run_id,
@@ -180,7 +203,7 @@ class Engine:
         if not isinstance(event_id, str) or not event_id:
             raise ValidationError("event_id must be a non-empty string")
         raw = to_json(data, "the event data")
-        woken = await self.backend.notify(event_id, raw, run_id, now_ms())
+        woken = await self.backend.notify(event_id, raw, run_id, self.clock())
         if woken:
             self.wake()
         elif run_id is None:
@@ -188,44 +211,91 @@ class Engine:
         return woken
 
     async def cancel(self, run_id: str) -> None:
-        now = now_ms()
+        now = self.clock()
         event = {"type": "runFinish", "workflowRunId": run_id, "timestamp": now}
         event.update(status="canceled", error="canceled")
         await self.backend.cancel_run(run_id, now, self.emits(run_id, event), self.policy)
 
     # -- executing a claimed run ------------------------------------------------------------------
 
-    async def execute(self, run: RunRecord, owner: str) -> None:
+    async def execute(self, run: RunRecord, lease: Lease, clock: Clock = system_ms) -> None:
         """Replay ``run`` from the top once, running its new steps, until it finishes or
-        suspends. Never raises for the run's own failures: they become its state."""
+        suspends, under ``lease`` (every write is fenced by it). Never raises for the run's own
+        failures: they become its state. A lost lease ends the execution quietly; a storage
+        failure hands the run back to be resumed, it never fails it."""
+        context = WorkflowContext(run, self, lease, clock)
         try:
-            definition = self.workflows.get(run.workflow)
-        except UnknownWorkflow as exc:
-            await self._quietly(self._finish(run, owner, RunState.FAILED, None, str(exc)))
-            return
-        if run.phase == "failure":
-            await self._quietly(self._failure_phase(run, owner, definition))
-            return
-        context = WorkflowContext(run, self, owner)
-        await self._quietly(self._run_workflow(run, owner, definition, context))
+            try:
+                definition = self.workflows.get(run.workflow)
+            except UnknownWorkflow as exc:  # workers claim only what they know; a race left
+                await self._park(context, str(exc))
+                return
+            if run.phase == "failure":
+                await self._failure_phase(context, definition)
+            else:
+                await self._run_phase(context, definition)
+        except LeaseLost:
+            return  # canceled, or claimed again by a newer execution: that one owns the run
+        except (StorageInterrupted, BackendError) as exc:
+            # A step's write (StorageInterrupted) or the engine's own (finish, release) failed:
+            # whether or not it was applied, the log says where the run is. Resume from there.
+            log.warning("run %s: storage failed (%s); handing it back to resume", run.id, exc)
+            await self._hand_back(context)
+        except asyncio.CancelledError:
+            # The worker is stopping: let the run go so another worker resumes it at once.
+            with contextlib.suppress(Exception, LeaseLost):
+                await asyncio.shield(self.backend.release_run(lease, clock(), {}, [], self.policy))
+            raise
 
-    async def _quietly(self, work: Any) -> None:
-        with contextlib.suppress(LeaseLost):  # canceled or taken over: nothing left to do
-            await work
+    async def _hand_back(self, context: WorkflowContext) -> None:
+        """Release the run to be resumed now, retrying while storage is down; if that never
+        works, the lease expires and another claim resumes it all the same."""
+        delay = 0.1
+        deadline = asyncio.get_running_loop().time() + HAND_BACK_SECONDS
+        while True:
+            try:
+                await self.backend.release_run(context.lease, context.now(), {}, [], self.policy)
+                self.wake()
+                return
+            except LeaseLost:
+                return
+            except StepstreamError as exc:
+                if asyncio.get_running_loop().time() + delay > deadline:
+                    log.warning(
+                        "run %s: cannot hand back (%s); its lease will expire",
+                        context.lease.run_id,
+                        exc,
+                    )
+                    return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
-    async def _run_workflow(
-        self, run: RunRecord, owner: str, definition: Workflow, context: WorkflowContext
-    ) -> None:
-        if run.timeout_at is not None and run.timeout_at <= now_ms():
+    async def _park(self, context: WorkflowContext, message: str) -> None:
+        """The code cannot replay this run (another version recorded it, or it is not
+        registered here): keep it, visibly, and look again later. A deploy that fixes the code
+        lets it continue; ``cancel`` ends it. Failing it would throw away its completed steps."""
+        log.error(
+            "run %s is stuck: %s (looked at again every %gs)",
+            context.lease.run_id,
+            message,
+            self.park_seconds,
+        )
+        patch = {"error": message} if context.record.phase == "run" else {}
+        due = context.now() + int(self.park_seconds * 1000)
+        await self.backend.release_run(context.lease, due, patch, [], self.policy)
+
+    async def _run_phase(self, context: WorkflowContext, definition: Workflow) -> None:
+        run = context.record
+        if run.timeout_at is not None and run.timeout_at <= context.now():
             # Resumed past the deadline: a replay that suspends without ever yielding to the
             # loop would never let the timer below fire, and the run would be retaken forever.
             message = f"run timed out after {definition.timeout:g}s"
-            await self._fail(run, owner, definition, WorkflowFailed(message))
+            await self._fail(context, definition, WorkflowFailed(message))
             return
         loop = asyncio.get_running_loop()
         deadline = None
         if run.timeout_at is not None:
-            deadline = loop.time() + (run.timeout_at - now_ms()) / 1000
+            deadline = loop.time() + (run.timeout_at - context.now()) / 1000
         timer = asyncio.timeout_at(deadline)
         try:
             try:
@@ -234,102 +304,136 @@ class Engine:
             finally:
                 await context.settle()
         except Suspend:
+            context.raise_if_interrupted()
+            if context.nondeterminism is not None:
+                return await self._park(context, str(context.nondeterminism))
             due = _earliest(context.wakes, run.timeout_at)
-            await self.backend.release_run(run.id, owner, due, {}, [], self.policy)
+            patch = {"error": None} if run.error is not None else {}  # no longer stuck
+            await self.backend.release_run(context.lease, due, patch, [], self.policy)
             if due is not None:
                 self.wake(due)
             return
         except Cancel:
-            await self._finish(run, owner, RunState.CANCELED, None, "canceled")
+            context.raise_if_interrupted()
+            await self._finish(context, RunState.CANCELED, None, "canceled")
             return
-        except LeaseLost:
-            raise
         except StepFailed as exc:
-            await self._fail(run, owner, definition, WorkflowFailed(str(exc), exc.step))
-            return
+            outcome: WorkflowFailed | None = WorkflowFailed(str(exc), exc.step)
         except TimeoutError as exc:
             if timer.expired():
                 message = f"run timed out after {definition.timeout:g}s"
             else:
                 message = f"{type(exc).__name__}: {exc}"
-            await self._fail(run, owner, definition, WorkflowFailed(message))
-            return
-        except asyncio.CancelledError:
-            # The worker is stopping: let the run go so another worker resumes it at once.
-            with contextlib.suppress(Exception):
-                await asyncio.shield(
-                    self.backend.release_run(run.id, owner, now_ms(), {}, [], self.policy)
-                )
-            raise
+            outcome = WorkflowFailed(message)
         except Exception as exc:
-            message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            await self._fail(run, owner, definition, WorkflowFailed(message))
+            outcome = WorkflowFailed(_describe(exc))
+        else:
+            outcome = None
+        context.raise_if_interrupted()
+        if context.nondeterminism is not None:
+            await self._park(context, str(context.nondeterminism))
+            return
+        if outcome is not None:
+            await self._fail(context, definition, outcome)
             return
         try:
             out = to_json(result, f"the return value of workflow {run.workflow!r}")
+            self.check_size(out, f"the return value of workflow {run.workflow!r}")
         except ValidationError as exc:
-            await self._fail(run, owner, definition, WorkflowFailed(str(exc)))
+            await self._fail(context, definition, WorkflowFailed(str(exc)))
             return
-        await self._finish(run, owner, RunState.SUCCESS, out, None)
+        await self._finish(context, RunState.SUCCESS, out, None)
 
     async def _fail(
-        self, run: RunRecord, owner: str, definition: Workflow, failure: WorkflowFailed
+        self, context: WorkflowContext, definition: Workflow, failure: WorkflowFailed
     ) -> None:
         if definition.failure_function is None:
-            await self._finish(run, owner, RunState.FAILED, None, failure.message)
+            await self._finish(context, RunState.FAILED, None, failure.message)
             return
         patch = {"phase": "failure", "error": failure.message, "failed_step": failure.step}
-        await self.backend.release_run(run.id, owner, now_ms(), patch, [], self.policy)
+        await self.backend.release_run(context.lease, context.now(), patch, [], self.policy)
         self.wake()
 
-    async def _failure_phase(self, run: RunRecord, owner: str, definition: Workflow) -> None:
+    async def _failure_phase(self, context: WorkflowContext, definition: Workflow) -> None:
         assert definition.failure_function is not None
-        context = WorkflowContext(run, self, owner)
-        context._position = FAILURE_POSITIONS
+        run = context.record
         error = run.error or "failed"
         try:
             try:
                 outcome = definition.failure_function(
                     context, WorkflowFailed(error, run.failed_step)
                 )
-                if asyncio.iscoroutine(outcome) or isinstance(outcome, asyncio.Future):
+                if inspect.isawaitable(outcome):
                     await outcome
             finally:
                 await context.settle()
         except Suspend:
+            context.raise_if_interrupted()
+            if context.nondeterminism is not None:
+                return await self._park(context, str(context.nondeterminism))
             due = _earliest(context.wakes, None)
-            await self.backend.release_run(run.id, owner, due, {}, [], self.policy)
+            await self.backend.release_run(context.lease, due, {}, [], self.policy)
+            if due is not None:
+                self.wake(due)
             return
-        except (Cancel, LeaseLost):
-            raise
+        except Cancel:
+            context.raise_if_interrupted()
+            await self._finish(context, RunState.CANCELED, None, "canceled")
+            return
         except Exception as exc:
+            context.raise_if_interrupted()
+            if context.nondeterminism is not None:
+                return await self._park(context, str(context.nondeterminism))
             attempts = run.failure_attempts + 1
             if attempts <= definition.retries:
-                due = now_ms() + int(definition.delay(attempts) * 1000)
+                due = context.now() + int(definition.delay(attempts) * 1000)
                 patch = {"failure_attempts": attempts}
-                await self.backend.release_run(run.id, owner, due, patch, [], self.policy)
+                await self.backend.release_run(context.lease, due, patch, [], self.policy)
                 self.wake(due)
                 return
-            error = f"{error} (and the failure function failed: {type(exc).__name__}: {exc})"
-        await self._finish(run, owner, RunState.FAILED, None, error)
+            error = f"{error} (and the failure function failed: {_describe(exc)})"
+        context.raise_if_interrupted()
+        if context.nondeterminism is not None:
+            return await self._park(context, str(context.nondeterminism))
+        await self._finish(context, RunState.FAILED, None, error)
 
     async def _finish(
-        self, run: RunRecord, owner: str, state: RunState, result: str | None, error: str | None
+        self, context: WorkflowContext, state: RunState, result: str | None, error: str | None
     ) -> None:
-        now = now_ms()
+        now = context.now()
+        run_id = context.lease.run_id
         event: dict[str, Any] = {
             "type": "runFinish",
-            "workflowRunId": run.id,
+            "workflowRunId": run_id,
             "timestamp": now,
             "status": STATUS[state],
         }
         if error is not None:
             event["error"] = error
         await self.backend.finish_run(
-            run.id, owner, state.value, result, error, now, self.emits(run.id, event), self.policy
+            context.lease, state.value, result, error, now, self.emits(run_id, event), self.policy
         )
-        if run.parent is not None:
+        if context.record.parent is not None:
             self.wake()
+
+    # -- step bodies ------------------------------------------------------------------------
+
+    async def in_thread(self, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+        """Run a synchronous step body on a thread of its own pool, so a slow or blocking body
+        never stalls the event loop (and with it the heartbeats that keep the run's lease)."""
+        if self._threads is None:
+            self._threads = ThreadPoolExecutor(STEP_THREADS, thread_name_prefix="stepstream-step")
+        call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._threads, call)
+
+    def check_size(self, out: str, what: str) -> None:
+        limit = self.workflows.max_result_bytes
+        if len(out) > limit:
+            raise NonRetryableError(
+                f"{what} is {len(out):,} bytes of JSON, over the limit of {limit:,} "
+                "(Workflows(max_result_bytes=...)): store large data elsewhere and return a "
+                "reference to it"
+            )
 
     # -- durable HTTP calls ------------------------------------------------------------------
 
@@ -351,12 +455,26 @@ class Engine:
             parsed: Any = response.json()
         except ValueError:
             parsed = response.text
-        return {"status": response.status_code, "headers": dict(response.headers), "body": parsed}
+        # Credentials the server hands out (cookies, auth challenges) are not stored in the
+        # run's log nor streamed on its channel.
+        headers = {
+            name: value
+            for name, value in response.headers.items()
+            if name.lower() not in PRIVATE_RESPONSE_HEADERS
+        }
+        return {"status": response.status_code, "headers": headers, "body": parsed}
 
     async def aclose(self) -> None:
         if self._http is not None:
             await self._http.aclose()
             self._http = None
+        if self._threads is not None:
+            self._threads.shutdown(wait=False, cancel_futures=True)
+            self._threads = None
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def _earliest(wakes: list[int | None], timeout_at: int | None) -> int | None:

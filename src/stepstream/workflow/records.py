@@ -3,8 +3,37 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
+from typing import Any
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON that every store can parse back.
+
+    Python writes a lone surrogate (an ``OSError`` about a ``surrogateescape`` file name, say)
+    as an escape such as ``\\udcff``, which strict parsers (Redis's lua-cjson, Postgres) reject.
+    Such characters become U+FFFD here, so nothing stored is unreadable elsewhere. The check is
+    a substring test on the output; only text with ``\\ud8``-``\\udf`` escapes pays for more.
+    """
+    text = json.dumps(value, separators=(",", ":"), allow_nan=False)
+    if "\\ud" in text:
+        return json.dumps(_replace_surrogates(value), separators=(",", ":"), allow_nan=False)
+    return text
+
+
+def _replace_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        # A well-formed astral character is one code point in Python: only lone ones match.
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {_replace_surrogates(k): _replace_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_replace_surrogates(v) for v in value]
+    return value
 
 
 class RunState(StrEnum):
@@ -70,7 +99,7 @@ class StepRecord:
         data = {name: getattr(self, name) for name in STEP_FIELDS}
         data["type"] = self.type.value
         data["state"] = self.state.value
-        return json.dumps(data, separators=(",", ":"))
+        return dumps(data)
 
     @classmethod
     def from_json(cls, text: str) -> StepRecord:
@@ -111,11 +140,12 @@ class RunRecord:
     failed_step: str | None = None
     lease_owner: str | None = None
     lease_until: int | None = None
+    epoch: int = 0
     steps: list[StepRecord] = field(default_factory=list)
 
     def meta_json(self) -> str:
         """Everything but the indexed columns and the steps, as JSON."""
-        return json.dumps(
+        return dumps(
             {
                 "payload": self.payload,
                 "headers": self.headers,
@@ -126,8 +156,7 @@ class RunRecord:
                 "phase": self.phase,
                 "failure_attempts": self.failure_attempts,
                 "failed_step": self.failed_step,
-            },
-            separators=(",", ":"),
+            }
         )
 
     def with_meta(self, text: str) -> RunRecord:
@@ -138,6 +167,20 @@ class RunRecord:
             if step.position == position:
                 return step
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """One claim of one run: the fencing token every write of that execution carries.
+
+    ``epoch`` grows by one with every claim of the run, so a write from an earlier claim (a
+    stalled worker, a worker whose lease expired and was taken over, even the same worker
+    claiming its run again) is refused by storage with ``LeaseLost``, whatever the clocks say.
+    """
+
+    run_id: str
+    owner: str
+    epoch: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -77,9 +77,20 @@ class Workflows:
 
     With ``realtime``, each run streams the built-in ``workflow.update`` progress events on the
     channel named by its run id, and runs are stored in the realtime's backend.
+    ``max_result_bytes``: the largest step result or workflow return value, as JSON text (1 MiB
+    by default); a larger one fails the step without retries, saying so.
     """
 
-    def __init__(self, realtime: Realtime | None = None, *, backend: str | None = None) -> None:
+    def __init__(
+        self,
+        realtime: Realtime | None = None,
+        *,
+        backend: str | None = None,
+        max_result_bytes: int = 1_048_576,
+    ) -> None:
+        if max_result_bytes < 1:
+            raise ConfigurationError(f"max_result_bytes must be >= 1, got {max_result_bytes}")
+        self.max_result_bytes = max_result_bytes
         self.realtime = realtime
         if realtime is not None:
             if backend is not None:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from stepstream.clock import Clock, system_ms
 from stepstream.errors import BackendError
-from stepstream.workflow.context import now_ms
+from stepstream.workflow.records import Lease
 
 if TYPE_CHECKING:
     from stepstream.workflow.records import RunRecord
@@ -20,14 +20,22 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("stepstream.worker")
 
+# Within this, a worker's clock is trusted as it is; beyond it, the worker reads time as the
+# storage's clock plus what its own clock measured since (see ``Worker._clock``).
+CLOCK_TOLERANCE_MS = 1000
+
 
 class Worker:
     """Executes the runs of ``workflows`` in this process, up to ``concurrency`` at a time.
 
-    A run is leased for ``lease`` seconds and the lease is renewed every ``lease / 3``; if this
-    process dies, another worker takes the run over once the lease expires. Due runs are found
-    by polling every ``poll_interval`` seconds, and at once when this process triggers,
-    notifies or releases one.
+    A worker claims only runs of workflows registered in ``workflows`` (in a rolling deploy, an
+    old worker leaves a new workflow's runs to the new workers). A run is leased for ``lease``
+    seconds, renewed every ``lease / 3``; if this process dies, another worker takes the run
+    over once the lease expires, so ``lease`` is how long a dead worker's runs wait. Leases
+    are judged by the storage's clock; every write of an execution carries the epoch of its
+    claim, so an execution that lost its run (stalled past its lease, taken over) can no
+    longer record anything. Due runs are found by polling every ``poll_interval`` seconds, and
+    at once when any process triggers, notifies or releases one.
 
     >>> # async with workflows.worker(concurrency=50):
     >>> #     ...  # runs execute in the background
@@ -38,13 +46,15 @@ class Worker:
         workflows: Workflows,
         *,
         concurrency: int = 100,
-        lease: float = 30.0,
+        lease: float = 15.0,
         poll_interval: float = 0.1,
         owner: str | None = None,
         clock: Clock | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
+        if lease < 0.3:
+            raise ValueError("lease must be at least 0.3 seconds")
         self.workflows = workflows
         self.engine = workflows.engine
         self.concurrency = concurrency
@@ -53,6 +63,8 @@ class Worker:
         self.clock: Clock = clock or system_ms
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.active: dict[str, asyncio.Task[None]] = {}
+        self._leases: dict[str, Lease] = {}
+        self._offset = 0
         self._wakeup = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -69,16 +81,21 @@ class Worker:
         ]
 
     async def stop(self, grace: float = 30.0) -> None:
-        """Stop claiming; give running executions ``grace`` seconds to finish or suspend, then
-        cancel the rest, releasing their runs to other workers."""
+        """Stop claiming; give running executions ``grace`` seconds to finish or suspend (their
+        leases are still renewed meanwhile), then cancel the rest, releasing their runs to
+        other workers."""
         self._stopping = True
         self.engine.remove_waker(self.wake)
         self._wakeup.set()
         if self.active:
             await asyncio.wait(list(self.active.values()), timeout=grace)
-        for task in [*self.active.values(), *self._tasks]:
+        active = list(self.active.values())
+        for task in active:
             task.cancel()
-        await asyncio.gather(*self.active.values(), *self._tasks, return_exceptions=True)
+        await asyncio.gather(*active, return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def __aenter__(self) -> Worker:
         await self.start()
@@ -94,6 +111,12 @@ class Worker:
         finally:
             await self.stop()
 
+    def _clock(self) -> int:
+        """The time executions read: this worker's clock, corrected to the storage's when the
+        two disagree by more than ``CLOCK_TOLERANCE_MS`` (so a skewed machine neither fires
+        timers early nor stamps events in the future)."""
+        return self.clock() + self._offset
+
     async def _claim_loop(self) -> None:
         backend = self.workflows.backend
         while not self._stopping:
@@ -107,24 +130,41 @@ class Worker:
             self._wakeup.clear()
             if free > 0:
                 try:
-                    claimed = await self.workflows.backend.claim_runs(
-                        self.owner, now_ms(), self.lease_ms, min(free, 100)
+                    claimed = await backend.claim_runs(
+                        self.owner,
+                        self.lease_ms,
+                        min(free, 100),
+                        workflows=self.workflows.names,
+                        exclude=list(self.active),
                     )
                 except BackendError as exc:
                     log.warning("claiming runs failed (%s); retrying in 1 s", exc)
                     await asyncio.sleep(1)
                     continue
+            if self._stopping:  # stopped while claiming: hand them straight back
+                for run in claimed:
+                    self._start(run).cancel()
+                break
             for run in claimed:
-                task = asyncio.create_task(self._execute(run))
-                self.active[run.id] = task
+                self._start(run)
             if claimed and len(claimed) == min(free, 100):
                 continue  # there may be more due right now
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), self.poll_interval)
 
-    async def _execute(self, run: RunRecord) -> None:
+    def _start(self, run: RunRecord) -> asyncio.Task[None]:
+        assert run.lease_until is not None
+        offset = run.lease_until - self.lease_ms - self.clock()
+        self._offset = offset if abs(offset) > CLOCK_TOLERANCE_MS else 0
+        lease = Lease(run.id, self.owner, run.epoch)
+        task = asyncio.create_task(self._execute(run, lease))
+        self.active[run.id] = task
+        self._leases[run.id] = lease
+        return task
+
+    async def _execute(self, run: RunRecord, lease: Lease) -> None:
         try:
-            await self.engine.execute(run, self.owner)
+            await self.engine.execute(run, lease, self._clock)
         except BackendError as exc:
             log.warning(
                 "run %s: storage failed (%s); its lease will expire and it resumes", run.id, exc
@@ -132,26 +172,27 @@ class Worker:
         except Exception:
             log.exception("run %s: unexpected engine error", run.id)
         finally:
-            self.active.pop(run.id, None)
+            if self._leases.get(run.id) is lease:
+                del self.active[run.id]
+                del self._leases[run.id]
             self._wakeup.set()
 
     async def _heartbeat_loop(self) -> None:
+        # Runs until ``stop`` cancels it, after the executions: a stopping worker still holds
+        # what it executes.
         period = self.lease_ms / 3000
-        while not self._stopping:
+        while True:
             await asyncio.sleep(period)
             if not self.active:
                 continue
-            ids = list(self.active)
+            leases = list(self._leases.values())
             try:
-                held = set(
-                    await self.workflows.backend.renew_leases(
-                        self.owner, ids, now_ms() + self.lease_ms
-                    )
-                )
+                held = set(await self.workflows.backend.renew_leases(leases, self.lease_ms))
             except BackendError as exc:
                 log.warning("renewing leases failed: %s", exc)
                 continue
-            for run_id in ids:
-                task = self.active.get(run_id)
-                if run_id not in held and task is not None:
+            for lease in leases:
+                task = self.active.get(lease.run_id)
+                lost = lease.run_id not in held and self._leases.get(lease.run_id) is lease
+                if lost and task is not None:
                     task.cancel()  # canceled or taken over; its writes are fenced anyway

@@ -1,0 +1,432 @@
+"""Issue 8's engine defects, each as the promise it broke (DESIGN §10): stalls, clock skew,
+storage errors, control flow that user code could swallow, the failure phase, rolling deploys,
+text strict parsers refuse, and the bounds on what a run may store."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from stepstream import ValidationError, WorkflowContext
+from stepstream.errors import BackendUnavailable
+from stepstream.workflow.engine import run_id_from
+from tests.workflow.helpers import (
+    Harness,
+    check_history,
+    steps_by_name,
+    updates,
+    wait_for_state,
+    wait_for_step,
+    wait_until,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+def finishes(events: list[dict[str, Any]]) -> Counter[str]:
+    return Counter(e["stepName"] for e in events if e["type"] == "stepFinish")
+
+
+# -- 1. a stall never makes a step commit twice --------------------------------------------------
+
+
+@pytest.mark.parametrize("body", ["sync", "async"])
+async def test_a_step_stalling_past_its_lease_commits_once(harness: Harness, body: str) -> None:
+    """A body blocking 3x the lease: a sync one runs on a thread (heartbeats go on); an async
+    one blocks the loop, and the worker must not claim its own run again when it wakes."""
+    workflows = harness.workflows()
+    ran: Counter[str] = Counter()
+
+    def block() -> str:
+        ran.update(["stall"])
+        time.sleep(1.5)
+        return "done"
+
+    async def block_loop() -> str:
+        return block()  # time.sleep on the event loop, on purpose
+
+    @workflows.workflow("stall", retries=0)
+    async def stall(context: WorkflowContext) -> None:
+        await context.run("stall", block if body == "sync" else block_loop)
+        await context.run("after", lambda: ran.update(["after"]))
+
+    await harness.worker(workflows, lease=0.5)
+    client = workflows.client()
+    run_id = await client.trigger("stall")
+    log = await wait_for_state(client, run_id)
+    assert log["workflowState"] == "RUN_SUCCESS", log["error"]
+    events = await updates(workflows, run_id)
+    check_history(log, events)
+    assert finishes(events) == {"stall": 1, "after": 1}
+    assert ran == {"stall": 1, "after": 1}
+
+
+async def test_a_stalled_execution_taken_over_cannot_commit(harness: Harness) -> None:
+    """Another worker takes the run over while the first is stalled: the stalled execution's
+    writes are fenced out by the claim epoch; the step commits once (its body may run twice)."""
+    workflows = harness.workflows()
+    ran: Counter[str] = Counter()
+    first = threading.Event()
+
+    async def body() -> int:
+        ran.update(["stall"])
+        if not first.is_set():
+            first.set()
+            time.sleep(1.5)  # noqa: ASYNC251 - blocks this loop: its heartbeats stop
+        return 1
+
+    @workflows.workflow("stall", retries=0)
+    async def stall(context: WorkflowContext) -> None:
+        await context.run("stall", body)
+        await context.run("after", lambda: ran.update(["after"]))
+
+    await harness.worker(workflows, lease=0.5)
+    other = harness.workflows()
+    other.workflow("stall", retries=0)(stall)
+    client = workflows.client()
+    run_id = await client.trigger("stall")
+    await asyncio.to_thread(first.wait, 10)
+    # A second process's worker: its own loop, so it keeps running while ours is blocked.
+    thread_error: list[BaseException] = []
+
+    def run_other() -> None:
+        async def main() -> None:
+            worker = other.worker(lease=0.5, poll_interval=0.02)
+            await worker.start()
+            try:
+                await asyncio.sleep(3)
+            finally:
+                await worker.stop(grace=1)
+                await other.engine.aclose()
+                await other.aclose()
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # pragma: no cover - reported below
+            thread_error.append(exc)
+
+    runner = threading.Thread(target=run_other)
+    runner.start()
+    await asyncio.to_thread(runner.join, 20)
+    assert not thread_error, thread_error
+    log = await wait_for_state(client, run_id)
+    assert log["workflowState"] == "RUN_SUCCESS", log["error"]
+    events = await updates(workflows, run_id)
+    check_history(log, events)
+    # Each step committed once. A body in flight when the run was taken over may have run
+    # twice (at-least-once): the stalled execution's writes were refused, not its bodies.
+    assert finishes(events) == {"stall": 1, "after": 1}
+
+
+async def test_a_worker_clock_far_ahead_takes_over_nothing(harness: Harness) -> None:
+    """Leases are judged by the storage's clock: a worker 60 s ahead sees other workers'
+    leases as they are, so no step body runs twice."""
+    workflows = harness.workflows()
+    ran: Counter[tuple[str, str]] = Counter()
+
+    @workflows.workflow("slow", retries=0)
+    async def slow(context: WorkflowContext) -> None:
+        for name in ("a", "b", "c"):
+
+            async def body(name: str = name) -> None:
+                ran.update([(context.workflow_run_id, name)])
+                await asyncio.sleep(0.3)
+
+            await context.run(name, body)
+
+    await harness.worker(workflows, lease=1.0)
+    ahead = harness.workflows()
+    ahead.workflow("slow", retries=0)(slow)
+    await harness.worker(ahead, lease=1.0, clock=lambda: time.time_ns() // 1_000_000 + 60_000)
+    client = workflows.client()
+    run_ids = [await client.trigger("slow") for _ in range(8)]
+    for run_id in run_ids:
+        log = await wait_for_state(client, run_id)
+        assert log["workflowState"] == "RUN_SUCCESS", log["error"]
+        check_history(log, await updates(workflows, run_id))
+        for step in log["steps"]:  # stamped on the storage's clock, not 60 s ahead
+            assert step["startedAt"] <= time.time() * 1000 + 5000
+    assert set(ran.values()) == {1}, [key for key, n in ran.items() if n > 1]
+
+
+# -- 2. a storage error delays a run, it never fails it ----------------------------------------
+
+
+async def test_a_storage_error_during_a_step_write_does_not_fail_the_run(
+    harness: Harness,
+) -> None:
+    workflows = harness.workflows()
+    ran: Counter[str] = Counter()
+    compensated: list[str] = []
+    backend = workflows.backend
+    original = backend.save_steps
+    failures = {"left": 2}
+
+    async def flaky(lease: Any, steps: Any, emits: Any, policy: Any) -> None:
+        done = any(s.name == "charge" and s.state.value == "STEP_SUCCESS" for s in steps)
+        if done and failures["left"]:
+            failures["left"] -= 1
+            raise BackendUnavailable("storage went away (injected)")
+        await original(lease, steps, emits, policy)
+
+    backend.save_steps = flaky  # type: ignore[method-assign]
+
+    @workflows.workflow("pay", retries=0)
+    async def pay(context: WorkflowContext) -> str:
+        try:
+            await context.run("charge", lambda: ran.update(["charge"]))
+        except Exception as exc:  # the documented compensation pattern
+            compensated.append(repr(exc))
+            await context.run("refund", lambda: ran.update(["refund"]))
+            return "refunded"
+        return "paid"
+
+    await harness.worker(workflows)
+    client = workflows.client()
+    run_id = await client.trigger("pay")
+    log = await wait_for_state(client, run_id)
+    assert log["workflowState"] == "RUN_SUCCESS", log["error"]
+    assert log["workflowRunResponse"] == "paid"
+    assert compensated == []
+    assert ran == {"charge": 3}  # in flight twice when storage failed: run again
+    events = await updates(workflows, run_id)
+    check_history(log, events)
+    assert finishes(events) == {"charge": 1}
+
+
+# -- 3. a lost lease cannot be swallowed by user code --------------------------------------------
+
+
+async def test_except_exception_cannot_swallow_a_cancel_mid_step(harness: Harness) -> None:
+    workflows = harness.workflows()
+    ran: Counter[str] = Counter()
+    started = asyncio.Event()
+
+    async def slow() -> None:
+        started.set()
+        await asyncio.sleep(0.5)
+
+    @workflows.workflow("order", retries=0)
+    async def order(context: WorkflowContext) -> None:
+        try:
+            await context.run("slow", slow)
+        except Exception:
+            await context.run("compensate", lambda: ran.update(["compensate"]))
+        await context.run("next", lambda: ran.update(["next"]))
+
+    await harness.worker(workflows)
+    client = workflows.client()
+    run_id = await client.trigger("order")
+    await started.wait()
+    await client.cancel(run_id)
+    await asyncio.sleep(1.0)
+    log = await client.logs(run_id)
+    assert log["workflowState"] == "RUN_CANCELED"
+    assert ran == {}
+    assert {s["stepName"] for s in log["steps"]} <= {"slow"}
+
+
+# -- 4. the failure phase: cancel ends it, shutdown releases it ----------------------------------
+
+
+async def test_cancel_inside_the_failure_function_cancels_the_run(harness: Harness) -> None:
+    workflows = harness.workflows()
+    calls: Counter[str] = Counter()
+
+    async def on_failure(context: WorkflowContext, error: BaseException) -> None:
+        calls.update(["failure"])
+        context.cancel()
+
+    @workflows.workflow("doomed", retries=0, failure_function=on_failure)
+    async def doomed(context: WorkflowContext) -> None:
+        await context.run("boom", lambda: 1 / 0)
+
+    await harness.worker(workflows, lease=0.5)
+    client = workflows.client()
+    run_id = await client.trigger("doomed")
+    log = await wait_for_state(client, run_id, seconds=10)
+    assert log["workflowState"] == "RUN_CANCELED"
+    await asyncio.sleep(1.0)  # past two leases: the failure function is not run again
+    assert calls == {"failure": 1}
+    check_history(log, await updates(workflows, run_id))
+
+
+async def test_a_worker_stopping_during_the_failure_phase_releases_the_run(
+    harness: Harness,
+) -> None:
+    workflows = harness.workflows()
+    started = asyncio.Event()
+
+    async def slow_cleanup() -> str:
+        started.set()
+        await asyncio.sleep(30)
+        return "cleaned"
+
+    async def on_failure(context: WorkflowContext, error: BaseException) -> None:
+        await context.run("cleanup", slow_cleanup)
+
+    @workflows.workflow("doomed", retries=0, failure_function=on_failure)
+    async def doomed(context: WorkflowContext) -> None:
+        await context.run("boom", lambda: 1 / 0)
+
+    worker = await harness.worker(workflows, lease=30)
+    client = workflows.client()
+    run_id = await client.trigger("doomed")
+    await started.wait()
+    await worker.stop(grace=0)
+    record = await workflows.backend.get_run(run_id)
+    assert record is not None and record.lease_owner is None, "the run was not released"
+    assert record.phase == "failure"
+
+
+# -- 5. what strict parsers refuse is never sent ----------------------------------------------
+
+
+async def test_lone_surrogates_in_errors_and_results_are_stored_and_streamed(
+    harness: Harness,
+) -> None:
+    """A file name decoded with surrogateescape has a lone surrogate; Redis's cjson refuses its
+    JSON escape. The run must still fail cleanly (runFinish), and its parent hear of it."""
+    workflows = harness.workflows()
+    name = b"report-\xff.txt".decode("utf-8", "surrogateescape")
+
+    def unreadable() -> None:
+        raise OSError(errno.EACCES, f"cannot read {name}")
+
+    @workflows.workflow("child", retries=0)
+    async def child(context: WorkflowContext) -> None:
+        await context.run("echo", lambda: name)
+        await context.run("open", unreadable)
+
+    @workflows.workflow("parent", retries=0)
+    async def parent(context: WorkflowContext) -> str:
+        try:
+            await context.invoke("call-child", "child")
+        except Exception as exc:
+            return f"child failed: {type(exc).__name__}"
+        return "child succeeded"
+
+    await harness.worker(workflows)
+    client = workflows.client()
+    run_id = await client.trigger("parent")
+    log = await wait_for_state(client, run_id)
+    assert log["workflowState"] == "RUN_SUCCESS"
+    assert log["workflowRunResponse"] == "child failed: ChildRunFailed"
+    record = await workflows.backend.get_run(run_id)
+    assert record is not None
+    child_id = record.steps[0].child
+    assert child_id is not None
+    child_log = await client.logs(child_id)
+    assert child_log["workflowState"] == "RUN_FAILED"
+    assert "cannot read report-\ufffd.txt" in child_log["error"]
+    assert steps_by_name(child_log)["echo"]["out"] == "report-\ufffd.txt"
+    check_history(child_log, await updates(workflows, child_id))
+    check_history(log, await updates(workflows, run_id))
+
+
+# -- 7. rolling deploys: a worker claims only what it knows --------------------------------------
+
+
+async def test_a_worker_never_claims_a_workflow_it_does_not_have(harness: Harness) -> None:
+    new = harness.workflows()
+
+    @new.workflow("fresh")
+    async def fresh(context: WorkflowContext) -> str:
+        return await context.run("hello", lambda: "hi")
+
+    old = harness.workflows()  # an older deployment: no "fresh" yet
+
+    @old.workflow("legacy")
+    async def legacy(context: WorkflowContext) -> None:
+        return None
+
+    await harness.worker(old)
+    client = new.client()
+    run_id = await client.trigger("fresh")
+    await asyncio.sleep(0.5)
+    log = await client.logs(run_id)
+    assert log["workflowState"] == "RUN_STARTED" and log["error"] is None
+    assert log["steps"] == []
+    await harness.worker(new)
+    log = await wait_for_state(client, run_id)
+    assert log["workflowState"] == "RUN_SUCCESS"
+
+
+# -- 14. bounds and ids -------------------------------------------------------------------------
+
+
+async def test_a_step_result_over_the_limit_fails_at_once_saying_so(harness: Harness) -> None:
+    workflows = harness.workflows()
+    workflows.max_result_bytes = 1000
+    ran: Counter[str] = Counter()
+
+    def big() -> str:
+        ran.update(["big"])
+        return "x" * 2000
+
+    @workflows.workflow("big", retries=3, retry_delay=0.01)
+    async def big_wf(context: WorkflowContext) -> None:
+        await context.run("big", big)
+
+    await harness.worker(workflows)
+    client = workflows.client()
+    run_id = await client.trigger("big")
+    log = await wait_for_state(client, run_id)
+    assert log["workflowState"] == "RUN_FAILED"
+    assert "over the limit of 1,000" in log["error"] and "max_result_bytes" in log["error"]
+    assert ran == {"big": 1}
+
+
+def test_a_run_id_with_a_trailing_newline_is_refused() -> None:
+    with pytest.raises(ValidationError):
+        run_id_from("order-1\n")
+    assert run_id_from("order-1") == "wfr_order-1"
+
+
+async def test_a_call_does_not_store_the_cookies_it_is_sent(harness: Harness) -> None:
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from tests.conftest import free_port
+
+    async def login(request: Any) -> JSONResponse:
+        return JSONResponse(
+            {"ok": True}, headers={"set-cookie": "session=secret", "x-request-id": "r1"}
+        )
+
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(Starlette(routes=[Route("/login", login)]), port=port, log_level="error")
+    )
+    serving = asyncio.create_task(server.serve())
+    try:
+        await wait_until(lambda: _started(server), what="the test server")
+        workflows = harness.workflows()
+
+        @workflows.workflow("caller")
+        async def caller(context: WorkflowContext) -> dict[str, Any]:
+            return await context.call("login", f"http://127.0.0.1:{port}/login")
+
+        await harness.worker(workflows)
+        client = workflows.client()
+        run_id = await client.trigger("caller")
+        log = await wait_for_step(client, run_id, "login", {"STEP_SUCCESS"})
+        headers = steps_by_name(log)["login"]["out"]["headers"]
+        assert headers["x-request-id"] == "r1"
+        assert "set-cookie" not in {name.lower() for name in headers}
+        assert "secret" not in str(await updates(workflows, run_id))
+    finally:
+        server.should_exit = True
+        await serving
+
+
+async def _started(server: Any) -> bool:
+    return bool(server.started)
