@@ -92,6 +92,7 @@ class WorkflowContext:
         # if the workflow catches the first error.
         self._interrupted: LeaseLost | StorageInterrupted | None = None
         self.nondeterminism: NonDeterminismError | None = None
+        self._turn = asyncio.Lock()
         self._inflight = 0
         self._idle: asyncio.Future[None] | None = None
         self._last_write: asyncio.Future[None] | None = None
@@ -297,44 +298,60 @@ class WorkflowContext:
             ):
                 raise self._suspend(step.wake_at)
         attempt = (step.attempts if step is not None else 0) + 1
-        started = self.now()
-        step = StepRecord(
-            position, name, type, StepState.PROGRESS, attempts=attempt, started_at=started
-        )
-        # A step that ends within START_DELAY stores its start with its end: one write, not
-        # two. A longer one stores (and streams) its start when the delay runs out.
-        start: list[dict[str, Any]] = [self._engine.step_event("stepStart", self._run.id, step)]
-
-        def store_start() -> None:
-            if start and step.state is StepState.PROGRESS:
-                self._write_soon(step, start.pop())
-
-        timer = asyncio.get_running_loop().call_later(START_DELAY, store_start)
+        threaded = not inspect.iscoroutinefunction(fn)
+        if threaded:
+            # Synchronous bodies run on a thread, but those of one run take turns, as they
+            # did on the loop: parallel sync steps never race on shared state.
+            await self._turn.acquire()
         try:
-            if inspect.iscoroutinefunction(fn):
-                value = await fn(*args, **kwargs)
-            else:
-                value = await self._engine.in_thread(fn, args, kwargs)
-                if inspect.isawaitable(value):
-                    value = await value
+            started = self.now()
+            step = StepRecord(
+                position, name, type, StepState.PROGRESS, attempts=attempt, started_at=started
+            )
+            # A step that ends within START_DELAY stores its start with its end: one write,
+            # not two. A longer one stores (and streams) its start when the delay runs out.
+            start: list[dict[str, Any]] = [self._engine.step_event("stepStart", self._run.id, step)]
+
+            def store_start() -> None:
+                if start and step.state is StepState.PROGRESS:
+                    self._write_soon(step, start.pop())
+
+            timer = asyncio.get_running_loop().call_later(START_DELAY, store_start)
+            failure: Exception | None = None
             try:
-                out = dumps(value)
-            except (TypeError, ValueError) as exc:
-                raise NonRetryableError(
-                    f"step {name!r} returned {type_name(value)}, which is not JSON-serialisable "
-                    f"({exc}); return plain data (dict, list, str, int, float, bool, None)"
-                ) from exc
-            self._engine.check_size(out, f"the result of step {name!r}")
-        except Exception as exc:
-            timer.cancel()
-            await self._step_failed(step, exc, start[0] if start else None)
-            raise AssertionError("unreachable") from exc
+                value = await (
+                    fn(*args, **kwargs) if not threaded else self._sync(fn, args, kwargs)
+                )
+                try:
+                    out = dumps(value)
+                except (TypeError, ValueError) as exc:
+                    raise NonRetryableError(
+                        f"step {name!r} returned {type_name(value)}, which is not "
+                        f"JSON-serialisable ({exc}); return plain data (dict, list, str, int, "
+                        "float, bool, None)"
+                    ) from exc
+                self._engine.check_size(out, f"the result of step {name!r}")
+            except Exception as exc:
+                failure = exc
+            finally:
+                timer.cancel()
+            finished = self.now()
         finally:
-            timer.cancel()
-        step.state, step.out, step.finished_at = StepState.SUCCESS, out, self.now()
+            if threaded:
+                self._turn.release()
+        if failure is not None:
+            await self._step_failed(step, failure, start[0] if start else None)
+            raise AssertionError("unreachable") from failure
+        step.state, step.out, step.finished_at = StepState.SUCCESS, out, finished
         finish = self._engine.step_event("stepFinish", self._run.id, step)
         await self._save(step, finish, wait=True, also=start[0] if start else None)
         return json.loads(out)
+
+    async def _sync(self, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+        value = await self._engine.in_thread(fn, args, kwargs)
+        if inspect.isawaitable(value):  # a lambda returning a coroutine, say
+            value = await value
+        return value
 
     def _write_soon(self, step: StepRecord, event: dict[str, Any]) -> None:
         snapshot = dataclasses.replace(step)

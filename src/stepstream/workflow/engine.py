@@ -270,6 +270,15 @@ class Engine:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 
+    async def _diverged(self, context: WorkflowContext) -> bool:
+        """Before acting on how the workflow function ended: re-raise a lost lease or storage
+        failure, and park a replay that diverged (whatever the function did with the error)."""
+        context.raise_if_interrupted()
+        if context.nondeterminism is None:
+            return False
+        await self._park(context, str(context.nondeterminism))
+        return True
+
     async def _park(self, context: WorkflowContext, message: str) -> None:
         """The code cannot replay this run (another version recorded it, or it is not
         registered here): keep it, visibly, and look again later. A deploy that fixes the code
@@ -304,9 +313,8 @@ class Engine:
             finally:
                 await context.settle()
         except Suspend:
-            context.raise_if_interrupted()
-            if context.nondeterminism is not None:
-                return await self._park(context, str(context.nondeterminism))
+            if await self._diverged(context):
+                return
             due = _earliest(context.wakes, run.timeout_at)
             patch = {"error": None} if run.error is not None else {}  # no longer stuck
             await self.backend.release_run(context.lease, due, patch, [], self.policy)
@@ -314,7 +322,8 @@ class Engine:
                 self.wake(due)
             return
         except Cancel:
-            context.raise_if_interrupted()
+            if await self._diverged(context):
+                return
             await self._finish(context, RunState.CANCELED, None, "canceled")
             return
         except StepFailed as exc:
@@ -329,9 +338,7 @@ class Engine:
             outcome = WorkflowFailed(_describe(exc))
         else:
             outcome = None
-        context.raise_if_interrupted()
-        if context.nondeterminism is not None:
-            await self._park(context, str(context.nondeterminism))
+        if await self._diverged(context):
             return
         if outcome is not None:
             await self._fail(context, definition, outcome)
@@ -368,22 +375,21 @@ class Engine:
             finally:
                 await context.settle()
         except Suspend:
-            context.raise_if_interrupted()
-            if context.nondeterminism is not None:
-                return await self._park(context, str(context.nondeterminism))
+            if await self._diverged(context):
+                return
             due = _earliest(context.wakes, None)
             await self.backend.release_run(context.lease, due, {}, [], self.policy)
             if due is not None:
                 self.wake(due)
             return
         except Cancel:
-            context.raise_if_interrupted()
+            if await self._diverged(context):
+                return
             await self._finish(context, RunState.CANCELED, None, "canceled")
             return
         except Exception as exc:
-            context.raise_if_interrupted()
-            if context.nondeterminism is not None:
-                return await self._park(context, str(context.nondeterminism))
+            if await self._diverged(context):
+                return
             attempts = run.failure_attempts + 1
             if attempts <= definition.retries:
                 due = context.now() + int(definition.delay(attempts) * 1000)
@@ -392,9 +398,8 @@ class Engine:
                 self.wake(due)
                 return
             error = f"{error} (and the failure function failed: {_describe(exc)})"
-        context.raise_if_interrupted()
-        if context.nondeterminism is not None:
-            return await self._park(context, str(context.nondeterminism))
+        if await self._diverged(context):
+            return
         await self._finish(context, RunState.FAILED, None, error)
 
     async def _finish(
