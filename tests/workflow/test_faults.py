@@ -430,3 +430,38 @@ async def test_a_call_does_not_store_the_cookies_it_is_sent(harness: Harness) ->
 
 async def _started(server: Any) -> bool:
     return bool(server.started)
+
+
+async def test_runs_claimed_while_the_worker_stops_are_handed_straight_back(
+    harness: Harness,
+) -> None:
+    workflows = harness.workflows()
+
+    @workflows.workflow("quick")
+    async def quick(context: WorkflowContext) -> None:
+        return None
+
+    client = workflows.client()
+    run_id = await client.trigger("quick")
+    backend = workflows.backend
+    original = backend.claim_runs
+    claiming = asyncio.Event()
+    proceed = asyncio.Event()
+
+    async def slow_claim(*args: Any, **kwargs: Any) -> Any:
+        claimed = await original(*args, **kwargs)
+        if claimed:
+            claiming.set()
+            await proceed.wait()
+        return claimed
+
+    backend.claim_runs = slow_claim  # type: ignore[method-assign]
+    worker = await harness.worker(workflows)
+    await claiming.wait()
+    stopping = asyncio.create_task(worker.stop(grace=1))
+    await asyncio.sleep(0.05)
+    proceed.set()
+    await stopping
+    record = await backend.get_run(run_id)
+    assert record is not None and record.state.value == "RUN_STARTED"
+    assert record.lease_owner is None, "claimed during stop but never released"

@@ -11,7 +11,7 @@ import socket
 from typing import TYPE_CHECKING
 
 from stepstream.clock import Clock, system_ms
-from stepstream.errors import BackendError
+from stepstream.errors import BackendError, LeaseLost
 from stepstream.workflow.records import Lease
 
 if TYPE_CHECKING:
@@ -87,8 +87,13 @@ class Worker:
         self._stopping = True
         self.engine.remove_waker(self.wake)
         self._wakeup.set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        if self._tasks:  # the claim loop ends by itself, handing back what it just claimed
+            await asyncio.wait(self._tasks[:1], timeout=grace)
         if self.active:
-            await asyncio.wait(list(self.active.values()), timeout=grace)
+            remaining = max(0.0, deadline - loop.time())
+            await asyncio.wait(list(self.active.values()), timeout=remaining)
         active = list(self.active.values())
         for task in active:
             task.cancel()
@@ -142,8 +147,7 @@ class Worker:
                     await asyncio.sleep(1)
                     continue
             if self._stopping:  # stopped while claiming: hand them straight back
-                for run in claimed:
-                    self._start(run).cancel()
+                await self._hand_back(claimed)
                 break
             for run in claimed:
                 self._start(run)
@@ -151,6 +155,13 @@ class Worker:
                 continue  # there may be more due right now
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), self.poll_interval)
+
+    async def _hand_back(self, runs: list[RunRecord]) -> None:
+        policy = self.workflows.history_policy
+        for run in runs:
+            lease = Lease(run.id, self.owner, run.epoch)
+            with contextlib.suppress(BackendError, LeaseLost):  # else the lease expires
+                await self.workflows.backend.release_run(lease, run.due_at, {}, [], policy)
 
     def _start(self, run: RunRecord) -> asyncio.Task[None]:
         assert run.lease_until is not None
