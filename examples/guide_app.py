@@ -56,10 +56,12 @@ async def basic(context: WorkflowContext) -> dict[str, Any]:
 
 
 async def trigger(request: Request) -> Response:
+    # The app bounds the body (size, time) and checks it is JSON before this runs.
     try:
-        body = await request.json()
-        workflow_type = body["workflowType"]
-    except (ValueError, KeyError, TypeError):
+        workflow_type = (await request.json())["workflowType"]
+        if not isinstance(workflow_type, str):
+            raise TypeError
+    except (ValueError, KeyError, TypeError, RecursionError):
         return JSONResponse({"error": 'send {"workflowType": "basic"}'}, status_code=400)
     try:
         run_id = await workflows.client().trigger(

@@ -13,11 +13,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import json
 import os
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 
 from stepstream.errors import StepstreamError
 
@@ -68,7 +70,8 @@ class TokenSigner:
         payload, _, signature = token.partition(".")
         if not payload or not signature:
             raise InvalidToken("malformed token: expected <payload>.<signature>")
-        if not hmac.compare_digest(signature, self._sign(payload)):
+        # Bytes, not str: compare_digest refuses non-ASCII text (a TypeError, i.e. a 500).
+        if not hmac.compare_digest(_utf8(signature), _utf8(self._sign(payload))):
             raise InvalidToken("token signature does not match (tampered, or another secret)")
         try:
             body = json.loads(_unb64(payload))
@@ -87,4 +90,70 @@ def bearer(authorization: str | None) -> str | None:
 
 
 def same_token(given: str | None, expected: str) -> bool:
-    return given is not None and hmac.compare_digest(given.encode(), expected.encode())
+    return given is not None and hmac.compare_digest(_utf8(given), _utf8(expected))
+
+
+def _utf8(text: str) -> bytes:
+    # surrogatepass: a lone surrogate (from a decoded query string) is data, never an error.
+    return text.encode("utf-8", "surrogatepass")
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a request may not go on: the HTTP status, error code and message to answer with."""
+
+    status: int
+    code: str
+    message: str
+
+
+def channel_refusal(
+    channels: Collection[str],
+    *,
+    signer: TokenSigner,
+    api_token: str | None,
+    query_token: str | None,
+    bearer_token: str | None,
+) -> Refusal | None:
+    """The access rule for reading ``channels`` (the SSE and history endpoints): ``None`` if
+    the request may, else why not.
+
+    The API token counts only as a bearer header: a query string lands in access logs. A
+    subscription token (``realtime.token(...)``) may be either, and must grant every channel.
+
+    >>> signer = TokenSigner(b"k" * 32)
+    >>> token = signer.mint(["a"], ttl=60)
+    >>> channel_refusal(["b"], signer=signer, api_token=None, query_token=token, bearer_token=None)
+    Refusal(status=403, code='forbidden', message='the token does not grant channel(s) b')
+    """
+    if api_token is not None and same_token(bearer_token, api_token):
+        return None
+    if api_token is not None and same_token(query_token, api_token):
+        message = "send the API token as Authorization: Bearer, never in a URL (logs keep URLs)"
+        return Refusal(401, "unauthorized", message)
+    given = query_token or bearer_token
+    if not given:
+        message = "this endpoint needs a subscription token: add ?token=..."
+        return Refusal(401, "unauthorized", message)
+    try:
+        granted = signer.verify(given)
+    except InvalidToken as exc:
+        return Refusal(401, "unauthorized", str(exc))
+    refused = [channel for channel in channels if channel not in granted]
+    if refused:
+        return Refusal(
+            403, "forbidden", f"the token does not grant channel(s) {', '.join(refused)}"
+        )
+    return None
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or address, an IPv6 one with or without brackets, no port)
+    names this machine only: ``localhost``, ``127.0.0.0/8``, ``::1``."""
+    name = host.lower().removeprefix("[").removesuffix("]")
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False

@@ -24,6 +24,10 @@ if TYPE_CHECKING:
     from stepstream.workflow.registry import Workflows
 
 
+HEADER_TIMEOUT = 10.0  # seconds a request's line and headers may take to arrive
+MAX_HEADER_BYTES = 64 * 1024
+
+
 def _serve(app: object, host: str, port: int, log_level: str) -> None:
     import uvicorn
 
@@ -48,11 +52,110 @@ def _serve(app: object, host: str, port: int, log_level: str) -> None:
         host=host,
         port=port,
         loop=loop,
-        http="httptools",
+        http=_http_protocol(),
         log_level=log_level,
         timeout_graceful_shutdown=10,
     )
     Server(config).run()
+
+
+def _http_protocol() -> type[asyncio.Protocol]:
+    """uvicorn's httptools protocol with the bounds it lacks: a request's line and headers must
+    arrive within ``HEADER_TIMEOUT`` seconds (a slowloris client holds a connection forever
+    otherwise, an idle one too) and weigh at most ``MAX_HEADER_BYTES`` (431; llhttp buffers any
+    size); a body answered before its end (413) is read and dropped for at most
+    ``HEADER_TIMEOUT`` seconds, then the connection closes. The app's ``Guard`` bounds bodies."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class BoundedHttp(HttpToolsProtocol):
+        received = 0  # bytes received while the head (request line, headers) is incomplete
+        parsed = 0  # bytes of the head parsed so far
+        in_head = True
+        oversized = discarding = False
+        head_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self.head_timer = self.loop.call_later(HEADER_TIMEOUT, self.head_too_slow)
+
+        def data_received(self, data: bytes) -> None:
+            if self.in_head:
+                self.received += len(data)
+            super().data_received(data)
+            if self.oversized or (self.in_head and self.received > MAX_HEADER_BYTES):
+                self.refuse(b"431 Request Header Fields Too Large")
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self.in_head, self.parsed = True, 0
+            if self.head_timer is None:
+                self.head_timer = self.loop.call_later(HEADER_TIMEOUT, self.head_too_slow)
+
+        def on_url(self, url: bytes) -> None:
+            self.parsed += len(url)
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self.parsed += len(name) + len(value) + 4  # ": " and CRLF
+            super().on_header(name, value)
+
+        def on_headers_complete(self) -> None:
+            self.in_head, self.received = False, 0
+            self.stop_timer()
+            if self.parsed > MAX_HEADER_BYTES:  # a head that came in one read
+                self.oversized = True
+                return  # the app never sees it; data_received answers 431
+            super().on_headers_complete()
+
+        def on_body(self, body: bytes) -> None:
+            if not self.oversized:
+                super().on_body(body)
+
+        def on_response_complete(self) -> None:
+            unread = self.cycle.more_body  # (before super() starts a pipelined request)
+            super().on_response_complete()
+            if unread and not self.transport.is_closing():
+                # Answered before the body's end: closing now would reset the connection
+                # (unread data) and the client could lose the answer. Drop the rest a while.
+                self.discarding = True
+                self.stop_timer()
+                self.head_timer = self.loop.call_later(HEADER_TIMEOUT, self.transport.close)
+
+        def on_message_complete(self) -> None:
+            if self.oversized:
+                return  # data_received answers
+            if self.discarding:  # the dropped body is over: nothing more to wait for
+                self.stop_timer()
+                self.transport.close()
+                return
+            super().on_message_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self.stop_timer()
+            super().connection_lost(exc)
+
+        def stop_timer(self) -> None:
+            if self.head_timer is not None:
+                self.head_timer.cancel()
+                self.head_timer = None
+
+        def head_too_slow(self) -> None:
+            self.head_timer = None
+            if self.received:
+                self.refuse(b"408 Request Timeout")
+            else:
+                self.transport.close()  # connected and said nothing
+
+        def refuse(self, status: bytes) -> None:
+            if self.transport.is_closing():
+                return
+            if self.cycle is None or self.cycle.response_complete:  # not mid-response
+                self.transport.write(
+                    b"HTTP/1.1 " + status + b"\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                )
+            self.transport.close()
+
+    return BoundedHttp
 
 
 @click.group()
@@ -98,6 +201,12 @@ def load_workflows(spec: str, backend: str | None) -> Workflows:
 
 
 def _app_options(function: Callable[..., None]) -> Callable[..., None]:
+    function = click.option(
+        "--insecure",
+        is_flag=True,
+        help="serve a non-loopback address without STEPSTREAM_TOKEN (anyone reaching it may "
+        "trigger, cancel and read runs)",
+    )(function)
     function = click.option("--log-level", default="info", show_default=True)(function)
     function = click.option("--port", default=8000, show_default=True, type=int)(function)
     function = click.option("--host", default="127.0.0.1", show_default=True)(function)
@@ -105,39 +214,89 @@ def _app_options(function: Callable[..., None]) -> Callable[..., None]:
     return function
 
 
+def _exposure(host: str, insecure: bool) -> dict[str, Any]:
+    """The app options for serving on ``host``; a usage error for a non-loopback address
+    without ``STEPSTREAM_TOKEN``, unless ``insecure``."""
+    from stepstream.auth import TOKEN_ENV, is_loopback
+
+    if os.environ.get(TOKEN_ENV):
+        return {}
+    if not insecure:
+        if is_loopback(host):
+            return {}
+        raise click.UsageError(
+            f"refusing to serve {host} without a token: anyone who can reach it could trigger, "
+            f"cancel and read runs. Set {TOKEN_ENV}=<a long random secret> (clients send it as "
+            "Authorization: Bearer), or pass --insecure to serve it open anyway."
+        )
+    click.echo(
+        f"warning: --insecure: serving {host} with no token, under any Host name: anyone who "
+        "can reach it may trigger, cancel and read runs",
+        err=True,
+    )
+    return {"allowed_hosts": ["*"]}
+
+
+LEASE_HELP = "seconds a claimed run is held: a dead worker's runs resume after it"
+lease_option = click.option(
+    "--lease", default=15.0, type=click.FloatRange(min=0.3), show_default=True, help=LEASE_HELP
+)
+
+
 @main.command()
 @click.argument("app", required=False)
 @_app_options
-def dev(app: str | None, backend: str | None, host: str, port: int, log_level: str) -> None:
+@lease_option
+def dev(
+    app: str | None,
+    backend: str | None,
+    host: str,
+    port: int,
+    log_level: str,
+    insecure: bool,
+    lease: float,
+) -> None:
     """API, SSE, dashboard and in-process workers in one process (embedded SQLite default).
 
     With no APP, serves the built-in examples: basic, failing, approval, parallel."""
+    exposure = _exposure(host, insecure)
     workflows = load_workflows(app or "stepstream.examples:workflows", backend)
     where = backend or os.environ.get("STEPSTREAM_BACKEND") or DEFAULT_URL
     click.echo(
         f"stepstream dev: workflows {', '.join(workflows.names)}; "
         f"open http://{host}:{port}/  (backend: {where})"
     )
-    _serve(workflows.asgi(workers=1), host, port, log_level)
+    _serve(workflows.asgi(workers=1, lease=lease, **exposure), host, port, log_level)
 
 
 @main.command()
 @click.argument("app")
 @_app_options
 @click.option("--workers", default=0, show_default=True, help="in-process workers (0: none)")
+@lease_option
 def server(
-    app: str, backend: str | None, host: str, port: int, log_level: str, workers: int
+    app: str,
+    backend: str | None,
+    host: str,
+    port: int,
+    log_level: str,
+    insecure: bool,
+    workers: int,
+    lease: float,
 ) -> None:
-    """API + SSE + dashboard, stateless: run several behind a load balancer."""
+    """API + SSE + dashboard, stateless: run several behind a load balancer.
+
+    A non-loopback --host needs STEPSTREAM_TOKEN (or --insecure)."""
+    exposure = _exposure(host, insecure)
     workflows = load_workflows(app, backend)
-    _serve(workflows.asgi(workers=workers), host, port, log_level)
+    _serve(workflows.asgi(workers=workers, lease=lease, **exposure), host, port, log_level)
 
 
 @main.command()
 @click.argument("app")
 @click.option("--backend", help=BACKEND_HELP)
 @click.option("--concurrency", default=100, show_default=True, help="runs executed at once")
-@click.option("--lease", default=15.0, show_default=True, help="seconds a claimed run is held")
+@lease_option
 def worker(app: str, backend: str | None, concurrency: int, lease: float) -> None:
     """Execute runs (no HTTP). SIGTERM/SIGINT: stop claiming, finish or release what is held."""
     workflows = load_workflows(app, backend)

@@ -20,6 +20,7 @@ class Collector:
     def __init__(self) -> None:
         self.messages: list[Message] = []
         self.lost_reasons: list[str] = []
+        self.missed_channels: list[str] = []
         self.arrived = asyncio.Event()
 
     def deliver(self, messages: list[Message]) -> None:
@@ -28,6 +29,10 @@ class Collector:
 
     def lost(self, reason: str) -> None:
         self.lost_reasons.append(reason)
+
+    def missed(self, channels: list[str]) -> None:
+        self.missed_channels.extend(channels)
+        self.arrived.set()
 
     async def wait_for(self, count: int) -> list[Message]:
         async with asyncio.timeout(10):
@@ -188,3 +193,120 @@ async def test_odd_channel_names(backend: Backend) -> None:
     for name in ["with space", "braces{}x", "ünïcode", "a:b:c", "x" * 200]:
         await emit(backend, name, 1)
         assert [m.channel for m in await backend.read(name)] == [name]
+
+
+async def test_read_pages_forward_and_backward(backend: Backend) -> None:
+    ids = await emit(backend, "c", 12)
+    assert [m.id for m in await backend.read("c", page=5)] == ids[:5]
+    assert [m.id for m in await backend.read("c", after=parse_cursor(ids[4]), page=5)] == ids[5:10]
+    assert [m.id for m in await backend.read("c", after=parse_cursor(ids[9]), page=5)] == ids[10:]
+    assert [m.id for m in await backend.read("c", before=parse_cursor(ids[7]), limit=3)] == ids[4:7]
+    assert [m.id for m in await backend.read("c", before=parse_cursor(ids[7]))] == ids[:7]
+    assert await backend.read("c", before=parse_cursor(ids[0]), limit=3) == []
+    assert await backend.read("c", before=(0, 0)) == []
+
+
+def slow_poller(url: str) -> str:
+    """A listener that looks for other processes' commits only every 5 s (SQLite polls; Redis
+    pushes and takes the URL unchanged). Any call on it (``latest_id``) makes it look now."""
+    return f"{url}?poll_interval=5" if url.startswith("sqlite:") else url
+
+
+async def delivered_or_missed(sink: Collector, channel: str, last: str) -> list[str]:
+    """Wait until ``last`` arrives; the ids delivered on ``channel``, checked for order."""
+    async with asyncio.timeout(10):
+        while last not in [m.id for m in sink.messages]:
+            sink.arrived.clear()
+            await sink.arrived.wait()
+    got = [m.id for m in sink.messages if m.channel == channel]
+    assert got == sorted(set(got), key=parse_cursor), "a duplicate or out of order"
+    return got
+
+
+async def test_events_trimmed_before_the_listener_looked_are_reported(backend_url: str) -> None:
+    """Another process appends 20 events to a ``max_length=2`` channel before this one looks:
+    each is delivered, or the channel is reported ``missed`` (never a quiet hole); a calm
+    channel alongside is not reported."""
+    listener, emitter = backend_from_url(slow_poller(backend_url)), backend_from_url(backend_url)
+    sink = Collector()
+    listener.set_sink(sink)
+    try:
+        await listener.open()
+        await emitter.open()
+        await listener.listen(["c", "calm"])
+        ids = await emit(emitter, "c", 20, HistoryPolicy(max_length=2))
+        calm = await emit(emitter, "calm", 3)
+        await listener.latest_id("poke")
+        got = await delivered_or_missed(sink, "c", ids[-1])
+        assert await delivered_or_missed(sink, "calm", calm[-1]) == calm
+    finally:
+        await listener.close()
+        await emitter.close()
+    assert set(got) <= set(ids) and got[-2:] == ids[-2:]
+    assert ("c" in sink.missed_channels) == (got != ids)
+    assert "calm" not in sink.missed_channels
+    if backend_url.startswith("sqlite:"):
+        assert got != ids, "the scenario did not trim anything before the listener looked"
+
+
+async def test_events_expired_before_the_listener_looked_are_reported(backend_url: str) -> None:
+    """Events that expire (and are swept by a third process) before the listener looks leave no
+    row behind at all: still delivered, or reported."""
+    listener, emitter = backend_from_url(slow_poller(backend_url)), backend_from_url(backend_url)
+    sweeper = backend_from_url(backend_url)
+    sink = Collector()
+    listener.set_sink(sink)
+    try:
+        await listener.open()
+        await emitter.open()
+        await listener.listen(["c"])
+        ids = await emit(emitter, "c", 3, HistoryPolicy(expire_after=0.2))
+        await asyncio.sleep(0.5)
+        await sweeper.open()
+        await sweeper.ping()  # a new SQLite backend sweeps expired channels right away
+        await listener.latest_id("poke")
+        async with asyncio.timeout(10):
+            while len(sink.messages) < 3 and "c" not in sink.missed_channels:
+                sink.arrived.clear()
+                await sink.arrived.wait()
+    finally:
+        for each in (listener, emitter, sweeper):
+            await each.close()
+    assert [m.id for m in sink.messages] == ids or sink.missed_channels == ["c"]
+    if backend_url.startswith("sqlite:"):
+        assert sink.missed_channels == ["c"], "the scenario expired nothing before the look"
+
+
+async def test_our_own_trimmed_appends_are_delivered_not_missed(backend: Backend) -> None:
+    """Appends trimmed within their own transaction (a burst on a ``max_length=2`` channel) are
+    still delivered live, and nothing is reported missed."""
+    sink = Collector()
+    backend.set_sink(sink)
+    await backend.listen(["c"])
+    policy = HistoryPolicy(max_length=2)
+    appended = await asyncio.gather(
+        *(backend.append("c", "t.e", json.dumps({"n": i}), policy) for i in range(30))
+    )
+    ids = sorted((m.id for m in appended), key=parse_cursor)
+    assert [m.id for m in await sink.wait_for(30)] == ids
+    assert sink.missed_channels == []
+
+
+async def test_trimming_what_was_delivered_is_not_reported(backend_url: str) -> None:
+    """A listener that keeps up sees trimming of events it already delivered: nothing missed."""
+    listener, emitter = backend_from_url(backend_url), backend_from_url(backend_url)
+    sink = Collector()
+    listener.set_sink(sink)
+    try:
+        await listener.open()
+        await emitter.open()
+        await listener.listen(["c"])
+        ids = []
+        for _ in range(30):
+            ids += await emit(emitter, "c", 1, HistoryPolicy(max_length=10))
+            await asyncio.sleep(0.02)
+        assert [m.id for m in await sink.wait_for(30)] == ids
+    finally:
+        await listener.close()
+        await emitter.close()
+    assert sink.missed_channels == []

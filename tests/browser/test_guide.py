@@ -72,5 +72,9 @@ def test_guide_trigger_endpoint(guide_server: str) -> None:
     assert reply.json()["workflowRunId"].startswith("wfr_")
     bad = httpx.post(f"{guide_server}/api/trigger", json={"workflowType": "nope"}, timeout=10)
     assert bad.status_code == 404
-    malformed = httpx.post(f"{guide_server}/api/trigger", content=b"{", timeout=10)
+    json_type = {"content-type": "application/json"}
+    malformed = httpx.post(f"{guide_server}/api/trigger", content=b"{", headers=json_type)
     assert malformed.status_code == 400
+    # What any web page may send cross-site without a preflight is refused (issue 8, item 10).
+    plain = httpx.post(f"{guide_server}/api/trigger", content=b'{"workflowType": "basic"}')
+    assert plain.status_code == 415

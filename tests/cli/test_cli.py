@@ -4,6 +4,7 @@ through ``STEPSTREAM_URL``. Output is read as a pipe sees it (no terminal, 80 co
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import queue
@@ -344,3 +345,76 @@ def test_tail_follows_a_run_live(dev: str) -> None:
     finally:
         tail.stop()
     check_basic_events(events, run_id)
+
+
+# -- serving: a token on any non-loopback address (issue 8, item 10) ----------------------------
+
+
+@pytest.mark.parametrize("command", [["dev"], ["server", "stepstream.examples:workflows"]])
+def test_serving_a_public_address_without_a_token_is_refused(command: list[str]) -> None:
+    done = stepstream(*command, "--host", "0.0.0.0", "--port", str(free_port()))
+    assert done.returncode == 2, done.stderr
+    message = words(done.stderr)
+    assert "refusing to serve 0.0.0.0 without a token" in message
+    assert "STEPSTREAM_TOKEN" in message and "--insecure" in message
+    assert "Uvicorn running" not in done.stderr
+
+
+def serve_with(
+    monkeypatch: pytest.MonkeyPatch, *args: str, token: str | None = None
+) -> tuple[Any, str]:
+    """Run ``stepstream`` in-process with ``_serve`` replaced: the app it would serve, and the
+    command's output (``SystemExit``'s code checked by ``CliRunner``)."""
+    from click.testing import CliRunner
+
+    from stepstream import cli
+
+    served: list[Any] = []
+    monkeypatch.setattr(cli, "_serve", lambda app, *rest: served.append(app))
+    env = {"STEPSTREAM_TOKEN": token} if token else {}
+    monkeypatch.delenv("STEPSTREAM_TOKEN", raising=False)
+    result = CliRunner().invoke(cli.main, list(args), env=env)
+    assert (result.exit_code == 0) == bool(served), result.output
+    return (served[0] if served else None), result.output
+
+
+async def host_status(app: Any, host: str) -> int:
+    from tests.server.asgi import call
+
+    headers = [(b"host", host.encode())]
+    return (await call(app, "GET", "/api/workflows", headers=headers)).status
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.10", "example.com", ""])
+def test_every_non_loopback_bind_needs_a_token_or_insecure(
+    monkeypatch: pytest.MonkeyPatch, host: str
+) -> None:
+    for command in (["dev"], ["server", "stepstream.examples:workflows"]):
+        app, output = serve_with(monkeypatch, *command, "--host", host)
+        assert app is None and "--insecure" in output, output
+        app, output = serve_with(monkeypatch, *command, "--host", host, token="a-long-secret")
+        assert app is not None, output
+        app, output = serve_with(monkeypatch, *command, "--host", host, "--insecure")
+        assert app is not None and "warning: --insecure" in output, output
+        # Served open on purpose, under whatever name the network gives it.
+        assert asyncio.run(host_status(app, "192.0.2.10:8000")) == 200
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "127.0.0.2"])
+def test_a_loopback_bind_is_served_without_a_token(
+    monkeypatch: pytest.MonkeyPatch, host: str
+) -> None:
+    app, output = serve_with(monkeypatch, "dev", "--host", host)
+    assert app is not None and "warning" not in output, output
+    assert asyncio.run(host_status(app, "127.0.0.1:8000")) == 200
+    assert asyncio.run(host_status(app, "rebound.example:8000")) == 403  # DNS rebinding
+
+
+def test_every_command_running_workers_takes_a_lease() -> None:
+    """A dead worker's runs resume one lease later: dev and server (with --workers) set it
+    like worker does, and a lease too short to renew is refused up front."""
+    for command in ("dev", "server", "worker"):
+        assert "--lease" in words(stepstream(command, "--help").stdout), command
+    done = stepstream("dev", "--lease", "0.1")
+    assert done.returncode == 2
+    assert "--lease" in done.stderr and "0.3" in done.stderr

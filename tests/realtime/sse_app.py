@@ -1,7 +1,8 @@
 """The app the SSE tests run under uvicorn: ``create_app`` configured by environment.
 
 ``STEPSTREAM_TEST_BACKEND`` the store URL (the test process emits into the same store),
-``STEPSTREAM_TEST_MAX_DURATION`` / ``STEPSTREAM_TEST_PING_INTERVAL`` optional seconds, and
+``STEPSTREAM_TEST_MAX_DURATION`` / ``STEPSTREAM_TEST_PING_INTERVAL`` /
+``STEPSTREAM_TEST_SEND_TIMEOUT`` optional seconds, and
 ``STEPSTREAM_TEST_TOKEN``: when set, a middleware refuses requests without ``token=<it>``
 (401) and channels starting with ``admin-`` (403).
 """
@@ -39,6 +40,8 @@ def _app() -> Starlette:
         options["max_duration"] = float(max_duration)
     if ping_interval := os.environ.get("STEPSTREAM_TEST_PING_INTERVAL"):
         options["ping_interval"] = float(ping_interval)
+    if send_timeout := os.environ.get("STEPSTREAM_TEST_SEND_TIMEOUT"):
+        options["send_timeout"] = float(send_timeout)
     realtime = Realtime(schema=SCHEMA, backend=os.environ["STEPSTREAM_TEST_BACKEND"], **options)
     token = os.environ.get("STEPSTREAM_TEST_TOKEN")
     return create_app(realtime, middleware=token_middleware(token) if token else None)

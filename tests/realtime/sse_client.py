@@ -207,9 +207,9 @@ async def asgi_get(
         "raw_path": path.encode(),
         "query_string": query,
         "root_path": "",
-        "headers": [(b"host", b"testserver"), *headers],
+        "headers": [(b"host", b"127.0.0.1"), *headers],
         "client": ("127.0.0.1", 50000),
-        "server": ("testserver", 80),
+        "server": ("127.0.0.1", 80),
     }
     status = 0
     response_headers: dict[str, str] = {}

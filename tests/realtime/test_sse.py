@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -666,7 +667,14 @@ async def test_bad_requests_are_4xx_json(server: Server, emitter: Realtime) -> N
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH"])
 async def test_other_methods_are_405_json(method: str, server: Server) -> None:
     async with httpx.AsyncClient(timeout=10) as client:
-        response = await client.request(method, server.sse, params={"channel": "a"}, content=b"{}")
+        # A JSON body, so the app's guard on writes (415 otherwise) lets it reach the endpoint.
+        response = await client.request(
+            method,
+            server.sse,
+            params={"channel": "a"},
+            content=b"{}",
+            headers={"content-type": "application/json"},
+        )
     body = await assert_refused(response, 405)
     assert body["error"]["code"] == "method_not_allowed"
     assert set(response.headers["allow"].replace(" ", "").split(",")) == {"GET", "HEAD", "OPTIONS"}
@@ -753,3 +761,117 @@ async def test_fuzzed_queries_never_500(
         assert result.body.startswith((b"data: ", b"id: ")), result.body[:300]
     assert await stored(realtime, ["a", "b"]) == before
     assert (await realtime.hub()).watched == 0, "a finished request left a subscription"
+
+
+# -- 7. faults: trimmed before delivery, stalled clients, long histories ------------------------
+
+
+def user_id(dialect: str, frame: Frame) -> str | None:
+    return None if frame.system is not None else user_event(dialect, frame)[1]
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("dialect", ["native", "v1"])
+async def test_events_trimmed_before_the_server_saw_them_are_a_gap(
+    dialect: str, serve: StartServer, backend_url: str, make_realtime: Callable[..., Realtime]
+) -> None:
+    """Two processes: the server looks for the other's commits only every 3 s (SQLite), and
+    the test process appends 10 events to a ``max_length=2`` channel meanwhile. The client gets
+    every event, or ``gap`` (native) / ``error`` (Upstash dialects) and then what remains —
+    never a quiet hole."""
+    sqlite = backend_url.startswith("sqlite:")
+    server = await serve(**({"backend": f"{backend_url}?poll_interval=3"} if sqlite else {}))
+    emitter = make_realtime(history=HistoryPolicy(max_length=2))
+    async with connect(server.sse, [("channel", "run-a"), ("dialect", dialect)]) as stream:
+        connected(await stream.next(), "run-a", dialect)
+        ids = await emit(emitter, "run-a", *range(1, 11))
+        frames = await stream.until(lambda frame: user_id(dialect, frame) == ids[-1], within=20)
+    problems = [f.json for f in frames if f.system is not None and f.json["type"] != "ping"]
+    got = [event_id for _, event_id, _ in user_events(dialect, [f for f in frames if not f.system])]
+    if got == ids:
+        assert problems == []
+    else:
+        assert [p["type"] for p in problems] == ["gap" if dialect == "native" else "error"]
+        assert frames[0].system is not None, "the gap comes before the events after the hole"
+        assert got == ids[-2:]
+    if sqlite:
+        assert got != ids, "the scenario did not trim anything before the server looked"
+
+
+def open_stalled(port: int, target: str) -> socket.socket:
+    """A client with a tiny receive buffer that reads the response head, then nothing."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return sock
+
+
+def reaches_eof(sock: socket.socket, within: float) -> bool:
+    """Read what the server still had buffered; ``True`` if it then closed the connection."""
+    sock.settimeout(within)
+    try:
+        while sock.recv(65_536):
+            pass
+    except TimeoutError:
+        return False
+    finally:
+        sock.close()
+    return True
+
+
+@pytest.mark.timeout(120)
+async def test_stalled_clients_are_dropped_and_others_unaffected(
+    serve: StartServer, emitter: Realtime
+) -> None:
+    """Five clients stop reading while 3 MB of events go out: after ``send_timeout`` the server
+    gives them up (their feeds freed, their sockets closed once drained); a client that reads
+    gets every event, in order."""
+    server = await serve(send_timeout=1)
+    target = "/api/realtime?channel=busy&dialect=native"
+    stalled = [await asyncio.to_thread(open_stalled, server.port, target) for _ in range(5)]
+    try:
+        async with connect(server.sse, [("channel", "busy"), ("dialect", "native")]) as healthy:
+            connected(await healthy.next(), "busy", "native")
+            assert (await server.health())["sse_connections"] == 6
+            ids = await emit(emitter, "busy", *range(400), tag="x" * 8_000)
+            frames = await healthy.until(lambda frame: user_id("native", frame) == ids[-1], 60)
+            got = [i for _, i, _ in user_events("native", frames)]
+            assert got == ids
+            deadline = time.monotonic() + 15
+            while (await server.health())["sse_connections"] > 1:
+                assert time.monotonic() < deadline, "stalled clients were never dropped"
+                await asyncio.sleep(0.1)
+            more = await emit(emitter, "busy", 400)
+            assert await read_until_sentinels(healthy, emitter, "native", ["busy"]) == [
+                ("busy", more[0], update(400))
+            ]
+        for sock in stalled:
+            assert await asyncio.to_thread(reaches_eof, sock, 10), "a dropped client stayed open"
+    finally:
+        for sock in stalled:
+            sock.close()
+    await wait_for_idle(server)
+
+
+@pytest.mark.timeout(120)
+async def test_a_long_history_streams_in_pages_then_live(server: Server, emitter: Realtime) -> None:
+    """1,200 stored events (several replay pages) then live ones sent during the replay: every
+    event once, in order."""
+    ids = sorted(
+        await asyncio.gather(
+            *(emitter.channel("big").emit(EVENT, update(n)) for n in range(1_200))
+        ),
+        key=parse_cursor,
+    )
+    params = [("channel", "big"), ("history", "true")]
+    async with connect(server.sse, params) as stream:
+        assert connected(await stream.next(), "big", "native") == "0-0"
+        live = await emit(emitter, "big", 1_200, 1_201)
+        events = await read_until_sentinels(stream, emitter, "native", ["big"])
+    assert [event_id for _, event_id, _ in events] == ids + live

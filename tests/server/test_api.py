@@ -32,6 +32,7 @@ STEP_KEYS = {
 
 class Api(httpx.AsyncClient):
     gate: asyncio.Event
+    workflows: Workflows
 
     async def run_log(self, run_id: str) -> dict[str, Any]:
         response = await self.get(f"/api/runs/{run_id}")
@@ -39,8 +40,12 @@ class Api(httpx.AsyncClient):
         log: dict[str, Any] = response.json()
         return log
 
-    async def trigger(self, name: str, payload: Any = None, **params: Any) -> str:
-        response = await self.post(f"/api/workflows/{name}", json=payload, params=params)
+    async def trigger(
+        self, name: str, payload: Any = None, headers: dict[str, str] | None = None, **params: Any
+    ) -> str:
+        response = await self.post(
+            f"/api/workflows/{name}", json=payload, params=params, headers=headers
+        )
         assert response.status_code == 202, response.text
         run_id: str = response.json()["workflowRunId"]
         return run_id
@@ -93,8 +98,14 @@ async def api(backend_url: str) -> AsyncIterator[Api]:
     app = workflows.asgi(workers=1)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with Api(transport=transport, base_url="http://test", timeout=TIMEOUT) as client:
+        async with Api(
+            transport=transport,
+            base_url="http://127.0.0.1:8000",  # without a token, only loopback names are served
+            headers={"content-type": "application/json"},  # what a body must say it is
+            timeout=TIMEOUT,
+        ) as client:
             client.gate = gate
+            client.workflows = workflows
             yield client
             gate.set()  # let the gated step end so the worker stops promptly
 
@@ -217,6 +228,25 @@ async def test_a_body_over_one_megabyte_is_a_413(api: Api) -> None:
 
     streamed = await api.post("/api/workflows/echo", content=chunks())
     assert_error(streamed, 413, "payload_too_large")
+
+
+async def test_forwarded_trigger_headers_keep_no_credentials(api: Api) -> None:
+    credentials = {
+        "authorization": "Bearer a",
+        "proxy-authorization": "Basic b",
+        "cookie": "session=c",
+        "x-api-key": "d",
+        "x-auth-token": "e",
+        "x-amz-security-token": "f",
+        "x-goog-api-key": "g",
+        "x-session-id": "h",
+    }
+    kept = {"x-request-id": "r-1", "user-agent": "test-agent", "x-tenant": "acme"}
+    run_id = await api.trigger("echo", {}, headers={**credentials, **kept})
+    run = await api.workflows.backend.get_run(run_id)
+    assert run is not None
+    assert not set(credentials) & set(run.headers), run.headers
+    assert kept.items() <= run.headers.items()
 
 
 @pytest.mark.parametrize("delay", ["soon", "-1", "nan", "inf", "1e400", "", "99999999999"])
@@ -474,3 +504,28 @@ async def test_history_limit_with_a_non_ascii_digit_is_a_400(api: Api) -> None:
 async def test_token_body_nested_too_deeply_is_a_400(api: Api) -> None:
     response = await api.post("/api/realtime/token", content=b"[" * 100_000)
     assert_error(response, 400)
+
+
+async def test_a_trigger_that_storage_may_have_lost_names_its_run(api: Api) -> None:
+    """A storage error on trigger is a 503 that says which run to look for: the write may have
+    been applied with only its answer lost, and retrying with the same id cannot start it twice."""
+    from stepstream.errors import BackendUnavailable
+
+    backend = api.workflows.backend
+    original = backend.create_run
+
+    async def applied_but_unanswered(*args: Any, **kwargs: Any) -> None:
+        await original(*args, **kwargs)
+        raise BackendUnavailable("Redis at redis://***@db:6379/0: Timeout reading from socket")
+
+    backend.create_run = applied_but_unanswered  # type: ignore[method-assign]
+    response = await api.post("/api/workflows/echo", json={"n": 1})
+    backend.create_run = original  # type: ignore[method-assign]
+    assert response.status_code == 503
+    body = response.json()
+    run_id = body["workflowRunId"]
+    assert body["error"]["code"] == "backend_unavailable"
+    assert run_id in body["error"]["message"]
+    retry = await api.post(f"/api/workflows/echo?workflowRunId={run_id}", json={"n": 1})
+    assert retry.status_code == 409
+    assert (await api.finished(run_id))["workflowState"] == "RUN_SUCCESS"

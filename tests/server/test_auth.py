@@ -10,10 +10,17 @@ from urllib.parse import urlencode
 
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Mount
 
 from stepstream import Realtime, Workflows
-from stepstream.auth import TokenSigner, _b64
-from tests.realtime.sse_client import asgi_get
+from stepstream.auth import InvalidToken, TokenSigner, _b64
+from stepstream.events import SCHEMA
+from stepstream.realtime.sse import error_response
+from stepstream.server.app import create_app
+from tests.server.asgi import call
 
 pytestmark = pytest.mark.anyio
 
@@ -39,6 +46,7 @@ async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
 
 
 AUTH = {"authorization": f"Bearer {API_TOKEN}"}
+AUTH_BYTES = AUTH["authorization"].encode()
 
 
 async def test_api_needs_the_token(client: httpx.AsyncClient) -> None:
@@ -67,11 +75,14 @@ async def test_rejected_calls_store_nothing(client: httpx.AsyncClient) -> None:
 
 
 async def sse_status(
-    client: httpx.AsyncClient, params: dict[str, str] | list[tuple[str, str]]
+    client: httpx.AsyncClient,
+    params: dict[str, str] | list[tuple[str, str]],
+    headers: list[tuple[bytes, bytes]] | None = None,
+    path: str = "/api/realtime",
 ) -> tuple[int, str, bytes]:
     """Status, content type and first bytes of an SSE request, hanging up once it streams."""
     app = client.app  # type: ignore[attr-defined]
-    result = await asgi_get(app, urlencode(params).encode())
+    result = await call(app, path=path, query=urlencode(params).encode(), headers=headers or [])
     return result.status, result.headers["content-type"], result.body
 
 
@@ -106,7 +117,7 @@ async def test_sse_refuses_without_a_valid_token_before_any_event(
         assert b"runStart" not in body, name
     code, content_type, _ = await sse_status(client, {**base, "token": good})
     assert code == 200 and content_type.startswith("text/event-stream")
-    assert (await sse_status(client, {**base, "token": API_TOKEN}))[0] == 200
+    assert (await sse_status(client, base, [(b"authorization", AUTH_BYTES)]))[0] == 200
 
 
 async def test_a_token_for_one_channel_does_not_open_two(client: httpx.AsyncClient) -> None:
@@ -129,3 +140,119 @@ async def test_minting_endpoint(client: httpx.AsyncClient) -> None:
     assert bad.status_code == 400
     long = await client.post("/api/realtime/token", json={"channels": ["x" * 500]}, headers=AUTH)
     assert long.status_code == 422
+
+
+# -- regressions: issue 8, items 8, 9, 11 and 14 -------------------------------------------------
+
+# Every route of the API (the history endpoint answers to its own rule, below).
+API_CALLS = [
+    ("GET", "/api/workflows"),
+    ("POST", "/api/workflows/hello"),
+    ("GET", "/api/runs"),
+    ("GET", "/api/runs/wfr_x"),
+    ("POST", "/api/runs/wfr_x/cancel"),
+    ("POST", "/api/events/some-event"),
+    ("POST", "/api/realtime/token"),
+    ("GET", "/openapi.json"),
+    ("GET", "/api/no-such-route"),
+]
+
+
+def mounted(app: Starlette, how: str) -> tuple[httpx.AsyncClient, str]:
+    """A client for ``app`` served at ``/``, under ``Mount("/wf")``, or behind
+    ``root_path="/wf"`` the way uvicorn's ``--root-path`` does it (the path keeps the prefix),
+    and the prefix its URLs need."""
+    if how == "root":
+        transport, prefix = httpx.ASGITransport(app=app), ""
+    elif how == "mount":
+        transport, prefix = httpx.ASGITransport(app=Starlette(routes=[Mount("/wf", app)])), "/wf"
+    else:
+        transport, prefix = httpx.ASGITransport(app=app, root_path="/wf"), "/wf"
+    return httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000"), prefix
+
+
+@pytest.mark.parametrize("how", ["root", "mount", "root_path"])
+async def test_every_api_route_needs_the_token_however_the_app_is_mounted(
+    client: httpx.AsyncClient, how: str
+) -> None:
+    app: Starlette = client.app  # type: ignore[attr-defined]
+    http, prefix = mounted(app, how)
+    async with http:
+        for method, path in API_CALLS:
+            for headers in ({}, {"authorization": "Bearer wrong"}):
+                response = await http.request(method, prefix + path, headers=headers, json={})
+                assert response.status_code == 401, (how, method, path, response.text)
+            response = await http.request(method, prefix + path, headers=AUTH, json={})
+            assert response.status_code != 401, (how, method, path)
+        for path in ("/", "/healthz", "/static/stepstream.js"):  # public, and no data in them
+            assert (await http.get(prefix + path)).status_code == 200, (how, path)
+        runs = await http.get(f"{prefix}/api/runs", headers=AUTH)
+        assert [run["workflowName"] for run in runs.json()["runs"]] == ["hello"]  # one: ours
+
+
+async def test_history_applies_the_sse_endpoints_token_rule(client: httpx.AsyncClient) -> None:
+    realtime: Realtime = client.realtime  # type: ignore[attr-defined]
+    await realtime.channel("run-1").emit("workflow.update", {
+        "type": "runStart", "workflowRunId": "run-1", "timestamp": 1,
+    })  # fmt: skip
+    good = realtime.token(["run-1"], ttl=60)
+    for params, headers, status in [
+        ({"channel": "run-1", "token": good}, {}, 200),
+        ({"channel": "run-1"}, AUTH, 200),
+        ({"channel": "run-2", "token": good}, {}, 403),
+        ({"channel": "run-1"}, {}, 401),
+        ({"channel": "run-1", "token": API_TOKEN}, {}, 401),  # never in a URL
+        ({"channel": "run-1", "token": good + "x"}, {}, 401),
+    ]:
+        response = await client.get("/api/realtime/history", params=params, headers=headers)
+        assert response.status_code == status, (params, headers, response.text)
+        assert ("runStart" in response.text) == (status == 200)
+
+
+def refuse_secret(request: Request, channels: list[str]) -> Response | None:
+    if any(channel.startswith("secret") for channel in channels):
+        return error_response(403, "forbidden", "not yours")
+    return None
+
+
+async def test_history_applies_the_sse_middleware(tmp_path: Path) -> None:
+    realtime = Realtime(backend=f"sqlite:///{tmp_path / 'mw.db'}", schema=SCHEMA)
+    app = create_app(realtime, middleware=refuse_secret)
+    async with app.router.lifespan_context(app):
+        for channel in ("secret-1", "public"):
+            await realtime.channel(channel).emit("workflow.update", {
+                "type": "runStart", "workflowRunId": "payroll", "timestamp": 1,
+            })  # fmt: skip
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+            refused = await http.get("/api/realtime/history", params={"channel": "secret-1"})
+            assert refused.status_code == 403 and "payroll" not in refused.text
+            sse = await call(app, path="/api/realtime", query=b"channel=secret-1&history=true")
+            assert sse.status == 403 and b"not yours" in sse.body
+            allowed = await http.get("/api/realtime/history", params={"channel": "public"})
+            assert allowed.status_code == 200 and allowed.json()["messages"]
+
+
+NON_ASCII = "a.\xe9"
+
+
+async def test_a_non_ascii_token_is_a_401_never_a_500(client: httpx.AsyncClient) -> None:
+    with pytest.raises(InvalidToken):
+        TokenSigner("k").verify(NON_ASCII)
+    app = client.app  # type: ignore[attr-defined]
+    header = [(b"authorization", b"Bearer " + NON_ASCII.encode("latin-1"))]
+    for path in ("/api/realtime", "/api/realtime/history"):
+        for query, headers in [(b"channel=run-1&token=a.%C3%A9", []), (b"channel=run-1", header)]:
+            result = await call(app, path=path, query=query, headers=headers)
+            assert result.status == 401, (path, query, headers, result.body)
+    for method, path in API_CALLS:
+        response = await client.request(method, path, headers={"authorization": header[0][1]})
+        assert response.status_code == 401, (method, path)
+
+
+async def test_the_api_token_is_refused_in_a_query_string(client: httpx.AsyncClient) -> None:
+    for path in ("/api/realtime", "/api/realtime/history"):
+        status, _, body = await sse_status(client, {"channel": "c", "token": API_TOKEN}, path=path)
+        assert status == 401 and b"never in a URL" in body, (path, body)
+        bearer = [(b"authorization", AUTH_BYTES)]
+        assert (await sse_status(client, {"channel": "c"}, bearer, path=path))[0] == 200, path

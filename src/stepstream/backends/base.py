@@ -110,6 +110,11 @@ class LiveSink(Protocol):
     def lost(self, reason: str) -> None:
         """Live delivery broke (connection lost); events may have been missed since."""
 
+    def missed(self, channels: list[str]) -> None:
+        """Events of ``channels`` were removed from storage (trimmed, expired) before they could
+        be delivered live. Called after ``deliver`` of the same batch; consumers check their own
+        cursor against storage (a ``gap`` if they had not got those events)."""
+
 
 class RealtimeStore(Protocol):
     """The realtime half of the storage protocol. Every method is a coroutine unless noted;
@@ -140,13 +145,17 @@ class RealtimeStore(Protocol):
         channel: str,
         *,
         after: CursorKey | None = None,
+        before: CursorKey | None = None,
         start_ms: int | None = None,
         end_ms: int | None = None,
         limit: int | None = None,
+        page: int | None = None,
     ) -> list[Message]:
-        """Events of ``channel``, oldest first: strictly after ``after``, with time in
-        ``[start_ms, end_ms]``; with ``limit``, the **latest** ``limit`` of those. Raises
-        ``CursorUnavailable`` when events after ``after`` were trimmed away."""
+        """Events of ``channel``, oldest first: strictly after ``after`` and strictly before
+        ``before``, with time in ``[start_ms, end_ms]``; with ``limit``, the **latest** ``limit``
+        of those; with ``page`` (not with ``limit``), the **oldest** ``page`` of those, to read
+        a long history in bounded pieces. Raises ``CursorUnavailable`` when events after
+        ``after`` were trimmed away."""
 
     async def latest_id(self, channel: str) -> str | None:
         """The newest stored id of ``channel``, or ``None`` when it holds nothing."""

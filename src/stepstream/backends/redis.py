@@ -10,7 +10,9 @@ The braces make both keys of a channel share one hash slot. One Lua script appen
 publishes, so "stored" and "delivered" cannot disagree after a crash, and publish order equals
 id order even with many concurrent emitters. Each process holds one pub/sub connection for all
 its live channels; if it drops, the hub is told (``LiveSink.lost``) and subscribers resume from
-their cursors rather than silently missing events.
+their cursors rather than silently missing events. A connection can also die silently (a
+half-open socket behind a NAT or a paused server): it is PINGed every ``live_check_interval``
+seconds, and one that returns nothing at all within that time counts as lost.
 
 Workflow runs (scripts and codecs in ``redis_runs.py``)::
 
@@ -118,12 +120,22 @@ APPEND = (
 
 
 class RedisBackend:
-    """``redis://[:password@]host:6379/0`` or ``rediss://...`` (TLS). Query option
-    ``prefix=<key prefix>`` (default ``stepstream:``)."""
+    """``redis://[:password@]host:6379/0`` or ``rediss://...`` (TLS). Query options
+    ``prefix=<key prefix>`` (default ``stepstream:``) and ``live_check_interval=<seconds>``
+    (default 5: a silently dead pub/sub connection is noticed within twice that)."""
 
-    def __init__(self, url: str, *, prefix: str = "stepstream:") -> None:
+    def __init__(
+        self, url: str, *, prefix: str = "stepstream:", live_check_interval: float = 5.0
+    ) -> None:
+        if live_check_interval <= 0:
+            raise ConfigurationError("live_check_interval must be positive seconds")
         self.url = url
+        # For messages: errors reach logs and 503 bodies, the password must not.
+        parts = urlsplit(url)
+        hidden = parts.netloc.rpartition("@")
+        self.shown = urlunsplit(parts._replace(netloc=f"***@{hidden[2]}")) if hidden[1] else url
         self.prefix = prefix
+        self._live_check = live_check_interval
         self._client: aioredis.Redis | None = None
         self._live_client: aioredis.Redis | None = None
         self._append: Any = None
@@ -131,6 +143,8 @@ class RedisBackend:
         self._sink: LiveSink | None = None
         self._pubsub: Any = None
         self._reader: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+        self._heard = 0.0  # loop time of the last reply on the pub/sub connection
         self._acks: dict[str, deque[asyncio.Future[None]]] = {}
         self._wake_key = f"{prefix}wf:wake"
         self._wake_callbacks: list[Callable[[], None]] = []
@@ -143,9 +157,15 @@ class RedisBackend:
         parts = urlsplit(url)
         options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         prefix = options.pop("prefix", "stepstream:")
+        live: dict[str, float] = {}
+        if "live_check_interval" in options:
+            try:
+                live["live_check_interval"] = float(options.pop("live_check_interval"))
+            except ValueError as exc:
+                raise ConfigurationError(f"{url!r}: live_check_interval must be seconds") from exc
         # Every other option (ssl_cert_reqs, socket_timeout, ...) is redis-py's to interpret.
         query = "&".join(f"{k}={v}" for k, v in options.items())
-        return cls(urlunsplit(parts._replace(query=query)), prefix=prefix)
+        return cls(urlunsplit(parts._replace(query=query)), prefix=prefix, **live)
 
     def _key(self, channel: str) -> str:
         return f"{self.prefix}rt:{{{channel}}}"
@@ -167,12 +187,12 @@ class RedisBackend:
                 )
                 client = aioredis.Redis(connection_pool=pool)
             except ValueError as exc:
-                raise ConfigurationError(f"invalid Redis URL {self.url!r}: {exc}") from exc
+                raise ConfigurationError(f"invalid Redis URL {self.shown!r}: {exc}") from exc
             try:
                 await client.ping()
             except redis.exceptions.RedisError as exc:
                 await client.aclose(close_connection_pool=True)
-                raise BackendUnavailable(f"cannot reach Redis at {self.url}: {exc}") from exc
+                raise BackendUnavailable(f"cannot reach Redis at {self.shown}: {exc}") from exc
             self._append = client.register_script(APPEND)
             self._scripts = {
                 name: client.register_script(runs.FLAGS + APPEND_EVENT + runs.LIB + body)
@@ -195,11 +215,13 @@ class RedisBackend:
 
     async def _stop_reader(self) -> None:
         reader, self._reader = self._reader, None
+        watchdog, self._watchdog = self._watchdog, None
         pubsub, self._pubsub = self._pubsub, None
-        if reader is not None:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
+        for task in (reader, watchdog):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         if pubsub is not None:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()
@@ -214,7 +236,7 @@ class RedisBackend:
 
     async def _redis(self) -> aioredis.Redis:
         if self._client is None:
-            raise BackendUnavailable(f"Redis backend {self.url} is not open (or was closed)")
+            raise BackendUnavailable(f"Redis backend {self.shown} is not open (or was closed)")
         return self._client
 
     # -- the protocol ----------------------------------------------------------------------
@@ -224,7 +246,7 @@ class RedisBackend:
         try:
             await client.ping()
         except redis.exceptions.RedisError as exc:
-            raise BackendUnavailable(f"cannot reach Redis at {self.url}: {exc}") from exc
+            raise BackendUnavailable(f"cannot reach Redis at {self.shown}: {exc}") from exc
 
     async def append(self, channel: str, event: str, raw: str, policy: HistoryPolicy) -> Message:
         await self._redis()
@@ -235,7 +257,7 @@ class RedisBackend:
                 keys=[key, key + ":meta"], args=[event, raw, policy.max_length or 0, ttl]
             )
         except redis.exceptions.RedisError as exc:
-            raise _translate(exc, self.url) from exc
+            raise _translate(exc, self.shown) from exc
         return Message(id, channel, event, raw)
 
     async def read(
@@ -243,9 +265,11 @@ class RedisBackend:
         channel: str,
         *,
         after: CursorKey | None = None,
+        before: CursorKey | None = None,
         start_ms: int | None = None,
         end_ms: int | None = None,
         limit: int | None = None,
+        page: int | None = None,
     ) -> list[Message]:
         client = await self._redis()
         key = self._key(channel)
@@ -253,17 +277,20 @@ class RedisBackend:
         if after is not None and (start_ms is None or after >= (start_ms, 0)):
             low = f"({format_cursor(after)}"
         high = "+" if end_ms is None else f"{end_ms}"
+        if before is not None and (end_ms is None or before[0] <= end_ms):
+            # No id is below 0-1 (Redis refuses 0-0), and "(0-0" is not a valid end.
+            high = f"({format_cursor(before)}" if before > (0, 0) else "0-0"
         try:
             async with client.pipeline(transaction=True) as pipe:
                 pipe.hmget(key + ":meta", "trimmed", "last")
                 pipe.exists(key)
                 if limit is None:
-                    pipe.xrange(key, low, high)
+                    pipe.xrange(key, low, high, count=page)
                 else:
                     pipe.xrevrange(key, high, low, count=limit)
                 (trimmed, last), exists, entries = await pipe.execute()
         except redis.exceptions.RedisError as exc:
-            raise _translate(exc, self.url) from exc
+            raise _translate(exc, self.shown) from exc
         if after is not None:
             gone = last if not exists else trimmed
             if gone is not None and parse_cursor(gone) > after:
@@ -277,7 +304,7 @@ class RedisBackend:
         try:
             entries = await client.xrevrange(self._key(channel), count=1)
         except redis.exceptions.RedisError as exc:
-            raise _translate(exc, self.url) from exc
+            raise _translate(exc, self.shown) from exc
         return str(entries[0][0]) if entries else None
 
     async def listen(self, channels: Collection[str]) -> None:
@@ -297,13 +324,19 @@ class RedisBackend:
                 waiter: asyncio.Future[None] = loop.create_future()
                 self._acks.setdefault(key, deque()).append(waiter)
                 waiters.append(waiter)
+            pubsub = self._pubsub
             try:
-                await self._pubsub.subscribe(*keys)
+                await pubsub.subscribe(*keys)
             except redis.exceptions.RedisError as exc:
-                self._connection_lost(exc)
-                raise _translate(exc, self.url) from exc
+                self._connection_lost(exc, pubsub)
+                for waiter in waiters:  # failed by _connection_lost; nobody else awaits them
+                    if waiter.done() and not waiter.cancelled():
+                        waiter.exception()
+                raise _translate(exc, self.shown) from exc
             if self._reader is None:
-                self._reader = loop.create_task(self._read_live(self._pubsub))
+                self._heard = loop.time()
+                self._reader = loop.create_task(self._read_live(pubsub))
+                self._watchdog = loop.create_task(self._watch_live(pubsub))
         # Live delivery is guaranteed only once Redis has confirmed each subscription.
         await asyncio.gather(*waiters)
 
@@ -311,17 +344,20 @@ class RedisBackend:
         if self._pubsub is None:
             return
         keys = [self._key(channel) for channel in channels]
+        pubsub = self._pubsub
         try:
             async with self._subscribe_lock:
-                await self._pubsub.unsubscribe(*keys)
+                await pubsub.unsubscribe(*keys)
         except redis.exceptions.RedisError as exc:
-            self._connection_lost(exc)
+            self._connection_lost(exc, pubsub)
 
     async def _read_live(self, pubsub: Any) -> None:
         sink = self._sink
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 message = await pubsub.parse_response(block=True)
+                self._heard = loop.time()
                 if message is None:
                     continue
                 kind = message[0]
@@ -343,14 +379,33 @@ class RedisBackend:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self._connection_lost(exc)
+            self._connection_lost(exc, pubsub)
+
+    async def _watch_live(self, pubsub: Any) -> None:
+        """PING the pub/sub connection every ``live_check_interval``; if nothing at all (not
+        even the PONG) comes back before the next PING, the connection is dead however healthy
+        its socket looks (a half-open TCP connection reads nothing forever)."""
+        interval = self._live_check
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                sent = loop.time()
+                async with asyncio.timeout(interval), self._subscribe_lock:
+                    await pubsub.ping()
+                await asyncio.sleep(interval - (loop.time() - sent))
+                if self._heard < sent:
+                    raise TimeoutError(f"no reply to PING within {interval:g} s")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._connection_lost(exc, pubsub)
 
     async def wake_workers(self) -> None:
         client = await self._redis()
         try:
             await client.publish(self._wake_key, "")
         except redis.exceptions.RedisError as exc:
-            raise _translate(exc, self.url) from exc
+            raise _translate(exc, self.shown) from exc
 
     async def listen_wakeups(self, callback: Callable[[], None]) -> None:
         if callback not in self._wake_callbacks:
@@ -366,14 +421,20 @@ class RedisBackend:
     def wakeups_active(self) -> bool:
         return self._wake_listening
 
-    def _connection_lost(self, exc: BaseException) -> None:
+    def _connection_lost(self, exc: BaseException, pubsub: Any) -> None:
+        if pubsub is not self._pubsub:
+            return  # an old connection, already given up
         self._wake_listening = False
-        pubsub, self._pubsub = self._pubsub, None
-        self._reader = None
+        self._pubsub = None
+        current = asyncio.current_task()
+        for task in (self._reader, self._watchdog):
+            if task is not None and task is not current:
+                task.cancel()
+        self._reader = self._watchdog = None
         for waiters in self._acks.values():
             for waiter in waiters:
                 if not waiter.done():
-                    waiter.set_exception(_translate(exc, self.url))
+                    waiter.set_exception(_translate(exc, self.shown))
         self._acks.clear()
         if pubsub is not None:
             asyncio.get_running_loop().create_task(_quietly_close(pubsub))
@@ -387,7 +448,7 @@ class RedisBackend:
         try:
             return await self._scripts[name](keys=[], args=[self.prefix, *args])
         except redis.exceptions.RedisError as exc:
-            raise _translate(exc, self.url) from exc
+            raise _translate(exc, self.shown) from exc
 
     def _emits(self, emits: list[Emit], policy: HistoryPolicy) -> list[str | int]:
         return runs.emit_args([(self._key(e.channel), e.event, e.raw) for e in emits], policy)
@@ -419,7 +480,7 @@ class RedisBackend:
                 pipe.hgetall(f"{self.prefix}wf:steps:{run_id}")
                 fields, steps = await pipe.execute()
         except redis.exceptions.RedisError as exc:
-            raise _translate(exc, self.url) from exc
+            raise _translate(exc, self.shown) from exc
         return runs.run_record(fields, steps) if fields else None
 
     async def list_runs(

@@ -9,7 +9,9 @@ Live delivery across processes: after every commit, and every ``poll_interval`` 
 something listens, the thread checks ``PRAGMA data_version`` (which changes when another
 connection commits) and hands rows past its cursor to the sink. Rows are numbered by an
 ``AUTOINCREMENT`` position assigned under SQLite's write lock, so "every row after position P"
-is exactly "every event committed after we read P".
+is exactly "every event committed after we read P" — except rows another process trimmed
+(``max_length``) or expired before this one looked: see ``_missed`` for how those are reported
+instead of silently skipped.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from stepstream.backends import sqlite_runs as runs
@@ -64,6 +66,9 @@ CREATE INDEX IF NOT EXISTS rt_channels_expiry ON rt_channels (expires_at)
 """
 
 SWEEP_INTERVAL = 30.0
+# How often, at most, every watched channel is checked for events removed before this process
+# saw them, when a removal could not be pinned on a channel (see ``_missed``).
+AUDIT_INTERVAL = 1.0
 
 
 def _now_ms() -> int:
@@ -108,9 +113,12 @@ class SQLiteBackend:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sink: LiveSink | None = None
         # Owned by the database thread only:
-        self._watched: set[str] = set()
+        # Watched channel -> the newest id delivered live (or existing when listening began).
+        self._marks: dict[str, CursorKey] = {}
         self._wake_callbacks: list[Callable[[], None]] = []
         self._cursor: int | None = None
+        self._audit_owed = False
+        self._next_audit = 0.0
         self._data_version = -1
         self._next_sweep = 0.0
         self._open_lock = asyncio.Lock()
@@ -223,7 +231,7 @@ class SQLiteBackend:
 
     def _serve(self, conn: sqlite3.Connection) -> None:
         while True:
-            polling = self._watched or self._wake_callbacks
+            polling = self._marks or self._wake_callbacks
             timeout = self._poll_interval if polling else SWEEP_INTERVAL
             try:
                 first = self._queue.get(timeout=timeout)
@@ -248,11 +256,11 @@ class SQLiteBackend:
             for job in jobs:
                 if not job.write:
                     outcomes.append(self._run_one(conn, job))
-            live = self._poll(conn, force=bool(writes)) if polling else []
+            live, missed = self._poll(conn, force=bool(writes)) if polling else ([], [])
             if time.monotonic() >= self._next_sweep:
                 self._sweep(conn)
-            if outcomes or live:
-                self._hand_over(outcomes, live)
+            if outcomes or live or missed:
+                self._hand_over(outcomes, live, missed)
             if stop:
                 return
 
@@ -302,41 +310,117 @@ class SQLiteBackend:
             return [(job, None, error) for job, _, _ in results]
         return results
 
-    def _poll(self, conn: sqlite3.Connection, *, force: bool) -> list[Message]:
+    def _poll(self, conn: sqlite3.Connection, *, force: bool) -> tuple[list[Message], list[str]]:
+        """Live events committed since the last look (ours and other processes'), and the
+        watched channels that lost events to trimming before we could see them."""
         (version,) = conn.execute("PRAGMA data_version").fetchone()
-        if not force and version == self._data_version:
-            return []
-        if version != self._data_version and self._wake_callbacks and self._loop is not None:
+        foreign = version != self._data_version
+        if not (force or foreign or self._audit_owed):
+            return [], []
+        if foreign and self._wake_callbacks and self._loop is not None:
             # Another process committed: maybe a run became due. Claiming is cheap; let the
             # workers look now instead of at their next poll.
             for callback in self._wake_callbacks:
                 self._loop.call_soon_threadsafe(callback)
         self._data_version = version
-        if self._cursor is None:
-            return []
-        rows = conn.execute(
-            "SELECT pos, channel, ms, seq, event, data FROM rt_events WHERE pos > ? ORDER BY pos",
-            (self._cursor,),
-        ).fetchall()
-        if rows:
-            self._cursor = rows[-1][0]
-        watched = self._watched
-        live = [
-            Message(f"{ms}-{seq}", channel, event, data, (ms, seq))
-            for _, channel, ms, seq, event, data in rows
-            if channel in watched
-        ]
-        # Our own appends that max_length trimmed within the same transaction never show up
-        # in the table, but were emitted all the same: deliver them too, in id order.
         appended = _appended(conn)
-        if appended:
-            seen = {(m.channel, m.key) for m in live}
-            live.extend(
-                m for m in appended if m.channel in watched and (m.channel, m.key) not in seen
-            )
-            live.sort(key=lambda m: m.key)
+        own = appended[:]
         appended.clear()
+        if self._cursor is None:
+            return [], []
+        select = (
+            "SELECT pos, channel, ms, seq, event, data FROM rt_events WHERE pos > ? ORDER BY pos"
+        )
+        if not foreign and not self._audit_owed:
+            # Only our own commits since the last look: nothing was removed unseen.
+            rows = conn.execute(select, (self._cursor,)).fetchall()
+            if rows:
+                self._cursor = rows[-1][0]
+            return self._live(rows, own), []
+        conn.execute("BEGIN")  # rows, positions and watermarks from one snapshot
+        try:
+            rows = conn.execute(select, (self._cursor,)).fetchall()
+            top = _top_position(conn)
+            missed = self._missed(conn, rows, own, top)
+        finally:
+            conn.execute("COMMIT")
+        self._cursor = max(self._cursor, top)
+        return self._live(rows, own), missed
+
+    def _live(self, rows: list[Any], own: list[_Own]) -> list[Message]:
+        marks = self._marks
+        live = []
+        for _, channel, ms, seq, event, data in rows:
+            if channel in marks:
+                key = (ms, seq)
+                live.append(Message(f"{ms}-{seq}", channel, event, data, key))
+                if key > marks[channel]:
+                    marks[channel] = key
+        if own:
+            # Our own appends that max_length trimmed within the same transaction never show up
+            # in the table, but were emitted all the same: deliver them too, in id order.
+            seen = {(m.channel, m.key) for m in live}
+            extra = [m for m, _ in own if m.channel in marks and (m.channel, m.key) not in seen]
+            if extra:
+                for m in extra:
+                    if m.key > marks[m.channel]:
+                        marks[m.channel] = m.key
+                live.extend(extra)
+                live.sort(key=lambda m: m.key)
         return live
+
+    def _missed(
+        self, conn: sqlite3.Connection, rows: list[Any], own: list[_Own], top: int
+    ) -> list[str]:
+        """Watched channels that lost events before this process saw them.
+
+        Another process may append to a channel and trim (``max_length``) or expire those very
+        events before our next poll: their rows are gone, so "rows after our cursor" skips them
+        without a trace. Positions are never reused, so such a removal leaves a *hole*: fewer
+        rows after the cursor than positions handed out (``top - cursor``), beyond our own
+        appends that we trimmed ourselves (we deliver those from memory). Only then is anything
+        checked: for each watched channel touched here, its ``trimmed`` watermark is compared
+        with what we delivered — the mark, extended through our own appends that directly
+        follow it. A watermark past that means events nobody here received: the channel is
+        reported to the sink, whose consumers check their cursors against storage and get a
+        gap (or catch up) instead of a silent hole. A channel whose every new row vanished
+        (expired unseen) is not touched by any row, so a hole also owes an audit of all watched
+        channels, run at most every ``AUDIT_INTERVAL`` seconds to keep bursts cheap; until it
+        has run, every touched channel is checked on each poll.
+        """
+        assert self._cursor is not None
+        present = {(row[1], (row[2], row[3])) for row in rows} if own else set()
+        mine_gone = sum(1 for m, _ in own if (m.channel, m.key) not in present)
+        holes = top - self._cursor - len(rows) - mine_gone
+        now = time.monotonic()
+        if holes > 0:
+            self._audit_owed = True
+        audit = self._audit_owed and now >= self._next_audit
+        marks = self._marks
+        if audit:
+            self._audit_owed = False
+            self._next_audit = now + AUDIT_INTERVAL
+            channels = list(marks)
+        elif self._audit_owed:
+            # Until the audit runs, check every channel that moves on: its mark must not pass
+            # an unreported hole.
+            touched = {row[1] for row in rows} | {m.channel for m, _ in own}
+            channels = [c for c in touched if c in marks]
+        else:
+            return []
+        chains: dict[str, list[_Own]] = {}
+        for entry in own:
+            chains.setdefault(entry[0].channel, []).append(entry)
+        missed = []
+        for name, trimmed in _trimmed_marks(conn, channels):
+            covered = marks[name]
+            for message, prev in sorted(chains.get(name, ()), key=lambda e: e[0].key):
+                if prev <= covered < message.key:
+                    covered = message.key
+            if trimmed > covered:
+                missed.append(name)
+                marks[name] = max(marks[name], trimmed)
+        return missed
 
     def _sweep(self, conn: sqlite3.Connection) -> None:
         self._next_sweep = time.monotonic() + SWEEP_INTERVAL
@@ -354,23 +438,31 @@ class SQLiteBackend:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
 
-    def _hand_over(self, outcomes: list[Outcome], live: list[Message]) -> None:
+    def _hand_over(self, outcomes: list[Outcome], live: list[Message], missed: list[str]) -> None:
         """Wake the event loops waiting on this batch: one callback per loop, live events
         first so an emitter's own subscribers have them when its ``emit`` returns."""
         by_loop: dict[asyncio.AbstractEventLoop, list[Outcome]] = {}
         for outcome in outcomes:
             by_loop.setdefault(outcome[0].loop, []).append(outcome)
         home = self._loop
-        if live and home is not None:
+        if (live or missed) and home is not None:
             by_loop.setdefault(home, [])
         for loop, batch in by_loop.items():
-            delivered = live if loop is home else []
             with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
-                loop.call_soon_threadsafe(self._settle_batch, batch, delivered)
+                if loop is home:
+                    loop.call_soon_threadsafe(self._settle_batch, batch, live, missed)
+                else:
+                    loop.call_soon_threadsafe(self._settle_batch, batch, [], [])
 
-    def _settle_batch(self, outcomes: list[Outcome], live: list[Message]) -> None:
-        if live and self._sink is not None:
-            self._sink.deliver(live)
+    def _settle_batch(
+        self, outcomes: list[Outcome], live: list[Message], missed: list[str]
+    ) -> None:
+        sink = self._sink
+        if sink is not None:
+            if live:
+                sink.deliver(live)
+            if missed:
+                sink.missed(missed)
         for job, value, error in outcomes:
             _settle(job.future, value, error)
 
@@ -397,13 +489,14 @@ class SQLiteBackend:
         channel: str,
         *,
         after: CursorKey | None = None,
+        before: CursorKey | None = None,
         start_ms: int | None = None,
         end_ms: int | None = None,
         limit: int | None = None,
+        page: int | None = None,
     ) -> list[Message]:
-        return await self._submit(
-            lambda conn: _read(conn, channel, after, start_ms, end_ms, limit), write=False
-        )
+        span = _Span(after, before, start_ms, end_ms)
+        return await self._submit(lambda conn: _read(conn, channel, span, limit, page), write=False)
 
     async def latest_id(self, channel: str) -> str | None:
         def latest(conn: sqlite3.Connection) -> str | None:
@@ -415,14 +508,21 @@ class SQLiteBackend:
         return await self._submit(latest, write=False)
 
     async def listen(self, channels: Collection[str]) -> None:
-        names = list(channels)
+        requested = list(channels)
 
         def watch(conn: sqlite3.Connection) -> None:
-            if self._cursor is None:
-                (self._cursor,) = conn.execute(
-                    "SELECT coalesce(max(pos), 0) FROM rt_events"
-                ).fetchone()
-            self._watched.update(names)
+            names = [name for name in requested if name not in self._marks]
+            # Events up to each channel's newest id exist already; every later one is ours to
+            # deliver (or to report missed). One snapshot for the cursor and those ids.
+            conn.execute("BEGIN")
+            try:
+                if self._cursor is None:
+                    self._cursor = _top_position(conn)
+                last = dict(_last_ids(conn, names))
+            finally:
+                conn.execute("COMMIT")
+            for name in names:
+                self._marks.setdefault(name, last.get(name, (0, 0)))
 
         await self._submit(watch, write=False)
 
@@ -430,9 +530,11 @@ class SQLiteBackend:
         names = list(channels)
 
         def unwatch(conn: sqlite3.Connection) -> None:
-            self._watched.difference_update(names)
-            if not self._watched:
+            for name in names:
+                self._marks.pop(name, None)
+            if not self._marks:
                 self._cursor = None
+                self._audit_owed = False
 
         await self._submit(unwatch, write=False)
 
@@ -540,17 +642,47 @@ class SQLiteBackend:
 _IDLE: Any = object()
 
 
+_Own = tuple[Message, CursorKey]
+"""An event we appended, with the id that preceded it in its channel."""
+
+
 class _Connection(sqlite3.Connection):
     """Remembers the events appended in the current transaction (for live delivery)."""
 
-    appended: list[Message]
+    appended: list[_Own]
 
 
-def _appended(conn: sqlite3.Connection) -> list[Message]:
+def _appended(conn: sqlite3.Connection) -> list[_Own]:
     if not hasattr(conn, "appended"):
         conn.appended = []  # type: ignore[attr-defined]
-    result: list[Message] = conn.appended  # type: ignore[attr-defined]
+    result: list[_Own] = conn.appended  # type: ignore[attr-defined]
     return result
+
+
+def _top_position(conn: sqlite3.Connection) -> int:
+    """The last position ever handed out (AUTOINCREMENT never reuses one)."""
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'rt_events'").fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def _in_chunks(conn: sqlite3.Connection, sql: str, names: list[str]) -> list[tuple[str, int, int]]:
+    rows: list[tuple[str, int, int]] = []
+    for start in range(0, len(names), 500):
+        chunk = names[start : start + 500]
+        marks = ", ".join("?" * len(chunk))
+        rows.extend(conn.execute(sql.format(marks), chunk).fetchall())
+    return rows
+
+
+def _last_ids(conn: sqlite3.Connection, names: list[str]) -> list[tuple[str, CursorKey]]:
+    sql = "SELECT name, last_ms, last_seq FROM rt_channels WHERE name IN ({})"
+    return [(name, (ms, seq)) for name, ms, seq in _in_chunks(conn, sql, names)]
+
+
+def _trimmed_marks(conn: sqlite3.Connection, names: list[str]) -> list[tuple[str, CursorKey]]:
+    """Each channel's newest removed id, whether trimmed or expired (``_expire`` sets it too)."""
+    sql = "SELECT name, trimmed_ms, trimmed_seq FROM rt_channels WHERE name IN ({})"
+    return [(name, (ms, seq)) for name, ms, seq in _in_chunks(conn, sql, names)]
 
 
 def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
@@ -626,13 +758,17 @@ def _append_many(
         _expire(conn, channel)
     key = (now - 1, 0) if state is None else state.last
     length = 0 if state is None else state.length
+    prev = (0, 0) if state is None else state.last
     messages = []
     rows = []
+    own = _appended(conn)  # delivered live after commit, even if trimmed below
     for event, raw in events:
         key = (now, 0) if now > key[0] else (key[0], key[1] + 1)
         rows.append((channel, key[0], key[1], event, raw))
-        messages.append(Message(format_cursor(key), channel, event, raw, key))
-    _appended(conn).extend(messages)  # delivered live after commit, even if trimmed below
+        message = Message(format_cursor(key), channel, event, raw, key)
+        messages.append(message)
+        own.append((message, prev))
+        prev = key
     conn.executemany(
         "INSERT INTO rt_events (channel, ms, seq, event, data) VALUES (?, ?, ?, ?, ?)", rows
     )
@@ -663,13 +799,15 @@ def _append_many(
     return messages
 
 
+class _Span(NamedTuple):
+    after: CursorKey | None
+    before: CursorKey | None
+    start_ms: int | None
+    end_ms: int | None
+
+
 def _read(
-    conn: sqlite3.Connection,
-    channel: str,
-    after: CursorKey | None,
-    start_ms: int | None,
-    end_ms: int | None,
-    limit: int | None,
+    conn: sqlite3.Connection, channel: str, span: _Span, limit: int | None, page: int | None
 ) -> list[Message]:
     # One read transaction so the trim check and the rows come from the same snapshot.
     conn.execute("BEGIN")
@@ -677,25 +815,30 @@ def _read(
         state = _channel_state(conn, channel)
         if state is None:
             return []
-        if after is not None and state.trimmed > after:
-            raise CursorUnavailable(channel, format_cursor(after))
+        if span.after is not None and state.trimmed > span.after:
+            raise CursorUnavailable(channel, format_cursor(span.after))
         if state.expired:
             return []
         where = ["channel = ?"]
         args: list[Any] = [channel]
-        if after is not None:
+        if span.after is not None:
             where.append("(ms, seq) > (?, ?)")
-            args.extend(after)
-        if start_ms is not None:
+            args.extend(span.after)
+        if span.before is not None:
+            where.append("(ms, seq) < (?, ?)")
+            args.extend(span.before)
+        if span.start_ms is not None:
             where.append("ms >= ?")
-            args.append(start_ms)
-        if end_ms is not None:
+            args.append(span.start_ms)
+        if span.end_ms is not None:
             where.append("ms <= ?")
-            args.append(end_ms)
+            args.append(span.end_ms)
         sql = f"SELECT ms, seq, event, data FROM rt_events WHERE {' AND '.join(where)}"
         if limit is not None:
             rows = conn.execute(f"{sql} ORDER BY ms DESC, seq DESC LIMIT ?", (*args, limit))
             ordered = list(rows)[::-1]
+        elif page is not None:
+            ordered = conn.execute(f"{sql} ORDER BY ms, seq LIMIT ?", (*args, page)).fetchall()
         else:
             ordered = conn.execute(f"{sql} ORDER BY ms, seq", args).fetchall()
         return [

@@ -52,8 +52,11 @@ class Realtime:
 
     ``backend``: a URL (``sqlite:///file.db``, ``redis://host:6379/0``), a backend object, or
     ``None`` for ``$STEPSTREAM_BACKEND`` / a local SQLite file. ``history`` bounds what each
-    channel keeps. ``max_duration`` (seconds) is how long one SSE response lives before the
-    client is told to reconnect; ``ping_interval`` is the SSE keepalive period.
+    channel keeps. ``max_duration`` (seconds) is how long one SSE response lives at most before
+    the client is told to reconnect (each response draws 90-100 % of it, so clients spread their
+    reconnects); ``ping_interval`` is the SSE keepalive period; an SSE client that accepts no
+    bytes for ``send_timeout`` seconds while frames wait for it is dropped (it resumes from its
+    cursor when it comes back).
     """
 
     def __init__(
@@ -64,6 +67,7 @@ class Realtime:
         history: HistoryPolicy | None = None,
         max_duration: float = 300,
         ping_interval: float = 15,
+        send_timeout: float = 10,
         secret: str | bytes | None = None,
     ) -> None:
         self.schema = EventSchema(schema)
@@ -72,10 +76,13 @@ class Realtime:
             backend_from_url(backend) if backend is None or isinstance(backend, str) else backend
         )
         self.history_policy = history or HistoryPolicy()
-        if max_duration <= 0 or ping_interval <= 0:
-            raise ConfigurationError("max_duration and ping_interval must be positive seconds")
+        if max_duration <= 0 or ping_interval <= 0 or send_timeout <= 0:
+            raise ConfigurationError(
+                "max_duration, ping_interval and send_timeout must be positive seconds"
+            )
         self.max_duration = max_duration
         self.ping_interval = ping_interval
+        self.send_timeout = send_timeout
         self._hub: Hub | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._opening: asyncio.Task[None] | None = None
@@ -243,7 +250,8 @@ class Channel:
         >>> #     print(message.event, message.data)
 
         ``events`` keeps only those event names. Raises ``CursorUnavailable`` (on the first
-        iteration) when ``after`` was trimmed away.
+        iteration) when ``after`` was trimmed away, or later when events this subscriber should
+        have had were trimmed from storage before they reached it: never a silent hole.
         """
         if after is not None and history is not False:
             raise ValidationError("give either after= (resume) or history=, not both")

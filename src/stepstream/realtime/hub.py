@@ -21,28 +21,57 @@ from stepstream.backends.base import Backend, CursorKey, Message, format_cursor,
 from stepstream.errors import BackendUnavailable, CursorUnavailable
 
 DEFAULT_QUEUE_LIMIT = 10_000
+# What one consumer may hold queued, in event data: past either bound it stops queueing and
+# catches up from storage instead, so a stalled reader costs at most this much memory.
+DEFAULT_QUEUE_BYTES = 1 << 20
+# History is read from storage this many events at a time (replay, catch-up), so a channel with
+# a huge history streams through bounded memory.
+PAGE = 500
 SUBSCRIBE_TIMEOUT = 15.0
 
 
 class Feed:
     """A consumer's inbox: live events queue here until the consumer takes them."""
 
-    __slots__ = ("alarmed", "channels", "limit", "lost", "overflow", "queue", "waiter")
+    __slots__ = (
+        "alarmed",
+        "channels",
+        "limit",
+        "lost",
+        "max_bytes",
+        "overflow",
+        "queue",
+        "size",
+        "stale",
+        "waiter",
+    )
 
-    def __init__(self, channels: Collection[str], limit: int = DEFAULT_QUEUE_LIMIT) -> None:
+    def __init__(
+        self,
+        channels: Collection[str],
+        limit: int = DEFAULT_QUEUE_LIMIT,
+        max_bytes: int = DEFAULT_QUEUE_BYTES,
+    ) -> None:
         self.channels = tuple(channels)
         self.limit = limit
+        self.max_bytes = max_bytes
         self.queue: deque[Message] = deque()
+        self.size = 0  # bytes of event data queued
         self.waiter: asyncio.Future[None] | None = None
         self.lost = False
         self.overflow = False
         self.alarmed = False
+        self.stale: set[str] | None = None  # channels whose events storage lost before delivery
 
     def push(self, message: Message) -> None:
-        if len(self.queue) >= self.limit:
-            self.overflow = True
-        else:
-            self.queue.append(message)
+        if not self.overflow:
+            size = self.size + len(message.raw)
+            if len(self.queue) >= self.limit or size > self.max_bytes:
+                # Everything from here on is in storage: the consumer catches up from there.
+                self.overflow = True
+            else:
+                self.queue.append(message)
+                self.size = size
         self.wake()
 
     def alarm(self) -> None:
@@ -54,6 +83,17 @@ class Feed:
         self.lost = True
         self.wake()
 
+    def mark_missed(self, channel: str) -> None:
+        if self.stale is None:
+            self.stale = set()
+        self.stale.add(channel)
+        self.wake()
+
+    def clear(self) -> None:
+        self.queue.clear()
+        self.size = 0
+        self.overflow = False
+
     def wake(self) -> None:
         waiter = self.waiter
         if waiter is not None and not waiter.done():
@@ -61,7 +101,7 @@ class Feed:
 
     async def wait(self) -> None:
         """Return once there is something to take (or a flag to look at)."""
-        if self.queue or self.lost or self.overflow or self.alarmed:
+        if self.queue or self.lost or self.overflow or self.alarmed or self.stale:
             return
         self.waiter = asyncio.get_running_loop().create_future()
         try:
@@ -71,7 +111,12 @@ class Feed:
 
 
 class Hub:
-    """One per ``Realtime``: multiplexes backend subscriptions to local feeds."""
+    """One per ``Realtime``: multiplexes backend subscriptions to local feeds.
+
+    Subscriptions are coalesced: channels that need a backend subscription queue up while one
+    ``listen`` is in flight and the next ``listen`` takes them all, so a reconnect storm of
+    thousands of consumers costs a few round trips, not one each.
+    """
 
     def __init__(self, backend: Backend) -> None:
         self._backend = backend
@@ -79,6 +124,9 @@ class Hub:
         self._ready: dict[str, asyncio.Future[None]] = {}
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._batch: list[str] = []  # channels waiting for the next listen ...
+        self._batch_ready: asyncio.Future[None] | None = None  # ... resolved when it is done
+        self._listening = False
         self.draining = False
         backend.set_sink(self)
 
@@ -97,10 +145,15 @@ class Hub:
             else:
                 feeds.add(feed)
         if new:
-            ready = asyncio.get_running_loop().create_future()
+            ready = self._batch_ready
+            if ready is None:
+                ready = self._batch_ready = asyncio.get_running_loop().create_future()
+            self._batch.extend(new)
             for channel in new:
                 self._ready[channel] = ready
-            self._spawn(self._listen(new, ready))
+            if not self._listening:
+                self._listening = True
+                self._spawn(self._listen_batches())
         try:
             waits = {self._ready[c] for c in feed.channels if c in self._ready}
             for ready in waits:
@@ -115,20 +168,32 @@ class Hub:
             self.detach(feed)
             raise
 
-    async def _listen(self, channels: list[str], ready: asyncio.Future[None]) -> None:
-        async with self._lock:
-            try:
-                await self._backend.listen(channels)
-            except BaseException as exc:
-                if not ready.done():
-                    ready.set_exception(exc)
-                    ready.exception()  # marks it retrieved: waiters may all be gone
-                for channel in channels:
-                    if self._ready.get(channel) is ready:
-                        del self._ready[channel]
-                raise
-            if not ready.done():
-                ready.set_result(None)
+    async def _listen_batches(self) -> None:
+        """Subscribe every waiting channel, batch after batch, until none waits."""
+        try:
+            while self._batch_ready is not None:
+                async with self._lock:
+                    ready, channels = self._batch_ready, self._batch
+                    if ready is None:
+                        break
+                    self._batch_ready, self._batch = None, []
+                    # Channels detached (or lost) since they queued need no subscription.
+                    wanted = [c for c in dict.fromkeys(channels) if self._ready.get(c) is ready]
+                    try:
+                        if wanted:
+                            await self._backend.listen(wanted)
+                    except BaseException as exc:
+                        ready.set_exception(exc)
+                        ready.exception()  # marks it retrieved: waiters may all be gone
+                        for channel in wanted:
+                            if self._ready.get(channel) is ready:
+                                del self._ready[channel]
+                        if not isinstance(exc, Exception):
+                            raise
+                    else:
+                        ready.set_result(None)
+        finally:
+            self._listening = False
 
     def detach(self, feed: Feed) -> None:
         gone = []
@@ -164,6 +229,11 @@ class Hub:
             if feeds:
                 for feed in feeds:
                     feed.push(message)
+
+    def missed(self, channels: list[str]) -> None:
+        for channel in channels:
+            for feed in self._feeds.get(channel, ()):
+                feed.mark_missed(channel)
 
     def _all_feeds(self) -> set[Feed]:
         return {feed for group in self._feeds.values() for feed in group}
@@ -230,12 +300,40 @@ class Gap:
 Item = Message | Connected | Gap
 
 
+@dataclass(slots=True)
+class _Pager:
+    """Where a channel's next read from storage starts (initial replay or catch-up)."""
+
+    after: CursorKey | None = None
+    start_ms: int | None = None
+    window: int | None = None  # the latest N: find where they begin first
+    strict: bool = True  # a trimmed ``after`` is a gap (the consumer is already past it)
+    start: Start | None = None  # the initial replay, still owing ``Connected``
+    replay: bool = True  # False: live only, nothing to read
+
+
 class Stream:
     """History then live events of several channels for one consumer, no gap, no duplicate.
 
     ``on_gap="raise"`` raises ``CursorUnavailable`` for a trimmed cursor; ``"report"`` yields a
-    ``Gap`` and goes on with the history that remains.
+    ``Gap`` and goes on with the history that remains. History is read ``page`` events at a
+    time, so ``start()`` returns the first piece and ``next()`` the rest before going live;
+    live events are held back meanwhile (and caught up from storage if they overflow).
     """
+
+    __slots__ = (
+        "_backend",
+        "_events",
+        "_hub",
+        "_on_gap",
+        "_page",
+        "_pending",
+        "_queue_bytes",
+        "_queue_limit",
+        "_starts",
+        "feed",
+        "floor",
+    )
 
     def __init__(
         self,
@@ -246,6 +344,8 @@ class Stream:
         events: Collection[str] | None = None,
         on_gap: Literal["raise", "report"] = "raise",
         queue_limit: int = DEFAULT_QUEUE_LIMIT,
+        queue_bytes: int = DEFAULT_QUEUE_BYTES,
+        page: int = PAGE,
     ) -> None:
         self._hub = hub
         self._backend = backend
@@ -253,81 +353,71 @@ class Stream:
         self._events = frozenset(events) if events else None
         self._on_gap = on_gap
         self._queue_limit = queue_limit
+        self._queue_bytes = queue_bytes
+        self._page = page
         self.floor: dict[str, CursorKey] = {}
-        self.feed = Feed(starts, queue_limit)
+        self.feed = Feed(starts, queue_limit, queue_bytes)
+        # Channels to read from storage (in order) before live events flow again.
+        self._pending: dict[str, _Pager] = {}
 
     async def start(self) -> list[Item]:
-        """Attach, then replay: for each channel, ``Connected`` then its history.
+        """Attach, then begin the replay: for each channel, ``Connected`` then its history.
 
         ``Connected.cursor`` is the position *before* the replay (the cursor given, ``0-0`` for
         full history, just before the first replayed event, or the latest id when nothing is
         replayed): a client that drops before the replay arrives and resumes from it loses
-        nothing.
+        nothing. Returns the first page or so; ``next()`` returns the rest.
         """
         await self._hub.attach(self.feed)
-        items: list[Item] = []
+        self._pending = {channel: _initial(start) for channel, start in self._starts.items()}
         try:
-            for channel, start in self._starts.items():
-                gaps: list[Item] = []
-                replay = await self._replay(channel, start, gaps)
-                if replay:
-                    before = _predecessor(replay[0].key)
-                    if start.after is not None and not gaps:
-                        before = start.after
-                    elif start.history and start.limit is None and start.since_ms is None:
-                        before = (0, 0)
-                    self.floor[channel] = replay[-1].key
-                else:
-                    latest = await self._backend.latest_id(channel)
-                    before = (0, 0) if latest is None else parse_cursor(latest)
-                    if start.after is not None and start.after > before:
-                        before = start.after
-                    self.floor[channel] = before
-                items.extend(gaps)
-                items.append(Connected(channel, format_cursor(before)))
-                items.extend(m for m in replay if self._wanted(m))
+            return await self._read_pending()
         except BaseException:
             self.close()
             raise
-        return items
-
-    async def _replay(self, channel: str, start: Start, items: list[Item]) -> list[Message]:
-        if start.after is not None:
-            try:
-                return await self._backend.read(channel, after=start.after)
-            except CursorUnavailable:
-                if self._on_gap == "raise":
-                    raise
-                items.append(Gap(channel, format_cursor(start.after)))
-                return await self._backend.read(channel)
-        if start.history or start.since_ms is not None:
-            return await self._backend.read(channel, start_ms=start.since_ms, limit=start.limit)
-        return []
-
-    def _wanted(self, message: Message) -> bool:
-        return self._events is None or message.event in self._events
 
     async def next(self) -> list[Item]:
-        """The next live items, waiting for them; ``[]`` when the feed was alarmed.
+        """The next items, waiting for them; ``[]`` when the feed was alarmed.
 
-        A consumer that falls more than ``queue_limit`` events behind does not grow memory
-        without bound: its queue is dropped and it catches up from storage after its cursors.
+        A consumer that falls more than ``queue_limit`` events (or ``queue_bytes``) behind does
+        not grow memory without bound: its queue is dropped and it catches up from storage
+        after its cursors.
         """
         while True:
+            if self._pending:
+                return await self._read_pending()
             feed = self.feed
             await feed.wait()
-            items: list[Item] = []
+            if feed.lost:
+                # Live delivery broke, so this feed may have missed events: take a fresh one,
+                # then catch up from storage.
+                self._hub.detach(feed)
+                self.feed = Feed(self._starts, self._queue_limit, self._queue_bytes)
+                await self._hub.attach(self.feed)
+                self._fall_behind(self.floor)
+                continue
             if feed.overflow:
-                feed.queue.clear()
-                feed.overflow = False
-                items.extend(await self._catch_up(reattach=False))
+                feed.clear()
+                self._fall_behind(self.floor)
+                continue
+            if feed.stale:
+                # Storage lost events of these channels before they reached us: check our
+                # cursor against it (a gap if we had not got them) before anything queued.
+                stale, feed.stale = feed.stale, None
+                self._fall_behind(stale)
+                continue
+            items: list[Item] = []
             if feed.queue:
                 items.extend(self._take(feed.queue))
-            if feed.lost:
-                items.extend(await self._catch_up(reattach=True))
+                feed.size = 0
             if items or feed.alarmed:
                 feed.alarmed = False
                 return items
+
+    def _fall_behind(self, channels: Collection[str]) -> None:
+        for channel in channels:
+            if channel not in self._pending:
+                self._pending[channel] = _Pager(after=self.floor[channel])
 
     def _take(self, queue: deque[Message]) -> list[Message]:
         # The hot path of every broadcast, once per consumer: keep it a plain loop.
@@ -344,22 +434,96 @@ class Stream:
                 taken.append(message)
         return taken
 
-    async def _catch_up(self, *, reattach: bool) -> list[Item]:
-        """Replay from storage after our cursors; with ``reattach``, first take a fresh feed
-        (live delivery broke, so the old one may have missed events)."""
-        if reattach:
-            self._hub.detach(self.feed)
-            self.feed = Feed(self._starts, self._queue_limit)
-            await self._hub.attach(self.feed)
+    async def _read_pending(self) -> list[Item]:
+        """About a page of items from storage, channel after channel."""
         items: list[Item] = []
-        for channel, last in self.floor.items():
-            replay = await self._replay(channel, Start(after=last), items)
-            for message in replay:
-                if message.key > self.floor[channel]:
-                    self.floor[channel] = message.key
-                    if self._wanted(message):
-                        items.append(message)
+        while self._pending and len(items) < self._page:
+            channel, pager = next(iter(self._pending.items()))
+            if await self._read_page(channel, pager, items):
+                del self._pending[channel]
+        if not self._pending:
+            self._pending = {}  # a dict that held many channels keeps its size: let it go
         return items
+
+    async def _read_page(self, channel: str, pager: _Pager, items: list[Item]) -> bool:
+        """Read one page of ``channel`` into ``items``; ``True`` once it is caught up."""
+        size = self._page
+        batch: list[Message] = []
+        gap = False
+        if not pager.replay:
+            done = True
+        elif pager.window is not None and pager.window <= size:
+            batch = await self._backend.read(channel, start_ms=pager.start_ms, limit=pager.window)
+            done = True
+        else:
+            if pager.window is not None:
+                pager.after = await self._window_start(channel, pager.window, pager.start_ms)
+                pager.window = pager.start_ms = None
+            try:
+                batch = await self._backend.read(
+                    channel, after=pager.after, start_ms=pager.start_ms, page=size
+                )
+            except CursorUnavailable:
+                if pager.strict:
+                    if self._on_gap == "raise":
+                        raise
+                    assert pager.after is not None
+                    items.append(Gap(channel, format_cursor(pager.after)))
+                    gap = True
+                # Go on with all the history that remains (newer than anything trimmed).
+                pager.after = pager.start_ms = None
+                batch = await self._backend.read(channel, page=size)
+            done = len(batch) < size
+        if pager.start is not None:
+            before = await self._before(channel, pager.start, batch, gap)
+            items.append(Connected(channel, format_cursor(before)))
+            self.floor[channel] = before
+            pager.start = None
+        floor = self.floor[channel]
+        events = self._events
+        for message in batch:
+            if message.key > floor:
+                floor = message.key
+                if events is None or message.event in events:
+                    items.append(message)
+        self.floor[channel] = floor
+        if batch:
+            pager.after = batch[-1].key
+            pager.strict = True  # the consumer is past it now
+        return done
+
+    async def _window_start(
+        self, channel: str, count: int, start_ms: int | None
+    ) -> CursorKey | None:
+        """The cursor just before the latest ``count`` events (since ``start_ms``), found by
+        paging backwards so that only a page is held at a time."""
+        first: CursorKey | None = None
+        while count > 0:
+            want = min(count, self._page)
+            batch = await self._backend.read(channel, before=first, start_ms=start_ms, limit=want)
+            if not batch:
+                break
+            first = batch[0].key
+            count -= len(batch)
+            if len(batch) < want:
+                break
+        return None if first is None else _predecessor(first)
+
+    async def _before(
+        self, channel: str, start: Start, batch: list[Message], gap: bool
+    ) -> CursorKey:
+        """The ``Connected`` cursor: the position before the replay."""
+        if batch:
+            if start.after is not None and not gap:
+                return start.after
+            if start.history and start.limit is None and start.since_ms is None:
+                return (0, 0)
+            return _predecessor(batch[0].key)
+        latest = await self._backend.latest_id(channel)
+        before = (0, 0) if latest is None else parse_cursor(latest)
+        if start.after is not None and start.after > before:
+            before = start.after
+        return before
 
     @property
     def draining(self) -> bool:
@@ -367,6 +531,16 @@ class Stream:
 
     def close(self) -> None:
         self._hub.detach(self.feed)
+
+
+def _initial(start: Start) -> _Pager:
+    if start.after is not None:
+        return _Pager(after=start.after, start=start)
+    if start.limit is not None:
+        return _Pager(start_ms=start.since_ms, window=start.limit, strict=False, start=start)
+    if start.history or start.since_ms is not None:
+        return _Pager(start_ms=start.since_ms, start=start)
+    return _Pager(start=start, replay=False)
 
 
 def _predecessor(key: CursorKey) -> CursorKey:

@@ -6,8 +6,9 @@ mountable in any Starlette/FastAPI application::
     app = Starlette(routes=[Route("/api/realtime", handle(realtime, middleware=auth))])
 
 The response is written by one coroutine per connection that sleeps on its feed; pings and the
-``reconnect`` deadline are timers, not tasks, and an encoded frame is shared by every
-connection of the same dialect, so an idle connection costs a few kilobytes.
+``reconnect`` deadline are timers, not tasks (the stalled-client check is one timer for all
+connections), and an encoded frame is shared by every connection of the same dialect, so an
+idle connection costs a few kilobytes.
 """
 
 from __future__ import annotations
@@ -15,8 +16,12 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import logging
+import math
+import random
 import re
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -27,7 +32,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Message as ASGIMessage
 from starlette.types import Receive, Scope, Send
 
-from stepstream.auth import InvalidToken, bearer, same_token
+from stepstream.auth import bearer, channel_refusal
 from stepstream.backends.base import Message, parse_cursor
 from stepstream.errors import StepstreamError, ValidationError
 from stepstream.realtime.channel import Realtime, check_channel_name
@@ -38,6 +43,14 @@ Middleware = Callable[[Request, list[str]], "Response | Awaitable[Response | Non
 
 MAX_CHANNELS = 100
 LAST_ACK = "last_ack_"
+# Connections live 90-100 % of max_duration, so clients that connected together (a deploy, a
+# page load burst) spread their reconnects out instead of coming back all at once.
+RECONNECT_JITTER = 0.1
+# Larger bodies are sent in pieces: what one send may wait for stays small, so send_timeout
+# measures a stalled client, not a long replay on a slow link.
+MAX_CHUNK = 65_536
+
+log = logging.getLogger("stepstream.sse")
 _MS = re.compile(r"^\d{1,16}$")
 
 
@@ -77,7 +90,7 @@ def handle(
     (e.g. 401/403) to refuse the connection. ``cors_origins``: origins allowed to connect from
     another site (``["*"]`` for any); by default only the same origin. ``require_token``: every
     channel must be granted by a ``realtime.token(...)`` passed as ``?token=`` (or the
-    ``api_token`` itself, as ``?token=`` or a bearer header) — checked before any byte is sent.
+    ``api_token`` itself, as a bearer header only) — checked before any byte is sent.
     """
     return SSEEndpoint(
         realtime,
@@ -125,21 +138,11 @@ class SSEEndpoint:
             response.headers.update(cors)
             await response(scope, receive, send)
             return
-        if self.require_token:
-            denied = self._check_token(request, spec.channels)
-            if denied is not None:
-                denied.headers.update(cors)
-                await denied(scope, receive, send)
-                return
-        if self.middleware is not None:
-            refusal = self.middleware(request, list(spec.channels))
-            if inspect.isawaitable(refusal):
-                refusal = await refusal
-            if refusal is not None:
-                # Let a cross-origin page read why it was refused.
-                refusal.headers.update(cors)
-                await refusal(scope, receive, send)
-                return
+        refusal = await self.authorize(request, spec.channels)
+        if refusal is not None:
+            refusal.headers.update(cors)  # let a cross-origin page read why it was refused
+            await refusal(scope, receive, send)
+            return
         self.active += 1
         try:
             try:
@@ -159,24 +162,32 @@ class SSEEndpoint:
         finally:
             self.active -= 1
 
-    def _check_token(self, request: Request, channels: list[str]) -> Response | None:
-        given = request.query_params.get("token") or bearer(request.headers.get("authorization"))
-        if not given:
-            return error_response(
-                401, "unauthorized", "this endpoint needs a subscription token: add ?token=..."
-            )
-        if self.api_token is not None and same_token(given, self.api_token):
+    async def authorize(self, request: Request, channels: list[str]) -> Response | None:
+        """The access rule for reading ``channels`` (this endpoint's, and the history
+        endpoint's): the subscription token check, then the ``middleware`` hook. ``None``
+        allows; otherwise the response refusing the request."""
+        if self.require_token:
+            denied = self._check_token(request, channels)
+            if denied is not None:
+                return denied
+        if self.middleware is None:
             return None
-        try:
-            granted = self.realtime.signer.verify(given)
-        except InvalidToken as exc:
-            return error_response(401, "unauthorized", str(exc))
-        refused = [channel for channel in channels if channel not in granted]
-        if refused:
-            return error_response(
-                403, "forbidden", f"the token does not grant channel(s) {', '.join(refused)}"
-            )
-        return None
+        refusal = self.middleware(request, list(channels))
+        if inspect.isawaitable(refusal):
+            refusal = await refusal
+        return refusal
+
+    def _check_token(self, request: Request, channels: list[str]) -> Response | None:
+        refusal = channel_refusal(
+            channels,
+            signer=self.realtime.signer,
+            api_token=self.api_token,
+            query_token=request.query_params.get("token"),
+            bearer_token=bearer(request.headers.get("authorization")),
+        )
+        if refusal is None:
+            return None
+        return error_response(refusal.status, refusal.code, refusal.message)
 
     def _cors_headers(self, origin: str | None) -> dict[str, str]:
         if origin is None or not self.cors_origins:
@@ -224,8 +235,7 @@ class SSEEndpoint:
         watcher = loop.create_task(_watch_disconnect(receive, client_left))
         realtime = self.realtime
         ping_every = realtime.ping_interval
-        # Like @upstash/realtime: say "reconnect" 2 s before the limit, but never sooner than 1 s.
-        deadline = loop.time() + max(realtime.max_duration - 2, 1)
+        deadline = loop.time() + reconnect_after(realtime.max_duration)
         next_ping = loop.time() + ping_every
         fired = False
 
@@ -235,21 +245,22 @@ class SSEEndpoint:
             stream.feed.alarm()
 
         timer = loop.call_at(min(next_ping, deadline), wake)
+        sender = Sender(send, realtime.send_timeout)
         try:
-            await send(_body(encoder.encode_all(items)))
+            await sender.body(encoder.encode_all(items))
             while not gone:
                 try:
                     items = await stream.next()
                 except StepstreamError as exc:
-                    await send(_body(encoder.system({"type": "error", "error": str(exc)})))
-                    await send(_body(encoder.reconnect()))
+                    await sender.body(encoder.system({"type": "error", "error": str(exc)}))
+                    await sender.body(encoder.reconnect())
                     return
                 if gone:
                     return
                 chunk = encoder.encode_all(items) if items else b""
                 now = loop.time()
                 if now >= deadline or stream.draining:
-                    await send(_body(chunk + encoder.reconnect()))
+                    await sender.body(chunk + encoder.reconnect())
                     return
                 rearm = fired
                 if now >= next_ping:
@@ -264,12 +275,136 @@ class SSEEndpoint:
                     timer.cancel()
                     timer = loop.call_at(min(next_ping, deadline), wake)
                 if chunk:
-                    await send(_body(chunk))
+                    await sender.body(chunk)
+        except asyncio.CancelledError:
+            if not sender.stalled:
+                raise
+            sender.dropped()
         finally:
             timer.cancel()
             watcher.cancel()
-            if not gone:
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            if not gone and not sender.stalled:
+                await sender.end()
+            sender.close()
+
+
+def reconnect_after(max_duration: float) -> float:
+    """Seconds from connect to the ``reconnect`` event. Like @upstash/realtime: 2 s before the
+    limit, never sooner than 1 s after connect; the limit itself is drawn from 90-100 % of
+    ``max_duration`` (``RECONNECT_JITTER``), never above it, so a proxy's hard limit holds."""
+    jittered = max_duration * (1 - RECONNECT_JITTER * random.random())
+    return max(jittered - 2, 1)
+
+
+class Sender:
+    """Writes a streaming response body, and drops a client that stops reading.
+
+    ``send`` waits while the server's buffer for the client is full; a client that accepts
+    nothing for ``timeout`` seconds is stalled (a dead peer, a frozen tab): its response is
+    abandoned, which frees its feed and lets the server close the connection. Each send only
+    notes when it began; one ``_StallWatch`` per event loop looks at every open response a few
+    times per ``timeout``, so an idle connection holds no timer of its own.
+    """
+
+    __slots__ = ("_clock", "_send", "_task", "since", "stalled", "timeout")
+
+    def __init__(self, send: Send, timeout: float) -> None:
+        self._send = send
+        self.timeout = timeout
+        loop = asyncio.get_running_loop()
+        self._clock = loop.time
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self.since: float | None = None  # when the send in progress began
+        self.stalled = False
+        _stall_watch(loop).add(self)
+
+    async def body(self, chunk: bytes) -> None:
+        if len(chunk) <= MAX_CHUNK:
+            self.since = self._clock()
+            await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
+        else:
+            for start in range(0, len(chunk), MAX_CHUNK):
+                self.since = self._clock()
+                piece = chunk[start : start + MAX_CHUNK]
+                await self._send({"type": "http.response.body", "body": piece, "more_body": True})
+        self.since = None
+
+    async def end(self) -> None:
+        """Finish the response (still watched: the last bytes can stall too)."""
+        try:
+            self.since = self._clock()
+            await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not self.stalled:
+                raise
+            self.dropped()
+        finally:
+            self.since = None
+
+    def stall(self) -> None:
+        self.stalled = True
+        self._task.cancel()
+
+    def dropped(self) -> None:
+        """Our own cancel was caught: the task goes on (to clean up), no longer cancelled."""
+        self._task.uncancel()
+        log.warning(
+            "dropped an SSE client that accepted nothing for %g s (it resumes from its cursor "
+            "when it reconnects)",
+            self.timeout,
+        )
+
+    def close(self) -> None:
+        _stall_watch(asyncio.get_running_loop()).discard(self)
+
+
+class _StallWatch:
+    """The stalled-client check of one event loop: one timer, running while responses are
+    open, that looks at each one's send in progress four times per ``send_timeout``."""
+
+    def __init__(self) -> None:
+        self.senders: set[Sender] = set()
+        self.period = math.inf
+        self.timer: asyncio.TimerHandle | None = None
+
+    def add(self, sender: Sender) -> None:
+        self.senders.add(sender)
+        period = sender.timeout / 4
+        if self.timer is None or period < self.period:
+            self.period = min(self.period, period)
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer = asyncio.get_running_loop().call_later(self.period, self._check)
+
+    def discard(self, sender: Sender) -> None:
+        self.senders.discard(sender)
+        if not self.senders and self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+            self.period = math.inf
+
+    def _check(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for sender in self.senders:
+            since = sender.since
+            if since is not None and now - since >= sender.timeout and not sender.stalled:
+                sender.stall()
+        self.timer = loop.call_later(self.period, self._check)
+
+
+_STALL_WATCHES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _StallWatch] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _stall_watch(loop: asyncio.AbstractEventLoop) -> _StallWatch:
+    watch = _STALL_WATCHES.get(loop)
+    if watch is None:
+        watch = _STALL_WATCHES[loop] = _StallWatch()
+    return watch
 
 
 async def _watch_disconnect(receive: Receive, on_disconnect: Callable[[], None]) -> None:
@@ -278,10 +413,6 @@ async def _watch_disconnect(receive: Receive, on_disconnect: Callable[[], None])
         if message["type"] == "http.disconnect":
             on_disconnect()
             return
-
-
-def _body(chunk: bytes) -> ASGIMessage:
-    return {"type": "http.response.body", "body": chunk, "more_body": True}
 
 
 def _now_ms() -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -11,6 +12,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from stepstream.errors import (
+    BackendError,
     NoWaiters,
     RunConflict,
     RunNotFound,
@@ -21,46 +23,54 @@ from stepstream.errors import (
 from stepstream.realtime.sse import error_response
 from stepstream.server.openapi import OPENAPI
 from stepstream.workflow.client import run_log
+from stepstream.workflow.engine import run_id_from
 from stepstream.workflow.records import RunState
 
 if TYPE_CHECKING:
     from stepstream.workflow.registry import Workflows
 
 Endpoint = Callable[[Request], Awaitable[Response]]
-FORWARDED_HEADERS_DROPPED = {
+# Headers a run does not keep from its trigger request: transport and body framing...
+NOT_FORWARDED = {
     "host",
     "content-length",
     "content-type",
     "connection",
-    "authorization",
-    "cookie",
+    "keep-alive",
     "accept-encoding",
     "transfer-encoding",
+    "te",
+    "upgrade",
 }
+# ...and credentials, by any name that looks like one: a run's headers are stored and readable
+# by whoever can read the run.
+CREDENTIAL = re.compile(r"auth|cookie|token|secret|passw|session|api-?key|credential", re.I)
 
 
-class BodyTooLarge(Exception):
-    pass
+async def read_json(request: Request, what: str) -> Any:
+    """The request's JSON body (``None`` if empty), or ``ValueError`` saying what is wrong with
+    it. The app's ``Guard`` bounds the body's size and checked it is said to be JSON."""
+    raw = await request.body()
+    if not raw.strip():
+        return None
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{what} is not valid JSON: {exc}") from None
 
 
-def api_routes(workflows: Workflows, *, max_body: int = 1_000_000) -> list[Route]:
+def forwarded_headers(request: Request) -> dict[str, str]:
+    """The trigger request's headers a run keeps (``context.headers``): no transport headers,
+    no credentials."""
+    return {
+        name: value
+        for name, value in request.headers.items()
+        if name not in NOT_FORWARDED and not CREDENTIAL.search(name)
+    }
+
+
+def api_routes(workflows: Workflows) -> list[Route]:
     engine = workflows.engine
-
-    async def read_json(request: Request, what: str) -> Any:
-        size = 0
-        chunks = []
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_body:
-                raise BodyTooLarge(f"{what} is over the {max_body}-byte limit")
-            chunks.append(chunk)
-        raw = b"".join(chunks)
-        if not raw.strip():
-            return None
-        try:
-            return json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{what} is not valid JSON: {exc}") from None
 
     async def trigger(request: Request) -> Response:
         body = await read_json(request, "the request payload")
@@ -73,14 +83,29 @@ def api_routes(workflows: Workflows, *, max_body: int = 1_000_000) -> list[Route
                 raise ValidationError(f"delay={delay_text[:30]!r}: expected seconds") from None
             if not 0 <= delay <= 366 * 24 * 3600:
                 raise ValidationError("delay must be between 0 and one year, in seconds")
-        headers = {k: v for k, v in request.headers.items() if k not in FORWARDED_HEADERS_DROPPED}
-        run_id = await engine.trigger(
-            request.path_params["name"],
-            body,
-            run_id=request.query_params.get("workflowRunId"),
-            delay=delay,
-            headers=headers,
-        )
+        run_id = run_id_from(request.query_params.get("workflowRunId"))
+        try:
+            await engine.trigger(
+                request.path_params["name"],
+                body,
+                run_id=run_id,
+                delay=delay,
+                headers=forwarded_headers(request),
+            )
+        except BackendError as exc:
+            # The write may have been applied and only its answer lost: say which run to look
+            # for, so a retry with the same id cannot start it twice (a 409 means it exists).
+            return JSONResponse(
+                {
+                    "error": {
+                        "code": "backend_unavailable",
+                        "message": f"{exc}; run {run_id} may or may not have been created: "
+                        f"retry with ?workflowRunId={run_id} (409 then means it exists)",
+                    },
+                    "workflowRunId": run_id,
+                },
+                status_code=503,
+            )
         return JSONResponse({"workflowRunId": run_id}, status_code=202)
 
     async def get_run(request: Request) -> Response:
@@ -147,8 +172,6 @@ def guarded(endpoint: Endpoint) -> Endpoint:
     async def wrapper(request: Request) -> Response:
         try:
             return await endpoint(request)
-        except BodyTooLarge as exc:
-            return error_response(413, "payload_too_large", str(exc))
         except ValueError as exc:
             if isinstance(exc, ValidationError):
                 return error_response(422, "validation_error", str(exc))

@@ -158,6 +158,7 @@ PATHS: dict[str, Any] = {
                 "404": _error("no workflow by that name"),
                 "409": _error("that workflowRunId is taken"),
                 "413": _error("the body is over the size limit"),
+                "415": _error("a body not sent as application/json"),
                 "422": _error("a bad workflowRunId or delay, or a payload JSON cannot hold"),
             },
         }
@@ -240,6 +241,7 @@ PATHS: dict[str, Any] = {
                 "400": _error("the body is not JSON"),
                 "404": _error("nobody waits (and no workflowRunId), or no such run"),
                 "413": _error("the body is over the size limit"),
+                "415": _error("a body not sent as application/json"),
                 "422": _error("data JSON cannot hold"),
             },
         }
@@ -265,6 +267,8 @@ PATHS: dict[str, Any] = {
                     "content": {"text/event-stream": {"schema": {"type": "string"}}},
                 },
                 "400": _error("bad parameters"),
+                "401": _error("no valid token (with a server token: a subscription token)"),
+                "403": _error("the token does not grant a channel, or middleware refused"),
             },
         }
     },
@@ -291,6 +295,8 @@ PATHS: dict[str, Any] = {
                     "the events",
                 ),
                 "400": _error("a bad channel, limit or cursor"),
+                "401": _error("no valid token (with a server token: a subscription token)"),
+                "403": _error("the token does not grant the channel, or middleware refused"),
                 "410": _error("the cursor was trimmed away"),
             },
         }
@@ -329,6 +335,8 @@ PATHS: dict[str, Any] = {
                     "the token",
                 ),
                 "400": _error("not {channels, ttl}"),
+                "413": _error("the body is over the size limit"),
+                "415": _error("a body not sent as application/json"),
                 "422": _error("a bad channel name"),
             },
         }
@@ -354,7 +362,9 @@ OPENAPI: dict[str, Any] = {
         'error is {"error": {"code", "message"}} with a 4xx for anything a client sent.',
     },
     "paths": PATHS,
-    # A bearer token is needed only when the server was given one (STEPSTREAM_TOKEN).
+    # A bearer token is needed only when the server was given one (STEPSTREAM_TOKEN). Without
+    # one, only loopback Host names are served (403 otherwise), and with or without, a write
+    # from another origin is a 403 unless the app lists it in cors_origins.
     "security": [{}, {"bearer": []}],
     "components": {
         "schemas": SCHEMAS,
