@@ -16,6 +16,7 @@ import pytest
 from stepstream import ValidationError, WorkflowContext
 from stepstream.errors import BackendUnavailable
 from stepstream.workflow.engine import run_id_from
+from stepstream.workflow.records import RunRecord, RunState, StepRecord, StepState, StepType
 from tests.workflow.helpers import (
     Harness,
     check_history,
@@ -465,3 +466,176 @@ async def test_runs_claimed_while_the_worker_stops_are_handed_straight_back(
     record = await backend.get_run(run_id)
     assert record is not None and record.state.value == "RUN_STARTED"
     assert record.lease_owner is None, "claimed during stop but never released"
+
+
+# -- found in review ----------------------------------------------------------------------------
+
+
+async def test_a_diverged_replay_records_no_sibling_step(harness: Harness) -> None:
+    """v1 recorded ``charge`` and died before its next step; v2 replays it with ``bill`` and
+    ``ship`` gathered: ``bill`` diverges, and ``ship`` (a new position) must not run and record
+    a v2 step there, or v1 (the fix) could never replay the run again."""
+    ran: Counter[str] = Counter()
+    v2 = harness.workflows()
+
+    @v2.workflow("order", retry_delay=0.01)
+    async def order_v2(context: WorkflowContext) -> None:
+        await asyncio.gather(
+            context.run("bill", lambda: ran.update(["bill"])),
+            context.run("ship", lambda: ran.update(["ship"])),
+        )
+
+    await v2.open()
+    now = time.time_ns() // 1_000_000
+    charge = StepRecord(0, "charge", StepType.RUN, StepState.SUCCESS, 1, now, now, out="null")
+    run_id = "wfr_recorded-by-v1"
+    await v2.backend.create_run(
+        RunRecord(run_id, "order", RunState.STARTED, now, due_at=now, steps=[charge]),
+        [],
+        v2.history_policy,
+    )
+    v2.engine.park_seconds = 0.3
+    await harness.worker(v2)
+
+    async def parked() -> bool:
+        return (await v2.client().logs(run_id))["error"] is not None
+
+    await wait_until(parked, what="the run to be parked")
+    await asyncio.sleep(0.5)
+    await harness.close(v2)
+    assert ran == {}
+    probe = harness.workflows()
+    await probe.open()
+    record = await probe.backend.get_run(run_id)
+    assert record is not None
+    assert [s.name for s in record.steps] == ["charge"]
+
+    v1 = harness.workflows()
+
+    @v1.workflow("order", retry_delay=0.01)
+    async def order_v1(context: WorkflowContext) -> None:
+        await context.run("charge", lambda: ran.update(["charge"]))
+        await context.run("pack", lambda: ran.update(["pack"]))
+
+    await harness.worker(v1)
+    log = await wait_for_state(v1.client(), run_id)
+    assert log["workflowState"] == "RUN_SUCCESS"
+    assert ran == {"pack": 1}
+
+
+async def test_a_parked_run_that_receives_its_event_stays_parked(harness: Harness) -> None:
+    """A notify for a parked run must not make it due at once, again and again."""
+    v1 = harness.workflows()
+
+    @v1.workflow("approve")
+    async def approve_v1(context: WorkflowContext) -> None:
+        await context.run("ask", lambda: "asked")
+        await context.wait_for_event("answer", "answer-1")
+
+    await harness.worker(v1)
+    run_id = await v1.client().trigger("approve")
+    await wait_for_step(v1.client(), run_id, "answer", {"STEP_PROGRESS"})
+    await harness.close(v1)
+
+    v2 = harness.workflows()
+    executions: Counter[str] = Counter()
+
+    @v2.workflow("approve")
+    async def approve_v2(context: WorkflowContext) -> None:
+        executions.update(["replay"])
+        await context.run("request", lambda: "renamed")
+
+    await harness.worker(v2)
+    await v2.client().notify("answer-1", {"ok": True})  # due now: v2 replays it, and parks it
+
+    async def parked() -> bool:
+        return (await v2.client().logs(run_id))["error"] is not None
+
+    await wait_until(parked, what="the run to be parked")
+    await asyncio.sleep(1.0)
+    assert executions["replay"] <= 2, executions  # parked for 30 s, not retaken in a loop
+
+
+async def test_a_failure_phase_whose_function_was_removed_fails_the_run(
+    harness: Harness,
+) -> None:
+    v1 = harness.workflows()
+    release = asyncio.Event()
+
+    async def on_failure(context: WorkflowContext, error: BaseException) -> None:
+        await context.run("wait", release.wait)
+
+    @v1.workflow("doomed", retries=0, failure_function=on_failure)
+    async def doomed(context: WorkflowContext) -> None:
+        await context.run("boom", lambda: 1 / 0)
+
+    worker = await harness.worker(v1)
+    run_id = await v1.client().trigger("doomed")
+    await wait_for_step(v1.client(), run_id, "wait", {"STEP_PROGRESS"})
+    await worker.stop(grace=0)  # released in its failure phase
+    await harness.close(v1)
+
+    v2 = harness.workflows()  # the deploy dropped the failure function
+
+    @v2.workflow("doomed", retries=0)
+    async def doomed_v2(context: WorkflowContext) -> None:
+        await context.run("boom", lambda: 1 / 0)
+
+    await harness.worker(v2)
+    log = await wait_for_state(v2.client(), run_id)
+    assert log["workflowState"] == "RUN_FAILED"
+    assert "ZeroDivisionError" in log["error"]
+
+
+async def test_a_storage_error_in_workflow_code_outside_a_step_does_not_fail_the_run(
+    harness: Harness,
+) -> None:
+    workflows = harness.workflows()
+    failures = {"left": 1}
+
+    async def progress() -> None:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise BackendUnavailable("storage went away (injected)")
+
+    @workflows.workflow("emits", retries=0)
+    async def emits(context: WorkflowContext) -> str:
+        await context.run("first", lambda: 1)
+        await progress()  # e.g. a custom event emitted between steps
+        return "done"
+
+    await harness.worker(workflows)
+    client = workflows.client()
+    run_id = await client.trigger("emits")
+    log = await wait_for_state(client, run_id)
+    assert log["workflowState"] == "RUN_SUCCESS", log["error"]
+
+
+async def test_a_sync_step_returning_a_coroutine_releases_its_turn(harness: Harness) -> None:
+    """``lambda: fetch()`` gives a coroutine: awaiting it is not the thread's work, so it
+    neither blocks the run's other sync steps nor deadlocks a step it starts."""
+    workflows = harness.workflows()
+    both = asyncio.Event()
+    seen: list[str] = []
+
+    async def fetch(name: str) -> str:
+        seen.append(name)
+        if len(seen) == 2:
+            both.set()
+        await asyncio.wait_for(both.wait(), 5)  # only if the two run side by side
+        return name
+
+    @workflows.workflow("fetches", retries=0)
+    async def fetches(context: WorkflowContext) -> list[str]:
+        return list(
+            await asyncio.gather(
+                context.run("a", lambda: fetch("a")), context.run("b", lambda: fetch("b"))
+            )
+        )
+
+    await harness.worker(workflows)
+    client = workflows.client()
+    run_id = await client.trigger("fetches")
+    log = await wait_for_state(client, run_id)
+    assert log["workflowState"] == "RUN_SUCCESS", log["error"]
+    assert log["workflowRunResponse"] == ["a", "b"]

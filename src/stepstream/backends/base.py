@@ -225,9 +225,13 @@ class RunStore(Protocol):
         patch: dict[str, Any],
         emits: list[Emit],
         policy: HistoryPolicy,
+        *,
+        hold: bool = False,
     ) -> None:
         """Fenced. Give the run up until ``due_at`` (``None``: until a notify or a child wakes
-        it); ``patch`` updates run fields (``phase``, ``error``, ``failure_attempts``)."""
+        it); ``patch`` updates run fields (``phase``, ``error``, ``failure_attempts``). A step
+        resolved meanwhile (a notify, a child's end) makes it due now instead, unless ``hold``:
+        a parked run waits for a deploy, not for its events."""
 
     async def finish_run(
         self,

@@ -21,14 +21,17 @@ Workflow runs (scripts and codecs in ``redis_runs.py``)::
                                        lease_owner, lease_until, parent, seq, and each meta
                                        field as JSON under ``m.<name>`` (``m.payload``, ...)
     P wf:steps:<id>          hash      position -> StepRecord JSON
-    P wf:due                 zset      unleased RUN_STARTED runs with a due_at, by due_at
-    P wf:leased              zset      leased RUN_STARTED runs, by lease_until
+    P wf:due:<workflow>      zset      unleased RUN_STARTED runs of a workflow with a due_at,
+                                       by due_at (a worker claims only workflows it has)
+    P wf:leased:<workflow>   zset      leased RUN_STARTED runs of a workflow, by lease_until
     P wf:waits:<event>       set       ``<run id>|<position>`` of steps waiting for the event
     P wf:waitsof:<id>        set       ``<position>|<event>``: the run's waits, to drop them
     P wf:lookback:<id>       hash      event -> data notified to the run before it waited
     P wf:runs                zset      every run by seq (listing, newest first)
     P wf:runs:state:<S>      zset      runs in state S by seq
     P wf:runs:workflow:<W>   zset      runs of workflow W by seq
+    P wf:runs:sw:<S>:<W>     zset      runs of workflow W in state S by seq
+    P wf:layout              string    "2" once an earlier layout's keys were migrated
 
 Each state change is one Lua script that also appends the events reporting it (the append
 script's code, shared), so a run's log and its channel history cannot disagree.
@@ -204,6 +207,17 @@ class RedisBackend:
                 self.url, decode_responses=True, retry=Retry(NoBackoff(), 0)
             )
             self._client = client
+            try:
+                while await self._script("migrate", 500):
+                    pass
+            except BackendError:
+                await self._quietly_release(client)
+                raise
+
+    async def _quietly_release(self, client: aioredis.Redis) -> None:
+        self._client = None
+        with contextlib.suppress(redis.exceptions.RedisError):
+            await client.aclose(close_connection_pool=True)
 
     async def close(self) -> None:
         client, self._client = self._client, None
@@ -528,11 +542,18 @@ class RedisBackend:
         patch: dict[str, Any],
         emits: list[Emit],
         policy: HistoryPolicy,
+        *,
+        hold: bool = False,
     ) -> None:
         due = "" if due_at is None else due_at
         patched = runs.counted(runs.meta_fields(patch))
         reply = await self._script(
-            "release_run", *_fence_args(lease), due, *patched, *self._emits(emits, policy)
+            "release_run",
+            *_fence_args(lease),
+            due,
+            int(hold),
+            *patched,
+            *self._emits(emits, policy),
         )
         _fenced(reply, lease)
 

@@ -247,17 +247,20 @@ emit_all(hset_pairs(steps_key(id), 5))
 return {'OK'}
 """
 
-# ARGV: P, id, owner, epoch, due_at|'', patch (n + pairs of 'm.<field>', JSON), emits.
+# ARGV: P, id, owner, epoch, due_at|'', hold (1|0), patch (n + pairs of 'm.<field>', JSON),
+# emits.
 RELEASE_RUN = """
 local id, due = ARGV[2], ARGV[5]
 if not fenced(id, ARGV[3], ARGV[4]) then return {'LEASE'} end
 local key = run_key(id)
 -- A notify or a finished child may have resolved a step while we held the run: then it is due
--- now, whatever we planned.
-for _, text in ipairs(redis.call('HVALS', steps_key(id))) do
-  if has(text, '"resolved":true') and in_progress(text) then due = now_ms() break end
+-- now, whatever we planned (unless it is parked: `hold`).
+if ARGV[6] ~= '1' then
+  for _, text in ipairs(redis.call('HVALS', steps_key(id))) do
+    if has(text, '"resolved":true') and in_progress(text) then due = now_ms() break end
+  end
 end
-local at = hset_pairs(key, 6)
+local at = hset_pairs(key, 7)
 local workflow = redis.call('HGET', key, 'workflow')
 redis.call('HDEL', key, 'lease_owner', 'lease_until')
 redis.call('ZREM', leased_key(workflow), id)
@@ -335,7 +338,49 @@ emit_all(6)
 return {'OK'}
 """
 
+# ARGV: P, batch. Brings what an earlier key layout left up to this one, `batch` entries per
+# call: the shared queues wf:due / wf:leased become per workflow, and the state+workflow
+# listing index is built once (wf:layout = 2 when done). Returns how much it moved: call it
+# again until 0. Idempotent, and safe while other processes run.
+MIGRATE = """
+local batch = tonumber(ARGV[2])
+local moved = 0
+for _, name in ipairs({'due', 'leased'}) do
+  local old = P .. 'wf:' .. name
+  local items = redis.call('ZRANGE', old, 0, batch - 1, 'WITHSCORES')
+  for i = 1, #items, 2 do
+    local workflow = redis.call('HGET', run_key(items[i]), 'workflow')
+    if workflow then
+      redis.call('ZADD', P .. 'wf:' .. name .. ':' .. workflow, items[i + 1], items[i])
+    end
+    redis.call('ZREM', old, items[i])
+    moved = moved + 1
+  end
+end
+if redis.call('GET', P .. 'wf:layout') ~= '2' then
+  local from = redis.call('GET', P .. 'wf:layout:seq') or '0'
+  local ids = redis.call('ZRANGEBYSCORE', P .. 'wf:runs', '(' .. from, '+inf', 'WITHSCORES',
+    'LIMIT', 0, batch)
+  for i = 1, #ids, 2 do
+    local state, workflow = unpack(redis.call('HMGET', run_key(ids[i]), 'state', 'workflow'))
+    if state and workflow then
+      redis.call('ZADD', P .. 'wf:runs:sw:' .. state .. ':' .. workflow, ids[i + 1], ids[i])
+    end
+    from = ids[i + 1]
+    moved = moved + 1
+  end
+  if #ids == 0 then
+    redis.call('SET', P .. 'wf:layout', '2')
+    redis.call('DEL', P .. 'wf:layout:seq')
+  else
+    redis.call('SET', P .. 'wf:layout:seq', from)
+  end
+end
+return moved
+"""
+
 SCRIPTS = {
+    "migrate": MIGRATE,
     "create_run": CREATE_RUN,
     "list_runs": LIST_RUNS,
     "claim_runs": CLAIM_RUNS,

@@ -585,9 +585,13 @@ class SQLiteBackend:
         patch: dict[str, Any],
         emits: list[Emit],
         policy: HistoryPolicy,
+        *,
+        hold: bool = False,
     ) -> None:
         await self._submit(
-            lambda c: runs.release_run(c, _append_many, lease, due_at, patch, emits, policy),
+            lambda c: runs.release_run(
+                c, _append_many, lease, due_at, patch, emits, policy, hold=hold
+            ),
             write=True,
         )
 

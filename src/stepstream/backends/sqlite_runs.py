@@ -268,6 +268,8 @@ def release_run(
     patch: dict[str, Any],
     emits: list[Emit],
     policy: HistoryPolicy,
+    *,
+    hold: bool = False,
 ) -> None:
     _fence(conn, lease)
     run_id = lease.run_id
@@ -279,11 +281,14 @@ def release_run(
         )
     # A notify or a finished child may have resolved a step while we held the run: then it is
     # due now, whatever we planned.
-    resolved = conn.execute(
-        "SELECT 1 FROM wf_steps WHERE run_id = ? AND json_extract(data, '$.resolved') = 1 "
-        "AND json_extract(data, '$.state') = 'STEP_PROGRESS' LIMIT 1",
-        (run_id,),
-    ).fetchone()
+    resolved = (
+        not hold
+        and conn.execute(
+            "SELECT 1 FROM wf_steps WHERE run_id = ? AND json_extract(data, '$.resolved') = 1 "
+            "AND json_extract(data, '$.state') = 'STEP_PROGRESS' LIMIT 1",
+            (run_id,),
+        ).fetchone()
+    )
     if resolved:
         due_at = storage_ms()
     conn.execute(

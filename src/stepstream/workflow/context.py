@@ -183,6 +183,9 @@ class WorkflowContext:
             raise self.nondeterminism
         position = self._position
         self._position += 1
+        # Compared now, not when the step runs: a diverged replay must stop before a sibling
+        # step gathered with it runs and records a step of the new code at the next position.
+        self._recorded_step(position, name, args[0])
         return self._track(method(position, name, *args))
 
     async def _track(self, step: Coroutine[Any, Any, T]) -> T:
@@ -210,8 +213,11 @@ class WorkflowContext:
 
     async def _storage(self, operation: Awaitable[T]) -> T:
         """Await a storage operation of this execution: a lost lease or a storage error ends
-        the execution (see ``StorageInterrupted``)."""
+        the execution (see ``StorageInterrupted``). Once the replay diverged, nothing more is
+        recorded: the code that can replay the run must find it as it was."""
         self.raise_if_interrupted()
+        if self.nondeterminism is not None:
+            raise self.nondeterminism
         try:
             return await operation
         except LeaseLost as exc:
@@ -303,6 +309,7 @@ class WorkflowContext:
             # Synchronous bodies run on a thread, but those of one run take turns, as they
             # did on the loop: parallel sync steps never race on shared state.
             await self._turn.acquire()
+        turn = threaded
         try:
             started = self.now()
             step = StepRecord(
@@ -319,9 +326,14 @@ class WorkflowContext:
             timer = asyncio.get_running_loop().call_later(START_DELAY, store_start)
             failure: Exception | None = None
             try:
-                value = await (
-                    fn(*args, **kwargs) if not threaded else self._sync(fn, args, kwargs)
-                )
+                if threaded:
+                    value = await self._engine.in_thread(fn, args, kwargs)
+                    if inspect.isawaitable(value):  # a lambda returning a coroutine, say:
+                        self._turn.release()  # awaiting it is not the thread's work
+                        turn = False
+                        value = await value
+                else:
+                    value = await fn(*args, **kwargs)
                 try:
                     out = dumps(value)
                 except (TypeError, ValueError) as exc:
@@ -337,7 +349,7 @@ class WorkflowContext:
                 timer.cancel()
             finished = self.now()
         finally:
-            if threaded:
+            if turn:
                 self._turn.release()
         if failure is not None:
             await self._step_failed(step, failure, start[0] if start else None)
@@ -346,12 +358,6 @@ class WorkflowContext:
         finish = self._engine.step_event("stepFinish", self._run.id, step)
         await self._save(step, finish, wait=True, also=start[0] if start else None)
         return json.loads(out)
-
-    async def _sync(self, fn: Callable[..., Any], args: Any, kwargs: Any) -> Any:
-        value = await self._engine.in_thread(fn, args, kwargs)
-        if inspect.isawaitable(value):  # a lambda returning a coroutine, say
-            value = await value
-        return value
 
     def _write_soon(self, step: StepRecord, event: dict[str, Any]) -> None:
         snapshot = dataclasses.replace(step)

@@ -132,7 +132,7 @@ class Engine:
         if event is None or self.workflows.realtime is None:
             return []
         result = event.pop(RAW_RESULT, None)
-        raw = json.dumps(event, separators=(",", ":"))
+        raw = dumps(event)
         if result is not None:  # already JSON text: splice it in rather than parse and re-dump
             raw = f'{raw[:-1]},"result":{result}}}'
         return [Emit(run_id, "workflow.update", raw)]
@@ -291,7 +291,7 @@ class Engine:
         )
         patch = {"error": message} if context.record.phase == "run" else {}
         due = context.now() + int(self.park_seconds * 1000)
-        await self.backend.release_run(context.lease, due, patch, [], self.policy)
+        await self.backend.release_run(context.lease, due, patch, [], self.policy, hold=True)
 
     async def _run_phase(self, context: WorkflowContext, definition: Workflow) -> None:
         run = context.record
@@ -326,6 +326,10 @@ class Engine:
                 return
             await self._finish(context, RunState.CANCELED, None, "canceled")
             return
+        except BackendError as exc:
+            # From the workflow's own code outside a step (a custom emit, say): storage, not
+            # the workflow, failed. Resume later rather than fail the run.
+            raise StorageInterrupted(str(exc)) from exc
         except StepFailed as exc:
             outcome: WorkflowFailed | None = WorkflowFailed(str(exc), exc.step)
         except TimeoutError as exc:
@@ -362,9 +366,11 @@ class Engine:
         self.wake()
 
     async def _failure_phase(self, context: WorkflowContext, definition: Workflow) -> None:
-        assert definition.failure_function is not None
         run = context.record
         error = run.error or "failed"
+        if definition.failure_function is None:  # a deploy removed it: nothing left to run
+            await self._finish(context, RunState.FAILED, None, error)
+            return
         try:
             try:
                 outcome = definition.failure_function(
@@ -387,6 +393,8 @@ class Engine:
                 return
             await self._finish(context, RunState.CANCELED, None, "canceled")
             return
+        except BackendError as exc:
+            raise StorageInterrupted(str(exc)) from exc
         except Exception as exc:
             if await self._diverged(context):
                 return

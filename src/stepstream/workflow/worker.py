@@ -23,6 +23,7 @@ log = logging.getLogger("stepstream.worker")
 # Within this, a worker's clock is trusted as it is; beyond it, the worker reads time as the
 # storage's clock plus what its own clock measured since (see ``Worker._clock``).
 CLOCK_TOLERANCE_MS = 1000
+CLOCK_SAMPLE_MS = 200  # a claim answered slower than this says too little about the skew
 
 
 class Worker:
@@ -135,6 +136,7 @@ class Worker:
             self._wakeup.clear()
             if free > 0:
                 try:
+                    asked = self.clock()
                     claimed = await backend.claim_runs(
                         self.owner,
                         self.lease_ms,
@@ -146,6 +148,8 @@ class Worker:
                     log.warning("claiming runs failed (%s); retrying in 1 s", exc)
                     await asyncio.sleep(1)
                     continue
+                if claimed:
+                    self._measure_clock(claimed[0], asked, self.clock())
             if self._stopping:  # stopped while claiming: hand them straight back
                 await self._hand_back(claimed)
                 break
@@ -163,10 +167,15 @@ class Worker:
             with contextlib.suppress(BackendError, LeaseLost):  # else the lease expires
                 await self.workflows.backend.release_run(lease, run.due_at, {}, [], policy)
 
-    def _start(self, run: RunRecord) -> asyncio.Task[None]:
-        assert run.lease_until is not None
-        offset = run.lease_until - self.lease_ms - self.clock()
+    def _measure_clock(self, run: RunRecord, asked: int, answered: int) -> None:
+        """Compare this worker's clock with the storage's, which stamped the claim somewhere
+        between ``asked`` and ``answered``. Only quick answers are precise enough to act on."""
+        if run.lease_until is None or answered - asked > CLOCK_SAMPLE_MS:
+            return
+        offset = run.lease_until - self.lease_ms - (asked + answered) // 2
         self._offset = offset if abs(offset) > CLOCK_TOLERANCE_MS else 0
+
+    def _start(self, run: RunRecord) -> asyncio.Task[None]:
         lease = Lease(run.id, self.owner, run.epoch)
         task = asyncio.create_task(self._execute(run, lease))
         self.active[run.id] = task
@@ -176,10 +185,6 @@ class Worker:
     async def _execute(self, run: RunRecord, lease: Lease) -> None:
         try:
             await self.engine.execute(run, lease, self._clock)
-        except BackendError as exc:
-            log.warning(
-                "run %s: storage failed (%s); its lease will expire and it resumes", run.id, exc
-            )
         except Exception:
             log.exception("run %s: unexpected engine error", run.id)
         finally:
