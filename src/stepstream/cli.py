@@ -454,7 +454,7 @@ def tail(channel: str, history: bool, url: str, token: str | None) -> None:
         endpoint = url.rstrip("/") + "/api/realtime"
         try:
             async for message in subscribe_remote(
-                endpoint, [channel], history=history, token=token
+                endpoint, [channel], history=history, token=token, on_gap=_warn_gap
             ):
                 line = {"id": message.id, "event": message.event, "data": message.data}
                 click.echo(json.dumps(line), nl=True)
@@ -463,6 +463,14 @@ def tail(channel: str, history: bool, url: str, token: str | None) -> None:
 
     with contextlib.suppress(KeyboardInterrupt):
         _run(go())
+
+
+def _warn_gap(channel: str, cursor: str) -> None:
+    click.echo(
+        f"warning: events of {channel!r} after {cursor} were trimmed from history before they "
+        "could be delivered; going on with what remains",
+        err=True,
+    )
 
 
 def _run(coro: Any) -> Any:

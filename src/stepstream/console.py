@@ -101,7 +101,17 @@ async def follow_run(url: str, run_id: str, token: str | None = None) -> int:
     endpoint = url.rstrip("/") + "/api/realtime"
     with Live(progress.render(), console=console, refresh_per_second=12) as live:
         try:
-            async for message in subscribe_remote(endpoint, [run_id], history=True, token=token):
+            events = subscribe_remote(
+                endpoint,
+                [run_id],
+                history=True,
+                token=token,
+                on_gap=lambda channel, cursor: live.console.print(
+                    f"[yellow]warning:[/] events after {cursor} were trimmed from history "
+                    "before they could be shown; the run's log has every step"
+                ),
+            )
+            async for message in events:
                 if message.event == "workflow.update" and isinstance(message.data, dict):
                     progress.apply(message.data)
                     live.update(progress.render())

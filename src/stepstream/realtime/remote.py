@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
 
 from stepstream.backends.base import Message, parse_cursor
-from stepstream.errors import BackendUnavailable
+from stepstream.errors import BackendUnavailable, CursorUnavailable
 
 
 async def subscribe_remote(
@@ -21,11 +21,16 @@ async def subscribe_remote(
     history: bool | int = False,
     token: str | None = None,
     max_retries: int = 5,
+    on_gap: Callable[[str, str], None] | None = None,
 ) -> AsyncIterator[Message]:
     """Events of ``channels`` from the SSE endpoint at ``url`` (e.g.
     ``http://127.0.0.1:8000/api/realtime``): history first if asked, then live; reconnects
     from the last id of each channel after a drop or a ``reconnect`` event, so no event is
-    missed or repeated."""
+    missed or repeated.
+
+    If events a resume should have delivered were trimmed from history meanwhile, that is
+    never a quiet hole: ``CursorUnavailable`` is raised, or, with ``on_gap``, it is called
+    with the channel and the cursor and the stream goes on with what remains."""
     cursors: dict[str, str] = {}
     failures = 0
     headers = {"accept": "text/event-stream"}
@@ -55,6 +60,11 @@ async def subscribe_remote(
                                 cursors.setdefault(payload["channel"], payload["cursor"])
                             elif kind == "reconnect":
                                 break
+                            elif kind == "gap":
+                                channel, cursor = payload["channel"], payload["cursor"]
+                                if on_gap is None:
+                                    raise CursorUnavailable(channel, cursor)
+                                on_gap(channel, cursor)
                             continue
                         channel, id = payload["channel"], payload["id"]
                         last = cursors.get(channel)
