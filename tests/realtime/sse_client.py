@@ -14,6 +14,8 @@ from typing import Any
 
 import httpx
 
+from tests.server.asgi import Result, call
+
 Params = Sequence[tuple[str, str]]
 
 
@@ -177,13 +179,6 @@ def raw_close(writer: asyncio.StreamWriter, *, reset: bool) -> None:
 # -- in-process ASGI ----------------------------------------------------------------------------
 
 
-@dataclass
-class ASGIResult:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-
 async def asgi_get(
     app: Any,
     query: bytes,
@@ -192,50 +187,9 @@ async def asgi_get(
     path: str = "/api/realtime",
     headers: Sequence[tuple[bytes, bytes]] = (),
     within: float = 10,
-) -> ASGIResult:
+) -> Result:
     """Call ``app`` once; a streaming response is hung up on after its first body chunk.
 
     Raises ``TimeoutError`` if the app does not finish ``within`` seconds (a hung connection).
     """
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": query,
-        "root_path": "",
-        "headers": [(b"host", b"127.0.0.1"), *headers],
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 80),
-    }
-    status = 0
-    response_headers: dict[str, str] = {}
-    body = bytearray()
-    requested = False
-    streaming = asyncio.Event()
-
-    async def receive() -> dict[str, Any]:
-        nonlocal requested
-        if not requested:
-            requested = True
-            return {"type": "http.request", "body": b"", "more_body": False}
-        await streaming.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        nonlocal status
-        if message["type"] == "http.response.start":
-            status = message["status"]
-            response_headers.update(
-                (k.decode("latin-1"), v.decode("latin-1")) for k, v in message["headers"]
-            )
-        elif message["type"] == "http.response.body":
-            body.extend(message.get("body", b""))
-            if body or not message.get("more_body", False):
-                streaming.set()
-
-    await asyncio.wait_for(app(scope, receive, send), within)
-    return ASGIResult(status, response_headers, bytes(body))
+    return await call(app, method, path, query=query, headers=headers, within=within)
