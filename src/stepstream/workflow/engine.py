@@ -313,18 +313,11 @@ class Engine:
             finally:
                 await context.settle()
         except Suspend:
-            if await self._diverged(context):
-                return
-            due = _earliest(context.wakes, run.timeout_at)
             patch = {"error": None} if run.error is not None else {}  # no longer stuck
-            await self.backend.release_run(context.lease, due, patch, [], self.policy)
-            if due is not None:
-                self.wake(due)
+            await self._wait(context, run.timeout_at, patch)
             return
         except Cancel:
-            if await self._diverged(context):
-                return
-            await self._finish(context, RunState.CANCELED, None, "canceled")
+            await self._cancel(context)
             return
         except BackendError as exc:
             # From the workflow's own code outside a step (a custom emit, say): storage, not
@@ -381,17 +374,10 @@ class Engine:
             finally:
                 await context.settle()
         except Suspend:
-            if await self._diverged(context):
-                return
-            due = _earliest(context.wakes, None)
-            await self.backend.release_run(context.lease, due, {}, [], self.policy)
-            if due is not None:
-                self.wake(due)
+            await self._wait(context, None, {})
             return
         except Cancel:
-            if await self._diverged(context):
-                return
-            await self._finish(context, RunState.CANCELED, None, "canceled")
+            await self._cancel(context)
             return
         except BackendError as exc:
             raise StorageInterrupted(str(exc)) from exc
@@ -409,6 +395,24 @@ class Engine:
         if await self._diverged(context):
             return
         await self._finish(context, RunState.FAILED, None, error)
+
+    async def _wait(
+        self, context: WorkflowContext, timeout_at: int | None, patch: dict[str, Any]
+    ) -> None:
+        """The function suspended (a sleep, a retry delay, an event, a child run): give the run
+        up until its earliest wake-up."""
+        if await self._diverged(context):
+            return
+        due = _earliest(context.wakes, timeout_at)
+        await self.backend.release_run(context.lease, due, patch, [], self.policy)
+        if due is not None:
+            self.wake(due)
+
+    async def _cancel(self, context: WorkflowContext) -> None:
+        """``context.cancel()`` was called."""
+        if await self._diverged(context):
+            return
+        await self._finish(context, RunState.CANCELED, None, "canceled")
 
     async def _finish(
         self, context: WorkflowContext, state: RunState, result: str | None, error: str | None
