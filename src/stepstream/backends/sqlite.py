@@ -30,6 +30,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from stepstream.backends import sqlite_runs as runs
 from stepstream.backends.base import CursorKey, HistoryPolicy, LiveSink, Message, format_cursor
+from stepstream.clock import system_ms
 from stepstream.errors import (
     BackendError,
     BackendUnavailable,
@@ -69,10 +70,6 @@ SWEEP_INTERVAL = 30.0
 # How often, at most, every watched channel is checked for events removed before this process
 # saw them, when a removal could not be pinned on a channel (see ``_missed``).
 AUDIT_INTERVAL = 1.0
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class _Job:
@@ -428,7 +425,7 @@ class SQLiteBackend:
             conn.execute("BEGIN IMMEDIATE")
             expired = conn.execute(
                 "SELECT name FROM rt_channels WHERE expires_at IS NOT NULL AND expires_at <= ?",
-                (_now_ms(),),
+                (system_ms(),),
             ).fetchall()
             for (name,) in expired:
                 _expire(conn, name)
@@ -717,7 +714,7 @@ class _ChannelState:
         self.last = (last_ms, last_seq)
         self.trimmed = (trimmed_ms, trimmed_seq)
         self.length = length
-        self.expired = expires_at is not None and expires_at <= _now_ms()
+        self.expired = expires_at is not None and expires_at <= system_ms()
         if self.expired:
             # Everything up to the last event is gone, whether or not the sweep ran yet.
             self.trimmed = self.last
@@ -756,7 +753,7 @@ def _append_many(
 ) -> list[Message]:
     """Append ``(event, raw)`` pairs to one channel: ids, trimming and expiry, one channel-row
     read and write however many events."""
-    now = _now_ms()
+    now = system_ms()
     state = _channel_state(conn, channel)
     if state is not None and state.expired:
         _expire(conn, channel)

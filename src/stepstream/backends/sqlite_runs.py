@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
 from collections.abc import Callable, Collection
 from dataclasses import replace
 from typing import Any
 
 from stepstream.backends.base import HistoryPolicy
+from stepstream.clock import system_ms
 from stepstream.errors import LeaseLost, RunConflict, RunNotFound
 from stepstream.workflow.records import (
     Emit,
@@ -79,12 +79,6 @@ def migrate(conn: sqlite3.Connection) -> None:
     columns = {row[1] for row in conn.execute("PRAGMA table_info(wf_runs)")}
     if "epoch" not in columns:
         conn.execute("ALTER TABLE wf_runs ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0")
-
-
-def storage_ms() -> int:
-    """The time leases and due runs are judged by: this host's clock, read by the database
-    thread, never a worker's (``clock.py``)."""
-    return time.time_ns() // 1_000_000
 
 
 def _run(row: tuple[Any, ...]) -> RunRecord:
@@ -212,7 +206,7 @@ def claim_runs(
     workflows: Collection[str],
     exclude: Collection[str],
 ) -> list[RunRecord]:
-    now = storage_ms()
+    now = system_ms()
     rows = conn.execute(
         f"SELECT {COLUMNS} FROM wf_runs WHERE state = 'RUN_STARTED' AND due_at <= ? "
         "AND (lease_until IS NULL OR lease_until < ?) "
@@ -234,7 +228,7 @@ def claim_runs(
 
 
 def renew_leases(conn: sqlite3.Connection, leases: list[Lease], lease_ms: int) -> list[str]:
-    until = storage_ms() + lease_ms
+    until = system_ms() + lease_ms
     held = []
     for lease in leases:
         cursor = conn.execute(
@@ -290,7 +284,7 @@ def release_run(
         ).fetchone()
     )
     if resolved:
-        due_at = storage_ms()
+        due_at = system_ms()
     conn.execute(
         "UPDATE wf_runs SET due_at = ?, lease_owner = NULL, lease_until = NULL WHERE id = ?",
         (due_at, run_id),
@@ -341,10 +335,10 @@ def _close(
             _put_steps(conn, run_id, [step])
     if parent is not None and meta.get("parent_position") is not None:
         out = dumps({"state": state, "result": result, "error": error})
-        _resolve(conn, parent, meta["parent_position"], out, now)
+        _resolve(conn, parent, meta["parent_position"], out)
 
 
-def _resolve(conn: sqlite3.Connection, run_id: str, position: int, out: str, now: int) -> bool:
+def _resolve(conn: sqlite3.Connection, run_id: str, position: int, out: str) -> bool:
     row = conn.execute(
         "SELECT data FROM wf_steps WHERE run_id = ? AND position = ?", (run_id, position)
     ).fetchone()
@@ -357,7 +351,7 @@ def _resolve(conn: sqlite3.Connection, run_id: str, position: int, out: str, now
     _put_steps(conn, run_id, [step])
     conn.execute(
         "UPDATE wf_runs SET due_at = ? WHERE id = ? AND state = 'RUN_STARTED'",
-        (storage_ms(), run_id),
+        (system_ms(), run_id),
     )
     return True
 
@@ -416,7 +410,7 @@ def notify(conn: sqlite3.Connection, event_id: str, raw: str, run_id: str | None
             "DELETE FROM wf_waits WHERE event_id = ? AND run_id = ? AND position = ?",
             (event_id, waiter, position),
         )
-        woken += _resolve(conn, waiter, position, raw, now)
+        woken += _resolve(conn, waiter, position, raw)
     if not woken and run_id is not None:
         conn.execute(
             "INSERT OR REPLACE INTO wf_lookback (run_id, event_id, data) VALUES (?, ?, ?)",

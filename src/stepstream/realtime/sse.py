@@ -20,7 +20,6 @@ import logging
 import math
 import random
 import re
-import time
 import weakref
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from starlette.types import Receive, Scope, Send
 
 from stepstream.auth import bearer, channel_refusal
 from stepstream.backends.base import Message, parse_cursor
+from stepstream.clock import system_ms
 from stepstream.errors import StepstreamError, ValidationError
 from stepstream.realtime.channel import Realtime, check_channel_name
 from stepstream.realtime.hub import Connected, Gap, Item, Start, Stream
@@ -264,7 +264,7 @@ class SSEEndpoint:
                     return
                 rearm = fired
                 if now >= next_ping:
-                    chunk += encoder.system({"type": "ping", "timestamp": _now_ms()})
+                    chunk += encoder.system({"type": "ping", "timestamp": system_ms()})
                     next_ping = now + ping_every
                     rearm = True
                 # A timer can fire with loop.time() a hair below its `when` (uvloop counts
@@ -415,10 +415,6 @@ async def _watch_disconnect(receive: Receive, on_disconnect: Callable[[], None])
             return
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 class Encoder:
     """Turns stream items into SSE frames of one dialect. User-event frames are cached on the
     message, so a broadcast encodes each event once per dialect, not once per connection."""
@@ -487,7 +483,7 @@ class Encoder:
         return b"data: " + json.dumps(event, separators=(",", ":")).encode() + b"\n\n"
 
     def reconnect(self) -> bytes:
-        return self.system({"type": "reconnect", "timestamp": _now_ms()})
+        return self.system({"type": "reconnect", "timestamp": system_ms()})
 
 
 def _user_frame(dialect: Dialect, message: Message) -> bytes:
