@@ -5,7 +5,6 @@
 >>> app = handle(realtime)  # an ASGI SSE endpoint
 """
 
-from stepstream.backends.base import HistoryPolicy, Message
 from stepstream.errors import (
     BackendError,
     BackendUnavailable,
@@ -25,9 +24,9 @@ from stepstream.errors import (
     WorkflowFailed,
 )
 from stepstream.realtime import Channel, Realtime, handle
+from stepstream.records import HistoryPolicy, Message, RunState, StepState
 from stepstream.workflow.client import Client
 from stepstream.workflow.context import WorkflowContext
-from stepstream.workflow.records import RunState, StepState
 from stepstream.workflow.registry import Backoff, Workflows
 from stepstream.workflow.worker import Worker
 

@@ -17,7 +17,7 @@ import click
 from stepstream import __version__
 from stepstream.backends import DEFAULT_URL
 from stepstream.errors import StepstreamError
-from stepstream.workflow.records import RunState
+from stepstream.records import RunState
 
 if TYPE_CHECKING:
     from stepstream.workflow.client import Client

@@ -9,7 +9,7 @@ import pytest
 
 from stepstream import CursorUnavailable, HistoryPolicy
 from stepstream.backends import Backend, backend_from_url
-from stepstream.backends.base import Message, parse_cursor
+from stepstream.records import Message, parse_cursor
 
 pytestmark = pytest.mark.anyio
 

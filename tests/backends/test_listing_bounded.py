@@ -10,7 +10,7 @@ import pytest
 
 from stepstream import HistoryPolicy
 from stepstream.backends import backend_from_url, sqlite_runs
-from stepstream.workflow.records import RunRecord, RunState
+from stepstream.records import RunRecord, RunState
 
 pytestmark = pytest.mark.anyio
 

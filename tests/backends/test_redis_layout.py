@@ -9,7 +9,7 @@ import pytest
 
 from stepstream import HistoryPolicy
 from stepstream.backends.redis import RedisBackend
-from stepstream.workflow.records import RunRecord, RunState
+from stepstream.records import RunRecord, RunState
 
 pytestmark = pytest.mark.anyio
 

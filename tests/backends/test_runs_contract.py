@@ -17,11 +17,11 @@ import pytest
 
 from stepstream import HistoryPolicy
 from stepstream.backends import Backend, backend_from_url
-from stepstream.backends.base import Message
 from stepstream.errors import LeaseLost, RunConflict, RunNotFound
-from stepstream.workflow.records import (
+from stepstream.records import (
     Emit,
     Lease,
+    Message,
     RunRecord,
     RunState,
     StepRecord,

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from stepstream import Client, Realtime, RunNotFound
-from stepstream.backends.base import parse_cursor
+from stepstream.records import parse_cursor
 
 FINISHED = {"RUN_SUCCESS", "RUN_FAILED", "RUN_CANCELED"}
 WAITING_TYPES = {"SleepFor", "SleepUntil", "Wait", "Invoke"}

@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from stepstream import HistoryPolicy, Realtime
-from stepstream.backends.base import parse_cursor
+from stepstream.records import parse_cursor
 from stepstream.server.app import create_app
 from tests.conftest import free_port
 from tests.realtime.sse_client import Frame, SSEStream, asgi_get, connect, raw_close, raw_open

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from stepstream.backends.base import parse_cursor
+from stepstream.records import parse_cursor
 from tests.conftest import free_port
 from tests.realtime.sse_client import SSEStream, connect
 

@@ -15,8 +15,8 @@ import pytest
 
 from stepstream import ValidationError, WorkflowContext
 from stepstream.errors import BackendUnavailable
+from stepstream.records import RunRecord, RunState, StepRecord, StepState, StepType
 from stepstream.workflow.engine import run_id_from
-from stepstream.workflow.records import RunRecord, RunState, StepRecord, StepState, StepType
 from tests.workflow.helpers import (
     Harness,
     check_history,

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 
-from stepstream.backends.base import Backend, HistoryPolicy, LiveSink, Message
+from stepstream.backends.base import Backend, LiveSink
 from stepstream.errors import ConfigurationError
+from stepstream.records import HistoryPolicy, Message
 
 DEFAULT_URL = "sqlite:///.stepstream/stepstream.db"
 ENV_VAR = "STEPSTREAM_BACKEND"
 
-__all__ = ["DEFAULT_URL", "Backend", "HistoryPolicy", "LiveSink", "Message", "backend_from_url"]
+__all__ = ["DEFAULT_URL", "Backend", "LiveSink", "backend_from_url"]
 
 
 def backend_from_url(url: str | None = None) -> Backend:

@@ -52,14 +52,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from stepstream.backends import redis_runs as runs
-from stepstream.backends.base import (
-    CursorKey,
-    HistoryPolicy,
-    LiveSink,
-    Message,
-    format_cursor,
-    parse_cursor,
-)
+from stepstream.backends.base import LiveSink
 from stepstream.errors import (
     BackendError,
     BackendUnavailable,
@@ -69,14 +62,19 @@ from stepstream.errors import (
     RunConflict,
     RunNotFound,
 )
-from stepstream.workflow.records import (
+from stepstream.records import (
+    CursorKey,
     Emit,
+    HistoryPolicy,
     Lease,
+    Message,
     RunPage,
     RunRecord,
     RunState,
     StepRecord,
     dumps,
+    format_cursor,
+    parse_cursor,
 )
 
 APPEND_EVENT = """

@@ -20,8 +20,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from stepstream.backends.base import HistoryPolicy
-from stepstream.workflow.records import RunRecord, RunState, StepRecord, dumps
+from stepstream.records import HistoryPolicy, RunRecord, RunState, StepRecord, dumps
 
 # Scripts compute most keys they touch (a run's keys from its id), so they cannot declare them
 # all in KEYS; Redis allows that, Dragonfly needs the script to say so (a comment to Redis).

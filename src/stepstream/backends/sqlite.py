@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from stepstream.backends import sqlite_runs as runs
-from stepstream.backends.base import CursorKey, HistoryPolicy, LiveSink, Message, format_cursor
+from stepstream.backends.base import LiveSink
 from stepstream.clock import system_ms
 from stepstream.errors import (
     BackendError,
@@ -37,9 +37,10 @@ from stepstream.errors import (
     ConfigurationError,
     CursorUnavailable,
 )
+from stepstream.records import CursorKey, HistoryPolicy, Message, format_cursor
 
 if TYPE_CHECKING:
-    from stepstream.workflow.records import Emit, Lease, RunPage, RunRecord, StepRecord
+    from stepstream.records import Emit, Lease, RunPage, RunRecord, StepRecord
 
 T = TypeVar("T")
 

@@ -10,11 +10,11 @@ from collections.abc import Callable, Collection
 from dataclasses import replace
 from typing import Any
 
-from stepstream.backends.base import HistoryPolicy
 from stepstream.clock import system_ms
 from stepstream.errors import LeaseLost, RunConflict, RunNotFound
-from stepstream.workflow.records import (
+from stepstream.records import (
     Emit,
+    HistoryPolicy,
     Lease,
     RunPage,
     RunRecord,

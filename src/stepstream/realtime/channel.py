@@ -11,10 +11,10 @@ from typing import Any
 
 from stepstream.auth import TokenSigner
 from stepstream.backends import Backend, backend_from_url
-from stepstream.backends.base import HistoryPolicy, Message, parse_cursor
 from stepstream.errors import ConfigurationError, StepstreamError, ValidationError
 from stepstream.realtime.hub import Hub, Start, Stream
 from stepstream.realtime.schema import EventSchema, Schema
+from stepstream.records import HistoryPolicy, Message, parse_cursor
 
 MAX_CHANNEL_NAME = 200
 OPEN: weakref.WeakSet[Realtime] = weakref.WeakSet()

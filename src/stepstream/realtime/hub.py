@@ -17,8 +17,9 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Literal
 
-from stepstream.backends.base import Backend, CursorKey, Message, format_cursor, parse_cursor
+from stepstream.backends.base import Backend
 from stepstream.errors import BackendUnavailable, CursorUnavailable
+from stepstream.records import CursorKey, Message, format_cursor, parse_cursor
 
 DEFAULT_QUEUE_LIMIT = 10_000
 # What one consumer may hold queued, in event data: past either bound it stops queueing and

@@ -10,8 +10,8 @@ from typing import Any
 
 import httpx
 
-from stepstream.backends.base import Message, parse_cursor
 from stepstream.errors import BackendUnavailable, CursorUnavailable
+from stepstream.records import Message, parse_cursor
 
 
 async def subscribe_remote(

@@ -32,11 +32,11 @@ from starlette.types import Message as ASGIMessage
 from starlette.types import Receive, Scope, Send
 
 from stepstream.auth import bearer, channel_refusal
-from stepstream.backends.base import Message, parse_cursor
 from stepstream.clock import system_ms
 from stepstream.errors import StepstreamError, ValidationError
 from stepstream.realtime.channel import Realtime, check_channel_name
 from stepstream.realtime.hub import Connected, Gap, Item, Start, Stream
+from stepstream.records import Message, parse_cursor
 
 Dialect = Literal["v0", "v1", "native"]
 Middleware = Callable[[Request, list[str]], "Response | Awaitable[Response | None] | None"]

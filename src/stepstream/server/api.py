@@ -21,10 +21,10 @@ from stepstream.errors import (
     ValidationError,
 )
 from stepstream.realtime.sse import error_response
+from stepstream.records import RunState
 from stepstream.server.openapi import OPENAPI
 from stepstream.workflow.client import run_log
 from stepstream.workflow.engine import run_id_from
-from stepstream.workflow.records import RunState
 
 if TYPE_CHECKING:
     from stepstream.workflow.registry import Workflows

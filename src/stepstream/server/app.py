@@ -34,10 +34,10 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stepstream.auth import TOKEN_ENV, bearer, is_loopback, same_token
-from stepstream.backends.base import parse_cursor
 from stepstream.errors import CursorUnavailable, StepstreamError, ValidationError
 from stepstream.realtime.channel import Realtime, check_channel_name
 from stepstream.realtime.sse import Middleware, error_response, handle
+from stepstream.records import parse_cursor
 from stepstream.server.api import api_routes, read_json
 
 if TYPE_CHECKING:

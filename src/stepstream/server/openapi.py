@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from stepstream import __version__
-from stepstream.workflow.records import RunState, StepState, StepType
+from stepstream.records import RunState, StepState, StepType
 
 ANY_JSON: dict[str, Any] = {}  # the empty schema: any JSON value
 EPOCH_MS = {"type": "integer", "description": "Unix epoch milliseconds"}

@@ -19,8 +19,8 @@ from stepstream.errors import (
     UnknownWorkflow,
     ValidationError,
 )
+from stepstream.records import RunRecord, RunState
 from stepstream.workflow.engine import to_json
-from stepstream.workflow.records import RunRecord, RunState
 
 if TYPE_CHECKING:
     from stepstream.workflow.registry import Workflows

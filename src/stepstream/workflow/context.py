@@ -28,7 +28,7 @@ from stepstream.errors import (
     RetryAfterError,
     StepFailed,
 )
-from stepstream.workflow.records import (
+from stepstream.records import (
     Lease,
     RunRecord,
     StepRecord,

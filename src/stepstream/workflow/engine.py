@@ -34,16 +34,17 @@ from stepstream.errors import (
     ValidationError,
     WorkflowFailed,
 )
+from stepstream.records import Emit, Lease, RunRecord, RunState, StepRecord, dumps
 from stepstream.workflow.context import (
     Cancel,
     StorageInterrupted,
     Suspend,
     WorkflowContext,
 )
-from stepstream.workflow.records import Emit, Lease, RunRecord, RunState, StepRecord, dumps
 
 if TYPE_CHECKING:
-    from stepstream.backends.base import Backend, HistoryPolicy
+    from stepstream.backends.base import Backend
+    from stepstream.records import HistoryPolicy
     from stepstream.workflow.registry import Workflow, Workflows
 
 RUN_ID = re.compile(r"[A-Za-z0-9_\-]{1,128}")

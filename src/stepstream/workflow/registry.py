@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from stepstream.backends import Backend, backend_from_url
-from stepstream.backends.base import HistoryPolicy
 from stepstream.errors import ConfigurationError, UnknownWorkflow
 from stepstream.events import WorkflowUpdate
+from stepstream.records import HistoryPolicy
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette

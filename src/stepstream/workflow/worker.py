@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 
 from stepstream.clock import Clock, system_ms
 from stepstream.errors import BackendError, LeaseLost
-from stepstream.workflow.records import Lease
+from stepstream.records import Lease
 
 if TYPE_CHECKING:
-    from stepstream.workflow.records import RunRecord
+    from stepstream.records import RunRecord
     from stepstream.workflow.registry import Workflows
 
 log = logging.getLogger("stepstream.worker")

@@ -1,4 +1,9 @@
-"""What the engine stores about runs and steps, and the state names of the log (DESIGN §5)."""
+"""The records every layer shares: realtime messages and cursors, history policies, runs and
+steps with their states, and the events a state change carries (DESIGN §2, §5).
+
+A leaf: it imports only ``errors``. Storage (``backends``), the realtime hub, the engine and the
+server all speak in these types.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,8 @@ import re
 from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from typing import Any
+
+from stepstream.errors import ConfigurationError
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -34,6 +41,89 @@ def _replace_surrogates(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_replace_surrogates(v) for v in value]
     return value
+
+
+CURSOR = re.compile(r"^(\d{1,16})-(\d{1,16})$")
+
+CursorKey = tuple[int, int]
+
+
+def parse_cursor(cursor: str) -> CursorKey:
+    """``"1732400000000-3"`` → ``(1732400000000, 3)``; raises ``ValueError`` on anything else."""
+    match = CURSOR.match(cursor)
+    if match is None:
+        raise ValueError(f"{cursor!r} is not a cursor: expected '<milliseconds>-<sequence>'")
+    return int(match[1]), int(match[2])
+
+
+def format_cursor(key: CursorKey) -> str:
+    return f"{key[0]}-{key[1]}"
+
+
+class Message:
+    """One stored event: its ``id`` (cursor), ``channel``, dotted ``event`` name and ``data``.
+
+    ``raw`` keeps the JSON text as stored so fan-out never re-serialises it; ``frames`` caches the
+    encoded SSE frame per dialect for the same reason.
+    """
+
+    __slots__ = ("_data", "channel", "event", "frames", "id", "key", "raw")
+
+    def __init__(self, id: str, channel: str, event: str, raw: str, key: CursorKey | None = None):
+        self.id = id
+        self.channel = channel
+        self.event = event
+        self.raw = raw
+        self.key = key if key is not None else parse_cursor(id)
+        self.frames: dict[str, bytes] = {}
+        self._data: Any = _UNSET
+
+    @property
+    def data(self) -> Any:
+        if self._data is _UNSET:
+            self._data = json.loads(self.raw)
+        return self._data
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Message):
+            return NotImplemented
+        return (self.id, self.channel, self.event, self.raw) == (
+            other.id,
+            other.channel,
+            other.event,
+            other.raw,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.id, self.channel))
+
+    def __repr__(self) -> str:
+        return (
+            f"Message(id={self.id!r}, channel={self.channel!r}, event={self.event!r}, "
+            f"data={self.raw})"
+        )
+
+
+_UNSET: Any = object()
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPolicy:
+    """How much history a channel keeps.
+
+    ``max_length``: keep only the latest N events. ``expire_after``: drop a channel's whole history
+    this many seconds after its last emit (a sliding expiry, refreshed by every emit).
+    ``None`` means unlimited.
+    """
+
+    max_length: int | None = None
+    expire_after: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_length is not None and self.max_length < 1:
+            raise ConfigurationError(f"max_length must be >= 1 or None, got {self.max_length}")
+        if self.expire_after is not None and self.expire_after <= 0:
+            raise ConfigurationError(f"expire_after must be > 0 or None, got {self.expire_after}")
 
 
 class RunState(StrEnum):
