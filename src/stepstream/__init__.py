@@ -25,12 +25,12 @@ from stepstream.errors import (
 )
 from stepstream.realtime import Channel, Realtime, handle
 from stepstream.records import HistoryPolicy, Message, RunState, StepState
+from stepstream.version import __version__
 from stepstream.workflow.client import Client
 from stepstream.workflow.context import WorkflowContext
-from stepstream.workflow.registry import Backoff, Workflows
+from stepstream.workflow.registry import Backoff
 from stepstream.workflow.worker import Worker
-
-__version__ = "0.1.0"
+from stepstream.workflows import Workflows
 
 __all__ = [
     "BackendError",

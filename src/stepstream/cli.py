@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from stepstream import __version__
 from stepstream.backends import DEFAULT_URL
 from stepstream.errors import StepstreamError
 from stepstream.records import RunState
+from stepstream.version import __version__
 
 if TYPE_CHECKING:
     from stepstream.workflow.client import Client
-    from stepstream.workflow.registry import Workflows
+    from stepstream.workflows import Workflows
 
 
 HEADER_TIMEOUT = 10.0  # seconds a request's line and headers may take to arrive
@@ -172,7 +172,7 @@ def load_workflows(spec: str, backend: str | None) -> Workflows:
     ``Workflows`` it names (or that an app object exposes as ``.workflows`` /
     ``.state.workflows``). ``backend`` is exported as ``STEPSTREAM_BACKEND`` first, so
     registries built with the default backend pick it up."""
-    from stepstream.workflow.registry import Workflows
+    from stepstream.workflows import Workflows
 
     if backend:
         os.environ["STEPSTREAM_BACKEND"] = backend
@@ -313,7 +313,6 @@ def worker(app: str, backend: str | None, concurrency: int, lease: float) -> Non
             await stop.wait()
         finally:
             await pool.stop(grace=lease / 2)
-            await workflows.engine.aclose()
             await workflows.aclose()
 
     _run(run())

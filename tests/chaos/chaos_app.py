@@ -145,8 +145,7 @@ async def serve(worker: Worker) -> None:
         await stop.wait()
     finally:
         await worker.stop(grace=1)
-        await worker.workflows.engine.aclose()
-        await worker.workflows.aclose()
+        await worker.engine.close()
 
 
 def main() -> None:

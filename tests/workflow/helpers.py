@@ -50,11 +50,10 @@ class Harness:
 
     async def close(self, workflows: Workflows) -> None:
         """Stop this registry's workers and close it, like a process exiting cleanly."""
-        for worker in [w for w in self._workers if w.workflows is workflows]:
+        for worker in [w for w in self._workers if w.engine is workflows.engine]:
             await self.stop(worker)
         if workflows in self._registries:
             self._registries.remove(workflows)
-            await workflows.engine.aclose()
             await workflows.aclose()
 
     async def close_all(self) -> None:

@@ -364,7 +364,7 @@ async def test_a_worker_never_claims_a_workflow_it_does_not_have(harness: Harnes
 
 async def test_a_step_result_over_the_limit_fails_at_once_saying_so(harness: Harness) -> None:
     workflows = harness.workflows()
-    workflows.max_result_bytes = 1000
+    workflows.engine.max_result_bytes = 1000
     ran: Counter[str] = Counter()
 
     def big() -> str:

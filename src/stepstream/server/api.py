@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
@@ -24,10 +24,7 @@ from stepstream.realtime.sse import error_response
 from stepstream.records import RunState
 from stepstream.server.openapi import OPENAPI
 from stepstream.workflow.client import run_log
-from stepstream.workflow.engine import run_id_from
-
-if TYPE_CHECKING:
-    from stepstream.workflow.registry import Workflows
+from stepstream.workflow.engine import Engine, run_id_from
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 # Headers a run does not keep from its trigger request: transport and body framing...
@@ -69,9 +66,7 @@ def forwarded_headers(request: Request) -> dict[str, str]:
     }
 
 
-def api_routes(workflows: Workflows) -> list[Route]:
-    engine = workflows.engine
-
+def api_routes(engine: Engine) -> list[Route]:
     async def trigger(request: Request) -> Response:
         body = await read_json(request, "the request payload")
         delay_text = request.query_params.get("delay")
@@ -109,7 +104,7 @@ def api_routes(workflows: Workflows) -> list[Route]:
         return JSONResponse({"workflowRunId": run_id}, status_code=202)
 
     async def get_run(request: Request) -> Response:
-        run = await workflows.backend.get_run(request.path_params["run_id"])
+        run = await engine.backend.get_run(request.path_params["run_id"])
         if run is None:
             raise RunNotFound(request.path_params["run_id"])
         return JSONResponse(run_log(run))
@@ -128,7 +123,7 @@ def api_routes(workflows: Workflows) -> list[Route]:
         cursor = params.get("cursor")
         if cursor is not None and (not _digits(cursor) or int(cursor) >= 2**63):
             raise ValidationError("cursor must be the value returned by the previous page")
-        page = await workflows.backend.list_runs(
+        page = await engine.backend.list_runs(
             state=state, workflow=params.get("workflow"), cursor=cursor, count=int(count_text)
         )
         return JSONResponse({"runs": [run_log(run) for run in page.runs], "cursor": page.cursor})
@@ -146,7 +141,7 @@ def api_routes(workflows: Workflows) -> list[Route]:
         return JSONResponse({"eventId": request.path_params["event_id"], "waiters": waiters})
 
     async def list_workflows(request: Request) -> Response:
-        return JSONResponse({"workflows": workflows.names})
+        return JSONResponse({"workflows": engine.registry.names})
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(OPENAPI)

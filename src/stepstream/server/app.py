@@ -20,7 +20,6 @@ import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from starlette._utils import get_route_path
 from starlette.applications import Starlette
@@ -39,9 +38,8 @@ from stepstream.realtime.channel import Realtime, check_channel_name
 from stepstream.realtime.sse import Middleware, error_response, handle
 from stepstream.records import parse_cursor
 from stepstream.server.api import api_routes, read_json
-
-if TYPE_CHECKING:
-    from stepstream.workflow.registry import Workflows
+from stepstream.workflow.engine import Engine, HasEngine, engine_of
+from stepstream.workflow.worker import Worker
 
 STATIC = Path(__file__).parent / "static"
 GC_YOUNG_THRESHOLD = 50_000
@@ -399,7 +397,7 @@ def _limit(value: str) -> int:
 
 
 def workflows_app(
-    workflows: Workflows,
+    workflows: Engine | HasEngine,
     *,
     workers: int = 1,
     concurrency: int = 100,
@@ -413,12 +411,13 @@ def workflows_app(
     """The app for a ``Workflows`` registry; its lifespan runs ``workers`` in-process workers
     (``0`` for an API/SSE-only server), each with ``concurrency`` and ``lease`` as ``Worker``
     takes them. ``token``, ``allowed_hosts``, ``max_body``: see ``create_app``."""
-    realtime = workflows.realtime or Realtime(backend=workflows.backend.url)
+    engine = engine_of(workflows)
+    realtime = engine.realtime or Realtime(backend=engine.backend.url)
     app = create_app(
         realtime,
         middleware=middleware,
         cors_origins=cors_origins,
-        routes=api_routes(workflows),
+        routes=api_routes(engine),
         token=token,
         allowed_hosts=allowed_hosts,
         max_body=max_body,
@@ -428,8 +427,8 @@ def workflows_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with inner(app):
-            await workflows.open()
-            pool = [workflows.worker(concurrency=concurrency, lease=lease) for _ in range(workers)]
+            await engine.open()
+            pool = [Worker(engine, concurrency=concurrency, lease=lease) for _ in range(workers)]
             for worker in pool:
                 await worker.start()
             try:
@@ -437,7 +436,7 @@ def workflows_app(
             finally:
                 for worker in pool:
                     await worker.stop(grace=10)
-                await workflows.engine.aclose()
+                await engine.aclose()
 
     app.router.lifespan_context = lifespan
     app.state.workflows = workflows

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from stepstream import __version__
+from stepstream.version import __version__
 from stepstream.records import RunState, StepState, StepType
 
 ANY_JSON: dict[str, Any] = {}  # the empty schema: any JSON value

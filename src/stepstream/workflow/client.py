@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -20,10 +20,7 @@ from stepstream.errors import (
     ValidationError,
 )
 from stepstream.records import RunRecord, RunState
-from stepstream.workflow.engine import to_json
-
-if TYPE_CHECKING:
-    from stepstream.workflow.registry import Workflows
+from stepstream.workflow.engine import Engine, HasEngine, engine_of, to_json
 
 
 def run_log(run: RunRecord) -> dict[str, Any]:
@@ -91,14 +88,14 @@ class Client:
 
     def __init__(
         self,
-        workflows: Workflows | None = None,
+        workflows: Engine | HasEngine | None = None,
         *,
         url: str | None = None,
         token: str | None = None,
     ) -> None:
         if (workflows is None) == (url is None):
             raise ValueError("give either a Workflows (in-process) or url= (a stepstream server)")
-        self.workflows = workflows
+        self.engine = None if workflows is None else engine_of(workflows)
         self.url = url.rstrip("/") if url else None
         self._http: httpx.AsyncClient | None = None
         self._token = token
@@ -128,10 +125,10 @@ class Client:
             await self._http.aclose()
             self._http = None
 
-    async def _local(self) -> Workflows:
-        assert self.workflows is not None
-        await self.workflows.open()
-        return self.workflows
+    async def _local(self) -> Engine:
+        assert self.engine is not None
+        await self.engine.open()
+        return self.engine
 
     async def trigger(
         self,
@@ -153,8 +150,8 @@ class Client:
                 headers={"content-type": "application/json", **(headers or {})},
             )
             return str(reply["workflowRunId"])
-        workflows = await self._local()
-        run_id: str = await workflows.engine.trigger(
+        engine = await self._local()
+        run_id: str = await engine.trigger(
             workflow, body, run_id=workflow_run_id, delay=delay, headers=headers
         )
         return run_id
@@ -166,8 +163,8 @@ class Client:
                 "GET", f"/api/runs/{quote(run_id, safe='')}"
             )
             return reply
-        workflows = await self._local()
-        run = await workflows.backend.get_run(run_id)
+        engine = await self._local()
+        run = await engine.backend.get_run(run_id)
         if run is None:
             raise RunNotFound(run_id)
         return run_log(run)
@@ -189,8 +186,8 @@ class Client:
                 "GET", "/api/runs", params={k: v for k, v in params.items() if v is not None}
             )
             return reply
-        workflows = await self._local()
-        page = await workflows.backend.list_runs(
+        engine = await self._local()
+        page = await engine.backend.list_runs(
             state=state, workflow=workflow, cursor=cursor, count=count
         )
         return {"runs": [run_log(run) for run in page.runs], "cursor": page.cursor}
@@ -200,8 +197,8 @@ class Client:
         if self.url is not None:
             await self._request("POST", f"/api/runs/{quote(run_id, safe='')}/cancel")
             return
-        workflows = await self._local()
-        await workflows.engine.cancel(run_id)
+        engine = await self._local()
+        await engine.cancel(run_id)
 
     async def notify(
         self, event_id: str, data: Any = None, workflow_run_id: str | None = None
@@ -218,6 +215,6 @@ class Client:
                 headers={"content-type": "application/json"},
             )
             return int(reply["waiters"])
-        workflows = await self._local()
-        woken: int = await workflows.engine.notify(event_id, data, workflow_run_id)
+        engine = await self._local()
+        woken: int = await engine.notify(event_id, data, workflow_run_id)
         return woken

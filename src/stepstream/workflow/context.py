@@ -101,7 +101,7 @@ class WorkflowContext:
     @property
     def channel(self) -> Channel:
         """This run's realtime channel (named by the run id), for custom progress events."""
-        realtime = self._engine.workflows.realtime
+        realtime = self._engine.realtime
         if realtime is None:
             raise RuntimeError("this Workflows has no Realtime: create it with Workflows(realtime)")
         return realtime.channel(self.workflow_run_id)
@@ -373,7 +373,7 @@ class WorkflowContext:
     ) -> None:
         """Record a failed attempt; raise ``Suspend`` (retry later) or ``StepFailed``."""
         message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        workflow = self._engine.workflows.get(self.workflow_name)
+        workflow = self._engine.registry.get(self.workflow_name)
         step.error, step.finished_at = message, self.now()
         retry = not isinstance(exc, NonRetryableError) and step.attempts <= workflow.retries
         if retry:

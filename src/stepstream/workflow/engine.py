@@ -17,13 +17,14 @@ import re
 import secrets
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 
 from stepstream.clock import Clock, system_ms
 from stepstream.errors import (
     BackendError,
+    ConfigurationError,
     LeaseLost,
     NonRetryableError,
     NoWaiters,
@@ -34,7 +35,7 @@ from stepstream.errors import (
     ValidationError,
     WorkflowFailed,
 )
-from stepstream.records import Emit, Lease, RunRecord, RunState, StepRecord, dumps
+from stepstream.records import Emit, HistoryPolicy, Lease, RunRecord, RunState, StepRecord, dumps
 from stepstream.workflow.context import (
     Cancel,
     StorageInterrupted,
@@ -44,8 +45,8 @@ from stepstream.workflow.context import (
 
 if TYPE_CHECKING:
     from stepstream.backends.base import Backend
-    from stepstream.records import HistoryPolicy
-    from stepstream.workflow.registry import Workflow, Workflows
+    from stepstream.realtime.channel import Realtime
+    from stepstream.workflow.registry import Registry, Workflow
 
 RUN_ID = re.compile(r"[A-Za-z0-9_\-]{1,128}")
 PARK_SECONDS = 30  # how often a stuck run (non-determinism, unknown workflow) is looked at again
@@ -77,15 +78,45 @@ def to_json(value: Any, what: str) -> str:
         raise ValidationError(f"{what} is not JSON-serialisable: {exc}") from None
 
 
+class HasEngine(Protocol):
+    """What workers, clients and the app are built from: a ``Workflows`` holds its engine."""
+
+    @property
+    def engine(self) -> Engine: ...
+
+
+def engine_of(source: Engine | HasEngine) -> Engine:
+    return source if isinstance(source, Engine) else source.engine
+
+
 class Engine:
-    def __init__(self, workflows: Workflows) -> None:
-        self.workflows = workflows
-        self.backend: Backend = workflows.backend
+    """Runs the workflows of ``registry`` on ``backend``: starts runs, executes claimed ones,
+    and (with ``realtime``) reports their progress on the channel named by each run id.
+
+    ``max_result_bytes``: the largest step result or return value, as JSON text.
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        backend: Backend,
+        realtime: Realtime | None = None,
+        *,
+        max_result_bytes: int = 1_048_576,
+        clock: Clock = system_ms,
+    ) -> None:
+        if max_result_bytes < 1:
+            raise ConfigurationError(f"max_result_bytes must be >= 1, got {max_result_bytes}")
+        self.registry = registry
+        self.backend = backend
+        self.realtime = realtime
+        self.max_result_bytes = max_result_bytes
+        self.clock = clock
+        self._opened = False
         self._wakers: list[Callable[[], None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._http: httpx.AsyncClient | None = None
         self._threads: ThreadPoolExecutor | None = None
-        self.clock: Clock = system_ms
         self.park_seconds: float = PARK_SECONDS
 
     def new_run_id(self) -> str:
@@ -93,7 +124,24 @@ class Engine:
 
     @property
     def policy(self) -> HistoryPolicy:
-        return self.workflows.history_policy
+        return self.realtime.history_policy if self.realtime is not None else HistoryPolicy()
+
+    async def open(self) -> None:
+        """Open the store (the realtime's, if any). Idempotent."""
+        if self.realtime is not None:
+            await self.realtime.open()
+        elif not self._opened:
+            await self.backend.open()
+        self._opened = True
+
+    async def close(self) -> None:
+        """Release the engine's resources (``aclose``) and close the store."""
+        await self.aclose()
+        if self.realtime is not None:
+            await self.realtime.aclose()
+        else:
+            await self.backend.close()
+        self._opened = False
 
     # -- local wake-ups ------------------------------------------------------------------------
 
@@ -130,7 +178,7 @@ class Engine:
     # -- events ------------------------------------------------------------------------------
 
     def emits(self, run_id: str, event: dict[str, Any] | None) -> list[Emit]:
-        if event is None or self.workflows.realtime is None:
+        if event is None or self.realtime is None:
             return []
         result = event.pop(RAW_RESULT, None)
         raw = dumps(event)
@@ -168,7 +216,7 @@ class Engine:
         parent: str | None = None,
         parent_position: int | None = None,
     ) -> str:
-        definition = self.workflows.get(workflow)
+        definition = self.registry.get(workflow)
         payload = to_json(body, "the request payload")
         run_id = run_id_from(run_id)
         if delay is not None and (not isinstance(delay, int | float) or delay < 0):
@@ -227,7 +275,7 @@ class Engine:
         context = WorkflowContext(run, self, lease, clock)
         try:
             try:
-                definition = self.workflows.get(run.workflow)
+                definition = self.registry.get(run.workflow)
             except UnknownWorkflow as exc:  # workers claim only what they know; a race left
                 await self._park(context, str(exc))
                 return
@@ -445,7 +493,7 @@ class Engine:
         return await asyncio.get_running_loop().run_in_executor(self._threads, call)
 
     def check_size(self, out: str, what: str) -> None:
-        limit = self.workflows.max_result_bytes
+        limit = self.max_result_bytes
         if len(out) > limit:
             raise NonRetryableError(
                 f"{what} is {len(out):,} bytes of JSON, over the limit of {limit:,} "

@@ -1,4 +1,8 @@
-"""``Workflows``: the registry of workflow functions and their options."""
+"""The registry: workflow definitions and their options, nothing else.
+
+Where runs are stored and who executes them is composed on top of it, in
+``stepstream.workflows.Workflows``.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +11,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from stepstream.backends import Backend, backend_from_url
 from stepstream.errors import ConfigurationError, UnknownWorkflow
-from stepstream.events import WorkflowUpdate
-from stepstream.records import HistoryPolicy
 
 if TYPE_CHECKING:
-    from starlette.applications import Starlette
-
-    from stepstream.realtime.channel import Realtime
-    from stepstream.workflow.client import Client
     from stepstream.workflow.context import WorkflowContext
-    from stepstream.workflow.worker import Worker
 
 WorkflowFn = Callable[["WorkflowContext"], Awaitable[Any]]
 FailureFn = Callable[["WorkflowContext", BaseException], Awaitable[Any] | Any]
@@ -67,48 +63,19 @@ class Workflow:
         return float(self.retry_delay)
 
 
-class Workflows:
-    """The workflows of an application, and where their runs are stored.
+class Registry:
+    """Workflow definitions by name, registered with ``@registry.workflow(name, ...)``.
 
-    >>> workflows = Workflows()                    # runs in $STEPSTREAM_BACKEND / a local file
-    >>> @workflows.workflow("hello", retries=2)
+    >>> registry = Registry()
+    >>> @registry.workflow("hello", retries=2)
     ... async def hello(context):
     ...     return await context.run("greet", lambda: "hi")
-
-    With ``realtime``, each run streams the built-in ``workflow.update`` progress events on the
-    channel named by its run id, and runs are stored in the realtime's backend.
-    ``max_result_bytes``: the largest step result or workflow return value, as JSON text (1 MiB
-    by default); a larger one fails the step without retries, saying so.
+    >>> registry.names
+    ['hello']
     """
 
-    def __init__(
-        self,
-        realtime: Realtime | None = None,
-        *,
-        backend: str | None = None,
-        max_result_bytes: int = 1_048_576,
-    ) -> None:
-        if max_result_bytes < 1:
-            raise ConfigurationError(f"max_result_bytes must be >= 1, got {max_result_bytes}")
-        self.max_result_bytes = max_result_bytes
-        self.realtime = realtime
-        if realtime is not None:
-            if backend is not None:
-                raise ConfigurationError(
-                    "give backend= to the Realtime, not to Workflows: they share one store"
-                )
-            self.backend: Backend = realtime.backend
-            if "workflow.update" not in realtime.schema:
-                realtime.schema.add("workflow.update", WorkflowUpdate)
-        else:
-            self.backend = backend_from_url(backend)
+    def __init__(self) -> None:
         self._workflows: dict[str, Workflow] = {}
-        self._engine: Any = None
-        self._opened = False
-
-    @property
-    def history_policy(self) -> HistoryPolicy:
-        return self.realtime.history_policy if self.realtime is not None else HistoryPolicy()
 
     def workflow(
         self,
@@ -154,47 +121,3 @@ class Workflows:
     @property
     def names(self) -> list[str]:
         return sorted(self._workflows)
-
-    # -- runtime ---------------------------------------------------------------------------
-
-    async def open(self) -> None:
-        """Open the store (the realtime's, if any). Idempotent."""
-        if self.realtime is not None:
-            await self.realtime.open()
-        elif not self._opened:
-            await self.backend.open()
-        self._opened = True
-
-    async def aclose(self) -> None:
-        if self.realtime is not None:
-            await self.realtime.aclose()
-        else:
-            await self.backend.close()
-        self._opened = False
-
-    @property
-    def engine(self) -> Any:
-        if self._engine is None:
-            from stepstream.workflow.engine import Engine
-
-            self._engine = Engine(self)
-        return self._engine
-
-    def client(self) -> Client:
-        """An in-process ``Client`` for this registry."""
-        from stepstream.workflow.client import Client
-
-        return Client(self)
-
-    def worker(self, **options: Any) -> Worker:
-        """A ``Worker`` executing this registry's runs in this process."""
-        from stepstream.workflow.worker import Worker
-
-        return Worker(self, **options)
-
-    def asgi(self, **options: Any) -> Starlette:
-        """The stepstream ASGI app for this registry (API, SSE, dashboard; in-process workers
-        unless ``workers=0``)."""
-        from stepstream.server.app import workflows_app
-
-        return workflows_app(self, **options)

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 from stepstream.clock import Clock, system_ms
 from stepstream.errors import BackendError, LeaseLost
 from stepstream.records import Lease
+from stepstream.workflow.engine import Engine, HasEngine, engine_of
 
 if TYPE_CHECKING:
     from stepstream.records import RunRecord
-    from stepstream.workflow.registry import Workflows
 
 log = logging.getLogger("stepstream.worker")
 
@@ -44,7 +44,7 @@ class Worker:
 
     def __init__(
         self,
-        workflows: Workflows,
+        workflows: Engine | HasEngine,
         *,
         concurrency: int = 100,
         lease: float = 15.0,
@@ -56,8 +56,7 @@ class Worker:
             raise ValueError("concurrency must be >= 1")
         if lease < 0.3:
             raise ValueError("lease must be at least 0.3 seconds")
-        self.workflows = workflows
-        self.engine = workflows.engine
+        self.engine = engine_of(workflows)
         self.concurrency = concurrency
         self.lease_ms = int(lease * 1000)
         self.poll_interval = poll_interval
@@ -74,7 +73,7 @@ class Worker:
         self._wakeup.set()
 
     async def start(self) -> None:
-        await self.workflows.open()
+        await self.engine.open()
         self.engine.add_waker(self.wake)
         self._tasks = [
             asyncio.create_task(self._claim_loop(), name="stepstream-claim"),
@@ -124,7 +123,7 @@ class Worker:
         return self.clock() + self._offset
 
     async def _claim_loop(self) -> None:
-        backend = self.workflows.backend
+        backend = self.engine.backend
         while not self._stopping:
             if not backend.wakeups_active():
                 try:
@@ -141,7 +140,7 @@ class Worker:
                         self.owner,
                         self.lease_ms,
                         min(free, 100),
-                        workflows=self.workflows.names,
+                        workflows=self.engine.registry.names,
                         exclude=list(self.active),
                     )
                 except BackendError as exc:
@@ -161,11 +160,11 @@ class Worker:
                 await asyncio.wait_for(self._wakeup.wait(), self.poll_interval)
 
     async def _hand_back(self, runs: list[RunRecord]) -> None:
-        policy = self.workflows.history_policy
+        policy = self.engine.policy
         for run in runs:
             lease = Lease(run.id, self.owner, run.epoch)
             with contextlib.suppress(BackendError, LeaseLost):  # else the lease expires
-                await self.workflows.backend.release_run(lease, run.due_at, {}, [], policy)
+                await self.engine.backend.release_run(lease, run.due_at, {}, [], policy)
 
     def _measure_clock(self, run: RunRecord, asked: int, answered: int) -> None:
         """Compare this worker's clock with the storage's, which stamped the claim somewhere
@@ -203,7 +202,7 @@ class Worker:
                 continue
             leases = list(self._leases.values())
             try:
-                held = set(await self.workflows.backend.renew_leases(leases, self.lease_ms))
+                held = set(await self.engine.backend.renew_leases(leases, self.lease_ms))
             except BackendError as exc:
                 log.warning("renewing leases failed: %s", exc)
                 continue

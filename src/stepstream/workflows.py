@@ -1,0 +1,95 @@
+"""``Workflows``: a registry of workflow definitions composed with storage and the engine, and
+the factories of what runs them (in-process client, workers, the ASGI app).
+
+The registry (``workflow.registry.Registry``) only knows definitions; this module sits at the
+top of the layers, so it may import every part it composes (see docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.applications import Starlette
+
+from stepstream.backends import Backend, backend_from_url
+from stepstream.errors import ConfigurationError
+from stepstream.events import WorkflowUpdate
+from stepstream.realtime.channel import Realtime
+from stepstream.records import HistoryPolicy
+from stepstream.server.app import workflows_app
+from stepstream.workflow.client import Client
+from stepstream.workflow.engine import Engine
+from stepstream.workflow.registry import Registry
+from stepstream.workflow.worker import Worker
+
+
+class Workflows(Registry):
+    """The workflows of an application, and where their runs are stored.
+
+    >>> workflows = Workflows()                    # runs in $STEPSTREAM_BACKEND / a local file
+    >>> @workflows.workflow("hello", retries=2)
+    ... async def hello(context):
+    ...     return await context.run("greet", lambda: "hi")
+
+    With ``realtime``, each run streams the built-in ``workflow.update`` progress events on the
+    channel named by its run id, and runs are stored in the realtime's backend.
+    ``max_result_bytes``: the largest step result or workflow return value, as JSON text (1 MiB
+    by default); a larger one fails the step without retries, saying so.
+    """
+
+    def __init__(
+        self,
+        realtime: Realtime | None = None,
+        *,
+        backend: str | None = None,
+        max_result_bytes: int = 1_048_576,
+    ) -> None:
+        super().__init__()
+        if realtime is not None:
+            if backend is not None:
+                raise ConfigurationError(
+                    "give backend= to the Realtime, not to Workflows: they share one store"
+                )
+            store: Backend = realtime.backend
+            if "workflow.update" not in realtime.schema:
+                realtime.schema.add("workflow.update", WorkflowUpdate)
+        else:
+            store = backend_from_url(backend)
+        self.engine = Engine(self, store, realtime, max_result_bytes=max_result_bytes)
+
+    @property
+    def realtime(self) -> Realtime | None:
+        return self.engine.realtime
+
+    @property
+    def backend(self) -> Backend:
+        return self.engine.backend
+
+    @property
+    def history_policy(self) -> HistoryPolicy:
+        return self.engine.policy
+
+    @property
+    def max_result_bytes(self) -> int:
+        return self.engine.max_result_bytes
+
+    async def open(self) -> None:
+        """Open the store (the realtime's, if any). Idempotent."""
+        await self.engine.open()
+
+    async def aclose(self) -> None:
+        """Close the engine's resources and the store."""
+        await self.engine.close()
+
+    def client(self) -> Client:
+        """An in-process ``Client`` for this registry."""
+        return Client(self)
+
+    def worker(self, **options: Any) -> Worker:
+        """A ``Worker`` executing this registry's runs in this process."""
+        return Worker(self, **options)
+
+    def asgi(self, **options: Any) -> Starlette:
+        """The stepstream ASGI app for this registry (API, SSE, dashboard; in-process workers
+        unless ``workers=0``)."""
+        return workflows_app(self, **options)
