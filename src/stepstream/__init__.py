@@ -28,7 +28,7 @@ from stepstream.records import HistoryPolicy, Message, RunState, StepState
 from stepstream.version import __version__
 from stepstream.workflow.client import Client
 from stepstream.workflow.context import WorkflowContext
-from stepstream.workflow.registry import Backoff
+from stepstream.workflow.policy import Backoff
 from stepstream.workflow.worker import Worker
 from stepstream.workflows import Workflows
 

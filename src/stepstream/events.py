@@ -1,7 +1,12 @@
-"""The built-in progress events (DESIGN section 4): ``workflow.update`` payloads.
+"""The built-in progress events (DESIGN section 4): ``workflow.update`` payloads, as schema
+models (what subscribers validate) and as the builders the engine makes them with.
 
 These are exactly the payloads of the Upstash Workflow + Realtime guide, so its frontend hook
-works unchanged. Extra fields (``stepType``, ``attempt``) are allowed and passed through.
+works unchanged. Extra fields (``stepType``, ``attempt``, ``willRetry``) are allowed and passed
+through.
+
+>>> run_start("wfr_1", 1700000000000).raw
+'{"type":"runStart","workflowRunId":"wfr_1","timestamp":1700000000000}'
 """
 
 from __future__ import annotations
@@ -9,6 +14,8 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from stepstream.records import Emit, RunState, StepRecord, dumps
 
 
 class _Update(BaseModel):
@@ -51,3 +58,71 @@ WorkflowUpdate = Annotated[
 """The schema leaf of ``workflow.update``: one of the five payloads, chosen by ``type``."""
 
 SCHEMA: dict[str, Any] = {"workflow": {"update": WorkflowUpdate}}
+
+
+# -- builders: the one place the engine's progress events are made --------------------------------
+#
+# Each returns the ``Emit`` that reports a state change, written in the same atomic unit as the
+# change. They build JSON text directly: a step's result is already JSON text (``step.out``) and
+# is spliced in rather than parsed and dumped again.
+
+EVENT = "workflow.update"
+STATUS: dict[RunState, Literal["success", "failed", "canceled"]] = {
+    RunState.SUCCESS: "success",
+    RunState.FAILED: "failed",
+    RunState.CANCELED: "canceled",
+}
+
+
+def run_start(run_id: str, at: int) -> Emit:
+    """``runStart``: the run was created at ``at`` (epoch ms)."""
+    return _emit(run_id, {"type": "runStart", "workflowRunId": run_id, "timestamp": at})
+
+
+def run_finish(run_id: str, at: int, state: RunState, error: str | None = None) -> Emit:
+    """``runFinish`` with ``status`` success / failed / canceled, and the error if any."""
+    fields: dict[str, Any] = {
+        "type": "runFinish",
+        "workflowRunId": run_id,
+        "timestamp": at,
+        "status": STATUS[state],
+    }
+    if error is not None:
+        fields["error"] = error
+    return _emit(run_id, fields)
+
+
+def step_start(run_id: str, step: StepRecord) -> Emit:
+    """``stepStart`` of ``step``, stamped with its ``started_at``."""
+    return _emit(run_id, _step("stepStart", run_id, step, step.started_at))
+
+
+def step_finish(run_id: str, step: StepRecord) -> Emit:
+    """``stepFinish`` of ``step`` with its result (``step.out``), stamped ``finished_at``."""
+    raw = dumps(_step("stepFinish", run_id, step, step.finished_at))
+    if step.out is not None:
+        raw = f'{raw[:-1]},"result":{step.out}}}'
+    return Emit(run_id, EVENT, raw)
+
+
+def step_fail(run_id: str, step: StepRecord, *, will_retry: bool) -> Emit:
+    """``stepFail`` of ``step`` with its error, and whether it will be retried."""
+    fields = _step("stepFail", run_id, step, step.finished_at)
+    fields["error"] = step.error or "failed"
+    fields["willRetry"] = will_retry
+    return _emit(run_id, fields)
+
+
+def _step(kind: str, run_id: str, step: StepRecord, at: int | None) -> dict[str, Any]:
+    return {
+        "type": kind,
+        "workflowRunId": run_id,
+        "timestamp": at if at is not None else step.started_at,
+        "stepName": step.name,
+        "stepType": step.type.value,
+        "attempt": step.attempts,
+    }
+
+
+def _emit(run_id: str, fields: dict[str, Any]) -> Emit:
+    return Emit(run_id, EVENT, dumps(fields))

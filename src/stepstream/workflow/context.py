@@ -17,6 +17,7 @@ import json
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from stepstream import events
 from stepstream.clock import Clock
 from stepstream.errors import (
     BackendError,
@@ -29,6 +30,7 @@ from stepstream.errors import (
     StepFailed,
 )
 from stepstream.records import (
+    Emit,
     Lease,
     RunRecord,
     StepRecord,
@@ -36,32 +38,15 @@ from stepstream.records import (
     StepType,
     dumps,
 )
+from stepstream.workflow.policy import RetryPolicy
+from stepstream.workflow.runtime import Cancel, Runtime, StorageInterrupted, Suspend
 
 if TYPE_CHECKING:
     from stepstream.realtime.channel import Channel
-    from stepstream.workflow.engine import Engine
 
 T = TypeVar("T")
 START_DELAY = 0.02
 FAILURE_POSITIONS = 1_000_000  # the failure function's own steps live past the run's
-
-
-class Suspend(BaseException):
-    """Control flow: the run must wait (a sleep, a retry delay, an event, a child run). A
-    ``BaseException`` so that a user's ``except Exception`` cannot swallow it."""
-
-    def __init__(self, wake_at: int | None) -> None:
-        self.wake_at = wake_at
-
-
-class Cancel(BaseException):
-    """Control flow: ``context.cancel()`` was called."""
-
-
-class StorageInterrupted(BaseException):
-    """Control flow: storage failed while the run was executing. The execution stops and hands
-    the run back to be resumed from its log: a storage error delays a run, it never fails it,
-    and user code cannot mistake it for a failure of its own (``except Exception``)."""
 
 
 class WorkflowContext:
@@ -75,7 +60,9 @@ class WorkflowContext:
     >>> #     return {"item": item, "approved": not timed_out}
     """
 
-    def __init__(self, run: RunRecord, engine: Engine, lease: Lease, clock: Clock) -> None:
+    def __init__(
+        self, run: RunRecord, runtime: Runtime, lease: Lease, clock: Clock, policy: RetryPolicy
+    ) -> None:
         self.workflow_run_id = run.id
         self.workflow_name = run.workflow
         self.request_payload: Any = json.loads(run.payload)
@@ -84,7 +71,8 @@ class WorkflowContext:
         self.lease = lease
         self.now = clock
         self._run = run
-        self._engine = engine
+        self._runtime = runtime
+        self._policy = policy
         self._recorded = {step.position: step for step in run.steps}
         self._position = FAILURE_POSITIONS if run.phase == "failure" else 0
         # Once set, every later step raises it again: an execution that lost its lease or
@@ -101,10 +89,7 @@ class WorkflowContext:
     @property
     def channel(self) -> Channel:
         """This run's realtime channel (named by the run id), for custom progress events."""
-        realtime = self._engine.realtime
-        if realtime is None:
-            raise RuntimeError("this Workflows has no Realtime: create it with Workflows(realtime)")
-        return realtime.channel(self.workflow_run_id)
+        return self._runtime.channel(self.workflow_run_id)
 
     # -- step methods ------------------------------------------------------------------------
 
@@ -142,7 +127,7 @@ class WorkflowContext:
             self._step_run,
             name,
             StepType.CALL,
-            self._engine.http_call,
+            self._runtime.http_call,
             (url, method, body, headers or {}, timeout),
             {},
         )
@@ -252,12 +237,12 @@ class WorkflowContext:
         return self._last_write
 
     async def _save(
-        self, step: StepRecord, event: dict[str, Any] | None, *, wait: bool, also: Any = None
+        self, step: StepRecord, update: Emit, *, wait: bool, also: Emit | None = None
     ) -> None:
         """Store ``step`` with the event reporting it (after ``also``, an earlier event not yet
         stored); with ``wait``, return once it is durable."""
         self._recorded[step.position] = step
-        emits = self._engine.emits(self._run.id, also) + self._engine.emits(self._run.id, event)
+        updates = [update] if also is None else [also, update]
         previous = self._last_write
         if wait and (previous is None or previous.done()):
             # Nothing queued before it: write directly, no task (and no copy: nothing can
@@ -265,15 +250,11 @@ class WorkflowContext:
             self._last_write = None
             if previous is not None:
                 previous.result()
-            await self._storage(
-                self._engine.backend.save_steps(self.lease, [step], emits, self._engine.policy)
-            )
+            await self._storage(self._runtime.save_steps(self.lease, [step], updates))
             return
         snapshot = dataclasses.replace(step)
         future = self._write(
-            lambda: self._storage(
-                self._engine.backend.save_steps(self.lease, [snapshot], emits, self._engine.policy)
-            )
+            lambda: self._storage(self._runtime.save_steps(self.lease, [snapshot], updates))
         )
         if wait:
             await future
@@ -317,7 +298,7 @@ class WorkflowContext:
             )
             # A step that ends within START_DELAY stores its start with its end: one write,
             # not two. A longer one stores (and streams) its start when the delay runs out.
-            start: list[dict[str, Any]] = [self._engine.step_event("stepStart", self._run.id, step)]
+            start = [events.step_start(self._run.id, step)]
 
             def store_start() -> None:
                 if start and step.state is StepState.PROGRESS:
@@ -327,7 +308,7 @@ class WorkflowContext:
             failure: Exception | None = None
             try:
                 if threaded:
-                    value = await self._engine.in_thread(fn, args, kwargs)
+                    value = await self._runtime.in_thread(fn, args, kwargs)
                     if inspect.isawaitable(value):  # a lambda returning a coroutine, say:
                         self._turn.release()  # awaiting it is not the thread's work
                         turn = False
@@ -342,7 +323,7 @@ class WorkflowContext:
                         f"JSON-serialisable ({exc}); return plain data (dict, list, str, int, "
                         "float, bool, None)"
                     ) from exc
-                self._engine.check_size(out, f"the result of step {name!r}")
+                self._runtime.check_size(out, f"the result of step {name!r}")
             except Exception as exc:
                 failure = exc
             finally:
@@ -355,36 +336,32 @@ class WorkflowContext:
             await self._step_failed(step, failure, start[0] if start else None)
             raise AssertionError("unreachable") from failure
         step.state, step.out, step.finished_at = StepState.SUCCESS, out, finished
-        finish = self._engine.step_event("stepFinish", self._run.id, step)
+        finish = events.step_finish(self._run.id, step)
         await self._save(step, finish, wait=True, also=start[0] if start else None)
         return json.loads(out)
 
-    def _write_soon(self, step: StepRecord, event: dict[str, Any]) -> None:
+    def _write_soon(self, step: StepRecord, update: Emit) -> None:
         snapshot = dataclasses.replace(step)
-        emits = self._engine.emits(self._run.id, event)
         self._write(
-            lambda: self._storage(
-                self._engine.backend.save_steps(self.lease, [snapshot], emits, self._engine.policy)
-            )
+            lambda: self._storage(self._runtime.save_steps(self.lease, [snapshot], [update]))
         )
 
     async def _step_failed(
-        self, step: StepRecord, exc: Exception, start: dict[str, Any] | None = None
+        self, step: StepRecord, exc: Exception, start: Emit | None = None
     ) -> None:
         """Record a failed attempt; raise ``Suspend`` (retry later) or ``StepFailed``."""
         message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        workflow = self._engine.registry.get(self.workflow_name)
+        policy = self._policy
         step.error, step.finished_at = message, self.now()
-        retry = not isinstance(exc, NonRetryableError) and step.attempts <= workflow.retries
+        retry = not isinstance(exc, NonRetryableError) and step.attempts <= policy.retries
         if retry:
-            delay = (
-                exc.seconds if isinstance(exc, RetryAfterError) else workflow.delay(step.attempts)
-            )
+            delay = exc.seconds if isinstance(exc, RetryAfterError) else policy.delay(step.attempts)
             step.state, step.wake_at = StepState.RETRY, self.now() + int(delay * 1000)
         else:
             step.state = StepState.FAILED
-        event = self._engine.step_event("stepFail", self._run.id, step, willRetry=retry)
-        await self._save(step, event, wait=True, also=start)
+        await self._save(
+            step, events.step_fail(self._run.id, step, will_retry=retry), wait=True, also=start
+        )
         if retry:
             raise self._suspend(step.wake_at)
         raise StepFailed(step.name, message, step.attempts) from exc
@@ -407,13 +384,13 @@ class WorkflowContext:
         step = StepRecord(
             position, name, type, StepState.PROGRESS, attempts=1, started_at=self.now(), **fields
         )
-        await self._save(step, self._engine.step_event("stepStart", self._run.id, step), wait=True)
+        await self._save(step, events.step_start(self._run.id, step), wait=True)
         return step
 
     async def _complete(self, step: StepRecord, out: str | None) -> None:
         """Record a step as succeeded with ``out``, with its ``stepFinish`` event."""
         step.state, step.out, step.finished_at = StepState.SUCCESS, out, self.now()
-        await self._save(step, self._engine.step_event("stepFinish", self._run.id, step), wait=True)
+        await self._save(step, events.step_finish(self._run.id, step), wait=True)
 
     async def _step_wait(
         self, position: int, name: str, type: StepType, event_id: str, seconds: float
@@ -433,16 +410,8 @@ class WorkflowContext:
             )
             self._recorded[position] = step
             await self._settle_writes()
-            data = await self._storage(
-                self._engine.backend.wait_event(
-                    self.lease,
-                    step,
-                    self._engine.emits(
-                        self._run.id, self._engine.step_event("stepStart", self._run.id, step)
-                    ),
-                    self._engine.policy,
-                )
-            )
+            update = events.step_start(self._run.id, step)
+            data = await self._storage(self._runtime.wait_event(self.lease, step, [update]))
             if data is None:
                 raise self._suspend(step.wake_at)
             step.out, step.resolved = data, True
@@ -464,7 +433,7 @@ class WorkflowContext:
     ) -> Any:
         step = self._recorded_step(position, name, type)
         if step is None:
-            step = await self._begin(position, name, type, child=self._engine.new_run_id())
+            step = await self._begin(position, name, type, child=self._runtime.new_run_id())
         if step.state is StepState.SUCCESS:
             return json.loads(step.out or "null")
         if step.state is StepState.FAILED:
@@ -472,7 +441,7 @@ class WorkflowContext:
         assert step.child is not None
         if not step.resolved:
             await self._storage(
-                self._engine.ensure_child(self._run, position, step.child, workflow, body)
+                self._runtime.start_child(self._run, position, step.child, workflow, body)
             )
             raise self._suspend(None)
         outcome = json.loads(step.out or "{}")
@@ -481,16 +450,12 @@ class WorkflowContext:
             return json.loads(step.out or "null")
         step.finished_at = self.now()
         step.state, step.error = StepState.FAILED, outcome.get("error") or outcome.get("state")
-        await self._save(
-            step,
-            self._engine.step_event("stepFail", self._run.id, step, willRetry=False),
-            wait=True,
-        )
+        await self._save(step, events.step_fail(self._run.id, step, will_retry=False), wait=True)
         raise ChildRunFailed(step.child, str(outcome.get("state")), step.error)
 
     async def _notify(self, event_id: str, data: Any) -> int:
         try:
-            woken: int = await self._storage(self._engine.notify(event_id, data))
+            woken: int = await self._storage(self._runtime.notify(event_id, data))
         except NoWaiters:
             return 0  # nobody waiting is the answer, not a failure to retry
         return woken

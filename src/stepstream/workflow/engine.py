@@ -1,7 +1,9 @@
-"""The engine: start runs, execute one claimed run (replay + new steps), finish or suspend it.
+"""The engine: a registry's runs on a store. It starts, notifies and cancels runs, wakes
+workers, and is the ``Runtime`` each executing context writes through (``workflow/runtime.py``);
+``workflow/execution.py`` executes one claimed run with it.
 
 Every state change goes to the backend together with the ``workflow.update`` event that
-reports it (DESIGN §4), in one atomic unit.
+reports it (DESIGN §4, built in ``events.py``), in one atomic unit.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ import asyncio
 import contextlib
 import contextvars
 import functools
-import inspect
 import json
 import logging
 import re
@@ -21,43 +22,30 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 
+from stepstream import events
 from stepstream.clock import Clock, system_ms
 from stepstream.errors import (
-    BackendError,
     ConfigurationError,
-    LeaseLost,
     NonRetryableError,
     NoWaiters,
     RunConflict,
-    StepFailed,
     StepstreamError,
-    UnknownWorkflow,
     ValidationError,
-    WorkflowFailed,
 )
 from stepstream.records import Emit, HistoryPolicy, Lease, RunRecord, RunState, StepRecord, dumps
-from stepstream.workflow.context import (
-    Cancel,
-    StorageInterrupted,
-    Suspend,
-    WorkflowContext,
-)
 
 if TYPE_CHECKING:
     from stepstream.backends.base import Backend
-    from stepstream.realtime.channel import Realtime
-    from stepstream.workflow.registry import Registry, Workflow
+    from stepstream.realtime.channel import Channel, Realtime
+    from stepstream.workflow.registry import Registry
 
 RUN_ID = re.compile(r"[A-Za-z0-9_\-]{1,128}")
 PARK_SECONDS = 30  # how often a stuck run (non-determinism, unknown workflow) is looked at again
-HAND_BACK_SECONDS = 10.0  # how long a run is offered back after a storage error
 STEP_THREADS = 64  # synchronous step bodies running at once, per process
 PRIVATE_RESPONSE_HEADERS = frozenset(
     {"set-cookie", "set-cookie2", "www-authenticate", "proxy-authenticate", "authorization"}
 )
 log = logging.getLogger("stepstream.engine")
-RAW_RESULT = "\x00result"  # a step event's result, still as JSON text (see ``emits``)
-STATUS = {RunState.SUCCESS: "success", RunState.FAILED: "failed", RunState.CANCELED: "canceled"}
 
 
 def run_id_from(value: str | None) -> str:
@@ -175,33 +163,22 @@ class Engine:
         with contextlib.suppress(StepstreamError):  # best effort: workers also poll
             await self.backend.wake_workers()
 
-    # -- events ------------------------------------------------------------------------------
+    # -- the Runtime of a context (see ``workflow/runtime.py``) ------------------------------
 
-    def emits(self, run_id: str, event: dict[str, Any] | None) -> list[Emit]:
-        if event is None or self.realtime is None:
-            return []
-        result = event.pop(RAW_RESULT, None)
-        raw = dumps(event)
-        if result is not None:  # already JSON text: splice it in rather than parse and re-dump
-            raw = f'{raw[:-1]},"result":{result}}}'
-        return [Emit(run_id, "workflow.update", raw)]
+    def reported(self, updates: list[Emit]) -> list[Emit]:
+        """The progress events to store with a change: none without a realtime."""
+        return updates if self.realtime is not None else []
 
-    def step_event(self, kind: str, run_id: str, step: StepRecord, **extra: Any) -> dict[str, Any]:
-        event: dict[str, Any] = {
-            "type": kind,
-            "workflowRunId": run_id,
-            "timestamp": (step.started_at if kind == "stepStart" else step.finished_at)
-            or self.clock(),
-            "stepName": step.name,
-            "stepType": step.type.value,
-            "attempt": step.attempts,
-        }
-        if kind == "stepFinish" and step.out is not None:
-            event[RAW_RESULT] = step.out
-        if kind == "stepFail":
-            event["error"] = step.error or "failed"
-        event.update(extra)
-        return event
+    def channel(self, run_id: str) -> Channel:
+        if self.realtime is None:
+            raise RuntimeError("this Workflows has no Realtime: create it with Workflows(realtime)")
+        return self.realtime.channel(run_id)
+
+    async def save_steps(self, lease: Lease, steps: list[StepRecord], updates: list[Emit]) -> None:
+        await self.backend.save_steps(lease, steps, self.reported(updates), self.policy)
+
+    async def wait_event(self, lease: Lease, step: StepRecord, updates: list[Emit]) -> str | None:
+        return await self.backend.wait_event(lease, step, self.reported(updates), self.policy)
 
     # -- starting, notifying, canceling ---------------------------------------------------------
 
@@ -235,12 +212,12 @@ class Engine:
             parent=parent,
             parent_position=parent_position,
         )
-        start = {"type": "runStart", "workflowRunId": run_id, "timestamp": now}
-        await self.backend.create_run(run, self.emits(run_id, start), self.policy)
+        update = self.reported([events.run_start(run_id, now)])
+        await self.backend.create_run(run, update, self.policy)
         self.wake(due)
         return run_id
 
-    async def ensure_child(
+    async def start_child(
         self, parent: RunRecord, position: int, child: str, workflow: str, body: Any
     ) -> None:
         with contextlib.suppress(RunConflict):  # created on an earlier attempt
@@ -261,226 +238,8 @@ class Engine:
 
     async def cancel(self, run_id: str) -> None:
         now = self.clock()
-        event = {"type": "runFinish", "workflowRunId": run_id, "timestamp": now}
-        event.update(status="canceled", error="canceled")
-        await self.backend.cancel_run(run_id, now, self.emits(run_id, event), self.policy)
-
-    # -- executing a claimed run ------------------------------------------------------------------
-
-    async def execute(self, run: RunRecord, lease: Lease, clock: Clock = system_ms) -> None:
-        """Replay ``run`` from the top once, running its new steps, until it finishes or
-        suspends, under ``lease`` (every write is fenced by it). Never raises for the run's own
-        failures: they become its state. A lost lease ends the execution quietly; a storage
-        failure hands the run back to be resumed, it never fails it."""
-        context = WorkflowContext(run, self, lease, clock)
-        try:
-            try:
-                definition = self.registry.get(run.workflow)
-            except UnknownWorkflow as exc:  # workers claim only what they know; a race left
-                await self._park(context, str(exc))
-                return
-            if run.phase == "failure":
-                await self._failure_phase(context, definition)
-            else:
-                await self._run_phase(context, definition)
-        except LeaseLost:
-            return  # canceled, or claimed again by a newer execution: that one owns the run
-        except (StorageInterrupted, BackendError) as exc:
-            # A step's write (StorageInterrupted) or the engine's own (finish, release) failed:
-            # whether or not it was applied, the log says where the run is. Resume from there.
-            log.warning("run %s: storage failed (%s); handing it back to resume", run.id, exc)
-            await self._hand_back(context)
-        except asyncio.CancelledError:
-            # The worker is stopping: let the run go so another worker resumes it at once.
-            with contextlib.suppress(Exception, LeaseLost):
-                await asyncio.shield(self.backend.release_run(lease, clock(), {}, [], self.policy))
-            raise
-
-    async def _hand_back(self, context: WorkflowContext) -> None:
-        """Release the run to be resumed now, retrying while storage is down; if that never
-        works, the lease expires and another claim resumes it all the same."""
-        delay = 0.1
-        deadline = asyncio.get_running_loop().time() + HAND_BACK_SECONDS
-        while True:
-            try:
-                await self.backend.release_run(context.lease, context.now(), {}, [], self.policy)
-                self.wake()
-                return
-            except LeaseLost:
-                return
-            except StepstreamError as exc:
-                if asyncio.get_running_loop().time() + delay > deadline:
-                    log.warning(
-                        "run %s: cannot hand back (%s); its lease will expire",
-                        context.lease.run_id,
-                        exc,
-                    )
-                    return
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
-
-    async def _diverged(self, context: WorkflowContext) -> bool:
-        """Before acting on how the workflow function ended: re-raise a lost lease or storage
-        failure, and park a replay that diverged (whatever the function did with the error)."""
-        context.raise_if_interrupted()
-        if context.nondeterminism is None:
-            return False
-        await self._park(context, str(context.nondeterminism))
-        return True
-
-    async def _park(self, context: WorkflowContext, message: str) -> None:
-        """The code cannot replay this run (another version recorded it, or it is not
-        registered here): keep it, visibly, and look again later. A deploy that fixes the code
-        lets it continue; ``cancel`` ends it. Failing it would throw away its completed steps."""
-        log.error(
-            "run %s is stuck: %s (looked at again every %gs)",
-            context.lease.run_id,
-            message,
-            self.park_seconds,
-        )
-        patch = {"error": message} if context.record.phase == "run" else {}
-        due = context.now() + int(self.park_seconds * 1000)
-        await self.backend.release_run(context.lease, due, patch, [], self.policy, hold=True)
-
-    async def _run_phase(self, context: WorkflowContext, definition: Workflow) -> None:
-        run = context.record
-        if run.timeout_at is not None and run.timeout_at <= context.now():
-            # Resumed past the deadline: a replay that suspends without ever yielding to the
-            # loop would never let the timer below fire, and the run would be retaken forever.
-            message = f"run timed out after {definition.timeout:g}s"
-            await self._fail(context, definition, WorkflowFailed(message))
-            return
-        loop = asyncio.get_running_loop()
-        deadline = None
-        if run.timeout_at is not None:
-            deadline = loop.time() + (run.timeout_at - context.now()) / 1000
-        timer = asyncio.timeout_at(deadline)
-        try:
-            try:
-                async with timer:
-                    result = await definition.fn(context)
-            finally:
-                await context.settle()
-        except Suspend:
-            patch = {"error": None} if run.error is not None else {}  # no longer stuck
-            await self._wait(context, run.timeout_at, patch)
-            return
-        except Cancel:
-            await self._cancel(context)
-            return
-        except BackendError as exc:
-            # From the workflow's own code outside a step (a custom emit, say): storage, not
-            # the workflow, failed. Resume later rather than fail the run.
-            raise StorageInterrupted(str(exc)) from exc
-        except StepFailed as exc:
-            outcome: WorkflowFailed | None = WorkflowFailed(str(exc), exc.step)
-        except TimeoutError as exc:
-            if timer.expired():
-                message = f"run timed out after {definition.timeout:g}s"
-            else:
-                message = f"{type(exc).__name__}: {exc}"
-            outcome = WorkflowFailed(message)
-        except Exception as exc:
-            outcome = WorkflowFailed(_describe(exc))
-        else:
-            outcome = None
-        if await self._diverged(context):
-            return
-        if outcome is not None:
-            await self._fail(context, definition, outcome)
-            return
-        try:
-            out = to_json(result, f"the return value of workflow {run.workflow!r}")
-            self.check_size(out, f"the return value of workflow {run.workflow!r}")
-        except ValidationError as exc:
-            await self._fail(context, definition, WorkflowFailed(str(exc)))
-            return
-        await self._finish(context, RunState.SUCCESS, out, None)
-
-    async def _fail(
-        self, context: WorkflowContext, definition: Workflow, failure: WorkflowFailed
-    ) -> None:
-        if definition.failure_function is None:
-            await self._finish(context, RunState.FAILED, None, failure.message)
-            return
-        patch = {"phase": "failure", "error": failure.message, "failed_step": failure.step}
-        await self.backend.release_run(context.lease, context.now(), patch, [], self.policy)
-        self.wake()
-
-    async def _failure_phase(self, context: WorkflowContext, definition: Workflow) -> None:
-        run = context.record
-        error = run.error or "failed"
-        if definition.failure_function is None:  # a deploy removed it: nothing left to run
-            await self._finish(context, RunState.FAILED, None, error)
-            return
-        try:
-            try:
-                outcome = definition.failure_function(
-                    context, WorkflowFailed(error, run.failed_step)
-                )
-                if inspect.isawaitable(outcome):
-                    await outcome
-            finally:
-                await context.settle()
-        except Suspend:
-            await self._wait(context, None, {})
-            return
-        except Cancel:
-            await self._cancel(context)
-            return
-        except BackendError as exc:
-            raise StorageInterrupted(str(exc)) from exc
-        except Exception as exc:
-            if await self._diverged(context):
-                return
-            attempts = run.failure_attempts + 1
-            if attempts <= definition.retries:
-                due = context.now() + int(definition.delay(attempts) * 1000)
-                patch = {"failure_attempts": attempts}
-                await self.backend.release_run(context.lease, due, patch, [], self.policy)
-                self.wake(due)
-                return
-            error = f"{error} (and the failure function failed: {_describe(exc)})"
-        if await self._diverged(context):
-            return
-        await self._finish(context, RunState.FAILED, None, error)
-
-    async def _wait(
-        self, context: WorkflowContext, timeout_at: int | None, patch: dict[str, Any]
-    ) -> None:
-        """The function suspended (a sleep, a retry delay, an event, a child run): give the run
-        up until its earliest wake-up."""
-        if await self._diverged(context):
-            return
-        due = _earliest(context.wakes, timeout_at)
-        await self.backend.release_run(context.lease, due, patch, [], self.policy)
-        if due is not None:
-            self.wake(due)
-
-    async def _cancel(self, context: WorkflowContext) -> None:
-        """``context.cancel()`` was called."""
-        if await self._diverged(context):
-            return
-        await self._finish(context, RunState.CANCELED, None, "canceled")
-
-    async def _finish(
-        self, context: WorkflowContext, state: RunState, result: str | None, error: str | None
-    ) -> None:
-        now = context.now()
-        run_id = context.lease.run_id
-        event: dict[str, Any] = {
-            "type": "runFinish",
-            "workflowRunId": run_id,
-            "timestamp": now,
-            "status": STATUS[state],
-        }
-        if error is not None:
-            event["error"] = error
-        await self.backend.finish_run(
-            context.lease, state.value, result, error, now, self.emits(run_id, event), self.policy
-        )
-        if context.record.parent is not None:
-            self.wake()
+        update = self.reported([events.run_finish(run_id, now, RunState.CANCELED, "canceled")])
+        await self.backend.cancel_run(run_id, now, update, self.policy)
 
     # -- step bodies ------------------------------------------------------------------------
 
@@ -537,14 +296,3 @@ class Engine:
         if self._threads is not None:
             self._threads.shutdown(wait=False, cancel_futures=True)
             self._threads = None
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-
-
-def _earliest(wakes: list[int | None], timeout_at: int | None) -> int | None:
-    times = [w for w in wakes if w is not None]
-    if timeout_at is not None:
-        times.append(timeout_at)
-    return min(times) if times else None

@@ -6,12 +6,12 @@ Where runs are stored and who executes them is composed on top of it, in
 
 from __future__ import annotations
 
-import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from stepstream.errors import ConfigurationError, UnknownWorkflow
+from stepstream.workflow.policy import Backoff, RetryDelay, RetryPolicy
 
 if TYPE_CHECKING:
     from stepstream.workflow.context import WorkflowContext
@@ -19,28 +19,6 @@ if TYPE_CHECKING:
 WorkflowFn = Callable[["WorkflowContext"], Awaitable[Any]]
 FailureFn = Callable[["WorkflowContext", BaseException], Awaitable[Any] | Any]
 F = TypeVar("F", bound=WorkflowFn)
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Exponential backoff with jitter: attempt n waits ``initial * factor**(n-1)`` seconds,
-    at most ``maximum``, times a random factor in ``[1 - jitter, 1]``.
-
-    >>> Backoff(initial=1, factor=2, jitter=0).delay(3)
-    4.0
-    """
-
-    initial: float = 1.0
-    factor: float = 2.0
-    maximum: float = 300.0
-    jitter: float = 0.2
-
-    def delay(self, attempt: int) -> float:
-        base = min(self.maximum, self.initial * self.factor ** max(0, attempt - 1))
-        return float(base * (1 - self.jitter * random.random()))
-
-
-RetryDelay = Backoff | Callable[[int], float] | float
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,13 +32,14 @@ class Workflow:
     failure_function: FailureFn | None
     timeout: float | None
 
+    @property
+    def policy(self) -> RetryPolicy:
+        """How its failing steps (and its failure function) are retried."""
+        return RetryPolicy(self.retries, self.retry_delay)
+
     def delay(self, attempt: int) -> float:
         """Seconds to wait before retry number ``attempt`` (1-based)."""
-        if isinstance(self.retry_delay, Backoff):
-            return self.retry_delay.delay(attempt)
-        if callable(self.retry_delay):
-            return float(self.retry_delay(attempt))
-        return float(self.retry_delay)
+        return self.policy.delay(attempt)
 
 
 class Registry:

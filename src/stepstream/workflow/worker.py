@@ -14,6 +14,7 @@ from stepstream.clock import Clock, system_ms
 from stepstream.errors import BackendError, LeaseLost
 from stepstream.records import Lease
 from stepstream.workflow.engine import Engine, HasEngine, engine_of
+from stepstream.workflow.execution import execute
 
 if TYPE_CHECKING:
     from stepstream.records import RunRecord
@@ -183,7 +184,7 @@ class Worker:
 
     async def _execute(self, run: RunRecord, lease: Lease) -> None:
         try:
-            await self.engine.execute(run, lease, self._clock)
+            await execute(self.engine, run, lease, self._clock)
         except Exception:
             log.exception("run %s: unexpected engine error", run.id)
         finally:

@@ -1,0 +1,265 @@
+"""Executing one claimed run: replay the workflow function from the top once, then record how
+it ended — finished, suspended until its earliest wake-up, failed over to its failure function,
+parked, or handed back after a storage failure.
+
+The worker calls ``execute``; the engine provides storage and events (it is the context's
+``Runtime``); this module decides what a run's ending means.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+from typing import Any
+
+from stepstream import events
+from stepstream.clock import Clock
+from stepstream.errors import (
+    BackendError,
+    LeaseLost,
+    StepFailed,
+    StepstreamError,
+    UnknownWorkflow,
+    ValidationError,
+    WorkflowFailed,
+)
+from stepstream.records import Lease, RunRecord, RunState
+from stepstream.workflow.context import WorkflowContext
+from stepstream.workflow.engine import Engine, to_json
+from stepstream.workflow.policy import RetryPolicy
+from stepstream.workflow.registry import Workflow
+from stepstream.workflow.runtime import Cancel, StorageInterrupted, Suspend
+
+HAND_BACK_SECONDS = 10.0  # how long a run is offered back after a storage error
+_NO_RETRIES = RetryPolicy(retries=0)  # a run whose workflow is unknown here runs no step
+log = logging.getLogger("stepstream.engine")
+
+
+async def execute(engine: Engine, run: RunRecord, lease: Lease, clock: Clock) -> None:
+    """Replay ``run`` from the top once, running its new steps, until it finishes or
+    suspends, under ``lease`` (every write is fenced by it). Never raises for the run's own
+    failures: they become its state. A lost lease ends the execution quietly; a storage
+    failure hands the run back to be resumed, it never fails it."""
+    try:
+        definition = engine.registry.get(run.workflow)
+    except UnknownWorkflow as exc:  # workers claim only what they know; a race left
+        definition = None
+        problem: str | None = str(exc)
+    else:
+        problem = None
+    policy = definition.policy if definition is not None else None
+    context = WorkflowContext(run, engine, lease, clock, policy or _NO_RETRIES)
+    execution = Execution(engine, context)
+    try:
+        if definition is None:
+            await execution.park(problem or "unknown workflow")
+        elif run.phase == "failure":
+            await execution.failure_phase(definition)
+        else:
+            await execution.run_phase(definition)
+    except LeaseLost:
+        return  # canceled, or claimed again by a newer execution: that one owns the run
+    except (StorageInterrupted, BackendError) as exc:
+        # A step's write (StorageInterrupted) or the engine's own (finish, release) failed:
+        # whether or not it was applied, the log says where the run is. Resume from there.
+        log.warning("run %s: storage failed (%s); handing it back to resume", run.id, exc)
+        await execution.hand_back()
+    except asyncio.CancelledError:
+        # The worker is stopping: let the run go so another worker resumes it at once.
+        with contextlib.suppress(Exception, LeaseLost):
+            await asyncio.shield(execution.release(clock(), {}))
+        raise
+
+
+class Execution:
+    """The ending of one execution of a run, recorded under its lease."""
+
+    def __init__(self, engine: Engine, context: WorkflowContext) -> None:
+        self.engine = engine
+        self.context = context
+        self.lease = context.lease
+        self.run = context.record
+
+    async def release(self, due: int | None, patch: dict[str, Any], *, hold: bool = False) -> None:
+        engine = self.engine
+        await engine.backend.release_run(self.lease, due, patch, [], engine.policy, hold=hold)
+
+    async def run_phase(self, definition: Workflow) -> None:
+        context, run = self.context, self.run
+        if run.timeout_at is not None and run.timeout_at <= context.now():
+            # Resumed past the deadline: a replay that suspends without ever yielding to the
+            # loop would never let the timer below fire, and the run would be retaken forever.
+            message = f"run timed out after {definition.timeout:g}s"
+            await self.fail(definition, WorkflowFailed(message))
+            return
+        deadline = None
+        if run.timeout_at is not None:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + (run.timeout_at - context.now()) / 1000
+        timer = asyncio.timeout_at(deadline)
+        try:
+            try:
+                async with timer:
+                    result = await definition.fn(context)
+            finally:
+                await context.settle()
+        except Suspend:
+            patch = {"error": None} if run.error is not None else {}  # no longer stuck
+            await self.wait(run.timeout_at, patch)
+            return
+        except Cancel:
+            await self.cancel()
+            return
+        except BackendError as exc:
+            # From the workflow's own code outside a step (a custom emit, say): storage, not
+            # the workflow, failed. Resume later rather than fail the run.
+            raise StorageInterrupted(str(exc)) from exc
+        except StepFailed as exc:
+            outcome: WorkflowFailed | None = WorkflowFailed(str(exc), exc.step)
+        except TimeoutError as exc:
+            if timer.expired():
+                message = f"run timed out after {definition.timeout:g}s"
+            else:
+                message = f"{type(exc).__name__}: {exc}"
+            outcome = WorkflowFailed(message)
+        except Exception as exc:
+            outcome = WorkflowFailed(_describe(exc))
+        else:
+            outcome = None
+        if await self.diverged():
+            return
+        if outcome is not None:
+            await self.fail(definition, outcome)
+            return
+        what = f"the return value of workflow {run.workflow!r}"
+        try:
+            out = to_json(result, what)
+            self.engine.check_size(out, what)
+        except ValidationError as exc:
+            await self.fail(definition, WorkflowFailed(str(exc)))
+            return
+        await self.finish(RunState.SUCCESS, out, None)
+
+    async def fail(self, definition: Workflow, failure: WorkflowFailed) -> None:
+        if definition.failure_function is None:
+            await self.finish(RunState.FAILED, None, failure.message)
+            return
+        patch = {"phase": "failure", "error": failure.message, "failed_step": failure.step}
+        await self.release(self.context.now(), patch)
+        self.engine.wake()
+
+    async def failure_phase(self, definition: Workflow) -> None:
+        context, run = self.context, self.run
+        error = run.error or "failed"
+        if definition.failure_function is None:  # a deploy removed it: nothing left to run
+            await self.finish(RunState.FAILED, None, error)
+            return
+        try:
+            try:
+                outcome = definition.failure_function(
+                    context, WorkflowFailed(error, run.failed_step)
+                )
+                if inspect.isawaitable(outcome):
+                    await outcome
+            finally:
+                await context.settle()
+        except Suspend:
+            await self.wait(None, {})
+            return
+        except Cancel:
+            await self.cancel()
+            return
+        except BackendError as exc:
+            raise StorageInterrupted(str(exc)) from exc
+        except Exception as exc:
+            if await self.diverged():
+                return
+            attempts = run.failure_attempts + 1
+            if attempts <= definition.retries:
+                due = context.now() + int(definition.delay(attempts) * 1000)
+                await self.release(due, {"failure_attempts": attempts})
+                self.engine.wake(due)
+                return
+            error = f"{error} (and the failure function failed: {_describe(exc)})"
+        if await self.diverged():
+            return
+        await self.finish(RunState.FAILED, None, error)
+
+    async def wait(self, timeout_at: int | None, patch: dict[str, Any]) -> None:
+        """The function suspended (a sleep, a retry delay, an event, a child run): give the run
+        up until its earliest wake-up."""
+        if await self.diverged():
+            return
+        due = _earliest(self.context.wakes, timeout_at)
+        await self.release(due, patch)
+        if due is not None:
+            self.engine.wake(due)
+
+    async def cancel(self) -> None:
+        """``context.cancel()`` was called."""
+        if await self.diverged():
+            return
+        await self.finish(RunState.CANCELED, None, "canceled")
+
+    async def finish(self, state: RunState, result: str | None, error: str | None) -> None:
+        engine = self.engine
+        now = self.context.now()
+        update = engine.reported([events.run_finish(self.lease.run_id, now, state, error)])
+        await engine.backend.finish_run(
+            self.lease, state.value, result, error, now, update, engine.policy
+        )
+        if self.run.parent is not None:
+            engine.wake()
+
+    async def diverged(self) -> bool:
+        """Before acting on how the workflow function ended: re-raise a lost lease or storage
+        failure, and park a replay that diverged (whatever the function did with the error)."""
+        self.context.raise_if_interrupted()
+        if self.context.nondeterminism is None:
+            return False
+        await self.park(str(self.context.nondeterminism))
+        return True
+
+    async def park(self, message: str) -> None:
+        """The code cannot replay this run (another version recorded it, or it is not
+        registered here): keep it, visibly, and look again later. A deploy that fixes the code
+        lets it continue; ``cancel`` ends it. Failing it would throw away its completed steps."""
+        seconds = self.engine.park_seconds
+        log.error("run %s is stuck: %s (looked at again every %gs)", self.run.id, message, seconds)
+        patch = {"error": message} if self.run.phase == "run" else {}
+        await self.release(self.context.now() + int(seconds * 1000), patch, hold=True)
+
+    async def hand_back(self) -> None:
+        """Release the run to be resumed now, retrying while storage is down; if that never
+        works, the lease expires and another claim resumes it all the same."""
+        loop = asyncio.get_running_loop()
+        delay = 0.1
+        deadline = loop.time() + HAND_BACK_SECONDS
+        while True:
+            try:
+                await self.release(self.context.now(), {})
+                self.engine.wake()
+                return
+            except LeaseLost:
+                return
+            except StepstreamError as exc:
+                if loop.time() + delay > deadline:
+                    log.warning(
+                        "run %s: cannot hand back (%s); its lease will expire", self.run.id, exc
+                    )
+                    return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _earliest(wakes: list[int | None], timeout_at: int | None) -> int | None:
+    times = [w for w in wakes if w is not None]
+    if timeout_at is not None:
+        times.append(timeout_at)
+    return min(times) if times else None

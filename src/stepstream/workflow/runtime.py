@@ -1,0 +1,83 @@
+"""What a ``WorkflowContext`` needs from the engine executing it, and the control-flow signals
+its step methods raise.
+
+The dependency is one way: the engine imports the context and implements ``Runtime``; the
+context knows only this protocol. A new step kind is a context method built on these calls;
+it needs a new member here only if it needs a new kind of storage operation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from stepstream.records import Emit, Lease, RunRecord, StepRecord
+
+if TYPE_CHECKING:
+    from stepstream.realtime.channel import Channel
+
+
+class Suspend(BaseException):
+    """Control flow: the run must wait (a sleep, a retry delay, an event, a child run). A
+    ``BaseException`` so that a user's ``except Exception`` cannot swallow it."""
+
+    def __init__(self, wake_at: int | None) -> None:
+        self.wake_at = wake_at
+
+
+class Cancel(BaseException):
+    """Control flow: ``context.cancel()`` was called."""
+
+
+class StorageInterrupted(BaseException):
+    """Control flow: storage failed while the run was executing. The execution stops and hands
+    the run back to be resumed from its log: a storage error delays a run, it never fails it,
+    and user code cannot mistake it for a failure of its own (``except Exception``)."""
+
+
+class Runtime(Protocol):
+    """The engine, as the context of one execution sees it. Every write is fenced by the
+    execution's ``Lease``; ``updates`` are the progress events reporting the change (the
+    runtime drops them when the registry has no realtime)."""
+
+    def channel(self, run_id: str) -> Channel:
+        """The run's realtime channel; ``RuntimeError`` when there is no realtime."""
+        ...
+
+    async def save_steps(self, lease: Lease, steps: list[StepRecord], updates: list[Emit]) -> None:
+        """Store ``steps`` (by position) and append ``updates``, atomically."""
+        ...
+
+    async def wait_event(self, lease: Lease, step: StepRecord, updates: list[Emit]) -> str | None:
+        """Store the waiting ``step``; the event data (JSON text) if it was already sent."""
+        ...
+
+    async def start_child(
+        self, parent: RunRecord, position: int, child: str, workflow: str, body: Any
+    ) -> None:
+        """Create the child run ``child`` of an invoke step (once: a retry finds it exists)."""
+        ...
+
+    async def notify(self, event_id: str, data: Any) -> int:
+        """Resolve every wait for ``event_id``; how many there were (``NoWaiters`` if none)."""
+        ...
+
+    async def in_thread(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """Run a synchronous step body off the event loop."""
+        ...
+
+    async def http_call(
+        self, url: str, method: str, body: Any, headers: dict[str, str], seconds: float
+    ) -> dict[str, Any]:
+        """The body of a durable HTTP call: ``{"status", "headers", "body"}``."""
+        ...
+
+    def check_size(self, out: str, what: str) -> None:
+        """``NonRetryableError`` if a result (JSON text) is over the configured limit."""
+        ...
+
+    def new_run_id(self) -> str:
+        """A fresh run id (for a child run)."""
+        ...
