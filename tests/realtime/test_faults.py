@@ -13,8 +13,9 @@ from urllib.parse import urlsplit
 import pytest
 
 from stepstream import CursorUnavailable, HistoryPolicy, Message, Realtime
-from stepstream.realtime.hub import Connected, Feed, Gap, Item, Start, Stream
+from stepstream.realtime.hub import Feed
 from stepstream.realtime.sse import RECONNECT_JITTER, reconnect_after
+from stepstream.realtime.stream import Connected, Gap, Item, Start, Stream
 from stepstream.records import parse_cursor
 from tests.realtime.tcp_proxy import Proxy
 

@@ -10,7 +10,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 from stepstream import CursorUnavailable, HistoryPolicy, Message, Realtime, ValidationError
-from stepstream.realtime.hub import Start
+from stepstream.realtime.stream import Start
 
 pytestmark = pytest.mark.anyio
 

@@ -12,8 +12,9 @@ from typing import Any
 from stepstream.auth import TokenSigner
 from stepstream.backends import Backend, backend_from_url
 from stepstream.errors import ConfigurationError, StepstreamError, ValidationError
-from stepstream.realtime.hub import Hub, Start, Stream
+from stepstream.realtime.hub import Hub
 from stepstream.realtime.schema import EventSchema, Schema
+from stepstream.realtime.stream import Start, Stream
 from stepstream.records import HistoryPolicy, Message, parse_cursor
 
 MAX_CHANNEL_NAME = 200

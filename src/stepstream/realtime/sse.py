@@ -35,7 +35,7 @@ from stepstream.auth import bearer, channel_refusal
 from stepstream.clock import system_ms
 from stepstream.errors import StepstreamError, ValidationError
 from stepstream.realtime.channel import Realtime, check_channel_name
-from stepstream.realtime.hub import Connected, Gap, Item, Start, Stream
+from stepstream.realtime.stream import Connected, Gap, Item, Start, Stream
 from stepstream.records import Message, parse_cursor
 
 Dialect = Literal["v0", "v1", "native"]
