@@ -310,14 +310,14 @@ async def served(
     backend_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> AsyncIterator[Served]:
     """The app as ``stepstream dev`` serves it (its uvicorn protocol), with short bounds."""
-    from stepstream import cli
+    from stepstream.server import protocol
 
-    monkeypatch.setattr(cli, "HEADER_TIMEOUT", HEAD_TIMEOUT)
+    monkeypatch.setattr(protocol, "HEADER_TIMEOUT", HEAD_TIMEOUT)
     monkeypatch.setattr(Guard, "body_timeout", BODY_TIMEOUT)
     target = await build(backend_url, None)
     port = free_port()
     config = uvicorn.Config(
-        target.app, host="127.0.0.1", port=port, http=cli._http_protocol(), log_level="error"
+        target.app, host="127.0.0.1", port=port, http=protocol.BoundedHttp, log_level="error"
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

@@ -285,6 +285,28 @@ class WorkflowContext:
             ):
                 raise self._suspend(step.wake_at)
         attempt = (step.attempts if step is not None else 0) + 1
+        step = StepRecord(position, name, type, StepState.PROGRESS, attempts=attempt)
+        start: list[Emit] = []  # the stepStart event, while it is not stored yet
+        try:
+            out = await self._attempt(step, start, fn, args, kwargs)
+        except Exception as exc:
+            await self._step_failed(step, exc, start[0] if start else None)
+            raise AssertionError("unreachable") from exc
+        step.state, step.out = StepState.SUCCESS, out
+        finish = events.step_finish(self._run.id, step)
+        await self._save(step, finish, wait=True, also=start[0] if start else None)
+        return json.loads(out)
+
+    async def _attempt(
+        self,
+        step: StepRecord,
+        start: list[Emit],
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> str:
+        """Run one attempt of a step body; its result as JSON text. Stamps the step's start
+        and end, and puts its ``stepStart`` event in ``start`` until that is stored."""
         threaded = not inspect.iscoroutinefunction(fn)
         if threaded:
             # Synchronous bodies run on a thread, but those of one run take turns, as they
@@ -292,20 +314,16 @@ class WorkflowContext:
             await self._turn.acquire()
         turn = threaded
         try:
-            started = self.now()
-            step = StepRecord(
-                position, name, type, StepState.PROGRESS, attempts=attempt, started_at=started
-            )
+            step.started_at = self.now()
             # A step that ends within START_DELAY stores its start with its end: one write,
             # not two. A longer one stores (and streams) its start when the delay runs out.
-            start = [events.step_start(self._run.id, step)]
+            start.append(events.step_start(self._run.id, step))
 
             def store_start() -> None:
                 if start and step.state is StepState.PROGRESS:
                     self._write_soon(step, start.pop())
 
             timer = asyncio.get_running_loop().call_later(START_DELAY, store_start)
-            failure: Exception | None = None
             try:
                 if threaded:
                     value = await self._runtime.in_thread(fn, args, kwargs)
@@ -315,30 +333,24 @@ class WorkflowContext:
                         value = await value
                 else:
                     value = await fn(*args, **kwargs)
-                try:
-                    out = dumps(value)
-                except (TypeError, ValueError) as exc:
-                    raise NonRetryableError(
-                        f"step {name!r} returned {type_name(value)}, which is not "
-                        f"JSON-serialisable ({exc}); return plain data (dict, list, str, int, "
-                        "float, bool, None)"
-                    ) from exc
-                self._runtime.check_size(out, f"the result of step {name!r}")
-            except Exception as exc:
-                failure = exc
+                return self._result_json(step.name, value)
             finally:
                 timer.cancel()
-            finished = self.now()
+                step.finished_at = self.now()
         finally:
             if turn:
                 self._turn.release()
-        if failure is not None:
-            await self._step_failed(step, failure, start[0] if start else None)
-            raise AssertionError("unreachable") from failure
-        step.state, step.out, step.finished_at = StepState.SUCCESS, out, finished
-        finish = events.step_finish(self._run.id, step)
-        await self._save(step, finish, wait=True, also=start[0] if start else None)
-        return json.loads(out)
+
+    def _result_json(self, name: str, value: Any) -> str:
+        try:
+            out = dumps(value)
+        except (TypeError, ValueError) as exc:
+            raise NonRetryableError(
+                f"step {name!r} returned {type_name(value)}, which is not JSON-serialisable "
+                f"({exc}); return plain data (dict, list, str, int, float, bool, None)"
+            ) from exc
+        self._runtime.check_size(out, f"the result of step {name!r}")
+        return out
 
     def _write_soon(self, step: StepRecord, update: Emit) -> None:
         snapshot = dataclasses.replace(step)
