@@ -16,6 +16,7 @@ from rich.text import Text
 
 from stepstream.errors import StepstreamError
 from stepstream.realtime.remote import subscribe_remote
+from stepstream.records import parse_cursor
 
 STATE_STYLE = {
     "RUN_STARTED": "cyan",
@@ -30,63 +31,146 @@ STATE_STYLE = {
 }
 
 
+OPEN = frozenset({"running", "waiting", "retrying"})
+KINDS = frozenset({"runStart", "stepStart", "stepFinish", "stepFail", "runFinish"})
+
+
 @dataclass
-class StepLine:
-    name: str
-    started: int
-    finished: int | None = None
-    status: str = "running"  # running | completed | failed | retrying
+class Attempt:
+    attempt: int
+    status: str  # running | retrying | completed | failed | canceled
+    started_at: int | None
+    finished_at: int | None = None
     error: str | None = None
-    attempt: int = 1
 
 
 @dataclass
-class Progress:
+class StepProgress:
+    step_name: str
+    step_type: str | None
+    status: str  # running | waiting | retrying | completed | failed | canceled
+    timestamp: int | None  # when its latest attempt started
+    finished_at: int | None = None
+    tries: list[Attempt] = field(default_factory=list)
+    result: Any = None
+    error: str | None = None
+
+    @property
+    def open(self) -> bool:
+        return self.status in OPEN
+
+
+@dataclass
+class RunProgress:
+    """A run's state folded from its ``workflow.update`` events: the Python twin of the
+    dashboard's reducer (``server/static/run-state.js``, whose docstring states the rules);
+    ``tests/test_run_state.py`` feeds both the same events and compares the results.
+
+    >>> progress = RunProgress("wfr_1")
+    >>> progress.apply("1-0", {"type": "runStart", "timestamp": 1})
+    True
+    >>> progress.status
+    'running'
+    """
+
     run_id: str
-    steps: dict[str, StepLine] = field(default_factory=dict)
-    status: str | None = None
+    last_id: str | None = None
+    status: str | None = None  # None until the first event, then running | success | ...
+    started_at: int | None = None
+    finished_at: int | None = None
     error: str | None = None
-    started: int | None = None
-    finished: int | None = None
+    steps: list[StepProgress] = field(default_factory=list)
 
-    def apply(self, update: dict[str, Any]) -> None:
-        kind, at = update.get("type"), int(update.get("timestamp", 0))
-        name = update.get("stepName")
-        if kind == "runStart":
-            self.started = at
-        elif kind == "stepStart" and name:
-            self.steps[name] = StepLine(name, at, attempt=int(update.get("attempt", 1)))
-        elif kind == "stepFinish" and name:
-            line = self.steps.setdefault(name, StepLine(name, at))
-            line.finished, line.status, line.error = at, "completed", None
-        elif kind == "stepFail" and name:
-            line = self.steps.setdefault(name, StepLine(name, at))
-            line.finished, line.error = at, str(update.get("error"))
-            line.status = "retrying" if update.get("willRetry") else "failed"
+    @property
+    def finished(self) -> bool:
+        return self.status not in (None, "running")
+
+    def apply(self, message_id: str, update: Any) -> bool:
+        """Apply one event (its id and payload); ``False``, and no change, for an id that is not
+        above the last one applied (a duplicate, or older than one already seen)."""
+        try:
+            key = parse_cursor(message_id)
+        except ValueError:
+            return False
+        if self.last_id is not None and key <= parse_cursor(self.last_id):
+            return False
+        self.last_id = message_id
+        kind = update.get("type") if isinstance(update, dict) else None
+        if kind not in KINDS:
+            return True
+        at = update.get("timestamp")
+        if self.status is None:
+            self.status, self.started_at = "running", at
+        if kind == "stepStart":
+            self._start(update, at)
+        elif kind == "stepFinish":
+            self._end(update, at, "completed")
+        elif kind == "stepFail":
+            self._end(update, at, "retrying" if update.get("willRetry") else "failed")
         elif kind == "runFinish":
-            self.status, self.error, self.finished = update.get("status"), update.get("error"), at
+            self.status, self.finished_at = update.get("status"), at
+            self.error = update.get("error")
+            for step in self.steps:
+                if step.open:
+                    _cancel(step, at)
+        return True
+
+    def _start(self, update: dict[str, Any], at: int | None) -> None:
+        step = self._step_for(update, at)
+        for attempt in step.tries:
+            if attempt.status == "running":  # cut short (its worker was lost): tried again
+                attempt.status, attempt.finished_at = "retrying", at
+        step.tries.append(Attempt(_number(update, len(step.tries) + 1), "running", at))
+        step.status = "waiting" if step.step_type == "Wait" else "running"
+        step.timestamp, step.finished_at, step.error = at, None, None
+
+    def _end(self, update: dict[str, Any], at: int | None, status: str) -> None:
+        step = self._step_for(update, at)
+        if not step.tries or step.tries[-1].status != "running":  # its start was not seen
+            step.tries.append(Attempt(_number(update, len(step.tries) + 1), status, at))
+        error = None if status == "completed" else update.get("error")
+        last = step.tries[-1]
+        last.status, last.finished_at, last.error = status, at, error
+        step.status, step.finished_at, step.error = status, at, error
+        if status == "completed":
+            step.result = update.get("result")
+
+    def _step_for(self, update: dict[str, Any], at: int | None) -> StepProgress:
+        """The open step of the event's name, or a new one at the end of the list."""
+        step = self._open_step(update["stepName"])
+        if step is None:
+            step = StepProgress(update["stepName"], None, "running", at)
+            self.steps.append(step)
+        if step.step_type is None:
+            step.step_type = update.get("stepType")
+        return step
+
+    def _open_step(self, name: str) -> StepProgress | None:
+        """The latest step of that name, if it is open."""
+        for step in reversed(self.steps):
+            if step.step_name == name:
+                return step if step.open else None
+        return None
 
     def render(self) -> Group:
         now = int(time.time() * 1000)
         rows: list[Any] = [Text.assemble(("run ", "dim"), (self.run_id, "bold"))]
-        for line in self.steps.values():
-            took = _duration((line.finished or now) - line.started)
-            if line.status == "running":
-                label = Text.assemble((line.name, "bold"), (f"  {took}", "dim"))
+        for step in self.steps:
+            took = _duration((step.finished_at or now) - (step.timestamp or now))
+            if step.open and step.status != "retrying":
+                label = Text.assemble((step.step_name, "bold"), (f"  {took}", "dim"))
                 rows.append(Spinner("dots", text=label, style="cyan"))
                 continue
-            mark, style = {
-                "completed": ("✓", "green"),
-                "failed": ("✗", "red"),
-                "retrying": ("↻", "yellow"),
-            }[line.status]
-            text = Text.assemble((f"{mark} ", style), (line.name, "bold"), (f"  {took}", "dim"))
-            if line.error:
-                text.append(f"  {line.error}", style=style)
+            mark, style = STEP_MARKS[step.status]
+            text = Text.assemble(
+                (f"{mark} ", style), (step.step_name, "bold"), (f"  {took}", "dim")
+            )
+            if step.error:
+                text.append(f"  {step.error}", style=style)
             rows.append(text)
-        if self.status is not None:
-            style = {"success": "green", "failed": "red"}.get(self.status, "yellow")
-            total = _duration((self.finished or now) - (self.started or now))
+        if self.finished:
+            style = {"success": "green", "failed": "red"}.get(str(self.status), "yellow")
+            total = _duration((self.finished_at or now) - (self.started_at or now))
             summary = Text.assemble((f"{self.status}", f"bold {style}"), (f" in {total}", "dim"))
             if self.error:
                 summary.append(f": {self.error}", style=style)
@@ -94,10 +178,18 @@ class Progress:
         return Group(*rows)
 
 
+STEP_MARKS = {
+    "completed": ("✓", "green"),
+    "failed": ("✗", "red"),
+    "retrying": ("↻", "yellow"),
+    "canceled": ("⊘", "yellow"),
+}
+
+
 async def follow_run(url: str, run_id: str, token: str | None = None) -> int:
     """Draw the run's steps live until it finishes; 0 on success, 1 otherwise."""
     console = Console()
-    progress = Progress(run_id)
+    progress = RunProgress(run_id)
     endpoint = url.rstrip("/") + "/api/realtime"
     with Live(progress.render(), console=console, refresh_per_second=12) as live:
         try:
@@ -112,10 +204,9 @@ async def follow_run(url: str, run_id: str, token: str | None = None) -> int:
                 ),
             )
             async for message in events:
-                if message.event == "workflow.update" and isinstance(message.data, dict):
-                    progress.apply(message.data)
+                if message.event == "workflow.update" and progress.apply(message.id, message.data):
                     live.update(progress.render())
-                    if progress.status is not None:
+                    if progress.finished:
                         break
         except StepstreamError as exc:
             live.stop()
@@ -186,6 +277,20 @@ def print_runs(runs: list[dict[str, Any]]) -> None:
             took,
         )
     Console().print(table)
+
+
+def _cancel(step: StepProgress, at: int | None) -> None:
+    for attempt in step.tries:
+        if attempt.status == "running":
+            attempt.status, attempt.finished_at = "canceled", at
+    step.status = "canceled"
+    if step.finished_at is None:
+        step.finished_at = at
+
+
+def _number(update: dict[str, Any], default: int) -> int:
+    number = update.get("attempt")
+    return default if number is None else int(number)
 
 
 def _duration(ms: int) -> str:

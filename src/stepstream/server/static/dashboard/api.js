@@ -1,0 +1,80 @@
+/**
+ * The stepstream API as the dashboard calls it. Every URL is resolved against `appBase`, the
+ * URL the app is mounted at, found from where this module was loaded
+ * (`<app>/static/dashboard/api.js`): the same page works at `/`, under a `Mount("/prefix")` or
+ * behind a proxy that adds a path, with nothing to configure.
+ */
+
+/** The app's root, ending in `/` (e.g. `http://host/stepstream/`). */
+const appBase = new URL("../../", import.meta.url);
+
+/** An app URL from a path relative to its root: `appUrl("api/runs")`. */
+function appUrl(path) {
+  return new URL(path, appBase).href;
+}
+
+class ApiError extends Error {
+  constructor(message, status, code) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+// With STEPSTREAM_TOKEN set on the server, the API wants "Authorization: Bearer <token>". The
+// dashboard asks for it once (on the first 401) and keeps it in this browser's localStorage,
+// one per mount point: two apps on one origin may have different tokens.
+const TOKEN_KEY = appBase.pathname === "/" ? "stepstream.apiToken" : `stepstream.apiToken@${appBase.pathname}`;
+
+function authHeaders() {
+  const token = localStorage.getItem(TOKEN_KEY);
+  return token ? { authorization: `Bearer ${token}` } : {};
+}
+
+/** fetch() of an app path with the stored API token; on 401 ask for a token once and retry. */
+export async function authorizedFetch(path, init = {}) {
+  const send = () => fetch(appUrl(path), { ...init, headers: { ...(init.headers ?? {}), ...authHeaders() } });
+  let response = await send();
+  if (response.status === 401) {
+    const token = window.prompt("This stepstream server needs its API token (STEPSTREAM_TOKEN):");
+    if (token) {
+      localStorage.setItem(TOKEN_KEY, token.trim());
+      response = await send();
+    }
+  }
+  return response;
+}
+
+/** Call the JSON API: the parsed reply, or an `ApiError` with the server's message. */
+export async function api(method, path, body) {
+  const init = { method, headers: { accept: "application/json" } };
+  if (body !== undefined) {
+    init.headers["content-type"] = "application/json";
+    init.body = body;
+  }
+  let response;
+  try {
+    response = await authorizedFetch(path, init);
+  } catch (error) {
+    throw new ApiError(`cannot reach the server (${error.message})`, 0, "network");
+  }
+  let data = null;
+  const text = await response.text();
+  try {
+    data = text ? JSON.parse(text) : null;
+  } catch {
+    data = null;
+  }
+  if (!response.ok) {
+    const message = data?.error?.message ?? `${response.status} ${response.statusText || "error"}`;
+    throw new ApiError(message, response.status, data?.error?.code ?? "http_error");
+  }
+  return data;
+}
+
+/** The SSE endpoint for `channels`, with a subscription token scoped to them (EventSource
+ * cannot send an Authorization header; a server without STEPSTREAM_TOKEN ignores it). */
+export async function realtimeUrl(channels) {
+  const minted = await api("POST", "api/realtime/token", JSON.stringify({ channels, ttl: 86400 }));
+  return appUrl(`api/realtime?token=${encodeURIComponent(minted.token)}`);
+}

@@ -1,0 +1,292 @@
+/**
+ * One run, live (`#/runs/<id>`). `GET api/runs/<id>` gives payload, result and error; the run's
+ * channel, subscribed with `history: true`, gives its `workflow.update` events, each exactly
+ * once, folded by run-state.js into the timeline and appended to the event log: a reload
+ * mid-run loses nothing. Cancel and Send event act on the run.
+ */
+
+import { foldWorkflowUpdate, initialRunState } from "../run-state.js";
+import { subscribe } from "../stepstream.js";
+import { api, realtimeUrl } from "./api.js";
+import { appendEvent, clearEvents } from "./eventlog.js";
+import { $, h, jsonInto, setBadge, setCrumbs } from "./dom.js";
+import { FINISH_STATES, STATE_LABELS, formatDuration, formatTime, fullDate, parseJsonField } from "./format.js";
+import { createTimeline, timelineSteps } from "./timeline.js";
+
+const RETRY_MS = 2000;
+const CONN_LABELS = { connecting: "connecting…", connected: "live", disconnected: "reconnecting…", error: "offline, retrying…" };
+
+/** Show run `runId`; returns the view (`tick`, `leave`). */
+export function showRun(runId) {
+  $("run-view").hidden = false;
+  document.title = `${runId} · stepstream`;
+  setCrumbs(h("a", { href: "#/" }, "Runs"), h("span", { class: "current" }, runId));
+
+  let live = initialRunState(runId); // from the run's events
+  let log = null; // GET api/runs/<id>
+  let stopped = false;
+  let logTimer = null;
+  let lastWaitDefault = "";
+  const timeline = createTimeline($("timeline"), () => ({
+    startedAt: startedAt(),
+    completedAt: completedAt(),
+    running: state() === "RUN_STARTED",
+  }));
+
+  resetPage(runId);
+
+  function state() {
+    return FINISH_STATES[live.run?.status] ?? log?.workflowState ?? (live.run ? "RUN_STARTED" : "");
+  }
+
+  function startedAt() {
+    return log?.workflowRunCreatedAt ?? live.run?.startedAt ?? null;
+  }
+
+  function completedAt() {
+    return log?.workflowRunCompletedAt ?? live.run?.finishedAt ?? null;
+  }
+
+  async function loadLog() {
+    clearTimeout(logTimer);
+    try {
+      const reply = await api("GET", `api/runs/${encodeURIComponent(runId)}`);
+      if (stopped) return;
+      log = reply;
+      render();
+    } catch (error) {
+      if (stopped) return;
+      if (error.status === 404 && !live.events.length) {
+        notFound(error.message);
+        return;
+      }
+      banner(`Could not load the run: ${error.message}`);
+      logTimer = setTimeout(loadLog, RETRY_MS);
+    }
+  }
+
+  function notFound(message) {
+    $("run-view").hidden = true;
+    $("notfound-view").hidden = false;
+    $("notfound-title").textContent = "Run not found";
+    $("notfound-text").textContent = message;
+    subscription.close();
+  }
+
+  function onData(message) {
+    if (stopped) return;
+    const next = foldWorkflowUpdate(live, message);
+    if (next === live) return; // seen already
+    live = next;
+    appendEvent(message);
+    if (message.data?.type === "runFinish") {
+      loadLog(); // result, error and completion time
+      // Nothing follows runFinish on a run's channel: stop listening.
+      queueMicrotask(() => {
+        subscription.close();
+        $("conn").hidden = true;
+      });
+    }
+    scheduleRender();
+  }
+
+  let renderQueued = false;
+  function scheduleRender() {
+    if (renderQueued) return;
+    renderQueued = true;
+    queueMicrotask(() => {
+      renderQueued = false;
+      if (!stopped) render();
+    });
+  }
+
+  function render() {
+    const runState = state();
+    const running = runState === "RUN_STARTED";
+    $("run-workflow").textContent = log?.workflowName ?? "…";
+    setBadge($("run-state"), runState);
+    document.title = `${log?.workflowName ?? runId} · ${STATE_LABELS[runState] ?? "…"} · stepstream`;
+    $("run-started").textContent = formatTime(startedAt());
+    $("run-started").title = fullDate(startedAt());
+    $("run-finished").textContent = running ? "—" : formatTime(completedAt());
+    $("run-finished").title = fullDate(completedAt());
+    $("cancel-run").hidden = !running || !log;
+    if (log) renderOutcome(runState, log.error ?? live.run?.error);
+
+    const entries = timelineSteps(live.steps, log?.steps);
+    const steps = entries.map((entry) => entry.step);
+    renderNotify(running, steps.find((step) => step.status === "waiting"));
+    const done = steps.filter((step) => step.status === "completed").length;
+    $("run-steps").textContent = steps.length ? `${done} / ${steps.length} done` : "—";
+    timeline.render(entries);
+    tick();
+  }
+
+  function renderOutcome(runState, error) {
+    jsonInto($("run-payload"), log.requestPayload ?? undefined, "no payload");
+    const outcome = $("run-result");
+    const card = $("outcome-card");
+    const failed = runState === "RUN_FAILED" || (runState === "RUN_CANCELED" && error);
+    outcome.classList.toggle("error", Boolean(failed));
+    card.classList.toggle("failed", Boolean(failed));
+    $("outcome-title").textContent = failed ? (runState === "RUN_FAILED" ? "Error" : "Canceled") : "Result";
+    if (failed) outcome.textContent = error ?? "failed";
+    else if (runState === "RUN_SUCCESS") jsonInto(outcome, log.workflowRunResponse ?? null);
+    else if (runState === "RUN_CANCELED") jsonInto(outcome, undefined, "The run was canceled.");
+    else jsonInto(outcome, undefined, "Running… the result appears here when the run finishes.");
+  }
+
+  /** Send event: offered while running; defaults to approve-<id> while a Wait step is open. */
+  function renderNotify(running, waiting) {
+    const card = $("notify-card");
+    card.hidden = !running || !log;
+    card.classList.toggle("waiting", Boolean(waiting));
+    $("notify-hint").textContent = waiting
+      ? `“${waiting.stepName}” is waiting for an event.`
+      : "Notify a waiting step of this run.";
+    const input = $("notify-event");
+    const suggested = waiting ? `approve-${runId}` : "";
+    if (suggested && (input.value === "" || input.value === lastWaitDefault)) {
+      input.value = suggested;
+      lastWaitDefault = suggested;
+    }
+  }
+
+  function tick() {
+    const now = Date.now();
+    const running = state() === "RUN_STARTED";
+    const t0 = startedAt();
+    const end = running ? now : completedAt();
+    $("run-duration").textContent = t0 && end ? formatDuration(end - t0) : "—";
+    if (running) timeline.position(now);
+  }
+
+  function banner(message) {
+    $("run-banner").textContent = message;
+    $("run-banner").hidden = !message;
+  }
+
+  // --- actions --------------------------------------------------------------------------------
+
+  async function cancelRun() {
+    const button = $("cancel-run");
+    button.disabled = true;
+    banner("");
+    try {
+      await api("POST", `api/runs/${encodeURIComponent(runId)}/cancel`);
+      await loadLog();
+    } catch (error) {
+      banner(`Could not cancel: ${error.message}`);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  async function sendEvent(event) {
+    event.preventDefault();
+    const error = $("notify-error");
+    const ok = $("notify-result");
+    const eventInput = $("notify-event");
+    const dataInput = $("notify-data");
+    error.hidden = ok.hidden = true;
+    eventInput.removeAttribute("aria-invalid");
+    dataInput.removeAttribute("aria-invalid");
+    const invalid = (input, message) => {
+      error.textContent = message;
+      error.hidden = false;
+      input.setAttribute("aria-invalid", "true");
+      input.focus();
+    };
+    const eventId = eventInput.value.trim();
+    if (!eventId) return invalid(eventInput, "Enter the event id the step waits for.");
+    const parsed = parseJsonField(dataInput.value);
+    if (!parsed.ok) return invalid(dataInput, `The data is not valid JSON: ${parsed.message}`);
+    const button = $("notify-send");
+    button.disabled = true;
+    try {
+      const body = parsed.value === undefined ? undefined : JSON.stringify(parsed.value);
+      const q = new URLSearchParams({ workflowRunId: runId });
+      const result = await api("POST", `api/events/${encodeURIComponent(eventId)}?${q}`, body);
+      const n = result?.waiters ?? 0;
+      ok.textContent = n
+        ? `Sent “${eventId}” — delivered to ${n} waiting step${n === 1 ? "" : "s"}.`
+        : `Sent “${eventId}” — no step is waiting yet; it is kept for this run.`;
+      ok.hidden = false;
+    } catch (err) {
+      error.textContent = `Could not send the event: ${err.message}`;
+      error.hidden = false;
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  async function copyId() {
+    try {
+      await navigator.clipboard.writeText(runId);
+      $("copy-id").title = "Copied";
+    } catch {
+      const range = document.createRange();
+      range.selectNodeContents($("run-id"));
+      getSelection().removeAllRanges();
+      getSelection().addRange(range);
+    }
+  }
+
+  $("cancel-run").onclick = cancelRun;
+  $("notify-form").onsubmit = sendEvent;
+  $("copy-id").onclick = copyId;
+
+  // Closed when the page is left, the run is not found, or after runFinish.
+  const subscription = follow(runId, onData, (status) => stopped || setConn(status), banner);
+  loadLog();
+
+  return {
+    tick,
+    leave() {
+      stopped = true;
+      clearTimeout(logTimer);
+      subscription.close();
+    },
+  };
+}
+
+/** Subscribe to the run's channel, history first, once a channel token is minted. */
+function follow(runId, onData, onStatus, onError) {
+  let closed = false;
+  let sub = null;
+  realtimeUrl([runId])
+    .then((url) => {
+      if (closed) return;
+      sub = subscribe({ url, channels: [runId], events: ["workflow.update"], history: true, onData, onStatus });
+    })
+    .catch((error) => onError(`Live updates unavailable: ${error.message}`));
+  return {
+    close() {
+      closed = true;
+      sub?.close();
+    },
+  };
+}
+
+function resetPage(runId) {
+  $("run-id").textContent = runId;
+  $("run-workflow").textContent = "…";
+  setBadge($("run-state"), "");
+  $("run-banner").hidden = true;
+  clearEvents();
+  $("timeline").replaceChildren();
+  jsonInto($("run-payload"), undefined, "loading…");
+  jsonInto($("run-result"), undefined, "loading…");
+  $("notify-error").hidden = true;
+  $("notify-result").hidden = true;
+  $("notify-event").value = "";
+  $("notify-event").dataset.auto = "";
+  setConn("connecting");
+  $("conn").hidden = false;
+}
+
+function setConn(status) {
+  const el = $("conn");
+  el.dataset.status = status;
+  el.textContent = CONN_LABELS[status] ?? status;
+}

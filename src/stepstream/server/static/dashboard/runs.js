@@ -1,0 +1,262 @@
+/**
+ * The runs list (`#/`, filters in the hash: `#/?state=RUN_FAILED&workflow=basic`).
+ *
+ * It polls `GET api/runs` every 2 s (so it sees runs however they were started) and, for the
+ * running rows on screen, also follows their channels, so that a state change and the current
+ * step show at once.
+ */
+
+import { foldWorkflowUpdate, initialRunState, isOpen } from "../run-state.js";
+import { subscribe } from "../stepstream.js";
+import { api, authorizedFetch, realtimeUrl } from "./api.js";
+import { $, h, loadWorkflows, setBadge, setCrumbs, showApiError } from "./dom.js";
+import { FINISH_STATES, formatDuration, formatRelative, fullDate } from "./format.js";
+
+const POLL_MS = 2000;
+const LIST_SUBSCRIPTION_MAX = 25;
+
+export function runHref(id) {
+  return `#/runs/${encodeURIComponent(id)}`;
+}
+
+/** Show the list for the hash's `params`; returns the view (`tick`, `leave`). */
+export function showRuns(params) {
+  const state = params.get("state") ?? "";
+  const workflow = params.get("workflow") ?? "";
+  $("runs-view").hidden = false;
+  document.title = "Runs · stepstream";
+  setCrumbs(h("span", { class: "current-page" }, "Runs"));
+
+  const stateSelect = $("filter-state");
+  const workflowSelect = $("filter-workflow");
+  stateSelect.value = state;
+  loadWorkflows().then(() => {
+    if (workflow && ![...workflowSelect.options].some((o) => o.value === workflow)) {
+      workflowSelect.append(h("option", { value: workflow }, workflow));
+    }
+    workflowSelect.value = workflow;
+  });
+
+  const list = $("runs");
+  list.replaceChildren();
+  $("runs-empty").hidden = true;
+  $("runs-loading").hidden = false;
+  $("runs-more").hidden = true;
+
+  let stopped = false;
+  let timer = null;
+  let inflight = null;
+  let firstLoad = true;
+  let firstPage = [];
+  let older = []; // pages loaded with "Load older runs"
+  let olderCursor = undefined; // undefined: not paging yet
+  const live = new Map(); // run id -> its state from its latest events (run-state.js)
+  let listSub = null;
+  let listSubKey = "";
+
+  function query(cursor) {
+    const q = new URLSearchParams({ count: "50" });
+    if (state) q.set("state", state);
+    if (workflow) q.set("workflow", workflow);
+    if (cursor) q.set("cursor", cursor);
+    return `api/runs?${q}`;
+  }
+
+  async function poll() {
+    clearTimeout(timer);
+    inflight?.abort();
+    const controller = new AbortController();
+    inflight = controller;
+    try {
+      const response = await authorizedFetch(query(), { signal: controller.signal, headers: { accept: "application/json" } });
+      const data = await response.json().catch(() => null);
+      if (stopped || controller !== inflight) return;
+      if (!response.ok) throw new Error(data?.error?.message ?? `${response.status}`);
+      firstPage = data.runs ?? [];
+      if (olderCursor === undefined) olderCursor = data.cursor;
+      showApiError("");
+      render();
+    } catch (error) {
+      if (stopped || error.name === "AbortError") return;
+      showApiError(`Could not load runs: ${error.message}`);
+      $("runs-loading").hidden = true;
+    } finally {
+      if (!stopped && controller === inflight) {
+        inflight = null;
+        timer = setTimeout(poll, POLL_MS);
+      }
+    }
+  }
+
+  async function loadOlder() {
+    if (!olderCursor) return;
+    const button = $("runs-more");
+    button.disabled = true;
+    try {
+      const data = await api("GET", query(olderCursor));
+      older = older.concat(data.runs ?? []);
+      olderCursor = data.cursor;
+      render();
+    } catch (error) {
+      showApiError(`Could not load older runs: ${error.message}`);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  /** The first page, then older pages, each run once (a run can move between pages). */
+  function shownRuns() {
+    const byId = new Map();
+    for (const run of firstPage.concat(older)) if (!byId.has(run.workflowRunId)) byId.set(run.workflowRunId, run);
+    return [...byId.values()];
+  }
+
+  function render() {
+    const runs = shownRuns();
+    const rows = new Map([...list.children].map((row) => [row.dataset.runId, row]));
+    let previous = null;
+    for (const run of runs) {
+      let row = rows.get(run.workflowRunId);
+      if (!row) {
+        row = renderRow(run);
+        if (!firstLoad) row.classList.add("fresh");
+      } else {
+        updateRow(row, run);
+        rows.delete(run.workflowRunId);
+      }
+      const expected = previous ? previous.nextSibling : list.firstChild;
+      if (expected !== row) list.insertBefore(row, expected);
+      previous = row;
+    }
+    for (const row of rows.values()) row.remove();
+    firstLoad = false;
+    $("runs-loading").hidden = true;
+    $("runs-empty").hidden = runs.length > 0;
+    $("runs-empty-hint").textContent =
+      state || workflow ? "No runs match these filters." : "Trigger a workflow and it shows up here live.";
+    $("runs-more").hidden = !olderCursor;
+    tickRuns();
+    syncSubscription(runs);
+  }
+
+  function renderRow(run) {
+    const row = h(
+      "a",
+      { class: "run-row", href: runHref(run.workflowRunId), dataset: { runId: run.workflowRunId } },
+      h("span", { class: "badge", dataset: { state: "" } }),
+      h("span", { class: "wf" }, h("span", { class: "wf-name" }), h("small", { class: "step-now" })),
+      h("code", { class: "rid" }, run.workflowRunId),
+      h("span", { class: "started" }),
+      h("span", { class: "dur num" }),
+    );
+    updateRow(row, run);
+    return row;
+  }
+
+  function updateRow(row, run) {
+    const events = live.get(run.workflowRunId)?.run;
+    const runState = FINISH_STATES[events?.status] ?? run.workflowState;
+    row.dataset.state = runState;
+    row.dataset.created = run.workflowRunCreatedAt ?? "";
+    row.dataset.completed = events?.finishedAt ?? run.workflowRunCompletedAt ?? "";
+    setBadge(row.querySelector(".badge"), runState);
+    row.querySelector(".wf-name").textContent = run.workflowName;
+    const stepNow = row.querySelector(".step-now");
+    stepNow.textContent = runState === "RUN_STARTED" ? doing(live.get(run.workflowRunId)) : "";
+    stepNow.hidden = !stepNow.textContent;
+    row.querySelector(".started").title = fullDate(run.workflowRunCreatedAt);
+  }
+
+  /** Live state for the running rows on screen: one SSE connection for all of them. */
+  function syncSubscription(runs) {
+    const running = runs
+      .filter((run) => run.workflowState === "RUN_STARTED")
+      .slice(0, LIST_SUBSCRIPTION_MAX)
+      .map((run) => run.workflowRunId);
+    const key = running.join(",");
+    if (key === listSubKey) return;
+    listSub?.close();
+    listSub = null;
+    listSubKey = key;
+    if (!running.length) return;
+    realtimeUrl(running)
+      .then((url) => {
+        if (stopped || listSubKey !== key) return;
+        listSub = subscribe({
+          url,
+          channels: running,
+          events: ["workflow.update"],
+          history: 1, // the latest event of each: what it is doing now
+          onData: (message) => {
+            if (stopped) return;
+            const before = live.get(message.channel) ?? initialRunState(message.channel);
+            const after = foldWorkflowUpdate(before, message);
+            if (after === before) return;
+            live.set(message.channel, after);
+            if (FINISH_STATES[after.run?.status]) {
+              clearTimeout(timer); // finished: the list has its final state within a moment
+              timer = setTimeout(poll, 150);
+            }
+            const row = [...list.children].find((r) => r.dataset.runId === message.channel);
+            const run = shownRuns().find((r) => r.workflowRunId === message.channel);
+            if (row && run) updateRow(row, run);
+          },
+        });
+      })
+      .catch((error) => console.error("stepstream: cannot subscribe:", error));
+  }
+
+  const onFilter = () => {
+    const q = new URLSearchParams();
+    if (stateSelect.value) q.set("state", stateSelect.value);
+    if (workflowSelect.value) q.set("workflow", workflowSelect.value);
+    const suffix = q.toString();
+    location.hash = suffix ? `#/?${suffix}` : "#/";
+  };
+  const onVisible = () => {
+    if (document.visibilityState === "visible") poll();
+  };
+  stateSelect.addEventListener("change", onFilter);
+  workflowSelect.addEventListener("change", onFilter);
+  $("runs-more").onclick = loadOlder;
+  document.addEventListener("visibilitychange", onVisible);
+  poll();
+
+  return {
+    tick: tickRuns,
+    leave() {
+      stopped = true;
+      clearTimeout(timer);
+      inflight?.abort();
+      listSub?.close();
+      stateSelect.removeEventListener("change", onFilter);
+      workflowSelect.removeEventListener("change", onFilter);
+      document.removeEventListener("visibilitychange", onVisible);
+    },
+  };
+}
+
+/** What a running run is doing, from its latest events: its most recent open step. */
+function doing(state) {
+  const step = state?.steps.findLast(isOpen);
+  if (!step) return "";
+  if (step.status === "waiting") return `waiting: ${step.stepName}`;
+  if (step.status === "retrying") return `retrying ${step.stepName}`;
+  return `▸ ${step.stepName}`;
+}
+
+/** Durations and "started" times move on while the list is shown. */
+function tickRuns() {
+  const now = Date.now();
+  for (const row of $("runs").children) {
+    const created = Number(row.dataset.created) || null;
+    const completed = Number(row.dataset.completed) || null;
+    const running = row.dataset.state === "RUN_STARTED";
+    const dur = row.querySelector(".dur");
+    const text = created ? formatDuration((completed ?? (running ? now : null)) - created) : "—";
+    if (dur.textContent !== text) dur.textContent = text;
+    const started = row.querySelector(".started");
+    const rel = formatRelative(created);
+    if (started.textContent !== rel) started.textContent = rel;
+  }
+}
