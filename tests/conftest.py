@@ -68,13 +68,26 @@ def redis_server() -> Iterator[str]:
         proc.wait(timeout=10)
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh, empty store: a new SQLite file, or a new key prefix on the test Redis."""
-    if request.param == "sqlite":
+STORES = ["memory", "sqlite", "redis"]
+"""Every backend. ``backend_url`` gives the persistent ones; a suite adds the in-memory one with
+``pytest.mark.parametrize("backend_url", STORES, indirect=True)`` (or by overriding it)."""
+
+
+def store_url(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty store of ``kind``: a new SQLite file, a new key prefix on the test Redis,
+    or a new named in-memory store (shared by the backends of this process opened with it)."""
+    if kind == "memory":
+        return f"memory://test-{uuid.uuid4().hex[:12]}"
+    if kind == "sqlite":
         return f"sqlite:///{tmp_path / 'stepstream.db'}"
     base: str = request.getfixturevalue("redis_server")
     return f"{base}?prefix=test-{uuid.uuid4().hex[:12]}:"
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty store: a new SQLite file, or a new key prefix on the test Redis."""
+    return store_url(request.param, request, tmp_path)
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""One contract, every backend: each test runs on SQLite and on a real Redis."""
+"""One contract, every backend: each test runs in memory, on SQLite and on a real Redis."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import pytest
 from stepstream import CursorUnavailable, HistoryPolicy
 from stepstream.backends import Backend, backend_from_url
 from stepstream.records import Message, parse_cursor
+from tests.conftest import STORES
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("backend_url", STORES, indirect=True)]
 
 FOREVER = HistoryPolicy()
 

@@ -3,13 +3,15 @@ costs as little as one that matches at once (issue 8: one request could block Re
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
 import pytest
 
-from stepstream import HistoryPolicy
-from stepstream.backends import backend_from_url, sqlite_runs
+from stepstream.backends import backend_from_url
+from stepstream.backends.base import CreateRun
+from stepstream.backends.sqlite import SQLiteBackend
 from stepstream.records import RunRecord, RunState
 
 pytestmark = pytest.mark.anyio
@@ -30,32 +32,33 @@ def runs() -> list[RunRecord]:
     ]
 
 
-def vm_steps(conn: sqlite3.Connection, state: str | None, workflow: str | None) -> int:
-    count = 0
-
-    def tick() -> int:
-        nonlocal count
-        count += 1
-        return 0
-
-    conn.set_progress_handler(tick, 1)
+async def test_sqlite_listing_work_does_not_grow_with_unmatched_runs(tmp_path: Path) -> None:
+    backend = SQLiteBackend(tmp_path / "runs.db", synchronous="normal")
+    await backend.open()
     try:
-        sqlite_runs.list_runs(conn, state, workflow, None, 10)
+        await asyncio.gather(*(backend.create_run(CreateRun(run)) for run in runs()))
+        steps = 0
+
+        def tick() -> int:
+            nonlocal steps
+            steps += 1
+            return 0
+
+        def count_steps(conn: sqlite3.Connection, on: bool) -> None:
+            conn.set_progress_handler(tick if on else None, 1)
+
+        for state, workflow in FILTERS:
+            # Counted on the backend's own connection, around the listing alone.
+            await backend._db.submit(lambda conn: count_steps(conn, True), write=False)
+            steps = 0
+            await backend.list_runs(state=state, workflow=workflow, cursor=None, count=10)
+            counted = steps
+            await backend._db.submit(lambda conn: count_steps(conn, False), write=False)
+            # A scan of 1,500 rows takes tens of thousands of VM steps; an index probe a few
+            # dozen.
+            assert counted < 2000, (state, workflow)
     finally:
-        conn.set_progress_handler(None, 1)
-    return count
-
-
-def test_sqlite_listing_work_does_not_grow_with_unmatched_runs(tmp_path: Path) -> None:
-    conn = sqlite3.connect(tmp_path / "runs.db", isolation_level=None)
-    conn.executescript(sqlite_runs.SCHEMA)
-    conn.execute("BEGIN")
-    for run in runs():
-        sqlite_runs.create_run(conn, lambda *args: None, run, [], HistoryPolicy())
-    conn.execute("COMMIT")
-    for state, workflow in FILTERS:
-        # A scan of 1,500 rows takes tens of thousands of VM steps; an index probe a few dozen.
-        assert vm_steps(conn, state, workflow) < 2000, (state, workflow)
+        await backend.close()
 
 
 async def test_redis_listing_reads_at_most_a_page(redis_server: str) -> None:
@@ -63,8 +66,8 @@ async def test_redis_listing_reads_at_most_a_page(redis_server: str) -> None:
     await backend.open()
     try:
         for run in runs():
-            await backend.create_run(run, [], HistoryPolicy())
-        client = await backend._redis()  # type: ignore[attr-defined]
+            await backend.create_run(CreateRun(run))
+        client = backend._conn.redis()  # type: ignore[attr-defined]
 
         async def reads() -> int:
             stats = await client.info("commandstats")

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from stepstream import HistoryPolicy
+from stepstream.backends.base import Claim, CreateRun
 from stepstream.backends.redis import RedisBackend
 from stepstream.records import RunRecord, RunState
 
@@ -21,11 +21,9 @@ async def test_runs_of_the_earlier_layout_are_claimed_and_listed(redis_server: s
     try:
         for i in range(3):
             await backend.create_run(
-                RunRecord(f"r{i}", "legacy", RunState.STARTED, created_at=i, due_at=0),
-                [],
-                HistoryPolicy(),
+                CreateRun(RunRecord(f"r{i}", "legacy", RunState.STARTED, created_at=i, due_at=0))
             )
-        client = await backend._redis()
+        client = backend._conn.redis()
         # Rewrite them as the earlier version stored them.
         for i in range(3):
             await client.zrem(f"{prefix}wf:due:legacy", f"r{i}")
@@ -42,10 +40,21 @@ async def test_runs_of_the_earlier_layout_are_claimed_and_listed(redis_server: s
             state="RUN_STARTED", workflow="legacy", cursor=None, count=10
         )
         assert [run.id for run in page.runs] == ["r2", "r1", "r0"]
-        claimed = await upgraded.claim_runs("w1", 30_000, 10, workflows=["legacy"])
+        claimed = await upgraded.claim_runs(Claim("w1", 30_000, 10, ("legacy",)))
         assert sorted(run.id for run in claimed) == ["r0", "r1", "r2"]
         assert {run.epoch for run in claimed} == {1}
-        client = await upgraded._redis()
+        client = upgraded._conn.redis()
         assert await client.exists(f"{prefix}wf:due") == 0
     finally:
         await upgraded.close()
+
+
+def test_every_run_script_declares_its_undeclared_keys_first() -> None:
+    """Run scripts compute their keys; Dragonfly runs them only if their very first line says
+    so. The shared library goes after that line, never before it."""
+    from stepstream.backends.redis import scripts
+
+    for name, text in scripts.RUNS.items():
+        assert text.startswith("--!df flags=allow-undeclared-keys\n"), name
+        assert "local function append_event" in text and "local function fenced" in text, name
+    assert not scripts.APPEND.startswith("--!")  # the append script declares its KEYS

@@ -1,4 +1,4 @@
-"""The workflow half of the storage contract (``RunStore``), on SQLite and on a real Redis.
+"""The workflow half of the storage contract (``RunStore``): in memory, SQLite, real Redis.
 
 Times are real epoch milliseconds (13 digits): the Redis scripts edit step JSON in Lua, where a
 careless encoder would turn them into floats.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import fields, replace
 from typing import Any
 
@@ -17,6 +17,16 @@ import pytest
 
 from stepstream import HistoryPolicy
 from stepstream.backends import Backend, backend_from_url
+from stepstream.backends.base import (
+    CancelRun,
+    Claim,
+    CreateRun,
+    FinishRun,
+    Notify,
+    ReleaseRun,
+    SaveSteps,
+    WaitEvent,
+)
 from stepstream.errors import LeaseLost, RunConflict, RunNotFound
 from stepstream.records import (
     Emit,
@@ -28,8 +38,9 @@ from stepstream.records import (
     StepState,
     StepType,
 )
+from tests.conftest import STORES
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("backend_url", STORES, indirect=True)]
 
 FOREVER = HistoryPolicy()
 LEASE = 30_000
@@ -75,8 +86,8 @@ def waiting(position: int, event_id: str, **kwargs: Any) -> StepRecord:
     return step(position, type=StepType.WAIT, event_id=event_id, attempts=1, **kwargs)
 
 
-def emits(channel: str, *labels: str) -> list[Emit]:
-    return [Emit(channel, "workflow.update", json.dumps({"label": label})) for label in labels]
+def emits(channel: str, *labels: str) -> tuple[Emit, ...]:
+    return tuple(Emit(channel, "workflow.update", json.dumps({"label": label})) for label in labels)
 
 
 async def history(backend: Backend, channel: str) -> list[str]:
@@ -87,10 +98,17 @@ WORKFLOWS = ("wf", "a", "b", "kid", "basic")
 
 
 async def claim(
-    backend: Backend, owner: str, limit: int, *, lease_ms: int = LEASE, **options: Any
+    backend: Backend,
+    owner: str,
+    limit: int,
+    *,
+    lease_ms: int = LEASE,
+    workflows: Sequence[str] = WORKFLOWS,
+    exclude: Sequence[str] = (),
 ) -> list[RunRecord]:
-    options.setdefault("workflows", WORKFLOWS)
-    return await backend.claim_runs(owner, lease_ms, limit, **options)
+    return await backend.claim_runs(
+        Claim(owner, lease_ms, limit, tuple(workflows), exclude=tuple(exclude))
+    )
 
 
 async def lease(backend: Backend, run_id: str, owner: str) -> Lease:
@@ -116,7 +134,7 @@ def assert_int_fields(record: StepRecord) -> None:
 async def create_claimed(
     backend: Backend, run_id: str, owner: str = "w1", **kwargs: Any
 ) -> RunRecord:
-    await backend.create_run(new_run(run_id, **kwargs), [], FOREVER)
+    await backend.create_run(CreateRun(new_run(run_id, **kwargs)))
     return await claim_one(backend, run_id, owner)
 
 
@@ -148,7 +166,7 @@ async def test_create_and_get_round_trip_every_field(backend: Backend) -> None:
         parent_position=3,
         steps=steps,
     )
-    await backend.create_run(run, emits("wfr_full", "runStart"), FOREVER)
+    await backend.create_run(CreateRun(run, emits=emits("wfr_full", "runStart")))
     got = await backend.get_run("wfr_full")
     assert got == replace(run, steps=sorted(steps, key=lambda s: s.position))
     assert got is not None
@@ -162,16 +180,16 @@ async def test_create_and_get_round_trip_every_field(backend: Backend) -> None:
 
 async def test_create_defaults_round_trip(backend: Backend) -> None:
     run = RunRecord(id="wfr_min", workflow="wf", state=RunState.STARTED, created_at=1)
-    await backend.create_run(run, [], FOREVER)
+    await backend.create_run(CreateRun(run))
     assert await backend.get_run("wfr_min") == run
 
 
 async def test_duplicate_id_conflicts_and_changes_nothing(backend: Backend) -> None:
     first = new_run("wfr_dup", payload='"first"')
-    await backend.create_run(first, emits("wfr_dup", "first"), FOREVER)
+    await backend.create_run(CreateRun(first, emits=emits("wfr_dup", "first")))
     second = new_run("wfr_dup", workflow="other", payload='"second"', steps=[step(0)])
     with pytest.raises(RunConflict, match="wfr_dup"):
-        await backend.create_run(second, emits("wfr_dup", "second"), FOREVER)
+        await backend.create_run(CreateRun(second, emits=emits("wfr_dup", "second")))
     assert await backend.get_run("wfr_dup") == first
     assert await history(backend, "wfr_dup") == ["first"]
     page = await backend.list_runs(state=None, workflow=None, cursor=None, count=10)
@@ -184,14 +202,14 @@ async def test_list_runs_newest_first_with_filters(backend: Backend) -> None:
     finish = {"r2": RunState.SUCCESS, "r4": RunState.FAILED}
     for run_id, workflow in plan:
         due = 0 if run_id in finish else None
-        await backend.create_run(new_run(run_id, workflow=workflow, due_at=due), [], FOREVER)
+        await backend.create_run(CreateRun(new_run(run_id, workflow=workflow, due_at=due)))
     claimed = await claim(backend, "w1", 10)
     assert sorted(run.id for run in claimed) == ["r2", "r4"]
     for run_id, state in finish.items():
         await backend.finish_run(
-            await lease(backend, run_id, "w1"), state.value, None, None, now_ms(), [], FOREVER
+            FinishRun(await lease(backend, run_id, "w1"), state, None, None, at=now_ms())
         )
-    await backend.cancel_run("r5", now_ms(), [], FOREVER)
+    await backend.cancel_run(CancelRun("r5", at=now_ms()))
 
     async def ids(state: str | None = None, workflow: str | None = None) -> list[str]:
         page = await backend.list_runs(state=state, workflow=workflow, cursor=None, count=100)
@@ -219,7 +237,7 @@ async def test_list_runs_newest_first_with_filters(backend: Backend) -> None:
 
 async def test_list_runs_cursor_pages(backend: Backend) -> None:
     for i in range(7):
-        await backend.create_run(new_run(f"r{i}", due_at=None), [], FOREVER)
+        await backend.create_run(CreateRun(new_run(f"r{i}", due_at=None)))
     seen: list[str] = []
     cursor: str | None = None
     pages = 0
@@ -231,7 +249,7 @@ async def test_list_runs_cursor_pages(backend: Backend) -> None:
             break
         cursor = page.cursor
         # A run created between pages is newer than the cursor: later pages never show it.
-        await backend.create_run(new_run(f"late{pages}", due_at=None), [], FOREVER)
+        await backend.create_run(CreateRun(new_run(f"late{pages}", due_at=None)))
     assert seen == [f"r{i}" for i in reversed(range(7))]
     assert pages == 3
     exact = await backend.list_runs(state="RUN_STARTED", workflow="wf", cursor=None, count=9)
@@ -253,7 +271,7 @@ async def test_claim_takes_due_unleased_runs_oldest_due_first(backend: Backend) 
     due = {"r1": now - 3000, "r2": now - 1000, "r3": now - 2000, "r4": now + 700, "r5": None}
     for run_id, due_at in due.items():
         steps = [step(0, StepState.SUCCESS, out='"x"')] if run_id == "r1" else []
-        await backend.create_run(new_run(run_id, due_at=due_at, steps=steps), [], FOREVER)
+        await backend.create_run(CreateRun(new_run(run_id, due_at=due_at, steps=steps)))
 
     first = await claim(backend, "w1", 2, lease_ms=500)
     after = now_ms()
@@ -281,7 +299,7 @@ async def test_claim_takes_due_unleased_runs_oldest_due_first(backend: Backend) 
 async def test_claim_takes_only_the_given_workflows_and_skips_excluded(backend: Backend) -> None:
     """A worker claims only what it can run (rolling deploys), never its own executions."""
     for run_id, workflow in (("r1", "old"), ("r2", "new"), ("r3", "new"), ("r4", "new")):
-        await backend.create_run(new_run(run_id, workflow=workflow), [], FOREVER)
+        await backend.create_run(CreateRun(new_run(run_id, workflow=workflow)))
     assert await claim(backend, "w1", 10, workflows=["gone"]) == []
     got = await claim(backend, "w1", 10, workflows=["new"], exclude=["r3"])
     assert sorted(run.id for run in got) == ["r2", "r4"]
@@ -293,27 +311,29 @@ async def test_a_stalled_claim_is_fenced_out_by_the_next_even_of_the_same_owner(
 ) -> None:
     """The epoch, not the owner's name, fences: an execution whose lease expired while it
     stalled cannot write once its run was claimed again, even by its own worker."""
-    await backend.create_run(new_run("r1"), [], FOREVER)
+    await backend.create_run(CreateRun(new_run("r1")))
     (first,) = await claim(backend, "w1", 10, lease_ms=300)
     stalled = Lease("r1", "w1", first.epoch)
     await asyncio.sleep(0.4)
     (second,) = await claim(backend, "w1", 10)
     assert second.epoch == first.epoch + 1
     with pytest.raises(LeaseLost):
-        await backend.save_steps(stalled, [step(0)], emits("r1", "stale"), FOREVER)
+        await backend.save_steps(SaveSteps(stalled, (step(0),), emits=emits("r1", "stale")))
     with pytest.raises(LeaseLost):
-        await backend.finish_run(stalled, "RUN_SUCCESS", None, None, 1, emits("r1", "x"), FOREVER)
+        await backend.finish_run(
+            FinishRun(stalled, RunState.SUCCESS, None, None, at=1, emits=emits("r1", "x"))
+        )
     assert await backend.renew_leases([stalled], LEASE) == []
     current = Lease("r1", "w1", second.epoch)
     assert await backend.renew_leases([current], LEASE) == ["r1"]
-    await backend.save_steps(current, [step(0)], emits("r1", "mine"), FOREVER)
+    await backend.save_steps(SaveSteps(current, (step(0),), emits=emits("r1", "mine")))
     assert await history(backend, "r1") == ["mine"]
 
 
 async def test_concurrent_claimers_never_share_a_run(backend: Backend, backend_url: str) -> None:
     now = now_ms()
     for i in range(30):
-        await backend.create_run(new_run(f"r{i:02}", due_at=now - 1000 + i), [], FOREVER)
+        await backend.create_run(CreateRun(new_run(f"r{i:02}", due_at=now - 1000 + i)))
     other = backend_from_url(backend_url)  # a second process, in effect
     await other.open()
     try:
@@ -330,7 +350,7 @@ async def test_concurrent_claimers_never_share_a_run(backend: Backend, backend_u
 
 
 async def test_expired_lease_is_reclaimed_by_another_owner(backend: Backend) -> None:
-    await backend.create_run(new_run("r1"), [], FOREVER)
+    await backend.create_run(CreateRun(new_run("r1")))
     assert len(await claim(backend, "w1", 10, lease_ms=400)) == 1
     old = await lease(backend, "r1", "w1")
     assert await claim(backend, "w2", 10, lease_ms=400) == []
@@ -338,10 +358,10 @@ async def test_expired_lease_is_reclaimed_by_another_owner(backend: Backend) -> 
     (taken,) = await claim(backend, "w2", 10)
     assert taken.id == "r1" and taken.lease_owner == "w2"
     with pytest.raises(LeaseLost):
-        await backend.save_steps(old, [step(0)], emits("r1", "late"), FOREVER)
+        await backend.save_steps(SaveSteps(old, (step(0),), emits=emits("r1", "late")))
     assert await backend.renew_leases([old], 10_000) == []
     await backend.save_steps(
-        await lease(backend, "r1", "w2"), [step(0)], emits("r1", "mine"), FOREVER
+        SaveSteps(await lease(backend, "r1", "w2"), (step(0),), emits=emits("r1", "mine"))
     )
     assert await history(backend, "r1") == ["mine"]
 
@@ -349,7 +369,7 @@ async def test_expired_lease_is_reclaimed_by_another_owner(backend: Backend) -> 
 async def test_renew_leases_extends_only_what_the_owner_holds(backend: Backend) -> None:
     now = now_ms()
     for run_id in ("r1", "r2", "r3"):
-        await backend.create_run(new_run(run_id, due_at=now - 10), [], FOREVER)
+        await backend.create_run(CreateRun(new_run(run_id, due_at=now - 10)))
     await claim(backend, "w1", 2, lease_ms=600)
     await claim(backend, "w2", 1, lease_ms=600)
     leases = [await lease(backend, r, "w1") for r in ("r1", "r2", "r3", "missing")]
@@ -364,12 +384,12 @@ async def test_renew_leases_extends_only_what_the_owner_holds(backend: Backend) 
     await asyncio.sleep(0.7)
     assert [r.id for r in await claim(backend, "w9", 10)] == ["r3"]
     # A finished run's lease cannot be renewed.
-    await backend.finish_run(leases[0], "RUN_SUCCESS", None, None, now, [], FOREVER)
+    await backend.finish_run(FinishRun(leases[0], RunState.SUCCESS, None, None, at=now))
     assert await backend.renew_leases(leases[:2], 9000) == ["r2"]
 
 
 async def test_a_run_created_without_due_at_is_never_claimed(backend: Backend) -> None:
-    await backend.create_run(new_run("r1", due_at=None), [], FOREVER)
+    await backend.create_run(CreateRun(new_run("r1", due_at=None)))
     assert await claim(backend, "w1", 10) == []
 
 
@@ -380,12 +400,12 @@ async def test_save_steps_inserts_and_replaces_by_position(backend: Backend) -> 
     await create_claimed(backend, "r1", steps=[step(0, name="first")])
     s1 = step(1, started_at=1_795_500_000_123, attempts=1)
     await backend.save_steps(
-        await lease(backend, "r1", "w1"), [s1], emits("r1", "s1-start"), FOREVER
+        SaveSteps(await lease(backend, "r1", "w1"), (s1,), emits=emits("r1", "s1-start"))
     )
     done = replace(s1, state=StepState.SUCCESS, finished_at=1_795_500_000_999, out="[1, 2]")
     s3 = step(3, StepState.RETRY, attempts=2, error="flaky")
     await backend.save_steps(
-        await lease(backend, "r1", "w1"), [done, s3], emits("r1", "s1-end", "s3"), FOREVER
+        SaveSteps(await lease(backend, "r1", "w1"), (done, s3), emits=emits("r1", "s1-end", "s3"))
     )
     stored = await backend.get_run("r1")
     assert stored is not None
@@ -396,19 +416,22 @@ async def test_save_steps_inserts_and_replaces_by_position(backend: Backend) -> 
 @pytest.mark.parametrize("owner", ["w2", None])
 async def test_save_steps_is_fenced(backend: Backend, owner: str | None) -> None:
     """Another owner, or a run nobody holds: nothing written, no event stored."""
-    await backend.create_run(new_run("r1", steps=[step(0)]), [], FOREVER)
+    await backend.create_run(CreateRun(new_run("r1", steps=[step(0)])))
     if owner is not None:
         await claim_one(backend, "r1", "w1")
     with pytest.raises(LeaseLost, match="r1"):
         await backend.save_steps(
-            await lease(backend, "r1", owner or "w1"),
-            [step(0, StepState.SUCCESS), step(1)],
-            emits("r1", "nope"),
-            FOREVER,
+            SaveSteps(
+                await lease(backend, "r1", owner or "w1"),
+                (step(0, StepState.SUCCESS), step(1)),
+                emits=emits("r1", "nope"),
+            ),
         )
     with pytest.raises(LeaseLost):
         await backend.save_steps(
-            await lease(backend, "missing", "w1"), [step(0)], emits("missing", "nope"), FOREVER
+            SaveSteps(
+                await lease(backend, "missing", "w1"), (step(0),), emits=emits("missing", "nope")
+            )
         )
     stored = await backend.get_run("r1")
     assert stored is not None and stored.steps == [step(0)]
@@ -421,7 +444,7 @@ async def test_release_until_later_applies_the_patch(backend: Backend) -> None:
     now = now_ms()
     patch = {"phase": "failure", "error": "boom", "failure_attempts": 2}
     held = await lease(backend, "r1", "w1")
-    await backend.release_run(held, now + 600, patch, emits("r1", "released"), FOREVER)
+    await backend.release_run(ReleaseRun(held, now + 600, patch, emits=emits("r1", "released")))
     stored = await backend.get_run("r1")
     assert stored is not None
     assert (stored.phase, stored.error, stored.failure_attempts) == ("failure", "boom", 2)
@@ -434,7 +457,7 @@ async def test_release_until_later_applies_the_patch(backend: Backend) -> None:
     assert again.phase == "failure" and again.lease_owner == "w2"
     # The old owner is fenced out: no patch, no event.
     with pytest.raises(LeaseLost):
-        await backend.release_run(held, None, {"phase": "run"}, emits("r1", "x"), FOREVER)
+        await backend.release_run(ReleaseRun(held, None, {"phase": "run"}, emits=emits("r1", "x")))
     stored = await backend.get_run("r1")
     assert stored is not None and stored.phase == "failure" and stored.lease_owner == "w2"
     assert await history(backend, "r1") == ["released"]
@@ -442,12 +465,12 @@ async def test_release_until_later_applies_the_patch(backend: Backend) -> None:
 
 async def test_release_without_due_at_waits_for_a_wake_up(backend: Backend) -> None:
     await create_claimed(backend, "r1")
-    await backend.release_run(await lease(backend, "r1", "w1"), None, {}, [], FOREVER)
+    await backend.release_run(ReleaseRun(await lease(backend, "r1", "w1"), None))
     stored = await backend.get_run("r1")
     assert stored is not None and stored.due_at is None and stored.lease_owner is None
     assert await claim(backend, "w1", 10) == []
     with pytest.raises(LeaseLost):  # released: the old owner holds nothing
-        await backend.save_steps(await lease(backend, "r1", "w1"), [step(0)], [], FOREVER)
+        await backend.save_steps(SaveSteps(await lease(backend, "r1", "w1"), (step(0),)))
 
 
 # -- waiting for events -------------------------------------------------------------------------
@@ -458,18 +481,18 @@ async def test_notify_resolves_a_waiting_step_and_makes_its_run_due(backend: Bac
     wait = waiting(0, "approve", started_at=1_795_500_000_123, wake_at=1_795_500_060_123)
     assert (
         await backend.wait_event(
-            await lease(backend, "r1", "w1"), wait, emits("r1", "waiting"), FOREVER
+            WaitEvent(await lease(backend, "r1", "w1"), wait, emits=emits("r1", "waiting"))
         )
         is None
     )
-    await backend.release_run(await lease(backend, "r1", "w1"), None, {}, [], FOREVER)
+    await backend.release_run(ReleaseRun(await lease(backend, "r1", "w1"), None))
     stored = await backend.get_run("r1")
     assert stored is not None and stored.steps == [wait] and stored.due_at is None
     assert await history(backend, "r1") == ["waiting"]
 
     now = now_ms()
     raw = '{"ok": true, "by": "ünï \\"q\\" /"}'
-    assert await backend.notify("approve", raw, None, now) == 1
+    assert await backend.notify(Notify("approve", raw, None, at=now)) == 1
     stored = await backend.get_run("r1")
     assert stored is not None
     assert stored.steps == [replace(wait, out=raw, resolved=True)]
@@ -478,7 +501,7 @@ async def test_notify_resolves_a_waiting_step_and_makes_its_run_due(backend: Bac
     (claimed,) = await claim(backend, "w2", 10)
     assert claimed.steps[0].out == raw
     # The waiter was consumed: nobody else waits.
-    assert await backend.notify("approve", "null", None, now) == 0
+    assert await backend.notify(Notify("approve", "null", None, at=now)) == 0
     assert await history(backend, "r1") == ["waiting"]
 
 
@@ -486,24 +509,24 @@ async def test_wait_event_registration_is_fenced(backend: Backend) -> None:
     await create_claimed(backend, "r1")
     with pytest.raises(LeaseLost):
         await backend.wait_event(
-            await lease(backend, "r1", "w2"), waiting(0, "ev"), emits("r1", "x"), FOREVER
+            WaitEvent(await lease(backend, "r1", "w2"), waiting(0, "ev"), emits=emits("r1", "x"))
         )
     stored = await backend.get_run("r1")
     assert stored is not None and stored.steps == []
-    assert await backend.notify("ev", "1", None, now_ms()) == 0
+    assert await backend.notify(Notify("ev", "1", None, at=now_ms())) == 0
     assert await history(backend, "r1") == []
 
 
 async def test_notify_before_the_wait_is_kept_for_the_run(backend: Backend) -> None:
     """Lookback: the event waits for the step; the wait returns it and records it resolved."""
     await create_claimed(backend, "r1")
-    assert await backend.notify("ev", '{"n": 1}', "r1", now_ms()) == 0
+    assert await backend.notify(Notify("ev", '{"n": 1}', "r1", at=now_ms())) == 0
     stored = await backend.get_run("r1")
     assert stored is not None and stored.steps == []
 
     wait = waiting(2, "ev", started_at=1_795_500_000_123)
     data = await backend.wait_event(
-        await lease(backend, "r1", "w1"), wait, emits("r1", "stepStart"), FOREVER
+        WaitEvent(await lease(backend, "r1", "w1"), wait, emits=emits("r1", "stepStart"))
     )
     assert data == '{"n": 1}'
     stored = await backend.get_run("r1")
@@ -512,14 +535,14 @@ async def test_notify_before_the_wait_is_kept_for_the_run(backend: Backend) -> N
     assert await history(backend, "r1") == ["stepStart"]
     # Consumed: a second wait for the same event id waits for a new notify.
     assert (
-        await backend.wait_event(await lease(backend, "r1", "w1"), waiting(3, "ev"), [], FOREVER)
+        await backend.wait_event(WaitEvent(await lease(backend, "r1", "w1"), waiting(3, "ev")))
         is None
     )
     # A later notify for the run replaces what is kept, it does not pile up.
-    await backend.notify("other", '"a"', "r1", now_ms())
-    await backend.notify("other", '"b"', "r1", now_ms())
+    await backend.notify(Notify("other", '"a"', "r1", at=now_ms()))
+    await backend.notify(Notify("other", '"b"', "r1", at=now_ms()))
     assert (
-        await backend.wait_event(await lease(backend, "r1", "w1"), waiting(4, "other"), [], FOREVER)
+        await backend.wait_event(WaitEvent(await lease(backend, "r1", "w1"), waiting(4, "other")))
         == '"b"'
     )
 
@@ -528,14 +551,14 @@ async def test_notify_names_only_the_given_run(backend: Backend) -> None:
     for run_id in ("r1", "r2"):
         await create_claimed(backend, run_id)
         await backend.wait_event(
-            await lease(backend, run_id, "w1"), waiting(0, "shared"), [], FOREVER
+            WaitEvent(await lease(backend, run_id, "w1"), waiting(0, "shared"))
         )
-        await backend.release_run(await lease(backend, run_id, "w1"), None, {}, [], FOREVER)
-    assert await backend.notify("shared", '"one"', "r2", now_ms()) == 1
+        await backend.release_run(ReleaseRun(await lease(backend, run_id, "w1"), None))
+    assert await backend.notify(Notify("shared", '"one"', "r2", at=now_ms())) == 1
     r1, r2 = await backend.get_run("r1"), await backend.get_run("r2")
     assert r1 is not None and r2 is not None
     assert (r1.steps[0].resolved, r2.steps[0].resolved) == (False, True)
-    assert await backend.notify("shared", '"all"', None, now_ms()) == 1
+    assert await backend.notify(Notify("shared", '"all"', None, at=now_ms())) == 1
     r1 = await backend.get_run("r1")
     assert r1 is not None and r1.steps[0].out == '"all"'
 
@@ -543,36 +566,36 @@ async def test_notify_names_only_the_given_run(backend: Backend) -> None:
 async def test_notify_wakes_every_waiter(backend: Backend) -> None:
     for run_id in ("r1", "r2"):
         await create_claimed(backend, run_id)
-        await backend.wait_event(await lease(backend, run_id, "w1"), waiting(0, "go"), [], FOREVER)
-        await backend.wait_event(await lease(backend, run_id, "w1"), waiting(1, "go"), [], FOREVER)
-        await backend.release_run(await lease(backend, run_id, "w1"), None, {}, [], FOREVER)
-    assert await backend.notify("go", "7", None, now_ms()) == 4
+        await backend.wait_event(WaitEvent(await lease(backend, run_id, "w1"), waiting(0, "go")))
+        await backend.wait_event(WaitEvent(await lease(backend, run_id, "w1"), waiting(1, "go")))
+        await backend.release_run(ReleaseRun(await lease(backend, run_id, "w1"), None))
+    assert await backend.notify(Notify("go", "7", None, at=now_ms())) == 4
     for run_id in ("r1", "r2"):
         stored = await backend.get_run(run_id)
         assert stored is not None and [s.out for s in stored.steps] == ["7", "7"]
 
 
 async def test_notify_without_waiters_or_run(backend: Backend) -> None:
-    assert await backend.notify("nobody", "null", None, now_ms()) == 0
+    assert await backend.notify(Notify("nobody", "null", None, at=now_ms())) == 0
     with pytest.raises(RunNotFound):
-        await backend.notify("ev", "null", "wfr_missing", now_ms())
+        await backend.notify(Notify("ev", "null", "wfr_missing", at=now_ms()))
     await create_claimed(backend, "r1")
     await backend.finish_run(
-        await lease(backend, "r1", "w1"), "RUN_SUCCESS", "1", None, now_ms(), [], FOREVER
+        FinishRun(await lease(backend, "r1", "w1"), RunState.SUCCESS, "1", None, at=now_ms())
     )
     with pytest.raises(RunConflict, match="r1"):
-        await backend.notify("ev", "null", "r1", now_ms())
+        await backend.notify(Notify("ev", "null", "r1", at=now_ms()))
 
 
 async def test_notify_while_leased_makes_the_release_due_now(backend: Backend) -> None:
     await create_claimed(backend, "r1")
-    await backend.wait_event(await lease(backend, "r1", "w1"), waiting(0, "ev"), [], FOREVER)
-    assert await backend.notify("ev", '"hi"', None, now_ms()) == 1
+    await backend.wait_event(WaitEvent(await lease(backend, "r1", "w1"), waiting(0, "ev")))
+    assert await backend.notify(Notify("ev", '"hi"', None, at=now_ms())) == 1
     # Still leased: nobody else gets it meanwhile.
     assert await claim(backend, "w2", 10) == []
     # The worker, unaware, plans to sleep for ages; the resolved step wins.
     before = now_ms()
-    await backend.release_run(await lease(backend, "r1", "w1"), before + FAR, {}, [], FOREVER)
+    await backend.release_run(ReleaseRun(await lease(backend, "r1", "w1"), before + FAR))
     stored = await backend.get_run("r1")
     assert stored is not None and stored.due_at is not None
     assert before <= stored.due_at <= now_ms()
@@ -580,8 +603,8 @@ async def test_notify_while_leased_makes_the_release_due_now(backend: Backend) -
     assert claimed.steps[0].resolved and claimed.steps[0].out == '"hi"'
     # Once the worker completed the step, a release is taken at its word again.
     done = replace(claimed.steps[0], state=StepState.SUCCESS, finished_at=now_ms())
-    await backend.save_steps(await lease(backend, "r1", "w2"), [done], [], FOREVER)
-    await backend.release_run(await lease(backend, "r1", "w2"), before + FAR, {}, [], FOREVER)
+    await backend.save_steps(SaveSteps(await lease(backend, "r1", "w2"), (done,)))
+    await backend.release_run(ReleaseRun(await lease(backend, "r1", "w2"), before + FAR))
     stored = await backend.get_run("r1")
     assert stored is not None and stored.due_at == before + FAR
 
@@ -599,13 +622,9 @@ async def test_finish_run(
     await create_claimed(backend, "r1", steps=[step(0, StepState.SUCCESS)])
     now = now_ms()
     await backend.finish_run(
-        await lease(backend, "r1", "w1"),
-        state.value,
-        result,
-        error,
-        now,
-        emits("r1", "fin"),
-        FOREVER,
+        FinishRun(
+            await lease(backend, "r1", "w1"), state, result, error, at=now, emits=emits("r1", "fin")
+        ),
     )
     stored = await backend.get_run("r1")
     assert stored is not None
@@ -626,25 +645,26 @@ async def test_finish_run(
     # Finished: every fenced method refuses, and stores no event.
     with pytest.raises(LeaseLost):
         await backend.finish_run(
-            await lease(backend, "r1", "w1"),
-            "RUN_SUCCESS",
-            None,
-            None,
-            now,
-            emits("r1", "x"),
-            FOREVER,
+            FinishRun(
+                await lease(backend, "r1", "w1"),
+                RunState.SUCCESS,
+                None,
+                None,
+                at=now,
+                emits=emits("r1", "x"),
+            ),
         )
     with pytest.raises(LeaseLost):
         await backend.save_steps(
-            await lease(backend, "r1", "w1"), [step(1)], emits("r1", "x"), FOREVER
+            SaveSteps(await lease(backend, "r1", "w1"), (step(1),), emits=emits("r1", "x"))
         )
     with pytest.raises(LeaseLost):
         await backend.release_run(
-            await lease(backend, "r1", "w1"), now, {}, emits("r1", "x"), FOREVER
+            ReleaseRun(await lease(backend, "r1", "w1"), now, emits=emits("r1", "x"))
         )
     with pytest.raises(LeaseLost):
         await backend.wait_event(
-            await lease(backend, "r1", "w1"), waiting(1, "ev"), emits("r1", "x"), FOREVER
+            WaitEvent(await lease(backend, "r1", "w1"), waiting(1, "ev"), emits=emits("r1", "x"))
         )
     assert await history(backend, "r1") == ["fin"]
     after = await backend.get_run("r1")
@@ -654,11 +674,11 @@ async def test_finish_run(
 async def _parent_waiting_on_child(backend: Backend, *, keep_lease: bool = False) -> StepRecord:
     await create_claimed(backend, "parent")
     invoke = step(1, type=StepType.INVOKE, child="child", started_at=1_795_500_000_123)
-    await backend.save_steps(await lease(backend, "parent", "w1"), [invoke], [], FOREVER)
+    await backend.save_steps(SaveSteps(await lease(backend, "parent", "w1"), (invoke,)))
     if not keep_lease:
-        await backend.release_run(await lease(backend, "parent", "w1"), None, {}, [], FOREVER)
+        await backend.release_run(ReleaseRun(await lease(backend, "parent", "w1"), None))
     child = new_run("child", workflow="kid", parent="parent", parent_position=1)
-    await backend.create_run(child, [], FOREVER)
+    await backend.create_run(CreateRun(child))
     (claimed,) = await claim(backend, "w2", 10)
     assert claimed.id == "child"
     return invoke
@@ -674,7 +694,7 @@ async def test_finishing_a_child_resolves_the_parent(
     invoke = await _parent_waiting_on_child(backend)
     now = now_ms()
     await backend.finish_run(
-        await lease(backend, "child", "w2"), state.value, result, error, now, [], FOREVER
+        FinishRun(await lease(backend, "child", "w2"), state, result, error, at=now)
     )
     parent = await backend.get_run("parent")
     assert parent is not None
@@ -692,10 +712,10 @@ async def test_finishing_a_child_resolves_the_parent(
 async def test_a_child_finishing_while_the_parent_is_leased(backend: Backend) -> None:
     await _parent_waiting_on_child(backend, keep_lease=True)
     await backend.finish_run(
-        await lease(backend, "child", "w2"), "RUN_SUCCESS", "1", None, now_ms(), [], FOREVER
+        FinishRun(await lease(backend, "child", "w2"), RunState.SUCCESS, "1", None, at=now_ms())
     )
     assert await claim(backend, "w3", 10) == []  # still w1's
-    await backend.release_run(await lease(backend, "parent", "w1"), None, {}, [], FOREVER)
+    await backend.release_run(ReleaseRun(await lease(backend, "parent", "w1"), None))
     (claimed,) = await claim(backend, "w3", 10)
     assert claimed.id == "parent" and claimed.steps[0].resolved
 
@@ -709,10 +729,12 @@ async def test_cancel_a_running_run(backend: Backend) -> None:
     ]
     await create_claimed(backend, "r1", steps=steps)
     wait = waiting(3, "ev", started_at=1_795_500_000_004)
-    await backend.wait_event(await lease(backend, "r1", "w1"), wait, [], FOREVER)
-    await backend.notify("kept", '"x"', "r1", now_ms())  # lookback, dropped by the cancel
+    await backend.wait_event(WaitEvent(await lease(backend, "r1", "w1"), wait))
+    await backend.notify(
+        Notify("kept", '"x"', "r1", at=now_ms())
+    )  # lookback, dropped by the cancel
     now = now_ms()
-    await backend.cancel_run("r1", now, emits("r1", "canceled"), FOREVER)
+    await backend.cancel_run(CancelRun("r1", at=now, emits=emits("r1", "canceled")))
 
     stored = await backend.get_run("r1")
     assert stored is not None
@@ -737,28 +759,29 @@ async def test_cancel_a_running_run(backend: Backend) -> None:
     # The lease holder finds out at its next write; nothing it sends is stored.
     with pytest.raises(LeaseLost):
         await backend.save_steps(
-            await lease(backend, "r1", "w1"),
-            [step(1, StepState.SUCCESS)],
-            emits("r1", "late"),
-            FOREVER,
+            SaveSteps(
+                await lease(backend, "r1", "w1"),
+                (step(1, StepState.SUCCESS),),
+                emits=emits("r1", "late"),
+            ),
         )
     assert await backend.renew_leases([await lease(backend, "r1", "w1")], LEASE) == []
     assert await history(backend, "r1") == ["canceled"]
     # Its waits are gone, and it is never claimed again.
-    assert await backend.notify("ev", "null", None, now) == 0
+    assert await backend.notify(Notify("ev", "null", None, at=now)) == 0
     assert await claim(backend, "w2", 10) == []
     page = await backend.list_runs(state="RUN_CANCELED", workflow=None, cursor=None, count=5)
     assert [r.id for r in page.runs] == ["r1"]
 
 
 async def test_cancel_an_idle_run_and_a_child(backend: Backend) -> None:
-    await backend.create_run(new_run("idle", due_at=None), [], FOREVER)
-    await backend.cancel_run("idle", now_ms(), [], FOREVER)
+    await backend.create_run(CreateRun(new_run("idle", due_at=None)))
+    await backend.cancel_run(CancelRun("idle", at=now_ms()))
     stored = await backend.get_run("idle")
     assert stored is not None and stored.state is RunState.CANCELED
 
     invoke = await _parent_waiting_on_child(backend)
-    await backend.cancel_run("child", now_ms(), [], FOREVER)
+    await backend.cancel_run(CancelRun("child", at=now_ms()))
     parent = await backend.get_run("parent")
     assert parent is not None
     out = json.dumps(
@@ -771,7 +794,7 @@ async def test_finish_as_canceled_cancels_open_steps(backend: Backend) -> None:
     await create_claimed(backend, "r1", steps=[step(0), step(1, StepState.SUCCESS)])
     now = now_ms()
     await backend.finish_run(
-        await lease(backend, "r1", "w1"), "RUN_CANCELED", None, "canceled", now, [], FOREVER
+        FinishRun(await lease(backend, "r1", "w1"), RunState.CANCELED, None, "canceled", at=now)
     )
     stored = await backend.get_run("r1")
     assert stored is not None
@@ -781,13 +804,15 @@ async def test_finish_as_canceled_cancels_open_steps(backend: Backend) -> None:
 
 async def test_cancel_refuses_finished_and_unknown_runs(backend: Backend) -> None:
     with pytest.raises(RunNotFound):
-        await backend.cancel_run("wfr_missing", now_ms(), emits("wfr_missing", "x"), FOREVER)
+        await backend.cancel_run(
+            CancelRun("wfr_missing", at=now_ms(), emits=emits("wfr_missing", "x"))
+        )
     await create_claimed(backend, "r1")
     await backend.finish_run(
-        await lease(backend, "r1", "w1"), "RUN_FAILED", None, "boom", now_ms(), [], FOREVER
+        FinishRun(await lease(backend, "r1", "w1"), RunState.FAILED, None, "boom", at=now_ms())
     )
     with pytest.raises(RunConflict, match="RUN_FAILED"):
-        await backend.cancel_run("r1", now_ms(), emits("r1", "x"), FOREVER)
+        await backend.cancel_run(CancelRun("r1", at=now_ms(), emits=emits("r1", "x")))
     stored = await backend.get_run("r1")
     assert stored is not None and stored.state is RunState.FAILED and stored.error == "boom"
     assert await history(backend, "r1") == []
@@ -799,10 +824,16 @@ async def test_cancel_refuses_finished_and_unknown_runs(backend: Backend) -> Non
 
 async def test_emits_follow_the_policy(backend: Backend) -> None:
     short = HistoryPolicy(max_length=2)
-    await backend.create_run(new_run("r1"), emits("r1", "a", "b", "c"), short)
+    await backend.create_run(
+        CreateRun(new_run("r1"), emits=emits("r1", "a", "b", "c"), policy=short)
+    )
     assert await history(backend, "r1") == ["b", "c"]
     await claim_one(backend, "r1")
-    await backend.save_steps(await lease(backend, "r1", "w1"), [step(0)], emits("r1", "d"), short)
+    await backend.save_steps(
+        SaveSteps(
+            await lease(backend, "r1", "w1"), (step(0),), emits=emits("r1", "d"), policy=short
+        )
+    )
     assert await history(backend, "r1") == ["c", "d"]
 
 
@@ -821,11 +852,15 @@ async def test_emits_reach_live_listeners(backend: Backend) -> None:
 
     backend.set_sink(Sink())
     await backend.listen(["r1", "side"])
-    await backend.create_run(new_run("r1"), emits("r1", "a", "b"), FOREVER)
+    await backend.create_run(CreateRun(new_run("r1"), emits=emits("r1", "a", "b")))
     await claim_one(backend, "r1")
     # Several channels in one call, in order.
     await backend.save_steps(
-        await lease(backend, "r1", "w1"), [step(0)], emits("r1", "c") + emits("side", "s"), FOREVER
+        SaveSteps(
+            await lease(backend, "r1", "w1"),
+            (step(0),),
+            emits=emits("r1", "c") + emits("side", "s"),
+        )
     )
     async with asyncio.timeout(5):
         await four.wait()
@@ -857,9 +892,9 @@ async def test_json_edits_keep_every_field_exact(backend: Backend) -> None:
         resolved=False,
     )
     await create_claimed(backend, "r1")
-    await backend.wait_event(await lease(backend, "r1", "w1"), wait, [], FOREVER)
+    await backend.wait_event(WaitEvent(await lease(backend, "r1", "w1"), wait))
     raw = json.dumps({"big": 2**53 - 1, "float": 0.1, "text": "😀", "nested": {"empty": []}})
-    assert await backend.notify("évent/1", raw, None, now_ms()) == 1
+    assert await backend.notify(Notify("évent/1", raw, None, at=now_ms())) == 1
     stored = await backend.get_run("r1")
     assert stored is not None
     (got,) = stored.steps

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from stepstream import ValidationError, WorkflowContext
+from stepstream.backends.base import CreateRun, SaveSteps
 from stepstream.errors import BackendUnavailable
 from stepstream.records import RunRecord, RunState, StepRecord, StepState, StepType
 from stepstream.workflow.engine import run_id_from
@@ -169,12 +170,12 @@ async def test_a_storage_error_during_a_step_write_does_not_fail_the_run(
     original = backend.save_steps
     failures = {"left": 2}
 
-    async def flaky(lease: Any, steps: Any, emits: Any, policy: Any) -> None:
-        done = any(s.name == "charge" and s.state.value == "STEP_SUCCESS" for s in steps)
+    async def flaky(op: SaveSteps) -> None:
+        done = any(s.name == "charge" and s.state.value == "STEP_SUCCESS" for s in op.steps)
         if done and failures["left"]:
             failures["left"] -= 1
             raise BackendUnavailable("storage went away (injected)")
-        await original(lease, steps, emits, policy)
+        await original(op)
 
     backend.save_steps = flaky  # type: ignore[method-assign]
 
@@ -490,9 +491,7 @@ async def test_a_diverged_replay_records_no_sibling_step(harness: Harness) -> No
     charge = StepRecord(0, "charge", StepType.RUN, StepState.SUCCESS, 1, now, now, out="null")
     run_id = "wfr_recorded-by-v1"
     await v2.backend.create_run(
-        RunRecord(run_id, "order", RunState.STARTED, now, due_at=now, steps=[charge]),
-        [],
-        v2.history_policy,
+        CreateRun(RunRecord(run_id, "order", RunState.STARTED, now, due_at=now, steps=[charge]))
     )
     v2.engine.park_seconds = 0.3
     await harness.worker(v2)

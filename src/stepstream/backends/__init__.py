@@ -6,7 +6,6 @@ import os
 
 from stepstream.backends.base import Backend, LiveSink
 from stepstream.errors import ConfigurationError
-from stepstream.records import HistoryPolicy, Message
 
 DEFAULT_URL = "sqlite:///.stepstream/stepstream.db"
 ENV_VAR = "STEPSTREAM_BACKEND"
@@ -32,6 +31,10 @@ def backend_from_url(url: str | None = None) -> Backend:
         if scheme.startswith("valkey"):
             url = "redis" + url[len("valkey") :]
         return RedisBackend.from_url(url)
+    if scheme == "memory":
+        from stepstream.backends.memory import MemoryBackend
+
+        return MemoryBackend.from_url(url)
     raise ConfigurationError(
         f"unknown backend URL {url!r}: use sqlite:///path.db (embedded, the default) "
         "or redis://host:6379/0 (rediss:// for TLS)"

@@ -1,14 +1,21 @@
-"""The storage protocol every backend implements, and the records it moves.
+"""The storage protocol every backend implements, and the operations it takes.
 
-A backend is one module (``sqlite.py``, ``redis.py``) behind the narrow async ``Backend``
+A backend is one package (``sqlite/``, ``redis/``) behind the narrow async ``Backend``
 protocol below. The realtime hub and the engine never speak SQL or Redis; a new backend is one
-file that passes ``tests/backends/test_contract.py``.
+module or package that passes ``tests/backends/test_contract.py`` and
+``tests/backends/test_runs_contract.py``.
+
+Each change of a run is one frozen record (``CreateRun``, ``SaveSteps``, ``ReleaseRun``, ...)
+passed to the method of the same name::
+
+    await backend.finish_run(FinishRun(lease, RunState.SUCCESS, result, None, at=now, emits=...))
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Protocol, TypedDict
 
 from stepstream.records import (
     CursorKey,
@@ -18,8 +25,105 @@ from stepstream.records import (
     Message,
     RunPage,
     RunRecord,
+    RunState,
     StepRecord,
 )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reported:
+    """What every operation that changes a run carries besides the change: the realtime events
+    reporting it (``emits``), appended in the same atomic unit with ``policy`` trimming."""
+
+    emits: tuple[Emit, ...] = ()
+    policy: HistoryPolicy = field(default_factory=HistoryPolicy)
+
+
+@dataclass(frozen=True, slots=True)
+class CreateRun(Reported):
+    """Store ``run`` (with its steps), due at ``run.due_at``."""
+
+    run: RunRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Lease up to ``limit`` due runs of ``workflows`` to ``owner`` for ``lease_ms``, skipping
+    the ids in ``exclude`` (the caller's own executions)."""
+
+    owner: str
+    lease_ms: int
+    limit: int
+    workflows: tuple[str, ...]
+    exclude: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SaveSteps(Reported):
+    """Insert or replace ``steps`` (by position) of the run ``lease`` holds."""
+
+    lease: Lease
+    steps: tuple[StepRecord, ...]
+
+
+class RunPatch(TypedDict, total=False):
+    """Run fields a ``ReleaseRun`` changes; a field left out keeps its value."""
+
+    phase: str
+    error: str | None
+    failure_attempts: int
+    failed_step: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseRun(Reported):
+    """Give up the run ``lease`` holds until ``due_at`` (``None``: until a notify or a child
+    wakes it), changing the fields in ``patch``; ``hold``: even if a step was resolved."""
+
+    lease: Lease
+    due_at: int | None
+    patch: RunPatch = field(default_factory=RunPatch)
+    hold: bool = field(default=False, kw_only=True)
+
+
+@dataclass(frozen=True, slots=True)
+class FinishRun(Reported):
+    """End the run ``lease`` holds in ``state`` (finished) ``at`` epoch ms, with ``result``
+    (JSON text) or ``error``."""
+
+    lease: Lease
+    state: RunState
+    result: str | None
+    error: str | None
+    at: int
+
+
+@dataclass(frozen=True, slots=True)
+class WaitEvent(Reported):
+    """Save ``step`` of the run ``lease`` holds, waiting for ``step.event_id``."""
+
+    lease: Lease
+    step: StepRecord
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRun(Reported):
+    """Cancel the run ``run_id`` ``at`` epoch ms, whoever holds it."""
+
+    run_id: str
+    at: int
+
+
+@dataclass(frozen=True, slots=True)
+class Notify:
+    """Send ``event_id`` with data ``raw`` (JSON text) to the steps waiting for it (only in
+    ``run_id`` if given), ``at`` the caller's epoch ms (the runs it wakes are due by the
+    storage's clock)."""
+
+    event_id: str
+    raw: str
+    run_id: str | None
+    at: int
 
 
 class LiveSink(Protocol):
@@ -91,10 +195,10 @@ class RealtimeStore(Protocol):
 
 
 class RunStore(Protocol):
-    """The workflow half of the storage protocol. Every method that changes a run takes the
-    realtime events (``emits``) reporting that change and appends them **in the same atomic
-    unit** (with ``policy`` trimming, delivered live like ``append``), so after any crash a
-    run's event history matches its log.
+    """The workflow half of the storage protocol. Every method that changes a run takes one
+    operation record; those that report the change (``Reported``) append its ``emits`` **in the
+    same atomic unit** (with ``policy`` trimming, delivered live like ``append``), so after any
+    crash a run's event history matches its log.
 
     "Fenced" methods take the ``Lease`` of one claim and act only while the run is
     ``RUN_STARTED`` and still held by that very claim (same owner, same ``epoch``); otherwise
@@ -102,7 +206,7 @@ class RunStore(Protocol):
     never by a worker's.
     """
 
-    async def create_run(self, run: RunRecord, emits: list[Emit], policy: HistoryPolicy) -> None:
+    async def create_run(self, op: CreateRun) -> None:
         """Store a new run (due at ``run.due_at``). ``RunConflict`` if the id exists."""
 
     async def get_run(self, run_id: str) -> RunRecord | None:
@@ -114,15 +218,7 @@ class RunStore(Protocol):
         """Runs newest first (without steps), filtered; ``cursor`` continues a page. Served
         from an index for every combination of filters: the work is bounded by ``count``."""
 
-    async def claim_runs(
-        self,
-        owner: str,
-        lease_ms: int,
-        limit: int,
-        *,
-        workflows: Collection[str],
-        exclude: Collection[str] = (),
-    ) -> list[RunRecord]:
+    async def claim_runs(self, op: Claim) -> list[RunRecord]:
         """Lease up to ``limit`` runs of ``workflows`` that are ``RUN_STARTED``, due
         (``due_at <= now``) and not leased (or whose lease expired), skipping the ids in
         ``exclude`` (the caller's own executions), to ``owner`` until ``now + lease_ms``; oldest
@@ -134,52 +230,30 @@ class RunStore(Protocol):
         """Extend these leases to storage time + ``lease_ms``; returns the run ids still held
         by exactly those claims."""
 
-    async def save_steps(
-        self, lease: Lease, steps: list[StepRecord], emits: list[Emit], policy: HistoryPolicy
-    ) -> None:
+    async def save_steps(self, op: SaveSteps) -> None:
         """Fenced. Insert or replace these steps (by position)."""
 
-    async def release_run(
-        self,
-        lease: Lease,
-        due_at: int | None,
-        patch: dict[str, Any],
-        emits: list[Emit],
-        policy: HistoryPolicy,
-        *,
-        hold: bool = False,
-    ) -> None:
+    async def release_run(self, op: ReleaseRun) -> None:
         """Fenced. Give the run up until ``due_at`` (``None``: until a notify or a child wakes
-        it); ``patch`` updates run fields (``phase``, ``error``, ``failure_attempts``). A step
-        resolved meanwhile (a notify, a child's end) makes it due now instead, unless ``hold``:
-        a parked run waits for a deploy, not for its events."""
+        it); ``patch`` updates run fields (``phase``, ``error``, ``failure_attempts``,
+        ``failed_step``). A step resolved meanwhile (a notify, a child's end) makes it due now
+        instead, unless ``hold``: a parked run waits for a deploy, not for its events."""
 
-    async def finish_run(
-        self,
-        lease: Lease,
-        state: str,
-        result: str | None,
-        error: str | None,
-        now: int,
-        emits: list[Emit],
-        policy: HistoryPolicy,
-    ) -> None:
+    async def finish_run(self, op: FinishRun) -> None:
         """Fenced. End the run in ``state``. If it was invoked by a parent, resolve the parent's
         invoke step (``out`` = ``{"state", "result", "error"}``) and make the parent due now."""
 
-    async def wait_event(
-        self, lease: Lease, step: StepRecord, emits: list[Emit], policy: HistoryPolicy
-    ) -> str | None:
+    async def wait_event(self, op: WaitEvent) -> str | None:
         """Fenced. If an event for ``step.event_id`` was already sent to this run (lookback),
         consume it, save ``step`` resolved with it (``out`` = the data, ``resolved`` true) and
         return the data (JSON text); otherwise save ``step``, register it as waiting for
         ``step.event_id`` and return ``None``. Either way ``emits`` are appended."""
 
-    async def notify(self, event_id: str, raw: str, run_id: str | None, now: int) -> int:
+    async def notify(self, op: Notify) -> int:
         """Resolve every step waiting for ``event_id`` (only in ``run_id`` if given): its ``out``
         becomes ``raw``, ``resolved`` true, and its run is due now. Returns how many. If
         ``run_id`` is given and nothing of it waits, keep the event for that run (lookback) and
-        return 0. ``RunNotFound`` / ``RunConflict`` (finished) for a bad ``run_id``."""
+        return 0. ``RunNotFound`` / ``RunConflict`` (finished) for a bad ``run_id``. Atomic."""
 
     async def wake_workers(self) -> None:
         """Best effort: tell workers in other processes that a run is due now, so they claim
@@ -191,12 +265,12 @@ class RunStore(Protocol):
     def wakeups_active(self) -> bool:
         """Whether ``listen_wakeups`` is still in effect (a dropped connection ends it)."""
 
-    async def cancel_run(
-        self, run_id: str, now: int, emits: list[Emit], policy: HistoryPolicy
-    ) -> None:
+    async def cancel_run(self, op: CancelRun) -> None:
         """Mark a running run ``RUN_CANCELED`` (its in-progress steps ``STEP_CANCELED``), drop its
-        lease and waits. ``RunNotFound``, or ``RunConflict`` if it already finished."""
+        lease and waits, and resolve its parent's invoke step like ``finish_run``. Not fenced:
+        whoever holds the run loses it. ``RunNotFound``, or ``RunConflict`` if it already
+        finished."""
 
 
 class Backend(RealtimeStore, RunStore, Protocol):
-    """The whole storage protocol: what ``sqlite.py`` and ``redis.py`` implement."""
+    """The whole storage protocol: what ``sqlite/`` and ``redis/`` implement."""

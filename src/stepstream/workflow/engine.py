@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import httpx
 
 from stepstream import events
+from stepstream.backends.base import CancelRun, CreateRun, Notify, SaveSteps, WaitEvent
 from stepstream.clock import Clock, system_ms
 from stepstream.errors import (
     ConfigurationError,
@@ -64,6 +65,8 @@ def to_json(value: Any, what: str) -> str:
         return dumps(value)
     except (TypeError, ValueError) as exc:
         raise ValidationError(f"{what} is not JSON-serialisable: {exc}") from None
+    except RecursionError:
+        raise ValidationError(f"{what} is nested too deeply to store as JSON") from None
 
 
 class HasEngine(Protocol):
@@ -165,9 +168,9 @@ class Engine:
 
     # -- the Runtime of a context (see ``workflow/runtime.py``) ------------------------------
 
-    def reported(self, updates: list[Emit]) -> list[Emit]:
+    def reported(self, *updates: Emit) -> tuple[Emit, ...]:
         """The progress events to store with a change: none without a realtime."""
-        return updates if self.realtime is not None else []
+        return updates if self.realtime is not None else ()
 
     def channel(self, run_id: str) -> Channel:
         if self.realtime is None:
@@ -175,10 +178,14 @@ class Engine:
         return self.realtime.channel(run_id)
 
     async def save_steps(self, lease: Lease, steps: list[StepRecord], updates: list[Emit]) -> None:
-        await self.backend.save_steps(lease, steps, self.reported(updates), self.policy)
+        await self.backend.save_steps(
+            SaveSteps(lease, tuple(steps), emits=self.reported(*updates), policy=self.policy)
+        )
 
     async def wait_event(self, lease: Lease, step: StepRecord, updates: list[Emit]) -> str | None:
-        return await self.backend.wait_event(lease, step, self.reported(updates), self.policy)
+        return await self.backend.wait_event(
+            WaitEvent(lease, step, emits=self.reported(*updates), policy=self.policy)
+        )
 
     # -- starting, notifying, canceling ---------------------------------------------------------
 
@@ -212,8 +219,8 @@ class Engine:
             parent=parent,
             parent_position=parent_position,
         )
-        update = self.reported([events.run_start(run_id, now)])
-        await self.backend.create_run(run, update, self.policy)
+        update = self.reported(events.run_start(run_id, now))
+        await self.backend.create_run(CreateRun(run, emits=update, policy=self.policy))
         self.wake(due)
         return run_id
 
@@ -229,7 +236,7 @@ class Engine:
         if not isinstance(event_id, str) or not event_id:
             raise ValidationError("event_id must be a non-empty string")
         raw = to_json(data, "the event data")
-        woken = await self.backend.notify(event_id, raw, run_id, self.clock())
+        woken = await self.backend.notify(Notify(event_id, raw, run_id, at=self.clock()))
         if woken:
             self.wake()
         elif run_id is None:
@@ -238,8 +245,8 @@ class Engine:
 
     async def cancel(self, run_id: str) -> None:
         now = self.clock()
-        update = self.reported([events.run_finish(run_id, now, RunState.CANCELED, "canceled")])
-        await self.backend.cancel_run(run_id, now, update, self.policy)
+        update = self.reported(events.run_finish(run_id, now, RunState.CANCELED, "canceled"))
+        await self.backend.cancel_run(CancelRun(run_id, at=now, emits=update, policy=self.policy))
 
     # -- step bodies ------------------------------------------------------------------------
 

@@ -12,9 +12,9 @@ import asyncio
 import contextlib
 import inspect
 import logging
-from typing import Any
 
 from stepstream import events
+from stepstream.backends.base import FinishRun, ReleaseRun, RunPatch
 from stepstream.clock import Clock
 from stepstream.errors import (
     BackendError,
@@ -82,9 +82,11 @@ class Execution:
         self.lease = context.lease
         self.run = context.record
 
-    async def release(self, due: int | None, patch: dict[str, Any], *, hold: bool = False) -> None:
+    async def release(self, due: int | None, patch: RunPatch, *, hold: bool = False) -> None:
         engine = self.engine
-        await engine.backend.release_run(self.lease, due, patch, [], engine.policy, hold=hold)
+        await engine.backend.release_run(
+            ReleaseRun(self.lease, due, patch, hold=hold, policy=engine.policy)
+        )
 
     async def run_phase(self, definition: Workflow) -> None:
         context, run = self.context, self.run
@@ -106,7 +108,7 @@ class Execution:
             finally:
                 await context.settle()
         except Suspend:
-            patch = {"error": None} if run.error is not None else {}  # no longer stuck
+            patch: RunPatch = {"error": None} if run.error is not None else {}  # no longer stuck
             await self.wait(run.timeout_at, patch)
             return
         except Cancel:
@@ -146,7 +148,11 @@ class Execution:
         if definition.failure_function is None:
             await self.finish(RunState.FAILED, None, failure.message)
             return
-        patch = {"phase": "failure", "error": failure.message, "failed_step": failure.step}
+        patch: RunPatch = {
+            "phase": "failure",
+            "error": failure.message,
+            "failed_step": failure.step,
+        }
         await self.release(self.context.now(), patch)
         self.engine.wake()
 
@@ -187,7 +193,7 @@ class Execution:
             return
         await self.finish(RunState.FAILED, None, error)
 
-    async def wait(self, timeout_at: int | None, patch: dict[str, Any]) -> None:
+    async def wait(self, timeout_at: int | None, patch: RunPatch) -> None:
         """The function suspended (a sleep, a retry delay, an event, a child run): give the run
         up until its earliest wake-up."""
         if await self.diverged():
@@ -206,9 +212,9 @@ class Execution:
     async def finish(self, state: RunState, result: str | None, error: str | None) -> None:
         engine = self.engine
         now = self.context.now()
-        update = engine.reported([events.run_finish(self.lease.run_id, now, state, error)])
+        update = engine.reported(events.run_finish(self.lease.run_id, now, state, error))
         await engine.backend.finish_run(
-            self.lease, state.value, result, error, now, update, engine.policy
+            FinishRun(self.lease, state, result, error, at=now, emits=update, policy=engine.policy)
         )
         if self.run.parent is not None:
             engine.wake()
@@ -228,7 +234,7 @@ class Execution:
         lets it continue; ``cancel`` ends it. Failing it would throw away its completed steps."""
         seconds = self.engine.park_seconds
         log.error("run %s is stuck: %s (looked at again every %gs)", self.run.id, message, seconds)
-        patch = {"error": message} if self.run.phase == "run" else {}
+        patch: RunPatch = {"error": message} if self.run.phase == "run" else {}
         await self.release(self.context.now() + int(seconds * 1000), patch, hold=True)
 
     async def hand_back(self) -> None:

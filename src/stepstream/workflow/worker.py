@@ -10,6 +10,7 @@ import secrets
 import socket
 from typing import TYPE_CHECKING
 
+from stepstream.backends.base import Claim, ReleaseRun
 from stepstream.clock import Clock, system_ms
 from stepstream.errors import BackendError, LeaseLost
 from stepstream.records import Lease
@@ -138,11 +139,13 @@ class Worker:
                 try:
                     asked = self.clock()
                     claimed = await backend.claim_runs(
-                        self.owner,
-                        self.lease_ms,
-                        min(free, 100),
-                        workflows=self.engine.registry.names,
-                        exclude=list(self.active),
+                        Claim(
+                            self.owner,
+                            self.lease_ms,
+                            min(free, 100),
+                            tuple(self.engine.registry.names),
+                            exclude=tuple(self.active),
+                        )
                     )
                 except BackendError as exc:
                     log.warning("claiming runs failed (%s); retrying in 1 s", exc)
@@ -165,7 +168,7 @@ class Worker:
         for run in runs:
             lease = Lease(run.id, self.owner, run.epoch)
             with contextlib.suppress(BackendError, LeaseLost):  # else the lease expires
-                await self.engine.backend.release_run(lease, run.due_at, {}, [], policy)
+                await self.engine.backend.release_run(ReleaseRun(lease, run.due_at, policy=policy))
 
     def _measure_clock(self, run: RunRecord, asked: int, answered: int) -> None:
         """Compare this worker's clock with the storage's, which stamped the claim somewhere

@@ -1,0 +1,19 @@
+--!df flags=allow-undeclared-keys
+-- ARGV: P, id, state, workflow, due_at|'', seq-less run fields (n + pairs), steps (n + pairs),
+-- emits.
+local id, state, workflow, due = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local key = run_key(id)
+if redis.call('EXISTS', key) == 1 then return {'EXISTS'} end
+local seq = redis.call('INCR', P .. 'wf:seq')
+local at = hset_pairs(key, 6)
+redis.call('HSET', key, 'seq', seq, 'epoch', 0)
+at = hset_pairs(steps_key(id), at)
+redis.call('ZADD', P .. 'wf:runs', seq, id)
+redis.call('ZADD', P .. 'wf:runs:state:' .. state, seq, id)
+redis.call('ZADD', P .. 'wf:runs:workflow:' .. workflow, seq, id)
+redis.call('ZADD', P .. 'wf:runs:sw:' .. state .. ':' .. workflow, seq, id)
+if state == 'RUN_STARTED' and due ~= '' then
+  redis.call('ZADD', due_key(workflow), due, id)
+end
+emit_all(at)
+return {'OK'}

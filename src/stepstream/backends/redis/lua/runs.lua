@@ -1,0 +1,112 @@
+-- The library of the run scripts, after append_event.lua and before each script's body.
+-- ARGV[1] is always the key prefix P.
+local P = ARGV[1]
+
+local function run_key(id) return P .. 'wf:run:' .. id end
+local function steps_key(id) return P .. 'wf:steps:' .. id end
+local function due_key(workflow) return P .. 'wf:due:' .. workflow end
+local function leased_key(workflow) return P .. 'wf:leased:' .. workflow end
+
+-- Leases and due times are judged by Redis's clock, never a worker's.
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- ARGV[from], ARGV[from + 1]: max length and ttl; then (stream key, event, json) triples.
+local function emit_all(from)
+  local maxlen, ttl = tonumber(ARGV[from]), tonumber(ARGV[from + 1])
+  for i = from + 2, #ARGV, 3 do
+    append_event(ARGV[i], ARGV[i] .. ':meta', ARGV[i + 1], ARGV[i + 2], maxlen, ttl)
+  end
+end
+
+-- ARGV[at] = n, then n (field, value) pairs: HSET them into `key`; returns the next index.
+local function hset_pairs(key, at)
+  local n = tonumber(ARGV[at])
+  for i = at + 1, at + 2 * n, 2 do
+    redis.call('HSET', key, ARGV[i], ARGV[i + 1])
+  end
+  return at + 2 * n + 1
+end
+
+local function fenced(id, owner, epoch)
+  local state, lease, held = unpack(
+    redis.call('HMGET', run_key(id), 'state', 'lease_owner', 'epoch'))
+  return state == 'RUN_STARTED' and lease == owner and (held or '0') == epoch
+end
+
+-- Step records are JSON written by Python (records.StepRecord.to_json). Scripts never decode
+-- them: a decoder can refuse text (cjson and lone surrogates) half way through a script, after
+-- it has written. They are edited as text instead. A field's `"name":` can only occur once,
+-- structurally: inside a JSON string every quote is escaped.
+local function has(text, literal) return string.find(text, literal, 1, true) ~= nil end
+
+local function set_field(text, name, value)
+  return (string.gsub(text, '"' .. name .. '":[^,}]*', function()
+    return '"' .. name .. '":' .. value
+  end, 1))
+end
+
+local function in_progress(text) return has(text, '"state":"STEP_PROGRESS"') end
+
+local function make_due(id, at)
+  local key = run_key(id)
+  redis.call('HSET', key, 'due_at', at)
+  if not redis.call('HGET', key, 'lease_owner') then
+    redis.call('ZADD', due_key(redis.call('HGET', key, 'workflow')), at, id)
+  end
+  -- A leased run stays with its worker; release_run sees the resolved step.
+end
+
+-- The step's text with `out` set to the JSON text `out` and `resolved` true.
+local function resolved_step(text, out)
+  return set_field(set_field(text, 'out', cjson.encode(out)), 'resolved', 'true')
+end
+
+-- A notify or a finished child writes a step's `out` while it is still in progress.
+local function resolve(id, position, out)
+  local key = steps_key(id)
+  local text = redis.call('HGET', key, position)
+  if not text or not in_progress(text) or has(text, '"resolved":true') then return 0 end
+  redis.call('HSET', key, position, resolved_step(text, out))
+  if redis.call('HGET', run_key(id), 'state') == 'RUN_STARTED' then
+    make_due(id, now_ms())
+  end
+  return 1
+end
+
+local function close(id, state, result, err, now, outcome)
+  local key = run_key(id)
+  local old, seq, parent, position, workflow = unpack(
+    redis.call('HMGET', key, 'state', 'seq', 'parent', 'm.parent_position', 'workflow'))
+  redis.call('HSET', key, 'state', state, 'completed_at', now, 'm.result', result, 'm.error', err)
+  redis.call('HDEL', key, 'due_at', 'lease_owner', 'lease_until')
+  redis.call('ZREM', due_key(workflow), id)
+  redis.call('ZREM', leased_key(workflow), id)
+  redis.call('ZREM', P .. 'wf:runs:state:' .. old, id)
+  redis.call('ZREM', P .. 'wf:runs:sw:' .. old .. ':' .. workflow, id)
+  redis.call('ZADD', P .. 'wf:runs:state:' .. state, seq, id)
+  redis.call('ZADD', P .. 'wf:runs:sw:' .. state .. ':' .. workflow, seq, id)
+  local waits = P .. 'wf:waitsof:' .. id
+  for _, member in ipairs(redis.call('SMEMBERS', waits)) do
+    local at, event = string.match(member, '^(%d+)|(.*)$')
+    redis.call('SREM', P .. 'wf:waits:' .. event, id .. '|' .. at)
+  end
+  redis.call('DEL', waits, P .. 'wf:lookback:' .. id)
+  do -- a finished run leaves no step in progress (canceled, timed out, abandoned)
+    local steps = steps_key(id)
+    local all = redis.call('HGETALL', steps)
+    for i = 1, #all, 2 do
+      local text = all[i + 1]
+      local changed = string.gsub(text, '"state":"STEP_PROGRESS"', '"state":"STEP_CANCELED"', 1)
+      changed = string.gsub(changed, '"state":"STEP_RETRY"', '"state":"STEP_CANCELED"', 1)
+      if changed ~= text then
+        redis.call('HSET', steps, all[i], set_field(changed, 'finished_at', now))
+      end
+    end
+  end
+  if parent and position and position ~= 'null' then
+    resolve(parent, position, outcome)
+  end
+end

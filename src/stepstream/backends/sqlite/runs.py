@@ -1,0 +1,397 @@
+"""The workflow half of the SQLite backend. Every change runs as one write job on the database
+thread, so a state change and the events reporting it (``append_emits``) commit together."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from typing import Any
+
+from stepstream.backends.base import (
+    CancelRun,
+    Claim,
+    CreateRun,
+    FinishRun,
+    Notify,
+    ReleaseRun,
+    SaveSteps,
+    WaitEvent,
+)
+from stepstream.backends.sqlite.channels import append_emits
+from stepstream.backends.sqlite.connection import Database
+from stepstream.clock import system_ms
+from stepstream.errors import LeaseLost, RunConflict, RunNotFound
+from stepstream.records import (
+    Lease,
+    RunPage,
+    RunRecord,
+    RunState,
+    StepRecord,
+    StepState,
+    dumps,
+)
+
+COLUMNS = (
+    "id, workflow, state, created_at, completed_at, due_at, lease_owner, lease_until, parent, "
+    "epoch, meta"
+)
+
+
+class SQLiteRuns:
+    """``RunStore`` on the database thread of ``_db``."""
+
+    _db: Database
+
+    async def create_run(self, op: CreateRun) -> None:
+        run = op.run
+
+        def create(conn: sqlite3.Connection) -> None:
+            if conn.execute("SELECT 1 FROM wf_runs WHERE id = ?", (run.id,)).fetchone():
+                raise RunConflict(
+                    f"a workflow run with id {run.id!r} already exists: ids are single-use"
+                )
+            (seq,) = conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM wf_runs").fetchone()
+            conn.execute(
+                f"INSERT INTO wf_runs ({COLUMNS}, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    run.id,
+                    run.workflow,
+                    run.state.value,
+                    run.created_at,
+                    run.completed_at,
+                    run.due_at,
+                    None,
+                    None,
+                    run.parent,
+                    0,
+                    run.meta_json(),
+                    seq,
+                ),
+            )
+            _put_steps(conn, run.id, run.steps)
+            append_emits(conn, op.emits, op.policy)
+
+        await self._db.submit(create, write=True)
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        def get(conn: sqlite3.Connection) -> RunRecord | None:
+            row = conn.execute(f"SELECT {COLUMNS} FROM wf_runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None:
+                return None
+            run = _run(row)
+            run.steps = _steps(conn, run_id)
+            return run
+
+        return await self._db.submit(get, write=False)
+
+    async def list_runs(
+        self, *, state: str | None, workflow: str | None, cursor: str | None, count: int
+    ) -> RunPage:
+        where: list[str] = ["1 = 1"]
+        args: list[Any] = []
+        if state is not None:
+            where.append("state = ?")
+            args.append(state)
+        if workflow is not None:
+            where.append("workflow = ?")
+            args.append(workflow)
+        if cursor is not None:
+            where.append("seq < ?")
+            args.append(int(cursor))
+        sql = (
+            f"SELECT {COLUMNS}, seq FROM wf_runs WHERE {' AND '.join(where)} "
+            "ORDER BY seq DESC LIMIT ?"
+        )
+
+        def page(conn: sqlite3.Connection) -> RunPage:
+            rows = conn.execute(sql, (*args, count + 1)).fetchall()
+            more = len(rows) > count
+            rows = rows[:count]
+            runs = [_run(row[:-1]) for row in rows]
+            return RunPage(runs, str(rows[-1][-1]) if more and rows else None)
+
+        return await self._db.submit(page, write=False)
+
+    async def claim_runs(self, op: Claim) -> list[RunRecord]:
+        owner, lease_ms = op.owner, op.lease_ms
+        names, skip = json.dumps(list(op.workflows)), json.dumps(list(op.exclude))
+
+        def claim(conn: sqlite3.Connection) -> list[RunRecord]:
+            now = system_ms()
+            rows = conn.execute(
+                f"SELECT {COLUMNS} FROM wf_runs WHERE state = 'RUN_STARTED' AND due_at <= ? "
+                "AND (lease_until IS NULL OR lease_until < ?) "
+                "AND workflow IN (SELECT value FROM json_each(?)) "
+                "AND id NOT IN (SELECT value FROM json_each(?)) ORDER BY due_at LIMIT ?",
+                (now, now, names, skip, op.limit),
+            ).fetchall()
+            runs = []
+            for row in rows:
+                run = _run(row)
+                run.lease_owner, run.lease_until, run.epoch = owner, now + lease_ms, run.epoch + 1
+                conn.execute(
+                    "UPDATE wf_runs SET lease_owner = ?, lease_until = ?, epoch = ? WHERE id = ?",
+                    (owner, run.lease_until, run.epoch, run.id),
+                )
+                run.steps = _steps(conn, run.id)
+                runs.append(run)
+            return runs
+
+        return await self._db.submit(claim, write=True)
+
+    async def renew_leases(self, leases: list[Lease], lease_ms: int) -> list[str]:
+        def renew(conn: sqlite3.Connection) -> list[str]:
+            until = system_ms() + lease_ms
+            held = []
+            for lease in leases:
+                cursor = conn.execute(
+                    "UPDATE wf_runs SET lease_until = ? WHERE id = ? AND lease_owner = ? "
+                    "AND epoch = ? AND state = 'RUN_STARTED'",
+                    (until, lease.run_id, lease.owner, lease.epoch),
+                )
+                if cursor.rowcount:
+                    held.append(lease.run_id)
+            return held
+
+        return await self._db.submit(renew, write=True)
+
+    async def save_steps(self, op: SaveSteps) -> None:
+        def save(conn: sqlite3.Connection) -> None:
+            _fence(conn, op.lease)
+            _put_steps(conn, op.lease.run_id, op.steps)
+            append_emits(conn, op.emits, op.policy)
+
+        await self._db.submit(save, write=True)
+
+    async def release_run(self, op: ReleaseRun) -> None:
+        run_id, patch = op.lease.run_id, op.patch
+
+        def release(conn: sqlite3.Connection) -> None:
+            _fence(conn, op.lease)
+            if patch:
+                (meta,) = conn.execute(
+                    "SELECT meta FROM wf_runs WHERE id = ?", (run_id,)
+                ).fetchone()
+                conn.execute(
+                    "UPDATE wf_runs SET meta = ? WHERE id = ?",
+                    (dumps({**json.loads(meta), **patch}), run_id),
+                )
+            # A notify or a finished child may have resolved a step while we held the run: then
+            # it is due now, whatever we planned.
+            resolved = (
+                not op.hold
+                and conn.execute(
+                    "SELECT 1 FROM wf_steps WHERE run_id = ? "
+                    "AND json_extract(data, '$.resolved') = 1 "
+                    "AND json_extract(data, '$.state') = 'STEP_PROGRESS' LIMIT 1",
+                    (run_id,),
+                ).fetchone()
+            )
+            conn.execute(
+                "UPDATE wf_runs SET due_at = ?, lease_owner = NULL, lease_until = NULL "
+                "WHERE id = ?",
+                (system_ms() if resolved else op.due_at, run_id),
+            )
+            append_emits(conn, op.emits, op.policy)
+
+        await self._db.submit(release, write=True)
+
+    async def finish_run(self, op: FinishRun) -> None:
+        def finish(conn: sqlite3.Connection) -> None:
+            _fence(conn, op.lease)
+            _close(conn, op.lease.run_id, op.state, op.result, op.error, op.at)
+            append_emits(conn, op.emits, op.policy)
+
+        await self._db.submit(finish, write=True)
+
+    async def wait_event(self, op: WaitEvent) -> str | None:
+        step, run_id, event_id = op.step, op.lease.run_id, op.step.event_id
+        assert event_id is not None
+
+        def wait(conn: sqlite3.Connection) -> str | None:
+            _fence(conn, op.lease)
+            row = conn.execute(
+                "SELECT data FROM wf_lookback WHERE run_id = ? AND event_id = ?",
+                (run_id, event_id),
+            ).fetchone()
+            data: str | None = None
+            saved = step
+            if row is not None:
+                # Consume the event and record the step resolved in one transaction: a crash
+                # right after cannot lose the event, and the step's start is reported like any
+                # other.
+                conn.execute(
+                    "DELETE FROM wf_lookback WHERE run_id = ? AND event_id = ?", (run_id, event_id)
+                )
+                data = row[0]
+                saved = replace(step, out=data, resolved=True)
+            else:
+                conn.execute(
+                    "INSERT OR IGNORE INTO wf_waits (event_id, run_id, position) VALUES (?, ?, ?)",
+                    (event_id, run_id, step.position),
+                )
+            _put_steps(conn, run_id, [saved])
+            append_emits(conn, op.emits, op.policy)
+            return data
+
+        return await self._db.submit(wait, write=True)
+
+    async def notify(self, op: Notify) -> int:
+        event_id, raw, run_id = op.event_id, op.raw, op.run_id
+
+        def resolve_waits(conn: sqlite3.Connection) -> int:
+            if run_id is not None:
+                row = conn.execute("SELECT state FROM wf_runs WHERE id = ?", (run_id,)).fetchone()
+                if row is None:
+                    raise RunNotFound(run_id)
+                if row[0] != RunState.STARTED.value:
+                    raise RunConflict(
+                        f"run {run_id} already finished ({row[0]}); nothing can wait anymore"
+                    )
+                waits = conn.execute(
+                    "SELECT run_id, position FROM wf_waits WHERE event_id = ? AND run_id = ?",
+                    (event_id, run_id),
+                ).fetchall()
+            else:
+                waits = conn.execute(
+                    "SELECT run_id, position FROM wf_waits WHERE event_id = ?", (event_id,)
+                ).fetchall()
+            woken = 0
+            for waiter, position in waits:
+                conn.execute(
+                    "DELETE FROM wf_waits WHERE event_id = ? AND run_id = ? AND position = ?",
+                    (event_id, waiter, position),
+                )
+                woken += _resolve(conn, waiter, position, raw)
+            if not woken and run_id is not None:
+                conn.execute(
+                    "INSERT OR REPLACE INTO wf_lookback (run_id, event_id, data) VALUES (?, ?, ?)",
+                    (run_id, event_id, raw),
+                )
+            return woken
+
+        return await self._db.submit(resolve_waits, write=True)
+
+    async def cancel_run(self, op: CancelRun) -> None:
+        run_id = op.run_id
+
+        def cancel(conn: sqlite3.Connection) -> None:
+            row = conn.execute("SELECT state FROM wf_runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise RunNotFound(run_id)
+            if row[0] != RunState.STARTED.value:
+                raise RunConflict(
+                    f"run {run_id} already finished ({row[0]}); only running runs can be canceled"
+                )
+            _close(conn, run_id, RunState.CANCELED, None, "canceled", op.at)
+            append_emits(conn, op.emits, op.policy)
+
+        await self._db.submit(cancel, write=True)
+
+    async def wake_workers(self) -> None:
+        """Nothing to send: other processes see the commit through ``PRAGMA data_version``."""
+
+    async def listen_wakeups(self, callback: Callable[[], None]) -> None:
+        callbacks = self._db.feed.wake_callbacks
+
+        def register(conn: sqlite3.Connection) -> None:
+            if callback not in callbacks:
+                callbacks.append(callback)
+
+        await self._db.submit(register, write=False)
+
+    def wakeups_active(self) -> bool:
+        return self._db.running
+
+
+def _run(row: tuple[Any, ...]) -> RunRecord:
+    run_id, workflow, state, created, completed, due, owner, until, parent, epoch, meta = row
+    base = RunRecord(
+        id=run_id,
+        workflow=workflow,
+        state=RunState(state),
+        created_at=created,
+        completed_at=completed,
+        due_at=due,
+        lease_owner=owner,
+        lease_until=until,
+        parent=parent,
+        epoch=epoch,
+    )
+    return base.with_meta(meta)
+
+
+def _steps(conn: sqlite3.Connection, run_id: str) -> list[StepRecord]:
+    rows = conn.execute(
+        "SELECT data FROM wf_steps WHERE run_id = ? ORDER BY position", (run_id,)
+    ).fetchall()
+    return [StepRecord.from_json(data) for (data,) in rows]
+
+
+def _fence(conn: sqlite3.Connection, lease: Lease) -> None:
+    row = conn.execute(
+        "SELECT state, lease_owner, epoch FROM wf_runs WHERE id = ?", (lease.run_id,)
+    ).fetchone()
+    if row is None or tuple(row) != (RunState.STARTED.value, lease.owner, lease.epoch):
+        raise LeaseLost(f"run {lease.run_id} is no longer held by this execution")
+
+
+def _put_steps(conn: sqlite3.Connection, run_id: str, steps: Iterable[StepRecord]) -> None:
+    conn.executemany(
+        "INSERT OR REPLACE INTO wf_steps (run_id, position, data) VALUES (?, ?, ?)",
+        [(run_id, step.position, step.to_json()) for step in steps],
+    )
+
+
+def _close(
+    conn: sqlite3.Connection,
+    run_id: str,
+    state: RunState,
+    result: str | None,
+    error: str | None,
+    now: int,
+) -> None:
+    """End the run (``finish_run``, ``cancel_run``): drop its lease, waits and kept events,
+    cancel its steps still in progress, and resolve its parent's invoke step."""
+    row = conn.execute("SELECT parent, meta FROM wf_runs WHERE id = ?", (run_id,)).fetchone()
+    parent, meta_text = row
+    meta = json.loads(meta_text)
+    meta.update(result=result, error=error)
+    conn.execute(
+        "UPDATE wf_runs SET state = ?, completed_at = ?, due_at = NULL, lease_owner = NULL, "
+        "lease_until = NULL, meta = ? WHERE id = ?",
+        (state.value, now, dumps(meta), run_id),
+    )
+    conn.execute("DELETE FROM wf_waits WHERE run_id = ?", (run_id,))
+    conn.execute("DELETE FROM wf_lookback WHERE run_id = ?", (run_id,))
+    # A finished run leaves no step in progress (canceled, timed out, or abandoned).
+    for step in _steps(conn, run_id):
+        if step.state in (StepState.PROGRESS, StepState.RETRY):
+            step.state = StepState.CANCELED
+            step.finished_at = now
+            _put_steps(conn, run_id, [step])
+    if parent is not None and meta.get("parent_position") is not None:
+        out = dumps({"state": state.value, "result": result, "error": error})
+        _resolve(conn, parent, meta["parent_position"], out)
+
+
+def _resolve(conn: sqlite3.Connection, run_id: str, position: int, out: str) -> bool:
+    """A notify or a finished child writes a step's ``out`` while it is still in progress; its
+    run becomes due now (the run's worker completes the step)."""
+    row = conn.execute(
+        "SELECT data FROM wf_steps WHERE run_id = ? AND position = ?", (run_id, position)
+    ).fetchone()
+    if row is None:
+        return False
+    step = StepRecord.from_json(row[0])
+    if step.state is not StepState.PROGRESS or step.resolved:
+        return False
+    step.out, step.resolved = out, True
+    _put_steps(conn, run_id, [step])
+    conn.execute(
+        "UPDATE wf_runs SET due_at = ? WHERE id = ? AND state = 'RUN_STARTED'",
+        (system_ms(), run_id),
+    )
+    return True
