@@ -5,6 +5,7 @@
 >>> app = handle(realtime)  # an ASGI SSE endpoint
 """
 
+from stepstream.client import Client
 from stepstream.errors import (
     BackendError,
     BackendUnavailable,
@@ -26,7 +27,6 @@ from stepstream.errors import (
 from stepstream.realtime import Channel, Realtime, handle
 from stepstream.records import HistoryPolicy, Message, RunState, StepState
 from stepstream.version import __version__
-from stepstream.workflow.client import Client
 from stepstream.workflow.context import WorkflowContext
 from stepstream.workflow.policy import Backoff
 from stepstream.workflow.worker import Worker

@@ -17,18 +17,13 @@ import ipaddress
 import json
 import os
 import secrets
-import time
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
 
-from stepstream.errors import StepstreamError
+from stepstream.clock import system_ms
+from stepstream.errors import Forbidden, InvalidToken, Unauthorized
 
 SECRET_ENV = "STEPSTREAM_SECRET"
 TOKEN_ENV = "STEPSTREAM_TOKEN"
-
-
-class InvalidToken(StepstreamError):
-    """A subscription token is malformed, tampered with, or expired."""
 
 
 def _b64(data: bytes) -> str:
@@ -61,7 +56,7 @@ class TokenSigner:
             channels = [channels]
         if not channels or ttl <= 0:
             raise ValueError("a token needs at least one channel and a positive ttl")
-        body = {"c": list(channels), "e": int(time.time() + ttl)}
+        body = {"c": list(channels), "e": int(system_ms() / 1000 + ttl)}
         payload = _b64(json.dumps(body, separators=(",", ":")).encode())
         return f"{payload}.{self._sign(payload)}"
 
@@ -76,9 +71,10 @@ class TokenSigner:
         try:
             body = json.loads(_unb64(payload))
             channels, expiry = body["c"], body["e"]
+        # base64 (binascii.Error, or ValueError for non-ASCII text) and JSON both raise ValueErrors
         except (ValueError, KeyError, TypeError):
             raise InvalidToken("malformed token payload") from None
-        if time.time() > expiry:
+        if system_ms() / 1000 > expiry:
             raise InvalidToken("token expired: ask the server for a new one")
         return frozenset(str(c) for c in channels)
 
@@ -98,15 +94,6 @@ def _utf8(text: str) -> bytes:
     return text.encode("utf-8", "surrogatepass")
 
 
-@dataclass(frozen=True)
-class Refusal:
-    """Why a request may not go on: the HTTP status, error code and message to answer with."""
-
-    status: int
-    code: str
-    message: str
-
-
 def channel_refusal(
     channels: Collection[str],
     *,
@@ -114,9 +101,9 @@ def channel_refusal(
     api_token: str | None,
     query_token: str | None,
     bearer_token: str | None,
-) -> Refusal | None:
+) -> Unauthorized | Forbidden | None:
     """The access rule for reading ``channels`` (the SSE and history endpoints): ``None`` if
-    the request may, else why not.
+    the request may, else the error refusing it.
 
     The API token counts only as a bearer header: a query string lands in access logs. A
     subscription token (``realtime.token(...)``) may be either, and must grant every channel.
@@ -124,26 +111,24 @@ def channel_refusal(
     >>> signer = TokenSigner(b"k" * 32)
     >>> token = signer.mint(["a"], ttl=60)
     >>> channel_refusal(["b"], signer=signer, api_token=None, query_token=token, bearer_token=None)
-    Refusal(status=403, code='forbidden', message='the token does not grant channel(s) b')
+    Forbidden('the token does not grant channel(s) b')
     """
     if api_token is not None and same_token(bearer_token, api_token):
         return None
     if api_token is not None and same_token(query_token, api_token):
-        message = "send the API token as Authorization: Bearer, never in a URL (logs keep URLs)"
-        return Refusal(401, "unauthorized", message)
+        return Unauthorized(
+            "send the API token as Authorization: Bearer, never in a URL (logs keep URLs)"
+        )
     given = query_token or bearer_token
     if not given:
-        message = "this endpoint needs a subscription token: add ?token=..."
-        return Refusal(401, "unauthorized", message)
+        return Unauthorized("this endpoint needs a subscription token: add ?token=...")
     try:
         granted = signer.verify(given)
     except InvalidToken as exc:
-        return Refusal(401, "unauthorized", str(exc))
+        return exc
     refused = [channel for channel in channels if channel not in granted]
     if refused:
-        return Refusal(
-            403, "forbidden", f"the token does not grant channel(s) {', '.join(refused)}"
-        )
+        return Forbidden(f"the token does not grant channel(s) {', '.join(refused)}")
     return None
 
 

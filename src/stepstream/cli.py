@@ -20,7 +20,8 @@ from stepstream.records import RunState
 from stepstream.version import __version__
 
 if TYPE_CHECKING:
-    from stepstream.workflow.client import Client
+    from stepstream.client import Client
+    from stepstream.server.wire import RunLog, RunPage
     from stepstream.workflows import Workflows
 
 
@@ -227,7 +228,7 @@ TOKEN_OPTION = click.option("--token", envvar="STEPSTREAM_TOKEN", help="API bear
 
 
 def _client(url: str, token: str | None) -> Client:
-    from stepstream.workflow.client import Client
+    from stepstream.client import Client
 
     return Client(url=url, token=token)
 
@@ -288,7 +289,7 @@ def trigger(
 def logs(run_id: str, as_json: bool, url: str, token: str | None) -> None:
     """Show a run's log: state, payload, result and a table of its steps."""
 
-    async def go() -> dict[str, Any]:
+    async def go() -> RunLog:
         client = _client(url, token)
         try:
             return await client.logs(run_id)
@@ -319,7 +320,7 @@ def runs(
 ) -> None:
     """List runs, newest first."""
 
-    async def go() -> dict[str, Any]:
+    async def go() -> RunPage:
         client = _client(url, token)
         try:
             return await client.runs(state=state, workflow=workflow, count=count)

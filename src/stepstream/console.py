@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +13,7 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
+from stepstream.clock import system_ms
 from stepstream.errors import StepstreamError
 from stepstream.realtime.remote import subscribe_remote
 from stepstream.records import parse_cursor
@@ -153,7 +153,7 @@ class RunProgress:
         return None
 
     def render(self) -> Group:
-        now = int(time.time() * 1000)
+        now = system_ms()
         rows: list[Any] = [Text.assemble(("run ", "dim"), (self.run_id, "bold"))]
         for step in self.steps:
             took = _duration((step.finished_at or now) - (step.timestamp or now))

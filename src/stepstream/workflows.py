@@ -9,15 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from starlette.applications import Starlette
-
 from stepstream.backends import Backend, backend_from_url
+from stepstream.client import Client
 from stepstream.errors import ConfigurationError
 from stepstream.events import WorkflowUpdate
 from stepstream.realtime.channel import Realtime
 from stepstream.records import HistoryPolicy
-from stepstream.server.app import workflows_app
-from stepstream.workflow.client import Client
+from stepstream.server.app import StepstreamApp, workflows_app
 from stepstream.workflow.engine import Engine
 from stepstream.workflow.registry import Registry
 from stepstream.workflow.worker import Worker
@@ -89,7 +87,15 @@ class Workflows(Registry):
         """A ``Worker`` executing this registry's runs in this process."""
         return Worker(self, **options)
 
-    def asgi(self, **options: Any) -> Starlette:
+    def asgi(self, **options: Any) -> StepstreamApp:
         """The stepstream ASGI app for this registry (API, SSE, dashboard; in-process workers
-        unless ``workers=0``)."""
+        unless ``workers=0``). Options: ``server.app.workflows_app``.
+
+        Its ``lifespan`` opens the store and runs the workers. Served on its own (``uvicorn
+        app:app``) it runs by itself; mounted in another app, that app must run it
+        (``FastAPI(lifespan=app.lifespan)``, or ``async with app.lifespan(api):`` in a lifespan
+        of your own), and until it does every request is a 503 saying so.
+
+        >>> # api = FastAPI(lifespan=app.lifespan); api.mount("/stepstream", app)
+        """
         return workflows_app(self, **options)

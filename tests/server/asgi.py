@@ -15,7 +15,7 @@ from starlette.routing import Mount, Route
 from starlette.types import ASGIApp
 
 from stepstream import Workflows
-from stepstream.workflow.client import run_log
+from stepstream.server.wire import run_log
 
 LOOPBACK = (b"host", b"127.0.0.1:8000")
 

@@ -278,3 +278,16 @@ async def test_the_public_health_check_does_not_leak_the_backend_url() -> None:
     result = await call(create_app(Realtime(backend=url)), "GET", "/healthz")
     assert result.status == 503, result.body
     assert b"hunter2" not in result.body and b"127.0.0.1" not in result.body
+
+
+async def test_the_prefix_without_its_slash_redirects_to_the_dashboard_with_a_token(
+    tmp_path: Path,
+) -> None:
+    # Served under uvicorn --root-path /wf, "/wf" routes as the empty path: like "/", it must
+    # reach Starlette's redirect to "/wf/" rather than be refused for want of a token.
+    app = build(tmp_path, token="s3cret")
+    async with app.router.lifespan_context(app):
+        answer = await call(app, "GET", "/wf", root_path="/wf")
+        refused = await call(app, "GET", "/wf/api/runs", root_path="/wf")
+    assert answer.status in {307, 308}, answer
+    assert refused.status == 401

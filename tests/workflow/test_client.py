@@ -1,10 +1,15 @@
-"""Bad input to the client is refused with a stepstream error, and changes nothing stored."""
+"""Bad input to the client is refused with a stepstream error, and changes nothing stored. The
+same calls go in-process (``EngineTransport``) and through the HTTP API (``HTTPTransport`` into
+the app): same results, same errors, with the same fields."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx
 import pytest
 
 from stepstream import (
@@ -17,9 +22,27 @@ from stepstream import (
     WorkflowContext,
     Workflows,
 )
+from stepstream.client import EngineTransport, HTTPTransport
 from tests.workflow.helpers import Harness, updates, wait_for_state
 
 pytestmark = pytest.mark.anyio
+
+TRANSPORTS = ["engine", "http"]
+
+
+@asynccontextmanager
+async def client_of(workflows: Workflows, transport: str) -> AsyncIterator[Client]:
+    """``workflows``' client over ``transport``: over HTTP, through the app's own API."""
+    if transport == "engine":
+        yield workflows.client()
+        return
+    app = workflows.asgi(workers=0)
+    async with (
+        app.lifespan(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as http,
+        Client(transport=HTTPTransport("http://127.0.0.1:8000", http=http)) as client,
+    ):
+        yield client
 
 
 async def snapshot(workflows: Workflows, client: Client) -> dict[str, Any]:
@@ -34,7 +57,8 @@ async def snapshot(workflows: Workflows, client: Client) -> dict[str, Any]:
     }
 
 
-async def test_rejected_calls_change_nothing(harness: Harness) -> None:
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_rejected_calls_change_nothing(harness: Harness, transport: str) -> None:
     workflows = harness.workflows()
 
     @workflows.workflow("echo", retry_delay=0.01)
@@ -42,18 +66,26 @@ async def test_rejected_calls_change_nothing(harness: Harness) -> None:
         return await context.run("echo", lambda: context.request_payload)
 
     worker = await harness.worker(workflows)
-    client = workflows.client()
-    finished = await client.trigger("echo", {"n": 1}, workflow_run_id="finished-one")
-    assert finished == "wfr_finished-one"
-    assert (await wait_for_state(client, finished))["workflowState"] == "RUN_SUCCESS"
-    await harness.stop(worker)  # nothing moves from here on
-    pending = await client.trigger("echo", {"n": 2}, workflow_run_id="wfr_pending-one")
-    assert pending == "wfr_pending-one"  # the prefix is not doubled
-    before = await snapshot(workflows, client)
-    assert set(before) == {finished, pending}
+    async with client_of(workflows, transport) as client:
+        finished = await client.trigger("echo", {"n": 1}, workflow_run_id="finished-one")
+        assert finished == "wfr_finished-one"
+        assert (await wait_for_state(client, finished))["workflowState"] == "RUN_SUCCESS"
+        await harness.stop(worker)  # nothing moves from here on
+        pending = await client.trigger("echo", {"n": 2}, workflow_run_id="wfr_pending-one")
+        assert pending == "wfr_pending-one"  # the prefix is not doubled
+        before = await snapshot(workflows, client)
+        assert set(before) == {finished, pending}
+        await refuse_everything(client, finished, pending)
+        assert await snapshot(workflows, client) == before
+    log, events = before[pending]
+    assert log["requestPayload"] == {"n": 2}
+    assert [e["type"] for e in events] == ["runStart"]
 
-    with pytest.raises(UnknownWorkflow, match=r"'nope'.*echo"):
+
+async def refuse_everything(client: Client, finished: str, pending: str) -> None:
+    with pytest.raises(UnknownWorkflow, match=r"'nope'.*echo") as unknown:
         await client.trigger("nope", {"n": 1})
+    assert (unknown.value.name, unknown.value.known) == ("nope", ["echo"])
     for payload in ({1, 2}, object(), {"n": float("nan")}, {"bytes": b"x"}):
         with pytest.raises(ValidationError):
             await client.trigger("echo", payload)
@@ -65,38 +97,60 @@ async def test_rejected_calls_change_nothing(harness: Harness) -> None:
             await client.trigger("echo", {"n": 3}, workflow_run_id=bad_id)
     with pytest.raises(ValidationError):
         await client.trigger("echo", {"n": 3}, delay=-1)
-    with pytest.raises(NoWaiters, match="nobody-waits"):
+    with pytest.raises(NoWaiters, match="nobody-waits") as nobody:
         await client.notify("nobody-waits", {"x": 1})
+    assert nobody.value.event_id == "nobody-waits"
     with pytest.raises(ValidationError):
         await client.notify("some-event", {1, 2}, workflow_run_id=pending)
-    with pytest.raises(RunNotFound):
+    with pytest.raises(RunNotFound) as missing:
         await client.notify("some-event", None, workflow_run_id="wfr_unknown")
+    assert missing.value.run_id == "wfr_unknown"
     with pytest.raises(RunConflict):
         await client.notify("some-event", None, workflow_run_id=finished)
     with pytest.raises(RunConflict):
         await client.cancel(finished)
     with pytest.raises(RunNotFound):
         await client.cancel("wfr_unknown")
-    with pytest.raises(RunNotFound):
+    with pytest.raises(RunNotFound) as missing:
         await client.logs("wfr_unknown")
-
-    assert await snapshot(workflows, client) == before
-    log, events = before[pending]
-    assert log["requestPayload"] == {"n": 2}
-    assert [e["type"] for e in events] == ["runStart"]
+    assert missing.value.run_id == "wfr_unknown"
+    with pytest.raises(ValidationError):
+        await client.runs(state="RUN_SOMEHOW")
 
 
-async def test_run_ids(harness: Harness) -> None:
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_run_ids(harness: Harness, transport: str) -> None:
     workflows = harness.workflows()
 
     @workflows.workflow("noop")
     async def noop(context: WorkflowContext) -> None:
         return None
 
-    client = workflows.client()
-    generated = {await client.trigger("noop") for _ in range(20)}
-    assert len(generated) == 20
-    for run_id in generated:
-        assert re.fullmatch(r"wfr_[A-Za-z0-9_\-]{22,}", run_id), run_id  # >= 128 random bits
-    assert await client.trigger("noop", workflow_run_id="mine-1") == "wfr_mine-1"
-    assert (await client.logs("wfr_mine-1"))["workflowName"] == "noop"
+    async with client_of(workflows, transport) as client:
+        generated = {await client.trigger("noop") for _ in range(20)}
+        assert len(generated) == 20
+        for run_id in generated:
+            assert re.fullmatch(r"wfr_[A-Za-z0-9_\-]{22,}", run_id), run_id  # >= 128 random bits
+        assert await client.trigger("noop", workflow_run_id="mine-1") == "wfr_mine-1"
+        assert (await client.logs("wfr_mine-1"))["workflowName"] == "noop"
+
+
+def test_the_public_constructors() -> None:
+    workflows = Workflows(backend="memory://constructors")
+    assert isinstance(workflows.client().transport, EngineTransport)
+    assert isinstance(Client(workflows.engine).transport, EngineTransport)
+    remote = Client(url="http://127.0.0.1:8000/", token="t")
+    assert isinstance(remote.transport, HTTPTransport)
+    assert remote.transport.url == "http://127.0.0.1:8000"
+    for wrong in ({}, {"url": "http://x", "workflows": workflows}):
+        with pytest.raises(ValueError, match="one of"):
+            Client(**wrong)  # type: ignore[arg-type]
+
+
+async def test_an_unreachable_server_is_a_stepstream_error() -> None:
+    from stepstream import BackendUnavailable
+    from tests.conftest import free_port
+
+    async with Client(url=f"http://127.0.0.1:{free_port()}") as client:
+        with pytest.raises(BackendUnavailable, match="cannot reach stepstream"):
+            await client.logs("wfr_x")

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from stepstream.errors import BackendUnavailable, CursorUnavailable
+from stepstream.errors import DETAIL_HEADER, BackendUnavailable, CursorUnavailable, error_from_body
 from stepstream.records import Message, parse_cursor
 
 
@@ -33,7 +33,7 @@ async def subscribe_remote(
     with the channel and the cursor and the stream goes on with what remains."""
     cursors: dict[str, str] = {}
     failures = 0
-    headers = {"accept": "text/event-stream"}
+    headers = {"accept": "text/event-stream", DETAIL_HEADER: "1"}
     if token:
         headers["authorization"] = f"Bearer {token}"
     async with httpx.AsyncClient(timeout=httpx.Timeout(10, read=60)) as client:
@@ -48,10 +48,7 @@ async def subscribe_remote(
             try:
                 async with client.stream("GET", url, params=params, headers=headers) as response:
                     if response.status_code != 200:
-                        body = (await response.aread()).decode(errors="replace")
-                        raise BackendUnavailable(
-                            f"{url} answered {response.status_code}: {body[:300]}"
-                        )
+                        raise await _refusal(response)
                     failures = 0
                     async for payload in _frames(response):
                         if "type" in payload and "event" not in payload:
@@ -77,6 +74,17 @@ async def subscribe_remote(
                 if failures > max_retries:
                     raise BackendUnavailable(f"cannot stream from {url}: {exc}") from exc
                 await asyncio.sleep(min(0.2 * 2**failures, 5))
+
+
+async def _refusal(response: httpx.Response) -> Exception:
+    """The error a non-200 answer stands for: the server's own (a refused token, a bad
+    query...), rebuilt; anything else (a proxy's page) says what answered."""
+    await response.aread()
+    try:
+        return error_from_body(response.json(), response.status_code)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        text = response.text[:300]
+        return BackendUnavailable(f"{response.url} answered {response.status_code}: {text}")
 
 
 async def _frames(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from stepstream.version import __version__
+from stepstream.errors import ERROR_CODES
 from stepstream.records import RunState, StepState, StepType
+from stepstream.version import __version__
 
 ANY_JSON: dict[str, Any] = {}  # the empty schema: any JSON value
 EPOCH_MS = {"type": "integer", "description": "Unix epoch milliseconds"}
@@ -49,7 +50,20 @@ def _object(properties: dict[str, Any], required: list[str] | None = None) -> di
 
 SCHEMAS: dict[str, Any] = {
     "Error": _object(
-        {"error": _object({"code": {"type": "string"}, "message": {"type": "string"}})}
+        {
+            "error": _object(
+                {
+                    "code": {"enum": sorted(ERROR_CODES)},
+                    "message": {"type": "string"},
+                    "detail": {
+                        "type": "object",
+                        "description": "the error's constructor arguments (stepstream.errors), "
+                        "only when the request sent the Stepstream-Error-Detail header",
+                    },
+                },
+                required=["code", "message"],
+            )
+        }
     ),
     "Step": _object(
         {
@@ -154,7 +168,7 @@ PATHS: dict[str, Any] = {
                         "CancelRun": _run_link("cancelRun"),
                     },
                 },
-                "400": _error("the body is not JSON"),
+                "400": _error("the body is not JSON (or nests over 512 levels)"),
                 "404": _error("no workflow by that name"),
                 "409": _error("that workflowRunId is taken"),
                 "413": _error("the body is over the size limit"),
@@ -238,7 +252,7 @@ PATHS: dict[str, Any] = {
                     _object({"eventId": {"type": "string"}, "waiters": {"type": "integer"}}),
                     "how many runs were woken",
                 ),
-                "400": _error("the body is not JSON"),
+                "400": _error("the body is not JSON (or nests over 512 levels)"),
                 "404": _error("nobody waits (and no workflowRunId), or no such run"),
                 "413": _error("the body is over the size limit"),
                 "415": _error("a body not sent as application/json"),
@@ -311,7 +325,11 @@ PATHS: dict[str, Any] = {
                     "application/json": {
                         "schema": _object(
                             {
-                                "channels": {"type": "array", "items": {"type": "string"}},
+                                "channels": {
+                                    "type": "array",
+                                    "items": {"type": "string"},
+                                    "minItems": 1,
+                                },
                                 "ttl": {
                                     "type": "number",
                                     "exclusiveMinimum": 0,
@@ -334,7 +352,7 @@ PATHS: dict[str, Any] = {
                     ),
                     "the token",
                 ),
-                "400": _error("not {channels, ttl}"),
+                "400": _error("the body is not JSON, or not {channels, ttl}"),
                 "413": _error("the body is over the size limit"),
                 "415": _error("a body not sent as application/json"),
                 "422": _error("a bad channel name"),
@@ -347,7 +365,10 @@ PATHS: dict[str, Any] = {
             "operationId": "health",
             "responses": {
                 "200": _json(_object({"status": {"const": "ok"}}), "up"),
-                "503": _json(_object({"status": {"const": "unavailable"}}), "no backend"),
+                "503": _json(
+                    {"anyOf": [_object({"status": {"const": "unavailable"}}), _ref("Error")]},
+                    "no backend, or (mounted in another app) the app's lifespan has not run",
+                ),
             },
         }
     },
@@ -359,7 +380,9 @@ OPENAPI: dict[str, Any] = {
         "title": "stepstream",
         "version": __version__,
         "description": "Durable workflows whose progress streams live to the browser. Every "
-        'error is {"error": {"code", "message"}} with a 4xx for anything a client sent.',
+        'error is {"error": {"code", "message"}} with a 4xx for anything a client sent; a 503 '
+        "is backend_unavailable, or app_not_started on every route of an app mounted in another "
+        "one whose lifespan has not run.",
     },
     "paths": PATHS,
     # A bearer token is needed only when the server was given one (STEPSTREAM_TOKEN). Without

@@ -1,0 +1,148 @@
+"""The JSON shapes of the HTTP API (DESIGN §5), as the server writes them and ``Client`` reads
+them. ``openapi.py`` states the same shapes for other languages; ``ErrorBody`` lives with the
+errors (``errors.error_body``), the SSE endpoint below this package answers with it too."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypedDict
+
+from stepstream.errors import ErrorBody, ErrorFields
+from stepstream.records import RunRecord, RunState
+
+__all__ = [
+    "Canceled",
+    "ErrorBody",
+    "ErrorFields",
+    "HistoryMessage",
+    "HistoryPage",
+    "MintedToken",
+    "Notified",
+    "RunLog",
+    "RunPage",
+    "StepLog",
+    "TriggerUnanswered",
+    "Triggered",
+    "WorkflowNames",
+    "run_log",
+]
+
+
+class StepLog(TypedDict):
+    stepId: int
+    stepName: str
+    stepType: str
+    state: str
+    attempts: int
+    startedAt: int | None
+    finishedAt: int | None
+    out: Any
+    error: str | None
+
+
+class RunLog(TypedDict):
+    """``GET /api/runs/{id}``: a run's log, the shape of Upstash's ``client.logs``."""
+
+    workflowRunId: str
+    workflowName: str
+    workflowState: str
+    workflowRunCreatedAt: int
+    workflowRunCompletedAt: int | None
+    requestPayload: Any
+    workflowRunResponse: Any
+    error: str | None
+    invoker: str | None
+    steps: list[StepLog]
+
+
+class RunPage(TypedDict):
+    """``GET /api/runs``: newest first; pass ``cursor`` back for the next page."""
+
+    runs: list[RunLog]
+    cursor: str | None
+
+
+class Triggered(TypedDict):
+    """``POST /api/workflows/{name}``: 202."""
+
+    workflowRunId: str
+
+
+class TriggerUnanswered(ErrorBody):
+    """``POST /api/workflows/{name}``: a 503 after which the run may or may not exist."""
+
+    workflowRunId: str
+
+
+class Canceled(TypedDict):
+    """``POST /api/runs/{id}/cancel``."""
+
+    workflowRunId: str
+    workflowState: str
+
+
+class Notified(TypedDict):
+    """``POST /api/events/{eventId}``: how many waiting runs got the event."""
+
+    eventId: str
+    waiters: int
+
+
+class WorkflowNames(TypedDict):
+    """``GET /api/workflows``."""
+
+    workflows: list[str]
+
+
+class HistoryMessage(TypedDict):
+    id: str
+    event: str
+    channel: str
+    data: Any
+
+
+class HistoryPage(TypedDict):
+    """``GET /api/realtime/history``: oldest first."""
+
+    messages: list[HistoryMessage]
+
+
+class MintedToken(TypedDict):
+    """``POST /api/realtime/token``."""
+
+    token: str
+    channels: list[str]
+    ttl: float
+
+
+def run_log(run: RunRecord) -> RunLog:
+    """A run in the log shape of DESIGN §5 (Upstash's ``client.logs``)."""
+    return RunLog(
+        workflowRunId=run.id,
+        workflowName=run.workflow,
+        workflowState=run.state.value,
+        workflowRunCreatedAt=run.created_at,
+        workflowRunCompletedAt=run.completed_at,
+        requestPayload=json.loads(run.payload),
+        workflowRunResponse=None if run.result is None else json.loads(run.result),
+        error=run.error if run.state is not RunState.SUCCESS else None,
+        invoker=run.parent,
+        steps=[
+            StepLog(
+                stepId=step.position,
+                stepName=step.name,
+                stepType=step.type.value,
+                state=step.state.value,
+                attempts=step.attempts,
+                startedAt=step.started_at,
+                finishedAt=step.finished_at,
+                # A notify or a finished child may have written ``out`` before the run's
+                # worker completed the step: not a result yet.
+                out=None
+                if step.out is None or (step.resolved and step.state.value == "STEP_PROGRESS")
+                else json.loads(step.out),
+                error=step.error,
+            )
+            for step in run.steps
+        ],
+    )
