@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import http.server
+import json
 import os
 import re
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -73,3 +76,65 @@ def test_every_readme_snippet_runs(scratch: Path) -> None:
     assert namespace["log"]["workflowName"] == "order"
     assert [message.data["percent"] for message in namespace["latest"]] == [40, 100]
     assert os.path.exists(scratch / "readme.db")
+
+
+class Hook(http.server.BaseHTTPRequestHandler):
+    """The order example's notification endpoint, here on 127.0.0.1."""
+
+    bodies: ClassVar[list[Any]] = []
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("content-length", "0"))
+        Hook.bodies.append(json.loads(self.rfile.read(length)))
+        payload = b'{"ok": true}'
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def hook(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    monkeypatch.setenv("ORDER_HOOK_URL", url)
+    Hook.bodies.clear()
+    yield url
+    server.shutdown()
+    server.server_close()
+
+
+def test_the_first_workflow_example_runs_to_the_end(
+    scratch: Path, hook: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from stepstream.testing import WorkflowEnv
+
+    app: dict[str, Any] = {"__name__": "app"}
+    exec(compile(python_blocks()[0], "README.md", "exec"), app)
+
+    async def scenario() -> tuple[Any, Any]:
+        async with WorkflowEnv(app["workflows"]) as env:
+            approved = await env.client.trigger("order", {"sku": "A1"})
+            await env.advance(31)  # past the cool-off: it waits for the approval now
+            await env.client.notify(f"approve-{approved}", {"by": "ann"})
+            failing = await env.client.trigger("order", {"sku": ""})
+            return await env.wait(approved), await env.wait(failing)
+
+    approved, failing = asyncio.run(scenario())
+    assert approved["workflowState"] == "RUN_SUCCESS", approved
+    assert approved["workflowRunResponse"] == {
+        "approved": True,
+        "receipt": "receipt-A1",
+        "label": "label-A1",
+        "status": 200,
+    }
+    assert Hook.bodies == [{"item": {"sku": "A1", "reserved": True}}]
+    assert failing["workflowState"] == "RUN_FAILED"
+    assert [step["stepName"] for step in failing["steps"]] == ["reserve", "alert"]
+    assert "an order needs a sku" in capsys.readouterr().out
