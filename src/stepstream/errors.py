@@ -23,7 +23,8 @@ The tree, with each error's wire ``code`` and HTTP ``status``::
     ├── RunConflict            conflict                409  the id is taken, or the run finished
     ├── CursorUnavailable      cursor_unavailable      410  a cursor's successors were trimmed
     ├── BackendError           backend_unavailable     503  the storage backend failed
-    │   └── BackendUnavailable                              it cannot be reached
+    │   └── BackendUnavailable                              it cannot be reached (what a
+    │                                                       remote 503 comes back as)
     ├── AppNotStarted          app_not_started         503  mounted, but its lifespan never ran
     ├── ConfigurationError     configuration_error     500  a setting is wrong
     ├── NonDeterminismError    non_determinism         500  a replay met a different step
@@ -35,7 +36,8 @@ The tree, with each error's wire ``code`` and HTTP ``status``::
                                                             (``stepstream.testing``)
 
 A subclass without a code of its own (``InvalidToken``, ``BackendUnavailable``) answers with its
-parent's and comes back from the wire as the parent.
+parent's and comes back from the wire as the parent, except ``backend_unavailable``, which
+comes back as ``BackendUnavailable`` (still a ``BackendError``).
 
 On the wire an error is ``{"error": {"code", "message"}}`` (DESIGN §5), built by
 ``error_body`` and read back by ``error_from_body`` (the JSON API, the SSE endpoint, the app's
@@ -386,6 +388,11 @@ class BackendError(StepstreamError):
 
 class BackendUnavailable(BackendError, ConnectionError):
     """The storage backend cannot be reached (server down, file not writable)."""
+
+
+# A server's 503 comes back as the narrower class: it is a ``BackendError`` too, and a caller
+# catching ``BackendUnavailable`` (or ``ConnectionError``) around a remote call keeps working.
+ERROR_CODES[BackendError.code] = BackendUnavailable
 
 
 class AppNotStarted(StepstreamError):

@@ -61,8 +61,13 @@ def test_every_error_comes_back_from_the_wire_as_itself(code: str) -> None:
 
 def test_a_subclass_without_a_code_travels_as_its_parent() -> None:
     assert type(error_from_body(error_body(InvalidToken("expired")), 401)) is Unauthorized
-    down = error_from_body(error_body(BackendUnavailable("down")), 503)
-    assert type(down) is BackendError and str(down) == "down"
+
+
+def test_a_remote_503_is_backend_unavailable_and_so_a_backend_error() -> None:
+    for sent in (BackendUnavailable("down"), BackendError("down")):
+        down = error_from_body(error_body(sent), 503)
+        assert type(down) is BackendUnavailable and str(down) == "down"
+        assert isinstance(down, BackendError) and isinstance(down, ConnectionError)
 
 
 @pytest.mark.parametrize(

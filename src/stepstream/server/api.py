@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from stepstream.errors import (
+    DETAIL_HEADER,
     BackendError,
     BackendUnavailable,
     MalformedJSON,
@@ -44,6 +45,7 @@ NOT_FORWARDED = {
     "transfer-encoding",
     "te",
     "upgrade",
+    DETAIL_HEADER,  # stepstream's clients ask for error details on every request
 }
 # ...and credentials, by any name that looks like one: a run's headers are stored and readable
 # by whoever can read the run.
