@@ -95,10 +95,17 @@ class WorkflowEnv:
         self.client = Client(self.engine)
         self.worker = Worker(self.engine, concurrency=concurrency, owner="env", clock=self.clock)
         self.timeout = timeout
+        self._workflows = workflows
+        self._saved_engine: Engine | None = None
         self._running = False
 
     async def __aenter__(self) -> WorkflowEnv:
         await self.worker.start()
+        if isinstance(self._workflows, Workflows):
+            # Code that reaches the registry itself (``workflows.client()`` in a step or a
+            # route under test) must reach the env too, never the registry's own store.
+            self._saved_engine = self._workflows.engine
+            self._workflows.engine = self.engine
         self._running = True
         return self
 
@@ -109,6 +116,8 @@ class WorkflowEnv:
         tb: TracebackType | None,
     ) -> None:
         self._running = False
+        if isinstance(self._workflows, Workflows) and self._saved_engine is not None:
+            self._workflows.engine, self._saved_engine = self._saved_engine, None
         try:
             await self.worker.stop(grace=0)  # nothing to hand over: the store goes away
         finally:
@@ -152,8 +161,9 @@ class WorkflowEnv:
                     raise RunNotFound(run_id)
                 if run.state.finished:
                     return await self.client.logs(run_id)
-                if run.phase == "run" and run.error is not None:  # parked: it cannot replay
-                    raise RunStuck(f"run {run_id} cannot go on: {run.error}")
+                parked = self.backend.parked()
+                if parked:  # its code cannot replay it: it would only be looked at again
+                    raise RunStuck(_parked(parked))
                 due = self.backend.next_due_at()
                 if due is None:
                     raise RunStuck(_stuck(run))
@@ -215,6 +225,18 @@ def _where(run: RunRecord) -> str:
         else:
             described.append(f"step {step.name!r} ({step.type.value}, {step.state.value})")
     return ", ".join(described)
+
+
+def _parked(runs: list[RunRecord]) -> str:
+    described = "; ".join(
+        f"run {run.id} ({run.workflow}): "
+        + (run.error or "" if run.phase == "run" else "its failure function's replay diverged")
+        for run in runs
+    )
+    return (
+        f"{described}. The code cannot replay what was recorded (code outside steps is not "
+        "deterministic, or the workflow is not registered): fix it, the run cannot go on"
+    )
 
 
 def _stuck(run: RunRecord) -> str:

@@ -288,3 +288,47 @@ async def test_time_only_moves_forward_and_unknown_runs_are_refused() -> None:
             await env.wait("wfr_nope")
         with pytest.raises(RuntimeError, match="no Realtime"):
             env.channel("x")
+
+
+async def test_a_parked_child_is_reported_not_waited_on() -> None:
+    workflows = registry()
+    names = iter(["first", "second"])
+
+    @workflows.workflow("child")
+    async def child(context: WorkflowContext) -> None:
+        await context.run(next(names, "third"), lambda: 1)  # not deterministic: a bug
+        await context.sleep("nap", 60)
+
+    @workflows.workflow("parent")
+    async def parent(context: WorkflowContext) -> None:
+        await context.invoke("child", "child")
+
+    async with WorkflowEnv(workflows, start=START, timeout=10) as env:
+        run_id = await env.client.trigger("parent")
+        with pytest.raises(RunStuck) as info:
+            await env.wait(run_id)  # not 10 s of looking at the child again every 30 s
+    message = str(info.value)
+    assert "(child)" in message and "'second'" in message and "'first'" in message
+
+
+async def test_code_reaching_the_registry_reaches_the_env(tmp_path: Path) -> None:
+    workflows = registry(tmp_path)
+
+    @workflows.workflow("child")
+    async def child(context: WorkflowContext) -> str:
+        return "done"
+
+    @workflows.workflow("parent")
+    async def parent(context: WorkflowContext) -> str:
+        started: str = await context.run(
+            "start-child", lambda: workflows.client().trigger("child", workflow_run_id="kid")
+        )
+        return started
+
+    async with WorkflowEnv(workflows, start=START) as env:
+        log = await env.wait(await env.client.trigger("parent"))
+        child_log = await env.wait("wfr_kid")
+    assert log["workflowRunResponse"] == "wfr_kid"
+    assert child_log["workflowRunResponse"] == "done"
+    assert not (tmp_path / "app.db").exists()  # the registry's own store: never opened
+    assert workflows.engine.backend.url.startswith("sqlite")  # given back afterwards

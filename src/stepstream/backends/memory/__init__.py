@@ -265,6 +265,7 @@ class MemoryBackend:
             )
             run.record.due_at = store.clock() if resolved else op.due_at
             run.record.lease_owner = run.record.lease_until = None
+            run.held = op.hold
             store.append_emits(op.emits, op.policy)
 
     async def finish_run(self, op: FinishRun) -> None:
@@ -331,6 +332,17 @@ class MemoryBackend:
         return self._open and bool(self._wakers)
 
     # -- for the test kit ---------------------------------------------------------------------
+
+    def parked(self) -> list[RunRecord]:
+        """The started runs given up with ``hold`` (their code could not replay them) and not
+        resumed since, without their steps. The other backends keep no such flag: only the
+        test kit asks."""
+        with self._store.lock:
+            return [
+                run.snapshot(steps=False)
+                for run in self._store.runs.values()
+                if run.held and run.record.state is RunState.STARTED
+            ]
 
     def next_due_at(self) -> int | None:
         """The earliest store time at which a started run can be claimed (due, and its lease,

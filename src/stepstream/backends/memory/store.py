@@ -69,6 +69,7 @@ class StoredRun:
     record: RunRecord  # its ``steps`` stay empty: they live in ``steps``
     steps: dict[int, StepRecord]
     seq: int
+    held: bool = False  # released with ``hold`` (parked) and not claimed since
 
     def snapshot(self, *, steps: bool = True) -> RunRecord:
         """A copy the caller may change freely."""
