@@ -29,10 +29,12 @@ async def lifespan(api: FastAPI) -> AsyncIterator[None]:
 
 api = FastAPI(lifespan=lifespan)
 api.mount("/stepstream", stepstream_app)  # dashboard at /stepstream/, API at /stepstream/api/
-api.add_route("/sse", handle(realtime))  # SSE at exactly /sse: a route, not a mount
+# SSE at exactly /sse (a route, not a mount); each channel needs a token minted below
+api.add_route("/sse", handle(realtime, require_token=True))
 
 
 @api.post("/greetings")
 async def start_greeting(name: str) -> dict[str, str]:
     run_id = await workflows.client().trigger("greet", {"name": name})
-    return {"workflowRunId": run_id}
+    # The page that started the run may watch it: /sse?channels=<run id>&token=<token>
+    return {"workflowRunId": run_id, "token": realtime.token([run_id], ttl=600)}

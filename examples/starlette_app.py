@@ -20,7 +20,8 @@ stepstream_app = workflows.asgi(workers=0)  # API, SSE, dashboard; no worker in 
 app = Starlette(
     routes=[
         Mount("/stepstream", stepstream_app),  # dashboard at /stepstream/, API under it
-        Route("/sse", handle(realtime)),  # SSE at exactly /sse: a route, not a mount
+        # SSE at exactly /sse (a route, not a mount), for channels granted by realtime.token()
+        Route("/sse", handle(realtime, require_token=True)),
     ],
     lifespan=stepstream_app.lifespan,  # nothing else to start: the app's own lifespan, as is
 )

@@ -24,6 +24,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from stepstream import Client, Realtime, WorkflowContext, Workflows
+from stepstream.errors import Unauthorized
 from stepstream.realtime.remote import subscribe_remote
 from stepstream.server.wire import RunLog
 from tests.conftest import free_port
@@ -107,11 +108,15 @@ async def finished(base: str, run_id: str) -> RunLog:
             await asyncio.sleep(0.05)  # waiting for the worker, not an assertion
 
 
-async def streamed_updates(base: str, run_id: str) -> list[str]:
+async def streamed_updates(base: str, run_id: str, token: str) -> list[str]:
     """The run's progress events through ``/sse`` (no trailing slash, redirects not followed),
-    from history to ``runFinish``."""
+    from history to ``runFinish``, with a channel ``token``: without one, ``/sse`` refuses."""
+    with pytest.raises(Unauthorized):
+        async for _ in subscribe_remote(f"{base}/sse", [run_id], history=True):
+            pass
     kinds = []
-    async for message in subscribe_remote(f"{base}/sse", [run_id], history=True):
+    stream = subscribe_remote(f"{base}/sse", [run_id], history=True, channel_token=token)
+    async for message in stream:
         kinds.append(message.data["type"])
         if kinds[-1] == "runFinish":
             return kinds
@@ -133,7 +138,8 @@ async def test_fastapi_mounts_the_app_and_its_worker_runs_what_is_triggered(
         log = await finished(base, run_id)
         assert log["workflowState"] == "RUN_SUCCESS", log
         assert log["workflowRunResponse"] == "hello ann"
-        assert await asyncio.wait_for(streamed_updates(base, run_id), WITHIN) == [
+        token = started.json()["token"]
+        assert await asyncio.wait_for(streamed_updates(base, run_id, token), WITHIN) == [
             "runStart", "stepStart", "stepFinish", "runFinish",
         ]  # fmt: skip
         dashboard = await http.get(f"{base}/stepstream/")
@@ -159,7 +165,11 @@ async def test_starlette_mounts_the_app_and_a_separate_worker_runs_what_is_trigg
             log = await finished(base, run_id)
         assert log["workflowState"] == "RUN_SUCCESS", log
         assert log["workflowRunResponse"] == "hello bob"
-        kinds = await asyncio.wait_for(streamed_updates(base, run_id), WITHIN)
+        minted = await http.post(
+            f"{base}/stepstream/api/realtime/token", json={"channels": [run_id]}
+        )
+        token = minted.json()["token"]
+        kinds = await asyncio.wait_for(streamed_updates(base, run_id, token), WITHIN)
         assert kinds == ["runStart", "stepStart", "stepFinish", "runFinish"]
 
 
@@ -210,3 +220,32 @@ async def test_mounted_without_its_lifespan_every_request_names_the_fix(
     page = await workflows.backend.list_runs(state=None, workflow=None, cursor=None, count=10)
     await workflows.aclose()
     assert page.runs == []  # the trigger was refused, not accepted for nobody
+
+
+async def test_a_host_keeps_its_gc_and_requests_are_served_while_workers_stop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stepstream.server import lifespan as lifespan_module
+    from stepstream.workflow.worker import Worker
+
+    tuned: list[object] = []
+    monkeypatch.setattr(lifespan_module, "tune_gc", lambda: tuned.append("tuned"))
+    running_while_stopping: list[bool] = []
+    stop = Worker.stop
+
+    async def recording_stop(worker: Worker, grace: float = 0) -> None:
+        running_while_stopping.append(stepstream_app.lifespan.running)
+        await stop(worker, grace)
+
+    monkeypatch.setattr(Worker, "stop", recording_stop)
+    workflows = Workflows(realtime=Realtime(backend=f"sqlite:///{tmp_path / 'host.db'}"))
+    stepstream_app = workflows.asgi()
+    host = FastAPI(lifespan=stepstream_app.lifespan)
+    async with host.router.lifespan_context(host):
+        assert stepstream_app.lifespan.running
+    assert tuned == []  # the host's process, the host's GC settings
+    assert running_while_stopping == [True]  # requests are still served while it stops
+    assert not stepstream_app.lifespan.running
+    async with stepstream_app.router.lifespan_context(stepstream_app):
+        pass
+    assert tuned == ["tuned"]  # served on its own, it tunes the GC as before

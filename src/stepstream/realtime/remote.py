@@ -20,13 +20,16 @@ async def subscribe_remote(
     *,
     history: bool | int = False,
     token: str | None = None,
+    channel_token: str | None = None,
     max_retries: int = 5,
     on_gap: Callable[[str, str], None] | None = None,
 ) -> AsyncIterator[Message]:
     """Events of ``channels`` from the SSE endpoint at ``url`` (e.g.
     ``http://127.0.0.1:8000/api/realtime``): history first if asked, then live; reconnects
     from the last id of each channel after a drop or a ``reconnect`` event, so no event is
-    missed or repeated.
+    missed or repeated. ``token``: the server's API token (sent as a bearer header);
+    ``channel_token``: a subscription token from ``realtime.token(channels)`` (sent as
+    ``?token=``, as browsers do).
 
     If events a resume should have delivered were trimmed from history meanwhile, that is
     never a quiet hole: ``CursorUnavailable`` is raised, or, with ``on_gap``, it is called
@@ -39,6 +42,8 @@ async def subscribe_remote(
     async with httpx.AsyncClient(timeout=httpx.Timeout(10, read=60)) as client:
         while True:
             params: list[tuple[str, str | int | float | bool | None]] = [("dialect", "native")]
+            if channel_token:
+                params.append(("token", channel_token))
             params += [("channel", channel) for channel in channels]
             for channel in channels:
                 if channel in cursors:

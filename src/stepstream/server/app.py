@@ -82,6 +82,7 @@ class StepstreamApp(Starlette):
             lifespan=lifespan,
         )
         self.lifespan = lifespan
+        lifespan.owner = self
 
 
 def create_app(

@@ -32,8 +32,9 @@ log = logging.getLogger("stepstream.server")
 
 
 class Lifespan:
-    """Opens the store (``realtime``, and ``engine``'s if given), tunes the GC, starts
-    ``workers`` in-process workers; stops them and closes the store on the way out.
+    """Opens the store (``realtime``, and ``engine``'s if given), starts ``workers``
+    in-process workers, and tunes the GC when it runs as the stepstream app's own lifespan
+    (not a host's: ``tune_gc``); stops the workers and closes the store on the way out.
 
     Call it with any app: it is what the stepstream app's own router runs, and what a host app
     runs for a mounted one — ``FastAPI(lifespan=stepstream_app.lifespan)``, or
@@ -56,6 +57,7 @@ class Lifespan:
         self.concurrency = concurrency
         self.lease = lease
         self.running = False
+        self.owner: object = None  # the stepstream app this is the lifespan of
 
     @contextlib.asynccontextmanager
     async def __call__(self, app: object = None) -> AsyncIterator[None]:
@@ -65,19 +67,26 @@ class Lifespan:
         async with contextlib.AsyncExitStack() as stack:
             await self.realtime.open()
             stack.push_async_callback(self.realtime.aclose)
-            tune_gc()
+            if app is None or app is self.owner:
+                # The GC is the process's: a host app that runs this lifespan decides its own.
+                tune_gc()
             if self.engine is not None:
                 await self.engine.open()
                 stack.push_async_callback(self.engine.close)
+            # Last in, first out: on the way out the workers stop (finishing or handing back
+            # what they hold) while requests are still served, then requests are refused,
+            # then the store closes.
+            stack.callback(self._stopped)
+            if self.engine is not None:
                 for _ in range(self.workers):
                     worker = Worker(self.engine, concurrency=self.concurrency, lease=self.lease)
                     await worker.start()
                     stack.push_async_callback(worker.stop, WORKER_GRACE)
             self.running = True
-            try:
-                yield
-            finally:
-                self.running = False
+            yield
+
+    def _stopped(self) -> None:
+        self.running = False
 
 
 class RequireLifespan:
