@@ -19,16 +19,13 @@ import httpx
 from stepstream.errors import (
     DETAIL_HEADER,
     BackendUnavailable,
-    RunNotFound,
     StepstreamError,
     ValidationError,
     error_from_body,
 )
-from stepstream.records import RunState
-from stepstream.server.wire import Notified, RunLog, RunPage, Triggered, run_log
+from stepstream.records import RUN_STATES
+from stepstream.server.wire import Notified, RunLog, RunPage, Triggered, read_log, read_runs
 from stepstream.workflow.engine import Engine, HasEngine, engine_of, to_json
-
-STATES = [s.value for s in RunState]
 
 
 class Transport(Protocol):
@@ -84,20 +81,13 @@ class EngineTransport:
         return started
 
     async def logs(self, run_id: str) -> RunLog:
-        engine = await self._open()
-        run = await engine.backend.get_run(run_id)
-        if run is None:
-            raise RunNotFound(run_id)
-        return run_log(run)
+        return await read_log(await self._open(), run_id)
 
     async def runs(
         self, *, state: str | None, workflow: str | None, cursor: str | None, count: int
     ) -> RunPage:
         engine = await self._open()
-        page = await engine.backend.list_runs(
-            state=state, workflow=workflow, cursor=cursor, count=count
-        )
-        return RunPage(runs=[run_log(run) for run in page.runs], cursor=page.cursor)
+        return await read_runs(engine, state=state, workflow=workflow, cursor=cursor, count=count)
 
     async def cancel(self, run_id: str) -> None:
         engine = await self._open()
@@ -274,8 +264,8 @@ class Client:
         count: int = 100,
     ) -> RunPage:
         """Runs newest first: ``{"runs": [...], "cursor": ...}`` (pass ``cursor`` for more)."""
-        if state is not None and state not in STATES:
-            raise ValidationError(f"state must be one of {', '.join(STATES)}")
+        if state is not None and state not in RUN_STATES:
+            raise ValidationError(f"state must be one of {', '.join(RUN_STATES)}")
         return await self.transport.runs(state=state, workflow=workflow, cursor=cursor, count=count)
 
     async def cancel(self, run_id: str) -> None:

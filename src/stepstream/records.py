@@ -139,6 +139,10 @@ class RunState(StrEnum):
         return self is not RunState.STARTED
 
 
+RUN_STATES = tuple(state.value for state in RunState)
+"""The state names a run list may be filtered by."""
+
+
 class StepState(StrEnum):
     """A step's state in its run's log."""
 

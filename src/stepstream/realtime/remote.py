@@ -41,15 +41,7 @@ async def subscribe_remote(
         headers["authorization"] = f"Bearer {token}"
     async with httpx.AsyncClient(timeout=httpx.Timeout(10, read=60)) as client:
         while True:
-            params: list[tuple[str, str | int | float | bool | None]] = [("dialect", "native")]
-            if channel_token:
-                params.append(("token", channel_token))
-            params += [("channel", channel) for channel in channels]
-            for channel in channels:
-                if channel in cursors:
-                    params.append((f"last_ack_{channel}", cursors[channel]))
-            if history is not False:
-                params.append(("history", "true" if history is True else str(history)))
+            params = _query(channels, cursors, history, channel_token)
             try:
                 async with client.stream("GET", url, params=params, headers=headers) as response:
                     if response.status_code != 200:
@@ -100,3 +92,16 @@ async def _frames(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
         elif not line and data:
             yield json.loads("\n".join(data))
             data = []
+
+
+def _query(
+    channels: list[str], cursors: dict[str, str], history: bool | int, token: str | None
+) -> tuple[tuple[str, str], ...]:
+    """The native dialect's query: the channels, where to resume each, history, the token."""
+    params = [("dialect", "native"), *(("channel", channel) for channel in channels)]
+    params += [(f"last_ack_{c}", cursors[c]) for c in channels if c in cursors]
+    if history is not False:
+        params.append(("history", "true" if history is True else str(history)))
+    if token:
+        params.append(("token", token))
+    return tuple(params)

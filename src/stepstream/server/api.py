@@ -17,7 +17,6 @@ from stepstream.errors import (
     BackendError,
     BackendUnavailable,
     MalformedJSON,
-    RunNotFound,
     ValidationError,
     error_body,
 )
@@ -26,11 +25,11 @@ from stepstream.server.openapi import OPENAPI
 from stepstream.server.wire import (
     Canceled,
     Notified,
-    RunPage,
     Triggered,
     TriggerUnanswered,
     WorkflowNames,
-    run_log,
+    read_log,
+    read_runs,
 )
 from stepstream.workflow.engine import Engine, run_id_from
 
@@ -50,7 +49,6 @@ NOT_FORWARDED = {
 # ...and credentials, by any name that looks like one: a run's headers are stored and readable
 # by whoever can read the run.
 CREDENTIAL = re.compile(r"auth|cookie|token|secret|passw|session|api-?key|credential", re.I)
-STATES = [s.value for s in RunState]
 MAX_DELAY = 366 * 24 * 3600  # seconds
 MAX_DEPTH = 512  # levels of nesting in a request body
 
@@ -141,16 +139,10 @@ class JSONApi:
         return JSONResponse(Triggered(workflowRunId=run_id), status_code=202)
 
     async def get_run(self, request: Request) -> Response:
-        run = await self.engine.backend.get_run(request.path_params["run_id"])
-        if run is None:
-            raise RunNotFound(request.path_params["run_id"])
-        return JSONResponse(run_log(run))
+        return JSONResponse(await read_log(self.engine, request.path_params["run_id"]))
 
     async def list_runs(self, request: Request) -> Response:
         params = request.query_params
-        state = params.get("state")
-        if state is not None and state not in STATES:
-            raise ValidationError(f"state={state[:40]!r}: use one of {', '.join(STATES)}")
         count = params.get("count", "50")
         # str.isdigit() alone lets "²" through to int(), which refuses it with a ValueError.
         if not _digits(count) or not 1 <= int(count) <= 1000:
@@ -158,10 +150,14 @@ class JSONApi:
         cursor = params.get("cursor")
         if cursor is not None and (not _digits(cursor) or int(cursor) >= 2**63):
             raise ValidationError("cursor must be the value returned by the previous page")
-        page = await self.engine.backend.list_runs(
-            state=state, workflow=params.get("workflow"), cursor=cursor, count=int(count)
+        page = await read_runs(
+            self.engine,
+            state=params.get("state"),
+            workflow=params.get("workflow"),
+            cursor=cursor,
+            count=int(count),
         )
-        return JSONResponse(RunPage(runs=[run_log(run) for run in page.runs], cursor=page.cursor))
+        return JSONResponse(page)
 
     async def cancel(self, request: Request) -> Response:
         run_id = request.path_params["run_id"]

@@ -7,8 +7,9 @@ from __future__ import annotations
 import json
 from typing import Any, TypedDict
 
-from stepstream.errors import ErrorBody, ErrorFields
-from stepstream.records import RunRecord, RunState
+from stepstream.errors import ErrorBody, ErrorFields, RunNotFound, ValidationError
+from stepstream.records import RUN_STATES, RunRecord, RunState
+from stepstream.workflow.engine import Engine
 
 __all__ = [
     "Canceled",
@@ -146,3 +147,25 @@ def run_log(run: RunRecord) -> RunLog:
             for step in run.steps
         ],
     )
+
+
+async def read_log(engine: Engine, run_id: str) -> RunLog:
+    """The log of run ``run_id`` (``RunNotFound`` if there is none): what ``GET /api/runs/{id}``
+    answers and ``client.logs`` returns."""
+    run = await engine.backend.get_run(run_id)
+    if run is None:
+        raise RunNotFound(run_id)
+    return run_log(run)
+
+
+async def read_runs(
+    engine: Engine, *, state: str | None, workflow: str | None, cursor: str | None, count: int
+) -> RunPage:
+    """A page of runs, newest first: what ``GET /api/runs`` answers and ``client.runs``
+    returns. ``state`` must be one of ``RUN_STATES`` (``ValidationError`` otherwise)."""
+    if state is not None and state not in RUN_STATES:
+        raise ValidationError(f"state={state[:40]!r}: use one of {', '.join(RUN_STATES)}")
+    page = await engine.backend.list_runs(
+        state=state, workflow=workflow, cursor=cursor, count=count
+    )
+    return RunPage(runs=[run_log(run) for run in page.runs], cursor=page.cursor)
