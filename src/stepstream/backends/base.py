@@ -1,6 +1,6 @@
 """The storage protocol every backend implements, and the operations it takes.
 
-A backend is one package (``sqlite/``, ``redis/``) behind the narrow async ``Backend``
+A backend is one package (``sqlite/``, ``redis/``, ``memory/``) behind the narrow async ``Backend``
 protocol below. The realtime hub and the engine never speak SQL or Redis; a new backend is one
 module or package that passes ``tests/backends/test_contract.py`` and
 ``tests/backends/test_runs_contract.py``.
@@ -273,4 +273,4 @@ class RunStore(Protocol):
 
 
 class Backend(RealtimeStore, RunStore, Protocol):
-    """The whole storage protocol: what ``sqlite/`` and ``redis/`` implement."""
+    """The whole storage protocol: what ``sqlite/``, ``redis/`` and ``memory/`` implement."""

@@ -23,7 +23,16 @@ from typing import TYPE_CHECKING, Any, Protocol
 import httpx
 
 from stepstream import events
-from stepstream.backends.base import CancelRun, CreateRun, Notify, SaveSteps, WaitEvent
+from stepstream.backends.base import (
+    CancelRun,
+    CreateRun,
+    FinishRun,
+    Notify,
+    ReleaseRun,
+    RunPatch,
+    SaveSteps,
+    WaitEvent,
+)
 from stepstream.clock import Clock, system_ms
 from stepstream.errors import (
     ConfigurationError,
@@ -81,8 +90,9 @@ def engine_of(source: Engine | HasEngine) -> Engine:
 
 
 class Engine:
-    """Runs the workflows of ``registry`` on ``backend``: starts runs, executes claimed ones,
-    and (with ``realtime``) reports their progress on the channel named by each run id.
+    """The runs of ``registry``'s workflows on ``backend``: it starts, notifies and cancels
+    them, records how an execution ends, and (with ``realtime``) reports their progress on the
+    channel named by each run id. ``execution.execute`` runs a claimed one through it.
 
     ``max_result_bytes``: the largest step result or return value, as JSON text.
     """
@@ -186,6 +196,23 @@ class Engine:
         return await self.backend.wait_event(
             WaitEvent(lease, step, emits=self.reported(*updates), policy=self.policy)
         )
+
+    # -- how an execution ends (``execution.py``, and a worker handing runs back) --------------
+
+    async def release(
+        self, lease: Lease, due: int | None, patch: RunPatch | None = None, *, hold: bool = False
+    ) -> None:
+        """Give the run up until ``due`` (``None``: until a notify or a child wakes it)."""
+        op = ReleaseRun(lease, due, patch or {}, hold=hold, policy=self.policy)
+        await self.backend.release_run(op)
+
+    async def finish(
+        self, lease: Lease, state: RunState, result: str | None, error: str | None, at: int
+    ) -> None:
+        """End the run in ``state``, with its ``runFinish`` event."""
+        update = self.reported(events.run_finish(lease.run_id, at, state, error))
+        op = FinishRun(lease, state, result, error, at=at, emits=update, policy=self.policy)
+        await self.backend.finish_run(op)
 
     # -- starting, notifying, canceling ---------------------------------------------------------
 

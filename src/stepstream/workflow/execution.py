@@ -13,8 +13,7 @@ import contextlib
 import inspect
 import logging
 
-from stepstream import events
-from stepstream.backends.base import FinishRun, ReleaseRun, RunPatch
+from stepstream.backends.base import RunPatch
 from stepstream.clock import Clock
 from stepstream.errors import (
     BackendError,
@@ -83,10 +82,7 @@ class Execution:
         self.run = context.record
 
     async def release(self, due: int | None, patch: RunPatch, *, hold: bool = False) -> None:
-        engine = self.engine
-        await engine.backend.release_run(
-            ReleaseRun(self.lease, due, patch, hold=hold, policy=engine.policy)
-        )
+        await self.engine.release(self.lease, due, patch, hold=hold)
 
     async def run_phase(self, definition: Workflow) -> None:
         context, run = self.context, self.run
@@ -183,8 +179,9 @@ class Execution:
             if await self.diverged():
                 return
             attempts = run.failure_attempts + 1
-            if attempts <= definition.retries:
-                due = context.now() + int(definition.delay(attempts) * 1000)
+            policy = definition.policy
+            if attempts <= policy.retries:
+                due = context.now() + int(policy.delay(attempts) * 1000)
                 await self.release(due, {"failure_attempts": attempts})
                 self.engine.wake(due)
                 return
@@ -210,14 +207,9 @@ class Execution:
         await self.finish(RunState.CANCELED, None, "canceled")
 
     async def finish(self, state: RunState, result: str | None, error: str | None) -> None:
-        engine = self.engine
-        now = self.context.now()
-        update = engine.reported(events.run_finish(self.lease.run_id, now, state, error))
-        await engine.backend.finish_run(
-            FinishRun(self.lease, state, result, error, at=now, emits=update, policy=engine.policy)
-        )
+        await self.engine.finish(self.lease, state, result, error, self.context.now())
         if self.run.parent is not None:
-            engine.wake()
+            self.engine.wake()
 
     async def diverged(self) -> bool:
         """Before acting on how the workflow function ended: re-raise a lost lease or storage

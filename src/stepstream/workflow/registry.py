@@ -37,10 +37,6 @@ class Workflow:
         """How its failing steps (and its failure function) are retried."""
         return RetryPolicy(self.retries, self.retry_delay)
 
-    def delay(self, attempt: int) -> float:
-        """Seconds to wait before retry number ``attempt`` (1-based)."""
-        return self.policy.delay(attempt)
-
 
 class Registry:
     """Workflow definitions by name, registered with ``@registry.workflow(name, ...)``.

@@ -10,7 +10,7 @@ import secrets
 import socket
 from typing import TYPE_CHECKING
 
-from stepstream.backends.base import Claim, ReleaseRun
+from stepstream.backends.base import Claim
 from stepstream.clock import Clock, system_ms
 from stepstream.errors import BackendError, LeaseLost
 from stepstream.records import Lease
@@ -164,11 +164,10 @@ class Worker:
                 await asyncio.wait_for(self._wakeup.wait(), self.poll_interval)
 
     async def _hand_back(self, runs: list[RunRecord]) -> None:
-        policy = self.engine.policy
         for run in runs:
             lease = Lease(run.id, self.owner, run.epoch)
             with contextlib.suppress(BackendError, LeaseLost):  # else the lease expires
-                await self.engine.backend.release_run(ReleaseRun(lease, run.due_at, policy=policy))
+                await self.engine.release(lease, run.due_at)
 
     def _measure_clock(self, run: RunRecord, asked: int, answered: int) -> None:
         """Compare this worker's clock with the storage's, which stamped the claim somewhere
