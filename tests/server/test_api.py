@@ -17,6 +17,7 @@ import pytest
 
 from stepstream import Realtime, WorkflowContext, Workflows
 from stepstream.errors import DETAIL_HEADER
+from stepstream.records import HistoryPolicy
 
 pytestmark = pytest.mark.anyio
 
@@ -531,3 +532,18 @@ async def test_a_trigger_that_storage_may_have_lost_names_its_run(api: Api) -> N
     retry = await api.post(f"/api/workflows/echo?workflowRunId={run_id}", json={"n": 1})
     assert retry.status_code == 409
     assert (await api.finished(run_id))["workflowState"] == "RUN_SUCCESS"
+
+
+async def test_without_a_realtime_the_app_streams_from_the_registry_store_itself() -> None:
+    # One store, not a second connection to "the same URL": a private memory:// store (or a
+    # pool setting on the object) exists once.
+    workflows = Workflows(backend="memory://")
+    app = workflows.asgi(workers=0)
+    async with app.router.lifespan_context(app):
+        await workflows.backend.append("feed", "note", '{"n":1}', HistoryPolicy())
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1:8000"
+        ) as http:
+            answer = await http.get("/api/realtime/history", params={"channel": "feed"})
+    assert answer.status_code == 200, answer.text
+    assert [message["data"] for message in answer.json()["messages"]] == [{"n": 1}]

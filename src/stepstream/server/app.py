@@ -164,7 +164,7 @@ def workflows_app(
     then every request is a 503 saying so. Options: see ``create_app``."""
     engine = engine_of(workflows)
     app = create_app(
-        engine.realtime or Realtime(backend=engine.backend.url),
+        engine.realtime or Realtime(backend=engine.backend),
         middleware=middleware,
         cors_origins=cors_origins,
         token=token,
