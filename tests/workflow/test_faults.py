@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from stepstream import ValidationError, WorkflowContext
-from stepstream.backends.base import CreateRun, SaveSteps
+from stepstream import ValidationError, WorkflowContext, Workflows
+from stepstream.backends.base import Claim, CreateRun, SaveSteps
 from stepstream.errors import BackendUnavailable
 from stepstream.records import RunRecord, RunState, StepRecord, StepState, StepType
 from stepstream.workflow.engine import run_id_from
@@ -638,3 +638,43 @@ async def test_a_sync_step_returning_a_coroutine_releases_its_turn(harness: Harn
     log = await wait_for_state(client, run_id)
     assert log["workflowState"] == "RUN_SUCCESS", log["error"]
     assert log["workflowRunResponse"] == ["a", "b"]
+
+
+# -- a stale execution after a stall ------------------------------------------------------------
+
+
+async def test_no_step_body_starts_after_the_run_was_taken_over_during_a_stall() -> None:
+    # One worker holds two runs. The first one's async body blocks the event loop past the
+    # lease (no heartbeat can go out), and meanwhile another worker takes the second run over.
+    # When the loop moves again, the second run's execution resumes with its old view of the
+    # run: it must ask storage before starting a body, not run what the new owner may have
+    # committed already.
+    workflows = Workflows(backend="memory://stall-takeover")
+    ran: Counter[str] = Counter()
+
+    @workflows.workflow("staller")
+    async def staller(context: WorkflowContext) -> None:
+        async def block() -> None:
+            time.sleep(0.6)  # noqa: ASYNC251 - the point: the loop is stuck, the 0.3 s leases run out
+            thief = await workflows.backend.claim_runs(Claim("thief", 60_000, 5, ("victim",)))
+            ran["taken over"] += len(thief)
+
+        await context.run("block", block)
+
+    @workflows.workflow("victim")
+    async def victim(context: WorkflowContext) -> None:
+        await context.run("effect", lambda: ran.update(["effect"]))
+
+    client = workflows.client()
+    await client.trigger("staller", workflow_run_id="staller")
+    await client.trigger("victim", workflow_run_id="victim")
+    worker = workflows.worker(lease=0.3, poll_interval=5, concurrency=2)
+    await worker.start()
+    try:
+        await wait_for_state(client, "wfr_staller", {"RUN_SUCCESS"})
+        await asyncio.sleep(0.3)  # the victim's execution has had its turn
+    finally:
+        await worker.stop(grace=1)
+        await workflows.aclose()
+    assert ran["taken over"] == 1
+    assert ran["effect"] == 0  # the thief holds the run: this worker never ran its body

@@ -61,7 +61,14 @@ class WorkflowContext:
     """
 
     def __init__(
-        self, run: RunRecord, runtime: Runtime, lease: Lease, clock: Clock, policy: RetryPolicy
+        self,
+        run: RunRecord,
+        runtime: Runtime,
+        lease: Lease,
+        clock: Clock,
+        policy: RetryPolicy,
+        *,
+        confirm: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.workflow_run_id = run.id
         self.workflow_name = run.workflow
@@ -73,6 +80,7 @@ class WorkflowContext:
         self._run = run
         self._runtime = runtime
         self._policy = policy
+        self._confirm = confirm
         self._recorded = {step.position: step for step in run.steps}
         self._position = FAILURE_POSITIONS if run.phase == "failure" else 0
         # Once set, every later step raises it again: an execution that lost its lease or
@@ -306,7 +314,10 @@ class WorkflowContext:
         kwargs: dict[str, Any],
     ) -> str:
         """Run one attempt of a step body; its result as JSON text. Stamps the step's start
-        and end, and puts its ``stepStart`` event in ``start`` until that is stored."""
+        and end, and puts its ``stepStart`` event in ``start`` until that is stored. A body
+        never starts once this execution has lost its run (see ``Worker._confirmer``)."""
+        if self._confirm is not None:
+            await self._storage(self._confirm())
         threaded = not inspect.iscoroutinefunction(fn)
         if threaded:
             # Synchronous bodies run on a thread, but those of one run take turns, as they

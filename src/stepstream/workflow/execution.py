@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+from collections.abc import Awaitable, Callable
 
 from stepstream.backends.base import RunPatch
 from stepstream.clock import Clock
@@ -36,11 +37,19 @@ _NO_RETRIES = RetryPolicy(retries=0)  # a run whose workflow is unknown here run
 log = logging.getLogger("stepstream.engine")
 
 
-async def execute(engine: Engine, run: RunRecord, lease: Lease, clock: Clock) -> None:
+async def execute(
+    engine: Engine,
+    run: RunRecord,
+    lease: Lease,
+    clock: Clock,
+    *,
+    confirm: Callable[[], Awaitable[None]] | None = None,
+) -> None:
     """Replay ``run`` from the top once, running its new steps, until it finishes or
     suspends, under ``lease`` (every write is fenced by it). Never raises for the run's own
     failures: they become its state. A lost lease ends the execution quietly; a storage
-    failure hands the run back to be resumed, it never fails it."""
+    failure hands the run back to be resumed, it never fails it. ``confirm`` is awaited before
+    each step body and raises ``LeaseLost`` if the run is no longer this execution's."""
     try:
         definition = engine.registry.get(run.workflow)
     except UnknownWorkflow as exc:  # workers claim only what they know; a race left
@@ -49,7 +58,7 @@ async def execute(engine: Engine, run: RunRecord, lease: Lease, clock: Clock) ->
     else:
         problem = None
     policy = definition.policy if definition is not None else None
-    context = WorkflowContext(run, engine, lease, clock, policy or _NO_RETRIES)
+    context = WorkflowContext(run, engine, lease, clock, policy or _NO_RETRIES, confirm=confirm)
     execution = Execution(engine, context)
     try:
         if definition is None:

@@ -8,6 +8,7 @@ import logging
 import os
 import secrets
 import socket
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from stepstream.backends.base import Claim
@@ -66,6 +67,9 @@ class Worker:
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.active: dict[str, asyncio.Task[None]] = {}
         self._leases: dict[str, Lease] = {}
+        # When storage last said each lease was ours: the loop time its claim or renewal was
+        # sent (conservative: storage granted it later than that).
+        self._confirmed: dict[str, float] = {}
         self._offset = 0
         self._wakeup = asyncio.Event()
         self._stopping = False
@@ -134,10 +138,11 @@ class Worker:
                     log.warning("cannot listen for wake-ups (%s); polling only", exc)
             free = self.concurrency - len(self.active)
             claimed: list[RunRecord] = []
+            sent = 0.0
             self._wakeup.clear()
             if free > 0:
                 try:
-                    asked = self.clock()
+                    asked, sent = self.clock(), asyncio.get_running_loop().time()
                     claimed = await backend.claim_runs(
                         Claim(
                             self.owner,
@@ -157,7 +162,7 @@ class Worker:
                 await self._hand_back(claimed)
                 break
             for run in claimed:
-                self._start(run)
+                self._start(run, sent)
             if claimed and len(claimed) == min(free, 100):
                 continue  # there may be more due right now
             with contextlib.suppress(TimeoutError):
@@ -177,23 +182,49 @@ class Worker:
         offset = run.lease_until - self.lease_ms - (asked + answered) // 2
         self._offset = offset if abs(offset) > CLOCK_TOLERANCE_MS else 0
 
-    def _start(self, run: RunRecord) -> asyncio.Task[None]:
+    def _start(self, run: RunRecord, claimed_at: float) -> asyncio.Task[None]:
         lease = Lease(run.id, self.owner, run.epoch)
         task = asyncio.create_task(self._execute(run, lease))
         self.active[run.id] = task
         self._leases[run.id] = lease
+        self._confirmed[run.id] = claimed_at
         return task
 
     async def _execute(self, run: RunRecord, lease: Lease) -> None:
         try:
-            await execute(self.engine, run, lease, self._clock)
+            await execute(self.engine, run, lease, self._clock, confirm=self._confirmer(lease))
         except Exception:
             log.exception("run %s: unexpected engine error", run.id)
         finally:
             if self._leases.get(run.id) is lease:
                 del self.active[run.id]
                 del self._leases[run.id]
+                self._confirmed.pop(run.id, None)
             self._wakeup.set()
+
+    def _confirmer(self, lease: Lease) -> Callable[[], Awaitable[None]]:
+        """What an execution awaits before each step body: that it still holds its run.
+
+        Normally the last heartbeat says so. After a stall longer than two thirds of the lease
+        (an event loop blocked by another run's body, a suspended process), storage is asked
+        first: another worker may have taken the run over meanwhile and committed the very
+        step this execution, resuming with its old view of the run, is about to run again.
+        Its writes would be refused by the fencing epoch, but the body's effects would not.
+        """
+        fresh = self.lease_ms * 2 / 3000
+
+        async def confirm() -> None:
+            loop = asyncio.get_running_loop()
+            confirmed = self._confirmed.get(lease.run_id)
+            if confirmed is not None and loop.time() - confirmed < fresh:
+                return
+            sent = loop.time()
+            if lease.run_id not in await self.engine.backend.renew_leases([lease], self.lease_ms):
+                raise LeaseLost(f"run {lease.run_id} was taken over while this worker stalled")
+            if self._leases.get(lease.run_id) is lease:
+                self._confirmed[lease.run_id] = sent
+
+        return confirm
 
     async def _heartbeat_loop(self) -> None:
         # Runs until ``stop`` cancels it, after the executions: a stopping worker still holds
@@ -204,6 +235,7 @@ class Worker:
             if not self.active:
                 continue
             leases = list(self._leases.values())
+            sent = asyncio.get_running_loop().time()
             try:
                 held = set(await self.engine.backend.renew_leases(leases, self.lease_ms))
             except BackendError as exc:
@@ -211,6 +243,9 @@ class Worker:
                 continue
             for lease in leases:
                 task = self.active.get(lease.run_id)
-                lost = lease.run_id not in held and self._leases.get(lease.run_id) is lease
+                mine = self._leases.get(lease.run_id) is lease
+                if mine and lease.run_id in held:
+                    self._confirmed[lease.run_id] = sent
+                lost = lease.run_id not in held and mine
                 if lost and task is not None:
                     task.cancel()  # canceled or taken over; its writes are fenced anyway
