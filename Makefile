@@ -28,13 +28,15 @@ $(VENV)/.test-installed: pyproject.toml | $(BIN)/python
 dev: $(VENV)/.dev-installed
 	$(BIN)/stepstream dev --host 127.0.0.1 --port 8000
 
-# Redis tests start their own redis-server; browser tests drive Debian's chromium.
+# Redis tests start their own redis-server, Postgres tests their own PostgreSQL (initdb + pg_ctl
+# into a temp dir); browser tests drive Debian's chromium.
 # Both are installed from Debian's packages when missing and we may (root, or sudo).
 system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	test -x /usr/bin/chromium || missing="$$missing chromium"; \
 	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 		if command -v apt-get >/dev/null 2>&1 && { [ "$$(id -u)" = 0 ] || command -v sudo >/dev/null 2>&1; }; then \
 			echo "installing$$missing from Debian packages"; \
