@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -240,9 +241,31 @@ def _fail(exc: Exception) -> None:
     sys.exit(1)
 
 
+DATA_HELP = "JSON, or @file, or - for standard input"
+
+
+def _json_data(data: str | None) -> Any:
+    """``--data``: JSON text, ``@path`` (a file's JSON) or ``-`` (standard input's)."""
+    if data is None:
+        return None
+    try:
+        if data == "-":
+            text = sys.stdin.read()
+        elif data.startswith("@"):
+            text = Path(data[1:]).read_text()
+        else:
+            text = data
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {data[1:]!r}: {exc}", param_hint="--data") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--data") from None
+
+
 @main.command()
 @click.argument("name")
-@click.option("--data", default=None, help="the request payload, as JSON")
+@click.option("--data", default=None, help=f"the request payload: {DATA_HELP}")
 @click.option("--id", "run_id", default=None, help="choose the run id (gets the wfr_ prefix)")
 @click.option("--delay", type=float, default=None, help="start after this many seconds")
 @click.option("--follow", is_flag=True, help="show live step progress until the run ends")
@@ -258,10 +281,7 @@ def trigger(
     token: str | None,
 ) -> None:
     """Start a run of workflow NAME. With --follow, exit 0 on success and 1 on failure."""
-    try:
-        body = None if data is None else json.loads(data)
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--data") from None
+    body = _json_data(data)
 
     async def go() -> int:
         client = _client(url, token)
@@ -279,6 +299,47 @@ def trigger(
         return await follow_run(url, new_id, token)
 
     sys.exit(_run(go()))
+
+
+@main.command()
+@click.argument("event_id")
+@click.option("--data", default=None, help=f"the event's data: {DATA_HELP}")
+@click.option("--run", "run_id", default=None, help="only this run (kept for it if it waits later)")
+@URL_OPTION
+@TOKEN_OPTION
+def notify(
+    event_id: str, data: str | None, run_id: str | None, url: str, token: str | None
+) -> None:
+    """Send event EVENT_ID to the runs waiting for it; prints how many were waiting."""
+    body = _json_data(data)
+
+    async def go() -> int:
+        async with _client(url, token) as client:
+            try:
+                return await client.notify(event_id, body, workflow_run_id=run_id)
+            except StepstreamError as exc:
+                _fail(exc)
+                raise
+
+    click.echo(_run(go()))
+
+
+@main.command()
+@click.argument("run_id")
+@URL_OPTION
+@TOKEN_OPTION
+def cancel(run_id: str, url: str, token: str | None) -> None:
+    """End run RUN_ID now as RUN_CANCELED (no failure function)."""
+
+    async def go() -> None:
+        async with _client(url, token) as client:
+            try:
+                await client.cancel(run_id)
+            except StepstreamError as exc:
+                _fail(exc)
+
+    _run(go())
+    click.echo(f"{run_id} RUN_CANCELED")
 
 
 @main.command()

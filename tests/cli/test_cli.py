@@ -57,7 +57,9 @@ def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     assert "Traceback" not in log_text, "stepstream dev logged an exception"
 
 
-def stepstream(*args: str, url: str | None = None) -> subprocess.CompletedProcess[str]:
+def stepstream(
+    *args: str, url: str | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*STEPSTREAM, *args],
         env=environment(url),
@@ -65,6 +67,7 @@ def stepstream(*args: str, url: str | None = None) -> subprocess.CompletedProces
         text=True,
         encoding="utf-8",
         timeout=TIMEOUT,
+        input=stdin,
     )
 
 
@@ -100,7 +103,9 @@ def finished_run(dev: str) -> str:
 def test_help_lists_every_command() -> None:
     done = stepstream("--help")
     assert done.returncode == 0, done.stderr
-    for command in ("dev", "server", "worker", "trigger", "logs", "runs", "tail"):
+    for command in (
+        "dev", "server", "worker", "trigger", "logs", "runs", "tail", "notify", "cancel",
+    ):  # fmt: skip
         assert re.search(rf"^\s+{command}\s", done.stdout, re.MULTILINE), (command, done.stdout)
 
 
@@ -184,6 +189,51 @@ def test_unreachable_server_is_a_clean_error(tmp_path: Path) -> None:
     assert done.returncode == 1, done.stdout + done.stderr
     assert "cannot reach" in words(done.stderr)
     assert "Traceback" not in done.stderr
+
+
+# -- notify and cancel (operator commands, DESIGN §9) ------------------------------------------
+
+
+def wait_for(dev: str, run_id: str, state: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 30
+    while True:
+        log: dict[str, Any] = json.loads(stepstream("logs", run_id, "--json", url=dev).stdout)
+        if log["workflowState"] == state:
+            return log
+        assert time.monotonic() < deadline, log
+        time.sleep(0.1)  # waiting for the worker, not an assertion
+
+
+def test_notify_sends_data_from_a_file_or_stdin_to_a_waiting_run(dev: str, tmp_path: Path) -> None:
+    decision = tmp_path / "decision.json"
+    decision.write_text('{"by": "ann"}')
+    for source, stdin in ((f"@{decision}", None), ("-", '{"by": "ann"}')):
+        run_id = stepstream("trigger", "approval", url=dev).stdout.strip()
+        # Named for this run: kept if it is not waiting yet (lookback), so no race.
+        event = f"approve-{run_id}"
+        sent = stepstream("notify", event, "--data", source, "--run", run_id, url=dev, stdin=stdin)
+        assert sent.returncode == 0, sent.stderr
+        assert sent.stdout.strip() in {"0", "1"}  # kept for later, or one waiter woken
+        log = wait_for(dev, run_id, "RUN_SUCCESS")
+        assert log["workflowRunResponse"]["decision"] == {"by": "ann"}
+
+
+def test_notify_without_waiters_and_bad_data_are_clean_errors(dev: str) -> None:
+    nobody = stepstream("notify", "no-such-event", url=dev)
+    assert nobody.returncode == 1 and "Traceback" not in nobody.stderr
+    assert "no-such-event" in words(nobody.stderr)
+    bad = stepstream("notify", "x", "--data", "@/no/such/file.json", url=dev)
+    assert bad.returncode == 2 and "cannot read" in words(bad.stderr)
+
+
+def test_cancel_ends_a_waiting_run_and_a_second_cancel_is_refused(dev: str) -> None:
+    run_id = stepstream("trigger", "approval", url=dev).stdout.strip()
+    done = stepstream("cancel", run_id, url=dev)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"{run_id} RUN_CANCELED"
+    assert wait_for(dev, run_id, "RUN_CANCELED")["workflowState"] == "RUN_CANCELED"
+    again = stepstream("cancel", run_id, url=dev)
+    assert again.returncode == 1 and "Traceback" not in again.stderr
 
 
 # -- logs and runs ------------------------------------------------------------------------------
