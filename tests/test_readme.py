@@ -13,7 +13,6 @@ import asyncio
 import http.server
 import json
 import os
-import re
 import sys
 import threading
 from collections.abc import Iterator
@@ -22,13 +21,9 @@ from typing import Any, ClassVar
 
 import pytest
 
+from tests.readme import python_blocks
+
 ROOT = Path(__file__).resolve().parents[1]
-README = ROOT / "README.md"
-BLOCK = re.compile(r"^```python\n(.*?)^```$", re.S | re.M)
-
-
-def python_blocks() -> list[str]:
-    return BLOCK.findall(README.read_text())
 
 
 def example_files() -> dict[str, Path]:

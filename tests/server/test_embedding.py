@@ -28,6 +28,7 @@ from stepstream.errors import Unauthorized
 from stepstream.realtime.remote import subscribe_remote
 from stepstream.server.wire import RunLog
 from tests.conftest import free_port
+from tests.readme import python_blocks
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
 
@@ -37,9 +38,7 @@ WITHIN = 30  # seconds a server may take to start, and a run to finish
 
 def readme_block(first_line: str) -> str:
     """The README's ```python block that starts with ``first_line``."""
-    text = (ROOT / "README.md").read_text()
-    blocks = [block.split("```\n", 1)[0] for block in text.split("```python\n")[1:]]
-    [found] = [block for block in blocks if block.startswith(first_line + "\n")]
+    [found] = [block for block in python_blocks() if block.startswith(first_line + "\n")]
     return found
 
 

@@ -11,6 +11,8 @@ from examples.testing_example import (
     test_an_unanswered_order_is_charged_after_a_day_and_an_hour,
 )
 
+from tests.readme import python_blocks
+
 pytestmark = pytest.mark.anyio  # the example's own mark stays in its module
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,13 +23,6 @@ __all__ = [
 ]
 
 
-def readme_block(heading: str) -> str:
-    """The first ```python block after ``heading`` in README.md."""
-    text = (ROOT / "README.md").read_text()
-    after = text.split(f"\n{heading}\n", 1)[1]
-    return after.split("```python\n", 1)[1].split("```\n", 1)[0]
-
-
 def test_the_readme_example_is_the_file_the_suite_runs() -> None:
     example = (ROOT / "examples" / "testing_example.py").read_text()
-    assert readme_block("## Testing your workflows") == example
+    assert python_blocks(after="## Testing your workflows")[0] == example
