@@ -1,4 +1,5 @@
-"""Shared fixtures: a real SQLite file and a real redis-server per backend test."""
+"""Shared fixtures: a real SQLite file, a real redis-server and a real PostgreSQL per backend
+test."""
 
 from __future__ import annotations
 
@@ -68,7 +69,32 @@ def redis_server() -> Iterator[str]:
         proc.wait(timeout=10)
 
 
-STORES = ["memory", "sqlite", "redis"]
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL of our own (initdb + pg_ctl into a temp dir, ``tests/postgres.py``), or
+    ``$STEPSTREAM_TEST_POSTGRES_URL``."""
+    url = os.environ.get("STEPSTREAM_TEST_POSTGRES_URL")
+    if url:
+        yield url
+        return
+    from tests.postgres import PostgresMissing, postgres_server
+
+    try:
+        server = postgres_server(free_port())
+        started = server.__enter__()
+    except PostgresMissing as exc:
+        if IN_CI:
+            pytest.fail(
+                f"PostgreSQL is missing in CI: `make test` installs Debian's package ({exc})"
+            )
+        pytest.skip(str(exc))
+    try:
+        yield started.url
+    finally:
+        server.__exit__(None, None, None)
+
+
+STORES = ["memory", "sqlite", "redis", "postgres"]
 """Every backend. ``backend_url`` gives the persistent ones; a suite adds the in-memory one with
 ``pytest.mark.parametrize("backend_url", STORES, indirect=True)`` (or by overriding it)."""
 
@@ -80,13 +106,17 @@ def store_url(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"memory://test-{uuid.uuid4().hex[:12]}"
     if kind == "sqlite":
         return f"sqlite:///{tmp_path / 'stepstream.db'}"
+    if kind == "postgres":
+        base = request.getfixturevalue("postgres_url")
+        return f"{base}?schema=test_{uuid.uuid4().hex[:12]}"
     base: str = request.getfixturevalue("redis_server")
     return f"{base}?prefix=test-{uuid.uuid4().hex[:12]}:"
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "postgres"])
 def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh, empty store: a new SQLite file, or a new key prefix on the test Redis."""
+    """A fresh, empty store: a new SQLite file, a new key prefix on the test Redis, or a new
+    schema on the test PostgreSQL."""
     return store_url(request.param, request, tmp_path)
 
 

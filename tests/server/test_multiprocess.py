@@ -1,8 +1,8 @@
-"""Scale-out on Redis: two ``stepstream server`` processes (API + SSE, no workers) and two
-``stepstream worker`` processes share one Redis. A hundred runs are triggered through server A
-and followed through SSE on server B, subscribed before the runs exist: every run's progress
-crosses three processes, arrives exactly once and in order, the logs on A agree, and both
-workers did some of the work."""
+"""Scale-out on Redis and on PostgreSQL: two ``stepstream server`` processes (API + SSE, no
+workers) and two ``stepstream worker`` processes share one Redis (or one PostgreSQL database). A
+hundred runs are triggered through server A and followed through SSE on server B, subscribed
+before the runs exist: every run's progress crosses three processes, arrives exactly once and in
+order, the logs on A agree, and both workers did some of the work."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from stepstream.records import parse_cursor
-from tests.conftest import free_port
+from tests.conftest import free_port, store_url
 from tests.realtime.sse_client import SSEStream, connect
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(180)]
@@ -148,11 +148,11 @@ class Cluster:
             process.stop()
 
 
-@pytest.fixture
-def cluster(tmp_path: Path, redis_server: str) -> Iterator[Cluster]:
+@pytest.fixture(params=["redis", "postgres"])
+def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """Two servers and two workers on one Redis, or on one PostgreSQL database."""
     (tmp_path / "mp_app.py").write_text(APP)
-    backend = f"{redis_server}?prefix=mp-{uuid.uuid4().hex[:12]}:"
-    cluster = Cluster(tmp_path, backend)
+    cluster = Cluster(tmp_path, store_url(request.param, request, tmp_path))
     try:
         yield cluster
     finally:
@@ -183,7 +183,7 @@ async def follow(
             open_channels.discard(channel)
 
 
-async def test_two_servers_two_workers_one_redis(cluster: Cluster) -> None:
+async def test_two_servers_two_workers_one_store(cluster: Cluster) -> None:
     server_a = await cluster.server("server-a")
     server_b = await cluster.server("server-b")
     worker_1 = await cluster.worker("worker-1")
@@ -194,7 +194,7 @@ async def test_two_servers_two_workers_one_redis(cluster: Cluster) -> None:
 
     async with AsyncExitStack() as stack:
         # Subscribe on B first (native dialect, with history), and wait until every channel is
-        # connected, so the runs' events reach B live from the workers through Redis.
+        # connected, so the runs' events reach B live from the workers through the store.
         streams = []
         for group in groups:
             params = [("dialect", "native"), ("history", "true")]

@@ -1,4 +1,5 @@
-"""Storage backends, chosen by URL: ``sqlite:///file.db`` (the default) or ``redis://``."""
+"""Storage backends, chosen by URL: ``sqlite:///file.db`` (the default), ``redis://`` or
+``postgresql://``."""
 
 from __future__ import annotations
 
@@ -31,11 +32,15 @@ def backend_from_url(url: str | None = None) -> Backend:
         if scheme.startswith("valkey"):
             url = "redis" + url[len("valkey") :]
         return RedisBackend.from_url(url)
+    if scheme in {"postgresql", "postgres"}:
+        from stepstream.backends.postgres import PostgresBackend
+
+        return PostgresBackend.from_url(url)
     if scheme == "memory":
         from stepstream.backends.memory import MemoryBackend
 
         return MemoryBackend.from_url(url)
     raise ConfigurationError(
-        f"unknown backend URL {url!r}: use sqlite:///path.db (embedded, the default) "
-        "or redis://host:6379/0 (rediss:// for TLS)"
+        f"unknown backend URL {url!r}: use sqlite:///path.db (embedded, the default), "
+        "redis://host:6379/0 (rediss:// for TLS) or postgresql://user@host:5432/dbname"
     )

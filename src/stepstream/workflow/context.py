@@ -254,11 +254,15 @@ class WorkflowContext:
         previous = self._last_write
         if wait and (previous is None or previous.done()):
             # Nothing queued before it: write directly, no task (and no copy: nothing can
-            # change the step while we wait).
-            self._last_write = None
+            # change the step while we wait). A write that comes meanwhile (a parallel step)
+            # queues behind this one, so events are stored in the order they were made.
             if previous is not None:
                 previous.result()
-            await self._storage(self._runtime.save_steps(self.lease, [step], updates))
+            tail = self._last_write = asyncio.get_running_loop().create_future()
+            try:
+                await self._storage(self._runtime.save_steps(self.lease, [step], updates))
+            finally:
+                tail.set_result(None)
             return
         snapshot = dataclasses.replace(step)
         future = self._write(

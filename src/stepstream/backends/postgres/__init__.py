@@ -1,0 +1,93 @@
+"""The Postgres backend: ``postgresql://user:password@host:5432/dbname`` (or ``postgres://``),
+for workflows and realtime alike, with any number of servers and workers on one database.
+
+stepstream creates and migrates its own tables and functions in schema ``stepstream`` (or
+``?schema=``), needs no extension, and keeps a schema version table (``connection.py``,
+``migrations/*.sql``). Each storage operation is one server-side function call: one round
+trip, one transaction with the events reporting it (``runs.py``, ``realtime.py``). Live
+events and worker wake-ups travel by LISTEN/NOTIFY on one extra connection per process
+(``live.py``). Times (event ids, leases, due runs) are the database's clock.
+
+Driver: asyncpg, measured against psycopg 3 on this backend's own transactions
+(``bench/pg_drivers.py``, BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from stepstream.backends.postgres.connection import Database, check_schema
+from stepstream.backends.postgres.live import Listener
+from stepstream.backends.postgres.realtime import PostgresRealtime
+from stepstream.backends.postgres.runs import PostgresRuns
+from stepstream.errors import ConfigurationError
+
+__all__ = ["PostgresBackend"]
+
+OPTIONS = ("schema", "pool_size", "live_check_interval")
+
+
+class PostgresBackend(PostgresRealtime, PostgresRuns):
+    """``postgresql://...`` with query options ``schema=`` (default ``stepstream``),
+    ``pool_size=`` (connections per process, default 10, plus one for LISTEN) and
+    ``live_check_interval=`` (seconds, default 5: a silently dead LISTEN connection is
+    noticed within twice that). Other options (``sslmode=require``, ...) go to the driver."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        schema: str = "stepstream",
+        pool_size: int = 10,
+        live_check_interval: float = 5.0,
+    ) -> None:
+        if pool_size < 1:
+            raise ConfigurationError(f"pool_size must be >= 1, got {pool_size}")
+        if live_check_interval <= 0:
+            raise ConfigurationError("live_check_interval must be positive seconds")
+        parts = urlsplit(url)
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise ConfigurationError(f"{_shown(url)!r} is not a postgresql:// URL")
+        self.url = url
+        self._db = Database(url, check_schema(schema), pool_size, _shown(url))
+        self._listener = Listener(self._db, live_check_interval)
+
+    @classmethod
+    def from_url(cls, url: str) -> PostgresBackend:
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        ours = {k: v for k, v in query if k in OPTIONS}
+        rest = [(k, v) for k, v in query if k not in OPTIONS]
+        kwargs: dict[str, object] = {}
+        if "schema" in ours:
+            kwargs["schema"] = ours["schema"]
+        try:
+            if "pool_size" in ours:
+                kwargs["pool_size"] = int(ours["pool_size"])
+            if "live_check_interval" in ours:
+                kwargs["live_check_interval"] = float(ours["live_check_interval"])
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"{_shown(url)!r}: pool_size must be a whole number and live_check_interval seconds"
+            ) from exc
+        backend = cls(urlunsplit(parts._replace(query=urlencode(rest))), **kwargs)  # type: ignore[arg-type]
+        backend.url = url
+        return backend
+
+    async def open(self) -> None:
+        """Connect, create the schema or migrate it. Idempotent."""
+        await self._db.open()
+
+    async def close(self) -> None:
+        """Stop live delivery and close every connection. Idempotent."""
+        await self._listener.close()
+        await self._db.close()
+
+
+def _shown(url: str) -> str:
+    """The URL without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -1,0 +1,183 @@
+"""The connection pool of the Postgres backend, its migrations, and ``map_postgres_errors``: the
+one place asyncpg's exceptions become stepstream's.
+
+Every storage operation is one call of a server-side function (``migrations/*.sql``), so it runs
+in one implicit transaction and one round trip. A deadlock or serialization failure rolled the
+call back entirely, so it is retried here; a lost connection is ``BackendUnavailable`` (the
+engine hands the run back and tries again later), never a failed run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import Iterator
+from importlib import resources
+from typing import Any
+
+import asyncpg
+
+from stepstream.errors import (
+    BackendError,
+    BackendUnavailable,
+    ConfigurationError,
+    LeaseLost,
+    RunConflict,
+    RunNotFound,
+    ValidationError,
+)
+
+SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,39}$")
+MIGRATION_LOCK = 0x5374_6570_7374_7265  # pg_advisory_xact_lock key: "Stepstre"
+RETRIES = 5  # deadlock / serialization failure: the call was rolled back, run it again
+
+# SQLSTATEs: connection exception (08), operator intervention (57P01 shutdown, 57P02 crash,
+# 57P03 cannot connect now), insufficient resources (53), read-only transaction after a
+# failover (25006), query canceled by statement_timeout (57014).
+_UNAVAILABLE_CLASSES = ("08", "53", "57")
+_UNAVAILABLE_CODES = {"25006", "40001", "40P01"}
+_RETRY_CODES = {"40001", "40P01"}
+
+
+@contextlib.contextmanager
+def map_postgres_errors(where: str, *, unavailable: bool = False) -> Iterator[None]:
+    """Raise asyncpg's exceptions inside as stepstream's, ``from`` the original: storage's own
+    refusals (``SS001`` ``LeaseLost``, ``SS002`` ``RunConflict``, ``SS003`` ``RunNotFound``)
+    as themselves; a lost or refused connection, a shutdown, a timeout, a deadlock that kept
+    failing as ``BackendUnavailable``; text PostgreSQL cannot store (a NUL character) as
+    ``ValidationError``; anything else as ``BackendError`` (``BackendUnavailable`` when
+    ``unavailable``, as while opening)."""
+    try:
+        yield
+    except asyncpg.PostgresError as exc:
+        code = exc.sqlstate or ""
+        message = str(getattr(exc, "message", exc))
+        if code == "SS001":
+            raise LeaseLost(message) from exc
+        if code == "SS002":
+            raise RunConflict(message) from exc
+        if code == "SS003":
+            raise RunNotFound(message) from exc
+        if code in ("22021", "22P05"):
+            raise ValidationError(
+                f"PostgreSQL cannot store this text ({message}): remove NUL characters "
+                "from ids and names"
+            ) from exc
+        if code[:2] in _UNAVAILABLE_CLASSES or code in _UNAVAILABLE_CODES or unavailable:
+            raise BackendUnavailable(f"{where}: {message}") from exc
+        raise BackendError(f"{where}: {message}") from exc
+    except (asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+        raise BackendUnavailable(f"{where}: {exc or type(exc).__name__}") from exc
+
+
+def check_schema(name: str) -> str:
+    if not SCHEMA_NAME.match(name):
+        raise ConfigurationError(
+            f"schema {name!r}: use lowercase letters, digits and underscores, at most 40 "
+            "characters, not starting with a digit (for example ?schema=stepstream_staging)"
+        )
+    return name
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """``(version, file name, SQL)`` of every migration shipped, in order."""
+    folder = resources.files("stepstream.backends.postgres") / "migrations"
+    found = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            found.append((int(entry.name.split("_", 1)[0]), entry.name, entry.read_text("utf-8")))
+    return sorted(found)
+
+
+class Database:
+    """An asyncpg pool whose connections use ``schema`` (``search_path``)."""
+
+    def __init__(self, dsn: str, schema: str, pool_size: int, shown: str) -> None:
+        self.dsn = dsn
+        self.schema = schema
+        self.pool_size = pool_size
+        self.where = f"PostgreSQL at {shown}"
+        self.settings = {"search_path": schema, "application_name": "stepstream"}
+        self.pool: asyncpg.Pool | None = None
+        self._open_lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        async with self._open_lock:
+            if self.pool is not None:
+                return
+            with map_postgres_errors(f"cannot connect to {self.where}", unavailable=True):
+                pool = await asyncpg.create_pool(
+                    self.dsn,
+                    min_size=1,
+                    max_size=self.pool_size,
+                    server_settings=self.settings,
+                    command_timeout=30,
+                )
+            try:
+                with map_postgres_errors(f"cannot migrate {self.where}", unavailable=True):
+                    async with pool.acquire() as conn:
+                        await migrate(conn, self.schema)
+            except BaseException:
+                await pool.close()
+                raise
+            self.pool = pool
+
+    async def close(self) -> None:
+        pool, self.pool = self.pool, None
+        if pool is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(pool.close(), 10)
+
+    def _pool(self) -> asyncpg.Pool:
+        if self.pool is None:
+            raise BackendUnavailable(f"the Postgres backend ({self.where}) is not open")
+        return self.pool
+
+    async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        """Rows of one statement, retried while a deadlock rolls it back."""
+        pool = self._pool()
+        for attempt in range(RETRIES):
+            try:
+                with map_postgres_errors(self.where):
+                    rows: list[asyncpg.Record] = await pool.fetch(sql, *args)
+                    return rows
+            except BackendUnavailable as exc:
+                cause = exc.__cause__
+                code = getattr(cause, "sqlstate", None)
+                if code not in _RETRY_CODES or attempt == RETRIES - 1:
+                    raise
+                await asyncio.sleep(0.005 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    async def value(self, sql: str, *args: Any) -> Any:
+        rows = await self.fetch(sql, *args)
+        return rows[0][0] if rows else None
+
+
+async def migrate(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy, schema: str) -> None:
+    """Create ``schema`` and bring it to the newest version, forward only, in one transaction
+    under an advisory lock: processes starting together apply each migration exactly once.
+    A database migrated by a newer stepstream is refused rather than used half-understood."""
+    shipped = migrations()
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        await conn.execute(f'SET LOCAL search_path TO "{schema}"')
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version (version integer PRIMARY KEY, "
+            "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        current = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version")
+        newest = shipped[-1][0] if shipped else 0
+        if current > newest:
+            raise ConfigurationError(
+                f"schema {schema!r} is at version {current}, newer than this stepstream knows "
+                f"({newest}): upgrade stepstream on this machine"
+            )
+        for version, name, sql in shipped:
+            if version > current:
+                await conn.execute(sql)
+                await conn.execute(
+                    "INSERT INTO schema_version (version, name) VALUES ($1, $2)", version, name
+                )

@@ -1,0 +1,295 @@
+"""The workflow half of the Postgres backend: each operation is one call of its function in
+``migrations/003_runs.sql``, which also appends the events reporting it (``ss_emit``), so a
+state change and its events commit together. Runs due now NOTIFY the wake topic at commit."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import asyncpg
+
+from stepstream.backends.base import (
+    CancelRun,
+    Claim,
+    CreateRun,
+    FinishRun,
+    Notify,
+    ReleaseRun,
+    Reported,
+    SaveSteps,
+    WaitEvent,
+)
+from stepstream.backends.postgres.connection import Database
+from stepstream.backends.postgres.live import Listener
+from stepstream.backends.postgres.realtime import expire_ms
+from stepstream.errors import RunNotFound
+from stepstream.records import Lease, RunPage, RunRecord, RunState, StepRecord, StepState, dumps
+
+STEP_COLUMNS = "run_id, position, state, resolved, out, finished_at, data"
+
+
+def _text(value: str | None) -> str | None:
+    """Free text as PostgreSQL stores it: it has no NUL character (an error message might)."""
+    return None if value is None else value.replace("\x00", "\ufffd")
+
+
+def _emits(op: Reported) -> tuple[Any, ...]:
+    emits = op.emits
+    return (
+        [e.channel for e in emits],
+        [e.event for e in emits],
+        [e.raw for e in emits],
+        op.policy.max_length,
+        expire_ms(op.policy),
+    )
+
+
+def _steps(steps: Iterable[StepRecord]) -> tuple[list[Any], ...]:
+    steps = list(steps)
+    return (
+        [s.position for s in steps],
+        [s.state.value for s in steps],
+        [s.resolved for s in steps],
+        [s.out for s in steps],
+        [s.finished_at for s in steps],
+        [s.to_json() for s in steps],
+    )
+
+
+def _parent_out(state: RunState, result: str | None, error: str | None) -> str:
+    return dumps({"state": state.value, "result": result, "error": error})
+
+
+class PostgresRuns:
+    """``RunStore`` on the pool of ``_db``; wake-ups by ``_listener``."""
+
+    _db: Database
+    _listener: Listener
+
+    async def create_run(self, op: CreateRun) -> None:
+        run = op.run
+        await self._db.fetch(
+            "SELECT ss_create_run($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, "
+            "$15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27)",
+            run.id,
+            run.workflow,
+            run.state.value,
+            run.created_at,
+            run.completed_at,
+            run.due_at,
+            run.parent,
+            run.parent_position,
+            run.payload,
+            dumps(run.headers),
+            run.result,
+            _text(run.error),
+            run.timeout_at,
+            run.phase,
+            run.failure_attempts,
+            _text(run.failed_step),
+            *_steps(run.steps),
+            *_emits(op),
+        )
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        if "\x00" in run_id:
+            return None  # PostgreSQL text has no NUL: no such run can exist
+        rows = await self._db.fetch("SELECT * FROM runs WHERE id = $1", run_id)
+        if not rows:
+            return None
+        run = _run(rows[0])
+        run.steps = (await self._steps_of([run_id])).get(run_id, [])
+        return run
+
+    async def list_runs(
+        self, *, state: str | None, workflow: str | None, cursor: str | None, count: int
+    ) -> RunPage:
+        where: list[str] = []
+        args: list[Any] = []
+        for column, value in (("state", state), ("workflow", workflow)):
+            if value is not None:
+                args.append(value)
+                where.append(f"{column} = ${len(args)}")
+        if cursor is not None:
+            try:
+                args.append(int(cursor))
+            except ValueError:
+                return RunPage([], None)
+            where.append(f"seq < ${len(args)}")
+        args.append(count + 1)
+        sql = (
+            f"SELECT * FROM runs {'WHERE ' + ' AND '.join(where) if where else ''} "
+            f"ORDER BY seq DESC LIMIT ${len(args)}"
+        )
+        rows = await self._db.fetch(sql, *args)
+        more = len(rows) > count
+        rows = rows[:count]
+        return RunPage([_run(row) for row in rows], str(rows[-1]["seq"]) if more else None)
+
+    async def claim_runs(self, op: Claim) -> list[RunRecord]:
+        if not op.workflows or op.limit <= 0:
+            return []
+        rows = await self._db.fetch(
+            "SELECT * FROM ss_claim($1, $2, $3, $4, $5)",
+            op.owner,
+            op.lease_ms,
+            op.limit,
+            list(op.workflows),
+            list(op.exclude),
+        )
+        runs = sorted((_run(row) for row in rows), key=lambda run: (run.due_at or 0, run.id))
+        if runs:
+            steps = await self._steps_of([run.id for run in runs])
+            for run in runs:
+                run.steps = steps.get(run.id, [])
+        return runs
+
+    async def renew_leases(self, leases: list[Lease], lease_ms: int) -> list[str]:
+        if not leases:
+            return []
+        rows = await self._db.fetch(
+            "SELECT * FROM ss_renew($1, $2, $3, $4)",
+            [lease.run_id for lease in leases],
+            [lease.owner for lease in leases],
+            [lease.epoch for lease in leases],
+            lease_ms,
+        )
+        return [row[0] for row in rows]
+
+    async def save_steps(self, op: SaveSteps) -> None:
+        lease = op.lease
+        await self._db.fetch(
+            "SELECT ss_save_steps($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+            lease.run_id,
+            lease.owner,
+            lease.epoch,
+            *_steps(op.steps),
+            *_emits(op),
+        )
+
+    async def release_run(self, op: ReleaseRun) -> None:
+        lease, patch = op.lease, op.patch
+        await self._db.fetch(
+            "SELECT ss_release_run($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, "
+            "$15)",
+            lease.run_id,
+            lease.owner,
+            lease.epoch,
+            op.due_at,
+            op.hold,
+            list(patch),
+            patch.get("phase"),
+            _text(patch.get("error")),
+            patch.get("failure_attempts"),
+            _text(patch.get("failed_step")),
+            *_emits(op),
+        )
+
+    async def finish_run(self, op: FinishRun) -> None:
+        lease = op.lease
+        await self._db.fetch(
+            "SELECT ss_finish_run($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            lease.run_id,
+            lease.owner,
+            lease.epoch,
+            op.state.value,
+            op.result,
+            _text(op.error),
+            op.at,
+            _parent_out(op.state, op.result, op.error),
+            *_emits(op),
+        )
+
+    async def wait_event(self, op: WaitEvent) -> str | None:
+        lease, step = op.lease, op.step
+        assert step.event_id is not None
+        kept: str | None = await self._db.value(
+            "SELECT ss_wait_event($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+            lease.run_id,
+            lease.owner,
+            lease.epoch,
+            step.event_id,
+            step.position,
+            step.state.value,
+            step.finished_at,
+            step.to_json(),
+            *_emits(op),
+        )
+        return kept
+
+    async def notify(self, op: Notify) -> int:
+        if op.run_id is not None and "\x00" in op.run_id:
+            raise RunNotFound(op.run_id)
+        woken: int = await self._db.value(
+            "SELECT ss_notify($1, $2, $3)", op.event_id, op.raw, op.run_id
+        )
+        return woken
+
+    async def cancel_run(self, op: CancelRun) -> None:
+        if "\x00" in op.run_id:
+            raise RunNotFound(op.run_id)
+        await self._db.fetch(
+            "SELECT ss_cancel_run($1, $2, $3, $4, $5, $6, $7, $8)",
+            op.run_id,
+            op.at,
+            _parent_out(RunState.CANCELED, None, "canceled"),
+            *_emits(op),
+        )
+
+    async def wake_workers(self) -> None:
+        await self._db.fetch("SELECT ss_wake()")
+
+    async def listen_wakeups(self, callback: Callable[[], None]) -> None:
+        await self._listener.wake_on(callback)
+
+    def wakeups_active(self) -> bool:
+        return self._listener.waking
+
+    async def _steps_of(self, run_ids: Sequence[str]) -> dict[str, list[StepRecord]]:
+        rows = await self._db.fetch(
+            f"SELECT {STEP_COLUMNS} FROM steps WHERE run_id = ANY ($1) ORDER BY run_id, position",
+            list(run_ids),
+        )
+        steps: dict[str, list[StepRecord]] = {}
+        for row in rows:
+            steps.setdefault(row[0], []).append(_step(row))
+        return steps
+
+
+def _step(row: asyncpg.Record) -> StepRecord:
+    _, _, state, resolved, out, finished_at, data = row
+    step = StepRecord.from_json(data)
+    # The columns win: storage changes them (resolve, cancel) without rewriting the JSON.
+    step.state, step.resolved, step.out, step.finished_at = (
+        StepState(state),
+        resolved,
+        out,
+        finished_at,
+    )
+    return step
+
+
+def _run(row: asyncpg.Record) -> RunRecord:
+    return RunRecord(
+        id=row["id"],
+        workflow=row["workflow"],
+        state=RunState(row["state"]),
+        created_at=row["created_at"],
+        payload=row["payload"],
+        headers=json.loads(row["headers"]),
+        completed_at=row["completed_at"],
+        result=row["result"],
+        error=row["error"],
+        due_at=row["due_at"],
+        timeout_at=row["timeout_at"],
+        parent=row["parent"],
+        parent_position=row["parent_position"],
+        phase=row["phase"],
+        failure_attempts=row["failure_attempts"],
+        failed_step=row["failed_step"],
+        lease_owner=row["lease_owner"],
+        lease_until=row["lease_until"],
+        epoch=row["epoch"],
+    )
