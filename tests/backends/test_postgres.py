@@ -1,0 +1,277 @@
+"""What only the Postgres backend has: its schema and migrations, LISTEN/NOTIFY delivery (large
+events, a lost or silently dead LISTEN connection), text PostgreSQL cannot store, driver errors,
+and index-backed queries. The shared behaviour is in the contract suites."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from stepstream.backends import backend_from_url
+from stepstream.backends.base import CreateRun, Notify
+from stepstream.backends.postgres import PostgresBackend
+from stepstream.backends.postgres.connection import migrations
+from stepstream.errors import (
+    BackendError,
+    BackendUnavailable,
+    ConfigurationError,
+    RunNotFound,
+    ValidationError,
+)
+from stepstream.records import HistoryPolicy, Message, RunRecord, RunState
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.anyio
+
+FOREVER = HistoryPolicy()
+
+
+def fresh(postgres_url: str, **options: str) -> str:
+    query = "&".join(
+        f"{k}={v}" for k, v in {"schema": f"t_{uuid.uuid4().hex[:12]}", **options}.items()
+    )
+    return f"{postgres_url}?{query}"
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+        self.losses: list[str] = []
+        self.missed_channels: list[str] = []
+        self.changed = asyncio.Event()
+
+    def deliver(self, messages: list[Message]) -> None:
+        self.messages.extend(messages)
+        self.changed.set()
+
+    def lost(self, reason: str) -> None:
+        self.losses.append(reason)
+        self.changed.set()
+
+    def missed(self, channels: list[str]) -> None:
+        self.missed_channels.extend(channels)
+        self.changed.set()
+
+    async def until(self, condition: Any, within: float = 10) -> None:
+        async with asyncio.timeout(within):
+            while not condition():
+                self.changed.clear()
+                await self.changed.wait()
+
+
+@pytest.fixture
+async def backend(postgres_url: str) -> AsyncIterator[PostgresBackend]:
+    made = backend_from_url(fresh(postgres_url))
+    assert isinstance(made, PostgresBackend)
+    await made.open()
+    try:
+        yield made
+    finally:
+        await made.close()
+
+
+async def test_processes_opening_a_new_schema_together_migrate_it_once(postgres_url: str) -> None:
+    url = fresh(postgres_url)
+    backends = [backend_from_url(url) for _ in range(6)]
+    try:
+        await asyncio.gather(*(b.open() for b in backends))
+        conn = await asyncpg.connect(postgres_url)
+        try:
+            schema = url.rsplit("schema=", 1)[1]
+            rows = await conn.fetch(f'SELECT version FROM "{schema}".schema_version')
+        finally:
+            await conn.close()
+        assert sorted(r["version"] for r in rows) == [v for v, _, _ in migrations()]
+        await backends[0].append("c", "t.e", "1", FOREVER)
+        assert [m.raw for m in await backends[-1].read("c")] == ["1"]
+    finally:
+        for b in backends:
+            await b.close()
+
+
+async def test_a_schema_from_a_newer_stepstream_is_refused(postgres_url: str) -> None:
+    url = fresh(postgres_url)
+    first = backend_from_url(url)
+    await first.open()
+    await first.close()
+    schema = url.rsplit("schema=", 1)[1]
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        await conn.execute(f"INSERT INTO \"{schema}\".schema_version VALUES (999, 'future')")
+    finally:
+        await conn.close()
+    with pytest.raises(ConfigurationError, match="version 999, newer than this stepstream"):
+        await backend_from_url(url).open()
+
+
+async def test_schemas_are_separate_stores(postgres_url: str) -> None:
+    one, two = backend_from_url(fresh(postgres_url)), backend_from_url(fresh(postgres_url))
+    await one.open()
+    await two.open()
+    try:
+        await one.append("same", "t.e", '"one"', FOREVER)
+        await one.create_run(CreateRun(RunRecord("wfr_1", "w", RunState.STARTED, 1)))
+        assert await two.read("same") == []
+        assert await two.get_run("wfr_1") is None
+    finally:
+        await one.close()
+        await two.close()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://h/db?schema=Bad-Name",
+        "postgresql://h/db?pool_size=0",
+        "postgresql://h/db?pool_size=many",
+        "postgresql://h/db?live_check_interval=-1",
+    ],
+)
+def test_bad_options_are_configuration_errors(url: str) -> None:
+    with pytest.raises(ConfigurationError):
+        backend_from_url(url)
+
+
+def test_the_password_never_shows_in_messages() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        backend_from_url("postgresql://app:s3cret@db.internal:5432/app?pool_size=many")
+    assert "s3cret" not in str(caught.value) and "app:***@db.internal" in str(caught.value)
+
+
+async def test_an_unreachable_postgres_is_unavailable_and_hides_the_password() -> None:
+    backend = backend_from_url(f"postgresql://app:s3cret@127.0.0.1:{free_port()}/app")
+    with pytest.raises(BackendUnavailable) as caught:
+        await backend.open()
+    assert "s3cret" not in str(caught.value)
+    assert isinstance(caught.value.__cause__, OSError)
+
+
+async def test_a_driver_error_is_a_backend_error(backend: PostgresBackend) -> None:
+    with pytest.raises(BackendError) as caught:
+        await backend._db.fetch("SELECT ss_no_such_function()")
+    assert not isinstance(caught.value, BackendUnavailable)
+    assert isinstance(caught.value.__cause__, asyncpg.PostgresError)
+    assert (await backend.append("c", "t.e", "1", FOREVER)).id  # the pool goes on working
+
+
+async def test_events_too_large_for_a_notify_arrive_live_in_order(
+    backend: PostgresBackend,
+) -> None:
+    sink = Sink()
+    backend.set_sink(sink)
+    await backend.listen(["big"])
+    large = '"' + "x" * 20_000 + '"'
+    sent = [
+        await backend.append("big", "t.e", raw, FOREVER) for raw in ("1", large, "2", large, "3")
+    ]
+    await sink.until(lambda: len(sink.messages) >= 5)
+    assert [(m.id, m.raw) for m in sink.messages] == [(m.id, m.raw) for m in sent]
+
+
+async def test_a_large_event_trimmed_before_it_is_read_is_reported_missed(
+    backend: PostgresBackend,
+) -> None:
+    sink = Sink()
+    backend.set_sink(sink)
+    await backend.listen(["trimmed"])
+    keep_one = HistoryPolicy(max_length=1)
+    # Both commit before the listener reads the first body: it is gone by then.
+    await backend._db.fetch(
+        "SELECT ss_append($1, $2, $3, $4, NULL)",
+        "trimmed",
+        ["t.e", "t.e"],
+        ['"' + "x" * 9000 + '"', "2"],
+        keep_one.max_length,
+    )
+    await sink.until(lambda: sink.missed_channels and sink.messages)
+    assert sink.missed_channels == ["trimmed"]
+    assert [m.raw for m in sink.messages] == ["2"]
+
+
+async def test_a_killed_listen_connection_is_reported_and_listening_resumes(
+    backend: PostgresBackend, postgres_url: str
+) -> None:
+    sink = Sink()
+    backend.set_sink(sink)
+    woken = asyncio.Event()
+    await backend.listen(["c"])
+    await backend.listen_wakeups(woken.set)
+    assert backend.wakeups_active()
+    conn = backend._listener._conn
+    assert conn is not None
+    admin = await asyncpg.connect(postgres_url)
+    try:
+        await admin.execute("SELECT pg_terminate_backend($1)", conn.get_server_pid())
+    finally:
+        await admin.close()
+    await sink.until(lambda: sink.losses)
+    assert not backend.wakeups_active()
+    # Subscribing again opens a new connection; delivery and wake-ups work as before.
+    await backend.listen(["c"])
+    await backend.listen_wakeups(woken.set)
+    message = await backend.append("c", "t.e", "1", FOREVER)
+    await sink.until(lambda: sink.messages)
+    assert sink.messages == [message]
+    await backend.wake_workers()
+    await asyncio.wait_for(woken.wait(), 10)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="signals the server's process (needs root)")
+async def test_a_silently_dead_listen_connection_counts_as_lost(postgres_url: str) -> None:
+    backend = backend_from_url(fresh(postgres_url, live_check_interval="0.3"))
+    await backend.open()
+    sink = Sink()
+    backend.set_sink(sink)
+    try:
+        await backend.listen(["c"])
+        conn = backend._listener._conn  # type: ignore[attr-defined]
+        pid = conn.get_server_pid()
+        os.kill(pid, signal.SIGSTOP)  # the socket stays open; nothing answers
+        try:
+            await sink.until(lambda: sink.losses, within=10)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+    finally:
+        await backend.close()
+
+
+async def test_text_postgres_cannot_store_is_a_client_error(backend: PostgresBackend) -> None:
+    assert await backend.get_run("wfr_\x00") is None
+    with pytest.raises(RunNotFound):
+        await backend.notify(Notify("e", "1", "wfr_\x00", at=1))
+    with pytest.raises(ValidationError, match="NUL"):
+        await backend.notify(Notify("e\x00", "1", None, at=1))
+    run = RunRecord("wfr_nul", "w", RunState.STARTED, 1, error="bad \x00 byte")
+    await backend.create_run(CreateRun(run))
+    stored = await backend.get_run("wfr_nul")
+    assert stored is not None and stored.error == "bad \ufffd byte"
+
+
+async def test_no_api_query_scans_the_runs_table(backend: PostgresBackend) -> None:
+    async with backend._db._pool().acquire() as conn:
+        await conn.execute(
+            "INSERT INTO runs (id, workflow, state, created_at, due_at, payload, headers, phase, "
+            "failure_attempts) SELECT 'r' || i, 'w' || (i % 20), 'RUN_SUCCESS', i, NULL, 'null', "
+            "'{}', 'run', 0 FROM generate_series(1, 20000) AS i"
+        )
+        await conn.execute("ANALYZE runs")
+        queries = [
+            "SELECT * FROM runs WHERE state = 'RUN_FAILED' ORDER BY seq DESC LIMIT 21",
+            "SELECT * FROM runs WHERE workflow = 'nope' ORDER BY seq DESC LIMIT 21",
+            "SELECT * FROM runs WHERE state = 'RUN_FAILED' AND workflow = 'w1' "
+            "ORDER BY seq DESC LIMIT 21",
+            "SELECT * FROM runs ORDER BY seq DESC LIMIT 21",
+            "SELECT id FROM runs WHERE state = 'RUN_STARTED' AND due_at <= 5 "
+            "AND (lease_until IS NULL OR lease_until < 5) AND workflow = ANY ('{w1}') "
+            "ORDER BY due_at LIMIT 10 FOR UPDATE SKIP LOCKED",
+        ]
+        for sql in queries:
+            plan = "\n".join(row[0] for row in await conn.fetch(f"EXPLAIN {sql}"))
+            assert "Seq Scan on runs" not in plan, (sql, plan)
