@@ -268,9 +268,10 @@ async def test_no_api_query_scans_the_runs_table(backend: PostgresBackend) -> No
             "SELECT * FROM runs WHERE state = 'RUN_FAILED' AND workflow = 'w1' "
             "ORDER BY seq DESC LIMIT 21",
             "SELECT * FROM runs ORDER BY seq DESC LIMIT 21",
-            "SELECT id FROM runs WHERE state = 'RUN_STARTED' AND due_at <= 5 "
-            "AND (lease_until IS NULL OR lease_until < 5) AND workflow = ANY ('{w1}') "
-            "ORDER BY due_at LIMIT 10 FOR UPDATE SKIP LOCKED",
+            "SELECT id FROM runs WHERE state = 'RUN_STARTED' AND lease_owner IS NULL "
+            "AND due_at <= 5 AND workflow = ANY ('{w1}') ORDER BY due_at LIMIT 10",
+            "SELECT id FROM runs WHERE state = 'RUN_STARTED' AND lease_owner IS NOT NULL "
+            "AND lease_until < 5 AND due_at <= 5 ORDER BY lease_until LIMIT 10",
         ]
         for sql in queries:
             plan = "\n".join(row[0] for row in await conn.fetch(f"EXPLAIN {sql}"))

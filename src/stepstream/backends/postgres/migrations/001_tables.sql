@@ -48,8 +48,12 @@ CREATE TABLE runs (
     failure_attempts integer NOT NULL,
     failed_step text
 );
--- Claims scan due runs oldest first; listing pages newest first under every filter.
-CREATE INDEX runs_due ON runs (due_at) WHERE state = 'RUN_STARTED';
+-- Claims scan unleased due runs oldest first, and runs whose lease expired (a worker died)
+-- apart, so runs held by live workers are never scanned however many are in flight. Listing
+-- pages newest first under every filter.
+CREATE INDEX runs_due ON runs (due_at) WHERE state = 'RUN_STARTED' AND lease_owner IS NULL;
+CREATE INDEX runs_leased ON runs (lease_until)
+    WHERE state = 'RUN_STARTED' AND lease_owner IS NOT NULL;
 CREATE INDEX runs_newest ON runs (seq);
 CREATE INDEX runs_by_state ON runs (state, seq);
 CREATE INDEX runs_by_workflow ON runs (workflow, seq);

@@ -86,6 +86,13 @@ CREATE FUNCTION ss_emit(
 DECLARE
     ch text;
 BEGIN
+    IF coalesce(array_length(p_channels, 1), 0) = 0 THEN
+        RETURN;
+    END IF;
+    IF p_channels[1] = ALL (p_channels) THEN  -- the usual case: one run's channel
+        PERFORM ss_append(p_channels[1], p_events, p_datas, p_max, p_expire);
+        RETURN;
+    END IF;
     FOR ch IN
         SELECT u.c FROM unnest(p_channels) WITH ORDINALITY AS u(c, i) GROUP BY u.c ORDER BY min(u.i)
     LOOP

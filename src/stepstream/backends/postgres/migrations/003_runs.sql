@@ -159,24 +159,37 @@ BEGIN
     PERFORM ss_emit(e_channels, e_events, e_datas, e_max, e_expire);
 END $$;
 
--- Lease up to p_limit due, unleased runs of p_workflows to p_owner, oldest due first; workers
--- skip each other's locked rows instead of queueing on them.
+-- Lease up to p_limit due runs of p_workflows to p_owner: first those whose lease expired (their
+-- worker died or stalled), then unleased ones, oldest due first. Workers skip each other's
+-- locked rows instead of queueing on them.
 CREATE FUNCTION ss_claim(
     p_owner text, p_lease_ms bigint, p_limit integer, p_workflows text[], p_exclude text[]
 ) RETURNS SETOF runs LANGUAGE plpgsql AS $$
 DECLARE
     now_ms bigint := ss_now();
+    taken integer;
 BEGIN
     RETURN QUERY
     UPDATE runs r SET lease_owner = p_owner, lease_until = now_ms + p_lease_ms,
         epoch = r.epoch + 1
     FROM (SELECT id FROM runs
-          WHERE state = 'RUN_STARTED' AND due_at <= now_ms
-            AND (lease_until IS NULL OR lease_until < now_ms)
-            AND workflow = ANY (p_workflows) AND NOT (id = ANY (p_exclude))
-          ORDER BY due_at LIMIT p_limit FOR UPDATE SKIP LOCKED) picked
+          WHERE state = 'RUN_STARTED' AND lease_owner IS NOT NULL AND lease_until < now_ms
+            AND due_at <= now_ms AND workflow = ANY (p_workflows) AND NOT (id = ANY (p_exclude))
+          ORDER BY lease_until LIMIT p_limit FOR UPDATE SKIP LOCKED) picked
     WHERE r.id = picked.id
     RETURNING r.*;
+    GET DIAGNOSTICS taken = ROW_COUNT;
+    IF taken < p_limit THEN
+        RETURN QUERY
+        UPDATE runs r SET lease_owner = p_owner, lease_until = now_ms + p_lease_ms,
+            epoch = r.epoch + 1
+        FROM (SELECT id FROM runs
+              WHERE state = 'RUN_STARTED' AND lease_owner IS NULL AND due_at <= now_ms
+                AND workflow = ANY (p_workflows) AND NOT (id = ANY (p_exclude))
+              ORDER BY due_at LIMIT p_limit - taken FOR UPDATE SKIP LOCKED) picked
+        WHERE r.id = picked.id
+        RETURNING r.*;
+    END IF;
 END $$;
 
 CREATE FUNCTION ss_renew(p_ids text[], p_owners text[], p_epochs bigint[], p_lease_ms bigint)
