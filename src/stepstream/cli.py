@@ -64,7 +64,10 @@ def main() -> None:
     """Durable background workflows whose progress streams live to the browser."""
 
 
-BACKEND_HELP = "sqlite:///file.db (default) or redis://host:6379/0; sets STEPSTREAM_BACKEND"
+BACKEND_HELP = (
+    "sqlite:///file.db (default), redis://host:6379/0 or postgresql://user@host/db; "
+    "sets STEPSTREAM_BACKEND"
+)
 
 
 def load_workflows(spec: str, backend: str | None) -> Workflows:

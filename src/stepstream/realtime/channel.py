@@ -51,7 +51,8 @@ class Realtime:
     >>> # async with realtime:
     >>> #     await realtime.channel("room-1").emit("chat.note", {"text": "hi"})
 
-    ``backend``: a URL (``sqlite:///file.db``, ``redis://host:6379/0``), a backend object, or
+    ``backend``: a URL (``sqlite:///file.db``, ``redis://host:6379/0``,
+    ``postgresql://user@host/db``), a backend object, or
     ``None`` for ``$STEPSTREAM_BACKEND`` / a local SQLite file. ``history`` bounds what each
     channel keeps. ``max_duration`` (seconds) is how long one SSE response lives at most before
     the client is told to reconnect (each response draws 90-100 % of it, so clients spread their
