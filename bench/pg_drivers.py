@@ -1238,12 +1238,21 @@ def render(variants: list[Variant], probe: dict[str, Any] | None, meta: dict[str
             f"| {ms(p50(c.claim_latencies))} / {ms(pct(c.claim_latencies, 99))} ({c.key}) "
             f"| {ms(p50(n.notify_latencies))} / {ms(pct(n.notify_latencies, 99))} ({n.key}) |"
         )
-    lines += ["", "Ratios (psycopg's best ÷ asyncpg's best; > 1 = asyncpg faster):", ""]
+    by_key = {v.key: v for v in variants}
+    lines += [
+        "",
+        "Ratios, psycopg ÷ asyncpg (> 1 = asyncpg faster): best variant vs best variant; "
+        "in brackets like for like, `psycopg` vs `asyncpg` (the same statements, one round "
+        "trip each, no pipeline):",
+        "",
+    ]
     for name, fn, higher_better in metrics:
-        a = fn(chosen["asyncpg"][name])
-        p = fn(chosen["psycopg"][name])
-        ratio = (a / p) if higher_better else (p / a)
-        lines.append(f"- {name}: {ratio:.2f}×")
+        pairs = [
+            (fn(chosen["asyncpg"][name]), fn(chosen["psycopg"][name])),
+            (fn(by_key["asyncpg"]), fn(by_key["psycopg"])),
+        ]
+        best_ratio, same_ratio = ((a / p) if higher_better else (p / a) for a, p in pairs)
+        lines.append(f"- {name}: {best_ratio:.2f}× ({same_ratio:.2f}×)")
     lines += [
         "",
         "Every variant:",
