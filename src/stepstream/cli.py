@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from stepstream.backends import DEFAULT_URL
+from stepstream.backends.base import shown_url
 from stepstream.errors import StepstreamError
 from stepstream.records import RunState
 from stepstream.version import __version__
@@ -167,7 +168,7 @@ def dev(
     where = backend or os.environ.get("STEPSTREAM_BACKEND") or DEFAULT_URL
     click.echo(
         f"stepstream dev: workflows {', '.join(workflows.names)}; "
-        f"open http://{host}:{port}/  (backend: {where})"
+        f"open http://{host}:{port}/  (backend: {shown_url(where)})"
     )
     _serve(workflows.asgi(workers=1, lease=lease, **exposure), host, port, log_level)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Protocol, TypedDict
+from urllib.parse import urlsplit, urlunsplit
 
 from stepstream.records import (
     CursorKey,
@@ -274,3 +275,17 @@ class RunStore(Protocol):
 
 class Backend(RealtimeStore, RunStore, Protocol):
     """The whole storage protocol: what ``sqlite/``, ``redis/`` and ``memory/`` implement."""
+
+
+def shown_url(url: str) -> str:
+    """A backend URL fit for logs and messages: its password replaced by ``***``.
+
+    >>> shown_url("postgresql://app:s3cret@db:5432/app")
+    'postgresql://app:***@db:5432/app'
+    """
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    user, _, host = parts.netloc.rpartition("@")
+    name = user.split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{name}:***@{host}"))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from stepstream.backends.base import shown_url
 from stepstream.backends.postgres.connection import Database, check_schema
 from stepstream.backends.postgres.live import Listener
 from stepstream.backends.postgres.realtime import PostgresRealtime
@@ -47,9 +48,9 @@ class PostgresBackend(PostgresRealtime, PostgresRuns):
             raise ConfigurationError("live_check_interval must be positive seconds")
         parts = urlsplit(url)
         if parts.scheme not in ("postgresql", "postgres"):
-            raise ConfigurationError(f"{_shown(url)!r} is not a postgresql:// URL")
+            raise ConfigurationError(f"{shown_url(url)!r} is not a postgresql:// URL")
         self.url = url
-        self._db = Database(url, check_schema(schema), pool_size, _shown(url))
+        self._db = Database(url, check_schema(schema), pool_size, shown_url(url))
         self._listener = Listener(self._db, live_check_interval)
 
     @classmethod
@@ -68,7 +69,8 @@ class PostgresBackend(PostgresRealtime, PostgresRuns):
                 kwargs["live_check_interval"] = float(ours["live_check_interval"])
         except ValueError as exc:
             raise ConfigurationError(
-                f"{_shown(url)!r}: pool_size must be a whole number and live_check_interval seconds"
+                f"{shown_url(url)!r}: pool_size must be a whole number and "
+                "live_check_interval seconds"
             ) from exc
         backend = cls(urlunsplit(parts._replace(query=urlencode(rest))), **kwargs)  # type: ignore[arg-type]
         backend.url = url
@@ -82,12 +84,3 @@ class PostgresBackend(PostgresRealtime, PostgresRuns):
         """Stop live delivery and close every connection. Idempotent."""
         await self._listener.close()
         await self._db.close()
-
-
-def _shown(url: str) -> str:
-    """The URL without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))

@@ -113,6 +113,10 @@ class Database:
                     max_size=self.pool_size,
                     server_settings=self.settings,
                     command_timeout=30,
+                    # Every use is one statement (a function call) that leaves no session state
+                    # behind, so the default reset query on release (UNLISTEN *, RESET ALL, ...,
+                    # awaited before a call returns) would be a round trip for nothing.
+                    reset=_keep_session,
                 )
             try:
                 with map_postgres_errors(f"cannot migrate {self.where}", unavailable=True):
@@ -153,6 +157,10 @@ class Database:
     async def value(self, sql: str, *args: Any) -> Any:
         rows = await self.fetch(sql, *args)
         return rows[0][0] if rows else None
+
+
+async def _keep_session(conn: object) -> None:
+    """Release a pooled connection as it is (see ``Database.open``)."""
 
 
 async def migrate(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy, schema: str) -> None:
