@@ -10,8 +10,8 @@ $$ SELECT floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint $$;
 CREATE FUNCTION ss_topic(suffix text) RETURNS text LANGUAGE sql STABLE AS
 $$ SELECT 'stepstream.' || current_schema() || suffix $$;
 
-CREATE FUNCTION ss_wake() RETURNS void LANGUAGE sql VOLATILE AS
-$$ SELECT pg_notify(ss_topic('.wake'), '') $$;
+CREATE FUNCTION ss_wake() RETURNS void LANGUAGE plpgsql AS
+$$ BEGIN PERFORM pg_notify(ss_topic('.wake'), ''); END $$;
 
 -- Append events to one channel: the next ids, trimming to p_max, sliding expiry p_expire ms.
 -- Each event is announced with NOTIFY, delivered at commit in commit order: the payload is
@@ -176,17 +176,20 @@ BEGIN
     END IF;
 END $$;
 
+-- PL/pgSQL, not SQL, here and below: PostgreSQL caches a PL/pgSQL function's plans per
+-- connection, while a SQL function is planned again on every call.
 CREATE FUNCTION ss_put_steps(
     p_id text, p_positions integer[], p_states text[], p_resolved boolean[], p_outs text[],
     p_finished bigint[], p_datas text[]
-) RETURNS void LANGUAGE sql AS $$
+) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
     INSERT INTO steps (run_id, position, state, resolved, out, finished_at, data)
-    SELECT p_id, s.* FROM unnest(p_positions, p_states, p_resolved, p_outs, p_finished, p_datas)
-        AS s
+    SELECT p_id, s.* FROM unnest(p_positions, p_states, p_resolved, p_outs, p_finished,
+                                 p_datas) AS s
     ON CONFLICT (run_id, position) DO UPDATE SET state = excluded.state,
         resolved = excluded.resolved, out = excluded.out, finished_at = excluded.finished_at,
-        data = excluded.data
-$$;
+        data = excluded.data;
+END $$;
 
 -- A notify or a finished child writes a step's out while it is in progress; its run is due now.
 CREATE FUNCTION ss_resolve(p_id text, p_position integer, p_out text) RETURNS boolean

@@ -193,10 +193,12 @@ BEGIN
 END $$;
 
 CREATE FUNCTION ss_renew(p_ids text[], p_owners text[], p_epochs bigint[], p_lease_ms bigint)
-RETURNS SETOF text LANGUAGE sql AS $$
+RETURNS SETOF text LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN QUERY
     UPDATE runs r SET lease_until = ss_now() + p_lease_ms
     FROM unnest(p_ids, p_owners, p_epochs) AS l(id, owner, epoch)
     WHERE r.id = l.id AND r.lease_owner = l.owner AND r.epoch = l.epoch
         AND r.state = 'RUN_STARTED'
-    RETURNING r.id
-$$;
+    RETURNING r.id;
+END $$;
