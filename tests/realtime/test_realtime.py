@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import pytest
 from pydantic import BaseModel, Field
 
 from stepstream import CursorUnavailable, HistoryPolicy, Message, Realtime, ValidationError
+from stepstream.backends.memory import MemoryBackend
 from stepstream.realtime.stream import Start
 
 pytestmark = pytest.mark.anyio
@@ -219,3 +220,41 @@ async def test_slow_consumer_catches_up_from_storage(
             got.extend(m.data for m in await stream.next() if isinstance(m, Message))
     stream.close()
     assert got == list(range(50))
+
+
+class StoredRightAfterTheReplay(MemoryBackend):
+    """Stores an event in the instant between a subscriber's replay read and what it reads next,
+    as another process's commit can on any networked store."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sneaked: Message | None = None
+
+    async def read(self, channel: str, **kwargs: Any) -> list[Message]:
+        found = await super().read(channel, **kwargs)
+        if self.sneaked is None:
+            self.sneaked = await self.append(channel, "t.e", "1", HistoryPolicy())
+        return found
+
+
+@pytest.mark.parametrize(
+    "start",
+    [
+        {"history": True},
+        {"history": 5},
+        {"after": "1-0"},
+    ],
+    ids=["all", "latest-5", "after"],
+)
+async def test_an_event_stored_between_the_replay_and_the_cursor_is_delivered(
+    start: dict[str, Any],
+) -> None:
+    backend = StoredRightAfterTheReplay()
+    realtime = Realtime(backend=backend)
+    try:
+        subscription = realtime.channel("race").subscribe(**start)
+        first = await asyncio.wait_for(anext(subscription), 5)
+        assert first == backend.sneaked
+        await subscription.aclose()
+    finally:
+        await realtime.aclose()

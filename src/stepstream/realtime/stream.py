@@ -273,10 +273,19 @@ class Stream:
             if start.history and start.limit is None and start.since_ms is None:
                 return (0, 0)
             return _predecessor(batch[0].key)
+        # Nothing replayed. The newest id is read after the replay, so an event stored in
+        # between (it reaches us live) may already be that newest id: a cursor there would
+        # drop it. Take the newest id only when the replay could not have included it.
+        if start.after is not None and not gap:
+            return start.after  # nothing was stored after it when the replay read
         latest = await self._backend.latest_id(channel)
         before = (0, 0) if latest is None else parse_cursor(latest)
         if start.after is not None and start.after > before:
             before = start.after
+        if _replays_history(start) and latest is not None:
+            since = start.since_ms or 0
+            if before[0] >= since:  # within what the replay asked for: stored since it read
+                return _predecessor((since, 0)) if since else (0, 0)
         return before
 
     @property
@@ -285,6 +294,14 @@ class Stream:
 
     def close(self) -> None:
         self._hub.detach(self.feed)
+
+
+def _replays_history(start: Start) -> bool:
+    """Whether ``start`` asks for a replay from a point in time (all of history, a time, or the
+    latest N), rather than after a cursor or live only."""
+    return start.after is None and (
+        start.history or start.since_ms is not None or start.limit is not None
+    )
 
 
 def _initial(start: Start) -> _Pager:
