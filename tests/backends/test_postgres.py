@@ -276,3 +276,20 @@ async def test_no_api_query_scans_the_runs_table(backend: PostgresBackend) -> No
         for sql in queries:
             plan = "\n".join(row[0] for row in await conn.fetch(f"EXPLAIN {sql}"))
             assert "Seq Scan on runs" not in plan, (sql, plan)
+
+
+@pytest.mark.parametrize(
+    "raised",
+    [
+        asyncpg.InternalClientError("cannot switch to state 12; another operation is in progress"),
+        asyncpg.exceptions.ConnectionDoesNotExistError(None),
+    ],
+    ids=["restart-on-a-pooled-connection", "closed-mid-operation"],
+)
+def test_connection_trouble_is_unavailable_and_says_what_happened(raised: Exception) -> None:
+    from stepstream.backends.postgres.connection import map_postgres_errors
+
+    with pytest.raises(BackendUnavailable) as caught, map_postgres_errors("PostgreSQL at h"):
+        raise raised
+    assert caught.value.__cause__ is raised
+    assert not str(caught.value).endswith("None")

@@ -44,6 +44,15 @@ async def subscribe_remote(
             params = _query(channels, cursors, history, channel_token)
             try:
                 async with client.stream("GET", url, params=params, headers=headers) as response:
+                    if response.status_code == 503:
+                        # Storage is down on the server (or it is starting): retry like a
+                        # dropped connection, as browsers' EventSource does.
+                        refused = await _refusal(response)
+                        failures += 1
+                        if failures > max_retries:
+                            raise refused
+                        await asyncio.sleep(min(0.2 * 2**failures, 5))
+                        continue
                     if response.status_code != 200:
                         raise await _refusal(response)
                     failures = 0

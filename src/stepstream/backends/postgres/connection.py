@@ -52,7 +52,7 @@ def map_postgres_errors(where: str, *, unavailable: bool = False) -> Iterator[No
         yield
     except asyncpg.PostgresError as exc:
         code = exc.sqlstate or ""
-        message = str(getattr(exc, "message", exc))
+        message = _text_of(exc)
         if code == "SS001":
             raise LeaseLost(message) from exc
         if code == "SS002":
@@ -67,8 +67,22 @@ def map_postgres_errors(where: str, *, unavailable: bool = False) -> Iterator[No
         if code[:2] in _UNAVAILABLE_CLASSES or code in _UNAVAILABLE_CODES or unavailable:
             raise BackendUnavailable(f"{where}: {message}") from exc
         raise BackendError(f"{where}: {message}") from exc
-    except (asyncpg.InterfaceError, OSError, TimeoutError) as exc:
-        raise BackendUnavailable(f"{where}: {exc or type(exc).__name__}") from exc
+    except (asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, TimeoutError) as exc:
+        # InternalClientError: a pooled connection the server closed during a restart can fail
+        # with "cannot switch to state ..." instead of a connection error.
+        raise BackendUnavailable(f"{where}: {_text_of(exc)}") from exc
+
+
+def _text_of(exc: BaseException) -> str:
+    """What happened, in words: asyncpg leaves ``message`` ``None`` on some connection errors
+    (and then ``str()`` fails)."""
+    message = getattr(exc, "message", None)
+    if message:
+        return str(message)
+    try:
+        return str(exc) or type(exc).__name__
+    except Exception:
+        return type(exc).__name__
 
 
 def check_schema(name: str) -> str:
