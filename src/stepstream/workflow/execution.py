@@ -76,9 +76,17 @@ async def execute(
         await execution.hand_back()
     except asyncio.CancelledError:
         # The worker is stopping: let the run go so another worker resumes it at once.
+        release = asyncio.ensure_future(execution.release(clock(), {}))
+        # Cancelled again while it runs, nobody awaits it: its failure is expected, not news.
+        release.add_done_callback(_quietly)
         with contextlib.suppress(Exception, LeaseLost):
-            await asyncio.shield(execution.release(clock(), {}))
+            await asyncio.shield(release)
         raise
+
+
+def _quietly(task: asyncio.Future[None]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 class Execution:
