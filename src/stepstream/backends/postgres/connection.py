@@ -123,7 +123,9 @@ class Database:
             with map_postgres_errors(f"cannot connect to {self.where}", unavailable=True):
                 pool = await asyncpg.create_pool(
                     self.dsn,
-                    min_size=1,
+                    # No floor to keep: asyncpg logs a traceback each time it fails to restore
+                    # one while the server is down (the next call reconnects anyway).
+                    min_size=0,
                     max_size=self.pool_size,
                     server_settings=self.settings,
                     command_timeout=30,
