@@ -1,6 +1,6 @@
 # make dev   — create .venv, install, serve `stepstream dev` on http://127.0.0.1:8000
 # make test  — create .venv, install test extras and system tools, lint, type-check, run every test
-# make chaos — the full chaos suite (fault scenarios, about 15 minutes); figures in RELIABILITY.md
+# make chaos — the full chaos suite (fault scenarios, about 20 minutes); figures in RELIABILITY.md
 
 PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
 	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && { echo $$p; break; }; done)

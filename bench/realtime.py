@@ -4,6 +4,7 @@
     python bench/realtime.py            # full run (~5-8 min), rewrites a section of BENCHMARKS.md
     python bench/realtime.py --quick    # smoke run (< 1 min), prints only (add --write to record)
     python bench/realtime.py --scenario 'lat-*' --scenario redis-floor
+    python bench/realtime.py --scenario pg-floor --scenario 'lat-postgres*'
 
 Scenarios (``--scenario`` takes names or fnmatch patterns; repeatable or comma separated):
 
@@ -14,15 +15,22 @@ Scenarios (``--scenario`` takes names or fnmatch patterns; repeatable or comma s
     ``lat-sqlite-xproc``  stepstream, SQLite, emitter in another process (same file)
     ``lat-redis``         stepstream, Redis, emitter in another process
     ``lat-redis-inproc``  stepstream, Redis, emitter in the server process
+    ``pg-floor``          asyncpg INSERT + NOTIFY on one connection -> LISTEN on another (the
+                          PostgreSQL floor, bench/pg_floor.py)
+    ``lat-postgres``      stepstream, PostgreSQL, emitter in another process
+    ``lat-postgres-inproc`` stepstream, PostgreSQL, emitter in the server process
 (b)+(c) broadcast to N connected clients (``--clients``, default 1000,5000) and server RSS per
     idle connection (measured once all N are connected, before the first event):
-    ``bc-raw-<N>``, ``bc-sqlite-<N>``, ``bc-redis-<N>`` (emitter in the server process), and
-    ``bc-sse-starlette-<N>`` (reference, only with --with-sse-starlette or asked by name).
+    ``bc-raw-<N>``, ``bc-sqlite-<N>``, ``bc-redis-<N>``, ``bc-postgres-<N>`` (emitter in the
+    server process), and ``bc-sse-starlette-<N>`` (reference, only with --with-sse-starlette or
+    asked by name).
 
 Every server runs under uvicorn (``--http httptools --loop uvloop``, one worker, access log off)
 in its own process; clients run in one (``--client-procs``) separate process(es) using
 bench/sse_clients.py; events carry ``time.time_ns()`` taken right before emit, latency is
-receive time - that. Redis scenarios start a private ``redis-server`` on a free port.
+receive time - that. Redis scenarios start a private ``redis-server`` on a free port;
+PostgreSQL scenarios a private, durable PostgreSQL (``tests/postgres.py``, ``durable=True``:
+``fsync=on``, ``synchronous_commit=on``) on a free port, with a new empty database per scenario.
 """
 
 from __future__ import annotations
@@ -56,6 +64,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
 from sse_clients import raise_fd_limit, summarize_ns  # noqa: E402
+from wf_common import cpu_tree_s, machine_busy_s  # noqa: E402
 
 SECTION_START = "<!-- bench/realtime.py:start -->"
 SECTION_END = "<!-- bench/realtime.py:end -->"
@@ -64,6 +73,7 @@ SERVER_MODULES = {
     "raw": "raw_broadcaster:app",
     "sqlite": "stepstream_app:app",
     "redis": "stepstream_app:app",
+    "postgres": "stepstream_app:app",
     "sse-starlette": "sse_starlette_broadcaster:app",
 }
 UVICORN_FLAGS = [
@@ -86,6 +96,9 @@ UVICORN_FLAGS = [
 
 TARGET_LAT_P50_MS = 2.0
 TARGET_LAT_P99_MS = 10.0
+TARGET_PG_LAT_P50_MS = 3.0  # issue 10: emit -> SSE client on PostgreSQL
+TARGET_PG_LAT_P99_MS = 15.0
+STORE = {"sqlite": "SQLite", "redis": "Redis", "postgres": "PostgreSQL"}
 TARGET_BC_RATIO = 1.5
 TARGET_MEM_KB = 20.0
 NOISY_PCT = 30.0  # other processes' CPU (% of one CPU) above which a figure is flagged
@@ -215,14 +228,6 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def machine_busy_s() -> tuple[float, float]:
-    """(busy CPU seconds summed over all CPUs, wall clock) from /proc/stat."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK"), time.monotonic()
-
-
 class CpuWatch:
     """CPU used on the whole machine vs by the benchmark's own processes during a phase, so
     a run disturbed by unrelated load (a test suite on the same box) says so."""
@@ -235,7 +240,7 @@ class CpuWatch:
     @staticmethod
     def _cpu(pid: int) -> float:
         try:
-            return cpu_s(pid)
+            return cpu_tree_s(pid)
         except OSError:
             return 0.0
 
@@ -330,6 +335,29 @@ class Redis:
         self.proc.stop(signal.SIGTERM)
 
 
+class Postgres:
+    """A private durable PostgreSQL for the run (``wf_common.postgres_server``); one new empty
+    database per scenario."""
+
+    def __init__(self) -> None:
+        from wf_common import postgres_server
+
+        self._stack = contextlib.ExitStack()
+        self.pg = self._stack.enter_context(postgres_server())
+        self.pid = self.pg.postmaster_pid()
+
+    def database(self, name: str) -> str:
+        """A new empty database ``name`` (dashes become underscores); its URL."""
+        return self.pg.recreate(re.sub(r"[^a-z0-9_]", "_", name.lower()))
+
+    def version(self) -> str:
+        settings = ", ".join(f"{k}={v}" for k, v in sorted(self.pg.settings.items()))
+        return f"{self.pg.version.split()[0]} ({settings})"
+
+    def stop(self) -> None:
+        self._stack.close()
+
+
 class Server:
     gc_mode = ""  # set from --gc (diagnostic)
 
@@ -373,7 +401,7 @@ class Server:
 
     @property
     def sse_url(self) -> str:
-        if self.kind in ("sqlite", "redis"):
+        if self.kind in ("sqlite", "redis", "postgres"):
             return f"{self.base}/?channel=bench&dialect=native"
         return f"{self.base}/?channel=bench"
 
@@ -522,9 +550,12 @@ class Config:
     sqlite_query: str = ""
     wait_idle: float = 0.0
     redis: Redis | None = None
+    postgres: Postgres | None = None
 
     def own_pids(self) -> list[int]:
-        return [self.redis.proc.pid] if self.redis is not None else []
+        """The storage servers' processes: their CPU is the benchmark's, not other load's."""
+        pids = [self.redis.proc.pid] if self.redis is not None else []
+        return pids + ([self.postgres.pid] if self.postgres is not None else [])
 
     def events_for(self, n: int) -> int:
         """Measured broadcasts at N clients: p99 over (event, client) pairs is decided by the
@@ -604,6 +635,55 @@ def scenario_redis_floor(cfg: Config) -> Result:
     r.summary = summarize_ns(lat)
     r.received, r.expected = info["received"], info["expected"]
     return r
+
+
+def scenario_pg_floor(cfg: Config) -> Result:
+    assert cfg.postgres is not None
+    r = Result("pg-floor", "latency", "raw PostgreSQL: INSERT + NOTIFY -> LISTEN (asyncpg)")
+    out = cfg.logdir / "pg-floor.lat"
+    p = Proc(
+        "pg-floor",
+        [
+            sys.executable,
+            str(BENCH / "pg_floor.py"),
+            "--url",
+            cfg.postgres.database("bench_pg_floor"),
+            "--count",
+            str(cfg.lat_events),
+            "--warmup",
+            str(cfg.lat_warmup),
+            "--interval",
+            str(cfg.lat_interval),
+            "--out",
+            str(out),
+        ],
+        child_env(),
+        cfg.logdir,
+    )
+    watch = CpuWatch([p.pid, *cfg.own_pids()])
+    info = json.loads(p.wait_line("DONE", cfg.lat_events * cfg.lat_interval + 30))
+    r.foreign_cpu_pct = watch.foreign_pct()
+    p.stop()
+    lat = array.array("q")
+    lat.frombytes(out.read_bytes())
+    r.summary = summarize_ns(lat)
+    r.received, r.expected = info["received"], info["expected"]
+    return r
+
+
+def storage_url(cfg: Config, kind: str, name: str, tmp: Path) -> str | None:
+    """The backend URL of a scenario's server: a new SQLite file, the flushed Redis, or a new
+    PostgreSQL database."""
+    if kind == "sqlite":
+        return f"sqlite:///{tmp / 'bench.db'}" + cfg.sqlite_query
+    if kind == "redis":
+        assert cfg.redis is not None
+        cfg.redis.flush()
+        return cfg.redis.url
+    if kind == "postgres":
+        assert cfg.postgres is not None
+        return cfg.postgres.database(f"bench_{name}")
+    return None
 
 
 def _profile_start(cfg: Config, name: str, pid: int, seconds: float) -> Proc | None:
@@ -690,20 +770,14 @@ def scenario_latency(cfg: Config, name: str, kind: str, emitter: str) -> Result:
         "raw": "raw-ASGI SSE broadcaster (floor), emitter in server",
         "sqlite": "stepstream SSE, SQLite, emitter in server process",
         "redis": "stepstream SSE, Redis, emitter in server process",
+        "postgres": "stepstream SSE, PostgreSQL, emitter in server process",
     }
     label = labels[kind]
     if emitter == "xproc":
-        store = "SQLite" if kind == "sqlite" else "Redis"
-        label = f"stepstream SSE, {store}, emitter in another process"
+        label = f"stepstream SSE, {STORE[kind]}, emitter in another process"
     r = Result(name, "latency", label)
     tmp = Path(tempfile.mkdtemp(prefix=f"{name}.", dir=cfg.logdir))
-    backend = None
-    if kind == "sqlite":
-        backend = f"sqlite:///{tmp / 'bench.db'}" + cfg.sqlite_query
-    elif kind == "redis":
-        assert cfg.redis is not None
-        cfg.redis.flush()
-        backend = cfg.redis.url
+    backend = storage_url(cfg, kind, name, tmp)
     server = Server(kind, name, cfg.logdir, backend)
     clients = emit_proc = prof = None
     try:
@@ -781,17 +855,12 @@ def scenario_broadcast(cfg: Config, name: str, kind: str, n: int) -> Result:
         "raw": "raw-ASGI broadcaster under uvicorn (floor)",
         "sqlite": "stepstream SSE, SQLite, emitter in server process",
         "redis": "stepstream SSE, Redis, emitter in server process",
+        "postgres": "stepstream SSE, PostgreSQL, emitter in server process",
         "sse-starlette": "Starlette + sse-starlette (reference)",
     }
     r = Result(name, "broadcast", labels[kind], clients=n)
     tmp = Path(tempfile.mkdtemp(prefix=f"{name}.", dir=cfg.logdir))
-    backend = None
-    if kind == "sqlite":
-        backend = f"sqlite:///{tmp / 'bench.db'}" + cfg.sqlite_query
-    elif kind == "redis":
-        assert cfg.redis is not None
-        cfg.redis.flush()
-        backend = cfg.redis.url
+    backend = storage_url(cfg, kind, name, tmp)
     server = Server(kind, name, cfg.logdir, backend)
     clients = prof = None
     try:
@@ -851,7 +920,7 @@ def scenario_broadcast(cfg: Config, name: str, kind: str, n: int) -> Result:
             + server.gc_note()
             + f" interval {interval * 1000:.0f} ms"
         ).strip()
-        if kind in ("sqlite", "redis"):
+        if kind in STORE:
             errs = server.health_errors()
             if errs:
                 r.note += "; server emit errors: " + "; ".join(errs[:2])
@@ -871,8 +940,15 @@ def build_plan(cfg: Config, with_sse_starlette: bool) -> list[tuple[str, object]
         ("lat-sqlite-xproc", lambda: scenario_latency(cfg, "lat-sqlite-xproc", "sqlite", "xproc")),
         ("lat-redis", lambda: scenario_latency(cfg, "lat-redis", "redis", "xproc")),
         ("lat-redis-inproc", lambda: scenario_latency(cfg, "lat-redis-inproc", "redis", "inproc")),
+        ("pg-floor", lambda: scenario_pg_floor(cfg)),
+        ("lat-postgres", lambda: scenario_latency(cfg, "lat-postgres", "postgres", "xproc")),
+        (
+            "lat-postgres-inproc",
+            lambda: scenario_latency(cfg, "lat-postgres-inproc", "postgres", "inproc"),
+        ),
     ]
-    kinds = ["raw", "sqlite", "redis"] + (["sse-starlette"] if with_sse_starlette else [])
+    kinds = ["raw", "sqlite", "redis", "postgres"]
+    kinds += ["sse-starlette"] if with_sse_starlette else []
     for n in cfg.clients:
         for kind in kinds:
             nm = f"bc-{kind}-{n}"
@@ -904,20 +980,33 @@ def _noisy(r: Result | None) -> str:
 def verdicts(results: list[Result]) -> list[str]:
     by = {r.name: r for r in results}
     out = []
-    for nm in ("lat-redis", "lat-redis-inproc"):
+    targets = {
+        "lat-redis": (TARGET_LAT_P50_MS, TARGET_LAT_P99_MS, "redis-floor"),
+        "lat-redis-inproc": (TARGET_LAT_P50_MS, TARGET_LAT_P99_MS, "redis-floor"),
+        "lat-postgres": (TARGET_PG_LAT_P50_MS, TARGET_PG_LAT_P99_MS, "pg-floor"),
+        "lat-postgres-inproc": (TARGET_PG_LAT_P50_MS, TARGET_PG_LAT_P99_MS, "pg-floor"),
+    }
+    for nm, (p50, p99, floor_name) in targets.items():
         r = by.get(nm)
         if r and r.summary and not r.error:
-            ok = r.summary["p50"] <= TARGET_LAT_P50_MS and r.summary["p99"] <= TARGET_LAT_P99_MS
+            ok = r.summary["p50"] <= p50 and r.summary["p99"] <= p99
+            floor = by.get(floor_name)
+            beside = ""
+            if floor and floor.summary and not floor.error and nm.startswith("lat-postgres"):
+                beside = (
+                    f" (floor `{floor_name}`: p50 {_f(floor.summary['p50'])}, "
+                    f"p99 {_f(floor.summary['p99'])} ms)"
+                )
             out.append(
-                f"(a) {nm}: p50 {_f(r.summary['p50'])} ms (target ≤ {TARGET_LAT_P50_MS}), "
-                f"p99 {_f(r.summary['p99'])} ms (target ≤ {TARGET_LAT_P99_MS}) → "
+                f"(a) {nm}: p50 {_f(r.summary['p50'])} ms (target ≤ {p50:g}), "
+                f"p99 {_f(r.summary['p99'])} ms (target ≤ {p99:g}){beside} → "
                 f"{'MET' if ok else 'MISSED'}{_noisy(r)}"
             )
     for r in results:
         if r.group != "broadcast" or r.error or not r.summary:
             continue
         kind = r.name.split("-")[1]
-        if kind in ("sqlite", "redis"):
+        if kind in STORE:
             floor = by.get(f"bc-raw-{r.clients}")
             if floor and floor.summary and not floor.error:
                 ratio = r.summary["p99"] / floor.summary["p99"]
@@ -949,7 +1038,8 @@ def markdown(results: list[Result], cfg: Config, meta: dict) -> str:
     L.append(
         f"- Machine: {meta['nproc']} CPUs ({meta['cpu']}), {meta['mem']}, Linux "
         f"{meta['kernel']}; Python {meta['python']}; uvicorn {meta['uvicorn']} "
-        f"(`{' '.join(UVICORN_FLAGS[:4])}`), redis-server {meta['redis']}"
+        f"(`{' '.join(UVICORN_FLAGS[:4])}`), redis-server {meta['redis']}, "
+        f"PostgreSQL {meta['postgres']}"
     )
     L.append(
         f"- Mode: {'quick (smoke)' if cfg.quick else 'full'}; client harness "
@@ -964,7 +1054,11 @@ def markdown(results: list[Result], cfg: Config, meta: dict) -> str:
         L.append(
             f"{cfg.lat_events} events, one every {cfg.lat_interval * 1000:.0f} ms, after "
             f"{cfg.lat_warmup} unmeasured warm-up events. Target on Redis: p50 ≤ "
-            f"{TARGET_LAT_P50_MS:g} ms, p99 ≤ {TARGET_LAT_P99_MS:g} ms."
+            f"{TARGET_LAT_P50_MS:g} ms, p99 ≤ {TARGET_LAT_P99_MS:g} ms; on PostgreSQL: p50 ≤ "
+            f"{TARGET_PG_LAT_P50_MS:g} ms, p99 ≤ {TARGET_PG_LAT_P99_MS:g} ms. PostgreSQL is a "
+            "private durable server (`fsync=on`, `synchronous_commit=on`: an event is "
+            "delivered after its commit's WAL flush, for the floor too), a new database per "
+            "scenario."
         )
         L.append("")
         L.append(
@@ -1117,6 +1211,7 @@ def machine_meta(cfg: Config, argv: list[str]) -> dict:
         "python": platform.python_version(),
         "uvicorn": uv,
         "redis": cfg.redis.version() if cfg.redis else "not used",
+        "postgres": cfg.postgres.version() if cfg.postgres else "not used",
     }
 
 
@@ -1256,11 +1351,14 @@ def main(argv: list[str] | None = None) -> int:
         print("no scenario matches; --list shows them", file=sys.stderr)
         return 2
     needs_redis = any("redis" in nm for nm, _ in chosen)
+    needs_postgres = any("postgres" in nm or nm == "pg-floor" for nm, _ in chosen)
     results: list[Result] = []
     t0 = time.monotonic()
     try:
         if needs_redis:
             cfg.redis = Redis(logdir)
+        if needs_postgres:
+            cfg.postgres = Postgres()
         for nm, fn in chosen:
             r = run_one(cfg, nm, fn, wait=time.monotonic() - t0 < args.budget)
             # Unrelated load (a test suite on the same box) makes a figure meaningless: run the
@@ -1280,6 +1378,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if cfg.redis is not None:
             cfg.redis.stop()
+        if cfg.postgres is not None:
+            cfg.postgres.stop()
     print()
     print_table(results)
     md = markdown(results, cfg, meta)

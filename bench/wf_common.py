@@ -1,9 +1,11 @@
 """Shared helpers of bench/workflow.py and bench/e2e.py: percentiles, free ports, a private
-redis-server, machine facts, and rewriting one marked section of BENCHMARKS.md in place."""
+redis-server, a private durable PostgreSQL, machine facts, and rewriting one marked section of
+BENCHMARKS.md in place."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import platform
@@ -73,6 +75,150 @@ def redis_server(*extra: str) -> Iterator[str]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+@dataclasses.dataclass(frozen=True)
+class Postgres:
+    """A private PostgreSQL started by :func:`postgres_server`."""
+
+    port: int
+    directory: Path
+    version: str  # server_version, e.g. "15.14 (Debian 15.14-0+deb12u1)"
+    settings: dict[str, str]  # fsync, synchronous_commit, wal_sync_method, ...
+
+    def url(self, database: str = "postgres", query: str = "") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}" + (
+            f"?{query}" if query else ""
+        )
+
+    def postmaster_pid(self) -> int:
+        return int((self.directory / "data" / "postmaster.pid").read_text().split()[0])
+
+    def sql(self, *statements: str, database: str = "postgres") -> list[list[tuple]]:
+        """Run statements one by one (autocommit, so CREATE DATABASE works); their rows."""
+        import asyncio
+
+        import asyncpg
+
+        async def run() -> list[list[tuple]]:
+            conn = await asyncpg.connect(self.url(database))
+            try:
+                return [[tuple(row) for row in await conn.fetch(sql)] for sql in statements]
+            finally:
+                await conn.close()
+
+        return asyncio.run(run())
+
+    def recreate(self, database: str) -> str:
+        """Drop ``database`` (if there) and create it empty; its URL."""
+        self.sql(
+            f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)', f'CREATE DATABASE "{database}"'
+        )
+        return self.url(database)
+
+
+DURABLE_SETTINGS = ("fsync", "synchronous_commit", "full_page_writes", "wal_sync_method")
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[Postgres]:
+    """A private, durable PostgreSQL (``fsync=on``, ``synchronous_commit=on``: every commit
+    waits for its WAL flush) on a free port of 127.0.0.1, from ``tests/postgres.py`` (Debian's
+    binaries, initdb into a temp dir); never the machine's shared server."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from tests.postgres import postgres_server as start
+
+    with start(free_port(), durable=True) as server:
+        pg = Postgres(server.port, server.directory, "", {})
+        names = ", ".join(f"'{name}'" for name in DURABLE_SETTINGS)
+        rows = pg.sql(
+            "SHOW server_version",
+            f"SELECT name, setting FROM pg_settings WHERE name IN ({names})",
+        )
+        settings = dict(rows[1])
+        if settings.get("fsync") != "on" or settings.get("synchronous_commit") != "on":
+            raise RuntimeError(f"PostgreSQL is not durable: {settings}")
+        yield dataclasses.replace(pg, version=rows[0][0][0], settings=settings)
+
+
+def pg_commit_floor(url: str, n: int = 1000) -> tuple[float, float]:
+    """p50/p99 ms of a bare one-row INSERT commit (asyncpg, autocommit, one round trip) on the
+    server at ``url``: the WAL flush every durable step write pays at least once."""
+    import asyncio
+
+    import asyncpg
+
+    async def run() -> list[float]:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute("CREATE TABLE IF NOT EXISTS commit_floor (a bigint, b text)")
+            insert = await conn.prepare("INSERT INTO commit_floor VALUES ($1, $2)")
+            times = []
+            for i in range(n):
+                t0 = time.perf_counter()
+                await insert.fetch(i, "x" * 300)
+                times.append((time.perf_counter() - t0) * 1000)
+            await conn.execute("DROP TABLE commit_floor")
+            return times
+        finally:
+            await conn.close()
+
+    times = asyncio.run(run())
+    return median(times), pct(times, 99)
+
+
+def _proc_stat(pid: int | str) -> list[str]:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rpartition(")")[2].split()
+
+
+def cpu_tree_s(pid: int) -> float:
+    """CPU seconds of a process and its children, live or exited: its own utime + stime, the
+    cutime + cstime of the children it reaped, and the same of each live child. For a server
+    made of processes (PostgreSQL's postmaster and its backends); a plain process adds 0."""
+    ticks = sum(int(x) for x in _proc_stat(pid)[11:15])
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            child = _proc_stat(entry)
+        except OSError:
+            continue
+        if child[1] == str(pid):
+            ticks += sum(int(x) for x in child[11:15])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_s() -> tuple[float, float]:
+    """(busy CPU seconds summed over all CPUs, wall clock) from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK"), time.monotonic()
+
+
+class OtherCpu:
+    """CPU used on the machine by everything that is not the benchmark (this process, its
+    children, and the ``servers``' process trees) between creation and :meth:`pct`, in % of
+    one CPU: how much unrelated load (a test suite on the same box) disturbed a figure."""
+
+    def __init__(self, servers: Sequence[int] = ()) -> None:
+        self.servers = list(servers)
+        self.busy0, self.t0 = machine_busy_s()
+        self.own0 = self._own()
+
+    def _own(self) -> float:
+        total = 0.0
+        for pid in [os.getpid(), *self.servers]:
+            with contextlib.suppress(OSError):
+                total += cpu_tree_s(pid)
+        return total
+
+    def pct(self) -> float:
+        busy1, t1 = machine_busy_s()
+        own = self._own() - self.own0
+        return max(0.0, (busy1 - self.busy0 - own) / max(1e-6, t1 - self.t0) * 100)
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
@@ -96,17 +242,22 @@ def python_of_venv() -> str:
     return sys.executable
 
 
-def rewrite_section(tag: str, body: str) -> None:
+def rewrite_section(tag: str, body: str, after: str | None = None) -> None:
     """Replace the text between ``<!-- tag:begin -->`` and ``<!-- tag:end -->`` in
-    BENCHMARKS.md with ``body`` (markers kept); append the marked section if it is missing.
-    The rest of the file is left byte for byte."""
+    BENCHMARKS.md with ``body`` (markers kept). A missing section is inserted right after the
+    section tagged ``after`` if there is one, else appended. The rest of the file is left byte
+    for byte."""
     begin, end = f"<!-- {tag}:begin -->", f"<!-- {tag}:end -->"
     text = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n"
     block = f"{begin}\n{body.rstrip()}\n{end}"
     i = text.find(begin)
     j = text.find(end, i + len(begin)) if i >= 0 else -1
+    anchor = text.find(f"<!-- {after}:end -->") if after else -1
     if i >= 0 and j >= 0:
         text = text[:i] + block + text[j + len(end) :]
+    elif anchor >= 0:
+        k = anchor + len(f"<!-- {after}:end -->")
+        text = text[:k] + "\n\n" + block + text[k:]
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     tmp = BENCHMARKS.with_suffix(".md.tmp")

@@ -1,10 +1,12 @@
 """DBOS Transact side of bench/workflow.py. Runs in its own venv (never stepstream's):
 
-    python3 -m venv /tmp/dbos-venv && /tmp/dbos-venv/bin/pip install dbos
+    python3 -m venv /tmp/dbos-venv && /tmp/dbos-venv/bin/pip install 'dbos==3.4.*'
     /tmp/dbos-venv/bin/python bench/wf_dbos.py --mode async --seq-runs 50 --runs 200
+    /tmp/dbos-venv/bin/python bench/wf_dbos.py --system-db-url postgresql://u@host:5432/db
 
-The system database is SQLite (``system_database_url=sqlite:///<tmpdir>/dbos.sqlite``, DBOS's
-defaults otherwise). Equivalent workflows to the stepstream side: every step is a
+The system database is SQLite (``system_database_url=sqlite:///<tmpdir>/dbos.sqlite``), or
+the PostgreSQL database ``--system-db-url postgresql://...`` names (DBOS creates its tables
+there); DBOS's defaults otherwise. Equivalent workflows to the stepstream side: every step is a
 ``@DBOS.step()`` returning ``time.time_ns()``, so consecutive results give the per-step
 overhead.
 
@@ -32,11 +34,11 @@ import time
 from dbos import DBOS
 
 
-def configure(tmp: str) -> None:
+def configure(system_database_url: str) -> None:
     DBOS(
         config={
             "name": "wfbench",
-            "system_database_url": f"sqlite:///{tmp}/dbos.sqlite",
+            "system_database_url": system_database_url,
             "log_level": "WARNING",
         }
     )
@@ -148,10 +150,13 @@ def main() -> None:
     parser.add_argument("--seq-runs", type=int, default=50)
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--system-db-url", help="DBOS's system database (default: SQLite in a temp dir)"
+    )
     args = parser.parse_args()
     logging.getLogger("dbos").setLevel(logging.WARNING)
     tmp = tempfile.mkdtemp(prefix="wfbench-dbos-")
-    configure(tmp)
+    configure(args.system_db_url or f"sqlite:///{tmp}/dbos.sqlite")
     DBOS.launch()
     try:
         out = asyncio.run(run_async(args)) if args.mode == "async" else run_queue(args)

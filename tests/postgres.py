@@ -56,8 +56,12 @@ def _as_server_user(command: Sequence[str]) -> list[str]:
 
 
 @contextlib.contextmanager
-def postgres_server(port: int) -> Iterator[PostgresServer]:
-    """Start a throwaway PostgreSQL on ``port``; stop it and delete its files afterwards."""
+def postgres_server(port: int, *, durable: bool = False) -> Iterator[PostgresServer]:
+    """Start a throwaway PostgreSQL on ``port``; stop it and delete its files afterwards.
+
+    By default it runs with ``fsync=off`` (tests lose nothing they need on a crash);
+    ``durable=True`` keeps PostgreSQL's own defaults (``fsync=on``, ``synchronous_commit=on``),
+    so a commit waits for its WAL flush as on a real server: what benchmarks measure."""
     binaries = server_binaries()
     directory = Path(tempfile.mkdtemp(prefix="stepstream-pg-"))
     data = directory / "data"
@@ -71,7 +75,9 @@ def postgres_server(port: int) -> Iterator[PostgresServer]:
             check=True,
             capture_output=True,
         )
-        options = f"-c listen_addresses=127.0.0.1 -p {port} -k {directory} -c fsync=off"
+        options = f"-c listen_addresses=127.0.0.1 -p {port} -k {directory}"
+        if not durable:
+            options += " -c fsync=off"
         subprocess.run(
             _as_server_user(
                 [

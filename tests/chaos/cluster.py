@@ -1,4 +1,4 @@
-"""The processes of a chaos scenario: workers, servers, a Redis of its own.
+"""The processes of a chaos scenario: workers, servers, a Redis or a PostgreSQL of its own.
 
 Everything listens on 127.0.0.1, logs to a file under the scenario's directory, and is SIGKILLed
 when the ``Fleet`` closes (a ``with`` block), whatever happened. Workers and servers run from the
@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -26,18 +27,23 @@ import redis
 
 from stepstream import Client, Realtime
 from tests.chaos.chaos_app import LEDGER_ENV, build
-from tests.conftest import free_port
+from tests.conftest import IN_CI, free_port
+from tests.postgres import PostgresMissing, server_binaries
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = "tests.chaos.chaos_app:workflows"
 
 
 def backend_url(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
-    """A fresh store of ``kind``: a new SQLite file, or a new key prefix on the test Redis."""
+    """A fresh store of ``kind``: a new SQLite file, a new key prefix on the test Redis, or a
+    new schema on the test PostgreSQL (the session's ``postgres_url``)."""
     if kind == "sqlite":
         return f"sqlite:///{tmp_path / 'chaos.db'}"
-    base: str = request.getfixturevalue("redis_server")
-    return f"{base}?prefix=chaos-{uuid.uuid4().hex[:12]}:"
+    if kind == "postgres":
+        postgres: str = request.getfixturevalue("postgres_url")
+        return f"{postgres}?schema=chaos_{uuid.uuid4().hex[:12]}"
+    redis_url: str = request.getfixturevalue("redis_server")
+    return f"{redis_url}?prefix=chaos-{uuid.uuid4().hex[:12]}:"
 
 
 class Proc:
@@ -234,6 +240,86 @@ def redis_of_our_own(directory: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop(signal.SIGKILL)
+
+
+class PostgresServer:
+    """A PostgreSQL of the scenario's own, that can be stopped and started again on its port
+    (restarting the session's would disturb the other tests). Like ``tests/postgres.py``:
+    Debian's binaries, ``initdb`` into a directory of its own under the system's temporary
+    directory (the ``postgres`` user, which the server runs as when we are root, cannot enter
+    pytest's), listening on 127.0.0.1 only, trust auth; unlike it, with PostgreSQL's durable
+    defaults (``fsync`` on), as a deployment runs it, since a crash is part of the scenario."""
+
+    def __init__(self) -> None:
+        try:
+            self.binaries = server_binaries()
+        except PostgresMissing as exc:
+            if IN_CI:
+                pytest.fail(f"{exc}: `make test` installs Debian's postgresql")
+            pytest.skip(str(exc))
+        self.directory = Path(tempfile.mkdtemp(prefix="stepstream-chaos-pg-"))
+        self.data = self.directory / "data"
+        self.log = self.directory / "server.log"
+        self.port = free_port()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        if os.geteuid() == 0:
+            shutil.chown(self.directory, "postgres", "postgres")
+
+    def init(self) -> None:
+        self._pg(["initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust"])
+
+    def _pg(self, command: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+        args = [str(self.binaries / command[0]), *command[1:]]
+        if os.geteuid() == 0:
+            args = ["runuser", "-u", "postgres", "--", *args]
+        done = subprocess.run(args, capture_output=True, text=True, timeout=120)
+        if check and done.returncode != 0:
+            raise RuntimeError(
+                f"{' '.join(command)} failed ({done.returncode}): {done.stdout}{done.stderr}\n"
+                f"server log:\n{self.server_log()[-3000:]}"
+            )
+        return done
+
+    def _ctl(self, action: str, *options: str, check: bool = True) -> None:
+        self._pg(["pg_ctl", "-D", str(self.data), "-l", str(self.log), *options, action], check)
+
+    def start(self) -> None:
+        """``pg_ctl start``, returning once it accepts connections (after crash recovery)."""
+        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.directory}"
+        self._ctl("start", "-w", "-t", "60", "-o", options)
+
+    def stop(self, mode: str = "fast") -> None:
+        """``pg_ctl stop -m fast`` (sessions ended, a clean shutdown) or ``-m immediate`` (every
+        server process killed at once, no shutdown checkpoint: a crash, recovered at start)."""
+        self._ctl("stop", "-w", "-t", "60", "-m", mode)
+
+    def restart(self, mode: str = "fast") -> None:
+        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.directory}"
+        self._ctl("restart", "-w", "-t", "60", "-m", mode, "-o", options)
+
+    def server_log(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def remove(self, keep: Path | None = None) -> None:
+        """Stop it (``immediate``) and delete its files, its log copied to ``keep`` first."""
+        self._ctl("stop", "-m", "immediate", check=False)
+        if keep is not None:
+            keep.write_text(self.server_log())
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@contextmanager
+def postgres_of_our_own(keep_log: Path | None = None) -> Iterator[PostgresServer]:
+    server = PostgresServer()
+    try:
+        server.init()
+        server.start()
+        yield server
+    finally:
+        server.remove(keep_log)
 
 
 def summary(scenario: str, figures: dict[str, object]) -> None:

@@ -11,8 +11,8 @@ compared:
   own, so every failure is the fault's doing);
 - **completed steps run again**: a body execution that started after its step's success was
   committed (the ``stepFinish`` event's id is the storage's time of that commit: the Redis
-  server's ``TIME``, or the SQLite writer's clock inside the transaction; both are this machine's
-  clock, like the ledger's);
+  server's ``TIME``, the SQLite writer's clock inside the transaction, or PostgreSQL's
+  ``clock_timestamp()`` inside it; all are this machine's clock, like the ledger's);
 - **double commits**: two ``stepFinish`` for one step (two executions committed side by side);
 - **histories ≠ logs**: one ``runStart`` first, exactly one ``runFinish`` (last, with the log's
   status) per finished run and none otherwise, one ``stepFinish`` per ``STEP_SUCCESS`` step and

@@ -15,12 +15,16 @@ were trimmed (the server's "fresh replay": what remains of the history follows).
   ``reconnect`` event. Like the SDKs, they never drop a duplicate: what the server sends twice
   reaches the app twice.
 - ``js``: ``stepstream.js`` in headless Chromium (driven from the test).
+- ``native``: ``stepstream.js``'s reconnect logic transcribed (``stepstream_js``), for scenarios
+  that run no browser: unlike ``subscribe_remote``, it retries a refused request (a 503 while
+  storage is down) until it is stopped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import random
 import re
 import time
 from collections.abc import AsyncGenerator, Sequence
@@ -31,6 +35,7 @@ from typing import Any
 import httpx
 
 from stepstream.realtime.remote import subscribe_remote
+from stepstream.records import parse_cursor
 from tests.realtime.sse_client import Parser
 
 Log = list[tuple[str, str, str]]
@@ -57,6 +62,54 @@ async def python_native(sub: Subscriber) -> None:
 
     async for message in subscribe_remote(sub.url, sub.channels, history=True, on_gap=gap):
         sub.seen(message.channel, message.id)
+
+
+async def stepstream_js(sub: Subscriber) -> None:
+    """What ``stepstream.js``'s ``subscribe({channels, history: true})`` does on the wire:
+    ``channel=`` per channel and ``dialect=native``; ``history=true`` while a channel has no
+    cursor, ``last_ack_<channel>`` for each that has one; a cursor per channel from every event
+    (an id at or below it is dropped) and from ``connected`` when nothing was replayed
+    (``0-0``); at a ``reconnect`` event it connects again at once; after any other end or
+    failure, a refused request included, it retries after 0.5 s doubling up to 10 s, drawn
+    between half and all of it, reset by any frame."""
+    cursors: dict[str, str] = {}
+    attempt = 0
+    async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+        while True:
+            params = [("channel", channel) for channel in sub.channels]
+            params.append(("dialect", "native"))
+            if any(channel not in cursors for channel in sub.channels):
+                params.append(("history", "true"))
+            params += [(f"last_ack_{channel}", cursor) for channel, cursor in cursors.items()]
+            again = False
+            try:
+                async with aclosing(_stream(client, sub.url, params)) as payloads:
+                    async for payload in payloads:
+                        attempt = 0
+                        if "type" in payload and "event" not in payload:
+                            kind, channel = payload["type"], payload.get("channel", "")
+                            if kind == "connected" and channel not in cursors:
+                                if payload["cursor"] == "0-0" and channel in sub.channels:
+                                    cursors[channel] = payload["cursor"]
+                            elif kind == "gap":
+                                sub.log.append(("gap", channel, payload["cursor"]))
+                            elif kind == "reconnect":
+                                again = True
+                                break
+                            continue
+                        channel, event_id = payload["channel"], payload["id"]
+                        seen = cursors.get(channel)
+                        if seen is not None and parse_cursor(event_id) <= parse_cursor(seen):
+                            continue
+                        cursors[channel] = event_id
+                        sub.seen(channel, event_id)
+            except httpx.HTTPError:
+                pass
+            if again:
+                continue
+            ceiling = min(10.0, 0.5 * 2**attempt)
+            attempt += 1
+            await asyncio.sleep(ceiling / 2 + random.random() * ceiling / 2)
 
 
 async def upstash_v0(sub: Subscriber) -> None:

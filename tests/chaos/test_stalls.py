@@ -7,9 +7,9 @@ frozen loop also freezes their steps mid-flight. Nothing may run a completed ste
 commit one step twice, and every run finishes; a sync body stalls only its thread, so there
 nothing at all may run twice.
 
-Skew: one of three workers reads a clock 60 s ahead, through ``Worker(clock=)``; on Redis, where
-workers live on different machines, its whole process's wall clock too (``time.time``). Lease
-decisions must not trust it: no double execution, every run finishes.
+Skew: one of three workers reads a clock 60 s ahead, through ``Worker(clock=)``; on Redis and
+PostgreSQL, where workers live on different machines, its whole process's wall clock too
+(``time.time``). Lease decisions must not trust it: no double execution, every run finishes.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ async def trigger_spread(
 
 
 @pytest.mark.parametrize("kind", ["sync", "async"])
-@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+@pytest.mark.parametrize("backend", ["sqlite", "redis", "postgres"])
 async def test_steps_stalling_past_the_lease(
     backend: str, kind: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
@@ -108,7 +108,7 @@ async def test_steps_stalling_past_the_lease(
     )
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+@pytest.mark.parametrize("backend", ["sqlite", "redis", "postgres"])
 async def test_worker_clock_60s_ahead(
     backend: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
@@ -123,7 +123,7 @@ async def test_worker_clock_60s_ahead(
             lease=SKEW_LEASE,
             concurrency=10,
             skew=SKEW,
-            wall_skew=backend == "redis",
+            wall_skew=backend != "sqlite",
         )
         for proc in fleet.procs:
             await fleet.started(proc)
@@ -142,7 +142,7 @@ async def test_worker_clock_60s_ahead(
         {
             **findings.figures(),
             "skew": f"+{SKEW:g} s"
-            + (" (Worker clock and wall clock)" if backend == "redis" else ""),
+            + (" (Worker clock and wall clock)" if backend != "sqlite" else ""),
             "lease": f"{SKEW_LEASE:g} s",
             "step executions on the skewed worker": by_skewed,
             "unfinished at the deadline": len(unfinished),

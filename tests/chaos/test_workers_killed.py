@@ -66,7 +66,7 @@ async def kill_workers(fleet: Fleet, rng: random.Random) -> list[Proc]:
     return killed
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+@pytest.mark.parametrize("backend", ["sqlite", "redis", "postgres"])
 async def test_workers_killed_under_load(
     backend: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
