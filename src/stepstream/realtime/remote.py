@@ -36,25 +36,20 @@ async def subscribe_remote(
     with the channel and the cursor and the stream goes on with what remains."""
     cursors: dict[str, str] = {}
     failures = 0
-    headers = {"accept": "text/event-stream", DETAIL_HEADER: "1"}
-    if token:
-        headers["authorization"] = f"Bearer {token}"
+    headers = _headers(token)
     async with httpx.AsyncClient(timeout=httpx.Timeout(10, read=60)) as client:
         while True:
             params = _query(channels, cursors, history, channel_token)
             try:
                 async with client.stream("GET", url, params=params, headers=headers) as response:
-                    if response.status_code == 503:
+                    if response.status_code != 200:
+                        refused = await _refusal(response)
+                        if response.status_code != 503:
+                            raise refused
                         # Storage is down on the server (or it is starting): retry like a
                         # dropped connection, as browsers' EventSource does.
-                        refused = await _refusal(response)
-                        failures += 1
-                        if failures > max_retries:
-                            raise refused
-                        await asyncio.sleep(min(0.2 * 2**failures, 5))
+                        failures = await _pause(failures, max_retries, refused)
                         continue
-                    if response.status_code != 200:
-                        raise await _refusal(response)
                     failures = 0
                     async for payload in _frames(response):
                         if "type" in payload and "event" not in payload:
@@ -76,10 +71,26 @@ async def subscribe_remote(
                         cursors[channel] = id
                         yield Message(id, channel, payload["event"], json.dumps(payload["data"]))
             except httpx.HTTPError as exc:
-                failures += 1
-                if failures > max_retries:
-                    raise BackendUnavailable(f"cannot stream from {url}: {exc}") from exc
-                await asyncio.sleep(min(0.2 * 2**failures, 5))
+                error = BackendUnavailable(f"cannot stream from {url}: {exc}")
+                error.__cause__ = exc
+                failures = await _pause(failures, max_retries, error)
+
+
+def _headers(token: str | None) -> dict[str, str]:
+    headers = {"accept": "text/event-stream", DETAIL_HEADER: "1"}
+    if token:
+        headers["authorization"] = f"Bearer {token}"
+    return headers
+
+
+async def _pause(failures: int, max_retries: int, error: Exception) -> int:
+    """One more failure in a row: raise ``error`` past ``max_retries``, else back off and
+    return the new count."""
+    failures += 1
+    if failures > max_retries:
+        raise error
+    await asyncio.sleep(min(0.2 * 2**failures, 5))
+    return failures
 
 
 async def _refusal(response: httpx.Response) -> Exception:
