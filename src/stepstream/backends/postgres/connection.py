@@ -22,6 +22,7 @@ from stepstream.errors import (
     BackendError,
     BackendUnavailable,
     ConfigurationError,
+    CursorUnavailable,
     LeaseLost,
     RunConflict,
     RunNotFound,
@@ -43,11 +44,11 @@ _RETRY_CODES = {"40001", "40P01"}
 @contextlib.contextmanager
 def map_postgres_errors(where: str, *, unavailable: bool = False) -> Iterator[None]:
     """Raise asyncpg's exceptions inside as stepstream's, ``from`` the original: storage's own
-    refusals (``SS001`` ``LeaseLost``, ``SS002`` ``RunConflict``, ``SS003`` ``RunNotFound``)
-    as themselves; a lost or refused connection, a shutdown, a timeout, a deadlock that kept
-    failing as ``BackendUnavailable``; text PostgreSQL cannot store (a NUL character) as
-    ``ValidationError``; anything else as ``BackendError`` (``BackendUnavailable`` when
-    ``unavailable``, as while opening)."""
+    refusals (``SS001`` ``LeaseLost``, ``SS002`` ``RunConflict``, ``SS003`` ``RunNotFound``,
+    ``SS004`` ``CursorUnavailable``) as themselves; a lost or refused connection, a shutdown,
+    a timeout, a deadlock that kept failing as ``BackendUnavailable``; text PostgreSQL cannot
+    store (a NUL character) as ``ValidationError``; anything else as ``BackendError``
+    (``BackendUnavailable`` when ``unavailable``, as while opening)."""
     try:
         yield
     except asyncpg.PostgresError as exc:
@@ -59,6 +60,8 @@ def map_postgres_errors(where: str, *, unavailable: bool = False) -> Iterator[No
             raise RunConflict(message) from exc
         if code == "SS003":
             raise RunNotFound(message) from exc
+        if code == "SS004":
+            raise CursorUnavailable(str(getattr(exc, "detail", "")), message) from exc
         if code in ("22021", "22P05"):
             raise ValidationError(
                 f"PostgreSQL cannot store this text ({message}): remove NUL characters "

@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from stepstream.backends.base import LiveSink
-from stepstream.backends.postgres.connection import Database, map_postgres_errors
+from stepstream.backends.postgres.connection import Database
 from stepstream.backends.postgres.live import Listener
-from stepstream.errors import BackendUnavailable, CursorUnavailable
+from stepstream.errors import BackendError, BackendUnavailable
 from stepstream.records import CursorKey, HistoryPolicy, Message, format_cursor
 
 
@@ -25,9 +25,7 @@ class PostgresRealtime:
     async def ping(self) -> None:
         try:
             await self._db.value("SELECT 1")
-        except BackendUnavailable:
-            raise
-        except Exception as exc:
+        except BackendError as exc:  # any failure to answer means: not reachable
             raise BackendUnavailable(f"cannot reach {self._db.where}: {exc}") from exc
 
     def set_sink(self, sink: LiveSink) -> None:
@@ -55,22 +53,16 @@ class PostgresRealtime:
         limit: int | None = None,
         page: int | None = None,
     ) -> list[Message]:
-        try:
-            rows = await self._db.fetch(
-                "SELECT * FROM ss_read($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                channel,
-                *(after or (None, None)),
-                *(before or (None, None)),
-                start_ms,
-                end_ms,
-                limit,
-                page,
-            )
-        except BaseException as exc:
-            if getattr(exc.__cause__, "sqlstate", None) == "SS004":
-                assert after is not None
-                raise CursorUnavailable(channel, format_cursor(after)) from exc.__cause__
-            raise
+        rows = await self._db.fetch(
+            "SELECT * FROM ss_read($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            channel,
+            *(after or (None, None)),
+            *(before or (None, None)),
+            start_ms,
+            end_ms,
+            limit,
+            page,
+        )
         return [
             Message(f"{ms}-{seq}", channel, event, data, (ms, seq)) for ms, seq, event, data in rows
         ]
@@ -94,4 +86,4 @@ class PostgresRealtime:
         await self._listener.unwatch(channels)
 
 
-__all__ = ["PostgresRealtime", "expire_ms", "map_postgres_errors"]
+__all__ = ["PostgresRealtime", "expire_ms"]

@@ -1,7 +1,8 @@
 -- stepstream on PostgreSQL, version 2: one function per storage operation, so each change of a
 -- run and the events reporting it commit together in one round trip (like the Redis backend's
 -- Lua scripts). Errors the Python side maps (connection.py): SS001 LeaseLost, SS002
--- RunConflict, SS003 RunNotFound, SS004 CursorUnavailable.
+-- RunConflict, SS003 RunNotFound, SS004 CursorUnavailable (message: the cursor, detail: the
+-- channel).
 
 CREATE FUNCTION ss_now() RETURNS bigint LANGUAGE sql VOLATILE AS
 $$ SELECT floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint $$;
@@ -127,7 +128,8 @@ BEGIN
         c.trimmed_seq := c.last_seq;
     END IF;
     IF p_after_ms IS NOT NULL AND (c.trimmed_ms, c.trimmed_seq) > (p_after_ms, p_after_seq) THEN
-        RAISE EXCEPTION '%', p_after_ms || '-' || p_after_seq USING ERRCODE = 'SS004';
+        RAISE EXCEPTION '%', p_after_ms || '-' || p_after_seq
+            USING ERRCODE = 'SS004', DETAIL = p_channel;
     END IF;
     IF expired THEN
         RETURN;
