@@ -28,6 +28,7 @@ from stepstream.realtime import Channel, Realtime, handle
 from stepstream.records import HistoryPolicy, Message, RunState, StepState
 from stepstream.version import __version__
 from stepstream.workflow.context import WorkflowContext
+from stepstream.workflow.flow import FlowControl
 from stepstream.workflow.policy import Backoff
 from stepstream.workflow.worker import Worker
 from stepstream.workflows import Workflows
@@ -41,6 +42,7 @@ __all__ = [
     "Client",
     "ConfigurationError",
     "CursorUnavailable",
+    "FlowControl",
     "HistoryPolicy",
     "Message",
     "NoWaiters",

@@ -26,6 +26,7 @@ from stepstream.errors import (
 from stepstream.records import RUN_STATES
 from stepstream.server.wire import Notified, RunLog, RunPage, Triggered, read_log, read_runs
 from stepstream.workflow.engine import Engine, HasEngine, engine_of, to_json
+from stepstream.workflow.flow import FlowControl
 
 
 class Transport(Protocol):
@@ -40,6 +41,7 @@ class Transport(Protocol):
         run_id: str | None,
         delay: float | None,
         headers: dict[str, str] | None,
+        flow_control: FlowControl | None,
     ) -> str: ...
 
     async def logs(self, run_id: str) -> RunLog: ...
@@ -73,10 +75,11 @@ class EngineTransport:
         run_id: str | None,
         delay: float | None,
         headers: dict[str, str] | None,
+        flow_control: FlowControl | None,
     ) -> str:
         engine = await self._open()
         started: str = await engine.trigger(
-            workflow, body, run_id=run_id, delay=delay, headers=headers
+            workflow, body, run_id=run_id, delay=delay, headers=headers, flow_control=flow_control
         )
         return started
 
@@ -161,8 +164,19 @@ class HTTPTransport:
         run_id: str | None,
         delay: float | None,
         headers: dict[str, str] | None,
+        flow_control: FlowControl | None,
     ) -> str:
         params = _given(workflowRunId=run_id, delay=delay)
+        if flow_control is not None:  # a key function is applied here, to the payload sent
+            limits = flow_control.limits(body, workflow)
+            params.update(
+                _given(
+                    flowControlKey=limits.key,
+                    parallelism=limits.parallelism,
+                    rate=limits.rate,
+                    period=limits.period_ms / 1000,
+                )
+            )
         triggered: Triggered = await self._call(
             "POST",
             f"/api/workflows/{quote(workflow, safe='')}",
@@ -245,10 +259,18 @@ class Client:
         workflow_run_id: str | None = None,
         delay: float | None = None,
         headers: dict[str, str] | None = None,
+        flow_control: FlowControl | None = None,
     ) -> str:
-        """Start a run of ``workflow`` with ``body`` as its payload; returns the run id."""
+        """Start a run of ``workflow`` with ``body`` as its payload; returns the run id.
+        ``delay``: seconds before it starts. ``flow_control``: this run's own (DESIGN §12),
+        instead of the workflow's."""
         return await self.transport.trigger(
-            workflow, body, run_id=workflow_run_id, delay=delay, headers=headers
+            workflow,
+            body,
+            run_id=workflow_run_id,
+            delay=delay,
+            headers=headers,
+            flow_control=flow_control,
         )
 
     async def logs(self, run_id: str) -> RunLog:

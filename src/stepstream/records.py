@@ -172,6 +172,8 @@ class StepRecord:
     ``wake_at`` (epoch ms): when a sleep ends or a wait times out. ``event_id``: what a wait
     waits for. ``child``: the run an invoke started. ``resolved``: a notify or a finished child
     has written ``out`` while the step was still in progress; the run's worker completes it.
+    ``waiting_for``: ``"flowControl"`` while the step has not started for want of budget
+    (``resolved`` then means a slot was freed for it).
     """
 
     position: int
@@ -187,6 +189,7 @@ class StepRecord:
     event_id: str | None = None
     child: str | None = None
     resolved: bool = False
+    waiting_for: str | None = None
 
     def to_json(self) -> str:
         # By hand: dataclasses.asdict deep-copies and is the slowest part of a step's write.
@@ -206,6 +209,30 @@ class StepRecord:
 STEP_FIELDS = tuple(f.name for f in fields(StepRecord))
 
 
+@dataclass(frozen=True, slots=True)
+class FlowLimits:
+    """The flow control a run's steps execute under, fixed when it is triggered: across every
+    worker sharing the storage, at most ``parallelism`` step executions at once and at most
+    ``rate`` started per ``period_ms`` for ``key`` (``None``: no such limit)."""
+
+    key: str
+    parallelism: int | None = None
+    rate: int | None = None
+    period_ms: int = 1000
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "parallelism": self.parallelism,
+            "rate": self.rate,
+            "period_ms": self.period_ms,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FlowLimits:
+        return cls(data["key"], data.get("parallelism"), data.get("rate"), data["period_ms"])
+
+
 @dataclass(slots=True)
 class RunRecord:
     """A workflow run. ``payload``/``result`` are JSON text; times are epoch milliseconds.
@@ -213,7 +240,7 @@ class RunRecord:
     ``due_at``: when a worker may (re)claim it; ``None`` while it waits for something else (an
     event without timeout, a child run). ``phase`` is ``"run"`` normally and ``"failure"`` while
     the failure function runs (``error`` then holds the failure being handled, ``failed_step``
-    the step that caused it, if one did).
+    the step that caused it, if one did). ``flow``: its flow control, if any.
     """
 
     id: str
@@ -235,6 +262,7 @@ class RunRecord:
     lease_owner: str | None = None
     lease_until: int | None = None
     epoch: int = 0
+    flow: FlowLimits | None = None
     steps: list[StepRecord] = field(default_factory=list)
 
     def meta_json(self) -> str:
@@ -250,11 +278,14 @@ class RunRecord:
                 "phase": self.phase,
                 "failure_attempts": self.failure_attempts,
                 "failed_step": self.failed_step,
+                "flow": None if self.flow is None else self.flow.to_dict(),
             }
         )
 
     def with_meta(self, text: str) -> RunRecord:
-        return replace(self, **json.loads(text))
+        meta = json.loads(text)
+        flow = meta.pop("flow", None)
+        return replace(self, **meta, flow=None if flow is None else FlowLimits.from_dict(flow))
 
     def step(self, position: int) -> StepRecord | None:
         for step in self.steps:

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 from stepstream.records import (
     CursorKey,
     Emit,
+    FlowLimits,
     HistoryPolicy,
     Lease,
     Message,
@@ -125,6 +126,34 @@ class Notify:
     raw: str
     run_id: str | None
     at: int
+
+
+@dataclass(frozen=True, slots=True)
+class AcquireSlot:
+    """Start the step at ``step.position`` of the run ``lease`` holds under ``limits``, if the
+    key has budget; if not, save ``step`` (its waiting form) and register the run as waiting."""
+
+    lease: Lease
+    limits: FlowLimits
+    step: StepRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """The answer to ``AcquireSlot``: ``granted``, or when to look again (``retry_at``, epoch
+    ms: when the rate window frees, or when the soonest slot's lease could expire)."""
+
+    granted: bool
+    retry_at: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseSlot:
+    """The step at ``position`` of ``run_id`` no longer executes under ``key``."""
+
+    run_id: str
+    key: str
+    position: int
 
 
 class LiveSink(Protocol):
@@ -273,8 +302,51 @@ class RunStore(Protocol):
         finished."""
 
 
-class Backend(RealtimeStore, RunStore, Protocol):
-    """The whole storage protocol: what ``sqlite/``, ``redis/`` and ``memory/`` implement."""
+class FlowStore(Protocol):
+    """Flow control (DESIGN §12): slots of keyed parallelism and rate, shared by every worker.
+
+    A slot is held by one step execution of one run's claim: it counts only while that run is
+    ``RUN_STARTED`` and still leased by the claim that took it, so a crashed worker's slots come
+    back when its lease ends, without anyone releasing them.
+    """
+
+    async def acquire_slot(self, op: AcquireSlot) -> Budget:
+        """Fenced. Atomically, by storage time ``now``: drop the key's slots that no longer
+        count and its rate starts older than ``period_ms``; then, if fewer than ``parallelism``
+        slots count (the run's own slot at this position aside) and fewer than ``rate`` starts
+        remain, take a slot (with ``parallelism``) and record a start (with ``rate``), forget
+        the run's waiter entry, and grant. Otherwise save ``op.step``; when slots are the
+        limit, register the run as a waiter of the key (keeping an earlier registration's
+        place in line); answer ``retry_at`` = the latest of: when the oldest start leaves the
+        window (rate is the limit), the soonest slot holder's lease end (slots are the limit)."""
+
+    async def release_slot(self, op: ReleaseSlot) -> int:
+        """Not fenced. Give the slot up and wake the longest-waiting waiter of the key whose
+        step still waits (resolve it, the run due now, like a notify); waiters whose run moved
+        on are dropped on the way. Returns how many runs it woke (0 or 1)."""
+
+
+class EntryStore(Protocol):
+    """Small named JSON documents by ``kind`` (schedules, paused workflows): a few thousand at
+    most per kind, read whole."""
+
+    async def put_entry(self, kind: str, key: str, value: str, *, create: bool = False) -> None:
+        """Store ``value`` (JSON text) under ``kind``/``key``; with ``create``, ``RunConflict``
+        if it exists (and nothing changes)."""
+
+    async def get_entry(self, kind: str, key: str) -> str | None:
+        """The value stored under ``kind``/``key``, or ``None``."""
+
+    async def list_entries(self, kind: str) -> dict[str, str]:
+        """Every entry of ``kind``, by key."""
+
+    async def delete_entry(self, kind: str, key: str) -> bool:
+        """Remove ``kind``/``key``; whether it existed."""
+
+
+class Backend(RealtimeStore, RunStore, FlowStore, EntryStore, Protocol):
+    """The whole storage protocol: what ``sqlite/``, ``redis/``, ``postgres/`` and
+    ``memory/`` implement."""
 
 
 def shown_url(url: str) -> str:

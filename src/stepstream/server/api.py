@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.requests import Request
@@ -16,6 +17,7 @@ from stepstream.errors import (
     DETAIL_HEADER,
     BackendError,
     BackendUnavailable,
+    ConfigurationError,
     MalformedJSON,
     ValidationError,
     error_body,
@@ -32,6 +34,7 @@ from stepstream.server.wire import (
     read_runs,
 )
 from stepstream.workflow.engine import Engine, run_id_from
+from stepstream.workflow.flow import FlowControl
 
 # Headers a run does not keep from its trigger request: transport and body framing...
 NOT_FORWARDED = {
@@ -119,13 +122,16 @@ class JSONApi:
         body = await read_json(request, "the request payload")
         delay = _delay(request.query_params.get("delay"))
         run_id = run_id_from(request.query_params.get("workflowRunId"))
+        name = request.path_params["name"]
+        flow = flow_from_query(request.query_params, self.engine.registry.get(name).flow_control)
         try:
             await self.engine.trigger(
-                request.path_params["name"],
+                name,
                 body,
                 run_id=run_id,
                 delay=delay,
                 headers=forwarded_headers(request),
+                flow_control=flow,
             )
         except BackendError as exc:
             # The write may have been applied and only its answer lost: say which run to look
@@ -173,6 +179,50 @@ class JSONApi:
 
     async def openapi(self, request: Request) -> Response:
         return JSONResponse(OPENAPI)
+
+
+def flow_from_query(params: Mapping[str, str], declared: FlowControl | None) -> FlowControl | None:
+    """The flow control a trigger's query asks for (``flowControlKey``, ``parallelism``,
+    ``rate``, ``period``): a key alone keeps the workflow's declared limits."""
+    key = params.get("flowControlKey")
+    parallelism = _count(params, "parallelism")
+    rate = _count(params, "rate")
+    period = _seconds(params, "period")
+    if key is None:
+        if parallelism is not None or rate is not None or period is not None:
+            raise ValidationError("parallelism, rate and period need flowControlKey=<key>")
+        return None
+    if parallelism is None and rate is None:
+        if declared is None:
+            raise ValidationError(
+                "flowControlKey needs parallelism=<n> or rate=<n> (with period=<seconds>): "
+                "this workflow declares no flow control to take them from"
+            )
+        parallelism, rate = declared.parallelism, declared.rate
+        period = declared.period if period is None else period
+    try:
+        return FlowControl(key, parallelism, rate, 1.0 if period is None else period)
+    except ConfigurationError as exc:
+        raise ValidationError(str(exc)) from None
+
+
+def _count(params: Mapping[str, str], name: str) -> int | None:
+    text = params.get(name)
+    if text is None:
+        return None
+    if not _digits(text) or len(text) > 9 or int(text) < 1:
+        raise ValidationError(f"{name}={text[:30]!r}: expected a whole number >= 1")
+    return int(text)
+
+
+def _seconds(params: Mapping[str, str], name: str) -> float | None:
+    text = params.get(name)
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ValidationError(f"{name}={text[:30]!r}: expected seconds") from None
 
 
 def _delay(text: str | None) -> float | None:

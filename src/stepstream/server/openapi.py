@@ -76,8 +76,19 @@ SCHEMAS: dict[str, Any] = {
             "finishedAt": _nullable(EPOCH_MS),
             "out": ANY_JSON,
             "error": _nullable({"type": "string"}),
+            "waitingFor": _nullable(
+                {"enum": ["flowControl"], "description": "not started: waits for a slot"}
+            ),
         },
         required=["stepName", "stepType", "state", "attempts", "startedAt", "finishedAt"],
+    ),
+    "FlowControl": _object(
+        {
+            "key": {"type": "string"},
+            "parallelism": _nullable({"type": "integer", "minimum": 1}),
+            "rate": _nullable({"type": "integer", "minimum": 1}),
+            "period": {"type": "number", "description": "seconds"},
+        }
     ),
     "RunLog": _object(
         {
@@ -90,6 +101,8 @@ SCHEMAS: dict[str, Any] = {
             "workflowRunResponse": ANY_JSON,
             "error": _nullable({"type": "string"}),
             "invoker": _nullable({"type": "string"}),
+            "flowControl": _nullable(_ref("FlowControl")),
+            "waitingFor": _nullable({"enum": ["flowControl"]}),
             "steps": {"type": "array", "items": _ref("Step")},
         },
         required=[
@@ -127,6 +140,33 @@ PAYLOAD = {
 }
 RUN_ID_IN_PATH = {"name": "run_id", "in": "path", "required": True, "schema": {"type": "string"}}
 
+FLOW_PARAMETERS = [
+    {
+        "name": "flowControlKey",
+        "in": "query",
+        "description": "flow control key of this run (limits: below, or the workflow's own)",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 256},
+    },
+    {
+        "name": "parallelism",
+        "in": "query",
+        "description": "at most so many step executions of the key at once",
+        "schema": {"type": "integer", "minimum": 1},
+    },
+    {
+        "name": "rate",
+        "in": "query",
+        "description": "at most so many step executions of the key started per period",
+        "schema": {"type": "integer", "minimum": 1},
+    },
+    {
+        "name": "period",
+        "in": "query",
+        "description": "seconds of the rate window (default 1)",
+        "schema": {"type": "number", "minimum": 0.001, "maximum": 366 * 24 * 3600},
+    },
+]
+
 PATHS: dict[str, Any] = {
     "/api/workflows": {
         "get": {
@@ -158,6 +198,7 @@ PATHS: dict[str, Any] = {
                     "description": "seconds before the run starts",
                     "schema": {"type": "number", "minimum": 0, "maximum": 366 * 24 * 3600},
                 },
+                *FLOW_PARAMETERS,
             ],
             "requestBody": PAYLOAD,
             "responses": {
@@ -173,7 +214,9 @@ PATHS: dict[str, Any] = {
                 "409": _error("that workflowRunId is taken"),
                 "413": _error("the body is over the size limit"),
                 "415": _error("a body not sent as application/json"),
-                "422": _error("a bad workflowRunId or delay, or a payload JSON cannot hold"),
+                "422": _error(
+                    "a bad workflowRunId, delay or flow control, or a payload JSON cannot hold"
+                ),
             },
         }
     },

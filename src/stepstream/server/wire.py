@@ -8,13 +8,14 @@ import json
 from typing import Any, TypedDict
 
 from stepstream.errors import ErrorBody, ErrorFields, RunNotFound, ValidationError
-from stepstream.records import RUN_STATES, RunRecord, RunState
+from stepstream.records import RUN_STATES, RunRecord, RunState, StepState
 from stepstream.workflow.engine import Engine
 
 __all__ = [
     "Canceled",
     "ErrorBody",
     "ErrorFields",
+    "FlowControlLog",
     "HistoryMessage",
     "HistoryPage",
     "MintedToken",
@@ -39,6 +40,16 @@ class StepLog(TypedDict):
     finishedAt: int | None
     out: Any
     error: str | None
+    waitingFor: str | None
+
+
+class FlowControlLog(TypedDict):
+    """A run's flow control: its key and limits (``period`` in seconds)."""
+
+    key: str
+    parallelism: int | None
+    rate: int | None
+    period: float
 
 
 class RunLog(TypedDict):
@@ -53,6 +64,8 @@ class RunLog(TypedDict):
     workflowRunResponse: Any
     error: str | None
     invoker: str | None
+    flowControl: FlowControlLog | None
+    waitingFor: str | None
     steps: list[StepLog]
 
 
@@ -118,6 +131,10 @@ class MintedToken(TypedDict):
 
 def run_log(run: RunRecord) -> RunLog:
     """A run in the log shape of DESIGN §5 (Upstash's ``client.logs``)."""
+    flow = run.flow
+    waiting = run.state is RunState.STARTED and any(
+        step.waiting_for and step.state is StepState.PROGRESS for step in run.steps
+    )
     return RunLog(
         workflowRunId=run.id,
         workflowName=run.workflow,
@@ -128,6 +145,15 @@ def run_log(run: RunRecord) -> RunLog:
         workflowRunResponse=None if run.result is None else json.loads(run.result),
         error=run.error if run.state is not RunState.SUCCESS else None,
         invoker=run.parent,
+        flowControl=None
+        if flow is None
+        else FlowControlLog(
+            key=flow.key,
+            parallelism=flow.parallelism,
+            rate=flow.rate,
+            period=flow.period_ms / 1000,
+        ),
+        waitingFor="flowControl" if waiting else None,
         steps=[
             StepLog(
                 stepId=step.position,
@@ -143,6 +169,7 @@ def run_log(run: RunRecord) -> RunLog:
                 if step.out is None or (step.resolved and step.state.value == "STEP_PROGRESS")
                 else json.loads(step.out),
                 error=step.error,
+                waitingFor=step.waiting_for if step.state is StepState.PROGRESS else None,
             )
             for step in run.steps
         ],

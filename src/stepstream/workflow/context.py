@@ -1,55 +1,41 @@
-"""``WorkflowContext``: what a workflow function gets, and every step method.
-
-A run is replayed from the top once per resume. Each step call takes the next position; if the
-log holds a finished step there, its stored result is returned (its body never runs again);
-otherwise the step runs and its result is persisted before the workflow moves on. Steps are
-started as tasks at call time, so ``asyncio.gather(context.run(...), ...)`` runs them in
-parallel with positions in call order.
+"""``WorkflowContext``: what a workflow function gets, and every step method. The replay
+bookkeeping and ordered writes under them are ``journal.Journal``'s.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import datetime as dt
 import inspect
 import json
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any, TypeVar
+import logging
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 from stepstream import events
-from stepstream.clock import Clock
 from stepstream.errors import (
-    BackendError,
     ChildRunFailed,
-    LeaseLost,
-    NonDeterminismError,
     NonRetryableError,
     NoWaiters,
     RetryAfterError,
     StepFailed,
+    StepstreamError,
 )
-from stepstream.records import (
-    Emit,
-    Lease,
-    RunRecord,
-    StepRecord,
-    StepState,
-    StepType,
-    dumps,
-)
-from stepstream.workflow.policy import RetryPolicy
-from stepstream.workflow.runtime import Cancel, Runtime, StorageInterrupted, Suspend
+from stepstream.records import Emit, FlowLimits, StepRecord, StepState, StepType, dumps
+from stepstream.workflow.journal import Journal
+from stepstream.workflow.policy import RetryDelay, RetryPolicy, StepOptions
+from stepstream.workflow.runtime import Cancel
 
 if TYPE_CHECKING:
     from stepstream.realtime.channel import Channel
 
-T = TypeVar("T")
+log = logging.getLogger("stepstream.engine")
 START_DELAY = 0.02
-FAILURE_POSITIONS = 1_000_000  # the failure function's own steps live past the run's
+FLOW_CONTROL = "flowControl"  # what a step waiting for a flow control slot waits for
+LIMITED = (StepType.RUN, StepType.CALL)  # the step executions flow control counts
 
 
-class WorkflowContext:
+class WorkflowContext(Journal):
     """The handle a workflow function works through.
 
     >>> # @workflows.workflow("order")
@@ -60,40 +46,6 @@ class WorkflowContext:
     >>> #     return {"item": item, "approved": not timed_out}
     """
 
-    def __init__(
-        self,
-        run: RunRecord,
-        runtime: Runtime,
-        lease: Lease,
-        clock: Clock,
-        policy: RetryPolicy,
-        *,
-        confirm: Callable[[], Awaitable[None]] | None = None,
-    ) -> None:
-        self.workflow_run_id = run.id
-        self.workflow_name = run.workflow
-        self.request_payload: Any = json.loads(run.payload)
-        self.headers: dict[str, str] = dict(run.headers)
-        self.record = run
-        self.lease = lease
-        self.now = clock
-        self._run = run
-        self._runtime = runtime
-        self._policy = policy
-        self._confirm = confirm
-        self._recorded = {step.position: step for step in run.steps}
-        self._position = FAILURE_POSITIONS if run.phase == "failure" else 0
-        # Once set, every later step raises it again: an execution that lost its lease or
-        # its storage records nothing more, and a replay that diverged goes no further, even
-        # if the workflow catches the first error.
-        self._interrupted: LeaseLost | StorageInterrupted | None = None
-        self.nondeterminism: NonDeterminismError | None = None
-        self._turn = asyncio.Lock()
-        self._inflight = 0
-        self._idle: asyncio.Future[None] | None = None
-        self._last_write: asyncio.Future[None] | None = None
-        self.wakes: list[int | None] = []
-
     @property
     def channel(self) -> Channel:
         """This run's realtime channel (named by the run id), for custom progress events."""
@@ -102,11 +54,22 @@ class WorkflowContext:
     # -- step methods ------------------------------------------------------------------------
 
     def run(
-        self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        *args: Any,
+        retries: int | None = None,
+        retry_delay: RetryDelay | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
     ) -> Coroutine[Any, Any, Any]:
         """Run ``fn(*args, **kwargs)`` (sync or async) once as the step ``name``; its result
-        must be JSON-serialisable. Failures are retried per the workflow's ``retries``."""
-        return self._start(self._step_run, name, StepType.RUN, fn, args, kwargs)
+        must be JSON-serialisable. Failures are retried per the workflow's ``retries`` and
+        ``retry_delay``, or this step's own. ``timeout``: seconds an attempt may take; one that
+        takes longer fails (and is retried like any failure). A synchronous body cannot be
+        stopped: its thread runs on, its result unused."""
+        options = self._options(name, retries, retry_delay, timeout)
+        return self._start(self._step_run, name, StepType.RUN, fn, args, kwargs, options)
 
     def sleep(self, name: str, seconds: float) -> Coroutine[Any, Any, None]:
         """Pause the run for ``seconds`` (a durable timer: it survives restarts)."""
@@ -128,9 +91,12 @@ class WorkflowContext:
         body: Any = None,
         headers: dict[str, str] | None = None,
         timeout: float = 30.0,
+        retries: int | None = None,
+        retry_delay: RetryDelay | None = None,
     ) -> Coroutine[Any, Any, dict[str, Any]]:
         """A durable HTTP call: ``{"status", "headers", "body"}`` (JSON bodies parsed). A non-2xx
-        status is a result, not an error; network errors are retried like any step."""
+        status is a result, not an error; network errors and timeouts (``timeout`` seconds)
+        are retried like any step (``retries``, ``retry_delay``: this step's own)."""
         return self._start(
             self._step_run,
             name,
@@ -138,6 +104,7 @@ class WorkflowContext:
             self._runtime.http_call,
             (url, method, body, headers or {}, timeout),
             {},
+            self._options(name, retries, retry_delay, None),
         )
 
     def wait_for_event(
@@ -150,7 +117,7 @@ class WorkflowContext:
     def notify(self, name: str, event_id: str, data: Any = None) -> Coroutine[Any, Any, int]:
         """Send ``data`` to every run waiting for ``event_id``; returns how many were waiting."""
         return self._start(
-            self._step_run, name, StepType.NOTIFY, self._notify, (event_id, data), {}
+            self._step_run, name, StepType.NOTIFY, self._notify, (event_id, data), {}, None
         )
 
     def invoke(self, name: str, workflow: str, body: Any = None) -> Coroutine[Any, Any, Any]:
@@ -162,118 +129,21 @@ class WorkflowContext:
         """End this run now as ``RUN_CANCELED`` (no failure function)."""
         raise Cancel()
 
-    # -- machinery ---------------------------------------------------------------------------
-
-    def _start(
-        self, method: Callable[..., Coroutine[Any, Any, T]], name: str, *args: Any
-    ) -> Coroutine[Any, Any, T]:
-        # The position is taken now, at call time, so steps gathered in parallel get their
-        # positions in call order whatever order they run in.
-        if not isinstance(name, str) or not name:
-            raise ValueError("every step needs a non-empty string name")
-        self.raise_if_interrupted()
-        if self.nondeterminism is not None:
-            raise self.nondeterminism
-        position = self._position
-        self._position += 1
-        # Compared now, not when the step runs: a diverged replay must stop before a sibling
-        # step gathered with it runs and records a step of the new code at the next position.
-        self._recorded_step(position, name, args[0])
-        return self._track(method(position, name, *args))
-
-    async def _track(self, step: Coroutine[Any, Any, T]) -> T:
-        self._inflight += 1
-        try:
-            return await step
-        finally:
-            self._inflight -= 1
-            if not self._inflight and self._idle is not None and not self._idle.done():
-                self._idle.set_result(None)
-
-    async def settle(self) -> None:
-        """Wait for every step started so far (parallel siblings of a step that suspended),
-        and for their writes."""
-        while self._inflight:
-            self._idle = asyncio.get_running_loop().create_future()
-            await self._idle
-        if self._last_write is not None:
-            await self._last_write
-
-    def raise_if_interrupted(self) -> None:
-        """Raise the lost lease or storage failure that ended this execution, if one did."""
-        if self._interrupted is not None:
-            raise self._interrupted
-
-    async def _storage(self, operation: Awaitable[T]) -> T:
-        """Await a storage operation of this execution: a lost lease or a storage error ends
-        the execution (see ``StorageInterrupted``). Once the replay diverged, nothing more is
-        recorded: the code that can replay the run must find it as it was."""
-        self.raise_if_interrupted()
-        if self.nondeterminism is not None:
-            raise self.nondeterminism
-        try:
-            return await operation
-        except LeaseLost as exc:
-            self._interrupted = exc
-            raise
-        except BackendError as exc:
-            self._interrupted = StorageInterrupted(str(exc))
-            raise self._interrupted from exc
-
-    def _recorded_step(self, position: int, name: str, type: StepType) -> StepRecord | None:
-        step = self._recorded.get(position)
-        if step is not None and (step.name != name or step.type is not type):
-            self.nondeterminism = NonDeterminismError(
-                f"step {position} of run {self.workflow_run_id} is {type.value} {name!r} now but "
-                f"was {step.type.value} {step.name!r} when recorded: steps must keep their order "
-                "and names between deployments (finish or cancel old runs before changing them)"
-            )
-            raise self.nondeterminism
-        return step
-
-    def _write(self, write: Callable[[], Awaitable[None]]) -> asyncio.Future[None]:
-        """Queue a write after the previous one (so a step's start is stored before its
-        finish) without waiting for it; the next awaited write waits for the chain."""
-        previous = self._last_write
-
-        async def chained() -> None:
-            if previous is not None:
-                await previous
-            await write()
-
-        self._last_write = asyncio.ensure_future(chained())
-        return self._last_write
-
-    async def _save(
-        self, step: StepRecord, update: Emit, *, wait: bool, also: Emit | None = None
-    ) -> None:
-        """Store ``step`` with the event reporting it (after ``also``, an earlier event not yet
-        stored); with ``wait``, return once it is durable."""
-        self._recorded[step.position] = step
-        updates = [update] if also is None else [also, update]
-        previous = self._last_write
-        if wait and (previous is None or previous.done()):
-            # Nothing queued before it: write directly, no task (and no copy: nothing can
-            # change the step while we wait). A write that comes meanwhile (a parallel step)
-            # queues behind this one, so events are stored in the order they were made.
-            if previous is not None:
-                previous.result()
-            tail = self._last_write = asyncio.get_running_loop().create_future()
-            try:
-                await self._storage(self._runtime.save_steps(self.lease, [step], updates))
-            finally:
-                tail.set_result(None)
-            return
-        snapshot = dataclasses.replace(step)
-        future = self._write(
-            lambda: self._storage(self._runtime.save_steps(self.lease, [snapshot], updates))
+    def _options(
+        self, name: str, retries: int | None, delay: RetryDelay | None, timeout: float | None
+    ) -> StepOptions | None:
+        if retries is None and delay is None and timeout is None:
+            return None
+        if retries is not None and (type(retries) is not int or retries < 0):
+            raise ValueError(f"step {name!r}: retries must be an integer >= 0, got {retries!r}")
+        if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
+            raise ValueError(f"step {name!r}: timeout must be seconds > 0, got {timeout!r}")
+        base = self._policy
+        policy = RetryPolicy(
+            base.retries if retries is None else retries,
+            base.retry_delay if delay is None else delay,
         )
-        if wait:
-            await future
-
-    def _suspend(self, wake_at: int | None) -> Suspend:
-        self.wakes.append(wake_at)
-        return Suspend(wake_at)
+        return StepOptions(policy, timeout)
 
     async def _step_run(
         self,
@@ -283,6 +153,7 @@ class WorkflowContext:
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        options: StepOptions | None,
     ) -> Any:
         step = self._recorded_step(position, name, type)
         if step is not None:
@@ -297,17 +168,64 @@ class WorkflowContext:
             ):
                 raise self._suspend(step.wake_at)
         attempt = (step.attempts if step is not None else 0) + 1
+        flow = self._run.flow if type in LIMITED else None
+        if flow is not None:
+            await self._take_slot(flow, position, name, type, attempt - 1)
+        try:
+            return await self._execute(position, name, type, fn, args, kwargs, options, attempt)
+        finally:
+            if flow is not None:
+                await self._give_slot(flow, position)
+
+    async def _execute(
+        self,
+        position: int,
+        name: str,
+        type: StepType,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        options: StepOptions | None,
+        attempt: int,
+    ) -> Any:
+        """Attempt ``attempt`` of a step body, recorded: its result, or ``_step_failed``."""
         step = StepRecord(position, name, type, StepState.PROGRESS, attempts=attempt)
         start: list[Emit] = []  # the stepStart event, while it is not stored yet
+        timeout = options.timeout if options is not None else None
         try:
-            out = await self._attempt(step, start, fn, args, kwargs)
+            out = await self._attempt(step, start, fn, args, kwargs, timeout)
         except Exception as exc:
-            await self._step_failed(step, exc, start[0] if start else None)
+            policy = options.policy if options is not None else self._policy
+            await self._step_failed(step, exc, policy, start[0] if start else None)
             raise AssertionError("unreachable") from exc
         step.state, step.out = StepState.SUCCESS, out
         finish = events.step_finish(self._run.id, step)
         await self._save(step, finish, wait=True, also=start[0] if start else None)
         return json.loads(out)
+
+    async def _take_slot(
+        self, flow: FlowLimits, position: int, name: str, type: StepType, attempts: int
+    ) -> None:
+        """Take a flow control slot for the step at ``position``, or record it as waiting for
+        one and suspend the run until one frees (or the rate window moves on)."""
+        waiting = StepRecord(
+            position, name, type, StepState.PROGRESS, attempts=attempts, waiting_for=FLOW_CONTROL
+        )
+        await self._settle_writes()  # what this run recorded before stays before
+        budget = await self._storage(self._runtime.acquire_slot(self.lease, flow, waiting))
+        if not budget.granted:
+            self._recorded[position] = waiting
+            raise self._suspend(budget.retry_at)
+
+    async def _give_slot(self, flow: FlowLimits, position: int) -> None:
+        """Give the slot back once the step's outcome is stored, waking a run waiting for it.
+        If that fails, the slot still stops counting when this execution's claim ends."""
+        if flow.parallelism is None:
+            return  # a rate start is spent, not held
+        try:
+            await self._runtime.release_slot(self._run.id, flow.key, position)
+        except StepstreamError as exc:
+            log.warning("run %s: giving a flow control slot back failed (%s)", self._run.id, exc)
 
     async def _attempt(
         self,
@@ -316,10 +234,14 @@ class WorkflowContext:
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        seconds: float | None,
     ) -> str:
         """Run one attempt of a step body; its result as JSON text. Stamps the step's start
         and end, and puts its ``stepStart`` event in ``start`` until that is stored. A body
-        never starts once this execution has lost its run (see ``Worker._confirmer``)."""
+        never starts once this execution has lost its run (see ``Worker._confirmer``); one
+        that runs over ``seconds`` fails with ``TimeoutError``."""
+        if self._runtime.is_paused(self.workflow_name):
+            raise self._suspend(self.now())  # released due, claimed again once resumed
         if self._confirm is not None:
             await self._storage(self._confirm())
         threaded = not inspect.iscoroutinefunction(fn)
@@ -339,16 +261,24 @@ class WorkflowContext:
                     self._write_soon(step, start.pop())
 
             timer = asyncio.get_running_loop().call_later(START_DELAY, store_start)
+            limit = asyncio.timeout(seconds)
             try:
-                if threaded:
-                    value = await self._runtime.in_thread(fn, args, kwargs)
-                    if inspect.isawaitable(value):  # a lambda returning a coroutine, say:
-                        self._turn.release()  # awaiting it is not the thread's work
-                        turn = False
-                        value = await value
-                else:
-                    value = await fn(*args, **kwargs)
+                async with limit:
+                    if threaded:
+                        value = await self._runtime.in_thread(fn, args, kwargs)
+                        if inspect.isawaitable(value):  # a lambda returning a coroutine, say:
+                            self._turn.release()  # awaiting it is not the thread's work
+                            turn = False
+                            value = await value
+                    else:
+                        value = await fn(*args, **kwargs)
                 return self._result_json(step.name, value)
+            except TimeoutError:
+                if limit.expired():
+                    raise TimeoutError(
+                        f"the attempt took over {seconds:g}s (its timeout)"
+                    ) from None
+                raise
             finally:
                 timer.cancel()
                 step.finished_at = self.now()
@@ -367,18 +297,11 @@ class WorkflowContext:
         self._runtime.check_size(out, f"the result of step {name!r}")
         return out
 
-    def _write_soon(self, step: StepRecord, update: Emit) -> None:
-        snapshot = dataclasses.replace(step)
-        self._write(
-            lambda: self._storage(self._runtime.save_steps(self.lease, [snapshot], [update]))
-        )
-
     async def _step_failed(
-        self, step: StepRecord, exc: Exception, start: Emit | None = None
+        self, step: StepRecord, exc: Exception, policy: RetryPolicy, start: Emit | None = None
     ) -> None:
         """Record a failed attempt; raise ``Suspend`` (retry later) or ``StepFailed``."""
         message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        policy = self._policy
         step.error, step.finished_at = message, self.now()
         retry = not isinstance(exc, NonRetryableError) and step.attempts <= policy.retries
         if retry:
@@ -405,19 +328,6 @@ class WorkflowContext:
         if step.wake_at > now:
             raise self._suspend(step.wake_at)
         await self._complete(step, step.out)
-
-    async def _begin(self, position: int, name: str, type: StepType, **fields: Any) -> StepRecord:
-        """Record a durable step (sleep, invoke) as started, with its ``stepStart`` event."""
-        step = StepRecord(
-            position, name, type, StepState.PROGRESS, attempts=1, started_at=self.now(), **fields
-        )
-        await self._save(step, events.step_start(self._run.id, step), wait=True)
-        return step
-
-    async def _complete(self, step: StepRecord, out: str | None) -> None:
-        """Record a step as succeeded with ``out``, with its ``stepFinish`` event."""
-        step.state, step.out, step.finished_at = StepState.SUCCESS, out, self.now()
-        await self._save(step, events.step_finish(self._run.id, step), wait=True)
 
     async def _step_wait(
         self, position: int, name: str, type: StepType, event_id: str, seconds: float
@@ -486,10 +396,6 @@ class WorkflowContext:
         except NoWaiters:
             return 0  # nobody waiting is the answer, not a failure to retry
         return woken
-
-    async def _settle_writes(self) -> None:
-        if self._last_write is not None:
-            await self._last_write
 
 
 def type_name(value: object) -> str:

@@ -24,11 +24,14 @@ import httpx
 
 from stepstream import events
 from stepstream.backends.base import (
+    AcquireSlot,
+    Budget,
     CancelRun,
     CreateRun,
     FinishRun,
     Notify,
     ReleaseRun,
+    ReleaseSlot,
     RunPatch,
     SaveSteps,
     WaitEvent,
@@ -42,14 +45,25 @@ from stepstream.errors import (
     StepstreamError,
     ValidationError,
 )
-from stepstream.records import Emit, HistoryPolicy, Lease, RunRecord, RunState, StepRecord, dumps
+from stepstream.records import (
+    Emit,
+    FlowLimits,
+    HistoryPolicy,
+    Lease,
+    RunRecord,
+    RunState,
+    StepRecord,
+    dumps,
+)
 
 if TYPE_CHECKING:
     from stepstream.backends.base import Backend
     from stepstream.realtime.channel import Channel, Realtime
+    from stepstream.workflow.flow import FlowControl
     from stepstream.workflow.registry import Registry
 
 RUN_ID = re.compile(r"[A-Za-z0-9_\-]{1,128}")
+PAUSED = "paused-workflow"  # the entries kind of paused workflows
 PARK_SECONDS = 30  # how often a stuck run (non-determinism, unknown workflow) is looked at again
 STEP_THREADS = 64  # synchronous step bodies running at once, per process
 PRIVATE_RESPONSE_HEADERS = frozenset(
@@ -119,6 +133,8 @@ class Engine:
         self._http: httpx.AsyncClient | None = None
         self._threads: ThreadPoolExecutor | None = None
         self.park_seconds: float = PARK_SECONDS
+        # Workflows paused (as this process last read them): not claimed, no step started.
+        self.paused: frozenset[str] = frozenset()
 
     def new_run_id(self) -> str:
         return run_id_from(None)
@@ -197,6 +213,13 @@ class Engine:
             WaitEvent(lease, step, emits=self.reported(*updates), policy=self.policy)
         )
 
+    async def acquire_slot(self, lease: Lease, limits: FlowLimits, step: StepRecord) -> Budget:
+        return await self.backend.acquire_slot(AcquireSlot(lease, limits, step))
+
+    async def release_slot(self, run_id: str, key: str, position: int) -> None:
+        if await self.backend.release_slot(ReleaseSlot(run_id, key, position)):
+            self.wake()
+
     # -- how an execution ends (``execution.py``, and a worker handing runs back) --------------
 
     async def release(
@@ -226,9 +249,12 @@ class Engine:
         headers: dict[str, str] | None = None,
         parent: str | None = None,
         parent_position: int | None = None,
+        flow_control: FlowControl | None = None,
     ) -> str:
+        """Start a run of ``workflow``; its id. ``flow_control`` replaces the workflow's own."""
         definition = self.registry.get(workflow)
         payload = to_json(body, "the request payload")
+        flow = flow_control or definition.flow_control
         run_id = run_id_from(run_id)
         if delay is not None and (not isinstance(delay, int | float) or delay < 0):
             raise ValidationError(f"delay must be seconds >= 0, got {delay!r}")
@@ -245,6 +271,7 @@ class Engine:
             timeout_at=None if definition.timeout is None else due + int(definition.timeout * 1000),
             parent=parent,
             parent_position=parent_position,
+            flow=None if flow is None else flow.limits(body, workflow),
         )
         update = self.reported(events.run_start(run_id, now))
         await self.backend.create_run(CreateRun(run, emits=update, policy=self.policy))
@@ -269,6 +296,30 @@ class Engine:
         elif run_id is None:
             raise NoWaiters(event_id)
         return woken
+
+    # -- pausing whole workflows ------------------------------------------------------------
+
+    async def pause(self, workflow: str) -> None:
+        """Stop executing ``workflow``'s runs (triggers are still accepted and stored): no
+        worker claims them and a run executing now stops before its next step."""
+        self.registry.get(workflow)
+        await self.backend.put_entry(PAUSED, workflow, dumps({"pausedAt": self.clock()}))
+        self.paused = self.paused | {workflow}
+
+    async def resume(self, workflow: str) -> None:
+        """Execute ``workflow``'s runs again (those due meanwhile at once)."""
+        self.registry.get(workflow)
+        await self.backend.delete_entry(PAUSED, workflow)
+        self.paused = self.paused - {workflow}
+        self.wake()
+
+    async def read_paused(self) -> frozenset[str]:
+        """The paused workflows, as storage says now (kept in ``paused``)."""
+        self.paused = frozenset(await self.backend.list_entries(PAUSED))
+        return self.paused
+
+    def is_paused(self, workflow: str) -> bool:
+        return workflow in self.paused
 
     async def cancel(self, run_id: str) -> None:
         now = self.clock()

@@ -51,3 +51,11 @@ class RetryPolicy:
         if callable(self.retry_delay):
             return float(self.retry_delay(attempt))
         return float(self.retry_delay)
+
+
+@dataclass(frozen=True, slots=True)
+class StepOptions:
+    """One step's own ``policy`` (over its workflow's) and the seconds one attempt may take."""
+
+    policy: RetryPolicy
+    timeout: float | None = None

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from stepstream.errors import ConfigurationError, UnknownWorkflow
+from stepstream.workflow.flow import FlowControl
 from stepstream.workflow.policy import Backoff, RetryDelay, RetryPolicy
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ class Workflow:
     retry_delay: RetryDelay
     failure_function: FailureFn | None
     timeout: float | None
+    flow_control: FlowControl | None = None
 
     @property
     def policy(self) -> RetryPolicy:
@@ -60,6 +62,7 @@ class Registry:
         retry_delay: RetryDelay | None = None,
         failure_function: FailureFn | None = None,
         timeout: float | None = None,
+        flow_control: FlowControl | None = None,
     ) -> Callable[[F], F]:
         """Register an ``async def fn(context)`` under ``name``.
 
@@ -67,6 +70,7 @@ class Registry:
         ``retry_delay``: a ``Backoff`` (default: 1 s doubling, jitter), seconds, or
         ``fn(attempt) -> seconds``. ``failure_function(context, error)`` runs once the run has
         failed (durably, retried like a step). ``timeout``: seconds before the run fails.
+        ``flow_control``: keyed parallelism and rate limits on its steps (``FlowControl``).
         """
         if not name or not isinstance(name, str) or "/" in name:
             raise ConfigurationError(
@@ -76,12 +80,14 @@ class Registry:
             raise ConfigurationError(f"retries must be >= 0, got {retries}")
         if timeout is not None and timeout <= 0:
             raise ConfigurationError(f"timeout must be positive seconds, got {timeout}")
+        if flow_control is not None and not isinstance(flow_control, FlowControl):
+            raise ConfigurationError("flow_control must be a stepstream.FlowControl")
 
         def register(fn: F) -> F:
             if name in self._workflows:
                 raise ConfigurationError(f"workflow {name!r} is registered twice")
             self._workflows[name] = Workflow(
-                name, fn, retries, retry_delay or Backoff(), failure_function, timeout
+                name, fn, retries, retry_delay or Backoff(), failure_function, timeout, flow_control
             )
             return fn
 

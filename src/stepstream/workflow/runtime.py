@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from stepstream.records import Emit, Lease, RunRecord, StepRecord
+from stepstream.records import Emit, FlowLimits, Lease, RunRecord, StepRecord
 
 if TYPE_CHECKING:
+    from stepstream.backends.base import Budget
     from stepstream.realtime.channel import Channel
 
 
@@ -80,4 +81,17 @@ class Runtime(Protocol):
 
     def new_run_id(self) -> str:
         """A fresh run id (for a child run)."""
+        ...
+
+    async def acquire_slot(self, lease: Lease, limits: FlowLimits, step: StepRecord) -> Budget:
+        """A flow control slot for ``step``'s position, or when to look again (the waiting
+        ``step`` is then stored)."""
+        ...
+
+    async def release_slot(self, run_id: str, key: str, position: int) -> None:
+        """Give a slot back, waking a run that waits for one."""
+        ...
+
+    def is_paused(self, workflow: str) -> bool:
+        """Whether ``workflow`` is paused: no step of it may start."""
         ...

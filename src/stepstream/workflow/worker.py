@@ -27,6 +27,7 @@ log = logging.getLogger("stepstream.worker")
 # storage's clock plus what its own clock measured since (see ``Worker._clock``).
 CLOCK_TOLERANCE_MS = 1000
 CLOCK_SAMPLE_MS = 200  # a claim answered slower than this says too little about the skew
+PAUSED_CHECK = 1.0  # seconds between reads of which workflows are paused
 
 
 class Worker:
@@ -74,6 +75,7 @@ class Worker:
         self._wakeup = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._paused_read = -PAUSED_CHECK
 
     def wake(self) -> None:
         self._wakeup.set()
@@ -140,7 +142,8 @@ class Worker:
             claimed: list[RunRecord] = []
             sent = 0.0
             self._wakeup.clear()
-            if free > 0:
+            names = await self._unpaused()
+            if free > 0 and names:
                 try:
                     asked, sent = self.clock(), asyncio.get_running_loop().time()
                     claimed = await backend.claim_runs(
@@ -148,7 +151,7 @@ class Worker:
                             self.owner,
                             self.lease_ms,
                             min(free, 100),
-                            tuple(self.engine.registry.names),
+                            names,
                             exclude=tuple(self.active),
                         )
                     )
@@ -167,6 +170,19 @@ class Worker:
                 continue  # there may be more due right now
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), self.poll_interval)
+
+    async def _unpaused(self) -> tuple[str, ...]:
+        """The workflows to claim runs of: those registered here and not paused (read again
+        every ``PAUSED_CHECK`` seconds; a pause in this process counts at once)."""
+        now = asyncio.get_running_loop().time()
+        if now - self._paused_read >= PAUSED_CHECK:
+            try:
+                await self.engine.read_paused()
+                self._paused_read = now
+            except BackendError as exc:
+                log.warning("reading paused workflows failed (%s); using the last answer", exc)
+        paused = self.engine.paused
+        return tuple(name for name in self.engine.registry.names if name not in paused)
 
     async def _hand_back(self, runs: list[RunRecord]) -> None:
         for run in runs:

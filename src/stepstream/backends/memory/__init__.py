@@ -33,6 +33,7 @@ from stepstream.backends.base import (
     SaveSteps,
     WaitEvent,
 )
+from stepstream.backends.memory.flow import MemoryFlow
 from stepstream.backends.memory.store import (
     StoredRun,
     call_on,
@@ -59,7 +60,7 @@ from stepstream.records import (
 __all__ = ["MemoryBackend"]
 
 
-class MemoryBackend:
+class MemoryBackend(MemoryFlow):
     """The storage protocol in memory: ``MemoryBackend()`` (a store of its own),
     ``MemoryBackend("name")`` / ``memory://name`` (shared by every backend of this process with
     that name). ``clock`` is the store's time in epoch milliseconds (the first backend of a

@@ -90,6 +90,12 @@ class Store:
         self.by_seq: dict[int, str] = {}
         self.waits: dict[str, set[tuple[str, int]]] = {}  # event id -> (run id, position)
         self.lookback: dict[tuple[str, str], str] = {}  # (run id, event id) -> data
+        # Flow control, by key: slots ((run id, position) -> (owner, epoch)), rate starts
+        # (store times), waiters ((run id, position) -> since, in line order).
+        self.slots: dict[str, dict[tuple[str, int], tuple[str, int]]] = {}
+        self.starts: dict[str, list[int]] = {}
+        self.flow_waiters: dict[str, dict[tuple[str, int], int]] = {}
+        self.entries: dict[str, dict[str, str]] = {}  # kind -> key -> JSON text
         self.members: weakref.WeakSet[Member] = weakref.WeakSet()
 
     # -- channels (the caller holds ``lock``) ----------------------------------------------
@@ -181,7 +187,7 @@ class Store:
             out = dumps({"state": state.value, "result": result, "error": error})
             self.resolve(record.parent, record.parent_position, out)
 
-    def resolve(self, run_id: str, position: int, out: str) -> bool:
+    def resolve(self, run_id: str, position: int, out: str | None) -> bool:
         """A notify or a finished child writes a step's ``out`` while it is in progress; its
         run becomes due now (its worker completes the step)."""
         run = self.runs.get(run_id)

@@ -14,6 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from stepstream.backends.base import LiveSink
 from stepstream.backends.sqlite.connection import Database
+from stepstream.backends.sqlite.flow import SQLiteFlow
 from stepstream.backends.sqlite.realtime import SQLiteRealtime
 from stepstream.backends.sqlite.runs import SQLiteRuns
 from stepstream.errors import ConfigurationError
@@ -21,7 +22,7 @@ from stepstream.errors import ConfigurationError
 __all__ = ["SQLiteBackend"]
 
 
-class SQLiteBackend(SQLiteRealtime, SQLiteRuns):
+class SQLiteBackend(SQLiteRealtime, SQLiteRuns, SQLiteFlow):
     """``sqlite:///path/to/file.db`` (relative: ``sqlite:///data.db``; absolute:
     ``sqlite:////var/lib/app.db``). Query options: ``synchronous=full|normal``,
     ``poll_interval=<seconds>`` (cross-process live delivery, default 0.005)."""

@@ -70,7 +70,7 @@ class SQLiteRuns:
                     seq,
                 ),
             )
-            _put_steps(conn, run.id, run.steps)
+            put_steps(conn, run.id, run.steps)
             append_emits(conn, op.emits, op.policy)
 
         await self._db.submit(create, write=True)
@@ -159,8 +159,8 @@ class SQLiteRuns:
 
     async def save_steps(self, op: SaveSteps) -> None:
         def save(conn: sqlite3.Connection) -> None:
-            _fence(conn, op.lease)
-            _put_steps(conn, op.lease.run_id, op.steps)
+            fence(conn, op.lease)
+            put_steps(conn, op.lease.run_id, op.steps)
             append_emits(conn, op.emits, op.policy)
 
         await self._db.submit(save, write=True)
@@ -169,7 +169,7 @@ class SQLiteRuns:
         run_id, patch = op.lease.run_id, op.patch
 
         def release(conn: sqlite3.Connection) -> None:
-            _fence(conn, op.lease)
+            fence(conn, op.lease)
             if patch:
                 (meta,) = conn.execute(
                     "SELECT meta FROM wf_runs WHERE id = ?", (run_id,)
@@ -200,7 +200,7 @@ class SQLiteRuns:
 
     async def finish_run(self, op: FinishRun) -> None:
         def finish(conn: sqlite3.Connection) -> None:
-            _fence(conn, op.lease)
+            fence(conn, op.lease)
             _close(conn, op.lease.run_id, op.state, op.result, op.error, op.at)
             append_emits(conn, op.emits, op.policy)
 
@@ -211,7 +211,7 @@ class SQLiteRuns:
         assert event_id is not None
 
         def wait(conn: sqlite3.Connection) -> str | None:
-            _fence(conn, op.lease)
+            fence(conn, op.lease)
             row = conn.execute(
                 "SELECT data FROM wf_lookback WHERE run_id = ? AND event_id = ?",
                 (run_id, event_id),
@@ -232,7 +232,7 @@ class SQLiteRuns:
                     "INSERT OR IGNORE INTO wf_waits (event_id, run_id, position) VALUES (?, ?, ?)",
                     (event_id, run_id, step.position),
                 )
-            _put_steps(conn, run_id, [saved])
+            put_steps(conn, run_id, [saved])
             append_emits(conn, op.emits, op.policy)
             return data
 
@@ -330,7 +330,7 @@ def _steps(conn: sqlite3.Connection, run_id: str) -> list[StepRecord]:
     return [StepRecord.from_json(data) for (data,) in rows]
 
 
-def _fence(conn: sqlite3.Connection, lease: Lease) -> None:
+def fence(conn: sqlite3.Connection, lease: Lease) -> None:
     row = conn.execute(
         "SELECT state, lease_owner, epoch FROM wf_runs WHERE id = ?", (lease.run_id,)
     ).fetchone()
@@ -338,7 +338,7 @@ def _fence(conn: sqlite3.Connection, lease: Lease) -> None:
         raise LeaseLost(f"run {lease.run_id} is no longer held by this execution")
 
 
-def _put_steps(conn: sqlite3.Connection, run_id: str, steps: Iterable[StepRecord]) -> None:
+def put_steps(conn: sqlite3.Connection, run_id: str, steps: Iterable[StepRecord]) -> None:
     conn.executemany(
         "INSERT OR REPLACE INTO wf_steps (run_id, position, data) VALUES (?, ?, ?)",
         [(run_id, step.position, step.to_json()) for step in steps],
@@ -371,7 +371,7 @@ def _close(
         if step.state in (StepState.PROGRESS, StepState.RETRY):
             step.state = StepState.CANCELED
             step.finished_at = now
-            _put_steps(conn, run_id, [step])
+            put_steps(conn, run_id, [step])
     if parent is not None and meta.get("parent_position") is not None:
         out = dumps({"state": state.value, "result": result, "error": error})
         _resolve(conn, parent, meta["parent_position"], out)
@@ -389,7 +389,7 @@ def _resolve(conn: sqlite3.Connection, run_id: str, position: int, out: str) -> 
     if step.state is not StepState.PROGRESS or step.resolved:
         return False
     step.out, step.resolved = out, True
-    _put_steps(conn, run_id, [step])
+    put_steps(conn, run_id, [step])
     conn.execute(
         "UPDATE wf_runs SET due_at = ? WHERE id = ? AND state = 'RUN_STARTED'",
         (system_ms(), run_id),

@@ -58,6 +58,37 @@ CREATE TABLE IF NOT EXISTS wf_waits (
     PRIMARY KEY (event_id, run_id, position)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS wf_waits_run ON wf_waits (run_id);
+-- Flow control: slots held by step executions (they count only while the run's claim that
+-- took them holds it), rate starts, and runs waiting for a slot, in line order.
+CREATE TABLE IF NOT EXISTS wf_slots (
+    key TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    owner TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    PRIMARY KEY (key, run_id, position)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS wf_starts (
+    key TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    run_id TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    PRIMARY KEY (key, at, run_id, position)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS wf_flow_waiters (
+    key TEXT NOT NULL,
+    since INTEGER NOT NULL,
+    run_id TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    PRIMARY KEY (key, run_id, position)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS wf_flow_waiters_line ON wf_flow_waiters (key, since, run_id);
+CREATE TABLE IF NOT EXISTS entries (
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (kind, key)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS wf_lookback (
     run_id TEXT NOT NULL,
     event_id TEXT NOT NULL,
