@@ -173,7 +173,8 @@ class StepRecord:
     waits for. ``child``: the run an invoke started. ``resolved``: a notify or a finished child
     has written ``out`` while the step was still in progress; the run's worker completes it.
     ``waiting_for``: ``"flowControl"`` while the step has not started for want of budget
-    (``resolved`` then means a slot was freed for it).
+    (``resolved`` then means a slot was freed for it). ``errors``: each failed attempt, oldest
+    first, as ``{"attempt", "error", "traceback", "at"}``.
     """
 
     position: int
@@ -190,6 +191,7 @@ class StepRecord:
     child: str | None = None
     resolved: bool = False
     waiting_for: str | None = None
+    errors: list[dict[str, Any]] | None = None
 
     def to_json(self) -> str:
         # By hand: dataclasses.asdict deep-copies and is the slowest part of a step's write.

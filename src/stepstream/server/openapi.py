@@ -10,41 +10,22 @@ from typing import Any
 
 from stepstream.errors import ERROR_CODES
 from stepstream.records import RunState, StepState, StepType
+from stepstream.server.openapi_common import ANY_JSON, EPOCH_MS
+from stepstream.server.openapi_common import error as _error
+from stepstream.server.openapi_common import json_body as _json
+from stepstream.server.openapi_common import nullable as _nullable
+from stepstream.server.openapi_common import obj as _object
+from stepstream.server.openapi_common import ref as _ref
+from stepstream.server.openapi_schedules import SCHEDULE_PATHS, SCHEDULE_SCHEMAS
 from stepstream.version import __version__
 
-ANY_JSON: dict[str, Any] = {}  # the empty schema: any JSON value
-EPOCH_MS = {"type": "integer", "description": "Unix epoch milliseconds"}
 RUN_ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}$"}
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"anyOf": [schema, {"type": "null"}]}
-
-
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-def _error(description: str) -> dict[str, Any]:
-    return _json(_ref("Error"), description)
 
 
 def _run_link(operation_id: str) -> dict[str, Any]:
     return {
         "operationId": operation_id,
         "parameters": {"run_id": "$response.body#/workflowRunId"},
-    }
-
-
-def _object(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "properties": properties,
-        "required": list(properties) if required is None else required,
     }
 
 
@@ -76,9 +57,23 @@ SCHEMAS: dict[str, Any] = {
             "finishedAt": _nullable(EPOCH_MS),
             "out": ANY_JSON,
             "error": _nullable({"type": "string"}),
+            "errors": {
+                "type": "array",
+                "description": "each failed attempt, oldest first (at most the latest 20)",
+                "items": _object(
+                    {
+                        "attempt": {"type": "integer"},
+                        "error": {"type": "string"},
+                        "traceback": {"type": "string", "description": "from the user's code"},
+                        "at": EPOCH_MS,
+                    }
+                ),
+            },
             "waitingFor": _nullable(
                 {"enum": ["flowControl"], "description": "not started: waits for a slot"}
             ),
+            "waitEventId": {"type": "string", "description": "a wait step: the event it waits for"},
+            "waitDeadline": _nullable(EPOCH_MS),
         },
         required=["stepName", "stepType", "state", "attempts", "startedAt", "finishedAt"],
     ),
@@ -170,11 +165,16 @@ FLOW_PARAMETERS = [
 PATHS: dict[str, Any] = {
     "/api/workflows": {
         "get": {
-            "summary": "The registered workflow names",
+            "summary": "The registered workflow names, and which of them are paused",
             "operationId": "listWorkflows",
             "responses": {
                 "200": _json(
-                    _object({"workflows": {"type": "array", "items": {"type": "string"}}}),
+                    _object(
+                        {
+                            "workflows": {"type": "array", "items": {"type": "string"}},
+                            "paused": {"type": "array", "items": {"type": "string"}},
+                        }
+                    ),
                     "the names",
                 )
             },
@@ -427,13 +427,13 @@ OPENAPI: dict[str, Any] = {
         "is backend_unavailable, or app_not_started on every route of an app mounted in another "
         "one whose lifespan has not run.",
     },
-    "paths": PATHS,
+    "paths": {**PATHS, **SCHEDULE_PATHS},
     # A bearer token is needed only when the server was given one (STEPSTREAM_TOKEN). Without
     # one, only loopback Host names are served (403 otherwise), and with or without, a write
     # from another origin is a 403 unless the app lists it in cors_origins.
     "security": [{}, {"bearer": []}],
     "components": {
-        "schemas": SCHEMAS,
+        "schemas": {**SCHEMAS, **SCHEDULE_SCHEMAS},
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
     },
 }

@@ -5,13 +5,14 @@ errors (``errors.error_body``), the SSE endpoint below this package answers with
 from __future__ import annotations
 
 import json
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from stepstream.errors import ErrorBody, ErrorFields, RunNotFound, ValidationError
-from stepstream.records import RUN_STATES, RunRecord, RunState, StepState
+from stepstream.records import RUN_STATES, RunRecord, RunState, StepRecord, StepState, StepType
 from stepstream.workflow.engine import Engine
 
 __all__ = [
+    "AttemptError",
     "Canceled",
     "ErrorBody",
     "ErrorFields",
@@ -22,12 +23,25 @@ __all__ = [
     "Notified",
     "RunLog",
     "RunPage",
+    "ScheduleDeleted",
+    "ScheduleInfo",
+    "ScheduleList",
     "StepLog",
     "TriggerUnanswered",
     "Triggered",
     "WorkflowNames",
+    "WorkflowPaused",
     "run_log",
 ]
+
+
+class AttemptError(TypedDict):
+    """One failed attempt of a step: its number, error, where the code failed, when."""
+
+    attempt: int
+    error: str
+    traceback: str
+    at: int
 
 
 class StepLog(TypedDict):
@@ -40,7 +54,10 @@ class StepLog(TypedDict):
     finishedAt: int | None
     out: Any
     error: str | None
+    errors: list[AttemptError]
     waitingFor: str | None
+    waitEventId: NotRequired[str]
+    waitDeadline: NotRequired[int | None]
 
 
 class FlowControlLog(TypedDict):
@@ -103,9 +120,44 @@ class Notified(TypedDict):
 
 
 class WorkflowNames(TypedDict):
-    """``GET /api/workflows``."""
+    """``GET /api/workflows``: the registered names, and which of them are paused."""
 
     workflows: list[str]
+    paused: list[str]
+
+
+class WorkflowPaused(TypedDict):
+    """``POST /api/workflows/{name}/pause`` and ``/resume``."""
+
+    workflow: str
+    paused: bool
+
+
+class ScheduleInfo(TypedDict):
+    """A schedule (DESIGN §13): ``GET /api/schedules/{id}``, and what creating, pausing and
+    resuming one answer. ``nextRunAt``: epoch ms, ``None`` while paused."""
+
+    id: str
+    workflow: str
+    cron: str
+    timezone: str
+    payload: Any
+    paused: bool
+    nextRunAt: int | None
+    lastRunId: str | None
+
+
+class ScheduleList(TypedDict):
+    """``GET /api/schedules``, by id."""
+
+    schedules: list[ScheduleInfo]
+
+
+class ScheduleDeleted(TypedDict):
+    """``DELETE /api/schedules/{id}``."""
+
+    id: str
+    deleted: bool
 
 
 class HistoryMessage(TypedDict):
@@ -154,26 +206,42 @@ def run_log(run: RunRecord) -> RunLog:
             period=flow.period_ms / 1000,
         ),
         waitingFor="flowControl" if waiting else None,
-        steps=[
-            StepLog(
-                stepId=step.position,
-                stepName=step.name,
-                stepType=step.type.value,
-                state=step.state.value,
-                attempts=step.attempts,
-                startedAt=step.started_at,
-                finishedAt=step.finished_at,
-                # A notify or a finished child may have written ``out`` before the run's
-                # worker completed the step: not a result yet.
-                out=None
-                if step.out is None or (step.resolved and step.state.value == "STEP_PROGRESS")
-                else json.loads(step.out),
-                error=step.error,
-                waitingFor=step.waiting_for if step.state is StepState.PROGRESS else None,
-            )
-            for step in run.steps
-        ],
+        steps=[step_log(step) for step in run.steps],
     )
+
+
+def step_log(step: StepRecord) -> StepLog:
+    """One step in the log shape: what it is, how it went, each failed attempt; a wait step
+    also says what it waits for and until when."""
+    log = StepLog(
+        stepId=step.position,
+        stepName=step.name,
+        stepType=step.type.value,
+        state=step.state.value,
+        attempts=step.attempts,
+        startedAt=step.started_at,
+        finishedAt=step.finished_at,
+        # A notify or a finished child may have written ``out`` before the run's worker
+        # completed the step: not a result yet.
+        out=None
+        if step.out is None or (step.resolved and step.state is StepState.PROGRESS)
+        else json.loads(step.out),
+        error=step.error,
+        errors=[
+            AttemptError(
+                attempt=error["attempt"],
+                error=error["error"],
+                traceback=error["traceback"],
+                at=error["at"],
+            )
+            for error in step.errors or []
+        ],
+        waitingFor=step.waiting_for if step.state is StepState.PROGRESS else None,
+    )
+    if step.type is StepType.WAIT and step.event_id is not None:
+        log["waitEventId"] = step.event_id
+        log["waitDeadline"] = step.wake_at
+    return log
 
 
 async def read_log(engine: Engine, run_id: str) -> RunLog:

@@ -9,6 +9,9 @@ import datetime as dt
 import inspect
 import json
 import logging
+import os
+import sysconfig
+import traceback
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +34,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("stepstream.engine")
 START_DELAY = 0.02
+MAX_ERRORS = 20  # failed attempts a step keeps in its log (the latest)
+MAX_TRACEBACK = 8000  # characters of one attempt's traceback
+# Frames of these files called the user's step body: a traceback starts after them.
+INTERNAL = (
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    sysconfig.get_paths()["stdlib"],
+)
 FLOW_CONTROL = "flowControl"  # what a step waiting for a flow control slot waits for
 LIMITED = (StepType.RUN, StepType.CALL)  # the step executions flow control counts
 
@@ -168,28 +178,29 @@ class WorkflowContext(Journal):
             ):
                 raise self._suspend(step.wake_at)
         attempt = (step.attempts if step is not None else 0) + 1
+        errors = step.errors if step is not None else None
         flow = self._run.flow if type in LIMITED else None
         if flow is not None:
-            await self._take_slot(flow, position, name, type, attempt - 1)
+            await self._take_slot(flow, position, name, type, attempt - 1, errors)
+        fresh = StepRecord(
+            position, name, type, StepState.PROGRESS, attempts=attempt, errors=errors
+        )
         try:
-            return await self._execute(position, name, type, fn, args, kwargs, options, attempt)
+            return await self._execute(fresh, fn, args, kwargs, options)
         finally:
             if flow is not None:
                 await self._give_slot(flow, position)
 
     async def _execute(
         self,
-        position: int,
-        name: str,
-        type: StepType,
+        step: StepRecord,
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         options: StepOptions | None,
-        attempt: int,
     ) -> Any:
-        """Attempt ``attempt`` of a step body, recorded: its result, or ``_step_failed``."""
-        step = StepRecord(position, name, type, StepState.PROGRESS, attempts=attempt)
+        """One attempt of a step body (``step``, in progress), recorded: its result, or
+        ``_step_failed``."""
         start: list[Emit] = []  # the stepStart event, while it is not stored yet
         timeout = options.timeout if options is not None else None
         try:
@@ -204,12 +215,24 @@ class WorkflowContext(Journal):
         return json.loads(out)
 
     async def _take_slot(
-        self, flow: FlowLimits, position: int, name: str, type: StepType, attempts: int
+        self,
+        flow: FlowLimits,
+        position: int,
+        name: str,
+        type: StepType,
+        attempts: int,
+        errors: list[dict[str, Any]] | None,
     ) -> None:
         """Take a flow control slot for the step at ``position``, or record it as waiting for
         one and suspend the run until one frees (or the rate window moves on)."""
         waiting = StepRecord(
-            position, name, type, StepState.PROGRESS, attempts=attempts, waiting_for=FLOW_CONTROL
+            position,
+            name,
+            type,
+            StepState.PROGRESS,
+            attempts=attempts,
+            waiting_for=FLOW_CONTROL,
+            errors=errors,
         )
         await self._settle_writes()  # what this run recorded before stays before
         budget = await self._storage(self._runtime.acquire_slot(self.lease, flow, waiting))
@@ -300,9 +323,21 @@ class WorkflowContext(Journal):
     async def _step_failed(
         self, step: StepRecord, exc: Exception, policy: RetryPolicy, start: Emit | None = None
     ) -> None:
-        """Record a failed attempt; raise ``Suspend`` (retry later) or ``StepFailed``."""
+        """Record a failed attempt (with where the code failed); raise ``Suspend`` (retry
+        later) or ``StepFailed``."""
         message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         step.error, step.finished_at = message, self.now()
+        trace = user_traceback(exc)
+        failure = {"attempt": step.attempts, "error": message, "traceback": trace, "at": self.now()}
+        step.errors = [*(step.errors or [])[-(MAX_ERRORS - 1) :], failure]
+        log.warning(
+            "run %s: step %r attempt %d failed: %s\n%s",
+            self._run.id,
+            step.name,
+            step.attempts,
+            message,
+            trace.rstrip(),
+        )
         retry = not isinstance(exc, NonRetryableError) and step.attempts <= policy.retries
         if retry:
             delay = exc.seconds if isinstance(exc, RetryAfterError) else policy.delay(step.attempts)
@@ -396,6 +431,19 @@ class WorkflowContext(Journal):
         except NoWaiters:
             return 0  # nobody waiting is the answer, not a failure to retry
         return woken
+
+
+def user_traceback(exc: BaseException) -> str:
+    """``exc``'s traceback from the first frame of the user's code: the frames of stepstream
+    and the standard library that called it (the event loop, the step thread) are dropped.
+    At most ``MAX_TRACEBACK`` characters, keeping the end (where it failed)."""
+    trace = traceback.TracebackException.from_exception(exc)
+    frames = list(trace.stack)
+    while len(frames) > 1 and frames[0].filename.startswith(INTERNAL):
+        frames.pop(0)
+    trace.stack = traceback.StackSummary.from_list(frames)
+    text = "".join(trace.format())
+    return text if len(text) <= MAX_TRACEBACK else "…" + text[-MAX_TRACEBACK:]
 
 
 def type_name(value: object) -> str:

@@ -24,20 +24,11 @@ class MemoryFlow:
             now = store.clock()
             slots = store.slots.setdefault(limits.key, {})
             slots.pop(holder, None)
-            leases = []
-            for (run_id, position), claim in list(slots.items()):
-                other = store.runs.get(run_id)
-                record = None if other is None else other.record
-                if (
-                    record is None
-                    or record.state is not RunState.STARTED
-                    or (record.lease_owner, record.epoch) != claim
-                    or record.lease_until is None
-                    or record.lease_until < now
-                ):
-                    del slots[(run_id, position)]
-                else:
-                    leases.append(record.lease_until)
+            if limits.parallelism is not None and len(slots) >= limits.parallelism:
+                # Full as counted: only now drop the slots whose claim ended.
+                for other, claim in list(slots.items()):
+                    if not _counts(store, other[0], claim, now):
+                        del slots[other]
             starts = store.starts.setdefault(limits.key, [])
             starts[:] = [at for at in starts if at > now - limits.period_ms]
             full = limits.parallelism is not None and len(slots) >= limits.parallelism
@@ -56,7 +47,7 @@ class MemoryFlow:
                 retry_at.append(min(starts) + limits.period_ms)
             if full:
                 waiters.setdefault(holder, now)
-                retry_at.append(min(leases) + 1)
+                retry_at.append(min(_lease_end(store, run_id) for run_id, _ in slots) + 1)
             return Budget(False, max(retry_at))
 
     async def release_slot(self, op: ReleaseSlot) -> int:
@@ -96,3 +87,22 @@ class MemoryFlow:
     async def delete_entry(self, kind: str, key: str) -> bool:
         with self._store.lock:
             return self._store.entries.get(kind, {}).pop(key, None) is not None
+
+
+def _counts(store: Store, run_id: str, claim: tuple[str, int], now: int) -> bool:
+    """Whether a slot taken by ``claim`` (owner, epoch) of ``run_id`` still counts."""
+    run = store.runs.get(run_id)
+    if run is None:
+        return False
+    record = run.record
+    return (
+        record.state is RunState.STARTED
+        and (record.lease_owner, record.epoch) == claim
+        and record.lease_until is not None
+        and record.lease_until >= now
+    )
+
+
+def _lease_end(store: Store, run_id: str) -> int:
+    lease_until = store.runs[run_id].record.lease_until
+    return lease_until if lease_until is not None else 0

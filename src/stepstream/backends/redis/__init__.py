@@ -34,6 +34,16 @@ Workflow runs (``runs.py``; Lua in ``lua/``, see ``scripts.py``)::
     P wf:runs:sw:<S>:<W>     zset      runs of workflow W in state S by seq
     P wf:layout              string    "2" once an earlier layout's keys were migrated
 
+Flow control of a key ``K`` and named entries (``flow.py``)::
+
+    P wf:flow:slots:<K>      hash      ``<run id>|<position>`` -> ``<owner>|<epoch>`` of the
+                                       claim that took the slot (it counts while that claim
+                                       holds the run, judged and pruned by each acquire)
+    P wf:flow:starts:<K>     zset      ``<at>|<run id>|<position>`` by at: starts in the rate
+                                       window (expires a period after the newest)
+    P wf:flow:waiters:<K>    zset      ``<run id>|<position>`` by since: the line for a slot
+    P wf:entries:<kind>      hash      key -> JSON text
+
 Each state change is one Lua script that also appends the events reporting it (the append
 script's code, shared), so a run's log and its channel history cannot disagree.
 """
@@ -48,6 +58,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from stepstream.backends.redis.connection import Connection
+from stepstream.backends.redis.flow import RedisFlow
 from stepstream.backends.redis.realtime import RedisRealtime
 from stepstream.backends.redis.runs import RedisRuns
 from stepstream.errors import ConfigurationError
@@ -55,7 +66,7 @@ from stepstream.errors import ConfigurationError
 __all__ = ["RedisBackend"]
 
 
-class RedisBackend(RedisRealtime, RedisRuns):
+class RedisBackend(RedisRealtime, RedisRuns, RedisFlow):
     """``redis://[:password@]host:6379/0`` or ``rediss://...`` (TLS). Query options
     ``prefix=<key prefix>`` (default ``stepstream:``) and ``live_check_interval=<seconds>``
     (default 5: a silently dead pub/sub connection is noticed within twice that)."""

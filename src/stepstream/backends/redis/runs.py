@@ -22,6 +22,7 @@ from stepstream.backends.base import (
 from stepstream.backends.redis.connection import Connection, map_redis_errors
 from stepstream.errors import LeaseLost, RunConflict, RunNotFound
 from stepstream.records import (
+    FlowLimits,
     Lease,
     RunPage,
     RunRecord,
@@ -97,25 +98,25 @@ class RedisRuns:
 
     async def save_steps(self, op: SaveSteps) -> None:
         reply = await self._conn.script(
-            "save_steps", *_fence_args(op.lease), *steps_args(op.steps), *self._emit_args(op)
+            "save_steps", *fence_args(op.lease), *steps_args(op.steps), *self._emit_args(op)
         )
-        _fenced(reply, op.lease)
+        fenced(reply, op.lease)
 
     async def release_run(self, op: ReleaseRun) -> None:
         reply = await self._conn.script(
             "release_run",
-            *_fence_args(op.lease),
+            *fence_args(op.lease),
             "" if op.due_at is None else op.due_at,
             int(op.hold),
             *counted(meta_fields(op.patch)),
             *self._emit_args(op),
         )
-        _fenced(reply, op.lease)
+        fenced(reply, op.lease)
 
     async def finish_run(self, op: FinishRun) -> None:
         reply = await self._conn.script(
             "finish_run",
-            *_fence_args(op.lease),
+            *fence_args(op.lease),
             op.state.value,
             dumps(op.result),
             dumps(op.error),
@@ -123,20 +124,20 @@ class RedisRuns:
             child_outcome(op.state, op.result, op.error),
             *self._emit_args(op),
         )
-        _fenced(reply, op.lease)
+        fenced(reply, op.lease)
 
     async def wait_event(self, op: WaitEvent) -> str | None:
         step = op.step
         assert step.event_id is not None
         reply = await self._conn.script(
             "wait_event",
-            *_fence_args(op.lease),
+            *fence_args(op.lease),
             step.position,
             step.event_id,
             step.to_json(),
             *self._emit_args(op),
         )
-        _fenced(reply, op.lease)
+        fenced(reply, op.lease)
         return reply[1] if len(reply) > 1 else None
 
     async def notify(self, op: Notify) -> int:
@@ -178,11 +179,13 @@ class RedisRuns:
         return args
 
 
-def _fence_args(lease: Lease) -> tuple[str, str, int]:
+def fence_args(lease: Lease) -> tuple[str, str, int]:
+    """A fenced script's arguments after the prefix: run id, owner, epoch (``fenced`` in Lua)."""
     return lease.run_id, lease.owner, lease.epoch
 
 
-def _fenced(reply: list[Any], lease: Lease) -> None:
+def fenced(reply: list[Any], lease: Lease) -> None:
+    """Raise ``LeaseLost`` if a fenced script answered that ``lease`` no longer holds its run."""
     if reply[0] == "LEASE":
         raise LeaseLost(f"run {lease.run_id} is no longer held by this execution")
 
@@ -231,6 +234,7 @@ def run_record(flat: Sequence[str] | Mapping[str, str], steps: Any = None) -> Ru
         for name, value in fields.items()
         if name.startswith(META_PREFIX)
     }
+    flow = meta.pop("flow", None)
     run = RunRecord(
         id=fields["id"],
         workflow=fields["workflow"],
@@ -242,6 +246,7 @@ def run_record(flat: Sequence[str] | Mapping[str, str], steps: Any = None) -> Ru
         lease_until=_int(fields.get("lease_until")),
         parent=fields.get("parent"),
         epoch=int(fields.get("epoch", 0)),
+        flow=None if flow is None else FlowLimits.from_dict(flow),
         **meta,
     )
     if steps is not None:

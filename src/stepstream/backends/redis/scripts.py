@@ -35,6 +35,8 @@ RUN_SCRIPTS = (
     "wait_event",
     "notify",
     "cancel_run",
+    "acquire_slot",
+    "release_slot",
 )
 
 

@@ -30,17 +30,22 @@ class SQLiteFlow:
             fence(conn, lease)
             now = system_ms()
             conn.execute(
-                "DELETE FROM wf_slots WHERE key = ? AND ((run_id = ? AND position = ?) OR NOT "
-                "EXISTS (SELECT 1 FROM wf_runs r WHERE r.id = wf_slots.run_id AND "
-                "r.state = 'RUN_STARTED' AND r.lease_owner = wf_slots.owner AND "
-                "r.epoch = wf_slots.epoch AND r.lease_until >= ?))",
-                (key, run_id, position, now),
+                "DELETE FROM wf_slots WHERE key = ? AND run_id = ? AND position = ?",
+                (key, run_id, position),
             )
-            held, soonest = conn.execute(
-                "SELECT count(*), min(r.lease_until) FROM wf_slots s JOIN wf_runs r "
-                "ON r.id = s.run_id WHERE s.key = ?",
-                (key,),
-            ).fetchone()
+            (held,) = conn.execute("SELECT count(*) FROM wf_slots WHERE key = ?", (key,)).fetchone()
+            soonest = None
+            if limits.parallelism is not None and held >= limits.parallelism:
+                # Full as counted: only now is it worth dropping the slots that no longer
+                # count (their claim ended), so a key far below its limit costs O(1).
+                conn.execute(
+                    "DELETE FROM wf_slots WHERE key = ? AND NOT EXISTS (SELECT 1 FROM wf_runs r "
+                    "WHERE r.id = wf_slots.run_id AND r.state = 'RUN_STARTED' AND "
+                    "r.lease_owner = wf_slots.owner AND r.epoch = wf_slots.epoch AND "
+                    "r.lease_until >= ?)",
+                    (key, now),
+                )
+                held, soonest = _slots(conn, key)
             conn.execute(
                 "DELETE FROM wf_starts WHERE key = ? AND at <= ?", (key, now - limits.period_ms)
             )
@@ -77,7 +82,7 @@ class SQLiteFlow:
                     "VALUES (?, ?, ?, ?)",
                     (key, now, run_id, position),
                 )
-                retry_at.append(soonest + 1)
+                retry_at.append((soonest or now) + 1)
             return Budget(False, max(retry_at))
 
         return await self._db.submit(acquire, write=True)
@@ -137,6 +142,16 @@ class SQLiteFlow:
             return bool(cursor.rowcount)
 
         return await self._db.submit(delete, write=True)
+
+
+def _slots(conn: sqlite3.Connection, key: str) -> tuple[int, int | None]:
+    """How many slots of ``key`` count, and the soonest lease end of their runs."""
+    held, soonest = conn.execute(
+        "SELECT count(*), min(r.lease_until) FROM wf_slots s JOIN wf_runs r ON r.id = s.run_id "
+        "WHERE s.key = ?",
+        (key,),
+    ).fetchone()
+    return int(held), soonest
 
 
 def _wake(conn: sqlite3.Connection, run_id: str, position: int) -> bool:

@@ -6,6 +6,8 @@ local function run_key(id) return P .. 'wf:run:' .. id end
 local function steps_key(id) return P .. 'wf:steps:' .. id end
 local function due_key(workflow) return P .. 'wf:due:' .. workflow end
 local function leased_key(workflow) return P .. 'wf:leased:' .. workflow end
+-- Flow control of a key: `part` is 'slots', 'starts' or 'waiters' (see flow.py).
+local function flow_key(part, key) return P .. 'wf:flow:' .. part .. ':' .. key end
 
 -- Leases and due times are judged by Redis's clock, never a worker's.
 local function now_ms()
@@ -64,15 +66,24 @@ local function resolved_step(text, out)
   return set_field(set_field(text, 'out', cjson.encode(out)), 'resolved', 'true')
 end
 
--- A notify or a finished child writes a step's `out` while it is still in progress.
-local function resolve(id, position, out)
-  local key = steps_key(id)
-  local text = redis.call('HGET', key, position)
-  if not text or not in_progress(text) or has(text, '"resolved":true') then return 0 end
-  redis.call('HSET', key, position, resolved_step(text, out))
+-- Whether a step's text (false: no such step) is in progress and not resolved yet.
+local function unresolved(text)
+  return text and in_progress(text) and not has(text, '"resolved":true')
+end
+
+-- Store the step's resolved text; its run becomes due now (its worker completes the step).
+local function wake_step(id, position, text)
+  redis.call('HSET', steps_key(id), position, text)
   if redis.call('HGET', run_key(id), 'state') == 'RUN_STARTED' then
     make_due(id, now_ms())
   end
+end
+
+-- A notify or a finished child writes a step's `out` while it is still in progress.
+local function resolve(id, position, out)
+  local text = redis.call('HGET', steps_key(id), position)
+  if not unresolved(text) then return 0 end
+  wake_step(id, position, resolved_step(text, out))
   return 1
 end
 
