@@ -97,7 +97,20 @@ SCHEMAS: dict[str, Any] = {
             "error": _nullable({"type": "string"}),
             "invoker": _nullable({"type": "string"}),
             "flowControl": _nullable(_ref("FlowControl")),
-            "waitingFor": _nullable({"enum": ["flowControl"]}),
+            "status": {
+                "enum": [
+                    "queued",
+                    "scheduled",
+                    "running",
+                    "retrying",
+                    "waiting",
+                    "succeeded",
+                    "failed",
+                    "canceled",
+                ],
+                "description": "what the run is doing now (listed runs: without step details)",
+            },
+            "waitingFor": _nullable({"enum": ["sleep", "event", "childRun", "flowControl"]}),
             "steps": {"type": "array", "items": _ref("Step")},
         },
         required=[

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any, NotRequired, TypedDict
 
+from stepstream.clock import system_ms
 from stepstream.errors import ErrorBody, ErrorFields, RunNotFound, ValidationError
 from stepstream.records import RUN_STATES, RunRecord, RunState, StepRecord, StepState, StepType
 from stepstream.workflow.engine import Engine
@@ -82,6 +83,7 @@ class RunLog(TypedDict):
     error: str | None
     invoker: str | None
     flowControl: FlowControlLog | None
+    status: str
     waitingFor: str | None
     steps: list[StepLog]
 
@@ -181,12 +183,49 @@ class MintedToken(TypedDict):
     ttl: float
 
 
-def run_log(run: RunRecord) -> RunLog:
-    """A run in the log shape of DESIGN §5 (Upstash's ``client.logs``)."""
+WAITS = {
+    StepType.SLEEP: "sleep",
+    StepType.SLEEP_UNTIL: "sleep",
+    StepType.WAIT: "event",
+    StepType.INVOKE: "childRun",
+}
+
+
+def run_status(run: RunRecord, now: int) -> tuple[str, str | None]:
+    """What a run is doing at ``now``, and what it waits for: ``queued`` (due, not claimed),
+    ``scheduled`` (not due yet), ``running``, ``retrying`` (a step's retry delay),
+    ``waiting`` (``sleep``, ``event``, ``childRun``, ``flowControl``), or how it ended
+    (``succeeded``, ``failed``, ``canceled``). A run listed without its steps says less."""
+    if run.state is not RunState.STARTED:
+        return FINISHED[run.state], None
+    if run.lease_until is not None and run.lease_until >= now:
+        return "running", None
+    due = run.due_at is not None and run.due_at <= now
+    for step in run.steps:
+        if step.state is StepState.RETRY and not due:
+            return "retrying", None
+        if step.state is StepState.PROGRESS and not step.resolved and not due:
+            if step.waiting_for:
+                return "waiting", step.waiting_for
+            if step.type in WAITS:
+                return "waiting", WAITS[step.type]
+    if due:
+        return "queued", None
+    return ("waiting", None) if run.due_at is None else ("scheduled", None)
+
+
+FINISHED = {
+    RunState.SUCCESS: "succeeded",
+    RunState.FAILED: "failed",
+    RunState.CANCELED: "canceled",
+}
+
+
+def run_log(run: RunRecord, now: int | None = None) -> RunLog:
+    """A run in the log shape of DESIGN §5 (Upstash's ``client.logs``), with what it is doing
+    at ``now`` (epoch ms; default: this machine's clock)."""
     flow = run.flow
-    waiting = run.state is RunState.STARTED and any(
-        step.waiting_for and step.state is StepState.PROGRESS for step in run.steps
-    )
+    status, waiting_for = run_status(run, system_ms() if now is None else now)
     return RunLog(
         workflowRunId=run.id,
         workflowName=run.workflow,
@@ -205,7 +244,8 @@ def run_log(run: RunRecord) -> RunLog:
             rate=flow.rate,
             period=flow.period_ms / 1000,
         ),
-        waitingFor="flowControl" if waiting else None,
+        status=status,
+        waitingFor=waiting_for,
         steps=[step_log(step) for step in run.steps],
     )
 
@@ -250,7 +290,7 @@ async def read_log(engine: Engine, run_id: str) -> RunLog:
     run = await engine.backend.get_run(run_id)
     if run is None:
         raise RunNotFound(run_id)
-    return run_log(run)
+    return run_log(run, engine.clock())
 
 
 async def read_runs(
@@ -263,4 +303,5 @@ async def read_runs(
     page = await engine.backend.list_runs(
         state=state, workflow=workflow, cursor=cursor, count=count
     )
-    return RunPage(runs=[run_log(run) for run in page.runs], cursor=page.cursor)
+    now = engine.clock()
+    return RunPage(runs=[run_log(run, now) for run in page.runs], cursor=page.cursor)
