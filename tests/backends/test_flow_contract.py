@@ -17,6 +17,7 @@ from stepstream.backends.base import (
     FinishRun,
     ReleaseRun,
     ReleaseSlot,
+    SaveSteps,
 )
 from stepstream.errors import LeaseLost, RunConflict
 from stepstream.records import FlowLimits, Lease, RunRecord, RunState, StepState
@@ -213,3 +214,21 @@ async def test_a_run_keeps_its_flow_limits(backend: Backend) -> None:
     assert claimed.flow == limits
     page = await backend.list_runs(state=None, workflow=None, cursor=None, count=10)
     assert page.runs[0].flow == limits
+
+
+async def test_saving_a_step_can_give_its_slot_back(backend: Backend) -> None:
+    """The step's outcome and the slot's release in one unit: the waiter is woken by it."""
+    one = FlowLimits("k", parallelism=1)
+    holder, waiter = await started(backend, "wfr_h"), await started(backend, "wfr_w")
+    assert (await acquire(backend, holder, one)).granted
+    assert not (await acquire(backend, waiter, one)).granted
+    await backend.release_run(ReleaseRun(waiter, None))
+    done = step(0, StepState.SUCCESS, out="1")
+    assert await backend.save_steps(SaveSteps(holder, (done,))) == 0  # no release asked
+    assert not (await run_of(backend, "wfr_w")).steps[0].resolved
+    release = ReleaseSlot("wfr_h", "k", 0)
+    assert await backend.save_steps(SaveSteps(holder, (done,), release=release)) == 1
+    assert (await run_of(backend, "wfr_h")).steps[0].state is StepState.SUCCESS
+    woken = await run_of(backend, "wfr_w")
+    assert woken.steps[0].resolved and woken.due_at is not None and woken.due_at <= now_ms()
+    assert (await acquire(backend, holder, one, position=1)).granted  # the slot is free

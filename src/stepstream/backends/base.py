@@ -61,11 +61,22 @@ class Claim:
 
 
 @dataclass(frozen=True, slots=True)
+class ReleaseSlot:
+    """The step at ``position`` of ``run_id`` no longer executes under ``key``."""
+
+    run_id: str
+    key: str
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
 class SaveSteps(Reported):
-    """Insert or replace ``steps`` (by position) of the run ``lease`` holds."""
+    """Insert or replace ``steps`` (by position) of the run ``lease`` holds; with ``release``,
+    give that flow control slot up in the same atomic unit (``FlowStore.release_slot``)."""
 
     lease: Lease
     steps: tuple[StepRecord, ...]
+    release: ReleaseSlot | None = field(default=None, kw_only=True)
 
 
 class RunPatch(TypedDict, total=False):
@@ -145,15 +156,6 @@ class Budget:
 
     granted: bool
     retry_at: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ReleaseSlot:
-    """The step at ``position`` of ``run_id`` no longer executes under ``key``."""
-
-    run_id: str
-    key: str
-    position: int
 
 
 class LiveSink(Protocol):
@@ -260,8 +262,9 @@ class RunStore(Protocol):
         """Extend these leases to storage time + ``lease_ms``; returns the run ids still held
         by exactly those claims."""
 
-    async def save_steps(self, op: SaveSteps) -> None:
-        """Fenced. Insert or replace these steps (by position)."""
+    async def save_steps(self, op: SaveSteps) -> int:
+        """Fenced. Insert or replace these steps (by position). With ``op.release``, then give
+        that slot up like ``release_slot``; returns how many runs that woke (0 without)."""
 
     async def release_run(self, op: ReleaseRun) -> None:
         """Fenced. Give the run up until ``due_at`` (``None``: until a notify or a child wakes

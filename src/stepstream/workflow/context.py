@@ -25,7 +25,7 @@ from stepstream.errors import (
     StepstreamError,
 )
 from stepstream.records import Emit, FlowLimits, StepRecord, StepState, StepType, dumps
-from stepstream.workflow.journal import Journal
+from stepstream.workflow.journal import Journal, Slot
 from stepstream.workflow.policy import RetryDelay, RetryPolicy, StepOptions
 from stepstream.workflow.runtime import Cancel
 
@@ -180,16 +180,19 @@ class WorkflowContext(Journal):
         attempt = (step.attempts if step is not None else 0) + 1
         errors = step.errors if step is not None else None
         flow = self._run.flow if type in LIMITED else None
+        slot = None
         if flow is not None:
             await self._take_slot(flow, position, name, type, attempt - 1, errors)
+            if flow.parallelism is not None:  # a rate start is spent, not held
+                slot = Slot(flow.key, position)
         fresh = StepRecord(
             position, name, type, StepState.PROGRESS, attempts=attempt, errors=errors
         )
         try:
-            return await self._execute(fresh, fn, args, kwargs, options)
+            return await self._execute(fresh, fn, args, kwargs, options, slot)
         finally:
-            if flow is not None:
-                await self._give_slot(flow, position)
+            if slot is not None and not slot.given:  # the outcome was not stored with it
+                await self._give_slot(slot)
 
     async def _execute(
         self,
@@ -198,20 +201,21 @@ class WorkflowContext(Journal):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         options: StepOptions | None,
+        slot: Slot | None,
     ) -> Any:
-        """One attempt of a step body (``step``, in progress), recorded: its result, or
-        ``_step_failed``."""
+        """One attempt of a step body (``step``, in progress), recorded (giving ``slot``
+        back with it): its result, or ``_step_failed``."""
         start: list[Emit] = []  # the stepStart event, while it is not stored yet
         timeout = options.timeout if options is not None else None
         try:
             out = await self._attempt(step, start, fn, args, kwargs, timeout)
         except Exception as exc:
             policy = options.policy if options is not None else self._policy
-            await self._step_failed(step, exc, policy, start[0] if start else None)
+            await self._step_failed(step, exc, policy, start[0] if start else None, slot)
             raise AssertionError("unreachable") from exc
         step.state, step.out = StepState.SUCCESS, out
         finish = events.step_finish(self._run.id, step)
-        await self._save(step, finish, wait=True, also=start[0] if start else None)
+        await self._save(step, finish, wait=True, also=start[0] if start else None, slot=slot)
         return json.loads(out)
 
     async def _take_slot(
@@ -240,13 +244,13 @@ class WorkflowContext(Journal):
             self._recorded[position] = waiting
             raise self._suspend(budget.retry_at)
 
-    async def _give_slot(self, flow: FlowLimits, position: int) -> None:
-        """Give the slot back once the step's outcome is stored, waking a run waiting for it.
-        If that fails, the slot still stops counting when this execution's claim ends."""
-        if flow.parallelism is None:
-            return  # a rate start is spent, not held
+    async def _give_slot(self, slot: Slot) -> None:
+        """Give a slot back whose step's outcome was not stored (the body never started, or
+        storage failed), waking a run waiting for it. If that fails too, the slot still stops
+        counting when this execution's claim ends."""
+        slot.given = True
         try:
-            await self._runtime.release_slot(self._run.id, flow.key, position)
+            await self._runtime.release_slot(self._run.id, slot.key, slot.position)
         except StepstreamError as exc:
             log.warning("run %s: giving a flow control slot back failed (%s)", self._run.id, exc)
 
@@ -321,7 +325,12 @@ class WorkflowContext(Journal):
         return out
 
     async def _step_failed(
-        self, step: StepRecord, exc: Exception, policy: RetryPolicy, start: Emit | None = None
+        self,
+        step: StepRecord,
+        exc: Exception,
+        policy: RetryPolicy,
+        start: Emit | None = None,
+        slot: Slot | None = None,
     ) -> None:
         """Record a failed attempt (with where the code failed); raise ``Suspend`` (retry
         later) or ``StepFailed``."""
@@ -345,7 +354,11 @@ class WorkflowContext(Journal):
         else:
             step.state = StepState.FAILED
         await self._save(
-            step, events.step_fail(self._run.id, step, will_retry=retry), wait=True, also=start
+            step,
+            events.step_fail(self._run.id, step, will_retry=retry),
+            wait=True,
+            also=start,
+            slot=slot,
         )
         if retry:
             raise self._suspend(step.wake_at)

@@ -203,10 +203,22 @@ class Engine:
             raise RuntimeError("this Workflows has no Realtime: create it with Workflows(realtime)")
         return self.realtime.channel(run_id)
 
-    async def save_steps(self, lease: Lease, steps: list[StepRecord], updates: list[Emit]) -> None:
-        await self.backend.save_steps(
-            SaveSteps(lease, tuple(steps), emits=self.reported(*updates), policy=self.policy)
+    async def save_steps(
+        self,
+        lease: Lease,
+        steps: list[StepRecord],
+        updates: list[Emit],
+        release: ReleaseSlot | None = None,
+    ) -> None:
+        op = SaveSteps(
+            lease,
+            tuple(steps),
+            emits=self.reported(*updates),
+            policy=self.policy,
+            release=release,
         )
+        if await self.backend.save_steps(op):
+            self.wake()  # a run waiting for the slot given back
 
     async def wait_event(self, lease: Lease, step: StepRecord, updates: list[Emit]) -> str | None:
         return await self.backend.wait_event(

@@ -16,9 +16,11 @@ import asyncio
 import dataclasses
 import json
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from stepstream import events
+from stepstream.backends.base import ReleaseSlot
 from stepstream.clock import Clock
 from stepstream.errors import BackendError, LeaseLost, NonDeterminismError
 from stepstream.records import Emit, Lease, RunRecord, StepRecord, StepState, StepType
@@ -26,6 +28,17 @@ from stepstream.workflow.policy import RetryPolicy
 from stepstream.workflow.runtime import Runtime, StorageInterrupted, Suspend
 
 T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class Slot:
+    """A flow control slot a step execution holds: given back with the step's outcome."""
+
+    key: str
+    position: int
+    given: bool = False
+
+
 FAILURE_POSITIONS = 1_000_000  # the failure function's own steps live past the run's
 
 
@@ -148,12 +161,22 @@ class Journal:
         return self._last_write
 
     async def _save(
-        self, step: StepRecord, update: Emit, *, wait: bool, also: Emit | None = None
+        self,
+        step: StepRecord,
+        update: Emit,
+        *,
+        wait: bool,
+        also: Emit | None = None,
+        slot: Slot | None = None,
     ) -> None:
         """Store ``step`` with the event reporting it (after ``also``, an earlier event not yet
-        stored); with ``wait``, return once it is durable."""
+        stored); with ``wait``, return once it is durable. A ``slot`` not given back yet is
+        given back by the same write."""
         self._recorded[step.position] = step
         updates = [update] if also is None else [also, update]
+        release = None
+        if slot is not None and not slot.given:
+            release = ReleaseSlot(self.workflow_run_id, slot.key, slot.position)
         previous = self._last_write
         if wait and (previous is None or previous.done()):
             # Nothing queued before it: write directly, no task (and no copy: nothing can
@@ -163,14 +186,20 @@ class Journal:
                 previous.result()
             tail = self._last_write = asyncio.get_running_loop().create_future()
             try:
-                await self._storage(self._runtime.save_steps(self.lease, [step], updates))
+                await self._storage(self._runtime.save_steps(self.lease, [step], updates, release))
             finally:
                 tail.set_result(None)
+            if slot is not None:
+                slot.given = True
             return
         snapshot = dataclasses.replace(step)
-        future = self._write(
-            lambda: self._storage(self._runtime.save_steps(self.lease, [snapshot], updates))
-        )
+
+        async def save() -> None:
+            await self._storage(self._runtime.save_steps(self.lease, [snapshot], updates, release))
+            if slot is not None:
+                slot.given = True
+
+        future = self._write(save)
         if wait:
             await future
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from stepstream.records import Emit, FlowLimits, Lease, RunRecord, StepRecord
 
 if TYPE_CHECKING:
-    from stepstream.backends.base import Budget
+    from stepstream.backends.base import Budget, ReleaseSlot
     from stepstream.realtime.channel import Channel
 
 
@@ -45,8 +45,15 @@ class Runtime(Protocol):
         """The run's realtime channel; ``RuntimeError`` when there is no realtime."""
         ...
 
-    async def save_steps(self, lease: Lease, steps: list[StepRecord], updates: list[Emit]) -> None:
-        """Store ``steps`` (by position) and append ``updates``, atomically."""
+    async def save_steps(
+        self,
+        lease: Lease,
+        steps: list[StepRecord],
+        updates: list[Emit],
+        release: ReleaseSlot | None = None,
+    ) -> None:
+        """Store ``steps`` (by position) and append ``updates``, atomically; with ``release``,
+        give that flow control slot back in the same unit."""
         ...
 
     async def wait_event(self, lease: Lease, step: StepRecord, updates: list[Emit]) -> str | None:

@@ -33,7 +33,7 @@ from stepstream.backends.base import (
     SaveSteps,
     WaitEvent,
 )
-from stepstream.backends.memory.flow import MemoryFlow
+from stepstream.backends.memory.flow import MemoryFlow, release
 from stepstream.backends.memory.store import (
     StoredRun,
     call_on,
@@ -247,12 +247,13 @@ class MemoryBackend(MemoryFlow):
                     held.append(lease.run_id)
             return held
 
-    async def save_steps(self, op: SaveSteps) -> None:
+    async def save_steps(self, op: SaveSteps) -> int:
         store = self._store
         with store.lock:
             run = store.fence(op.lease)
             run.steps.update((step.position, stored(step)) for step in op.steps)
             store.append_emits(op.emits, op.policy)
+            return 0 if op.release is None else release(store, op.release)
 
     async def release_run(self, op: ReleaseRun) -> None:
         store = self._store

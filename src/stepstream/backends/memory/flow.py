@@ -51,22 +51,8 @@ class MemoryFlow:
             return Budget(False, max(retry_at))
 
     async def release_slot(self, op: ReleaseSlot) -> int:
-        store = self._store
-        with store.lock:
-            store.slots.get(op.key, {}).pop((op.run_id, op.position), None)
-            waiters = store.flow_waiters.get(op.key, {})
-            for waiter in sorted(waiters, key=lambda w: (waiters[w], w)):
-                del waiters[waiter]
-                run = store.runs.get(waiter[0])
-                step = None if run is None else run.steps.get(waiter[1])
-                if (
-                    step is not None
-                    and step.waiting_for == FLOW_CONTROL
-                    and step.state is StepState.PROGRESS
-                    and store.resolve(waiter[0], waiter[1], step.out)
-                ):
-                    return 1
-            return 0
+        with self._store.lock:
+            return release(self._store, op)
 
     async def put_entry(self, kind: str, key: str, value: str, *, create: bool = False) -> None:
         store = self._store
@@ -87,6 +73,25 @@ class MemoryFlow:
     async def delete_entry(self, kind: str, key: str) -> bool:
         with self._store.lock:
             return self._store.entries.get(kind, {}).pop(key, None) is not None
+
+
+def release(store: Store, op: ReleaseSlot) -> int:
+    """Give the slot up and wake the longest waiter still waiting (the caller holds the
+    store's lock); how many runs it woke."""
+    store.slots.get(op.key, {}).pop((op.run_id, op.position), None)
+    waiters = store.flow_waiters.get(op.key, {})
+    for waiter in sorted(waiters, key=lambda w: (waiters[w], w)):
+        del waiters[waiter]
+        run = store.runs.get(waiter[0])
+        step = None if run is None else run.steps.get(waiter[1])
+        if (
+            step is not None
+            and step.waiting_for == FLOW_CONTROL
+            and step.state is StepState.PROGRESS
+            and store.resolve(waiter[0], waiter[1], step.out)
+        ):
+            return 1
+    return 0
 
 
 def _counts(store: Store, run_id: str, claim: tuple[str, int], now: int) -> bool:

@@ -11,11 +11,8 @@ from __future__ import annotations
 
 from stepstream.backends.base import AcquireSlot, Budget, ReleaseSlot
 from stepstream.backends.redis.connection import Connection, map_redis_errors
-from stepstream.backends.redis.runs import fence_args, fenced
+from stepstream.backends.redis.runs import FLOW_CONTROL, STALE_WAITERS, fence_args, fenced
 from stepstream.errors import RunConflict
-
-FLOW_CONTROL = "flowControl"
-STALE_WAITERS = 100  # at most so many moved-on waiters dropped by one release
 
 
 class RedisFlow:

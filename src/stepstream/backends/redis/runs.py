@@ -32,6 +32,8 @@ from stepstream.records import (
 )
 
 META_PREFIX = "m."
+FLOW_CONTROL = "flowControl"  # what a step waiting for a flow control slot waits for
+STALE_WAITERS = 100  # at most so many moved-on waiters dropped by one release
 
 
 class RedisRuns:
@@ -96,11 +98,20 @@ class RedisRuns:
         held: list[str] = await self._conn.script("renew_leases", lease_ms, *flat)
         return held
 
-    async def save_steps(self, op: SaveSteps) -> None:
+    async def save_steps(self, op: SaveSteps) -> int:
+        slot = op.release
         reply = await self._conn.script(
-            "save_steps", *fence_args(op.lease), *steps_args(op.steps), *self._emit_args(op)
+            "save_steps",
+            *fence_args(op.lease),
+            "" if slot is None else slot.key,
+            0 if slot is None else slot.position,
+            FLOW_CONTROL,
+            STALE_WAITERS,
+            *steps_args(op.steps),
+            *self._emit_args(op),
         )
         fenced(reply, op.lease)
+        return int(reply[1])
 
     async def release_run(self, op: ReleaseRun) -> None:
         reply = await self._conn.script(

@@ -8,7 +8,7 @@ import sqlite3
 
 from stepstream.backends.base import AcquireSlot, Budget, ReleaseSlot
 from stepstream.backends.sqlite.connection import Database
-from stepstream.backends.sqlite.runs import fence, put_steps
+from stepstream.backends.sqlite.rows import fence, put_steps
 from stepstream.clock import system_ms
 from stepstream.errors import RunConflict
 from stepstream.records import StepRecord, StepState
@@ -88,26 +88,7 @@ class SQLiteFlow:
         return await self._db.submit(acquire, write=True)
 
     async def release_slot(self, op: ReleaseSlot) -> int:
-        def release(conn: sqlite3.Connection) -> int:
-            conn.execute(
-                "DELETE FROM wf_slots WHERE key = ? AND run_id = ? AND position = ?",
-                (op.key, op.run_id, op.position),
-            )
-            line = conn.execute(
-                "SELECT run_id, position FROM wf_flow_waiters WHERE key = ? "
-                "ORDER BY since, run_id LIMIT ?",
-                (op.key, STALE_WAITERS),
-            ).fetchall()
-            for run_id, position in line:
-                conn.execute(
-                    "DELETE FROM wf_flow_waiters WHERE key = ? AND run_id = ? AND position = ?",
-                    (op.key, run_id, position),
-                )
-                if _wake(conn, run_id, position):
-                    return 1
-            return 0
-
-        return await self._db.submit(release, write=True)
+        return await self._db.submit(lambda conn: release(conn, op), write=True)
 
     async def put_entry(self, kind: str, key: str, value: str, *, create: bool = False) -> None:
         def put(conn: sqlite3.Connection) -> None:
@@ -142,6 +123,26 @@ class SQLiteFlow:
             return bool(cursor.rowcount)
 
         return await self._db.submit(delete, write=True)
+
+
+def release(conn: sqlite3.Connection, op: ReleaseSlot) -> int:
+    """Give the slot up and wake the longest waiter still waiting; how many runs it woke."""
+    conn.execute(
+        "DELETE FROM wf_slots WHERE key = ? AND run_id = ? AND position = ?",
+        (op.key, op.run_id, op.position),
+    )
+    line = conn.execute(
+        "SELECT run_id, position FROM wf_flow_waiters WHERE key = ? ORDER BY since, run_id LIMIT ?",
+        (op.key, STALE_WAITERS),
+    ).fetchall()
+    for run_id, position in line:
+        conn.execute(
+            "DELETE FROM wf_flow_waiters WHERE key = ? AND run_id = ? AND position = ?",
+            (op.key, run_id, position),
+        )
+        if _wake(conn, run_id, position):
+            return 1
+    return 0
 
 
 def _slots(conn: sqlite3.Connection, key: str) -> tuple[int, int | None]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -21,8 +21,10 @@ from stepstream.backends.base import (
 )
 from stepstream.backends.sqlite.channels import append_emits
 from stepstream.backends.sqlite.connection import Database
+from stepstream.backends.sqlite.flow import release
+from stepstream.backends.sqlite.rows import fence, put_steps
 from stepstream.clock import system_ms
-from stepstream.errors import LeaseLost, RunConflict, RunNotFound
+from stepstream.errors import RunConflict, RunNotFound
 from stepstream.records import (
     Lease,
     RunPage,
@@ -157,13 +159,14 @@ class SQLiteRuns:
 
         return await self._db.submit(renew, write=True)
 
-    async def save_steps(self, op: SaveSteps) -> None:
-        def save(conn: sqlite3.Connection) -> None:
+    async def save_steps(self, op: SaveSteps) -> int:
+        def save(conn: sqlite3.Connection) -> int:
             fence(conn, op.lease)
             put_steps(conn, op.lease.run_id, op.steps)
             append_emits(conn, op.emits, op.policy)
+            return 0 if op.release is None else release(conn, op.release)
 
-        await self._db.submit(save, write=True)
+        return await self._db.submit(save, write=True)
 
     async def release_run(self, op: ReleaseRun) -> None:
         run_id, patch = op.lease.run_id, op.patch
@@ -328,21 +331,6 @@ def _steps(conn: sqlite3.Connection, run_id: str) -> list[StepRecord]:
         "SELECT data FROM wf_steps WHERE run_id = ? ORDER BY position", (run_id,)
     ).fetchall()
     return [StepRecord.from_json(data) for (data,) in rows]
-
-
-def fence(conn: sqlite3.Connection, lease: Lease) -> None:
-    row = conn.execute(
-        "SELECT state, lease_owner, epoch FROM wf_runs WHERE id = ?", (lease.run_id,)
-    ).fetchone()
-    if row is None or tuple(row) != (RunState.STARTED.value, lease.owner, lease.epoch):
-        raise LeaseLost(f"run {lease.run_id} is no longer held by this execution")
-
-
-def put_steps(conn: sqlite3.Connection, run_id: str, steps: Iterable[StepRecord]) -> None:
-    conn.executemany(
-        "INSERT OR REPLACE INTO wf_steps (run_id, position, data) VALUES (?, ?, ?)",
-        [(run_id, step.position, step.to_json()) for step in steps],
-    )
 
 
 def _close(

@@ -87,6 +87,25 @@ local function resolve(id, position, out)
   return 1
 end
 
+-- Give up slot `holder` ("<id>|<position>") of flow control key `key` and wake the longest
+-- waiter whose step still waits for `waiting` (a '"waiting_for":"..."' literal): its step
+-- resolved, its run due now. Waiters whose run moved on are dropped on the way, at most
+-- `batch`. Returns how many runs it woke (0 or 1).
+local function release_slot(key, holder, waiting, batch)
+  redis.call('HDEL', flow_key('slots', key), holder)
+  local waiters = flow_key('waiters', key)
+  for _, member in ipairs(redis.call('ZRANGE', waiters, 0, batch - 1)) do
+    redis.call('ZREM', waiters, member)
+    local id, position = string.match(member, '^(.*)|(%d+)$')
+    local text = redis.call('HGET', steps_key(id), position)
+    if unresolved(text) and has(text, waiting) then
+      wake_step(id, position, set_field(text, 'resolved', 'true'))
+      return 1
+    end
+  end
+  return 0
+end
+
 local function close(id, state, result, err, now, outcome)
   local key = run_key(id)
   local old, seq, parent, position, workflow = unpack(
