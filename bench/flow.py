@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import os
 import shutil
 import sys
@@ -31,6 +32,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.wf_common import machine, median, ms, pct, redis_server, rewrite_section
+
 from stepstream import FlowControl, Realtime, Workflows
 
 RUNS, STEPS, HANDOFFS = 200, 10, 100
@@ -65,8 +67,8 @@ def build(url: str, flow: FlowControl | None, steps: int, marks: list[tuple[floa
 async def finish_all(workflows: Workflows, run_ids: list[str]) -> None:
     client = workflows.client()
     for run_id in run_ids:
-        while (await client.logs(run_id))["workflowState"] == "RUN_STARTED":
-            await asyncio.sleep(0.01)
+        while (await client.logs(run_id))["workflowState"] == "RUN_STARTED":  # noqa: ASYNC110
+            await asyncio.sleep(0.01)  # what a client that polls the API sees
 
 
 async def throughput(url: str, flow: FlowControl | None) -> float:
@@ -90,7 +92,7 @@ async def handoffs(url: str) -> list[float]:
         await finish_all(workflows, run_ids)
     await workflows.aclose()
     marks.sort()
-    return [(nxt[0] - prev[1]) * 1000 for prev, nxt in zip(marks, marks[1:], strict=False)]
+    return [(nxt[0] - prev[1]) * 1000 for prev, nxt in itertools.pairwise(marks)]
 
 
 @contextlib.contextmanager
@@ -133,7 +135,7 @@ def report(results: dict[str, dict[str, list[float]]], command: str) -> str:
         plain, keyed = median(figures["plain"]), median(figures["keyed"])
         waits = figures["handoff"]
         lines.append(
-            f"| {kind} | {plain:.0f} | {keyed:.0f} | {keyed / plain:.2f}× | "
+            f"| {kind} | {plain:.0f} | {keyed:.0f} | {keyed / plain:.2f}× | "  # noqa: RUF001
             f"{ms(pct(waits, 50))} | {ms(pct(waits, 99))} |"
         )
     return "\n".join(lines)

@@ -23,69 +23,7 @@ class SQLiteFlow:
     _db: Database
 
     async def acquire_slot(self, op: AcquireSlot) -> Budget:
-        limits, lease, step = op.limits, op.lease, op.step
-        key, run_id, position = limits.key, lease.run_id, step.position
-
-        def acquire(conn: sqlite3.Connection) -> Budget:
-            fence(conn, lease)
-            now = system_ms()
-            conn.execute(
-                "DELETE FROM wf_slots WHERE key = ? AND run_id = ? AND position = ?",
-                (key, run_id, position),
-            )
-            (held,) = conn.execute("SELECT count(*) FROM wf_slots WHERE key = ?", (key,)).fetchone()
-            soonest = None
-            if limits.parallelism is not None and held >= limits.parallelism:
-                # Full as counted: only now is it worth dropping the slots that no longer
-                # count (their claim ended), so a key far below its limit costs O(1).
-                conn.execute(
-                    "DELETE FROM wf_slots WHERE key = ? AND NOT EXISTS (SELECT 1 FROM wf_runs r "
-                    "WHERE r.id = wf_slots.run_id AND r.state = 'RUN_STARTED' AND "
-                    "r.lease_owner = wf_slots.owner AND r.epoch = wf_slots.epoch AND "
-                    "r.lease_until >= ?)",
-                    (key, now),
-                )
-                held, soonest = _slots(conn, key)
-            conn.execute(
-                "DELETE FROM wf_starts WHERE key = ? AND at <= ?", (key, now - limits.period_ms)
-            )
-            started, oldest = conn.execute(
-                "SELECT count(*), min(at) FROM wf_starts WHERE key = ?", (key,)
-            ).fetchone()
-            full = limits.parallelism is not None and held >= limits.parallelism
-            spent = limits.rate is not None and started >= limits.rate
-            if not full and not spent:
-                if limits.parallelism is not None:
-                    conn.execute(
-                        "INSERT INTO wf_slots (key, run_id, position, owner, epoch) "
-                        "VALUES (?, ?, ?, ?, ?)",
-                        (key, run_id, position, lease.owner, lease.epoch),
-                    )
-                if limits.rate is not None:
-                    conn.execute(
-                        "INSERT OR IGNORE INTO wf_starts (key, at, run_id, position) "
-                        "VALUES (?, ?, ?, ?)",
-                        (key, now, run_id, position),
-                    )
-                conn.execute(
-                    "DELETE FROM wf_flow_waiters WHERE key = ? AND run_id = ? AND position = ?",
-                    (key, run_id, position),
-                )
-                return Budget(True)
-            put_steps(conn, run_id, [step])
-            retry_at = []
-            if spent:
-                retry_at.append(oldest + limits.period_ms)
-            if full:
-                conn.execute(
-                    "INSERT OR IGNORE INTO wf_flow_waiters (key, since, run_id, position) "
-                    "VALUES (?, ?, ?, ?)",
-                    (key, now, run_id, position),
-                )
-                retry_at.append((soonest or now) + 1)
-            return Budget(False, max(retry_at))
-
-        return await self._db.submit(acquire, write=True)
+        return await self._db.submit(lambda conn: acquire(conn, op), write=True)
 
     async def release_slot(self, op: ReleaseSlot) -> int:
         return await self._db.submit(lambda conn: release(conn, op), write=True)
@@ -123,6 +61,71 @@ class SQLiteFlow:
             return bool(cursor.rowcount)
 
         return await self._db.submit(delete, write=True)
+
+
+def acquire(conn: sqlite3.Connection, op: AcquireSlot) -> Budget:
+    """``acquire_slot`` in one write job: count, take or wait (see ``FlowStore``)."""
+    limits, lease, step = op.limits, op.lease, op.step
+    key, run_id, position = limits.key, lease.run_id, step.position
+    fence(conn, lease)
+    now = system_ms()
+    conn.execute(
+        "DELETE FROM wf_slots WHERE key = ? AND run_id = ? AND position = ?",
+        (key, run_id, position),
+    )
+    held, soonest = _held(conn, key, limits.parallelism, now)
+    conn.execute("DELETE FROM wf_starts WHERE key = ? AND at <= ?", (key, now - limits.period_ms))
+    started, oldest = conn.execute(
+        "SELECT count(*), min(at) FROM wf_starts WHERE key = ?", (key,)
+    ).fetchone()
+    full = limits.parallelism is not None and held >= limits.parallelism
+    spent = limits.rate is not None and started >= limits.rate
+    if not full and not spent:
+        if limits.parallelism is not None:
+            conn.execute(
+                "INSERT INTO wf_slots (key, run_id, position, owner, epoch) VALUES (?, ?, ?, ?, ?)",
+                (key, run_id, position, lease.owner, lease.epoch),
+            )
+        if limits.rate is not None:
+            conn.execute(
+                "INSERT OR IGNORE INTO wf_starts (key, at, run_id, position) VALUES (?, ?, ?, ?)",
+                (key, now, run_id, position),
+            )
+        conn.execute(
+            "DELETE FROM wf_flow_waiters WHERE key = ? AND run_id = ? AND position = ?",
+            (key, run_id, position),
+        )
+        return Budget(True)
+    put_steps(conn, run_id, [step])
+    retry_at = []
+    if spent:
+        retry_at.append(oldest + limits.period_ms)
+    if full:
+        conn.execute(
+            "INSERT OR IGNORE INTO wf_flow_waiters (key, since, run_id, position) "
+            "VALUES (?, ?, ?, ?)",
+            (key, now, run_id, position),
+        )
+        retry_at.append((soonest or now) + 1)
+    return Budget(False, max(retry_at))
+
+
+def _held(
+    conn: sqlite3.Connection, key: str, parallelism: int | None, now: int
+) -> tuple[int, int | None]:
+    """How many slots of ``key`` count, and (when that is the limit) the soonest lease end of
+    their runs. Only a key full as counted pays for dropping the slots whose claim ended, so a
+    key far below its limit costs O(1)."""
+    (held,) = conn.execute("SELECT count(*) FROM wf_slots WHERE key = ?", (key,)).fetchone()
+    if parallelism is None or held < parallelism:
+        return int(held), None
+    conn.execute(
+        "DELETE FROM wf_slots WHERE key = ? AND NOT EXISTS (SELECT 1 FROM wf_runs r "
+        "WHERE r.id = wf_slots.run_id AND r.state = 'RUN_STARTED' AND "
+        "r.lease_owner = wf_slots.owner AND r.epoch = wf_slots.epoch AND r.lease_until >= ?)",
+        (key, now),
+    )
+    return _slots(conn, key)
 
 
 def release(conn: sqlite3.Connection, op: ReleaseSlot) -> int:
