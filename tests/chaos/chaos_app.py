@@ -31,12 +31,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from stepstream import Realtime, Worker, WorkflowContext, Workflows
+from stepstream import FlowControl, Realtime, Worker, WorkflowContext, Workflows
 from stepstream.clock import system_ms
 
 LEDGER_ENV = "STEPSTREAM_CHAOS_LEDGER"
 STEPS = [f"step-{i}" for i in range(10)]
 STALL_STEPS = ["before", "block", "after-1", "after-2", "after-3"]
+FLOW_STEPS = ["a", "b", "c"]
+FLOW_PARALLELISM = 3  # per key of the "keyed" workflow
 
 _ledger_fd: int | None = None
 
@@ -118,6 +120,14 @@ def build(backend: str | None = None) -> Workflows:
         for name in STALL_STEPS[2:]:
             done.append((await context.run(name, work, run_id, name, 20))["exec"])
         return done
+
+    keyed_flow = FlowControl(key=lambda payload: payload["key"], parallelism=FLOW_PARALLELISM)
+
+    @workflows.workflow("keyed", retry_delay=0.1, flow_control=keyed_flow)
+    async def keyed(context: WorkflowContext) -> list[str]:
+        """Three steps under the payload's flow control key."""
+        ms, run_id = int(context.request_payload.get("ms", 50)), context.workflow_run_id
+        return [(await context.run(n, work, run_id, n, ms))["exec"] for n in FLOW_STEPS]
 
     return workflows
 
