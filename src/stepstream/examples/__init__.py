@@ -4,6 +4,8 @@
 - ``failing``: a step that always fails, is retried, and then the failure function runs.
 - ``approval``: waits for the event ``approve-<run id>`` (the dashboard has a button for it).
 - ``parallel``: three steps at once with ``asyncio.gather``, then a summary step.
+- ``one-per-user``: flow control, one step execution at a time per ``userId``: trigger it twice
+  for the same user and the second run waits for the first (its page says so).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import asyncio
 import random
 from typing import Any
 
-from stepstream import Backoff, Realtime, WorkflowContext, Workflows
+from stepstream import Backoff, FlowControl, Realtime, WorkflowContext, Workflows
 
 realtime = Realtime()
 workflows = Workflows(realtime=realtime)
@@ -75,6 +77,18 @@ async def parallel(context: WorkflowContext) -> dict[str, Any]:
     )
     summary: dict[str, Any] = await context.run("summarize", _work, 0.2, {"outputs": results})
     return summary
+
+
+def _user(payload: Any) -> str:
+    user = payload.get("userId") if isinstance(payload, dict) else None
+    return user if isinstance(user, str) and user else "user-123"
+
+
+@workflows.workflow("one-per-user", flow_control=FlowControl(key=_user, parallelism=1))
+async def one_per_user(context: WorkflowContext) -> dict[str, Any]:
+    user = _user(context.request_payload)
+    summary = await context.run("call-model", _work, 3.0, {"summary": f"report for {user}"})
+    return {"userId": user, **summary}
 
 
 __all__ = ["realtime", "workflows"]

@@ -14,6 +14,9 @@ import { FINISH_STATES, STATE_LABELS, formatDuration, formatTime, fullDate, pars
 import { createTimeline, timelineSteps } from "./timeline.js";
 
 const RETRY_MS = 2000;
+const REFRESH_MS = 3000; // the log of a running run, for what it waits for (not in its events)
+// What a running run is doing (its log's `status`), on its badge.
+const STATUS_LABELS = { queued: "Queued", scheduled: "Scheduled", running: "Running", retrying: "Retrying", waiting: "Waiting" };
 const CONN_LABELS = { connecting: "connecting…", connected: "live", disconnected: "reconnecting…", error: "offline, retrying…" };
 
 /** Show run `runId`; returns the view (`tick`, `leave`). */
@@ -54,6 +57,7 @@ export function showRun(runId) {
       if (stopped) return;
       log = reply;
       render();
+      if (log.workflowState === "RUN_STARTED") logTimer = setTimeout(loadLog, REFRESH_MS);
     } catch (error) {
       if (stopped) return;
       if (error.status === 404 && !live.events.length) {
@@ -105,12 +109,14 @@ export function showRun(runId) {
     const running = runState === "RUN_STARTED";
     $("run-workflow").textContent = log?.workflowName ?? "…";
     setBadge($("run-state"), runState);
+    if (running && log?.status && STATUS_LABELS[log.status]) $("run-state").textContent = STATUS_LABELS[log.status];
     document.title = `${log?.workflowName ?? runId} · ${STATE_LABELS[runState] ?? "…"} · stepstream`;
     $("run-started").textContent = formatTime(startedAt());
     $("run-started").title = fullDate(startedAt());
     $("run-finished").textContent = running ? "—" : formatTime(completedAt());
     $("run-finished").title = fullDate(completedAt());
     $("cancel-run").hidden = !running || !log;
+    renderStatus(running);
     if (log) renderOutcome(runState, log.error ?? live.run?.error);
 
     const entries = timelineSteps(live.steps, log?.steps);
@@ -136,16 +142,28 @@ export function showRun(runId) {
     else jsonInto(outcome, undefined, "Running… the result appears here when the run finishes.");
   }
 
-  /** Send event: offered while running; defaults to approve-<id> while a Wait step is open. */
+  /** What a running run is doing, from its log: queued, waiting for what, retrying. */
+  function renderStatus(running) {
+    let note = $("run-status-note");
+    if (!note) {
+      note = h("span", { id: "run-status-note", class: "status-note", style: "margin-left: 10px; font-size: 13px; color: var(--muted)" });
+      $("run-state").after(note);
+    }
+    note.textContent = running && log ? statusText(log) : "";
+    note.hidden = !note.textContent;
+  }
+
+  /** Send event: offered while running; defaults to the event a Wait step waits for. */
   function renderNotify(running, waiting) {
     const card = $("notify-card");
-    card.hidden = !running || !log;
+    const open = log?.steps?.find((step) => step.waitEventId && step.state === "STEP_PROGRESS");
+    card.hidden = !running || !log || !(open || waiting);
     card.classList.toggle("waiting", Boolean(waiting));
     $("notify-hint").textContent = waiting
       ? `“${waiting.stepName}” is waiting for an event.`
       : "Notify a waiting step of this run.";
     const input = $("notify-event");
-    const suggested = waiting ? `approve-${runId}` : "";
+    const suggested = open?.waitEventId ?? "";
     if (suggested && (input.value === "" || input.value === lastWaitDefault)) {
       input.value = suggested;
       lastWaitDefault = suggested;
@@ -266,6 +284,36 @@ function follow(runId, onData, onStatus, onError) {
       sub?.close();
     },
   };
+}
+
+/** A running run's `status` and `waitingFor` (its log), in words. */
+export function statusText(log) {
+  const flow = log.flowControl;
+  switch (log.status) {
+    case "queued":
+      return "Queued: waiting for a worker to claim it";
+    case "scheduled":
+      return "Scheduled: not due yet";
+    case "retrying":
+      return "Retrying: a step failed and waits for its next attempt";
+    case "waiting":
+      if (log.waitingFor === "flowControl" && flow) {
+        const limits = [
+          flow.parallelism ? `at most ${flow.parallelism} at once` : "",
+          flow.rate ? `${flow.rate} per ${flow.period} s` : "",
+        ].filter(Boolean);
+        return `Waiting for flow control: key “${flow.key}” (${limits.join(", ")})`;
+      }
+      if (log.waitingFor === "event") {
+        const step = log.steps.find((s) => s.waitEventId && s.state === "STEP_PROGRESS");
+        return step ? `Waiting for event “${step.waitEventId}”` : "Waiting for an event";
+      }
+      if (log.waitingFor === "sleep") return "Sleeping";
+      if (log.waitingFor === "childRun") return "Waiting for a child run";
+      return "Waiting";
+    default:
+      return "";
+  }
 }
 
 function resetPage(runId) {
