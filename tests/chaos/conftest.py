@@ -1,7 +1,9 @@
 """The chaos suite (DESIGN §10): fault scenarios on every backend, bounded in time.
 
 ``make chaos`` runs every scenario at full scale (``STEPSTREAM_CHAOS=full``); ``make test``
-runs each at a quick scale of a few seconds, so a regression shows up in every CI run.
+runs each at a quick scale of a few seconds, so a regression shows up in every CI run. Variants
+that only multiply the run time (another backend for what the server does alone, more outages
+of one storage) run in ``make chaos`` only; RELIABILITY.md names them.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -46,6 +46,59 @@ USER_KEYS = {
 # -- the server ---------------------------------------------------------------------------------
 
 
+# Python's start-up and imports are most of the half second a server takes to answer, and each
+# test starts its own server (on its own store). So a spare process does them while the test
+# before runs, then waits on stdin for its job: ``uvicorn``'s command line, run as ``python -m
+# uvicorn`` would, in its environment and with its output going to its log.
+WARM_UP = """
+import json, os, sys
+from uvicorn.main import main
+import stepstream.server.app
+line = sys.stdin.readline()
+if not line:
+    sys.exit(0)
+job = json.loads(line)
+log = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+os.dup2(log, 1)
+os.dup2(log, 2)
+os.environ.update(job["env"])
+main(job["args"])
+"""
+
+
+class Spare:
+    """The warm server process for the next test (see ``WARM_UP``)."""
+
+    process: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def take(cls, job: dict[str, object]) -> subprocess.Popen[bytes]:
+        """The spare, given ``job``; a new spare warms up for the next test meanwhile."""
+        process = cls.process if cls.process and cls.process.poll() is None else cls.spawn()
+        assert process.stdin is not None
+        process.stdin.write(json.dumps(job).encode() + b"\n")
+        process.stdin.close()
+        cls.process = cls.spawn()
+        return process
+
+    @classmethod
+    def spawn(cls) -> subprocess.Popen[bytes]:
+        command = [sys.executable, "-c", WARM_UP]
+        return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+
+    @classmethod
+    def close(cls) -> None:
+        if cls.process is not None:
+            cls.process.communicate(timeout=10)  # EOF on stdin: it exits
+            cls.process = None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def spare_server() -> Iterator[None]:
+    yield
+    Spare.close()
+
+
 class Server:
     """``sse_app`` under uvicorn in a subprocess, on the test's store."""
 
@@ -57,16 +110,12 @@ class Server:
         self._env = {**os.environ, "STEPSTREAM_TEST_BACKEND": backend_url, **settings}
         self._process: subprocess.Popen[bytes] | None = None
 
-    def spawn(self) -> subprocess.Popen[bytes]:
-        command = [
-            sys.executable, "-m", "uvicorn", "tests.realtime.sse_app:app", "--app-dir", str(ROOT),
+    async def start(self) -> None:
+        args = [
+            "tests.realtime.sse_app:app", "--app-dir", str(ROOT),
             "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning",
         ]  # fmt: skip
-        with self.log.open("ab") as log:
-            return subprocess.Popen(command, env=self._env, stdout=log, stderr=log)
-
-    async def start(self) -> None:
-        self._process = self.spawn()
+        self._process = Spare.take({"env": self._env, "args": args, "log": str(self.log)})
         deadline = time.monotonic() + 30
         async with httpx.AsyncClient(timeout=1) as client:
             while time.monotonic() < deadline:

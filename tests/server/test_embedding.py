@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import aclosing, asynccontextmanager, contextmanager
 from pathlib import Path
 
 import httpx
@@ -114,11 +114,14 @@ async def streamed_updates(base: str, run_id: str, token: str) -> list[str]:
         async for _ in subscribe_remote(f"{base}/sse", [run_id], history=True):
             pass
     kinds = []
+    # Closed on the way out: a stream left open holds the server's graceful shutdown (uvicorn
+    # waits for open connections) until ``process`` gives up on it and kills the server.
     stream = subscribe_remote(f"{base}/sse", [run_id], history=True, channel_token=token)
-    async for message in stream:
-        kinds.append(message.data["type"])
-        if kinds[-1] == "runFinish":
-            return kinds
+    async with aclosing(stream):
+        async for message in stream:
+            kinds.append(message.data["type"])
+            if kinds[-1] == "runFinish":
+                return kinds
     raise AssertionError("the stream ended before runFinish")
 
 
