@@ -28,6 +28,7 @@ from stepstream.realtime import Channel, Realtime, handle
 from stepstream.records import HistoryPolicy, Message, RunState, StepState
 from stepstream.version import __version__
 from stepstream.workflow.context import WorkflowContext
+from stepstream.workflow.cron import Schedule
 from stepstream.workflow.flow import FlowControl
 from stepstream.workflow.policy import Backoff
 from stepstream.workflow.worker import Worker
@@ -53,6 +54,7 @@ __all__ = [
     "RunConflict",
     "RunNotFound",
     "RunState",
+    "Schedule",
     "StepFailed",
     "StepState",
     "StepstreamError",

@@ -17,12 +17,16 @@ import click
 
 from stepstream.backends import DEFAULT_URL
 from stepstream.backends.base import shown_url
+from stepstream.cli_remote import TOKEN_OPTION, URL_OPTION
+from stepstream.cli_remote import client_for as _client
+from stepstream.cli_remote import fail as _fail
+from stepstream.cli_remote import run_async as _run
+from stepstream.cli_schedules import schedules, workflows_command
 from stepstream.errors import StepstreamError
 from stepstream.records import RunState
 from stepstream.version import __version__
 
 if TYPE_CHECKING:
-    from stepstream.client import Client
     from stepstream.server.wire import RunLog, RunPage
     from stepstream.workflows import Workflows
 
@@ -222,29 +226,6 @@ def worker(app: str, backend: str | None, concurrency: int, lease: float) -> Non
     _run(run())
 
 
-URL_OPTION = click.option(
-    "--url",
-    envvar="STEPSTREAM_URL",
-    default="http://127.0.0.1:8000",
-    show_default=True,
-    help="the stepstream server (STEPSTREAM_URL)",
-)
-TOKEN_OPTION = click.option("--token", envvar="STEPSTREAM_TOKEN", help="API bearer token")
-
-
-def _client(url: str, token: str | None) -> Client:
-    from stepstream.client import Client
-
-    return Client(url=url, token=token)
-
-
-def _fail(exc: Exception) -> None:
-    from rich.console import Console
-
-    Console(stderr=True).print(f"[bold red]error:[/] {exc}")
-    sys.exit(1)
-
-
 DATA_HELP = "JSON, or @file, or - for standard input"
 
 
@@ -436,13 +417,8 @@ def _warn_gap(channel: str, cursor: str) -> None:
     )
 
 
-def _run(coro: Any) -> Any:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    return uvloop.run(coro)
-
+main.add_command(schedules)
+main.add_command(workflows_command)
 
 if __name__ == "__main__":
     main()

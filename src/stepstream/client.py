@@ -24,9 +24,21 @@ from stepstream.errors import (
     error_from_body,
 )
 from stepstream.records import RUN_STATES
-from stepstream.server.wire import Notified, RunLog, RunPage, Triggered, read_log, read_runs
+from stepstream.server.schedules import read_schedules, schedule_info
+from stepstream.server.wire import (
+    Notified,
+    RunLog,
+    RunPage,
+    ScheduleInfo,
+    ScheduleList,
+    Triggered,
+    WorkflowNames,
+    read_log,
+    read_runs,
+)
 from stepstream.workflow.engine import Engine, HasEngine, engine_of, to_json
 from stepstream.workflow.flow import FlowControl
+from stepstream.workflow.scheduler import Schedules
 
 
 class Transport(Protocol):
@@ -53,6 +65,19 @@ class Transport(Protocol):
     async def cancel(self, run_id: str) -> None: ...
 
     async def notify(self, event_id: str, data: Any, run_id: str | None) -> int: ...
+
+    async def workflows(self) -> WorkflowNames: ...
+
+    async def pause_workflow(self, name: str, paused: bool) -> None: ...
+
+    async def create_schedule(self, fields: dict[str, Any]) -> ScheduleInfo: ...
+
+    async def schedules(self) -> ScheduleList: ...
+
+    async def schedule(self, schedule_id: str, action: str | None = None) -> ScheduleInfo:
+        """The schedule; ``action`` ``pause`` or ``resume`` first changes it."""
+
+    async def delete_schedule(self, schedule_id: str) -> None: ...
 
     async def aclose(self) -> None: ...
 
@@ -100,6 +125,40 @@ class EngineTransport:
         engine = await self._open()
         woken: int = await engine.notify(event_id, data, run_id)
         return woken
+
+    async def workflows(self) -> WorkflowNames:
+        engine = await self._open()
+        paused = await engine.read_paused()
+        names = engine.registry.names
+        return WorkflowNames(workflows=names, paused=[name for name in names if name in paused])
+
+    async def pause_workflow(self, name: str, paused: bool) -> None:
+        engine = await self._open()
+        await (engine.pause(name) if paused else engine.resume(name))
+
+    async def create_schedule(self, fields: dict[str, Any]) -> ScheduleInfo:
+        engine = await self._open()
+        record = await Schedules(engine).create(
+            fields["id"], fields["workflow"], fields["cron"], fields["timezone"], fields["payload"]
+        )
+        return schedule_info(record, engine.clock())
+
+    async def schedules(self) -> ScheduleList:
+        return await read_schedules(await self._open())
+
+    async def schedule(self, schedule_id: str, action: str | None = None) -> ScheduleInfo:
+        engine = await self._open()
+        schedules = Schedules(engine)
+        if action == "pause":
+            record = await schedules.pause(schedule_id)
+        elif action == "resume":
+            record = await schedules.resume(schedule_id)
+        else:
+            record = await schedules.get(schedule_id)
+        return schedule_info(record, engine.clock())
+
+    async def delete_schedule(self, schedule_id: str) -> None:
+        await Schedules(await self._open()).delete(schedule_id)
 
     async def aclose(self) -> None:
         """Nothing to release: the engine belongs to its ``Workflows``."""
@@ -209,6 +268,34 @@ class HTTPTransport:
         )
         return int(notified["waiters"])
 
+    async def workflows(self) -> WorkflowNames:
+        names: WorkflowNames = await self._call("GET", "/api/workflows")
+        return names
+
+    async def pause_workflow(self, name: str, paused: bool) -> None:
+        action = "pause" if paused else "resume"
+        await self._call("POST", f"/api/workflows/{quote(name, safe='')}/{action}")
+
+    async def create_schedule(self, fields: dict[str, Any]) -> ScheduleInfo:
+        body = to_json(fields, "the schedule")
+        created: ScheduleInfo = await self._call("POST", "/api/schedules", body=body)
+        return created
+
+    async def schedules(self) -> ScheduleList:
+        listed: ScheduleList = await self._call("GET", "/api/schedules")
+        return listed
+
+    async def schedule(self, schedule_id: str, action: str | None = None) -> ScheduleInfo:
+        path = f"/api/schedules/{quote(schedule_id, safe='')}"
+        if action is None:
+            found: ScheduleInfo = await self._call("GET", path)
+            return found
+        changed: ScheduleInfo = await self._call("POST", f"{path}/{action}")
+        return changed
+
+    async def delete_schedule(self, schedule_id: str) -> None:
+        await self._call("DELETE", f"/api/schedules/{quote(schedule_id, safe='')}")
+
     async def aclose(self) -> None:
         """Close the HTTP client (if this transport made it)."""
         if self._http is not None and self._owned:
@@ -300,6 +387,64 @@ class Client:
         """Deliver ``data`` to runs waiting for ``event_id``; returns how many. Naming the run
         keeps the event for it if it is not waiting yet (lookback)."""
         return await self.transport.notify(event_id, data, workflow_run_id)
+
+    async def workflows(self) -> WorkflowNames:
+        """The registered workflows, and which of them are paused:
+        ``{"workflows": [...], "paused": [...]}``."""
+        return await self.transport.workflows()
+
+    async def pause_workflow(self, name: str) -> None:
+        """Stop executing ``name``'s runs: triggers are still accepted and stored, no worker
+        claims them, and a run executing now stops before its next step."""
+        await self.transport.pause_workflow(name, True)
+
+    async def resume_workflow(self, name: str) -> None:
+        """Execute ``name``'s runs again (those due meanwhile at once)."""
+        await self.transport.pause_workflow(name, False)
+
+    async def create_schedule(
+        self,
+        schedule_id: str,
+        workflow: str,
+        cron: str,
+        *,
+        timezone: str = "UTC",
+        payload: Any = None,
+    ) -> ScheduleInfo:
+        """Start ``workflow`` with ``payload`` on each tick of ``cron`` (5 fields, or 6 with
+        leading seconds) read in ``timezone``. ``RunConflict`` if ``schedule_id`` is taken,
+        ``ValidationError`` for a bad id, cron or time zone.
+
+        >>> # await client.create_schedule("nightly", "report", "0 2 * * *", timezone="UTC")
+        """
+        fields = {
+            "id": schedule_id,
+            "workflow": workflow,
+            "cron": cron,
+            "timezone": timezone,
+            "payload": payload,
+        }
+        return await self.transport.create_schedule(fields)
+
+    async def schedules(self) -> list[ScheduleInfo]:
+        """Every schedule, by id, with its ``nextRunAt`` and ``lastRunId``."""
+        return (await self.transport.schedules())["schedules"]
+
+    async def schedule(self, schedule_id: str) -> ScheduleInfo:
+        """One schedule (``RouteNotFound`` if there is none)."""
+        return await self.transport.schedule(schedule_id)
+
+    async def pause_schedule(self, schedule_id: str) -> ScheduleInfo:
+        """Start no more runs until resumed."""
+        return await self.transport.schedule(schedule_id, "pause")
+
+    async def resume_schedule(self, schedule_id: str) -> ScheduleInfo:
+        """Start runs again from the next tick (the ticks skipped while paused stay so)."""
+        return await self.transport.schedule(schedule_id, "resume")
+
+    async def delete_schedule(self, schedule_id: str) -> None:
+        """Remove a schedule. One a workflow declares comes back when a worker starts."""
+        await self.transport.delete_schedule(schedule_id)
 
     async def aclose(self) -> None:
         await self.transport.aclose()

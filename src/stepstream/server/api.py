@@ -4,6 +4,7 @@ client sent."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Mapping
@@ -116,7 +117,13 @@ class JSONApi:
         ]
 
     async def list_workflows(self, request: Request) -> Response:
-        return JSONResponse(WorkflowNames(workflows=self.engine.registry.names))
+        # The names are the code's; which are paused is storage's, as last read if it is down.
+        with contextlib.suppress(BackendError):
+            await self.engine.read_paused()
+        paused, names = self.engine.paused, self.engine.registry.names
+        return JSONResponse(
+            WorkflowNames(workflows=names, paused=[name for name in names if name in paused])
+        )
 
     async def trigger(self, request: Request) -> Response:
         body = await read_json(request, "the request payload")

@@ -7,6 +7,8 @@ GET  /api/realtime/history    a channel's history as JSON (for clients without S
 POST /api/realtime/token      mint a subscription token (API token needed)
 ...  /api/workflows, /api/runs, /api/events, /openapi.json: the JSON API (``api.py``), with
                               workflows
+...  /api/schedules, /api/workflows/{name}/pause|resume: schedules and pauses
+                              (``schedules.py``), with workflows
 GET  /static/...              the JS client (``stepstream.js``) and React hook (``react.js``)
 
 Every request first passes ``RequireLifespan`` (an app with workflows mounted in another one:
@@ -47,6 +49,7 @@ from stepstream.server.api import JSONApi, read_json
 from stepstream.server.guard import Guard
 from stepstream.server.lifespan import Lifespan, RequireLifespan, tune_gc
 from stepstream.server.limits import MAX_BODY
+from stepstream.server.schedules import ScheduleApi
 from stepstream.server.wire import HistoryPage, MintedToken
 from stepstream.workflow.engine import Engine, HasEngine, engine_of
 
@@ -135,6 +138,7 @@ def create_app(
             Route("/api/realtime/history", channels.history),
             Route("/api/realtime/token", channels.mint, methods=["POST"]),
             *(JSONApi(engine).routes() if engine else ()),
+            *(ScheduleApi(engine).routes() if engine else ()),
             *routes,
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ],

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from stepstream.errors import ConfigurationError, UnknownWorkflow
+from stepstream.workflow.cron import Schedule, check_schedule_id
 from stepstream.workflow.flow import FlowControl
 from stepstream.workflow.policy import Backoff, RetryDelay, RetryPolicy
 
@@ -33,6 +34,7 @@ class Workflow:
     failure_function: FailureFn | None
     timeout: float | None
     flow_control: FlowControl | None = None
+    schedule: Schedule | None = None
 
     @property
     def policy(self) -> RetryPolicy:
@@ -63,6 +65,7 @@ class Registry:
         failure_function: FailureFn | None = None,
         timeout: float | None = None,
         flow_control: FlowControl | None = None,
+        schedule: str | Schedule | None = None,
     ) -> Callable[[F], F]:
         """Register an ``async def fn(context)`` under ``name``.
 
@@ -71,6 +74,9 @@ class Registry:
         ``fn(attempt) -> seconds``. ``failure_function(context, error)`` runs once the run has
         failed (durably, retried like a step). ``timeout``: seconds before the run fails.
         ``flow_control``: keyed parallelism and rate limits on its steps (``FlowControl``).
+        ``schedule``: start runs by themselves, on a cron expression (5 fields, or 6 with
+        leading seconds) or a ``Schedule`` (cron, time zone, payload); stored as the schedule
+        named like the workflow when a worker starts.
         """
         if not name or not isinstance(name, str) or "/" in name:
             raise ConfigurationError(
@@ -82,12 +88,20 @@ class Registry:
             raise ConfigurationError(f"timeout must be positive seconds, got {timeout}")
         if flow_control is not None and not isinstance(flow_control, FlowControl):
             raise ConfigurationError("flow_control must be a stepstream.FlowControl")
+        when = _schedule(name, schedule)
 
         def register(fn: F) -> F:
             if name in self._workflows:
                 raise ConfigurationError(f"workflow {name!r} is registered twice")
             self._workflows[name] = Workflow(
-                name, fn, retries, retry_delay or Backoff(), failure_function, timeout, flow_control
+                name,
+                fn,
+                retries,
+                retry_delay or Backoff(),
+                failure_function,
+                timeout,
+                flow_control,
+                when,
             )
             return fn
 
@@ -102,3 +116,20 @@ class Registry:
     @property
     def names(self) -> list[str]:
         return sorted(self._workflows)
+
+
+def _schedule(name: str, schedule: str | Schedule | None) -> Schedule | None:
+    """A workflow's declared schedule; its id is the workflow's name."""
+    if schedule is None:
+        return None
+    if isinstance(schedule, str):
+        schedule = Schedule(cron=schedule)
+    if not isinstance(schedule, Schedule):
+        raise ConfigurationError(
+            "schedule must be a cron expression ('0 9 * * 1-5') or a stepstream.Schedule"
+        )
+    try:
+        check_schedule_id(name)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"workflow {name!r} cannot declare a schedule: {exc}") from None
+    return schedule

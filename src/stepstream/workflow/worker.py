@@ -17,6 +17,7 @@ from stepstream.errors import BackendError, LeaseLost
 from stepstream.records import Lease
 from stepstream.workflow.engine import Engine, HasEngine, engine_of
 from stepstream.workflow.execution import execute
+from stepstream.workflow.scheduler import Scheduler
 
 if TYPE_CHECKING:
     from stepstream.records import RunRecord
@@ -42,6 +43,10 @@ class Worker:
     longer record anything. Due runs are found by polling every ``poll_interval`` seconds, and
     at once when any process triggers, notifies or releases one.
 
+    Beside it runs a ``Scheduler`` (unless ``schedules=False``): it stores the schedules the
+    registry declares, and starts the runs of every schedule of a workflow registered here
+    and not paused, one per tick however many workers do the same.
+
     >>> # async with workflows.worker(concurrency=50):
     >>> #     ...  # runs execute in the background
     """
@@ -55,6 +60,7 @@ class Worker:
         poll_interval: float = 0.1,
         owner: str | None = None,
         clock: Clock | None = None,
+        schedules: bool = True,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
@@ -76,6 +82,9 @@ class Worker:
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self._paused_read = -PAUSED_CHECK
+        self.scheduler = (
+            Scheduler(self.engine, self._clock, self._schedulable) if schedules else None
+        )
 
     def wake(self) -> None:
         self._wakeup.set()
@@ -87,12 +96,17 @@ class Worker:
             asyncio.create_task(self._claim_loop(), name="stepstream-claim"),
             asyncio.create_task(self._heartbeat_loop(), name="stepstream-heartbeat"),
         ]
+        if self.scheduler is not None:
+            await self.scheduler.declare()  # before start returns (on failure, its loop retries)
+            self._tasks.append(asyncio.create_task(self.scheduler.run(), name="stepstream-cron"))
 
     async def stop(self, grace: float = 30.0) -> None:
         """Stop claiming; give running executions ``grace`` seconds to finish or suspend (their
         leases are still renewed meanwhile), then cancel the rest, releasing their runs to
         other workers."""
         self._stopping = True
+        if self.scheduler is not None:
+            self.scheduler.stop()
         self.engine.remove_waker(self.wake)
         self._wakeup.set()
         loop = asyncio.get_running_loop()
@@ -183,6 +197,10 @@ class Worker:
                 log.warning("reading paused workflows failed (%s); using the last answer", exc)
         paused = self.engine.paused
         return tuple(name for name in self.engine.registry.names if name not in paused)
+
+    def _schedulable(self) -> tuple[str, ...]:
+        """The workflows whose schedules this worker fires: registered here, not paused."""
+        return tuple(name for name in self.engine.registry.names if name not in self.engine.paused)
 
     async def _hand_back(self, runs: list[RunRecord]) -> None:
         for run in runs:

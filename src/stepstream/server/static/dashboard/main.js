@@ -6,7 +6,7 @@
  *   dom.js       building elements, highlighted JSON, the parts every view shares
  *   format.js    durations, times, labels
  *   runs.js      the runs list            run.js       one run (eventlog.js, timeline.js)
- *   trigger.js   the "New run" dialog
+ *   trigger.js   the "New run" dialog  schedules.js  schedules, and pausing workflows
  *
  * The run state comes from `../run-state.js` (shared with react.js), events from
  * `../stepstream.js`.
@@ -15,6 +15,7 @@
 import { $ } from "./dom.js";
 import { showRun } from "./run.js";
 import { showRuns } from "./runs.js";
+import { showSchedules } from "./schedules.js";
 import { setupTrigger } from "./trigger.js";
 
 const TICK_MS = 200;
@@ -26,15 +27,18 @@ function currentRoute() {
   const [path, query = ""] = hash.split("?");
   const match = /^\/runs\/([^/]+)$/.exec(path);
   if (match) return { view: "run", runId: decodeURIComponent(match[1]) };
+  if (path === "/schedules") return { view: "schedules" };
   return { view: "runs", params: new URLSearchParams(query) };
 }
 
 function route() {
   active?.leave();
   const target = currentRoute();
-  for (const id of ["runs-view", "run-view", "notfound-view"]) $(id).hidden = true;
+  for (const id of ["runs-view", "run-view", "schedules-view", "notfound-view"]) $(id).hidden = true;
   $("api-error").hidden = true;
-  active = target.view === "run" ? showRun(target.runId) : showRuns(target.params);
+  if (target.view === "run") active = showRun(target.runId);
+  else if (target.view === "schedules") active = showSchedules();
+  else active = showRuns(target.params);
 }
 
 setupTrigger();

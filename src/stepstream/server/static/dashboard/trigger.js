@@ -16,14 +16,39 @@ export function setupTrigger() {
     error.hidden = false;
   };
 
+  // A paused workflow still accepts runs: say so, and offer to resume it.
+  let paused = [];
+  const showPaused = () => {
+    $("trigger-paused").hidden = !paused.includes($("trigger-workflow").value);
+  };
+  const readPaused = async () => {
+    try {
+      paused = (await api("GET", "api/workflows")).paused ?? [];
+    } catch {
+      paused = [];
+    }
+    showPaused();
+  };
+
   const open = async () => {
     error.hidden = true;
     payload.removeAttribute("aria-invalid");
     if (!dialog.open) dialog.showModal();
     const names = await loadWorkflows();
     if (!names.length) showError("This server has no workflows registered (GET api/workflows).");
+    await readPaused();
     $("trigger-workflow").focus();
   };
+  $("trigger-workflow").addEventListener("change", showPaused);
+  $("trigger-resume").addEventListener("click", async () => {
+    const name = $("trigger-workflow").value;
+    try {
+      await api("POST", `api/workflows/${encodeURIComponent(name)}/resume`);
+    } catch (err) {
+      showError(`Could not resume “${name}”: ${err.message}`);
+    }
+    await readPaused();
+  });
   const close = () => dialog.close();
 
   $("new-run").addEventListener("click", open);
