@@ -45,6 +45,7 @@ async def test_each_failed_attempt_keeps_its_traceback(
         assert isinstance(error["at"], int)
     warnings = [r for r in caplog.records if "step 'lookup' attempt" in r.getMessage()]
     assert len(warnings) == 2 and "in lookup" in warnings[0].getMessage()
+    assert "Traceback" not in warnings[0].getMessage()  # not an exception of the engine
 
 
 async def test_a_wait_step_says_what_it_waits_for(harness: Harness) -> None:

@@ -345,7 +345,7 @@ class WorkflowContext(Journal):
             step.name,
             step.attempts,
             message,
-            trace.rstrip(),
+            where(trace),
         )
         retry = not isinstance(exc, NonRetryableError) and step.attempts <= policy.retries
         if retry:
@@ -457,6 +457,16 @@ def user_traceback(exc: BaseException) -> str:
     trace.stack = traceback.StackSummary.from_list(frames)
     text = "".join(trace.format())
     return text if len(text) <= MAX_TRACEBACK else "…" + text[-MAX_TRACEBACK:]
+
+
+def where(trace: str) -> str:
+    """The frames of a formatted traceback without its header line and its last line (the
+    error, which the log line already says): an expected failure of the user's code is logged
+    as where it happened, not as an exception of the engine."""
+    lines = trace.rstrip("\n").splitlines()
+    if lines and lines[0].startswith("Traceback"):
+        lines = lines[1:-1]
+    return "\n".join(lines)
 
 
 def type_name(value: object) -> str:
