@@ -166,7 +166,8 @@ def dev(
 ) -> None:
     """API, SSE, dashboard and in-process workers in one process (embedded SQLite default).
 
-    With no APP, serves the built-in examples: basic, failing, approval, parallel."""
+    With no APP, serves the built-in examples: basic, failing, approval, parallel,
+    one-per-user (flow control)."""
     exposure = _exposure(host, insecure)
     workflows = load_workflows(app or "stepstream.examples:workflows", backend)
     where = backend or os.environ.get("STEPSTREAM_BACKEND") or DEFAULT_URL

@@ -93,7 +93,11 @@ class WorkflowEnv:
             clock=self.clock,
         )
         self.client = Client(self.engine)
-        self.worker = Worker(self.engine, concurrency=concurrency, owner="env", clock=self.clock)
+        # No scheduler: on a virtual clock a declared schedule would start runs the test never
+        # asked for. Trigger a scheduled workflow's run yourself to test it.
+        self.worker = Worker(
+            self.engine, concurrency=concurrency, owner="env", clock=self.clock, schedules=False
+        )
         self.timeout = timeout
         self._workflows = workflows
         self._saved_engine: Engine | None = None
