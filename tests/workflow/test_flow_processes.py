@@ -1,6 +1,7 @@
 """Flow control across worker processes: a worker SIGKILLed while its steps hold slots gives
 them back when its lease ends, the others finish every run, and the key's parallelism is
-never exceeded, counting the killed worker's step bodies until the moment they died."""
+never exceeded, counting the killed worker's step bodies until the moment they died; a rate
+holds across processes; one key held up never delays another."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from stepstream import FlowControl, WorkflowContext
-from tests.workflow.helpers import Harness, wait_for_state
+from tests.workflow.helpers import Harness, wait_for_state, wait_for_step, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -53,6 +54,21 @@ WORKFLOW_MODULE = textwrap.dedent(
     @workflows.workflow("limited", flow_control=FlowControl(key="shared", parallelism=2))
     async def limited(context):
         return await context.run("work", work, context.workflow_run_id)
+
+
+    @workflows.workflow("rated", flow_control=FlowControl(key="api", rate=3, period=1))
+    async def rated(context):
+        return await context.run("call", time.time)
+
+
+    async def hold(seconds):
+        await asyncio.sleep(seconds)
+        return seconds
+
+
+    @workflows.workflow("keyed", flow_control=FlowControl(key=lambda p: p["k"], parallelism=1))
+    async def keyed(context):
+        return await context.run("hold", hold, context.request_payload["seconds"])
     """
 )
 
@@ -150,3 +166,57 @@ def _in_flight(log: Path, pid: int) -> bool:
         if int(owner) == pid:
             (open_steps.add if kind == "start" else open_steps.discard)(run_id)
     return bool(open_steps)
+
+
+async def test_rate_and_keys_across_processes(harness: Harness, tmp_path: Path) -> None:
+    """Two worker processes: nine rate-limited steps (3 per second) take two seconds or more;
+    a run of a key whose only slot is held for long finishes long before that slot frees."""
+    if harness.backend_url.startswith("memory:"):
+        pytest.skip("worker processes cannot share an in-memory store")
+    workdir = tmp_path / "app"
+    workdir.mkdir()
+    (workdir / "flow_workflows.py").write_text(WORKFLOW_MODULE)
+    workflows = harness.workflows()
+    # Flow control is fixed when a run is triggered: this process declares it like the workers.
+    workflows.workflow("rated", flow_control=FlowControl(key="api", rate=3, period=1))(_not_here)
+    per_key = FlowControl(key=lambda payload: payload["k"], parallelism=1)
+    workflows.workflow("keyed", flow_control=per_key)(_not_here)
+    client = workflows.client()
+    log = tmp_path / "steps.log"
+    workers = [start_worker(harness.backend_url, workdir, log, f"w{n}") for n in range(2)]
+    try:
+        slow = await client.trigger("keyed", {"k": "slow", "seconds": 30})
+        await wait_for_step(client, slow, "hold", {"STEP_PROGRESS"}, seconds=30)
+        blocked = await client.trigger("keyed", {"k": "slow", "seconds": 0})
+        free = await client.trigger("keyed", {"k": "fast", "seconds": 0})
+        rated = [await client.trigger("rated") for _ in range(9)]
+        assert (await wait_for_state(client, free, seconds=30))["workflowState"] == "RUN_SUCCESS"
+
+        async def waiting() -> bool:
+            return (await client.logs(blocked))["waitingFor"] == "flowControl"
+
+        await wait_until(waiting, 30, "the second run of the held key waiting for its slot")
+        starts = []
+        for run_id in rated:
+            done = await wait_for_state(client, run_id, seconds=30)
+            assert done["workflowState"] == "RUN_SUCCESS"
+            starts.append(done["workflowRunResponse"])
+        starts.sort()
+        assert all(b - a >= 0.9 for a, b in zip(starts, starts[3:], strict=False)), starts
+        assert starts[-1] - starts[0] >= 1.8
+        await client.cancel(slow)  # its slot comes back: the blocked run goes on
+        state = (await wait_for_state(client, blocked, seconds=30))["workflowState"]
+        assert state == "RUN_SUCCESS"
+    finally:
+        for proc in workers:
+            proc.send_signal(signal.SIGTERM)
+        for proc in workers:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+async def _not_here(context: WorkflowContext) -> None:
+    raise AssertionError("executed in the test process")
