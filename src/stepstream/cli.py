@@ -356,7 +356,16 @@ def logs(run_id: str, as_json: bool, url: str, token: str | None) -> None:
 
 
 @main.command()
-@click.option("--state", type=click.Choice([s.value for s in RunState]), default=None)
+@click.option(
+    "--state",
+    type=click.Choice(
+        [*(s.value for s in RunState), *(s.value.removeprefix("RUN_") for s in RunState)],
+        case_sensitive=False,
+    ),
+    callback=lambda _ctx, _param, value: _run_state(value),
+    default=None,
+    help="started, success, failed or canceled (RUN_ prefix optional)",
+)
 @click.option("--workflow", default=None)
 @click.option("--count", default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
@@ -408,6 +417,14 @@ def tail(channel: str, history: bool, url: str, token: str | None) -> None:
 
     with contextlib.suppress(KeyboardInterrupt):
         _run(go())
+
+
+def _run_state(value: str | None) -> str | None:
+    """``failed``, ``FAILED`` or ``run_failed`` -> ``RUN_FAILED``."""
+    if value is None:
+        return None
+    value = value.upper()
+    return value if value.startswith("RUN_") else "RUN_" + value
 
 
 def _warn_gap(channel: str, cursor: str) -> None:

@@ -32,6 +32,7 @@ STATE_STYLE = {
 
 
 OPEN = frozenset({"running", "waiting", "retrying"})
+FAILURE_POSITIONS = 1_000_000  # the failure function's steps (``workflow/journal.py``)
 KINDS = frozenset({"runStart", "stepStart", "stepFinish", "stepFail", "runFinish"})
 
 
@@ -238,27 +239,67 @@ def print_log(log: dict[str, Any]) -> None:
     if log.get("workflowRunResponse") is not None:
         console.print(f"result   {json.dumps(log['workflowRunResponse'])}")
     if log.get("error"):
-        console.print(f"[red]error    {log['error']}[/]")
+        console.print(Text(f"error    {log['error']}", style="red"))
+    doing = _doing(log)
+    if doing:
+        console.print(f"now      {doing}")
     table = Table(box=None, header_style="bold dim")
     for column in ("#", "step", "type", "state", "attempts", "took"):
         # Names and states whole; the free text wraps in what room is left (80 columns in a pipe).
         table.add_column(column, no_wrap=True)
-    table.add_column("out / error", ratio=1)
+    table.add_column("out / error", ratio=1, overflow="fold")
     for step in log["steps"]:
         took = ""
         if step.get("startedAt") and step.get("finishedAt"):
             took = _duration(step["finishedAt"] - step["startedAt"])
         detail = step["error"] if step.get("error") else json.dumps(step.get("out"))
+        if step.get("waitingFor") == "flowControl":
+            detail = "waiting for a flow control slot"
+        elif step.get("waitEventId") and step["state"] == "STEP_PROGRESS":
+            detail = f"waiting for event {step['waitEventId']!r}"
+        position = step.get("stepId", "")
         table.add_row(
-            str(step.get("stepId", "")),
+            "failure fn"
+            if isinstance(position, int) and position >= FAILURE_POSITIONS
+            else str(position),
             step["stepName"],
             step["stepType"],
             Text(step["state"], style=STATE_STYLE.get(step["state"], "")),
             str(step["attempts"]),
             took,
-            (detail or "")[:80],
+            detail or "",
         )
     console.print(table)
+    for step in log["steps"]:
+        for failure in step.get("errors") or []:
+            console.print(
+                Text.assemble(
+                    (f"\n{step['stepName']}", "bold"),
+                    f" attempt {failure['attempt']} failed at {_when(failure['at'])}: ",
+                    (failure["error"], "red"),
+                )
+            )
+            console.print(Text(failure["traceback"].rstrip(), style="dim"))
+
+
+def _doing(log: dict[str, Any]) -> str:
+    """What a running run does now, from its log's ``status`` and ``waitingFor``."""
+    if log.get("workflowState") != "RUN_STARTED":
+        return ""
+    status, waiting = log.get("status"), log.get("waitingFor")
+    if status == "waiting" and waiting == "flowControl" and log.get("flowControl"):
+        return f"waiting for flow control (key {log['flowControl']['key']!r})"
+    if status == "waiting" and waiting == "event":
+        events = [s["waitEventId"] for s in log["steps"] if s.get("waitEventId")]
+        return f"waiting for event {events[-1]!r}" if events else "waiting for an event"
+    if status == "waiting" and waiting:
+        return {"sleep": "sleeping", "childRun": "waiting for a child run"}.get(waiting, waiting)
+    return {
+        "queued": "queued: no worker has claimed it yet (is a worker running?)",
+        "scheduled": "scheduled: not due yet",
+        "retrying": "retrying: a step waits for its next attempt",
+        "running": "running",
+    }.get(str(status), "")
 
 
 def print_runs(runs: list[dict[str, Any]]) -> None:

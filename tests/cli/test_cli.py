@@ -285,6 +285,15 @@ def test_logs_of_a_failed_run_shows_the_error(dev: str) -> None:
     assert "RUN_FAILED" in table.stdout
     assert "STEP_FAILED" in table.stdout
     assert "upstream storage answered 503" in words(table.stdout)
+    # Where the code failed, per attempt; the failure function's steps named as such.
+    text = words(table.stdout)
+    assert "upload-report attempt 3 failed at" in text
+    assert 'examples/__init__.py", line' in text and "in flaky_upload" in text
+    assert "failure fn record-failure" in text and "1000000" not in text
+    assert "Traceback" in table.stdout  # the log's traceback, shown on request
+    listed = stepstream("runs", "--state", "failed", "--json", url=dev)  # any case, no RUN_
+    assert listed.returncode == 0, listed.stderr
+    assert run_id in [run["workflowRunId"] for run in json.loads(listed.stdout)["runs"]]
 
 
 def test_logs_of_a_missing_run_exits_1(dev: str) -> None:
