@@ -243,12 +243,27 @@ def print_log(log: dict[str, Any]) -> None:
     doing = _doing(log)
     if doing:
         console.print(f"now      {doing}")
+    console.print(_steps_table(log["steps"]))
+    for step in log["steps"]:
+        for failure in step.get("errors") or []:
+            console.print(
+                Text.assemble(
+                    (f"\n{step['stepName']}", "bold"),
+                    f" attempt {failure['attempt']} failed at {_when(failure['at'])}: ",
+                    (failure["error"], "red"),
+                )
+            )
+            console.print(Text(failure["traceback"].rstrip(), style="dim"))
+
+
+def _steps_table(steps: list[dict[str, Any]]) -> Table:
+    """A run's steps: position, name, type, state, attempts, time taken, result or error."""
     table = Table(box=None, header_style="bold dim")
     for column in ("#", "step", "type", "state", "attempts", "took"):
         # Names and states whole; the free text wraps in what room is left (80 columns in a pipe).
         table.add_column(column, no_wrap=True)
     table.add_column("out / error", ratio=1, overflow="fold")
-    for step in log["steps"]:
+    for step in steps:
         took = ""
         if step.get("startedAt") and step.get("finishedAt"):
             took = _duration(step["finishedAt"] - step["startedAt"])
@@ -269,17 +284,7 @@ def print_log(log: dict[str, Any]) -> None:
             took,
             detail or "",
         )
-    console.print(table)
-    for step in log["steps"]:
-        for failure in step.get("errors") or []:
-            console.print(
-                Text.assemble(
-                    (f"\n{step['stepName']}", "bold"),
-                    f" attempt {failure['attempt']} failed at {_when(failure['at'])}: ",
-                    (failure["error"], "red"),
-                )
-            )
-            console.print(Text(failure["traceback"].rstrip(), style="dim"))
+    return table
 
 
 def _doing(log: dict[str, Any]) -> str:
