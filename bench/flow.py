@@ -8,9 +8,11 @@
   start (give the slot back, wake the longest waiter, claim, replay, take the slot).
 
     python bench/flow.py                      # sqlite, and redis if redis-server is on PATH
+    python bench/flow.py --backends postgres  # a private durable PostgreSQL (tests/postgres.py)
     python bench/flow.py --backends sqlite --write   # rewrite the BENCHMARKS.md section
 
-One in-process worker (``concurrency=200``) per measurement, on a fresh store.
+One in-process worker (``concurrency=200``) per measurement, on a fresh store (PostgreSQL: a
+new schema of one server started for the whole run, ``fsync=on``, ``synchronous_commit=on``).
 """
 
 from __future__ import annotations
@@ -31,12 +33,22 @@ from pathlib import Path
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.wf_common import machine, median, ms, pct, redis_server, rewrite_section
+from bench.wf_common import (
+    Postgres,
+    machine,
+    median,
+    ms,
+    pct,
+    postgres_server,
+    redis_server,
+    rewrite_section,
+)
 
 from stepstream import FlowControl, Realtime, Workflows
 
 RUNS, STEPS, HANDOFFS = 200, 10, 100
 SECTION = "flow-control"
+SCHEMAS = itertools.count()  # PostgreSQL: a new schema per measurement
 
 
 def noop() -> int:
@@ -96,7 +108,10 @@ async def handoffs(url: str) -> list[float]:
 
 
 @contextlib.contextmanager
-def store(kind: str) -> Iterator[str]:
+def store(kind: str, pg: Postgres | None) -> Iterator[str]:
+    if pg is not None:
+        yield pg.url(query=f"schema=flow_bench_{next(SCHEMAS)}")
+        return
     if kind == "redis":
         with redis_server() as url:
             yield url
@@ -105,13 +120,23 @@ def store(kind: str) -> Iterator[str]:
         yield f"sqlite:///{Path(tmp) / 'bench.db'}"
 
 
-async def measure(kind: str, rounds: int) -> dict[str, list[float]]:
+@contextlib.contextmanager
+def server(kind: str) -> Iterator[Postgres | None]:
+    """The PostgreSQL every measurement of ``kind`` shares (``None`` for the others)."""
+    if kind != "postgres":
+        yield None
+        return
+    with postgres_server() as pg:
+        yield pg
+
+
+async def measure(kind: str, rounds: int, pg: Postgres | None) -> dict[str, list[float]]:
     figures: dict[str, list[float]] = {"plain": [], "keyed": [], "handoff": []}
     for _ in range(rounds):  # interleaved, so drift in machine load hits both alike
         for name, flow in (("plain", None), ("keyed", FlowControl(key="k", parallelism=10000))):
-            with store(kind) as url:
+            with store(kind, pg) as url:
                 figures[name].append(await throughput(url, flow))
-        with store(kind) as url:
+        with store(kind, pg) as url:
             figures["handoff"] += await handoffs(url)
     return figures
 
@@ -126,7 +151,12 @@ def report(results: dict[str, dict[str, list[float]]], command: str) -> str:
         f"Throughput: {RUNS} runs x {STEPS} trivial steps, one in-process worker, median of the "
         "rounds (rounds interleaved). *keyed*: every run under one key with `parallelism=10000` "
         "(never binding: each step takes and gives back a slot). Wake-up: `parallelism=1`, "
-        f"{HANDOFFS + 1} one-step runs queued; from one step body's end to the next one's start.",
+        f"{HANDOFFS + 1} one-step runs queued; from one step body's end to the next one's start."
+        + (
+            " PostgreSQL: a private server with `fsync=on`, `synchronous_commit=on`."
+            if "postgres" in results
+            else ""
+        ),
         "",
         "| backend | steps/s plain | steps/s keyed | keyed / plain | wake-up p50 ms | p99 ms |",
         "|---|---|---|---|---|---|",
@@ -143,14 +173,17 @@ def report(results: dict[str, dict[str, list[float]]], command: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backends", nargs="+", default=None, choices=["sqlite", "redis"])
+    parser.add_argument(
+        "--backends", nargs="+", default=None, choices=["sqlite", "redis", "postgres"]
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--write", action="store_true", help="rewrite BENCHMARKS.md's section")
     args = parser.parse_args()
     kinds = args.backends or ["sqlite"] + (["redis"] if shutil.which("redis-server") else [])
     results = {}
     for kind in kinds:
-        results[kind] = asyncio.run(measure(kind, args.rounds))
+        with server(kind) as pg:
+            results[kind] = asyncio.run(measure(kind, args.rounds, pg))
     text = report(results, "python " + " ".join(["bench/flow.py", *sys.argv[1:]]))
     print(text)
     if args.write:

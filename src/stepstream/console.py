@@ -298,7 +298,9 @@ def _doing(log: dict[str, Any]) -> str:
         events = [s["waitEventId"] for s in log["steps"] if s.get("waitEventId")]
         return f"waiting for event {events[-1]!r}" if events else "waiting for an event"
     if status == "waiting" and waiting:
-        return {"sleep": "sleeping", "childRun": "waiting for a child run"}.get(waiting, waiting)
+        return {"sleep": "sleeping", "childRun": "waiting for a child run"}.get(
+            str(waiting), str(waiting)
+        )
     return {
         "queued": "queued: no worker has claimed it yet (is a worker running?)",
         "scheduled": "scheduled: not due yet",

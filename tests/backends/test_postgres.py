@@ -1,6 +1,7 @@
-"""What only the Postgres backend has: its schema and migrations, LISTEN/NOTIFY delivery (large
-events, a lost or silently dead LISTEN connection), text PostgreSQL cannot store, driver errors,
-and index-backed queries. The shared behaviour is in the contract suites."""
+"""What only the Postgres backend has: its schema and migrations (a database of the previous
+release upgraded in place), LISTEN/NOTIFY delivery (large events, a lost or silently dead LISTEN
+connection), text PostgreSQL cannot store, driver errors, index-backed queries, and the lock
+order of flow control. The shared behaviour is in the contract suites."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ import asyncpg
 import pytest
 
 from stepstream.backends import backend_from_url
-from stepstream.backends.base import CreateRun, Notify
-from stepstream.backends.postgres import PostgresBackend
+from stepstream.backends.base import AcquireSlot, CreateRun, Notify, ReleaseSlot, SaveSteps
+from stepstream.backends.postgres import PostgresBackend, connection
 from stepstream.backends.postgres.connection import migrations
 from stepstream.errors import (
     BackendError,
@@ -25,7 +26,8 @@ from stepstream.errors import (
     RunNotFound,
     ValidationError,
 )
-from stepstream.records import HistoryPolicy, Message, RunRecord, RunState
+from stepstream.records import FlowLimits, HistoryPolicy, Lease, Message, RunRecord, RunState
+from tests.backends.test_runs_contract import claim, new_run, step
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.anyio
@@ -293,3 +295,89 @@ def test_connection_trouble_is_unavailable_and_says_what_happened(raised: Except
         raise raised
     assert caught.value.__cause__ is raised
     assert not str(caught.value).endswith("None")
+
+
+async def test_a_database_of_the_previous_release_is_upgraded_in_place(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Version 4 adds flow control to a schema holding runs; processes still running version 3
+    keep working meanwhile (its functions stay, as overloads)."""
+    url = fresh(postgres_url)
+    schema = url.rsplit("schema=", 1)[1]
+    shipped = migrations()
+    monkeypatch.setattr(connection, "migrations", lambda: shipped[:3])
+    old = backend_from_url(url)
+    await old.open()
+    await old.close()
+    monkeypatch.setattr(connection, "migrations", lambda: shipped)
+    conn = await asyncpg.connect(postgres_url, server_settings={"search_path": schema})
+    try:
+        await conn.execute(
+            "SELECT ss_create_run('wfr_old', 'wf', 'RUN_STARTED', 1, NULL, 0, NULL, NULL, 'null', "
+            "'{}', NULL, NULL, NULL, 'run', 0, NULL, '{}', '{}', '{}', '{}', '{}', '{}', "
+            "'{}', '{}', '{}', NULL, NULL)"
+        )
+        backend = backend_from_url(url)
+        await backend.open()
+        try:
+            (run,) = await claim(backend, "w1", 10)
+            assert run.id == "wfr_old" and run.flow is None
+            await conn.execute(  # a version 3 process saving a step
+                "SELECT ss_save_steps('wfr_old', 'w1', $1, '{0}', '{STEP_SUCCESS}', '{f}', "
+                "'{1}', '{1}', $2, '{}', '{}', '{}', NULL, NULL)",
+                run.epoch,
+                [step(0).to_json()],
+            )
+            found = await backend.get_run("wfr_old")
+            assert found is not None and found.steps[0].out == "1"
+            limits = FlowLimits("k", parallelism=1)
+            lease = Lease("wfr_old", "w1", run.epoch)
+            assert (await backend.acquire_slot(AcquireSlot(lease, limits, step(1)))).granted
+        finally:
+            await backend.close()
+    finally:
+        await conn.close()
+
+
+async def _deadlocks(postgres_url: str) -> int:
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        found: int = await conn.fetchval(
+            "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+        )
+        return found
+    finally:
+        await conn.close()
+
+
+async def test_flow_control_takes_its_locks_in_one_order(postgres_url: str) -> None:
+    """A waiter acquiring again while the holder saves its step and gives the slot back lock
+    the key and both runs: taken in different orders, PostgreSQL would find a deadlock (and
+    roll one back after a second)."""
+    backend = backend_from_url(fresh(postgres_url))
+    await backend.open()
+    one = FlowLimits("k", parallelism=1)
+    before = await _deadlocks(postgres_url)
+    try:
+        for i in range(40):
+            holder_id, waiter_id = f"wfr_h{i}", f"wfr_w{i}"
+            for run_id in (holder_id, waiter_id):
+                await backend.create_run(CreateRun(new_run(run_id)))
+            runs = {run.id: run for run in await claim(backend, "w1", 10)}
+            holder = Lease(holder_id, "w1", runs[holder_id].epoch)
+            waiter = Lease(waiter_id, "w1", runs[waiter_id].epoch)
+            assert (await backend.acquire_slot(AcquireSlot(holder, one, step(0)))).granted
+            denied = await backend.acquire_slot(AcquireSlot(waiter, one, step(0)))
+            assert not denied.granted
+            done = step(0, out="1")
+            await asyncio.gather(
+                backend.acquire_slot(AcquireSlot(waiter, one, step(0))),
+                backend.save_steps(
+                    SaveSteps(holder, (done,), release=ReleaseSlot(holder_id, "k", 0))
+                ),
+            )
+            await backend.release_slot(ReleaseSlot(waiter_id, "k", 0))
+    finally:
+        await backend.close()  # its sessions end: their statistics are flushed
+    await asyncio.sleep(0.5)
+    assert await _deadlocks(postgres_url) == before

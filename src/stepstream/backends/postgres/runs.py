@@ -1,6 +1,7 @@
 """The workflow half of the Postgres backend: each operation is one call of its function in
-``migrations/003_runs.sql``, which also appends the events reporting it (``ss_emit``), so a
-state change and its events commit together. Runs due now NOTIFY the wake topic at commit."""
+``migrations/003_runs.sql`` (``ss_create_run`` and ``ss_save_steps`` as ``004_flow_control.sql``
+redefines them), which also appends the events reporting it (``ss_emit``), so a state change
+and its events commit together. Runs due now NOTIFY the wake topic at commit."""
 
 from __future__ import annotations
 
@@ -25,7 +26,16 @@ from stepstream.backends.postgres.connection import Database
 from stepstream.backends.postgres.live import Listener
 from stepstream.backends.postgres.realtime import expire_ms
 from stepstream.errors import RunNotFound
-from stepstream.records import Lease, RunPage, RunRecord, RunState, StepRecord, StepState, dumps
+from stepstream.records import (
+    FlowLimits,
+    Lease,
+    RunPage,
+    RunRecord,
+    RunState,
+    StepRecord,
+    StepState,
+    dumps,
+)
 
 STEP_COLUMNS = "run_id, position, state, resolved, out, finished_at, data"
 
@@ -72,7 +82,7 @@ class PostgresRuns:
         run = op.run
         await self._db.fetch(
             "SELECT ss_create_run($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, "
-            "$15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27)",
+            "$15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28)",
             run.id,
             run.workflow,
             run.state.value,
@@ -89,6 +99,7 @@ class PostgresRuns:
             run.phase,
             run.failure_attempts,
             _text(run.failed_step),
+            None if run.flow is None else dumps(run.flow.to_dict()),
             *_steps(run.steps),
             *_emits(op),
         )
@@ -158,16 +169,19 @@ class PostgresRuns:
         )
         return [row[0] for row in rows]
 
-    async def save_steps(self, op: SaveSteps) -> None:
-        lease = op.lease
-        await self._db.fetch(
-            "SELECT ss_save_steps($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+    async def save_steps(self, op: SaveSteps) -> int:
+        lease, slot = op.lease, op.release
+        woken: int = await self._db.value(
+            "SELECT ss_save_steps($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, "
+            "$15, $16, $17)",
             lease.run_id,
             lease.owner,
             lease.epoch,
             *_steps(op.steps),
             *_emits(op),
+            *((None, None, None) if slot is None else (slot.key, slot.run_id, slot.position)),
         )
+        return woken
 
     async def release_run(self, op: ReleaseRun) -> None:
         lease, patch = op.lease, op.patch
@@ -292,4 +306,5 @@ def _run(row: asyncpg.Record) -> RunRecord:
         lease_owner=row["lease_owner"],
         lease_until=row["lease_until"],
         epoch=row["epoch"],
+        flow=None if row["flow"] is None else FlowLimits.from_dict(json.loads(row["flow"])),
     )
