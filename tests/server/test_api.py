@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import socket
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -460,6 +462,23 @@ async def test_workflows_and_health(api: Api) -> None:
     health = await api.get("/healthz")
     assert health.status_code == 200
     assert health.json()["status"] == "ok"
+    assert health.json()["workers"] == 1  # how many, not who: the route is public
+
+
+async def test_live_workers_are_listed_and_a_stopped_one_leaves(api: Api) -> None:
+    (worker,) = (await api.get("/api/workers")).json()["workers"]
+    assert worker["pid"] == os.getpid() and worker["host"] == socket.gethostname()
+    assert sorted(worker["workflows"]) == ["approval", "echo", "gated", "nap"]
+    assert worker["runs"] == 0 and worker["concurrency"] == 100
+    assert worker["lastHeartbeat"] >= worker["startedAt"]
+    run_id = (await api.post("/api/workflows/nap", json=None)).json()["workflowRunId"]
+    assert run_id
+    other = api.workflows.worker(poll_interval=0.05)
+    async with other:
+        ids = {w["id"] for w in (await api.get("/api/workers")).json()["workers"]}
+        assert ids == {worker["id"], other.owner}
+    ids = {w["id"] for w in (await api.get("/api/workers")).json()["workers"]}
+    assert ids == {worker["id"]}  # a stopping worker removes its entry
 
 
 async def test_the_openapi_document_describes_the_api(api: Api) -> None:

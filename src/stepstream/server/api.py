@@ -30,12 +30,14 @@ from stepstream.server.wire import (
     Notified,
     Triggered,
     TriggerUnanswered,
+    Workers,
     WorkflowNames,
     read_log,
     read_runs,
 )
 from stepstream.workflow.engine import Engine, run_id_from
 from stepstream.workflow.flow import FlowControl
+from stepstream.workflow.presence import live_workers
 
 # Headers a run does not keep from its trigger request: transport and body framing...
 NOT_FORWARDED = {
@@ -113,6 +115,7 @@ class JSONApi:
             Route("/api/runs/{run_id}", self.get_run, methods=["GET"]),
             Route("/api/runs/{run_id}/cancel", self.cancel, methods=["POST"]),
             Route("/api/events/{event_id}", self.notify, methods=["POST"]),
+            Route("/api/workers", self.workers, methods=["GET"]),
             Route("/openapi.json", self.openapi, methods=["GET"]),
         ]
 
@@ -124,6 +127,11 @@ class JSONApi:
         return JSONResponse(
             WorkflowNames(workflows=names, paused=[name for name in names if name in paused])
         )
+
+    async def workers(self, request: Request) -> Response:
+        """The workers heard from in the last 30 s (none: runs stay queued)."""
+        found: Any = await live_workers(self.engine)  # entries as the workers wrote them
+        return JSONResponse(Workers(workers=found))
 
     async def trigger(self, request: Request) -> Response:
         body = await read_json(request, "the request payload")

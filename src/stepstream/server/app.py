@@ -52,6 +52,7 @@ from stepstream.server.limits import MAX_BODY
 from stepstream.server.schedules import ScheduleApi
 from stepstream.server.wire import HistoryPage, MintedToken
 from stepstream.workflow.engine import Engine, HasEngine, engine_of
+from stepstream.workflow.presence import live_workers
 
 __all__ = ["MAX_BODY", "Guard", "StepstreamApp", "create_app", "tune_gc", "workflows_app"]
 
@@ -119,7 +120,7 @@ def create_app(
     """
     token = token if token is not None else os.environ.get(TOKEN_ENV) or None
     sse = handle(realtime, middleware=middleware, cors_origins=cors_origins, api_token=token)
-    channels = ChannelEndpoints(realtime, sse)
+    channels = ChannelEndpoints(realtime, sse, engine)
     lifespan = Lifespan(
         realtime, engine, workers=workers if engine else 0, concurrency=concurrency, lease=lease
     )
@@ -194,9 +195,10 @@ async def index(request: Request) -> Response:
 class ChannelEndpoints:
     """Health, and the JSON side of realtime: a channel's history, minting tokens."""
 
-    def __init__(self, realtime: Realtime, sse: SSEEndpoint) -> None:
+    def __init__(self, realtime: Realtime, sse: SSEEndpoint, engine: Engine | None = None) -> None:
         self.realtime = realtime
         self.sse = sse
+        self.engine = engine
 
     async def healthz(self, request: Request) -> Response:
         try:
@@ -207,14 +209,15 @@ class ChannelEndpoints:
             log.warning("health check: %s", exc)
             body = {"status": "unavailable", "error": "the backend does not answer"}
             return JSONResponse(body, status_code=503)
-        return JSONResponse(
-            {
-                "status": "ok",
-                "backend": self.realtime.backend.url.split(":", 1)[0],
-                "sse_connections": self.sse.active,
-                "live_channels": hub.watched,
-            }
-        )
+        health = {
+            "status": "ok",
+            "backend": self.realtime.backend.url.split(":", 1)[0],
+            "sse_connections": self.sse.active,
+            "live_channels": hub.watched,
+        }
+        if self.engine is not None:  # how many, not who: this route is public
+            health["workers"] = len(await live_workers(self.engine))
+        return JSONResponse(health)
 
     async def history(self, request: Request) -> Response:
         params = request.query_params

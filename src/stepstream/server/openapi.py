@@ -316,6 +316,36 @@ PATHS: dict[str, Any] = {
             },
         }
     },
+    "/api/workers": {
+        "get": {
+            "summary": "The workers heard from in the last 30 s (none: runs stay queued)",
+            "operationId": "listWorkers",
+            "responses": {
+                "200": _json(
+                    _object(
+                        {
+                            "workers": {
+                                "type": "array",
+                                "items": _object(
+                                    {
+                                        "id": {"type": "string"},
+                                        "host": {"type": "string"},
+                                        "pid": {"type": "integer"},
+                                        "startedAt": EPOCH_MS,
+                                        "lastHeartbeat": EPOCH_MS,
+                                        "workflows": {"type": "array", "items": {"type": "string"}},
+                                        "concurrency": {"type": "integer"},
+                                        "runs": {"type": "integer", "description": "runs held"},
+                                    }
+                                ),
+                            }
+                        }
+                    ),
+                    "the live workers, oldest first",
+                )
+            },
+        }
+    },
     "/api/realtime": {
         "get": {
             "summary": "Server-Sent Events: history and live events of channels (DESIGN §6)",

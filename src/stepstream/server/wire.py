@@ -30,6 +30,8 @@ __all__ = [
     "StepLog",
     "TriggerUnanswered",
     "Triggered",
+    "WorkerInfo",
+    "Workers",
     "WorkflowNames",
     "WorkflowPaused",
     "run_log",
@@ -160,6 +162,25 @@ class ScheduleDeleted(TypedDict):
 
     id: str
     deleted: bool
+
+
+class WorkerInfo(TypedDict):
+    """One live worker: its id, where it runs, what it runs and holds, when it was heard."""
+
+    id: str
+    host: str
+    pid: int
+    startedAt: int
+    lastHeartbeat: int
+    workflows: list[str]
+    concurrency: int
+    runs: int
+
+
+class Workers(TypedDict):
+    """``GET /api/workers``: the workers heard from in the last 30 s, oldest first."""
+
+    workers: list[WorkerInfo]
 
 
 class HistoryMessage(TypedDict):

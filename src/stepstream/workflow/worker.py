@@ -9,7 +9,7 @@ import os
 import secrets
 import socket
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from stepstream.backends.base import Claim
 from stepstream.clock import Clock, system_ms
@@ -17,6 +17,7 @@ from stepstream.errors import BackendError, LeaseLost
 from stepstream.records import Lease
 from stepstream.workflow.engine import Engine, HasEngine, engine_of
 from stepstream.workflow.execution import execute
+from stepstream.workflow.presence import Presence
 from stepstream.workflow.scheduler import Scheduler
 
 if TYPE_CHECKING:
@@ -85,6 +86,7 @@ class Worker:
         self.scheduler = (
             Scheduler(self.engine, self._clock, self._schedulable) if schedules else None
         )
+        self.presence = Presence(self.engine, self.owner, self._clock, self._describe)
 
     def wake(self) -> None:
         self._wakeup.set()
@@ -92,9 +94,11 @@ class Worker:
     async def start(self) -> None:
         await self.engine.open()
         self.engine.add_waker(self.wake)
+        await self.presence.beat()
         self._tasks = [
             asyncio.create_task(self._claim_loop(), name="stepstream-claim"),
             asyncio.create_task(self._heartbeat_loop(), name="stepstream-heartbeat"),
+            asyncio.create_task(self.presence.run(), name="stepstream-presence"),
         ]
         if self.scheduler is not None:
             await self.scheduler.declare()  # before start returns (on failure, its loop retries)
@@ -120,9 +124,18 @@ class Worker:
         for task in active:
             task.cancel()
         await asyncio.gather(*active, return_exceptions=True)
+        await self.presence.leave()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _describe(self) -> dict[str, Any]:
+        """What this worker's presence entry says besides who and where it is."""
+        return {
+            "workflows": list(self.engine.registry.names),
+            "concurrency": self.concurrency,
+            "runs": len(self.active),
+        }
 
     async def __aenter__(self) -> Worker:
         await self.start()

@@ -12,13 +12,15 @@
  * `../stepstream.js`.
  */
 
-import { $ } from "./dom.js";
+import { api } from "./api.js";
+import { $, h } from "./dom.js";
 import { showRun } from "./run.js";
 import { showRuns } from "./runs.js";
 import { showSchedules } from "./schedules.js";
 import { setupTrigger } from "./trigger.js";
 
 const TICK_MS = 200;
+const WORKERS_MS = 10_000; // how often the dashboard looks whether any worker is alive
 
 let active = null; // the view shown: {tick(), leave()}
 
@@ -41,7 +43,33 @@ function route() {
   else active = showRuns(target.params);
 }
 
+/** A banner while no worker has been heard from: runs would stay queued, and say nothing. */
+async function checkWorkers() {
+  let banner = $("no-worker");
+  if (!banner) {
+    banner = h("div", {
+      id: "no-worker",
+      class: "banner",
+      role: "status",
+      style: "color: var(--amber); border: 1px solid color-mix(in srgb, var(--amber) 35%, transparent); margin-bottom: 12px",
+      hidden: true,
+    });
+    $("api-error").before(banner);
+  }
+  try {
+    const { workers } = await api("GET", "api/workers");
+    banner.textContent =
+      "No worker is running: new runs stay queued until one starts " +
+      "(stepstream worker app:workflows, or a server with --workers 1).";
+    banner.hidden = workers.length > 0;
+  } catch {
+    banner.hidden = true; // the runs list reports an unreachable server itself
+  }
+}
+
 setupTrigger();
+checkWorkers();
+setInterval(checkWorkers, WORKERS_MS);
 window.addEventListener("hashchange", route);
 setInterval(() => active?.tick(), TICK_MS);
 route();
