@@ -58,7 +58,8 @@ async def kill_workers(fleet: Fleet, rng: random.Random) -> list[Proc]:
     return killed
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "redis", "postgres"])
+# Quick: one backend (tests/workflow/test_flow_processes.py kills a slot holder on each).
+@pytest.mark.parametrize("backend", ["sqlite", "redis", "postgres"] if FULL else ["postgres"])
 async def test_killed_workers_return_their_slots(
     backend: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:

@@ -512,7 +512,9 @@ async def test_trimmed_cursor_reports_a_gap_then_what_remains(
 # (uvloop, float rounding) must still lead to the next ping or the reconnect.
 
 
+# The timers are the server's, whatever the store: one backend is enough.
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend_url", ["sqlite"], indirect=True)
 @pytest.mark.parametrize("max_duration", [3.2, 3.3, 3.4])  # reconnect 1.2-1.4 s after connect
 async def test_reconnect_event_then_the_stream_ends(
     max_duration: float, serve: StartServer
@@ -535,6 +537,7 @@ async def test_reconnect_event_then_the_stream_ends(
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("backend_url", ["sqlite"], indirect=True)
 @pytest.mark.parametrize("ping_interval", [0.1, 0.2, 0.3])
 async def test_pings_keep_coming(
     ping_interval: float, serve: StartServer, emitter: Realtime

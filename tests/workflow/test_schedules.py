@@ -212,6 +212,8 @@ async def _at_least(client: Client, count: int) -> bool:
     return len(await run_ids(client)) >= count
 
 
+# The storage errors are injected above the backend: one backend is enough.
+@pytest.mark.parametrize("backend_url", ["memory"], indirect=True)
 async def test_the_scheduler_survives_storage_errors(harness: Harness) -> None:
     workflows = harness.workflows()
     with_tick(workflows, "* * * * * *")
