@@ -266,25 +266,37 @@ def trigger(
     url: str,
     token: str | None,
 ) -> None:
-    """Start a run of workflow NAME. With --follow, exit 0 on success and 1 on failure."""
+    """Start a run of workflow NAME. With --follow, exit 0 on success and 1 on failure (130
+    on Ctrl-C: the run goes on without you)."""
     body = _json_data(data)
+    started: list[str] = []
 
     async def go() -> int:
         client = _client(url, token)
         try:
-            new_id = await client.trigger(name, body, workflow_run_id=run_id, delay=delay)
+            started.append(await client.trigger(name, body, workflow_run_id=run_id, delay=delay))
         except StepstreamError as exc:
             _fail(exc)
         finally:
             await client.aclose()
         if not follow:
-            click.echo(new_id)
+            click.echo(started[0])
             return 0
         from stepstream.console import follow_run
 
-        return await follow_run(url, new_id, token)
+        return await follow_run(url, started[0], token)
 
-    sys.exit(_run(go()))
+    try:
+        sys.exit(_run(go()))
+    except KeyboardInterrupt:
+        if not started:
+            raise
+        click.echo(
+            f"\nstopped following; run {started[0]} goes on. Look again with: stepstream logs "
+            f"{started[0]}  (or stepstream tail {started[0]} --history)",
+            err=True,
+        )
+        sys.exit(130)
 
 
 @main.command()
@@ -401,22 +413,38 @@ def runs(
 @URL_OPTION
 @TOKEN_OPTION
 def tail(channel: str, history: bool, url: str, token: str | None) -> None:
-    """Print a channel's events as they arrive, one JSON object per line (Ctrl-C to stop)."""
+    """Print a channel's events as they arrive, one JSON object per line (Ctrl-C to stop). A
+    run's channel (its id) ends after the run's ``runFinish``; an unknown run is an error."""
     from stepstream.realtime.remote import subscribe_remote
 
     async def go() -> None:
         endpoint = url.rstrip("/") + "/api/realtime"
         try:
+            if channel.startswith("wfr_"):
+                async with _client(url, token) as client:
+                    await client.logs(channel)  # RunNotFound: say so now, not wait forever
             async for message in subscribe_remote(
                 endpoint, [channel], history=history, token=token, on_gap=_warn_gap
             ):
                 line = {"id": message.id, "event": message.event, "data": message.data}
                 click.echo(json.dumps(line), nl=True)
+                if _run_finished(channel, message.event, message.data):
+                    return
         except StepstreamError as exc:
             _fail(exc)
 
     with contextlib.suppress(KeyboardInterrupt):
         _run(go())
+
+
+def _run_finished(channel: str, event: str, data: Any) -> bool:
+    """The last event of a run's channel: its own ``runFinish``."""
+    return (
+        event == "workflow.update"
+        and isinstance(data, dict)
+        and data.get("type") == "runFinish"
+        and data.get("workflowRunId") == channel
+    )
 
 
 def _run_state(value: str | None) -> str | None:

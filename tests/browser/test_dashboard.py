@@ -9,13 +9,13 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, ViewportSize, expect
+from playwright.sync_api import Browser, Dialog, Page, ViewportSize, expect
 
 sys.path.insert(0, str(Path(__file__).parent))
 from browser_harness import _free_port
@@ -239,10 +239,27 @@ def test_cancel_a_running_run_with_the_button(page: Page, dashboard: str) -> Non
     run_id = trigger(dashboard, "approval")
     page.goto(f"{dashboard}/#/runs/{run_id}")
     expect_step(page, "wait-for-approval", "waiting")
+    asked: list[str] = []
+
+    def answer(accept: bool) -> Callable[[Dialog], None]:
+        def handle(dialog: Dialog) -> None:
+            asked.append(dialog.message)
+            dialog.accept() if accept else dialog.dismiss()
+
+        return handle
+
+    page.once("dialog", answer(False))  # asked first; saying no changes nothing
+    page.locator("#cancel-run").click()
+    assert asked and run_id in asked[0]
+    assert httpx.get(f"{dashboard}/api/runs/{run_id}").json()["workflowState"] == "RUN_STARTED"
+    page.once("dialog", answer(True))
     page.locator("#cancel-run").click()
     expect_run_state(page, "RUN_CANCELED")
     expect(page.locator("#cancel-run")).to_be_hidden()
     expect(page.locator("#notify-card")).to_be_hidden()
+    # Canceled is shown plainly, not as an error.
+    expect(page.locator("#outcome-card")).not_to_have_class(re.compile(r"\bfailed\b"))
+    expect(page.locator("#run-result")).to_have_text("The run was canceled.")
     assert wait_finished(dashboard, run_id)["workflowState"] == "RUN_CANCELED"
 
 

@@ -9,6 +9,7 @@ import json
 import os
 import queue
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -388,19 +389,15 @@ def test_tail_history_prints_a_finished_runs_events(dev: str, finished_run: str)
 
 
 def test_tail_follows_a_run_live(dev: str) -> None:
+    """Attached while the run goes on (a run that does not exist yet is an error: see
+    test_tail_of_an_unknown_run_fails_at_once); --history covers what came before."""
     run_id = f"wfr_cli-tail-{os.getpid()}"
-    # --history too: the server counts a connection a moment before it subscribes, so a run
-    # triggered in between is covered by the replay (exactly once) rather than lost.
+    done = stepstream("trigger", "basic", "--id", run_id, url=dev)
+    assert done.returncode == 0, done.stderr
     tail = Tail(run_id, "--history", url=dev)
     try:
-        deadline = time.monotonic() + TIMEOUT
-        while httpx.get(f"{dev}/healthz", timeout=5).json()["sse_connections"] < 1:
-            assert tail.process.poll() is None, tail.process.stderr
-            assert time.monotonic() < deadline, "tail never connected"
-            time.sleep(0.05)  # waiting for the subscription, not an assertion
-        done = stepstream("trigger", "basic", "--id", run_id, url=dev)
-        assert done.returncode == 0, done.stderr
         events = tail.until_run_finish()
+        assert tail.process.wait(timeout=TIMEOUT) == 0  # it ends by itself after runFinish
     finally:
         tail.stop()
     check_basic_events(events, run_id)
@@ -477,3 +474,45 @@ def test_every_command_running_workers_takes_a_lease() -> None:
     done = stepstream("dev", "--lease", "0.1")
     assert done.returncode == 2
     assert "--lease" in done.stderr and "0.3" in done.stderr
+
+
+def test_tail_of_a_run_ends_with_its_run_finish(dev: str, finished_run: str) -> None:
+    done = stepstream("tail", finished_run, "--history", url=dev)  # returns by itself
+    assert done.returncode == 0, done.stderr
+    last = json.loads(done.stdout.splitlines()[-1])
+    assert last["data"]["type"] == "runFinish" and last["data"]["workflowRunId"] == finished_run
+
+
+def test_tail_of_an_unknown_run_fails_at_once(dev: str) -> None:
+    done = stepstream("tail", "wfr_no_such_run", url=dev)
+    assert done.returncode == 1, done.stdout
+    assert "wfr_no_such_run" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_ctrl_c_while_following_leaves_the_run_going(dev: str) -> None:
+    follow = subprocess.Popen(
+        [*STEPSTREAM, "trigger", "approval", "--follow"],
+        env=environment(dev),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        runs: list[str] = []
+        while not runs:  # wait until the run exists and the follower is attached
+            assert time.monotonic() < deadline, "no approval run appeared"
+            page = httpx.get(f"{dev}/api/runs", params={"workflow": "approval"}, timeout=10)
+            runs = [r["workflowRunId"] for r in page.json()["runs"] if r["status"] != "succeeded"]
+            time.sleep(0.2)  # polling the API for the follower's run, not an assertion
+        time.sleep(1.0)
+        follow.send_signal(signal.SIGINT)
+        _, err = follow.communicate(timeout=TIMEOUT)
+    finally:
+        if follow.poll() is None:
+            follow.kill()
+    assert follow.returncode == 130, err
+    assert "goes on" in err and "stepstream logs wfr_" in err
+    run_id = RUN_ID.search(err)
+    assert run_id is not None
+    assert httpx.get(f"{dev}/api/runs/{run_id.group()}", timeout=10).json()["status"] != "failed"

@@ -132,7 +132,8 @@ export function showRun(runId) {
     jsonInto($("run-payload"), log.requestPayload ?? undefined, "no payload");
     const outcome = $("run-result");
     const card = $("outcome-card");
-    const failed = runState === "RUN_FAILED" || (runState === "RUN_CANCELED" && error);
+    // Canceled is an operator's decision, not an error: shown plainly, not in red.
+    const failed = runState === "RUN_FAILED" || (runState === "RUN_CANCELED" && error && error !== "canceled");
     outcome.classList.toggle("error", Boolean(failed));
     card.classList.toggle("failed", Boolean(failed));
     $("outcome-title").textContent = failed ? (runState === "RUN_FAILED" ? "Error" : "Canceled") : "Result";
@@ -187,6 +188,8 @@ export function showRun(runId) {
   // --- actions --------------------------------------------------------------------------------
 
   async function cancelRun() {
+    const name = log?.workflowName ?? "this run";
+    if (!window.confirm(`Cancel ${name} (${runId})? It ends now as canceled; its failure function does not run.`)) return;
     const button = $("cancel-run");
     button.disabled = true;
     banner("");
