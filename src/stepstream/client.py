@@ -35,6 +35,7 @@ from stepstream.server.wire import (
     WorkflowNames,
     read_log,
     read_runs,
+    workflow_names,
 )
 from stepstream.workflow.engine import Engine, HasEngine, engine_of, to_json
 from stepstream.workflow.flow import FlowControl
@@ -128,9 +129,8 @@ class EngineTransport:
 
     async def workflows(self) -> WorkflowNames:
         engine = await self._open()
-        paused = await engine.read_paused()
-        names = engine.registry.names
-        return WorkflowNames(workflows=names, paused=[name for name in names if name in paused])
+        await engine.read_paused()
+        return workflow_names(engine)
 
     async def pause_workflow(self, name: str, paused: bool) -> None:
         engine = await self._open()

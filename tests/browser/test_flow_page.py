@@ -43,3 +43,16 @@ def test_a_run_waiting_for_flow_control_says_so(page: Page, dashboard: str) -> N
     assert wait_finished(dashboard, first)["workflowState"] == "RUN_SUCCESS"
     expect_run_state(page, "RUN_SUCCESS")
     expect(note).to_be_hidden()
+
+
+def test_the_new_run_form_offers_each_workflows_example(page: Page, dashboard: str) -> None:  # noqa: F811
+    page.goto(dashboard + "/")
+    page.locator("#new-run").click()
+    box = page.locator("#trigger-payload")
+    page.locator("#trigger-workflow").select_option("one-per-user")
+    expect(box).to_have_value('{\n  "userId": "ada",\n  "document": "q3-report.pdf"\n}')
+    page.locator("#trigger-workflow").select_option("parallel")
+    expect(box).to_have_value('{\n  "upload": "meeting.mp4"\n}')
+    box.fill('{"mine": true}')  # typed by the user: kept when the workflow changes
+    page.locator("#trigger-workflow").select_option("basic")
+    expect(box).to_have_value('{"mine": true}')

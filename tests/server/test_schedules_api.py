@@ -142,6 +142,7 @@ async def test_pausing_a_workflow_over_http(served: tuple[httpx.AsyncClient, Wor
     assert (await http.get("/api/workflows")).json() == {
         "workflows": ["echo", "other"],
         "paused": [],
+        "examples": {},
     }
     answer = await http.post("/api/workflows/echo/pause")
     assert answer.status_code == 200 and answer.json() == {"workflow": "echo", "paused": True}
@@ -192,7 +193,11 @@ async def test_the_client_over_http_raises_what_it_raises_in_process(
         await client.pause_workflow("other")
         assert (await client.workflows())["paused"] == ["other"]
         await client.resume_workflow("other")
-        assert (await client.workflows()) == {"workflows": ["echo", "other"], "paused": []}
+        assert (await client.workflows()) == {
+            "workflows": ["echo", "other"],
+            "paused": [],
+            "examples": {},
+        }
         with pytest.raises(UnknownWorkflow):
             await client.pause_workflow("nope")
     assert [s["id"] for s in await remote.schedules()] == ["echo"]

@@ -241,13 +241,13 @@ async def test_a_paused_workflow_runs_nothing_until_resumed(harness: Harness) ->
     await harness.worker(workflows)
     client = workflows.client()
     await client.pause_workflow("tick")
-    assert await client.workflows() == {"workflows": ["tick"], "paused": ["tick"]}
+    assert await client.workflows() == {"workflows": ["tick"], "paused": ["tick"], "examples": {}}
     run_id = await client.trigger("tick", {"n": 1})  # accepted while paused
     await asyncio.sleep(1.5)  # long enough for a worker to have claimed it, were it not paused
     log = await client.logs(run_id)
     assert (log["workflowState"], log["steps"], seen) == ("RUN_STARTED", [], [])
     await client.resume_workflow("tick")
-    assert await client.workflows() == {"workflows": ["tick"], "paused": []}
+    assert await client.workflows() == {"workflows": ["tick"], "paused": [], "examples": {}}
     assert (await wait_for_state(client, run_id))["workflowState"] == "RUN_SUCCESS"
     assert seen == [{"n": 1}]
     with pytest.raises(UnknownWorkflow):

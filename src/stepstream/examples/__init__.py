@@ -25,7 +25,7 @@ async def _work(seconds: float, result: Any) -> Any:
     return result
 
 
-@workflows.workflow("basic")
+@workflows.workflow("basic", example={"userId": "user-123"})
 async def basic(context: WorkflowContext) -> dict[str, Any]:
     payload = context.request_payload or {}
     user = payload.get("userId", "user-123") if isinstance(payload, dict) else "user-123"
@@ -42,6 +42,7 @@ async def _report_failure(context: WorkflowContext, error: BaseException) -> Non
 
 @workflows.workflow(
     "failing",
+    example={"report": "weekly"},
     retries=2,
     retry_delay=Backoff(initial=0.5, factor=2, jitter=0),
     failure_function=_report_failure,
@@ -56,7 +57,7 @@ async def failing(context: WorkflowContext) -> None:
     await context.run("upload-report", flaky_upload)
 
 
-@workflows.workflow("approval")
+@workflows.workflow("approval", example={"amount": 420, "requestedBy": "ann"})
 async def approval(context: WorkflowContext) -> dict[str, Any]:
     request = await context.run("prepare-request", _work, 0.3, {"amount": 420})
     decision, timed_out = await context.wait_for_event(
@@ -68,7 +69,7 @@ async def approval(context: WorkflowContext) -> dict[str, Any]:
     return {"approved": True, "request": request, "decision": decision}
 
 
-@workflows.workflow("parallel")
+@workflows.workflow("parallel", example={"upload": "meeting.mp4"})
 async def parallel(context: WorkflowContext) -> dict[str, Any]:
     results = await asyncio.gather(
         context.run("resize-image", _work, random.uniform(0.3, 1.0), "thumb.png"),
@@ -84,7 +85,11 @@ def _user(payload: Any) -> str:
     return user if isinstance(user, str) and user else "user-123"
 
 
-@workflows.workflow("one-per-user", flow_control=FlowControl(key=_user, parallelism=1))
+@workflows.workflow(
+    "one-per-user",
+    flow_control=FlowControl(key=_user, parallelism=1),
+    example={"userId": "ada", "document": "q3-report.pdf"},
+)
 async def one_per_user(context: WorkflowContext) -> dict[str, Any]:
     user = _user(context.request_payload)
     summary = await context.run("call-model", _work, 3.0, {"summary": f"report for {user}"})

@@ -31,9 +31,9 @@ from stepstream.server.wire import (
     Triggered,
     TriggerUnanswered,
     Workers,
-    WorkflowNames,
     read_log,
     read_runs,
+    workflow_names,
 )
 from stepstream.workflow.engine import Engine, run_id_from
 from stepstream.workflow.flow import FlowControl
@@ -123,10 +123,7 @@ class JSONApi:
         # The names are the code's; which are paused is storage's, as last read if it is down.
         with contextlib.suppress(BackendError):
             await self.engine.read_paused()
-        paused, names = self.engine.paused, self.engine.registry.names
-        return JSONResponse(
-            WorkflowNames(workflows=names, paused=[name for name in names if name in paused])
-        )
+        return JSONResponse(workflow_names(self.engine))
 
     async def workers(self, request: Request) -> Response:
         """The workers heard from in the last 30 s (none: runs stay queued)."""

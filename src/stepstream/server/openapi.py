@@ -186,6 +186,10 @@ PATHS: dict[str, Any] = {
                         {
                             "workflows": {"type": "array", "items": {"type": "string"}},
                             "paused": {"type": "array", "items": {"type": "string"}},
+                            "examples": {
+                                "type": "object",
+                                "description": "example payloads declared, by workflow name",
+                            },
                         }
                     ),
                     "the names",

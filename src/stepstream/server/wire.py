@@ -124,10 +124,12 @@ class Notified(TypedDict):
 
 
 class WorkflowNames(TypedDict):
-    """``GET /api/workflows``: the registered names, and which of them are paused."""
+    """``GET /api/workflows``: the registered names, which of them are paused, and the example
+    payloads declared (``example=``) by name."""
 
     workflows: list[str]
     paused: list[str]
+    examples: dict[str, Any]
 
 
 class WorkflowPaused(TypedDict):
@@ -303,6 +305,19 @@ def step_log(step: StepRecord) -> StepLog:
         log["waitEventId"] = step.event_id
         log["waitDeadline"] = step.wake_at
     return log
+
+
+def workflow_names(engine: Engine) -> WorkflowNames:
+    """``GET /api/workflows`` (and ``client.workflows()``): the registered names, which are
+    paused (as the engine last read them), and the declared example payloads."""
+    registry = engine.registry
+    names = registry.names
+    examples = {name: registry.get(name).example for name in names}
+    return WorkflowNames(
+        workflows=names,
+        paused=[name for name in names if name in engine.paused],
+        examples={name: example for name, example in examples.items() if example is not None},
+    )
 
 
 async def read_log(engine: Engine, run_id: str) -> RunLog:

@@ -6,6 +6,7 @@ Where runs are stored and who executes them is composed on top of it, in
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -35,6 +36,7 @@ class Workflow:
     timeout: float | None
     flow_control: FlowControl | None = None
     schedule: Schedule | None = None
+    example: Any = None
 
     @property
     def policy(self) -> RetryPolicy:
@@ -66,6 +68,7 @@ class Registry:
         timeout: float | None = None,
         flow_control: FlowControl | None = None,
         schedule: str | Schedule | None = None,
+        example: Any = None,
     ) -> Callable[[F], F]:
         """Register an ``async def fn(context)`` under ``name``.
 
@@ -76,7 +79,8 @@ class Registry:
         ``flow_control``: keyed parallelism and rate limits on its steps (``FlowControl``).
         ``schedule``: start runs by themselves, on a cron expression (5 fields, or 6 with
         leading seconds) or a ``Schedule`` (cron, time zone, payload); stored as the schedule
-        named like the workflow when a worker starts.
+        named like the workflow when a worker starts. ``example``: a payload to start it with,
+        offered by the dashboard's "New run" form (JSON).
         """
         if not name or not isinstance(name, str) or "/" in name:
             raise ConfigurationError(
@@ -89,6 +93,10 @@ class Registry:
         if flow_control is not None and not isinstance(flow_control, FlowControl):
             raise ConfigurationError("flow_control must be a stepstream.FlowControl")
         when = _schedule(name, schedule)
+        try:
+            json.dumps(example, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(f"example of workflow {name!r} is not JSON: {exc}") from None
 
         def register(fn: F) -> F:
             if name in self._workflows:
@@ -102,6 +110,7 @@ class Registry:
                 timeout,
                 flow_control,
                 when,
+                example,
             )
             return fn
 

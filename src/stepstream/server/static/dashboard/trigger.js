@@ -16,21 +16,33 @@ export function setupTrigger() {
     error.hidden = false;
   };
 
-  // A paused workflow still accepts runs: say so, and offer to resume it.
+  // A paused workflow still accepts runs: say so, and offer to resume it. Each workflow's
+  // declared example payload (example=) fills the payload box until the user types in it.
   let paused = [];
+  let examples = {};
+  let edited = false;
   const showPaused = () => {
     $("trigger-paused").hidden = !paused.includes($("trigger-workflow").value);
   };
+  const showExample = () => {
+    if (edited) return;
+    const example = examples[$("trigger-workflow").value];
+    payload.value = example === undefined ? "" : JSON.stringify(example, null, 2);
+  };
   const readPaused = async () => {
     try {
-      paused = (await api("GET", "api/workflows")).paused ?? [];
+      const reply = await api("GET", "api/workflows");
+      paused = reply.paused ?? [];
+      examples = reply.examples ?? {};
     } catch {
       paused = [];
     }
     showPaused();
+    showExample();
   };
 
   const open = async () => {
+    edited = false; // a new run: offer the chosen workflow's example again
     error.hidden = true;
     payload.removeAttribute("aria-invalid");
     if (!dialog.open) dialog.showModal();
@@ -39,7 +51,10 @@ export function setupTrigger() {
     await readPaused();
     $("trigger-workflow").focus();
   };
-  $("trigger-workflow").addEventListener("change", showPaused);
+  $("trigger-workflow").addEventListener("change", () => {
+    showPaused();
+    showExample();
+  });
   $("trigger-resume").addEventListener("click", async () => {
     const name = $("trigger-workflow").value;
     try {
@@ -59,6 +74,7 @@ export function setupTrigger() {
     if (event.target === dialog) close(); // backdrop
   });
   payload.addEventListener("input", () => {
+    edited = payload.value.trim() !== "";
     payload.removeAttribute("aria-invalid");
     error.hidden = true;
   });
