@@ -16,7 +16,8 @@ from rich.text import Text
 from stepstream.clock import system_ms
 from stepstream.errors import StepstreamError
 from stepstream.realtime.remote import subscribe_remote
-from stepstream.records import parse_cursor
+from stepstream.records import FLOW_CONTROL, parse_cursor
+from stepstream.workflow.journal import FAILURE_POSITIONS
 
 STATE_STYLE = {
     "RUN_STARTED": "cyan",
@@ -32,7 +33,6 @@ STATE_STYLE = {
 
 
 OPEN = frozenset({"running", "waiting", "retrying"})
-FAILURE_POSITIONS = 1_000_000  # the failure function's steps (``workflow/journal.py``)
 KINDS = frozenset({"runStart", "stepStart", "stepFinish", "stepFail", "runFinish"})
 
 
@@ -268,7 +268,7 @@ def _steps_table(steps: list[dict[str, Any]]) -> Table:
         if step.get("startedAt") and step.get("finishedAt"):
             took = _duration(step["finishedAt"] - step["startedAt"])
         detail = step["error"] if step.get("error") else json.dumps(step.get("out"))
-        if step.get("waitingFor") == "flowControl":
+        if step.get("waitingFor") == FLOW_CONTROL:
             detail = "waiting for a flow control slot"
         elif step.get("waitEventId") and step["state"] == "STEP_PROGRESS":
             detail = f"waiting for event {step['waitEventId']!r}"
@@ -292,7 +292,7 @@ def _doing(log: dict[str, Any]) -> str:
     if log.get("workflowState") != "RUN_STARTED":
         return ""
     status, waiting = log.get("status"), log.get("waitingFor")
-    if status == "waiting" and waiting == "flowControl" and log.get("flowControl"):
+    if status == "waiting" and waiting == FLOW_CONTROL and log.get("flowControl"):
         return f"waiting for flow control (key {log['flowControl']['key']!r})"
     if status == "waiting" and waiting == "event":
         events = [s["waitEventId"] for s in log["steps"] if s.get("waitEventId")]

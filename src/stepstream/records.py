@@ -209,6 +209,7 @@ class StepRecord:
 
 
 STEP_FIELDS = tuple(f.name for f in fields(StepRecord))
+FLOW_CONTROL = "flowControl"  # a step's ``waiting_for`` while it waits for a flow control slot
 
 
 @dataclass(frozen=True, slots=True)

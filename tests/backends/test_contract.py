@@ -43,14 +43,6 @@ class Collector:
         return self.messages
 
 
-@pytest.fixture
-async def backend(backend_url: str):  # type: ignore[no-untyped-def]
-    backend = backend_from_url(backend_url)
-    await backend.open()
-    yield backend
-    await backend.close()
-
-
 async def emit(
     backend: Backend, channel: str, n: int, policy: HistoryPolicy = FOREVER
 ) -> list[str]:

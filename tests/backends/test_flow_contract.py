@@ -4,11 +4,10 @@ in memory, SQLite, real Redis and real PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
-from stepstream.backends import Backend, backend_from_url
+from stepstream.backends import Backend
 from stepstream.backends.base import (
     AcquireSlot,
     Budget,
@@ -33,14 +32,6 @@ from tests.conftest import STORES
 pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("backend_url", STORES, indirect=True)]
 
 TWO = FlowLimits("customer-1", parallelism=2)
-
-
-@pytest.fixture
-async def backend(backend_url: str) -> AsyncIterator[Backend]:
-    backend = backend_from_url(backend_url)
-    await backend.open()
-    yield backend
-    await backend.close()
 
 
 async def started(backend: Backend, run_id: str, *, owner: str = "w1", **kwargs: object) -> Lease:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import fields, replace
 from typing import Any
 
@@ -49,14 +49,6 @@ FAR = 10**12  # far enough in the future for any test (≈ 31 years)
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-@pytest.fixture
-async def backend(backend_url: str) -> AsyncIterator[Backend]:
-    backend = backend_from_url(backend_url)
-    await backend.open()
-    yield backend
-    await backend.close()
 
 
 def new_run(

@@ -24,7 +24,15 @@ from stepstream.errors import (
     StepFailed,
     StepstreamError,
 )
-from stepstream.records import Emit, FlowLimits, StepRecord, StepState, StepType, dumps
+from stepstream.records import (
+    FLOW_CONTROL,
+    Emit,
+    FlowLimits,
+    StepRecord,
+    StepState,
+    StepType,
+    dumps,
+)
 from stepstream.workflow.journal import Journal, Slot
 from stepstream.workflow.policy import RetryDelay, RetryPolicy, StepOptions
 from stepstream.workflow.runtime import Cancel
@@ -41,7 +49,6 @@ INTERNAL = (
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
     sysconfig.get_paths()["stdlib"],
 )
-FLOW_CONTROL = "flowControl"  # what a step waiting for a flow control slot waits for
 LIMITED = (StepType.RUN, StepType.CALL)  # the step executions flow control counts
 
 

@@ -6,9 +6,7 @@ from __future__ import annotations
 from stepstream.backends.base import AcquireSlot, Budget, ReleaseSlot
 from stepstream.backends.memory.store import Store, stored
 from stepstream.errors import RunConflict
-from stepstream.records import RunState, StepState
-
-FLOW_CONTROL = "flowControl"
+from stepstream.records import FLOW_CONTROL, RunState, StepState
 
 
 class MemoryFlow:

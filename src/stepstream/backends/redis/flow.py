@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from stepstream.backends.base import AcquireSlot, Budget, ReleaseSlot
 from stepstream.backends.redis.connection import Connection, map_redis_errors
-from stepstream.backends.redis.runs import FLOW_CONTROL, STALE_WAITERS, fence_args, fenced
+from stepstream.backends.redis.runs import STALE_WAITERS, fence_args, fenced
 from stepstream.errors import RunConflict
+from stepstream.records import FLOW_CONTROL
 
 
 class RedisFlow:

@@ -22,6 +22,7 @@ from stepstream.backends.base import (
 from stepstream.backends.redis.connection import Connection, map_redis_errors
 from stepstream.errors import LeaseLost, RunConflict, RunNotFound
 from stepstream.records import (
+    FLOW_CONTROL,
     FlowLimits,
     Lease,
     RunPage,
@@ -32,7 +33,6 @@ from stepstream.records import (
 )
 
 META_PREFIX = "m."
-FLOW_CONTROL = "flowControl"  # what a step waiting for a flow control slot waits for
 STALE_WAITERS = 100  # at most so many moved-on waiters dropped by one release
 
 

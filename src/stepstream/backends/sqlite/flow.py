@@ -11,9 +11,8 @@ from stepstream.backends.sqlite.connection import Database
 from stepstream.backends.sqlite.rows import fence, put_steps
 from stepstream.clock import system_ms
 from stepstream.errors import RunConflict
-from stepstream.records import StepRecord, StepState
+from stepstream.records import FLOW_CONTROL, StepRecord, StepState
 
-FLOW_CONTROL = "flowControl"
 STALE_WAITERS = 100  # at most so many moved-on waiters dropped by one release
 
 
