@@ -1,310 +1,26 @@
 """``Client``: trigger runs, read their logs, cancel and notify — the same calls and the same
 errors in-process and through a stepstream server.
 
-A ``Client`` validates what it is given and hands each call to a transport: ``EngineTransport``
-calls an ``Engine`` in this process, ``HTTPTransport`` a server's HTTP API (DESIGN §5), whose
-error answers it turns back into the errors the server raised (``errors.error_from_body``).
-Both return the API's wire shapes (``server.wire``), so a log reads the same either way.
+A ``Client`` validates what it is given and hands each call to a transport
+(``transports.py``): ``EngineTransport`` calls an ``Engine`` in this process, ``HTTPTransport``
+a server's HTTP API.
 """
 
 from __future__ import annotations
 
-import json
+from collections.abc import Sequence
 from types import TracebackType
-from typing import Any, Protocol
-from urllib.parse import quote
+from typing import Any
 
-import httpx
-
-from stepstream.errors import (
-    DETAIL_HEADER,
-    BackendUnavailable,
-    StepstreamError,
-    ValidationError,
-    error_from_body,
-)
+from stepstream.backends.base import RunFilter
+from stepstream.errors import ValidationError
 from stepstream.records import RUN_STATES
-from stepstream.server.schedules import read_schedules, schedule_info
-from stepstream.server.wire import (
-    Notified,
-    RunLog,
-    RunPage,
-    ScheduleInfo,
-    ScheduleList,
-    Triggered,
-    WorkflowNames,
-    read_log,
-    read_runs,
-    workflow_names,
-)
-from stepstream.workflow.engine import Engine, HasEngine, engine_of, to_json
+from stepstream.server.wire import RunLog, RunPage, ScheduleInfo, WaiterInfo, WorkflowNames
+from stepstream.transports import EngineTransport, HTTPTransport, Transport
+from stepstream.workflow.engine import Engine, HasEngine, engine_of
 from stepstream.workflow.flow import FlowControl
-from stepstream.workflow.scheduler import Schedules
 
-
-class Transport(Protocol):
-    """How a ``Client``'s calls reach the engine. Errors are stepstream errors, whatever the
-    way: a transport never lets a driver's or an HTTP library's exception through."""
-
-    async def trigger(
-        self,
-        workflow: str,
-        body: Any,
-        *,
-        run_id: str | None,
-        delay: float | None,
-        headers: dict[str, str] | None,
-        flow_control: FlowControl | None,
-    ) -> str: ...
-
-    async def logs(self, run_id: str) -> RunLog: ...
-
-    async def runs(
-        self, *, state: str | None, workflow: str | None, cursor: str | None, count: int
-    ) -> RunPage: ...
-
-    async def cancel(self, run_id: str) -> None: ...
-
-    async def notify(self, event_id: str, data: Any, run_id: str | None) -> int: ...
-
-    async def workflows(self) -> WorkflowNames: ...
-
-    async def pause_workflow(self, name: str, paused: bool) -> None: ...
-
-    async def create_schedule(self, fields: dict[str, Any]) -> ScheduleInfo: ...
-
-    async def schedules(self) -> ScheduleList: ...
-
-    async def schedule(self, schedule_id: str, action: str | None = None) -> ScheduleInfo:
-        """The schedule; ``action`` ``pause`` or ``resume`` first changes it."""
-
-    async def delete_schedule(self, schedule_id: str) -> None: ...
-
-    async def aclose(self) -> None: ...
-
-
-class EngineTransport:
-    """Calls an ``Engine`` of this process (opening its store on first use)."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-
-    async def _open(self) -> Engine:
-        await self.engine.open()
-        return self.engine
-
-    async def trigger(
-        self,
-        workflow: str,
-        body: Any,
-        *,
-        run_id: str | None,
-        delay: float | None,
-        headers: dict[str, str] | None,
-        flow_control: FlowControl | None,
-    ) -> str:
-        engine = await self._open()
-        started: str = await engine.trigger(
-            workflow, body, run_id=run_id, delay=delay, headers=headers, flow_control=flow_control
-        )
-        return started
-
-    async def logs(self, run_id: str) -> RunLog:
-        return await read_log(await self._open(), run_id)
-
-    async def runs(
-        self, *, state: str | None, workflow: str | None, cursor: str | None, count: int
-    ) -> RunPage:
-        engine = await self._open()
-        return await read_runs(engine, state=state, workflow=workflow, cursor=cursor, count=count)
-
-    async def cancel(self, run_id: str) -> None:
-        engine = await self._open()
-        await engine.cancel(run_id)
-
-    async def notify(self, event_id: str, data: Any, run_id: str | None) -> int:
-        engine = await self._open()
-        woken: int = await engine.notify(event_id, data, run_id)
-        return woken
-
-    async def workflows(self) -> WorkflowNames:
-        engine = await self._open()
-        await engine.read_paused()
-        return workflow_names(engine)
-
-    async def pause_workflow(self, name: str, paused: bool) -> None:
-        engine = await self._open()
-        await (engine.pause(name) if paused else engine.resume(name))
-
-    async def create_schedule(self, fields: dict[str, Any]) -> ScheduleInfo:
-        engine = await self._open()
-        record = await Schedules(engine).create(
-            fields["id"], fields["workflow"], fields["cron"], fields["timezone"], fields["payload"]
-        )
-        return schedule_info(record, engine.clock())
-
-    async def schedules(self) -> ScheduleList:
-        return await read_schedules(await self._open())
-
-    async def schedule(self, schedule_id: str, action: str | None = None) -> ScheduleInfo:
-        engine = await self._open()
-        schedules = Schedules(engine)
-        if action == "pause":
-            record = await schedules.pause(schedule_id)
-        elif action == "resume":
-            record = await schedules.resume(schedule_id)
-        else:
-            record = await schedules.get(schedule_id)
-        return schedule_info(record, engine.clock())
-
-    async def delete_schedule(self, schedule_id: str) -> None:
-        await Schedules(await self._open()).delete(schedule_id)
-
-    async def aclose(self) -> None:
-        """Nothing to release: the engine belongs to its ``Workflows``."""
-
-
-class HTTPTransport:
-    """Calls a stepstream server's HTTP API at ``url`` (``token``: its API token).
-
-    ``http``: an ``httpx.AsyncClient`` of your own (proxies, TLS settings, an
-    ``httpx.ASGITransport`` in tests); by default one is made on first use, 30 s timeouts.
-    """
-
-    def __init__(
-        self, url: str, token: str | None = None, *, http: httpx.AsyncClient | None = None
-    ) -> None:
-        self.url = url.rstrip("/")
-        self._headers = {DETAIL_HEADER: "1"}  # rebuild errors with their constructors' fields
-        if token:
-            self._headers["authorization"] = f"Bearer {token}"
-        self._http = http
-        self._owned = http is None
-
-    async def _call(
-        self,
-        method: str,
-        path: str,
-        *,
-        body: str | None = None,
-        params: dict[str, str | float] | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> Any:
-        """The JSON answer to ``method path``; the server's error, rebuilt, if it refused."""
-        if self._http is None:
-            self._http = httpx.AsyncClient(timeout=30)
-        sent = {**self._headers, **(headers or {})}
-        if body is not None:
-            sent["content-type"] = "application/json"
-        url = self.url + path
-        try:
-            response = await self._http.request(
-                method, url, content=body, params=params, headers=sent
-            )
-        except httpx.HTTPError as exc:
-            raise BackendUnavailable(f"cannot reach stepstream at {self.url}: {exc}") from exc
-        try:
-            answer = response.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            answer = response.text
-            if response.is_success:
-                raise StepstreamError(
-                    f"{url} answered {response.status_code} without JSON: {answer[:200]}"
-                ) from None
-        if not response.is_success:
-            raise error_from_body(answer, response.status_code)
-        return answer
-
-    async def trigger(
-        self,
-        workflow: str,
-        body: Any,
-        *,
-        run_id: str | None,
-        delay: float | None,
-        headers: dict[str, str] | None,
-        flow_control: FlowControl | None,
-    ) -> str:
-        params = _given(workflowRunId=run_id, delay=delay)
-        if flow_control is not None:  # a key function is applied here, to the payload sent
-            limits = flow_control.limits(body, workflow)
-            params.update(
-                _given(
-                    flowControlKey=limits.key,
-                    parallelism=limits.parallelism,
-                    rate=limits.rate,
-                    period=limits.period_ms / 1000,
-                )
-            )
-        triggered: Triggered = await self._call(
-            "POST",
-            f"/api/workflows/{quote(workflow, safe='')}",
-            body=to_json(body, "the request payload"),
-            params=params,
-            headers=headers,
-        )
-        return triggered["workflowRunId"]
-
-    async def logs(self, run_id: str) -> RunLog:
-        log: RunLog = await self._call("GET", f"/api/runs/{quote(run_id, safe='')}")
-        return log
-
-    async def runs(
-        self, *, state: str | None, workflow: str | None, cursor: str | None, count: int
-    ) -> RunPage:
-        params = _given(state=state, workflow=workflow, cursor=cursor, count=count)
-        page: RunPage = await self._call("GET", "/api/runs", params=params)
-        return page
-
-    async def cancel(self, run_id: str) -> None:
-        await self._call("POST", f"/api/runs/{quote(run_id, safe='')}/cancel")
-
-    async def notify(self, event_id: str, data: Any, run_id: str | None) -> int:
-        notified: Notified = await self._call(
-            "POST",
-            f"/api/events/{quote(event_id, safe='')}",
-            body=to_json(data, "the event data"),
-            params=_given(workflowRunId=run_id),
-        )
-        return int(notified["waiters"])
-
-    async def workflows(self) -> WorkflowNames:
-        names: WorkflowNames = await self._call("GET", "/api/workflows")
-        return names
-
-    async def pause_workflow(self, name: str, paused: bool) -> None:
-        action = "pause" if paused else "resume"
-        await self._call("POST", f"/api/workflows/{quote(name, safe='')}/{action}")
-
-    async def create_schedule(self, fields: dict[str, Any]) -> ScheduleInfo:
-        body = to_json(fields, "the schedule")
-        created: ScheduleInfo = await self._call("POST", "/api/schedules", body=body)
-        return created
-
-    async def schedules(self) -> ScheduleList:
-        listed: ScheduleList = await self._call("GET", "/api/schedules")
-        return listed
-
-    async def schedule(self, schedule_id: str, action: str | None = None) -> ScheduleInfo:
-        path = f"/api/schedules/{quote(schedule_id, safe='')}"
-        if action is None:
-            found: ScheduleInfo = await self._call("GET", path)
-            return found
-        changed: ScheduleInfo = await self._call("POST", f"{path}/{action}")
-        return changed
-
-    async def delete_schedule(self, schedule_id: str) -> None:
-        await self._call("DELETE", f"/api/schedules/{quote(schedule_id, safe='')}")
-
-    async def aclose(self) -> None:
-        """Close the HTTP client (if this transport made it)."""
-        if self._http is not None and self._owned:
-            await self._http.aclose()
-            self._http = None
-
-
-def _given(**params: str | float | None) -> dict[str, str | float]:
-    return {name: value for name, value in params.items() if value is not None}
+__all__ = ["Client", "EngineTransport", "HTTPTransport", "Transport"]
 
 
 class Client:
@@ -347,10 +63,13 @@ class Client:
         delay: float | None = None,
         headers: dict[str, str] | None = None,
         flow_control: FlowControl | None = None,
+        labels: Sequence[str] = (),
     ) -> str:
         """Start a run of ``workflow`` with ``body`` as its payload; returns the run id.
         ``delay``: seconds before it starts. ``flow_control``: this run's own (DESIGN §12),
-        instead of the workflow's."""
+        instead of the workflow's. ``labels``: names to find the run by (``runs(label=)``)."""
+        if isinstance(labels, str):
+            raise ValidationError(f"labels must be a list of strings, got {labels!r:.60}")
         return await self.transport.trigger(
             workflow,
             body,
@@ -358,6 +77,7 @@ class Client:
             delay=delay,
             headers=headers,
             flow_control=flow_control,
+            labels=list(labels),
         )
 
     async def logs(self, run_id: str) -> RunLog:
@@ -369,17 +89,58 @@ class Client:
         *,
         state: str | None = None,
         workflow: str | None = None,
+        label: str | None = None,
+        created_after: int | None = None,
+        created_before: int | None = None,
         cursor: str | None = None,
         count: int = 100,
     ) -> RunPage:
-        """Runs newest first: ``{"runs": [...], "cursor": ...}`` (pass ``cursor`` for more)."""
+        """Runs newest first: ``{"runs": [...], "cursor": ...}`` (pass ``cursor`` for more);
+        each filter given narrows them (times: epoch ms, exclusive). Entries carry no payload,
+        result or steps: ``logs(run_id)`` has those."""
         if state is not None and state not in RUN_STATES:
             raise ValidationError(f"state must be one of {', '.join(RUN_STATES)}")
-        return await self.transport.runs(state=state, workflow=workflow, cursor=cursor, count=count)
+        where = RunFilter(state, workflow, label, created_after, created_before)
+        return await self.transport.runs(where, cursor=cursor, count=count)
 
     async def cancel(self, run_id: str) -> None:
         """Cancel a running run (``RunConflict`` if it already finished)."""
         await self.transport.cancel(run_id)
+
+    async def resume(self, run_id: str) -> None:
+        """Continue a failed or canceled run in place: completed steps are kept, the failed
+        step runs again with fresh retries (``RunConflict`` for any other run)."""
+        await self.transport.resume(run_id)
+
+    async def restart(self, run_id: str) -> str:
+        """Start a new run with the same workflow, payload and labels; its id."""
+        return await self.transport.restart(run_id)
+
+    async def fork(self, run_id: str, from_step: str) -> str:
+        """Start a new run whose steps before the first one named ``from_step`` are copied
+        from ``run_id`` rather than executed; its id."""
+        return await self.transport.fork(run_id, from_step)
+
+    async def delete(self, run_id: str) -> None:
+        """Delete a finished run and its channel history (``RunConflict`` while it runs)."""
+        await self.transport.delete(run_id)
+
+    async def cancel_many(self, ids: Sequence[str] | None = None, **where: str | int | None) -> int:
+        """Cancel the running runs with these ``ids``, or those matching the filters
+        (``workflow=``, ``label=``, ``createdAfter=``, ``createdBefore=``), at most 1000 per
+        call; how many it canceled."""
+        return await self.transport.bulk("cancel", _selection(ids, where))
+
+    async def resume_many(self, ids: Sequence[str] | None = None, **where: str | int | None) -> int:
+        """Resume the failed or canceled runs with these ``ids``, or those matching the
+        filters (``state=``, ``workflow=``, ``label=``, ``createdAfter=``,
+        ``createdBefore=``), at most 1000 per call; how many it resumed."""
+        return await self.transport.bulk("resume", _selection(ids, where))
+
+    async def waiters(self, event_id: str) -> list[WaiterInfo]:
+        """The steps waiting for ``event_id`` now: ``[{"workflowRunId", "stepName",
+        "stepId", "deadline"}]``."""
+        return await self.transport.waiters(event_id)
 
     async def notify(
         self, event_id: str, data: Any = None, workflow_run_id: str | None = None
@@ -459,3 +220,11 @@ class Client:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+def _selection(ids: Sequence[str] | None, where: dict[str, str | int | None]) -> dict[str, Any]:
+    if ids is not None:
+        if isinstance(ids, str):
+            raise ValidationError("ids must be a list of run ids, not one string")
+        return {"ids": list(ids)}
+    return {"filter": {name: value for name, value in where.items() if value is not None}}

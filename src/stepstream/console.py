@@ -16,8 +16,7 @@ from rich.text import Text
 from stepstream.clock import system_ms
 from stepstream.errors import StepstreamError
 from stepstream.realtime.remote import subscribe_remote
-from stepstream.records import FLOW_CONTROL, parse_cursor
-from stepstream.workflow.journal import FAILURE_POSITIONS
+from stepstream.records import FAILURE_POSITIONS, FLOW_CONTROL, parse_cursor
 
 STATE_STYLE = {
     "RUN_STARTED": "cyan",

@@ -74,9 +74,12 @@ STATUS: dict[RunState, Literal["success", "failed", "canceled"]] = {
 }
 
 
-def run_start(run_id: str, at: int) -> Emit:
-    """``runStart``: the run was created at ``at`` (epoch ms)."""
-    return _emit(run_id, {"type": "runStart", "workflowRunId": run_id, "timestamp": at})
+def run_start(run_id: str, at: int, *, resumed: bool = False) -> Emit:
+    """``runStart``: the run was created at ``at`` (epoch ms), or ``resumed`` then."""
+    fields: dict[str, Any] = {"type": "runStart", "workflowRunId": run_id, "timestamp": at}
+    if resumed:
+        fields["resumed"] = True
+    return _emit(run_id, fields)
 
 
 def run_finish(run_id: str, at: int, state: RunState, error: str | None = None) -> Emit:

@@ -163,6 +163,7 @@ class StepType(StrEnum):
     WAIT = "Wait"
     NOTIFY = "Notify"
     INVOKE = "Invoke"
+    PATCH = "Patch"  # a marker: the run executed ``context.patched(name)`` for the first time
 
 
 @dataclass(slots=True)
@@ -210,6 +211,7 @@ class StepRecord:
 
 STEP_FIELDS = tuple(f.name for f in fields(StepRecord))
 FLOW_CONTROL = "flowControl"  # a step's ``waiting_for`` while it waits for a flow control slot
+FAILURE_POSITIONS = 1_000_000  # the failure function's own steps live past the run's
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,7 +245,9 @@ class RunRecord:
     ``due_at``: when a worker may (re)claim it; ``None`` while it waits for something else (an
     event without timeout, a child run). ``phase`` is ``"run"`` normally and ``"failure"`` while
     the failure function runs (``error`` then holds the failure being handled, ``failed_step``
-    the step that caused it, if one did). ``flow``: its flow control, if any.
+    the step that caused it, if one did). ``flow``: its flow control, if any. ``labels``: the
+    names it was triggered with, to find it by. ``restarted_from`` / ``forked_from``: the run it
+    was started again from (DESIGN §14).
     """
 
     id: str
@@ -266,6 +270,9 @@ class RunRecord:
     lease_until: int | None = None
     epoch: int = 0
     flow: FlowLimits | None = None
+    labels: list[str] = field(default_factory=list)
+    restarted_from: str | None = None
+    forked_from: str | None = None
     steps: list[StepRecord] = field(default_factory=list)
 
     def meta_json(self) -> str:
@@ -282,12 +289,19 @@ class RunRecord:
                 "failure_attempts": self.failure_attempts,
                 "failed_step": self.failed_step,
                 "flow": None if self.flow is None else self.flow.to_dict(),
+                "labels": self.labels,
+                "restarted_from": self.restarted_from,
+                "forked_from": self.forked_from,
             }
         )
 
     def with_meta(self, text: str) -> RunRecord:
-        meta = json.loads(text)
+        # Fields a newer version stored and this one does not know are skipped, so processes of
+        # two versions can share one store during a rolling upgrade.
+        meta = {k: v for k, v in json.loads(text).items() if k in RUN_FIELDS}
         flow = meta.pop("flow", None)
+        if "labels" in meta:
+            meta["labels"] = list(meta["labels"] or ())
         return replace(self, **meta, flow=None if flow is None else FlowLimits.from_dict(flow))
 
     def step(self, position: int) -> StepRecord | None:
@@ -295,6 +309,9 @@ class RunRecord:
             if step.position == position:
                 return step
         return None
+
+
+RUN_FIELDS = frozenset(f.name for f in fields(RunRecord))
 
 
 @dataclass(frozen=True, slots=True)

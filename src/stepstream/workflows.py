@@ -7,6 +7,7 @@ top of the layers, so it may import every part it composes (see docs/architectur
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from stepstream.backends import Backend, backend_from_url
@@ -20,6 +21,21 @@ from stepstream.workflow.engine import Engine
 from stepstream.workflow.registry import Registry
 from stepstream.workflow.worker import Worker
 
+RETENTION_ENV = "STEPSTREAM_RETENTION"
+
+
+def retention_from_env() -> float | None:
+    """``$STEPSTREAM_RETENTION`` as seconds (unset or empty: keep every run)."""
+    text = os.environ.get(RETENTION_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigurationError(
+            f"{RETENTION_ENV}={text!r}: give seconds, such as 604800 for a week"
+        ) from None
+
 
 class Workflows(Registry):
     """The workflows of an application, and where their runs are stored.
@@ -32,7 +48,9 @@ class Workflows(Registry):
     With ``realtime``, each run streams the built-in ``workflow.update`` progress events on the
     channel named by its run id, and runs are stored in the realtime's backend.
     ``max_result_bytes``: the largest step result or workflow return value, as JSON text (1 MiB
-    by default); a larger one fails the step without retries, saying so.
+    by default); a larger one fails the step without retries, saying so. ``retention``:
+    seconds a finished run is kept before workers delete it with its channel history
+    (default: ``$STEPSTREAM_RETENTION``, else for ever).
     """
 
     def __init__(
@@ -41,6 +59,7 @@ class Workflows(Registry):
         *,
         backend: str | None = None,
         max_result_bytes: int = 1_048_576,
+        retention: float | None = None,
     ) -> None:
         super().__init__()
         if realtime is not None:
@@ -53,7 +72,11 @@ class Workflows(Registry):
                 realtime.schema.add("workflow.update", WorkflowUpdate)
         else:
             store = backend_from_url(backend)
-        self.engine = Engine(self, store, realtime, max_result_bytes=max_result_bytes)
+        if retention is None:
+            retention = retention_from_env()
+        self.engine = Engine(
+            self, store, realtime, max_result_bytes=max_result_bytes, retention=retention
+        )
 
     @property
     def realtime(self) -> Realtime | None:

@@ -128,6 +128,40 @@ class CancelRun(Reported):
 
 
 @dataclass(frozen=True, slots=True)
+class ResumeRun(Reported):
+    """Continue the failed or canceled run ``run_id`` in place, ``at`` epoch ms (DESIGN §14),
+    with ``timeout_at`` as its new run timeout (epoch ms, ``None``: none)."""
+
+    run_id: str
+    at: int
+    timeout_at: int | None = field(default=None, kw_only=True)
+
+
+@dataclass(frozen=True, slots=True)
+class RunFilter:
+    """Which runs a listing shows: each field set narrows it (``None``: any). ``label``: runs
+    triggered with that label; ``created_after`` / ``created_before``: ``created_at`` strictly
+    after / before, epoch ms."""
+
+    state: str | None = None
+    workflow: str | None = None
+    label: str | None = None
+    created_after: int | None = None
+    created_before: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Waiter:
+    """A step waiting for an event: its run, position, name and timeout (epoch ms, or
+    ``None`` if it waits forever)."""
+
+    run_id: str
+    position: int
+    step_name: str
+    deadline: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class Notify:
     """Send ``event_id`` with data ``raw`` (JSON text) to the steps waiting for it (only in
     ``run_id`` if given), ``at`` the caller's epoch ms (the runs it wakes are due by the
@@ -305,6 +339,37 @@ class RunStore(Protocol):
         finished."""
 
 
+class RecoveryStore(Protocol):
+    """Finding, recovering and deleting runs (DESIGN §14)."""
+
+    async def find_runs(self, where: RunFilter, *, cursor: str | None, count: int) -> RunPage:
+        """Runs newest first (without steps) matching every field of ``where``; ``cursor``
+        continues a page, like ``list_runs`` (which is ``find_runs`` by state and workflow).
+        Served from an index: with ``label``, from the label's own index; the time bounds
+        narrow an index scan rather than filter a whole table, so the work stays bounded by
+        ``count`` plus the runs created in the excluded time range of the scanned index."""
+
+    async def resume_run(self, op: ResumeRun) -> None:
+        """Atomically, if the run is ``RUN_FAILED`` or ``RUN_CANCELED``: delete its steps that
+        did not succeed (every state but ``STEP_SUCCESS``) and every failure-function step
+        (position >= ``FAILURE_POSITIONS``), with their waits; make it ``RUN_STARTED``, due now
+        (storage time), unleased (its ``epoch`` kept), not held, with ``completed_at``,
+        ``result``, ``error`` and ``failed_step`` cleared, ``phase`` ``"run"``,
+        ``failure_attempts`` 0 and ``timeout_at`` set to ``op.timeout_at``; append ``emits``.
+        ``RunNotFound``; ``RunConflict`` (nothing changes) if it is running or succeeded."""
+
+    async def delete_run(self, run_id: str) -> None:
+        """Atomically delete a finished run: its record, steps, waits, kept lookback events,
+        label index entries and the whole history of its channel (named by its id, gone for
+        every reader: ``latest_id`` is ``None`` after). ``RunNotFound``; ``RunConflict``
+        (nothing changes) while it is ``RUN_STARTED``."""
+
+    async def list_waiters(self, event_id: str) -> list[Waiter]:
+        """The steps waiting for ``event_id`` now (registered by ``wait_event``, not yet
+        resolved, their run still started), oldest registration first where the backend
+        keeps that order, else by run id."""
+
+
 class FlowStore(Protocol):
     """Flow control (DESIGN §12): slots of keyed parallelism and rate, shared by every worker.
 
@@ -347,7 +412,7 @@ class EntryStore(Protocol):
         """Remove ``kind``/``key``; whether it existed."""
 
 
-class Backend(RealtimeStore, RunStore, FlowStore, EntryStore, Protocol):
+class Backend(RealtimeStore, RunStore, FlowStore, EntryStore, RecoveryStore, Protocol):
     """The whole storage protocol: what ``sqlite/``, ``redis/``, ``postgres/`` and
     ``memory/`` implement."""
 

@@ -24,6 +24,7 @@ from stepstream.errors import (
     error_body,
 )
 from stepstream.records import RunState
+from stepstream.server.filters import run_filter
 from stepstream.server.openapi import OPENAPI
 from stepstream.server.wire import (
     Canceled,
@@ -144,6 +145,7 @@ class JSONApi:
                 delay=delay,
                 headers=forwarded_headers(request),
                 flow_control=flow,
+                labels=request.query_params.getlist("label"),
             )
         except BackendError as exc:
             # The write may have been applied and only its answer lost: say which run to look
@@ -168,13 +170,11 @@ class JSONApi:
         cursor = params.get("cursor")
         if cursor is not None and (not _digits(cursor) or int(cursor) >= 2**63):
             raise ValidationError("cursor must be the value returned by the previous page")
-        page = await read_runs(
-            self.engine,
-            state=params.get("state"),
-            workflow=params.get("workflow"),
-            cursor=cursor,
-            count=int(count),
-        )
+        labels = params.getlist("label")
+        if len(labels) > 1:
+            raise ValidationError("filter by one label at a time: give ?label= once")
+        where = run_filter({**params, "label": labels[0] if labels else None})
+        page = await read_runs(self.engine, where, cursor=cursor, count=int(count))
         return JSONResponse(page)
 
     async def cancel(self, request: Request) -> Response:

@@ -9,6 +9,8 @@ POST /api/realtime/token      mint a subscription token (API token needed)
                               workflows
 ...  /api/schedules, /api/workflows/{name}/pause|resume: schedules and pauses
                               (``schedules.py``), with workflows
+...  /api/runs/{id}/resume|restart|fork, /api/runs/cancel|resume, DELETE /api/runs/{id},
+     /api/events/{id}/waiters: recovery (``recovery.py``), with workflows
 GET  /static/...              the JS client (``stepstream.js``) and React hook (``react.js``)
 
 Every request first passes ``RequireLifespan`` (an app with workflows mounted in another one:
@@ -49,6 +51,7 @@ from stepstream.server.api import JSONApi, read_json
 from stepstream.server.guard import Guard
 from stepstream.server.lifespan import Lifespan, RequireLifespan, tune_gc
 from stepstream.server.limits import MAX_BODY
+from stepstream.server.recovery import RecoveryApi
 from stepstream.server.schedules import ScheduleApi
 from stepstream.server.wire import HistoryPage, MintedToken
 from stepstream.workflow.engine import Engine, HasEngine, engine_of
@@ -87,6 +90,15 @@ class StepstreamApp(Starlette):
         )
         self.lifespan = lifespan
         lifespan.owner = self
+
+
+def engine_routes(engine: Engine) -> list[BaseRoute]:
+    """The JSON API over ``engine``: recovery first (its bulk paths under ``/api/runs``)."""
+    return [
+        *RecoveryApi(engine).routes(),
+        *JSONApi(engine).routes(),
+        *ScheduleApi(engine).routes(),
+    ]
 
 
 def create_app(
@@ -138,8 +150,7 @@ def create_app(
             Route("/api/realtime", sse),
             Route("/api/realtime/history", channels.history),
             Route("/api/realtime/token", channels.mint, methods=["POST"]),
-            *(JSONApi(engine).routes() if engine else ()),
-            *(ScheduleApi(engine).routes() if engine else ()),
+            *(engine_routes(engine) if engine else ()),
             *routes,
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ],
@@ -217,6 +228,7 @@ class ChannelEndpoints:
         }
         if self.engine is not None:  # how many, not who: this route is public
             health["workers"] = len(await live_workers(self.engine))
+            health["retention"] = self.engine.retention
         return JSONResponse(health)
 
     async def history(self, request: Request) -> Response:

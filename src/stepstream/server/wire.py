@@ -5,8 +5,10 @@ errors (``errors.error_body``), the SSE endpoint below this package answers with
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any, NotRequired, TypedDict
 
+from stepstream.backends.base import RunFilter
 from stepstream.clock import system_ms
 from stepstream.errors import ErrorBody, ErrorFields, RunNotFound, ValidationError
 from stepstream.records import RUN_STATES, RunRecord, RunState, StepRecord, StepState, StepType
@@ -87,14 +89,77 @@ class RunLog(TypedDict):
     flowControl: FlowControlLog | None
     status: str
     waitingFor: str | None
+    labels: list[str]
+    restartedFrom: str | None
+    forkedFrom: str | None
     steps: list[StepLog]
+
+
+class RunSummary(TypedDict):
+    """A run in ``GET /api/runs``: its log without payload, result and steps (those are in
+    ``GET /api/runs/{id}``), so a page of runs stays small whatever they carry."""
+
+    workflowRunId: str
+    workflowName: str
+    workflowState: str
+    workflowRunCreatedAt: int
+    workflowRunCompletedAt: int | None
+    error: str | None
+    invoker: str | None
+    flowControl: FlowControlLog | None
+    status: str
+    waitingFor: str | None
+    labels: list[str]
+    restartedFrom: str | None
+    forkedFrom: str | None
 
 
 class RunPage(TypedDict):
     """``GET /api/runs``: newest first; pass ``cursor`` back for the next page."""
 
-    runs: list[RunLog]
+    runs: list[RunSummary]
     cursor: str | None
+
+
+class Resumed(TypedDict):
+    """``POST /api/runs/{id}/resume``: the run is started again."""
+
+    workflowRunId: str
+    workflowState: str
+
+
+class Deleted(TypedDict):
+    """``DELETE /api/runs/{id}``."""
+
+    workflowRunId: str
+    deleted: bool
+
+
+class BulkCanceled(TypedDict):
+    """``POST /api/runs/cancel``: how many runs it canceled."""
+
+    canceled: int
+
+
+class BulkResumed(TypedDict):
+    """``POST /api/runs/resume``: how many runs it resumed."""
+
+    resumed: int
+
+
+class WaiterInfo(TypedDict):
+    """A step waiting for an event: its run, name, position, timeout (epoch ms or null)."""
+
+    workflowRunId: str
+    stepName: str
+    stepId: int
+    deadline: int | None
+
+
+class Waiters(TypedDict):
+    """``GET /api/events/{eventId}/waiters``."""
+
+    waiters: list[WaiterInfo]
 
 
 class Triggered(TypedDict):
@@ -269,7 +334,30 @@ def run_log(run: RunRecord, now: int | None = None) -> RunLog:
         ),
         status=status,
         waitingFor=waiting_for,
+        labels=list(run.labels),
+        restartedFrom=run.restarted_from,
+        forkedFrom=run.forked_from,
         steps=[step_log(step) for step in run.steps],
+    )
+
+
+def run_summary(run: RunRecord, now: int) -> RunSummary:
+    """A run as a list shows it (``RunSummary``)."""
+    log = run_log(replace(run, steps=[], payload="null", result=None), now)
+    return RunSummary(
+        workflowRunId=log["workflowRunId"],
+        workflowName=log["workflowName"],
+        workflowState=log["workflowState"],
+        workflowRunCreatedAt=log["workflowRunCreatedAt"],
+        workflowRunCompletedAt=log["workflowRunCompletedAt"],
+        error=log["error"],
+        invoker=log["invoker"],
+        flowControl=log["flowControl"],
+        status=log["status"],
+        waitingFor=log["waitingFor"],
+        labels=log["labels"],
+        restartedFrom=log["restartedFrom"],
+        forkedFrom=log["forkedFrom"],
     )
 
 
@@ -329,15 +417,12 @@ async def read_log(engine: Engine, run_id: str) -> RunLog:
     return run_log(run, engine.clock())
 
 
-async def read_runs(
-    engine: Engine, *, state: str | None, workflow: str | None, cursor: str | None, count: int
-) -> RunPage:
+async def read_runs(engine: Engine, where: RunFilter, *, cursor: str | None, count: int) -> RunPage:
     """A page of runs, newest first: what ``GET /api/runs`` answers and ``client.runs``
     returns. ``state`` must be one of ``RUN_STATES`` (``ValidationError`` otherwise)."""
+    state = where.state
     if state is not None and state not in RUN_STATES:
         raise ValidationError(f"state={state[:40]!r}: use one of {', '.join(RUN_STATES)}")
-    page = await engine.backend.list_runs(
-        state=state, workflow=workflow, cursor=cursor, count=count
-    )
+    page = await engine.backend.find_runs(where, cursor=cursor, count=count)
     now = engine.clock()
-    return RunPage(runs=[run_log(run, now) for run in page.runs], cursor=page.cursor)
+    return RunPage(runs=[run_summary(run, now) for run in page.runs], cursor=page.cursor)

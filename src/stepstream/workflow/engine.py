@@ -16,7 +16,7 @@ import json
 import logging
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -83,6 +83,26 @@ def run_id_from(value: str | None) -> str:
     return value if value.startswith("wfr_") else "wfr_" + value
 
 
+MAX_LABELS = 20
+MAX_LABEL_LENGTH = 100
+
+
+def checked_labels(labels: Sequence[str]) -> list[str]:
+    """``labels`` as a run keeps them (duplicates dropped), or ``ValidationError`` naming the
+    one that is not a non-empty string of at most 100 characters."""
+    if isinstance(labels, str) or not isinstance(labels, Sequence):
+        raise ValidationError(f"labels must be a list of strings, got {labels!r:.60}")
+    kept = list(dict.fromkeys(labels))
+    if len(kept) > MAX_LABELS:
+        raise ValidationError(f"a run takes at most {MAX_LABELS} labels, got {len(kept)}")
+    for label in kept:
+        if not isinstance(label, str) or not 1 <= len(label) <= MAX_LABEL_LENGTH:
+            raise ValidationError(
+                f"label {label!r:.60} must be a string of 1 to {MAX_LABEL_LENGTH} characters"
+            )
+    return kept
+
+
 def to_json(value: Any, what: str) -> str:
     try:
         return dumps(value)
@@ -109,6 +129,8 @@ class Engine:
     channel named by each run id. ``execution.execute`` runs a claimed one through it.
 
     ``max_result_bytes``: the largest step result or return value, as JSON text.
+    ``retention``: seconds a finished run is kept (``None``: for ever); workers delete older
+    ones with their channel history.
     """
 
     def __init__(
@@ -118,10 +140,16 @@ class Engine:
         realtime: Realtime | None = None,
         *,
         max_result_bytes: int = 1_048_576,
+        retention: float | None = None,
         clock: Clock = system_ms,
     ) -> None:
         if max_result_bytes < 1:
             raise ConfigurationError(f"max_result_bytes must be >= 1, got {max_result_bytes}")
+        if retention is not None and not retention > 0:
+            raise ConfigurationError(
+                f"retention must be seconds > 0 (or None to keep every run), got {retention}"
+            )
+        self.retention = retention
         self.registry = registry
         self.backend = backend
         self.realtime = realtime
@@ -262,8 +290,10 @@ class Engine:
         parent: str | None = None,
         parent_position: int | None = None,
         flow_control: FlowControl | None = None,
+        labels: Sequence[str] = (),
     ) -> str:
-        """Start a run of ``workflow``; its id. ``flow_control`` replaces the workflow's own."""
+        """Start a run of ``workflow``; its id. ``flow_control`` replaces the workflow's own;
+        ``labels`` name the run to find it by (``RunFilter.label``)."""
         definition = self.registry.get(workflow)
         payload = to_json(body, "the request payload")
         flow = flow_control or definition.flow_control
@@ -284,11 +314,16 @@ class Engine:
             parent=parent,
             parent_position=parent_position,
             flow=None if flow is None else flow.limits(body, workflow),
+            labels=checked_labels(labels),
         )
-        update = self.reported(events.run_start(run_id, now))
-        await self.backend.create_run(CreateRun(run, emits=update, policy=self.policy))
-        self.wake(due)
+        await self.create(run)
         return run_id
+
+    async def create(self, run: RunRecord, *updates: Emit) -> None:
+        """Store ``run`` with its ``runStart`` (and ``updates``), and wake workers when due."""
+        update = self.reported(events.run_start(run.id, run.created_at), *updates)
+        await self.backend.create_run(CreateRun(run, emits=update, policy=self.policy))
+        self.wake(run.due_at)
 
     async def start_child(
         self, parent: RunRecord, position: int, child: str, workflow: str, body: Any

@@ -23,7 +23,15 @@ from stepstream import events
 from stepstream.backends.base import ReleaseSlot
 from stepstream.clock import Clock
 from stepstream.errors import BackendError, LeaseLost, NonDeterminismError
-from stepstream.records import Emit, Lease, RunRecord, StepRecord, StepState, StepType
+from stepstream.records import (
+    FAILURE_POSITIONS,
+    Emit,
+    Lease,
+    RunRecord,
+    StepRecord,
+    StepState,
+    StepType,
+)
 from stepstream.workflow.policy import RetryPolicy
 from stepstream.workflow.runtime import Runtime, StorageInterrupted, Suspend
 
@@ -37,9 +45,6 @@ class Slot:
     key: str
     position: int
     given: bool = False
-
-
-FAILURE_POSITIONS = 1_000_000  # the failure function's own steps live past the run's
 
 
 class Journal:
@@ -146,6 +151,50 @@ class Journal:
             )
             raise self.nondeterminism
         return step
+
+    def patched(self, name: str) -> bool:
+        """Whether this run takes the new code path of a change named ``name`` (safe deploys,
+        DESIGN §14): ``True`` when it executes this point for the first time, ``False`` while
+        it replays history recorded before the change was deployed::
+
+            if context.patched("send-receipt"):
+                await context.run("send-receipt", send_receipt)
+
+        The first ``True`` records a marker (a ``Patch`` step) so later replays of the run say
+        ``True`` again. Once no run recorded before the change remains, replace the call with
+        ``deprecate_patch(name)`` and keep only the new code.
+        """
+        if not isinstance(name, str) or not name:
+            raise ValueError("patched() needs a non-empty string name")
+        self.raise_if_interrupted()
+        recorded = self._recorded.get(self._position)
+        if recorded is not None:
+            if recorded.type is StepType.PATCH and recorded.name == name:
+                self._position += 1
+                return True
+            return False  # the run recorded something else here: it predates the change
+        now = self.now()
+        marker = StepRecord(
+            self._position,
+            name,
+            StepType.PATCH,
+            StepState.SUCCESS,
+            attempts=1,
+            started_at=now,
+            finished_at=now,
+            out="true",
+        )
+        self._position += 1
+        self._recorded[marker.position] = marker
+        self._write(lambda: self._storage(self._runtime.save_steps(self.lease, [marker], [])))
+        return True
+
+    def deprecate_patch(self, name: str) -> None:
+        """Where ``patched(name)`` was once called: skip its marker in runs that recorded one,
+        so they replay after the branch is gone (and record nothing in others)."""
+        recorded = self._recorded.get(self._position)
+        if recorded is not None and recorded.type is StepType.PATCH and recorded.name == name:
+            self._position += 1
 
     def _write(self, write: Callable[[], Awaitable[None]]) -> asyncio.Future[None]:
         """Queue a write after the previous one (so a step's start is stored before its

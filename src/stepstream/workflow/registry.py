@@ -122,6 +122,10 @@ class Registry:
         except KeyError:
             raise UnknownWorkflow(name, list(self._workflows)) from None
 
+    def find(self, name: str) -> Workflow | None:
+        """The workflow registered as ``name``, or ``None``."""
+        return self._workflows.get(name)
+
     @property
     def names(self) -> list[str]:
         return sorted(self._workflows)

@@ -15,6 +15,7 @@ from stepstream.backends.base import Claim
 from stepstream.clock import Clock, system_ms
 from stepstream.errors import BackendError, LeaseLost
 from stepstream.records import Lease
+from stepstream.workflow import recovery
 from stepstream.workflow.engine import Engine, HasEngine, engine_of
 from stepstream.workflow.execution import execute
 from stepstream.workflow.presence import Presence
@@ -100,6 +101,8 @@ class Worker:
             asyncio.create_task(self._heartbeat_loop(), name="stepstream-heartbeat"),
             asyncio.create_task(self.presence.run(), name="stepstream-presence"),
         ]
+        if self.engine.retention is not None:
+            self._tasks.append(asyncio.create_task(self._retention_loop(), name="stepstream-gc"))
         if self.scheduler is not None:
             await self.scheduler.declare()  # before start returns (on failure, its loop retries)
             self._tasks.append(asyncio.create_task(self.scheduler.run(), name="stepstream-cron"))
@@ -272,6 +275,22 @@ class Worker:
                 self._confirmed[lease.run_id] = sent
 
         return confirm
+
+    async def _retention_loop(self) -> None:
+        """Delete finished runs past the engine's ``retention``, a bounded batch at a time
+        (every minute, or every half retention when shorter); every worker does, harmlessly."""
+        retention = self.engine.retention
+        assert retention is not None
+        period = min(60.0, max(1.0, retention / 2))
+        while not self._stopping:
+            try:
+                deleted = await recovery.sweep(self.engine, retention)
+            except BackendError as exc:
+                log.warning("deleting runs past their retention failed: %s", exc)
+            else:
+                if deleted:
+                    log.info("deleted %d runs finished over %ss ago", deleted, retention)
+            await asyncio.sleep(period)
 
     async def _heartbeat_loop(self) -> None:
         # Runs until ``stop`` cancels it, after the executions: a stopping worker still holds

@@ -30,10 +30,12 @@ from stepstream.backends.base import (
     LiveSink,
     Notify,
     ReleaseRun,
+    RunFilter,
     SaveSteps,
     WaitEvent,
 )
 from stepstream.backends.memory.flow import MemoryFlow, release
+from stepstream.backends.memory.recovery import MemoryRecovery
 from stepstream.backends.memory.store import (
     StoredRun,
     call_on,
@@ -60,7 +62,7 @@ from stepstream.records import (
 __all__ = ["MemoryBackend"]
 
 
-class MemoryBackend(MemoryFlow):
+class MemoryBackend(MemoryFlow, MemoryRecovery):
     """The storage protocol in memory: ``MemoryBackend()`` (a store of its own),
     ``MemoryBackend("name")`` / ``memory://name`` (shared by every backend of this process with
     that name). ``clock`` is the store's time in epoch milliseconds (the first backend of a
@@ -200,6 +202,7 @@ class MemoryBackend(MemoryFlow):
             store.runs[run.id] = entry
             store.by_seq[entry.seq] = run.id
             store.indexed(entry, add=True)
+            store.labeled(entry, add=True)
             store.append_emits(op.emits, op.policy)
 
     async def get_run(self, run_id: str) -> RunRecord | None:
@@ -210,14 +213,7 @@ class MemoryBackend(MemoryFlow):
     async def list_runs(
         self, *, state: str | None, workflow: str | None, cursor: str | None, count: int
     ) -> RunPage:
-        store = self._store
-        with store.lock:
-            seqs = store.index.get((state, workflow), [])
-            high = len(seqs) if cursor is None else bisect_left(seqs, int(cursor))
-            low = max(0, high - count)
-            page = seqs[low:high][::-1]
-            runs = [store.runs[store.by_seq[seq]].snapshot(steps=False) for seq in page]
-            return RunPage(runs, str(page[-1]) if low > 0 and page else None)
+        return await self.find_runs(RunFilter(state, workflow), cursor=cursor, count=count)
 
     async def claim_runs(self, op: Claim) -> list[RunRecord]:
         store = self._store

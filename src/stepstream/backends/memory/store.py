@@ -74,7 +74,9 @@ class StoredRun:
     def snapshot(self, *, steps: bool = True) -> RunRecord:
         """A copy the caller may change freely."""
         ordered = [replace(self.steps[p]) for p in sorted(self.steps)] if steps else []
-        return replace(self.record, headers=dict(self.record.headers), steps=ordered)
+        record = self.record
+        headers, labels = dict(record.headers), list(record.labels)
+        return replace(record, headers=headers, labels=labels, steps=ordered)
 
 
 class Store:
@@ -88,6 +90,7 @@ class Store:
         self.seq = 0
         self.index: dict[IndexKey, list[int]] = {}  # run seqs, oldest first
         self.by_seq: dict[int, str] = {}
+        self.labels: dict[str, list[int]] = {}  # label -> run seqs, oldest first
         self.waits: dict[str, set[tuple[str, int]]] = {}  # event id -> (run id, position)
         self.lookback: dict[tuple[str, str], str] = {}  # (run id, event id) -> data
         # Flow control, by key: slots ((run id, position) -> (owner, epoch)), rate starts
@@ -157,12 +160,22 @@ class Store:
 
     def indexed(self, run: StoredRun, add: bool) -> None:
         state, workflow = run.record.state.value, run.record.workflow
-        for key in ((None, None), (state, None), (None, workflow), (state, workflow)):
-            seqs = self.index.setdefault(key, [])
+        keys = ((None, None), (state, None), (None, workflow), (state, workflow))
+        lists = [self.index.setdefault(key, []) for key in keys]
+        self.sorted_into(lists, run.seq, add)
+
+    def labeled(self, run: StoredRun, add: bool) -> None:
+        """Index ``run`` under its labels (they never change: once at creation)."""
+        lists = [self.labels.setdefault(label, []) for label in dict.fromkeys(run.record.labels)]
+        self.sorted_into(lists, run.seq, add)
+
+    @staticmethod
+    def sorted_into(lists: list[list[int]], seq: int, add: bool) -> None:
+        for seqs in lists:
             if add:
-                insort(seqs, run.seq)
+                insort(seqs, seq)
             else:
-                del seqs[bisect_left(seqs, run.seq)]
+                del seqs[bisect_left(seqs, seq)]
 
     def close(
         self, run: StoredRun, state: RunState, result: str | None, error: str | None, now: int

@@ -5,8 +5,9 @@ stepstream creates and migrates its own tables and functions in schema ``stepstr
 ``?schema=``), needs no extension, and keeps a schema version table (``connection.py``,
 ``migrations/*.sql``). Each storage operation is one server-side function call: one round
 trip, one transaction with the events reporting it (``runs.py``, ``realtime.py``, flow control
-slots in ``flow.py``); named entries are single statements (``flow.py``). Live events and
-worker wake-ups travel by LISTEN/NOTIFY on one extra connection per process (``live.py``).
+slots in ``flow.py``, resuming and deleting runs in ``recovery.py``); listings and named
+entries are single statements (``recovery.py``, ``flow.py``). Live events and worker wake-ups
+travel by LISTEN/NOTIFY on one extra connection per process (``live.py``).
 Times (event ids, leases, due runs, flow control windows) are the database's clock.
 
 Driver: asyncpg, measured against psycopg 3 on this backend's own transactions
@@ -22,6 +23,7 @@ from stepstream.backends.postgres.connection import Database, check_schema
 from stepstream.backends.postgres.flow import PostgresFlow
 from stepstream.backends.postgres.live import Listener
 from stepstream.backends.postgres.realtime import PostgresRealtime
+from stepstream.backends.postgres.recovery import PostgresRecovery
 from stepstream.backends.postgres.runs import PostgresRuns
 from stepstream.errors import ConfigurationError
 
@@ -30,7 +32,7 @@ __all__ = ["PostgresBackend"]
 OPTIONS = ("schema", "pool_size", "live_check_interval")
 
 
-class PostgresBackend(PostgresRealtime, PostgresRuns, PostgresFlow):
+class PostgresBackend(PostgresRealtime, PostgresRuns, PostgresRecovery, PostgresFlow):
     """``postgresql://...`` with query options ``schema=`` (default ``stepstream``),
     ``pool_size=`` (connections per process, default 10, plus one for LISTEN) and
     ``live_check_interval=`` (seconds, default 5: a silently dead LISTEN connection is

@@ -1,7 +1,8 @@
 """The workflow half of the Postgres backend: each operation is one call of its function in
-``migrations/003_runs.sql`` (``ss_create_run`` and ``ss_save_steps`` as ``004_flow_control.sql``
-redefines them), which also appends the events reporting it (``ss_emit``), so a state change
-and its events commit together. Runs due now NOTIFY the wake topic at commit."""
+``migrations/003_runs.sql`` (``ss_save_steps`` as ``004_flow_control.sql`` and ``ss_create_run``
+as ``005_recovery.sql`` redefine them), which also appends the events reporting it
+(``ss_emit``), so a state change and its events commit together. Runs due now NOTIFY the wake
+topic at commit. Listing runs is in ``recovery.py``."""
 
 from __future__ import annotations
 
@@ -29,7 +30,6 @@ from stepstream.errors import RunNotFound
 from stepstream.records import (
     FlowLimits,
     Lease,
-    RunPage,
     RunRecord,
     RunState,
     StepRecord,
@@ -45,7 +45,7 @@ def _text(value: str | None) -> str | None:
     return None if value is None else value.replace("\x00", "\ufffd")
 
 
-def _emits(op: Reported) -> tuple[Any, ...]:
+def emit_args(op: Reported) -> tuple[Any, ...]:
     emits = op.emits
     return (
         [e.channel for e in emits],
@@ -82,7 +82,8 @@ class PostgresRuns:
         run = op.run
         await self._db.fetch(
             "SELECT ss_create_run($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, "
-            "$15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28)",
+            "$15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, "
+            "$31)",
             run.id,
             run.workflow,
             run.state.value,
@@ -100,8 +101,11 @@ class PostgresRuns:
             run.failure_attempts,
             _text(run.failed_step),
             None if run.flow is None else dumps(run.flow.to_dict()),
+            run.labels,
+            run.restarted_from,
+            run.forked_from,
             *_steps(run.steps),
-            *_emits(op),
+            *emit_args(op),
         )
 
     async def get_run(self, run_id: str) -> RunRecord | None:
@@ -110,34 +114,9 @@ class PostgresRuns:
         rows = await self._db.fetch("SELECT * FROM runs WHERE id = $1", run_id)
         if not rows:
             return None
-        run = _run(rows[0])
+        run = run_record(rows[0])
         run.steps = (await self._steps_of([run_id])).get(run_id, [])
         return run
-
-    async def list_runs(
-        self, *, state: str | None, workflow: str | None, cursor: str | None, count: int
-    ) -> RunPage:
-        where: list[str] = []
-        args: list[Any] = []
-        for column, value in (("state", state), ("workflow", workflow)):
-            if value is not None:
-                args.append(value)
-                where.append(f"{column} = ${len(args)}")
-        if cursor is not None:
-            try:
-                args.append(int(cursor))
-            except ValueError:
-                return RunPage([], None)
-            where.append(f"seq < ${len(args)}")
-        args.append(count + 1)
-        sql = (
-            f"SELECT * FROM runs {'WHERE ' + ' AND '.join(where) if where else ''} "
-            f"ORDER BY seq DESC LIMIT ${len(args)}"
-        )
-        rows = await self._db.fetch(sql, *args)
-        more = len(rows) > count
-        rows = rows[:count]
-        return RunPage([_run(row) for row in rows], str(rows[-1]["seq"]) if more else None)
 
     async def claim_runs(self, op: Claim) -> list[RunRecord]:
         if not op.workflows or op.limit <= 0:
@@ -150,7 +129,7 @@ class PostgresRuns:
             list(op.workflows),
             list(op.exclude),
         )
-        runs = sorted((_run(row) for row in rows), key=lambda run: (run.due_at or 0, run.id))
+        runs = sorted((run_record(row) for row in rows), key=lambda run: (run.due_at or 0, run.id))
         if runs:
             steps = await self._steps_of([run.id for run in runs])
             for run in runs:
@@ -178,7 +157,7 @@ class PostgresRuns:
             lease.owner,
             lease.epoch,
             *_steps(op.steps),
-            *_emits(op),
+            *emit_args(op),
             *((None, None, None) if slot is None else (slot.key, slot.run_id, slot.position)),
         )
         return woken
@@ -198,7 +177,7 @@ class PostgresRuns:
             _text(patch.get("error")),
             patch.get("failure_attempts"),
             _text(patch.get("failed_step")),
-            *_emits(op),
+            *emit_args(op),
         )
 
     async def finish_run(self, op: FinishRun) -> None:
@@ -213,7 +192,7 @@ class PostgresRuns:
             _text(op.error),
             op.at,
             _parent_out(op.state, op.result, op.error),
-            *_emits(op),
+            *emit_args(op),
         )
 
     async def wait_event(self, op: WaitEvent) -> str | None:
@@ -229,7 +208,7 @@ class PostgresRuns:
             step.state.value,
             step.finished_at,
             step.to_json(),
-            *_emits(op),
+            *emit_args(op),
         )
         return kept
 
@@ -249,7 +228,7 @@ class PostgresRuns:
             op.run_id,
             op.at,
             _parent_out(RunState.CANCELED, None, "canceled"),
-            *_emits(op),
+            *emit_args(op),
         )
 
     async def wake_workers(self) -> None:
@@ -285,7 +264,7 @@ def _step(row: asyncpg.Record) -> StepRecord:
     return step
 
 
-def _run(row: asyncpg.Record) -> RunRecord:
+def run_record(row: asyncpg.Record) -> RunRecord:
     return RunRecord(
         id=row["id"],
         workflow=row["workflow"],
@@ -307,4 +286,7 @@ def _run(row: asyncpg.Record) -> RunRecord:
         lease_until=row["lease_until"],
         epoch=row["epoch"],
         flow=None if row["flow"] is None else FlowLimits.from_dict(json.loads(row["flow"])),
+        labels=list(row["labels"]),
+        restarted_from=row["restarted_from"],
+        forked_from=row["forked_from"],
     )

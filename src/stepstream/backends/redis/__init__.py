@@ -15,7 +15,7 @@ die silently (a half-open socket behind a NAT or a paused server): it is PINGed 
 ``live_check_interval`` seconds, and one that returns nothing at all within that time counts as
 lost.
 
-Workflow runs (``runs.py``; Lua in ``lua/``, see ``scripts.py``)::
+Workflow runs (``runs.py``, ``recovery.py``; Lua in ``lua/``, see ``scripts.py``)::
 
     P wf:seq                 counter   creation order of runs
     P wf:run:<id>            hash      id, workflow, state, created_at, completed_at, due_at,
@@ -32,6 +32,13 @@ Workflow runs (``runs.py``; Lua in ``lua/``, see ``scripts.py``)::
     P wf:runs:state:<S>      zset      runs in state S by seq
     P wf:runs:workflow:<W>   zset      runs of workflow W by seq
     P wf:runs:sw:<S>:<W>     zset      runs of workflow W in state S by seq
+    P wf:labels:<id>         set       the run's labels (its label index entries, for Lua)
+    P wf:runs:label:<L>      zset      runs labelled L by seq
+    P wf:runs:ls:<S>:<L>     zset      runs labelled L in state S by seq
+    P wf:runs:lw:<n>:<L>:<W> zset      runs labelled L of workflow W by seq (n: L's length in
+                                       bytes, so names containing ':' cannot collide)
+    P wf:runs:lsw:<S>:<n>:<L>:<W>
+                             zset      runs labelled L of workflow W in state S by seq
     P wf:layout              string    "2" once an earlier layout's keys were migrated
 
 Flow control of a key ``K`` and named entries (``flow.py``)::
@@ -43,6 +50,11 @@ Flow control of a key ``K`` and named entries (``flow.py``)::
                                        window (expires a period after the newest)
     P wf:flow:waiters:<K>    zset      ``<run id>|<position>`` by since: the line for a slot
     P wf:entries:<kind>      hash      key -> JSON text
+
+A filter by state, workflow and label has one index per combination, so a page of any
+filter reads only what it shows; creation-time bounds are bisected in that index (runs get
+their seq in creation order, see ``lua/find_runs.lua``). Deleting a run removes all of the
+above that names it, and its channel's stream and meta.
 
 Each state change is one Lua script that also appends the events reporting it (the append
 script's code, shared), so a run's log and its channel history cannot disagree.
@@ -60,13 +72,13 @@ from redis.backoff import NoBackoff
 from stepstream.backends.redis.connection import Connection
 from stepstream.backends.redis.flow import RedisFlow
 from stepstream.backends.redis.realtime import RedisRealtime
-from stepstream.backends.redis.runs import RedisRuns
+from stepstream.backends.redis.recovery import RedisRecovery
 from stepstream.errors import ConfigurationError
 
 __all__ = ["RedisBackend"]
 
 
-class RedisBackend(RedisRealtime, RedisRuns, RedisFlow):
+class RedisBackend(RedisRealtime, RedisRecovery, RedisFlow):
     """``redis://[:password@]host:6379/0`` or ``rediss://...`` (TLS). Query options
     ``prefix=<key prefix>`` (default ``stepstream:``) and ``live_check_interval=<seconds>``
     (default 5: a silently dead pub/sub connection is noticed within twice that)."""

@@ -1,6 +1,7 @@
 """The workflow half of the Redis backend: each change is one Lua script (``lua/``, see
 ``scripts.py``) that also appends the events reporting it, and the codecs between records and
-Redis hashes. (The wakeups ride on the pub/sub connection: ``realtime.py``.)"""
+Redis hashes. (The wakeups ride on the pub/sub connection: ``realtime.py``; listing runs is
+``find_runs`` in ``recovery.py``.)"""
 
 from __future__ import annotations
 
@@ -25,7 +26,6 @@ from stepstream.records import (
     FLOW_CONTROL,
     FlowLimits,
     Lease,
-    RunPage,
     RunRecord,
     RunState,
     StepRecord,
@@ -52,6 +52,8 @@ class RedisRuns:
             due,
             *counted(run_fields(run)),
             *steps_args(run.steps),
+            len(run.labels),
+            *run.labels,
             *self._emit_args(op),
         )
         if status == "EXISTS":
@@ -68,16 +70,6 @@ class RedisRuns:
                 pipe.hgetall(f"{conn.prefix}wf:steps:{run_id}")
                 fields, steps = await pipe.execute()
         return run_record(fields, steps) if fields else None
-
-    async def list_runs(
-        self, *, state: str | None, workflow: str | None, cursor: str | None, count: int
-    ) -> RunPage:
-        found = await self._conn.script(
-            "list_runs", state or "", workflow or "", cursor or "", count
-        )
-        page = found[:count]
-        cursor = _pairs(page[-1])["seq"] if len(found) > count and page else None
-        return RunPage([run_record(fields) for fields in page], cursor)
 
     async def claim_runs(self, op: Claim) -> list[RunRecord]:
         claimed = await self._conn.script(

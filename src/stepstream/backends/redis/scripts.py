@@ -5,8 +5,9 @@
 prefix. A run script checks everything first (fencing, existence, state), then writes the
 change and appends its events, so a rejected call leaves no trace and an accepted one is
 stored together with the events that report it. It returns ``{status, ...}``: ``OK``,
-``LEASE`` (fenced out), ``MISSING`` (no such run), ``EXISTS`` (id taken) or ``FINISHED``
-followed by the run's state.
+``LEASE`` (fenced out), ``MISSING`` (no such run), ``EXISTS`` (id taken), or ``FINISHED``
+(for a change only a running run takes) or ``REFUSED`` (for one it must not be in) followed by
+the run's state.
 
 Run scripts compute most keys they touch (a run's keys from its id), so they cannot declare
 them all in KEYS; Redis allows that, Dragonfly needs the script to say so, in a first line
@@ -26,7 +27,7 @@ from importlib.resources import files
 RUN_SCRIPTS = (
     "migrate",
     "create_run",
-    "list_runs",
+    "find_runs",
     "claim_runs",
     "renew_leases",
     "save_steps",
@@ -37,6 +38,9 @@ RUN_SCRIPTS = (
     "cancel_run",
     "acquire_slot",
     "release_slot",
+    "resume_run",
+    "delete_run",
+    "list_waiters",
 )
 
 

@@ -2,7 +2,8 @@
 
 All database work runs on one thread per backend instance (``connection.py``, with group
 commit); the realtime half (``realtime.py``, live delivery in ``live.py``) and the workflow half
-(``runs.py``) submit jobs to it. Tables: ``schema.py``.
+(``runs.py``; finding, resuming and deleting runs in ``recovery.py``; flow control in
+``flow.py``) submit jobs to it. Tables: ``schema.py``.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ from stepstream.backends.base import LiveSink
 from stepstream.backends.sqlite.connection import Database
 from stepstream.backends.sqlite.flow import SQLiteFlow
 from stepstream.backends.sqlite.realtime import SQLiteRealtime
+from stepstream.backends.sqlite.recovery import SQLiteRecovery
 from stepstream.backends.sqlite.runs import SQLiteRuns
 from stepstream.errors import ConfigurationError
 
 __all__ = ["SQLiteBackend"]
 
 
-class SQLiteBackend(SQLiteRealtime, SQLiteRuns, SQLiteFlow):
+class SQLiteBackend(SQLiteRealtime, SQLiteRuns, SQLiteFlow, SQLiteRecovery):
     """``sqlite:///path/to/file.db`` (relative: ``sqlite:///data.db``; absolute:
     ``sqlite:////var/lib/app.db``). Query options: ``synchronous=full|normal``,
     ``poll_interval=<seconds>`` (cross-process live delivery, default 0.005)."""

@@ -1,5 +1,6 @@
 """The workflow half of the SQLite backend. Every change runs as one write job on the database
-thread, so a state change and the events reporting it (``append_emits``) commit together."""
+thread, so a state change and the events reporting it (``append_emits``) commit together.
+Listing, resuming and deleting runs: ``recovery.py``."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import json
 import sqlite3
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
 
 from stepstream.backends.base import (
     CancelRun,
@@ -22,22 +22,16 @@ from stepstream.backends.base import (
 from stepstream.backends.sqlite.channels import append_emits
 from stepstream.backends.sqlite.connection import Database
 from stepstream.backends.sqlite.flow import release
-from stepstream.backends.sqlite.rows import fence, put_steps
+from stepstream.backends.sqlite.rows import COLUMNS, fence, put_steps, run_from_row
 from stepstream.clock import system_ms
 from stepstream.errors import RunConflict, RunNotFound
 from stepstream.records import (
     Lease,
-    RunPage,
     RunRecord,
     RunState,
     StepRecord,
     StepState,
     dumps,
-)
-
-COLUMNS = (
-    "id, workflow, state, created_at, completed_at, due_at, lease_owner, lease_until, parent, "
-    "epoch, meta"
 )
 
 
@@ -72,6 +66,10 @@ class SQLiteRuns:
                     seq,
                 ),
             )
+            conn.executemany(
+                "INSERT OR IGNORE INTO wf_run_labels (label, seq, run_id) VALUES (?, ?, ?)",
+                [(label, seq, run.id) for label in run.labels],
+            )
             put_steps(conn, run.id, run.steps)
             append_emits(conn, op.emits, op.policy)
 
@@ -82,39 +80,11 @@ class SQLiteRuns:
             row = conn.execute(f"SELECT {COLUMNS} FROM wf_runs WHERE id = ?", (run_id,)).fetchone()
             if row is None:
                 return None
-            run = _run(row)
+            run = run_from_row(row)
             run.steps = _steps(conn, run_id)
             return run
 
         return await self._db.submit(get, write=False)
-
-    async def list_runs(
-        self, *, state: str | None, workflow: str | None, cursor: str | None, count: int
-    ) -> RunPage:
-        where: list[str] = ["1 = 1"]
-        args: list[Any] = []
-        if state is not None:
-            where.append("state = ?")
-            args.append(state)
-        if workflow is not None:
-            where.append("workflow = ?")
-            args.append(workflow)
-        if cursor is not None:
-            where.append("seq < ?")
-            args.append(int(cursor))
-        sql = (
-            f"SELECT {COLUMNS}, seq FROM wf_runs WHERE {' AND '.join(where)} "
-            "ORDER BY seq DESC LIMIT ?"
-        )
-
-        def page(conn: sqlite3.Connection) -> RunPage:
-            rows = conn.execute(sql, (*args, count + 1)).fetchall()
-            more = len(rows) > count
-            rows = rows[:count]
-            runs = [_run(row[:-1]) for row in rows]
-            return RunPage(runs, str(rows[-1][-1]) if more and rows else None)
-
-        return await self._db.submit(page, write=False)
 
     async def claim_runs(self, op: Claim) -> list[RunRecord]:
         owner, lease_ms = op.owner, op.lease_ms
@@ -131,7 +101,7 @@ class SQLiteRuns:
             ).fetchall()
             runs = []
             for row in rows:
-                run = _run(row)
+                run = run_from_row(row)
                 run.lease_owner, run.lease_until, run.epoch = owner, now + lease_ms, run.epoch + 1
                 conn.execute(
                     "UPDATE wf_runs SET lease_owner = ?, lease_until = ?, epoch = ? WHERE id = ?",
@@ -307,23 +277,6 @@ class SQLiteRuns:
 
     def wakeups_active(self) -> bool:
         return self._db.running
-
-
-def _run(row: tuple[Any, ...]) -> RunRecord:
-    run_id, workflow, state, created, completed, due, owner, until, parent, epoch, meta = row
-    base = RunRecord(
-        id=run_id,
-        workflow=workflow,
-        state=RunState(state),
-        created_at=created,
-        completed_at=completed,
-        due_at=due,
-        lease_owner=owner,
-        lease_until=until,
-        parent=parent,
-        epoch=epoch,
-    )
-    return base.with_meta(meta)
 
 
 def _steps(conn: sqlite3.Connection, run_id: str) -> list[StepRecord]:

@@ -45,6 +45,15 @@ CREATE INDEX IF NOT EXISTS wf_runs_newest ON wf_runs (seq);
 CREATE INDEX IF NOT EXISTS wf_runs_by_state ON wf_runs (state, seq);
 CREATE INDEX IF NOT EXISTS wf_runs_by_workflow ON wf_runs (workflow, seq);
 CREATE INDEX IF NOT EXISTS wf_runs_by_workflow_state ON wf_runs (workflow, state, seq);
+-- A time bound of a listing becomes a seq range through this index (recovery.py).
+CREATE INDEX IF NOT EXISTS wf_runs_by_creation ON wf_runs (created_at, seq);
+-- Each label a run was triggered with, newest run last: a label's listing reads its own range.
+CREATE TABLE IF NOT EXISTS wf_run_labels (
+    label TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    run_id TEXT NOT NULL,
+    PRIMARY KEY (label, seq)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS wf_steps (
     run_id TEXT NOT NULL,
     position INTEGER NOT NULL,
@@ -100,7 +109,9 @@ CREATE TABLE IF NOT EXISTS wf_lookback (
 
 def migrate(conn: sqlite3.Connection) -> None:
     """Bring a file made by an earlier version up to ``SCHEMA`` (run inside the schema
-    transaction, so concurrent openers see it done or not at all)."""
+    transaction, so concurrent openers see it done or not at all). New tables and indexes need
+    nothing here: ``SCHEMA`` creates them if missing (``wf_run_labels`` starts empty, as the
+    runs of earlier versions have no labels); only new columns of existing tables do."""
     columns = {row[1] for row in conn.execute("PRAGMA table_info(wf_runs)")}
     if "epoch" not in columns:
         conn.execute("ALTER TABLE wf_runs ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0")

@@ -24,7 +24,7 @@ if redis.call('GET', P .. 'wf:layout') ~= '2' then
   for i = 1, #ids, 2 do
     local state, workflow = unpack(redis.call('HMGET', run_key(ids[i]), 'state', 'workflow'))
     if state and workflow then
-      redis.call('ZADD', P .. 'wf:runs:sw:' .. state .. ':' .. workflow, ids[i + 1], ids[i])
+      redis.call('ZADD', listing_key(state, workflow, ''), ids[i + 1], ids[i])
     end
     from = ids[i + 1]
     moved = moved + 1

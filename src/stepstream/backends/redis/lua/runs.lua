@@ -6,6 +6,53 @@ local function run_key(id) return P .. 'wf:run:' .. id end
 local function steps_key(id) return P .. 'wf:steps:' .. id end
 local function due_key(workflow) return P .. 'wf:due:' .. workflow end
 local function leased_key(workflow) return P .. 'wf:leased:' .. workflow end
+local function labels_key(id) return P .. 'wf:labels:' .. id end
+
+-- The listing index of the runs matching a filter ('' = any), by seq. A label's length goes
+-- before it where a workflow name follows, so no two filters share a key whatever the names
+-- contain (a state never contains ':').
+local function listing_key(state, workflow, label)
+  if label ~= '' then
+    local sized = #label .. ':' .. label
+    if state ~= '' and workflow ~= '' then
+      return P .. 'wf:runs:lsw:' .. state .. ':' .. sized .. ':' .. workflow
+    elseif state ~= '' then
+      return P .. 'wf:runs:ls:' .. state .. ':' .. label
+    elseif workflow ~= '' then
+      return P .. 'wf:runs:lw:' .. sized .. ':' .. workflow
+    end
+    return P .. 'wf:runs:label:' .. label
+  end
+  if state ~= '' and workflow ~= '' then
+    return P .. 'wf:runs:sw:' .. state .. ':' .. workflow
+  elseif state ~= '' then
+    return P .. 'wf:runs:state:' .. state
+  elseif workflow ~= '' then
+    return P .. 'wf:runs:workflow:' .. workflow
+  end
+  return P .. 'wf:runs'
+end
+
+-- Add (seq given) or remove (seq nil) run `id` in every listing index of `state`: by state
+-- alone and with its workflow, each also per label of the run; with `any_state`, also those
+-- that filter by no state (the run's place there never changes until it is deleted).
+local function index_run(id, seq, state, workflow, any_state)
+  local labels = redis.call('SMEMBERS', labels_key(id))
+  labels[#labels + 1] = ''
+  local states = any_state and {state, ''} or {state}
+  for _, s in ipairs(states) do
+    for _, w in ipairs({workflow, ''}) do
+      for _, label in ipairs(labels) do
+        if seq then
+          redis.call('ZADD', listing_key(s, w, label), seq, id)
+        else
+          redis.call('ZREM', listing_key(s, w, label), id)
+        end
+      end
+    end
+  end
+end
+
 -- Flow control of a key: `part` is 'slots', 'starts' or 'waiters' (see flow.py).
 local function flow_key(part, key) return P .. 'wf:flow:' .. part .. ':' .. key end
 
@@ -106,6 +153,16 @@ local function release_slot(key, holder, waiting, batch)
   return 0
 end
 
+-- Forget every step of run `id` waiting for an event.
+local function drop_waits(id)
+  local waits = P .. 'wf:waitsof:' .. id
+  for _, member in ipairs(redis.call('SMEMBERS', waits)) do
+    local at, event = string.match(member, '^(%d+)|(.*)$')
+    redis.call('SREM', P .. 'wf:waits:' .. event, id .. '|' .. at)
+  end
+  redis.call('DEL', waits)
+end
+
 local function close(id, state, result, err, now, outcome)
   local key = run_key(id)
   local old, seq, parent, position, workflow = unpack(
@@ -114,16 +171,10 @@ local function close(id, state, result, err, now, outcome)
   redis.call('HDEL', key, 'due_at', 'lease_owner', 'lease_until')
   redis.call('ZREM', due_key(workflow), id)
   redis.call('ZREM', leased_key(workflow), id)
-  redis.call('ZREM', P .. 'wf:runs:state:' .. old, id)
-  redis.call('ZREM', P .. 'wf:runs:sw:' .. old .. ':' .. workflow, id)
-  redis.call('ZADD', P .. 'wf:runs:state:' .. state, seq, id)
-  redis.call('ZADD', P .. 'wf:runs:sw:' .. state .. ':' .. workflow, seq, id)
-  local waits = P .. 'wf:waitsof:' .. id
-  for _, member in ipairs(redis.call('SMEMBERS', waits)) do
-    local at, event = string.match(member, '^(%d+)|(.*)$')
-    redis.call('SREM', P .. 'wf:waits:' .. event, id .. '|' .. at)
-  end
-  redis.call('DEL', waits, P .. 'wf:lookback:' .. id)
+  index_run(id, nil, old, workflow, false)
+  index_run(id, seq, state, workflow, false)
+  drop_waits(id)
+  redis.call('DEL', P .. 'wf:lookback:' .. id)
   do -- a finished run leaves no step in progress (canceled, timed out, abandoned)
     local steps = steps_key(id)
     local all = redis.call('HGETALL', steps)
