@@ -1,0 +1,201 @@
+// Serve Upstash Workflow SDK workflows on node:http, for stepstream's QStash-compatibility tests.
+//
+//   node serve.mjs <workflow|all> <port>      (or PORT in the environment)
+//
+// `<workflow>` serves that one workflow with the SDK's `serve` on every path; `all` serves every
+// workflow below with the SDK's `serveMany`, each at `/<name>` (what `context.invoke` needs).
+// The SDK reads QSTASH_URL, QSTASH_TOKEN and, when both are set, QSTASH_CURRENT_SIGNING_KEY /
+// QSTASH_NEXT_SIGNING_KEY from the environment, as in any app. Binds 127.0.0.1 only. Prints
+// `listening on <url>` once it accepts connections.
+//
+// `GET /_executions` answers the step bodies run so far in this process, in order, as
+// `[{"workflow", "step", "runId"}]`: tests count them to prove a step body ran once.
+
+import http from "node:http";
+import process from "node:process";
+
+import { WorkflowNonRetryableError, WorkflowRetryAfterError } from "@upstash/workflow";
+import { createWorkflow, serve, serveMany } from "@upstash/workflow/nextjs";
+
+const executions = [];
+
+function body(workflow, context, step, fn) {
+  return context.run(step, async () => {
+    executions.push({ workflow, step, runId: context.workflowRunId });
+    return await fn();
+  });
+}
+
+const failureFunction = async ({ context, failStatus, failResponse }) => {
+  executions.push({ workflow: "failure", step: "failureFunction", runId: context.workflowRunId });
+  return `handled ${failStatus}: ${failResponse}`;
+};
+
+// Each entry: [route function, serve options].
+const WORKFLOWS = {
+  "two-step": [
+    async (context) => {
+      const first = await body("two-step", context, "first", () => ({
+        user: context.requestPayload?.user ?? null,
+        n: 1,
+      }));
+      const second = await body("two-step", context, "second", () => `${first.user}-${first.n + 1}`);
+      return { first, second };
+    },
+    {},
+  ],
+  sleepy: [
+    async (context) => {
+      await context.sleep("nap", 2);
+      await context.sleepUntil("wake", Math.floor(Date.now() / 1000) + 1);
+      return await body("sleepy", context, "after", () => "awake");
+    },
+    {},
+  ],
+  caller: [
+    async (context) => {
+      const { url, method = "POST", payload } = context.requestPayload;
+      const response = await context.call("fetch", {
+        url,
+        method,
+        body: JSON.stringify(payload ?? {}),
+        headers: { "content-type": "application/json", "x-probe": "1" },
+      });
+      return await body("caller", context, "status", () => response.status);
+    },
+    {},
+  ],
+  waiter: [
+    async (context) => {
+      const { eventId, timeout = "10s" } = context.requestPayload;
+      const { eventData, timeout: timedOut } = await context.waitForEvent("wait", eventId, {
+        timeout,
+      });
+      await context.notify("echo", `${eventId}-echo`, { got: eventData }, context.workflowRunId);
+      return { eventData, timedOut };
+    },
+    {},
+  ],
+  parallel: [
+    async (context) => {
+      const results = await Promise.all([
+        body("parallel", context, "a", () => "A"),
+        body("parallel", context, "b", () => "B"),
+        body("parallel", context, "c", () => "C"),
+      ]);
+      return results.join("");
+    },
+    {},
+  ],
+  failing: [
+    async (context) => {
+      await body("failing", context, "boom", () => {
+        throw new Error("boom failed");
+      });
+    },
+    { failureFunction },
+  ],
+  "non-retryable": [
+    async (context) => {
+      await body("non-retryable", context, "ok", () => "ok");
+      throw new WorkflowNonRetryableError("give up");
+    },
+    { failureFunction },
+  ],
+  "retry-after": [
+    async (context) => {
+      await body("retry-after", context, "ok", () => "ok");
+      if (context.retried === 0) throw new WorkflowRetryAfterError("later", 2);
+      return "retried";
+    },
+    {},
+  ],
+  canceller: [
+    async (context) => {
+      await body("canceller", context, "before", () => "before");
+      await context.cancel();
+      await body("canceller", context, "never", () => "never");
+    },
+    {},
+  ],
+  webhook: [
+    async (context) => {
+      const webhook = await context.createWebhook("hook");
+      const { request, timeout } = await context.waitForWebhook("hooked", webhook, "10s");
+      return { timeout, method: request?.method ?? null };
+    },
+    {},
+  ],
+};
+
+const child = createWorkflow(async (context) => {
+  const doubled = await body("child", context, "double", () => 2 * (context.requestPayload?.n ?? 0));
+  return { doubled };
+});
+const invoker = createWorkflow(async (context) => {
+  const { body: result, isFailed, isCanceled } = await context.invoke("invoke-child", {
+    workflow: child,
+    body: { n: context.requestPayload?.n ?? 21 },
+  });
+  return { result, isFailed: isFailed ?? false, isCanceled: isCanceled ?? false };
+});
+
+function handlerFor(name) {
+  if (name === "all") {
+    const workflows = Object.fromEntries(
+      Object.entries(WORKFLOWS).map(([key, [fn, options]]) => [key, createWorkflow(fn, options)]),
+    );
+    return serveMany({ ...workflows, child, invoker }).POST;
+  }
+  const entry = WORKFLOWS[name];
+  if (entry === undefined) {
+    const known = [...Object.keys(WORKFLOWS), "all"].join(", ");
+    throw new Error(`unknown workflow '${name}': one of ${known} (invoke needs 'all')`);
+  }
+  return serve(entry[0], entry[1]).POST;
+}
+
+async function toRequest(incoming) {
+  const chunks = [];
+  for await (const chunk of incoming) chunks.push(chunk);
+  const headers = new Headers();
+  for (let i = 0; i < incoming.rawHeaders.length; i += 2) {
+    headers.append(incoming.rawHeaders[i], incoming.rawHeaders[i + 1]);
+  }
+  const hasBody = !["GET", "HEAD"].includes(incoming.method);
+  return new Request(`http://${incoming.headers.host}${incoming.url}`, {
+    method: incoming.method,
+    headers,
+    body: hasBody ? Buffer.concat(chunks) : undefined,
+  });
+}
+
+async function reply(outgoing, response) {
+  const text = Buffer.from(await response.arrayBuffer());
+  outgoing.writeHead(response.status, Object.fromEntries(response.headers.entries()));
+  outgoing.end(text);
+}
+
+const [name = "all", portArg] = process.argv.slice(2);
+const port = Number(portArg ?? process.env.PORT ?? 3000);
+const handler = handlerFor(name);
+
+const server = http.createServer(async (incoming, outgoing) => {
+  try {
+    if (incoming.method === "GET" && incoming.url === "/_executions") {
+      await reply(outgoing, Response.json(executions));
+    } else if (incoming.method !== "POST") {
+      await reply(outgoing, new Response("workflows take POST", { status: 405 }));
+    } else {
+      await reply(outgoing, await handler(await toRequest(incoming)));
+    }
+  } catch (error) {
+    await reply(outgoing, new Response(String(error?.stack ?? error), { status: 500 }));
+  }
+});
+server.listen(port, "127.0.0.1", () => {
+  console.log(`listening on http://127.0.0.1:${port}`);
+});
+for (const signal of ["SIGTERM", "SIGINT"]) {
+  process.on(signal, () => server.close(() => process.exit(0)));
+}
