@@ -17,7 +17,15 @@ import click
 
 from stepstream.backends import DEFAULT_URL
 from stepstream.backends.base import shown_url
-from stepstream.cli_remote import TOKEN_OPTION, URL_OPTION
+from stepstream.cli_recovery import COMMANDS as RECOVERY_COMMANDS
+from stepstream.cli_remote import (
+    LABEL_OPTION,
+    SINCE_OPTION,
+    TOKEN_OPTION,
+    UNTIL_OPTION,
+    URL_OPTION,
+    run_state,
+)
 from stepstream.cli_remote import client_for as _client
 from stepstream.cli_remote import fail as _fail
 from stepstream.cli_remote import run_async as _run
@@ -75,15 +83,18 @@ BACKEND_HELP = (
 )
 
 
-def load_workflows(spec: str, backend: str | None) -> Workflows:
+def load_workflows(spec: str, backend: str | None, retention: float | None = None) -> Workflows:
     """Import ``module:attribute`` (current directory first on ``sys.path``) and return the
     ``Workflows`` it names (or that an app object exposes as ``.workflows`` /
-    ``.state.workflows``). ``backend`` is exported as ``STEPSTREAM_BACKEND`` first, so
-    registries built with the default backend pick it up."""
-    from stepstream.workflows import Workflows
+    ``.state.workflows``). ``backend`` and ``retention`` are exported as
+    ``STEPSTREAM_BACKEND`` and ``STEPSTREAM_RETENTION`` first, so registries built with the
+    defaults pick them up."""
+    from stepstream.workflows import RETENTION_ENV, Workflows
 
     if backend:
         os.environ["STEPSTREAM_BACKEND"] = backend
+    if retention is not None:
+        os.environ[RETENTION_ENV] = str(retention)
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
         raise click.UsageError(f"APP must look like module:attribute, got {spec!r}")
@@ -149,12 +160,20 @@ LEASE_HELP = "seconds a claimed run is held: a dead worker's runs resume after i
 lease_option = click.option(
     "--lease", default=15.0, type=click.FloatRange(min=0.3), show_default=True, help=LEASE_HELP
 )
+retention_option = click.option(
+    "--retention",
+    type=click.FloatRange(min=1),
+    default=None,
+    help="delete finished runs older than this many seconds, with their channel history "
+    "(default: $STEPSTREAM_RETENTION, else keep every run)",
+)
 
 
 @main.command()
 @click.argument("app", required=False)
 @_app_options
 @lease_option
+@retention_option
 def dev(
     app: str | None,
     backend: str | None,
@@ -163,13 +182,14 @@ def dev(
     log_level: str,
     insecure: bool,
     lease: float,
+    retention: float | None,
 ) -> None:
     """API, SSE, dashboard and in-process workers in one process (embedded SQLite default).
 
     With no APP, serves the built-in examples: basic, failing, approval, parallel,
     one-per-user (flow control)."""
     exposure = _exposure(host, insecure)
-    workflows = load_workflows(app or "stepstream.examples:workflows", backend)
+    workflows = load_workflows(app or "stepstream.examples:workflows", backend, retention)
     where = backend or os.environ.get("STEPSTREAM_BACKEND") or DEFAULT_URL
     click.echo(
         f"stepstream dev: workflows {', '.join(workflows.names)}; "
@@ -183,6 +203,7 @@ def dev(
 @_app_options
 @click.option("--workers", default=0, show_default=True, help="in-process workers (0: none)")
 @lease_option
+@retention_option
 def server(
     app: str,
     backend: str | None,
@@ -192,12 +213,13 @@ def server(
     insecure: bool,
     workers: int,
     lease: float,
+    retention: float | None,
 ) -> None:
     """API + SSE + dashboard, stateless: run several behind a load balancer.
 
     A non-loopback --host needs STEPSTREAM_TOKEN (or --insecure)."""
     exposure = _exposure(host, insecure)
-    workflows = load_workflows(app, backend)
+    workflows = load_workflows(app, backend, retention)
     _serve(workflows.asgi(workers=workers, lease=lease, **exposure), host, port, log_level)
 
 
@@ -206,9 +228,12 @@ def server(
 @click.option("--backend", help=BACKEND_HELP)
 @click.option("--concurrency", default=100, show_default=True, help="runs executed at once")
 @lease_option
-def worker(app: str, backend: str | None, concurrency: int, lease: float) -> None:
+@retention_option
+def worker(
+    app: str, backend: str | None, concurrency: int, lease: float, retention: float | None
+) -> None:
     """Execute runs (no HTTP). SIGTERM/SIGINT: stop claiming, finish or release what is held."""
-    workflows = load_workflows(app, backend)
+    workflows = load_workflows(app, backend, retention)
 
     async def run() -> None:
         pool = workflows.worker(concurrency=concurrency, lease=lease)
@@ -254,6 +279,7 @@ def _json_data(data: str | None) -> Any:
 @click.option("--data", default=None, help=f"the request payload: {DATA_HELP}")
 @click.option("--id", "run_id", default=None, help="choose the run id (gets the wfr_ prefix)")
 @click.option("--delay", type=float, default=None, help="start after this many seconds")
+@click.option("--label", "labels", multiple=True, help="a name to find the run by (repeatable)")
 @click.option("--follow", is_flag=True, help="show live step progress until the run ends")
 @URL_OPTION
 @TOKEN_OPTION
@@ -262,6 +288,7 @@ def trigger(
     data: str | None,
     run_id: str | None,
     delay: float | None,
+    labels: tuple[str, ...],
     follow: bool,
     url: str,
     token: str | None,
@@ -274,7 +301,9 @@ def trigger(
     async def go() -> int:
         client = _client(url, token)
         try:
-            started.append(await client.trigger(name, body, workflow_run_id=run_id, delay=delay))
+            started.append(
+                await client.trigger(name, body, workflow_run_id=run_id, delay=delay, labels=labels)
+            )
         except StepstreamError as exc:
             _fail(exc)
         finally:
@@ -324,24 +353,6 @@ def notify(
 
 @main.command()
 @click.argument("run_id")
-@URL_OPTION
-@TOKEN_OPTION
-def cancel(run_id: str, url: str, token: str | None) -> None:
-    """End run RUN_ID now as RUN_CANCELED (no failure function)."""
-
-    async def go() -> None:
-        async with _client(url, token) as client:
-            try:
-                await client.cancel(run_id)
-            except StepstreamError as exc:
-                _fail(exc)
-
-    _run(go())
-    click.echo(f"{run_id} RUN_CANCELED")
-
-
-@main.command()
-@click.argument("run_id")
 @click.option("--json", "as_json", is_flag=True, help="print the log as JSON")
 @URL_OPTION
 @TOKEN_OPTION
@@ -374,24 +385,42 @@ def logs(run_id: str, as_json: bool, url: str, token: str | None) -> None:
         [*(s.value for s in RunState), *(s.value.removeprefix("RUN_") for s in RunState)],
         case_sensitive=False,
     ),
-    callback=lambda _ctx, _param, value: _run_state(value),
+    callback=lambda _ctx, _param, value: run_state(value),
     default=None,
     help="started, success, failed or canceled (RUN_ prefix optional)",
 )
 @click.option("--workflow", default=None)
+@LABEL_OPTION
+@SINCE_OPTION
+@UNTIL_OPTION
 @click.option("--count", default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @URL_OPTION
 @TOKEN_OPTION
 def runs(
-    state: str | None, workflow: str | None, count: int, as_json: bool, url: str, token: str | None
+    state: str | None,
+    workflow: str | None,
+    label: str | None,
+    since: int | None,
+    until: int | None,
+    count: int,
+    as_json: bool,
+    url: str,
+    token: str | None,
 ) -> None:
-    """List runs, newest first."""
+    """List runs, newest first (each filter given narrows them)."""
 
     async def go() -> RunPage:
         client = _client(url, token)
         try:
-            return await client.runs(state=state, workflow=workflow, count=count)
+            return await client.runs(
+                state=state,
+                workflow=workflow,
+                label=label,
+                created_after=since,
+                created_before=until,
+                count=count,
+            )
         except StepstreamError as exc:
             _fail(exc)
             raise
@@ -447,14 +476,6 @@ def _run_finished(channel: str, event: str, data: Any) -> bool:
     )
 
 
-def _run_state(value: str | None) -> str | None:
-    """``failed``, ``FAILED`` or ``run_failed`` -> ``RUN_FAILED``."""
-    if value is None:
-        return None
-    value = value.upper()
-    return value if value.startswith("RUN_") else "RUN_" + value
-
-
 def _warn_gap(channel: str, cursor: str) -> None:
     click.echo(
         f"warning: events of {channel!r} after {cursor} were trimmed from history before they "
@@ -463,8 +484,8 @@ def _warn_gap(channel: str, cursor: str) -> None:
     )
 
 
-main.add_command(schedules)
-main.add_command(workflows_command)
+for command in (*RECOVERY_COMMANDS, schedules, workflows_command):
+    main.add_command(command)
 
 if __name__ == "__main__":
     main()

@@ -1,14 +1,19 @@
-"""What the client-side commands of ``stepstream`` share (``cli.py``, ``cli_schedules.py``):
-the ``--url`` and ``--token`` options, a ``Client`` for them, failing with a message, and
-running a coroutine."""
+"""What the client-side commands of ``stepstream`` share (``cli.py``, ``cli_schedules.py``,
+``cli_recovery.py``): the ``--url`` and ``--token`` options, a ``Client`` for them, failing with
+a message, running a coroutine, and the options that choose runs (``--state``, ``--label``,
+``--since``, ``--until``)."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import re
 import sys
 from typing import TYPE_CHECKING, Any
 
 import click
+
+from stepstream.clock import system_ms
 
 if TYPE_CHECKING:
     from stepstream.client import Client
@@ -29,10 +34,15 @@ def client_for(url: str, token: str | None) -> Client:
     return Client(url=url, token=token)
 
 
-def fail(exc: Exception) -> None:
+def complain(exc: Exception) -> None:
+    """Print ``error: <what the server said>`` on standard error."""
     from rich.console import Console
 
-    Console(stderr=True).print(f"[bold red]error:[/] {exc}")
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {exc}", highlight=False)
+
+
+def fail(exc: Exception) -> None:
+    complain(exc)
     sys.exit(1)
 
 
@@ -42,3 +52,55 @@ def run_async(coro: Any) -> Any:
     except ImportError:
         return asyncio.run(coro)
     return uvloop.run(coro)
+
+
+def run_state(value: str | None) -> str | None:
+    """``failed``, ``FAILED`` or ``run_failed`` -> ``RUN_FAILED``."""
+    if value is None:
+        return None
+    value = value.upper()
+    return value if value.startswith("RUN_") else "RUN_" + value
+
+
+AGE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
+AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+
+
+class Moment(click.ParamType):  # type: ignore[type-arg,unused-ignore]  # generic from click 8.2
+    """A moment as epoch milliseconds, written as epoch ms (``1767225600000``), an ISO-8601
+    date or datetime (``2026-01-05``, ``2026-01-05T09:30``: local time unless it names an
+    offset such as ``Z`` or ``+01:00``), or an age meaning that long ago (``90s``, ``15m``,
+    ``2h``, ``7d``, ``2w``)."""
+
+    name = "time"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip()
+        if text.isdigit():
+            return int(text)
+        age = AGE.fullmatch(text)
+        if age is not None:
+            return system_ms() - int(float(age[1]) * AGE_UNITS[age[2]] * 1000)
+        try:
+            moment = dt.datetime.fromisoformat(text)
+        except ValueError:
+            self.fail(
+                f"{text!r} is not a time: give epoch ms, an ISO-8601 date or datetime "
+                "(2026-01-05T09:30) or an age such as 2h or 7d",
+                param,
+                ctx,
+            )
+        return int(moment.timestamp() * 1000)  # a naive datetime is read as local time
+
+
+MOMENT = Moment()
+TIME_HELP = "epoch ms, ISO-8601 (local time unless an offset is given) or an age: 2h, 7d"
+LABEL_OPTION = click.option("--label", default=None, help="only runs carrying this label")
+SINCE_OPTION = click.option(
+    "--since", type=MOMENT, default=None, help=f"only runs created after this: {TIME_HELP}"
+)
+UNTIL_OPTION = click.option(
+    "--until", type=MOMENT, default=None, help=f"only runs created before this: {TIME_HELP}"
+)

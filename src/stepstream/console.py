@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,22 +155,34 @@ class RunProgress:
                 return step if step.open else None
         return None
 
-    def render(self) -> Group:
+    def render(self, doing: str = "") -> Group:
+        """The run as the follower draws it, times taken up to now: one line per step (a
+        spinner while it runs, the attempt number from the second on), then ``doing`` (what the
+        run waits for, if anything) while it runs, or how it ended."""
         now = system_ms()
-        rows: list[Any] = [Text.assemble(("run ", "dim"), (self.run_id, "bold"))]
+        header = Text.assemble(("run ", "dim"), (self.run_id, "bold"))
+        if not self.finished and self.started_at is not None:
+            header.append(f"  {_duration(now - self.started_at)}", style="dim")
+        rows: list[Any] = [header]
         for step in self.steps:
             took = _duration((step.finished_at or now) - (step.timestamp or now))
+            text = Text.assemble((step.step_name, "bold"), (f"  {took}", "dim"))
+            number = step.tries[-1].attempt if step.tries else 1
+            if number > 1:
+                text.append(f"  attempt {number}", style="yellow")
             if step.open and step.status != "retrying":
-                label = Text.assemble((step.step_name, "bold"), (f"  {took}", "dim"))
-                rows.append(Spinner("dots", text=label, style="cyan"))
+                spinner = Spinner("dots", text=text, style="cyan")
+                spinner.start_time = 0.0  # the frame from the clock: it is made anew each frame
+                rows.append(spinner)
                 continue
             mark, style = STEP_MARKS[step.status]
-            text = Text.assemble(
-                (f"{mark} ", style), (step.step_name, "bold"), (f"  {took}", "dim")
-            )
             if step.error:
                 text.append(f"  {step.error}", style=style)
-            rows.append(text)
+            if step.status == "retrying":
+                text.append("  (will retry)", style="dim")
+            rows.append(Text.assemble((f"{mark} ", style), text))
+        if not self.finished and doing:
+            rows.append(Text(doing, style="dim italic"))
         if self.finished:
             style = {"success": "green", "failed": "red"}.get(str(self.status), "yellow")
             total = _duration((self.finished_at or now) - (self.started_at or now))
@@ -187,11 +202,17 @@ STEP_MARKS = {
 
 
 async def follow_run(url: str, run_id: str, token: str | None = None) -> int:
-    """Draw the run's steps live until it finishes; 0 on success, 1 otherwise."""
+    """Draw the run's steps live until it finishes; 0 on success, 1 otherwise. Steps come from
+    the run's events; what a waiting run waits for (an event, a flow control slot, a worker)
+    from its log, read again every ``POLL_SECONDS`` while it runs."""
     console = Console()
     progress = RunProgress(run_id)
+    doing = [""]
     endpoint = url.rstrip("/") + "/api/realtime"
-    with Live(progress.render(), console=console, refresh_per_second=12) as live:
+    with Live(
+        console=console, refresh_per_second=8, get_renderable=lambda: progress.render(doing[0])
+    ) as live:
+        watcher = asyncio.create_task(_watch(url, token, progress, doing))
         try:
             events = subscribe_remote(
                 endpoint,
@@ -205,17 +226,35 @@ async def follow_run(url: str, run_id: str, token: str | None = None) -> int:
             )
             async for message in events:
                 if message.event == "workflow.update" and progress.apply(message.id, message.data):
-                    live.update(progress.render())
+                    doing[0] = ""  # it moved on: the next look at its log says what it waits for
+                    live.refresh()
                     if progress.finished:
                         break
         except StepstreamError as exc:
             live.stop()
             Console(stderr=True).print(f"[bold red]error:[/] {exc}")
             return 1
+        finally:
+            watcher.cancel()
     if not console.is_terminal:
         # Live ends a terminal's last line itself, not a pipe's: `| tail -1` must see it.
         console.line()
     return 0 if progress.status == "success" else 1
+
+
+POLL_SECONDS = 1.0
+
+
+async def _watch(url: str, token: str | None, progress: RunProgress, doing: list[str]) -> None:
+    """Keep ``doing[0]`` saying what the run waits for, from its log, until it finishes."""
+    from stepstream.client import Client
+
+    async with Client(url=url, token=token) as client:
+        while not progress.finished:
+            with contextlib.suppress(StepstreamError):  # the events still show the steps
+                now = _doing(await client.logs(progress.run_id))
+                doing[0] = "" if now == "running" else now
+            await asyncio.sleep(POLL_SECONDS)
 
 
 def print_log(log: dict[str, Any]) -> None:
@@ -231,6 +270,11 @@ def print_log(log: dict[str, Any]) -> None:
         )
     )
     console.print(f"created  {_when(log['workflowRunCreatedAt'])}")
+    if log.get("labels"):
+        console.print(f"labels   {', '.join(log['labels'])}", highlight=False)
+    for key, how in (("restartedFrom", "restarted from"), ("forkedFrom", "forked from")):
+        if log.get(key):
+            console.print(f"{how} {log[key]}", highlight=False)
     if log.get("workflowRunCompletedAt"):
         took = _duration(log["workflowRunCompletedAt"] - log["workflowRunCreatedAt"])
         console.print(f"finished {_when(log['workflowRunCompletedAt'])}  ({took})")
@@ -286,7 +330,7 @@ def _steps_table(steps: list[dict[str, Any]]) -> Table:
     return table
 
 
-def _doing(log: dict[str, Any]) -> str:
+def _doing(log: Mapping[str, Any]) -> str:
     """What a running run does now, from its log's ``status`` and ``waitingFor``."""
     if log.get("workflowState") != "RUN_STARTED":
         return ""
@@ -294,8 +338,12 @@ def _doing(log: dict[str, Any]) -> str:
     if status == "waiting" and waiting == FLOW_CONTROL and log.get("flowControl"):
         return f"waiting for flow control (key {log['flowControl']['key']!r})"
     if status == "waiting" and waiting == "event":
-        events = [s["waitEventId"] for s in log["steps"] if s.get("waitEventId")]
-        return f"waiting for event {events[-1]!r}" if events else "waiting for an event"
+        waits = [s for s in log["steps"] if s.get("waitEventId")]
+        if not waits:
+            return "waiting for an event"
+        deadline = waits[-1].get("waitDeadline")
+        until = f" (until {_when(deadline)})" if deadline else ""
+        return f"waiting for event {waits[-1]['waitEventId']!r}{until}"
     if status == "waiting" and waiting:
         return {"sleep": "sleeping", "childRun": "waiting for a child run"}.get(
             str(waiting), str(waiting)
@@ -309,9 +357,15 @@ def _doing(log: dict[str, Any]) -> str:
 
 
 def print_runs(runs: list[dict[str, Any]]) -> None:
+    """A table of runs, one line each. Piped, lines are as long as they need to be, so run ids
+    are never folded or cut and ``awk '{print $1}'`` gets them; a narrow terminal folds ids."""
+    console = Console()
+    if not console.is_terminal:
+        console.width = 1000  # the table takes only the width it needs
     table = Table(box=None, header_style="bold dim")
-    for column in ("run", "workflow", "state", "created", "took"):
-        table.add_column(column)
+    table.add_column("run", no_wrap=True, overflow="fold")
+    for column in ("workflow", "state", "created", "took", "labels"):
+        table.add_column(column, overflow="fold")
     for run in runs:
         took = ""
         if run.get("workflowRunCompletedAt"):
@@ -322,8 +376,9 @@ def print_runs(runs: list[dict[str, Any]]) -> None:
             Text(run["workflowState"], style=STATE_STYLE.get(run["workflowState"], "")),
             _when(run["workflowRunCreatedAt"]),
             took,
+            ",".join(run.get("labels") or ()),
         )
-    Console().print(table)
+    console.print(table)
 
 
 def _cancel(step: StepProgress, at: int | None) -> None:

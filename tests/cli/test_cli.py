@@ -106,6 +106,7 @@ def test_help_lists_every_command() -> None:
     assert done.returncode == 0, done.stderr
     for command in (
         "dev", "server", "worker", "trigger", "logs", "runs", "tail", "notify", "cancel",
+        "resume", "restart", "fork", "delete", "waiters",
     ):  # fmt: skip
         assert re.search(rf"^\s+{command}\s", done.stdout, re.MULTILINE), (command, done.stdout)
 
@@ -148,6 +149,7 @@ def test_trigger_follow_shows_the_failed_step_and_exits_1(dev: str) -> None:
     lines = done.stdout.splitlines()
     failed = [line for line in lines if line.startswith("✗ ")]
     assert [line.split()[1] for line in failed] == ["upload-report"], done.stdout
+    assert "attempt 3" in failed[0], done.stdout  # retried twice: the attempt is numbered
     text = words(done.stdout)
     assert "✓ fetch-data" in text
     assert "upload-report" in text and "upstream storage answered 503" in text
@@ -490,8 +492,9 @@ def test_tail_of_an_unknown_run_fails_at_once(dev: str) -> None:
 
 
 def test_ctrl_c_while_following_leaves_the_run_going(dev: str) -> None:
+    label = f"ctrl-c-{time.monotonic_ns()}"  # finds this test's run, not an earlier one
     follow = subprocess.Popen(
-        [*STEPSTREAM, "trigger", "approval", "--follow"],
+        [*STEPSTREAM, "trigger", "approval", "--follow", "--label", label],
         env=environment(dev),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -502,8 +505,8 @@ def test_ctrl_c_while_following_leaves_the_run_going(dev: str) -> None:
         runs: list[str] = []
         while not runs:  # wait until the run exists and the follower is attached
             assert time.monotonic() < deadline, "no approval run appeared"
-            page = httpx.get(f"{dev}/api/runs", params={"workflow": "approval"}, timeout=10)
-            runs = [r["workflowRunId"] for r in page.json()["runs"] if r["status"] != "succeeded"]
+            page = httpx.get(f"{dev}/api/runs", params={"label": label}, timeout=10)
+            runs = [r["workflowRunId"] for r in page.json()["runs"]]
             time.sleep(0.2)  # polling the API for the follower's run, not an assertion
         time.sleep(1.0)
         follow.send_signal(signal.SIGINT)
@@ -514,5 +517,5 @@ def test_ctrl_c_while_following_leaves_the_run_going(dev: str) -> None:
     assert follow.returncode == 130, err
     assert "goes on" in err and "stepstream logs wfr_" in err
     run_id = RUN_ID.search(err)
-    assert run_id is not None
+    assert run_id is not None and run_id.group() == runs[0]
     assert httpx.get(f"{dev}/api/runs/{run_id.group()}", timeout=10).json()["status"] != "failed"

@@ -11,6 +11,7 @@ import pytest
 
 from stepstream import Realtime, WorkflowContext, Workflows
 from stepstream.errors import RunConflict, RunNotFound, ValidationError
+from stepstream.workflow.engine import RUNS_FEED
 from tests.workflow.helpers import Harness, wait_for_state, wait_for_step, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -204,3 +205,29 @@ async def test_patched_keeps_old_runs_on_their_path(harness: Harness) -> None:
     new_steps = [(s["stepName"], s["stepType"]) for s in (await client.logs(fresh))["steps"]]
     assert old_steps == ["a", "approve"]
     assert new_steps == [("a", "Run"), ("audit", "Patch"), ("audit", "Run"), ("approve", "Wait")]
+
+
+async def test_every_run_state_change_is_announced_on_the_runs_feed(harness: Harness) -> None:
+    calls, broken = {"reserve": 0, "pay": 0}, {"pay": True}
+    workflows = flaky_registry(harness, calls, broken)
+    client = workflows.client()
+    await harness.worker(workflows)
+    run_id = await client.trigger("charge")
+    await wait_for_state(client, run_id)
+    broken["pay"] = False
+    await client.resume(run_id)
+    await wait_for_state(client, run_id)
+    await client.delete(run_id)
+    feed = workflows.realtime.channel(RUNS_FEED)
+
+    async def announced() -> bool:
+        changes = [m.data for m in await feed.history() if m.data["workflowRunId"] == run_id]
+        return [c["workflowState"] for c in changes] == [
+            "RUN_STARTED",
+            "RUN_FAILED",
+            "RUN_STARTED",
+            "RUN_SUCCESS",
+            None,
+        ]
+
+    await wait_until(announced, what="the feed to announce each change of the run")

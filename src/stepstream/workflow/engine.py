@@ -63,6 +63,9 @@ if TYPE_CHECKING:
     from stepstream.workflow.registry import Registry
 
 RUN_ID = re.compile(r"[A-Za-z0-9_\-]{1,128}")
+RUNS_FEED = "stepstream:runs"  # the channel announcing every run state change (live run lists)
+RUNS_FEED_EVENT = "runs.update"
+RUNS_FEED_POLICY = HistoryPolicy(max_length=1000)
 PAUSED = "paused-workflow"  # the entries kind of paused workflows
 PARK_SECONDS = 30  # how often a stuck run (non-determinism, unknown workflow) is looked at again
 STEP_THREADS = 64  # synchronous step bodies running at once, per process
@@ -216,6 +219,28 @@ class Engine:
             else:
                 loop.call_later(delay, waker)
 
+    def announce(self, run_id: str, state: RunState | None) -> None:
+        """Tell live run lists (the ``RUNS_FEED`` channel) that ``run_id`` changed to ``state``
+        (``None``: deleted). Best effort, after the change and not awaited: a list that misses
+        one still shows the truth at its next refresh."""
+        if self.realtime is None:
+            return
+        data = {
+            "type": "runState",
+            "workflowRunId": run_id,
+            "workflowState": None if state is None else state.value,
+            "timestamp": self.clock(),
+        }
+        task = asyncio.get_running_loop().create_task(self._announce(dumps(data)))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _announce(self, raw: str) -> None:
+        try:
+            await self.backend.append(RUNS_FEED, RUNS_FEED_EVENT, raw, RUNS_FEED_POLICY)
+        except StepstreamError as exc:
+            log.debug("announcing a run change failed: %s", exc)
+
     async def _wake_others(self) -> None:
         with contextlib.suppress(StepstreamError):  # best effort: workers also poll
             await self.backend.wake_workers()
@@ -276,6 +301,7 @@ class Engine:
         update = self.reported(events.run_finish(lease.run_id, at, state, error))
         op = FinishRun(lease, state, result, error, at=at, emits=update, policy=self.policy)
         await self.backend.finish_run(op)
+        self.announce(lease.run_id, state)
 
     # -- starting, notifying, canceling ---------------------------------------------------------
 
@@ -323,6 +349,7 @@ class Engine:
         """Store ``run`` with its ``runStart`` (and ``updates``), and wake workers when due."""
         update = self.reported(events.run_start(run.id, run.created_at), *updates)
         await self.backend.create_run(CreateRun(run, emits=update, policy=self.policy))
+        self.announce(run.id, run.state)
         self.wake(run.due_at)
 
     async def start_child(
@@ -372,6 +399,7 @@ class Engine:
         now = self.clock()
         update = self.reported(events.run_finish(run_id, now, RunState.CANCELED, "canceled"))
         await self.backend.cancel_run(CancelRun(run_id, at=now, emits=update, policy=self.policy))
+        self.announce(run_id, RunState.CANCELED)
 
     # -- step bodies ------------------------------------------------------------------------
 
@@ -422,6 +450,8 @@ class Engine:
         return {"status": response.status_code, "headers": headers, "body": parsed}
 
     async def aclose(self) -> None:
+        if self._tasks:  # announcements and wake-ups under way: a moment to land
+            await asyncio.wait(list(self._tasks), timeout=1)
         if self._http is not None:
             await self._http.aclose()
             self._http = None

@@ -47,6 +47,7 @@ async def resume(engine: Engine, run_id: str) -> None:
         policy=engine.policy,
     )
     await engine.backend.resume_run(op)
+    engine.announce(run_id, RunState.STARTED)
     engine.wake()
 
 
@@ -120,6 +121,7 @@ async def _found(engine: Engine, run_id: str) -> RunRecord:
 async def delete(engine: Engine, run_id: str) -> None:
     """Delete a finished run with its channel history; ``RunConflict`` while it runs."""
     await engine.backend.delete_run(run_id)
+    engine.announce(run_id, None)
 
 
 async def waiters(engine: Engine, event_id: str) -> list[Waiter]:
@@ -213,7 +215,7 @@ async def sweep(engine: Engine, retention: float, *, pages: int = 10) -> int:
 
 async def _delete_quietly(engine: Engine, run_id: str) -> int:
     try:
-        await engine.backend.delete_run(run_id)
+        await delete(engine, run_id)
     except (RunConflict, RunNotFound):  # resumed or deleted meanwhile
         return 0
     return 1
