@@ -95,14 +95,21 @@ def run_finish(run_id: str, at: int, state: RunState, error: str | None = None) 
     return _emit(run_id, fields)
 
 
-def step_start(run_id: str, step: StepRecord) -> Emit:
-    """``stepStart`` of ``step``, stamped with its ``started_at``."""
-    return _emit(run_id, _step("stepStart", run_id, step, step.started_at))
+def step_start(run_id: str, step: StepRecord, *, copied: bool = False) -> Emit:
+    """``stepStart`` of ``step``, stamped with its ``started_at``; ``copied``: from the run a
+    fork was made of, not executed in this one."""
+    fields = _step("stepStart", run_id, step, step.started_at)
+    if copied:
+        fields["copied"] = True
+    return _emit(run_id, fields)
 
 
-def step_finish(run_id: str, step: StepRecord) -> Emit:
+def step_finish(run_id: str, step: StepRecord, *, copied: bool = False) -> Emit:
     """``stepFinish`` of ``step`` with its result (``step.out``), stamped ``finished_at``."""
-    raw = dumps(_step("stepFinish", run_id, step, step.finished_at))
+    fields = _step("stepFinish", run_id, step, step.finished_at)
+    if copied:
+        fields["copied"] = True
+    raw = dumps(fields)
     if step.out is not None:
         raw = f'{raw[:-1]},"result":{step.out}}}'
     return Emit(run_id, EVENT, raw)

@@ -26,6 +26,9 @@ def step(type: StepType = StepType.RUN, state: StepState = StepState.PROGRESS, *
     [
         (run(due_at=NOW - 1), ("queued", None)),
         (run(due_at=NOW + 60_000), ("scheduled", None)),
+        # Without its steps (a list entry): a run claimed before and not due waits for
+        # something (a sleep, an event's timeout, a retry), it is not a delayed start.
+        (run(due_at=NOW + 60_000, epoch=1), ("waiting", None)),
         (run(due_at=NOW, lease_owner="w", lease_until=NOW + 10_000), ("running", None)),
         # A lease that ran out is no longer running: the run waits to be claimed again.
         (run(due_at=NOW - 1, lease_owner="w", lease_until=NOW - 1), ("queued", None)),

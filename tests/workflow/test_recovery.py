@@ -91,10 +91,11 @@ async def test_restart_and_fork_start_new_runs(harness: Harness) -> None:
     assert calls == {"reserve": 2, "pay": 3}  # "reserve" was copied, not executed
     assert log["steps"][0]["out"] == "seat-7"
     history = [m.data for m in await workflows.realtime.channel(forked).history()]
-    assert [(e["type"], e.get("stepName")) for e in history][:3] == [
-        ("runStart", None),
-        ("stepStart", "reserve"),
-        ("stepFinish", "reserve"),
+    assert [(e["type"], e.get("stepName"), e.get("copied")) for e in history][:4] == [
+        ("runStart", None, None),
+        ("stepStart", "reserve", True),
+        ("stepFinish", "reserve", True),
+        ("stepStart", "pay", None),
     ]
     with pytest.raises(ValidationError, match=r"no step named 'nope'.*'reserve', 'pay'"):
         await client.fork(first, "nope")

@@ -283,7 +283,8 @@ def run_status(run: RunRecord, now: int) -> tuple[str, str | None]:
     """What a run is doing at ``now``, and what it waits for: ``queued`` (due, not claimed),
     ``scheduled`` (not due yet), ``running``, ``retrying`` (a step's retry delay),
     ``waiting`` (``sleep``, ``event``, ``childRun``, ``flowControl``), or how it ended
-    (``succeeded``, ``failed``, ``canceled``). A run listed without its steps says less."""
+    (``succeeded``, ``failed``, ``canceled``). A run listed without its steps says less: a
+    run claimed before and not due is ``waiting`` for something it does not name."""
     if run.state is not RunState.STARTED:
         return FINISHED[run.state], None
     if run.lease_until is not None and run.lease_until >= now:
@@ -299,7 +300,8 @@ def run_status(run: RunRecord, now: int) -> tuple[str, str | None]:
                 return "waiting", WAITS[step.type]
     if due:
         return "queued", None
-    return ("waiting", None) if run.due_at is None else ("scheduled", None)
+    # Claimed before (a list entry has no steps to tell): not a delayed start, a wait.
+    return ("waiting", None) if run.due_at is None or run.epoch > 0 else ("scheduled", None)
 
 
 FINISHED = {

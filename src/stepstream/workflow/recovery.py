@@ -81,7 +81,10 @@ async def fork(engine: Engine, run_id: str, from_step: str, *, run_as: str | Non
     ]
     copied: list[Emit] = []
     for step in new.steps:
-        copied += [events.step_start(new.id, step), events.step_finish(new.id, step)]
+        copied += [
+            events.step_start(new.id, step, copied=True),
+            events.step_finish(new.id, step, copied=True),
+        ]
     await engine.create(new, *copied)
     return new.id
 

@@ -8,6 +8,9 @@
  *   duplicate, or an event older than one already seen) changes nothing.
  * - The run is `null` until its first event, then `running` until `runFinish` says `success`,
  *   `failed` or `canceled`. A run that finishes closes its open steps as `canceled`.
+ * - A `runStart` with `resumed: true` after `runFinish` reopens the run (DESIGN §14): `running`
+ *   again, no finish time or error, and its `failed` and `canceled` steps become `retrying`, so
+ *   the step that runs again continues its own row. Any other `runStart` changes nothing.
  * - Steps are listed in the order they first appear. A step is open while it is `running`,
  *   `waiting` (a `Wait` step) or `retrying` (it failed and will run again). A `stepStart` for the
  *   name of an open step is its next attempt; any other `stepStart` begins a new step, so a name
@@ -71,6 +74,7 @@ import { compareCursors, parseCursor } from "./stepstream.js";
  */
 
 const OPEN = new Set(["running", "waiting", "retrying"]);
+const REOPENED = new Set(["failed", "canceled"]); // a resumed run's steps that run again
 const KINDS = new Set(["runStart", "stepStart", "stepFinish", "stepFail", "runFinish"]);
 
 /**
@@ -101,6 +105,12 @@ export function foldWorkflowUpdate(state, message) {
   const run = state.run ?? { status: "running", startedAt: at, finishedAt: null, error: null };
   next.run = run;
   switch (update.type) {
+    case "runStart":
+      if (update.resumed && run.status !== "running") {
+        next.run = { ...run, status: "running", finishedAt: null, error: null };
+        next.steps = state.steps.map((step) => (REOPENED.has(step.status) ? reopenStep(step) : step));
+      }
+      break;
     case "stepStart":
       next.steps = startStep(state.steps, update, at);
       break;
@@ -150,6 +160,12 @@ function endStep(steps, update, at, status) {
 function cancelStep(step, at) {
   const tries = step.tries.map((t) => (t.status === "running" ? { ...t, status: "canceled", finishedAt: at } : t));
   return { ...step, status: "canceled", finishedAt: step.finishedAt ?? at, tries };
+}
+
+/** A failed or canceled step of a resumed run: open again, its last attempt one that was retried. */
+function reopenStep(step) {
+  const tries = step.tries.map((t) => (REOPENED.has(t.status) ? { ...t, status: "retrying" } : t));
+  return { ...step, status: "retrying", tries };
 }
 
 /**

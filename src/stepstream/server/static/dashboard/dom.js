@@ -55,6 +55,19 @@ export function showApiError(message) {
   banner.hidden = !message;
 }
 
+/** A run's labels as chips; with `links`, each opens the runs list filtered by it. */
+export function labelChips(labels, { links = false } = {}) {
+  return h(
+    "span",
+    { class: "chips" },
+    (labels ?? []).map((label) =>
+      links
+        ? h("a", { class: "chip", href: `#/?${new URLSearchParams({ label })}`, title: `Runs labelled “${label}”` }, label)
+        : h("span", { class: "chip" }, label),
+    ),
+  );
+}
+
 export function setBadge(el, state) {
   el.dataset.state = state;
   el.textContent = STATE_LABELS[state] ?? (state || "…");

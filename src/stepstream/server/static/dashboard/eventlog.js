@@ -58,6 +58,8 @@ function detail(data) {
       return `${data.status}${data.error ? ` · ${data.error}` : ""}`;
     case "stepStart":
       return data.stepType && data.stepType !== "Run" ? data.stepType : "";
+    case "runStart":
+      return data.resumed ? "resumed" : "";
     default:
       return "";
   }

@@ -32,14 +32,24 @@ export function formatTime(ms, { millis = false } = {}) {
   return `${date.toLocaleDateString(undefined, { month: "short", day: "numeric" })}, ${withMs}`;
 }
 
+/** How long ago, for today's times ("5m ago"); the date and time for any other day. */
 export function formatRelative(ms) {
   if (!ms) return "—";
+  const date = new Date(ms);
   const delta = Date.now() - ms;
+  if (date.toDateString() !== new Date().toDateString()) return formatDay(date);
   if (delta < 5_000) return "just now";
   if (delta < 60_000) return `${Math.floor(delta / 1000)}s ago`;
   if (delta < 3_600_000) return `${Math.floor(delta / 60_000)}m ago`;
-  if (delta < 86_400_000) return `${Math.floor(delta / 3_600_000)}h ago`;
-  return new Date(ms).toLocaleDateString(undefined, { month: "short", day: "numeric" });
+  return `${Math.floor(delta / 3_600_000)}h ago`;
+}
+
+/** "May 3, 14:05" (with the year when it is not this year's). */
+function formatDay(date) {
+  const options = { month: "short", day: "numeric" };
+  if (date.getFullYear() !== new Date().getFullYear()) options.year = "numeric";
+  const time = date.toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit", hour12: false });
+  return `${date.toLocaleDateString(undefined, options)}, ${time}`;
 }
 
 export function fullDate(ms) {

@@ -1,11 +1,13 @@
 /**
  * The stepstream dashboard: the runs list (`#/`), one run live (`#/runs/<id>`), trigger,
- * cancel and notify. Plain ES modules, loaded by `static/dashboard.html`:
+ * cancel, notify, and recovery (resume, restart, fork, delete, bulk cancel / resume). Plain ES
+ * modules, loaded by `static/dashboard.html`:
  *
  *   api.js       the API client; every URL relative to where the app is mounted
  *   dom.js       building elements, highlighted JSON, the parts every view shares
  *   format.js    durations, times, labels
- *   runs.js      the runs list            run.js       one run (eventlog.js, timeline.js)
+ *   runs.js      the runs list (bulk.js: selecting runs, acting on many at once)
+ *   run.js       one run (eventlog.js, timeline.js; recovery.js: the fork dialog)
  *   trigger.js   the "New run" dialog  schedules.js  schedules, and pausing workflows
  *
  * The run state comes from `../run-state.js` (shared with react.js), events from

@@ -2,15 +2,19 @@
  * One run, live (`#/runs/<id>`). `GET api/runs/<id>` gives payload, result and error; the run's
  * channel, subscribed with `history: true`, gives its `workflow.update` events, each exactly
  * once, folded by run-state.js into the timeline and appended to the event log: a reload
- * mid-run loses nothing. Cancel and Send event act on the run.
+ * mid-run loses nothing. Cancel and Send event act on a running run; Resume, Restart, Fork and
+ * Delete on a finished one (forking is recovery.js's). The channel stays followed after the run
+ * finishes: a resumed run (from here or anywhere) goes on live on the same page.
  */
 
 import { foldWorkflowUpdate, initialRunState } from "../run-state.js";
 import { subscribe } from "../stepstream.js";
 import { api, realtimeUrl } from "./api.js";
 import { appendEvent, clearEvents } from "./eventlog.js";
-import { $, h, jsonInto, setBadge, setCrumbs } from "./dom.js";
+import { $, h, jsonInto, labelChips, setBadge, setCrumbs } from "./dom.js";
 import { FINISH_STATES, STATE_LABELS, formatDuration, formatTime, fullDate, parseJsonField } from "./format.js";
+import { forkableSteps, openForkDialog } from "./recovery.js";
+import { runHref } from "./runs.js";
 import { createTimeline, timelineSteps } from "./timeline.js";
 
 const RETRY_MS = 2000;
@@ -18,6 +22,8 @@ const REFRESH_MS = 3000; // the log of a running run, for what it waits for (not
 // What a running run is doing (its log's `status`), on its badge.
 const STATUS_LABELS = { queued: "Queued", scheduled: "Scheduled", running: "Running", retrying: "Retrying", waiting: "Waiting" };
 const CONN_LABELS = { connecting: "connecting…", connected: "live", disconnected: "reconnecting…", error: "offline, retrying…" };
+const FINISHED = new Set(Object.values(FINISH_STATES));
+const RESUMABLE = new Set(["RUN_FAILED", "RUN_CANCELED"]);
 
 /** Show run `runId`; returns the view (`tick`, `leave`). */
 export function showRun(runId) {
@@ -30,11 +36,11 @@ export function showRun(runId) {
   let stopped = false;
   let logTimer = null;
   let lastWaitDefault = "";
-  const timeline = createTimeline($("timeline"), () => ({
-    startedAt: startedAt(),
-    completedAt: completedAt(),
-    running: state() === "RUN_STARTED",
-  }));
+  const timeline = createTimeline(
+    $("timeline"),
+    () => ({ startedAt: startedAt(), completedAt: completedAt(), running: state() === "RUN_STARTED" }),
+    forkHere,
+  );
 
   resetPage(runId);
 
@@ -83,14 +89,13 @@ export function showRun(runId) {
     if (next === live) return; // seen already
     live = next;
     appendEvent(message);
-    if (message.data?.type === "runFinish") {
-      loadLog(); // result, error and completion time
-      // Nothing follows runFinish on a run's channel: stop listening.
-      queueMicrotask(() => {
-        subscription.close();
-        $("conn").hidden = true;
-      });
+    const type = message.data?.type;
+    if (type === "runStart" && message.data.resumed && log && FINISHED.has(log.workflowState)) {
+      // Resumed: the log that said it finished is out of date until it is read again.
+      log = { ...log, workflowState: "RUN_STARTED", workflowRunCompletedAt: null, error: null };
+      loadLog();
     }
+    if (type === "runFinish") loadLog(); // result, error and completion time
     scheduleRender();
   }
 
@@ -115,7 +120,9 @@ export function showRun(runId) {
     $("run-started").title = fullDate(startedAt());
     $("run-finished").textContent = running ? "—" : formatTime(completedAt());
     $("run-finished").title = fullDate(completedAt());
-    $("cancel-run").hidden = !running || !log;
+    renderActions(runState);
+    renderTags();
+    $("conn").hidden = FINISHED.has(runState);
     renderStatus(running);
     if (log) renderOutcome(runState, log.error ?? live.run?.error);
 
@@ -141,6 +148,37 @@ export function showRun(runId) {
     else if (runState === "RUN_SUCCESS") jsonInto(outcome, log.workflowRunResponse ?? null);
     else if (runState === "RUN_CANCELED") jsonInto(outcome, undefined, "The run was canceled.");
     else jsonInto(outcome, undefined, "Running… the result appears here when the run finishes.");
+  }
+
+  /** Cancel while it runs; once finished Resume (failed or canceled), Restart, Fork, Delete. */
+  function renderActions(runState) {
+    const finished = Boolean(log) && FINISHED.has(runState);
+    $("cancel-run").hidden = runState !== "RUN_STARTED" || !log;
+    $("resume-run").hidden = !finished || !RESUMABLE.has(runState);
+    for (const id of ["restart-run", "fork-run", "delete-run"]) $(id).hidden = !finished;
+    $("fork-run").disabled = !forkableSteps(log).length;
+  }
+
+  /** Labels as chips (each a link to the runs with it), and the run it was restarted or forked from. */
+  function renderTags() {
+    const tags = $("run-tags");
+    const key = JSON.stringify([log?.labels, log?.restartedFrom, log?.forkedFrom]);
+    if (tags.dataset.key === key) return;
+    tags.dataset.key = key;
+    const from = (text, id) => id && h("span", { class: "lineage" }, `${text} `, h("a", { href: runHref(id) }, h("code", {}, id)));
+    const parts = [
+      log?.labels?.length ? labelChips(log.labels, { links: true }) : null,
+      from("restarted from", log?.restartedFrom),
+      from("forked from", log?.forkedFrom),
+    ].filter(Boolean);
+    tags.replaceChildren(...parts);
+    tags.hidden = !parts.length;
+  }
+
+  /** "Fork from here" in an expanded step of a finished run (the first step of its name). */
+  function forkHere(step, key) {
+    if (!log || !FINISHED.has(state()) || !key.endsWith("#0") || !forkableSteps(log).includes(step.stepName)) return null;
+    return h("button", { type: "button", class: "btn fork-here", onclick: () => openForkDialog(log, step.stepName) }, "Fork from here");
   }
 
   /** What a running run is doing, from its log: queued, waiting for what, retrying. */
@@ -203,6 +241,42 @@ export function showRun(runId) {
     }
   }
 
+  /** Call the API for an action of the run's header; its error goes to the run's banner. */
+  async function act(button, what, call) {
+    button.disabled = true;
+    banner("");
+    try {
+      return await call();
+    } catch (error) {
+      banner(`Could not ${what}: ${error.message}`);
+      return undefined;
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  const path = `api/runs/${encodeURIComponent(runId)}`;
+
+  async function resumeRun() {
+    const reply = await act($("resume-run"), "resume", () => api("POST", `${path}/resume`));
+    if (reply) loadLog(); // its events (a new runStart, then its steps) follow live
+  }
+
+  async function restartRun() {
+    const name = log?.workflowName ?? "this workflow";
+    const question = `Restart ${name}? A new run starts with the same payload and labels; this one is kept.`;
+    if (!window.confirm(question)) return;
+    const reply = await act($("restart-run"), "restart", () => api("POST", `${path}/restart`));
+    if (reply) location.hash = runHref(reply.workflowRunId);
+  }
+
+  async function deleteRun() {
+    const name = log?.workflowName ?? "this run";
+    if (!window.confirm(`Delete ${name} (${runId})? Its log and its events are removed for good.`)) return;
+    const reply = await act($("delete-run"), "delete", () => api("DELETE", path));
+    if (reply) location.hash = "#/";
+  }
+
   async function sendEvent(event) {
     event.preventDefault();
     const error = $("notify-error");
@@ -254,10 +328,14 @@ export function showRun(runId) {
   }
 
   $("cancel-run").onclick = cancelRun;
+  $("resume-run").onclick = resumeRun;
+  $("restart-run").onclick = restartRun;
+  $("fork-run").onclick = () => log && openForkDialog(log);
+  $("delete-run").onclick = deleteRun;
   $("notify-form").onsubmit = sendEvent;
   $("copy-id").onclick = copyId;
 
-  // Closed when the page is left, the run is not found, or after runFinish.
+  // Closed when the page is left or the run is not found: a finished run may be resumed.
   const subscription = follow(runId, onData, (status) => stopped || setConn(status), banner);
   loadLog();
 
@@ -267,6 +345,7 @@ export function showRun(runId) {
       stopped = true;
       clearTimeout(logTimer);
       subscription.close();
+      $("fork-dialog").close(); // it forks this run: not another page's
     },
   };
 }
@@ -332,6 +411,9 @@ function resetPage(runId) {
   $("notify-result").hidden = true;
   $("notify-event").value = "";
   $("notify-event").dataset.auto = "";
+  $("run-tags").hidden = true;
+  $("run-tags").dataset.key = "";
+  for (const id of ["cancel-run", "resume-run", "restart-run", "fork-run", "delete-run"]) $(id).hidden = true;
   setConn("connecting");
   $("conn").hidden = false;
 }

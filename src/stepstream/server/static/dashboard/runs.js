@@ -1,5 +1,7 @@
 /**
- * The runs list (`#/`, filters in the hash: `#/?state=RUN_FAILED&workflow=basic`).
+ * The runs list (`#/`, filters in the hash: `#/?state=RUN_FAILED&workflow=basic&label=eu`,
+ * `createdAfter` / `createdBefore` in epoch ms). Selecting rows and acting on many runs at
+ * once is bulk.js's.
  *
  * It polls `GET api/runs` every 2 s (so it sees runs however they were started) and, for the
  * running rows on screen, also follows their channels, so that a state change and the current
@@ -9,11 +11,13 @@
 import { foldWorkflowUpdate, initialRunState, isOpen } from "../run-state.js";
 import { subscribe } from "../stepstream.js";
 import { api, authorizedFetch, realtimeUrl } from "./api.js";
-import { $, h, loadWorkflows, setBadge, setCrumbs, showApiError } from "./dom.js";
+import { createBulk } from "./bulk.js";
+import { $, h, labelChips, loadWorkflows, setBadge, setCrumbs, showApiError } from "./dom.js";
 import { FINISH_STATES, formatDuration, formatRelative, fullDate } from "./format.js";
 
 const POLL_MS = 2000;
 const LIST_SUBSCRIPTION_MAX = 25;
+const FILTERS = ["state", "workflow", "label", "createdAfter", "createdBefore"];
 
 export function runHref(id) {
   return `#/runs/${encodeURIComponent(id)}`;
@@ -21,15 +25,25 @@ export function runHref(id) {
 
 /** Show the list for the hash's `params`; returns the view (`tick`, `leave`). */
 export function showRuns(params) {
-  const state = params.get("state") ?? "";
-  const workflow = params.get("workflow") ?? "";
+  const filters = readFilters(params);
+  const { state, workflow } = filters;
+  const filtered = FILTERS.some((key) => filters[key]);
   $("runs-view").hidden = false;
   document.title = "Runs · stepstream";
   setCrumbs(h("span", { class: "current-page" }, "Runs"));
 
   const stateSelect = $("filter-state");
   const workflowSelect = $("filter-workflow");
+  const labelInput = $("filter-label");
+  const afterInput = $("filter-after");
+  const beforeInput = $("filter-before");
   stateSelect.value = state;
+  // Set only when different: a time being typed (each segment a change) keeps its caret.
+  const show = (input, value) => input.value !== value && (input.value = value);
+  show(labelInput, filters.label);
+  show(afterInput, toLocalInput(filters.createdAfter));
+  show(beforeInput, toLocalInput(filters.createdBefore));
+  $("filters-clear").hidden = !filtered;
   loadWorkflows().then(() => {
     if (workflow && ![...workflowSelect.options].some((o) => o.value === workflow)) {
       workflowSelect.append(h("option", { value: workflow }, workflow));
@@ -53,11 +67,11 @@ export function showRuns(params) {
   const live = new Map(); // run id -> its state from its latest events (run-state.js)
   let listSub = null;
   let listSubKey = "";
+  const bulk = createBulk(filters, () => poll());
 
   function query(cursor) {
     const q = new URLSearchParams({ count: "50" });
-    if (state) q.set("state", state);
-    if (workflow) q.set("workflow", workflow);
+    for (const key of FILTERS) if (filters[key]) q.set(key, filters[key]);
     if (cursor) q.set("cursor", cursor);
     return `api/runs?${q}`;
   }
@@ -111,30 +125,36 @@ export function showRuns(params) {
     return [...byId.values()];
   }
 
+  /** Each run is an item: its checkbox (bulk.js), then its row, a link to the run. */
   function render() {
     const runs = shownRuns();
-    const rows = new Map([...list.children].map((row) => [row.dataset.runId, row]));
+    const items = new Map([...list.children].map((item) => [item.dataset.runId, item]));
     let previous = null;
     for (const run of runs) {
-      let row = rows.get(run.workflowRunId);
-      if (!row) {
-        row = renderRow(run);
-        if (!firstLoad) row.classList.add("fresh");
+      let item = items.get(run.workflowRunId);
+      if (!item) {
+        item = h("div", { class: "run-item", dataset: { runId: run.workflowRunId } }, bulk.checkbox(run.workflowRunId), renderRow(run));
+        if (!firstLoad) item.classList.add("fresh");
       } else {
-        updateRow(row, run);
-        rows.delete(run.workflowRunId);
+        updateRow(item.querySelector(".run-row"), run);
+        items.delete(run.workflowRunId);
       }
       const expected = previous ? previous.nextSibling : list.firstChild;
-      if (expected !== row) list.insertBefore(row, expected);
-      previous = row;
+      if (expected !== item) list.insertBefore(item, expected);
+      previous = item;
     }
-    for (const row of rows.values()) row.remove();
+    for (const item of items.values()) item.remove();
     firstLoad = false;
     $("runs-loading").hidden = true;
     $("runs-empty").hidden = runs.length > 0;
-    $("runs-empty-hint").textContent =
-      state || workflow ? "No runs match these filters." : "Trigger a workflow and it shows up here live.";
+    $("runs-empty-title").textContent = filtered ? "No runs match these filters" : "No runs yet";
+    $("runs-empty-hint").textContent = filtered
+      ? "Change the filters, or clear them to see every run."
+      : "Trigger a workflow and it shows up here live.";
+    $("empty-new-run").hidden = filtered;
+    $("empty-clear-filters").hidden = !filtered;
     $("runs-more").hidden = !olderCursor;
+    bulk.sync(runs.map((run) => run.workflowRunId));
     tickRuns();
     syncSubscription(runs);
   }
@@ -144,7 +164,7 @@ export function showRuns(params) {
       "a",
       { class: "run-row", href: runHref(run.workflowRunId), dataset: { runId: run.workflowRunId } },
       h("span", { class: "badge", dataset: { state: "" } }),
-      h("span", { class: "wf" }, h("span", { class: "wf-name" }), h("small", { class: "step-now" })),
+      h("span", { class: "wf" }, h("span", { class: "wf-name" }), labelChips(run.labels), h("small", { class: "step-now" })),
       h("code", { class: "rid" }, run.workflowRunId),
       h("span", { class: "started" }),
       h("span", { class: "dur num" }),
@@ -197,7 +217,7 @@ export function showRuns(params) {
               clearTimeout(timer); // finished: the list has its final state within a moment
               timer = setTimeout(poll, 150);
             }
-            const row = [...list.children].find((r) => r.dataset.runId === message.channel);
+            const row = [...list.querySelectorAll(".run-row")].find((r) => r.dataset.runId === message.channel);
             const run = shownRuns().find((r) => r.workflowRunId === message.channel);
             if (row && run) updateRow(row, run);
           },
@@ -210,14 +230,26 @@ export function showRuns(params) {
     const q = new URLSearchParams();
     if (stateSelect.value) q.set("state", stateSelect.value);
     if (workflowSelect.value) q.set("workflow", workflowSelect.value);
+    if (labelInput.value.trim()) q.set("label", labelInput.value.trim());
+    // An unchanged time keeps its exact value (the inputs show minutes).
+    const time = (input, key) => (input.value === toLocalInput(filters[key]) ? filters[key] : fromLocalInput(input.value));
+    const after = time(afterInput, "createdAfter");
+    const before = time(beforeInput, "createdBefore");
+    if (after) q.set("createdAfter", after);
+    if (before) q.set("createdBefore", before);
     const suffix = q.toString();
     location.hash = suffix ? `#/?${suffix}` : "#/";
+  };
+  const clearFilters = () => {
+    location.hash = "#/";
   };
   const onVisible = () => {
     if (document.visibilityState === "visible") poll();
   };
-  stateSelect.addEventListener("change", onFilter);
-  workflowSelect.addEventListener("change", onFilter);
+  const inputs = [stateSelect, workflowSelect, labelInput, afterInput, beforeInput];
+  for (const input of inputs) input.addEventListener("change", onFilter);
+  $("filters-clear").onclick = clearFilters;
+  $("empty-clear-filters").onclick = clearFilters;
   $("runs-more").onclick = loadOlder;
   document.addEventListener("visibilitychange", onVisible);
   poll();
@@ -229,11 +261,33 @@ export function showRuns(params) {
       clearTimeout(timer);
       inflight?.abort();
       listSub?.close();
-      stateSelect.removeEventListener("change", onFilter);
-      workflowSelect.removeEventListener("change", onFilter);
+      bulk.leave();
+      for (const input of inputs) input.removeEventListener("change", onFilter);
       document.removeEventListener("visibilitychange", onVisible);
     },
   };
+}
+
+/** The list's filters from the hash, each "" when unset (times: epoch ms, digits only). */
+function readFilters(params) {
+  const filters = {};
+  for (const key of FILTERS) filters[key] = params.get(key)?.trim() ?? "";
+  for (const key of ["createdAfter", "createdBefore"]) if (!/^\d+$/.test(filters[key])) filters[key] = "";
+  return filters;
+}
+
+/** Epoch ms -> a datetime-local input's value (local time, to the minute). */
+function toLocalInput(ms) {
+  if (!ms) return "";
+  const date = new Date(Number(ms));
+  const pad = (n) => String(n).padStart(2, "0");
+  return `${date.getFullYear()}-${pad(date.getMonth() + 1)}-${pad(date.getDate())}T${pad(date.getHours())}:${pad(date.getMinutes())}`;
+}
+
+/** A datetime-local input's value (local time) -> epoch ms, "" if blank or invalid. */
+function fromLocalInput(value) {
+  const ms = value ? new Date(value).getTime() : NaN;
+  return Number.isFinite(ms) ? String(ms) : "";
 }
 
 /** What a running run is doing, from its latest events: its most recent open step. */
@@ -248,7 +302,7 @@ function doing(state) {
 /** Durations and "started" times move on while the list is shown. */
 function tickRuns() {
   const now = Date.now();
-  for (const row of $("runs").children) {
+  for (const row of $("runs").querySelectorAll(".run-row")) {
     const created = Number(row.dataset.created) || null;
     const completed = Number(row.dataset.completed) || null;
     const running = row.dataset.state === "RUN_STARTED";

@@ -1,7 +1,9 @@
 /**
  * The run page's timeline: one row per step, one bar per attempt, on an axis from the run's
  * start. Rows are keyed by step and bars by attempt, so a live update changes only what moved;
- * while the run is running only positions change, once per tick.
+ * while the run is running only positions change, once per tick. A bar is never narrower than
+ * `--bar-min` (dashboard.css), so a 5 ms step stays visible next to a long wait; its title and
+ * the row's duration say exactly how long it took.
  */
 
 import { h, jsonInto } from "./dom.js";
@@ -68,10 +70,12 @@ function fromLog(log) {
 }
 
 /**
- * A timeline drawn into `box`. `times()` says `{startedAt, completedAt, running}` of the run.
+ * A timeline drawn into `box`. `times()` says `{startedAt, completedAt, running}` of the run;
+ * `actions(step, key)`, if given, the buttons an expanded step offers (or `null`); `key` is
+ * `<name>#<n>`, the n-th step of that name.
  * @returns {{render(entries): void, position(now: number): void}}
  */
-export function createTimeline(box, times) {
+export function createTimeline(box, times, actions = () => null) {
   const rows = new Map(); // key -> {row, bars, step}
   const expanded = new Set();
   let last = [];
@@ -117,6 +121,7 @@ export function createTimeline(box, times) {
         h("span", { class: "dot" }),
         h("span", { class: "name", title: name }, name),
         h("span", { class: "type" }),
+        h("span", { class: "type copied-tag", title: "copied from the run this one was forked from, not executed" }, "copied"),
         h("span", { class: "tries" }),
         h("span", { class: "d" })),
       h("div", { class: "tl-track" }),
@@ -131,7 +136,7 @@ export function createTimeline(box, times) {
     };
     row.addEventListener("click", toggle);
     row.addEventListener("keydown", toggle);
-    const entry = { row, bars: [], step: null };
+    const entry = { row, bars: [], step: null, key };
     rows.set(key, entry);
     return entry;
   }
@@ -140,6 +145,12 @@ export function createTimeline(box, times) {
     const { row, step } = entry;
     const n = step.tries.length;
     row.dataset.state = STEP_SHOWN[step.status] ?? step.status;
+    // A forked run's copied steps finished before it was created (their original times).
+    const t0 = times().startedAt;
+    const copied = step.status === "completed" && Boolean(t0) && step.finishedAt !== null && step.finishedAt < t0;
+    row.classList.toggle("copied", copied);
+    entry.copied = copied;
+    row.querySelector(".copied-tag").hidden = !copied;
     row.dataset.attempts = String(n);
     const type = row.querySelector(".type");
     type.textContent = TYPE_LABELS[step.stepType] ?? String(step.stepType).toLowerCase();
@@ -160,7 +171,9 @@ export function createTimeline(box, times) {
       bar.className = `bar ${kind && (status === "running" || status === "success") ? `${kind}${t.finishedAt === null ? " open" : ""}` : status}`;
       bar.dataset.status = status;
       bar.dataset.attempt = String(t.attempt);
-      bar.title = `${step.stepName} · attempt ${t.attempt} · ${status}${t.error ? ` · ${t.error}` : ""}`;
+      const took = t.finishedAt === null ? "in progress" : formatDuration(t.finishedAt - t.startedAt);
+      const how = copied ? "copied, not executed" : `attempt ${t.attempt} · ${status}`;
+      bar.title = `${step.stepName} · ${how} · ${took}${t.error ? ` · ${t.error}` : ""}`;
     });
     let detail = row.querySelector(".tl-detail");
     if (!open) {
@@ -172,6 +185,8 @@ export function createTimeline(box, times) {
       row.append(detail);
     }
     fillDetail(detail, step);
+    const buttons = actions(step, entry.key);
+    if (buttons) detail.append(h("div", { class: "tl-actions" }, buttons));
   }
 
   function position(now) {
@@ -180,10 +195,12 @@ export function createTimeline(box, times) {
     const { t0, width } = span;
     const { completedAt, running } = times();
     const openEnd = running ? now : completedAt ?? now;
-    for (const { step, bars, row } of rows.values()) {
+    for (const { step, bars, row, copied } of rows.values()) {
       step.tries.forEach((t, i) => {
-        const end = t.finishedAt ?? openEnd;
-        bars[i].style.left = `${(Math.max(0, t.startedAt - t0) / width) * 100}%`;
+        // A copied step took no time in this run: a mark at its start, however long it took.
+        const end = copied ? t.startedAt : t.finishedAt ?? openEnd;
+        // Kept inside the track when its minimum width is more than the time left after it.
+        bars[i].style.left = `min(${(Math.max(0, t.startedAt - t0) / width) * 100}%, 100% - var(--bar-min))`;
         bars[i].style.width = `${(Math.max(0, end - t.startedAt) / width) * 100}%`;
       });
       const first = step.tries[0]?.startedAt;
