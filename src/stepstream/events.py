@@ -57,7 +57,20 @@ WorkflowUpdate = Annotated[
 ]
 """The schema leaf of ``workflow.update``: one of the five payloads, chosen by ``type``."""
 
-SCHEMA: dict[str, Any] = {"workflow": {"update": WorkflowUpdate}}
+
+class RunsUpdate(BaseModel):
+    """``runs.update`` on the ``stepstream:runs`` feed: a run changed state (``None``:
+    deleted). Live run lists reload on it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["runState"]
+    workflowRunId: str
+    workflowState: str | None
+    timestamp: int
+
+
+SCHEMA: dict[str, Any] = {"workflow": {"update": WorkflowUpdate}, "runs": {"update": RunsUpdate}}
 
 
 # -- builders: the one place the engine's progress events are made --------------------------------
@@ -80,6 +93,18 @@ def run_start(run_id: str, at: int, *, resumed: bool = False) -> Emit:
     if resumed:
         fields["resumed"] = True
     return _emit(run_id, fields)
+
+
+def run_state(run_id: str, state: RunState | None, at: int) -> str:
+    """The ``runs.update`` payload (JSON text): ``run_id`` is in ``state`` since ``at``."""
+    return dumps(
+        {
+            "type": "runState",
+            "workflowRunId": run_id,
+            "workflowState": None if state is None else state.value,
+            "timestamp": at,
+        }
+    )
 
 
 def run_finish(run_id: str, at: int, state: RunState, error: str | None = None) -> Emit:

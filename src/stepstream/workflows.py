@@ -13,7 +13,7 @@ from typing import Any
 from stepstream.backends import Backend, backend_from_url
 from stepstream.client import Client
 from stepstream.errors import ConfigurationError
-from stepstream.events import WorkflowUpdate
+from stepstream.events import RunsUpdate, WorkflowUpdate
 from stepstream.realtime.channel import Realtime
 from stepstream.records import HistoryPolicy
 from stepstream.server.app import StepstreamApp, workflows_app
@@ -70,6 +70,8 @@ class Workflows(Registry):
             store: Backend = realtime.backend
             if "workflow.update" not in realtime.schema:
                 realtime.schema.add("workflow.update", WorkflowUpdate)
+            if "runs.update" not in realtime.schema:
+                realtime.schema.add("runs.update", RunsUpdate)
         else:
             store = backend_from_url(backend)
         if retention is None:

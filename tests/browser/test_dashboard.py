@@ -368,3 +368,15 @@ def test_dashboard_screenshots(
         finally:
             context.close()
     assert problems == []  # no uncaught exception in the page
+
+
+def test_runs_list_follows_the_runs_feed(page: Page, dashboard: str) -> None:
+    """Changes reach the list over the ``stepstream:runs`` feed, well before its fallback poll
+    (15 s): a run started and finished elsewhere shows within 10 s of the page's first load."""
+    page.goto(dashboard + "/")
+    expect(page.locator("#runs-empty")).to_be_visible(timeout=TIMEOUT_MS)
+    time.sleep(1)  # past the first load: only the feed or the 15 s poll can show a new run
+    run_id = trigger(dashboard, "basic")
+    row = page.locator(f'.run-row[data-run-id="{run_id}"]')
+    expect(row).to_be_visible(timeout=10_000)
+    expect(row).to_have_attribute("data-state", "RUN_SUCCESS", timeout=10_000)

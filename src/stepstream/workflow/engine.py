@@ -225,13 +225,8 @@ class Engine:
         one still shows the truth at its next refresh."""
         if self.realtime is None:
             return
-        data = {
-            "type": "runState",
-            "workflowRunId": run_id,
-            "workflowState": None if state is None else state.value,
-            "timestamp": self.clock(),
-        }
-        task = asyncio.get_running_loop().create_task(self._announce(dumps(data)))
+        raw = events.run_state(run_id, state, self.clock())
+        task = asyncio.get_running_loop().create_task(self._announce(raw))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

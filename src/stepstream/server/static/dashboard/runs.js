@@ -3,9 +3,10 @@
  * `createdAfter` / `createdBefore` in epoch ms). Selecting rows and acting on many runs at
  * once is bulk.js's.
  *
- * It polls `GET api/runs` every 2 s (so it sees runs however they were started) and, for the
- * running rows on screen, also follows their channels, so that a state change and the current
- * step show at once.
+ * It follows the `stepstream:runs` feed (every run's state changes, announced by the engine)
+ * and reloads the first page a moment after each change (entries are small: no payload,
+ * result or steps); a slow poll covers a feed that missed something. For the running rows on
+ * screen it also follows their channels, so the current step shows at once.
  */
 
 import { foldWorkflowUpdate, initialRunState, isOpen } from "../run-state.js";
@@ -15,7 +16,9 @@ import { createBulk } from "./bulk.js";
 import { $, h, labelChips, loadWorkflows, setBadge, setCrumbs, showApiError } from "./dom.js";
 import { FINISH_STATES, formatDuration, formatRelative, fullDate } from "./format.js";
 
-const POLL_MS = 2000;
+const POLL_MS = 15000; // the fallback: changes arrive over the feed
+const FEED = "stepstream:runs";
+const FEED_SETTLE_MS = 250; // changes arriving together cause one reload
 const LIST_SUBSCRIPTION_MAX = 25;
 const FILTERS = ["state", "workflow", "label", "createdAfter", "createdBefore"];
 
@@ -67,6 +70,7 @@ export function showRuns(params) {
   const live = new Map(); // run id -> its state from its latest events (run-state.js)
   let listSub = null;
   let listSubKey = "";
+  let feedSub = null;
   const bulk = createBulk(filters, () => poll());
 
   function query(cursor) {
@@ -253,6 +257,21 @@ export function showRuns(params) {
   $("runs-more").onclick = loadOlder;
   document.addEventListener("visibilitychange", onVisible);
   poll();
+  realtimeUrl([FEED])
+    .then((url) => {
+      if (stopped) return;
+      feedSub = subscribe({
+        url,
+        channels: [FEED],
+        events: ["runs.update"],
+        onData: () => {
+          if (stopped) return;
+          clearTimeout(timer);
+          timer = setTimeout(poll, FEED_SETTLE_MS);
+        },
+      });
+    })
+    .catch((error) => console.error("stepstream: cannot follow the runs feed:", error));
 
   return {
     tick: tickRuns,
@@ -261,6 +280,7 @@ export function showRuns(params) {
       clearTimeout(timer);
       inflight?.abort();
       listSub?.close();
+      feedSub?.close();
       bulk.leave();
       for (const input of inputs) input.removeEventListener("change", onFilter);
       document.removeEventListener("visibilitychange", onVisible);
