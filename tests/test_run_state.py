@@ -156,6 +156,18 @@ SCENARIOS: dict[str, list[dict[str, Any]]] = {
         fail("transcribe-audio", 14, "boom", 1, retry=False),
         run_finish(15, "failed", "boom"),
     ),
+    "resumed-after-failure": numbered(
+        update("runStart", 10),
+        start("fetch", 11),
+        finish("fetch", 12, {"rows": 3}),
+        start("load", 13),
+        fail("load", 14, ERROR, 1, retry=False),
+        run_finish(15, "failed", ERROR),
+        update("runStart", 40, resumed=True),
+        start("load", 41),
+        finish("load", 42, {"loaded": 3}),
+        run_finish(43, "success"),
+    ),
     "other-payloads": numbered(
         update("runStart", 10),
         {"type": "custom", "timestamp": 11},
@@ -347,3 +359,21 @@ def test_parallel_steps_each_keep_their_own_state() -> None:
 def test_other_payloads_are_counted_but_change_nothing() -> None:
     assert final("other-payloads")["eventCount"] == 7
     assert summary("other-payloads") == [("a", "canceled", ["canceled"])]
+
+
+def test_a_resumed_run_runs_its_failed_step_again() -> None:
+    states = python_states(SCENARIOS["resumed-after-failure"])
+    assert states[5]["run"]["status"] == "failed"
+    reopened = states[6]
+    assert reopened["run"] == {
+        "status": "running",
+        "startedAt": 10,
+        "finishedAt": None,
+        "error": None,
+    }
+    assert [s["status"] for s in reopened["steps"]] == ["completed", "retrying"]
+    assert final("resumed-after-failure")["run"]["status"] == "success"
+    assert summary("resumed-after-failure") == [
+        ("fetch", "completed", ["completed"]),
+        ("load", "completed", ["retrying", "completed"]),
+    ]

@@ -36,6 +36,7 @@ STATE_STYLE = {
 
 OPEN = frozenset({"running", "waiting", "retrying"})
 KINDS = frozenset({"runStart", "stepStart", "stepFinish", "stepFail", "runFinish"})
+REOPENED = frozenset({"failed", "canceled"})  # a resumed run's steps that run again
 
 
 @dataclass
@@ -104,7 +105,9 @@ class RunProgress:
         at = update.get("timestamp")
         if self.status is None:
             self.status, self.started_at = "running", at
-        if kind == "stepStart":
+        if kind == "runStart" and update.get("resumed") and self.status != "running":
+            self._reopen()
+        elif kind == "stepStart":
             self._start(update, at)
         elif kind == "stepFinish":
             self._end(update, at, "completed")
@@ -117,6 +120,17 @@ class RunProgress:
                 if step.open:
                     _cancel(step, at)
         return True
+
+    def _reopen(self) -> None:
+        """A resumed run (DESIGN §14): running again; its failed or canceled steps run again,
+        their last attempt now one that was retried."""
+        self.status, self.finished_at, self.error = "running", None, None
+        for step in self.steps:
+            if step.status in REOPENED:
+                step.status = "retrying"
+                for attempt in step.tries:
+                    if attempt.status in REOPENED:
+                        attempt.status = "retrying"
 
     def _start(self, update: dict[str, Any], at: int | None) -> None:
         step = self._step_for(update, at)
