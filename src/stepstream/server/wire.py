@@ -5,7 +5,6 @@ errors (``errors.error_body``), the SSE endpoint below this package answers with
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from typing import Any, NotRequired, TypedDict
 
 from stepstream.backends.base import RunFilter
@@ -74,27 +73,6 @@ class FlowControlLog(TypedDict):
     period: float
 
 
-class RunLog(TypedDict):
-    """``GET /api/runs/{id}``: a run's log, the shape of Upstash's ``client.logs``."""
-
-    workflowRunId: str
-    workflowName: str
-    workflowState: str
-    workflowRunCreatedAt: int
-    workflowRunCompletedAt: int | None
-    requestPayload: Any
-    workflowRunResponse: Any
-    error: str | None
-    invoker: str | None
-    flowControl: FlowControlLog | None
-    status: str
-    waitingFor: str | None
-    labels: list[str]
-    restartedFrom: str | None
-    forkedFrom: str | None
-    steps: list[StepLog]
-
-
 class RunSummary(TypedDict):
     """A run in ``GET /api/runs``: its log without payload, result and steps (those are in
     ``GET /api/runs/{id}``), so a page of runs stays small whatever they carry."""
@@ -112,6 +90,14 @@ class RunSummary(TypedDict):
     labels: list[str]
     restartedFrom: str | None
     forkedFrom: str | None
+
+
+class RunLog(RunSummary):
+    """``GET /api/runs/{id}``: a run's log, the shape of Upstash's ``client.logs``."""
+
+    requestPayload: Any
+    workflowRunResponse: Any
+    steps: list[StepLog]
 
 
 class RunPage(TypedDict):
@@ -314,16 +300,25 @@ FINISHED = {
 def run_log(run: RunRecord, now: int | None = None) -> RunLog:
     """A run in the log shape of DESIGN §5 (Upstash's ``client.logs``), with what it is doing
     at ``now`` (epoch ms; default: this machine's clock)."""
-    flow = run.flow
-    status, waiting_for = run_status(run, system_ms() if now is None else now)
     return RunLog(
+        **run_summary(run, system_ms() if now is None else now),
+        requestPayload=json.loads(run.payload),
+        workflowRunResponse=None if run.result is None else json.loads(run.result),
+        steps=[step_log(step) for step in run.steps],
+    )
+
+
+def run_summary(run: RunRecord, now: int) -> RunSummary:
+    """A run as a list shows it (``RunSummary``); from its steps, if it has them, what it
+    waits for."""
+    flow = run.flow
+    status, waiting_for = run_status(run, now)
+    return RunSummary(
         workflowRunId=run.id,
         workflowName=run.workflow,
         workflowState=run.state.value,
         workflowRunCreatedAt=run.created_at,
         workflowRunCompletedAt=run.completed_at,
-        requestPayload=json.loads(run.payload),
-        workflowRunResponse=None if run.result is None else json.loads(run.result),
         error=run.error if run.state is not RunState.SUCCESS else None,
         invoker=run.parent,
         flowControl=None
@@ -339,27 +334,6 @@ def run_log(run: RunRecord, now: int | None = None) -> RunLog:
         labels=list(run.labels),
         restartedFrom=run.restarted_from,
         forkedFrom=run.forked_from,
-        steps=[step_log(step) for step in run.steps],
-    )
-
-
-def run_summary(run: RunRecord, now: int) -> RunSummary:
-    """A run as a list shows it (``RunSummary``)."""
-    log = run_log(replace(run, steps=[], payload="null", result=None), now)
-    return RunSummary(
-        workflowRunId=log["workflowRunId"],
-        workflowName=log["workflowName"],
-        workflowState=log["workflowState"],
-        workflowRunCreatedAt=log["workflowRunCreatedAt"],
-        workflowRunCompletedAt=log["workflowRunCompletedAt"],
-        error=log["error"],
-        invoker=log["invoker"],
-        flowControl=log["flowControl"],
-        status=log["status"],
-        waitingFor=log["waitingFor"],
-        labels=log["labels"],
-        restartedFrom=log["restartedFrom"],
-        forkedFrom=log["forkedFrom"],
     )
 
 
