@@ -22,6 +22,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("stepstream.auth",),
     ("stepstream.realtime",),
     ("stepstream.workflow",),
+    ("stepstream.upstash",),
     ("stepstream.server",),
     (
         "stepstream",

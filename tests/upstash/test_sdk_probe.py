@@ -15,85 +15,33 @@ skipped, saying which is missing (it fails in CI).
 from __future__ import annotations
 
 import base64
-import fcntl
 import hashlib
 import hmac
 import json
-import os
-import shutil
-import subprocess
-import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import anyio
 import httpx
 import pytest
 import uvicorn
 
-from tests.conftest import IN_CI, free_port
+from tests.conftest import free_port
+from tests.upstash.harness import serve_workflows
 
 pytestmark = pytest.mark.anyio
 
-NODE_DIR = Path(__file__).parent / "node"
 TOKEN = "probe-token"
 CURRENT_KEY = "sig_probe_current"
 NEXT_KEY = "sig_probe_next"
-SDK_VERSION = "1.3.3"  # what package-lock.json pins; checked below so the two stay in step
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-
-
-def missing(what: str) -> NoReturn:
-    if IN_CI:
-        pytest.fail(f"{what}: CI must run the Upstash SDK probe (`make test` installs npm)")
-    pytest.skip(what)
-
-
-def install_is_current() -> bool:
-    """Whether ``node_modules`` holds exactly the versions the lock file pins."""
-    installed = NODE_DIR / "node_modules" / ".package-lock.json"
-    if not installed.is_file():
-        return False
-    wanted = json.loads((NODE_DIR / "package-lock.json").read_text())["packages"]
-    have = json.loads(installed.read_text())["packages"]
-    return all(
-        have.get(path, {}).get("version") == entry["version"]
-        for path, entry in wanted.items()
-        if path
-    )
-
-
-@pytest.fixture(scope="module")
-def node() -> str:
-    """The ``node`` binary, with the pinned SDK installed next to ``serve.mjs``."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        missing("node/npm not installed (apt-get install npm); the Upstash SDK probe is skipped")
-    version = subprocess.run([node, "--version"], capture_output=True, text=True, check=True)
-    if int(version.stdout.strip().lstrip("v").split(".")[0]) < 20:
-        missing(f"node {version.stdout.strip()} is too old: the Upstash SDK probe needs 20+")
-    # One install at a time, even across pytest-xdist workers and concurrent sessions.
-    lock_path = Path(tempfile.gettempdir()) / "stepstream-upstash-npm.lock"
-    with lock_path.open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not install_is_current():
-            # --ignore-scripts: nothing in the tree may run code or fetch a binary at install.
-            subprocess.run(
-                [npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund"],
-                cwd=NODE_DIR,
-                check=True,
-                capture_output=True,
-            )
-    installed = NODE_DIR / "node_modules" / "@upstash" / "workflow" / "package.json"
-    assert json.loads(installed.read_text())["version"] == SDK_VERSION
-    return node
 
 
 # --- QStash's /v2 API, recorded -----------------------------------------------------------
@@ -183,50 +131,17 @@ async def fake_qstash(port: int) -> AsyncIterator[FakeQStash]:
 # --- the workflow endpoint ----------------------------------------------------------------
 
 
-@asynccontextmanager
-async def workflow_endpoint(
+def workflow_endpoint(
     node: str, workflow: str, qstash_url: str, log: Path
-) -> AsyncIterator[str]:
-    """``serve.mjs`` serving ``workflow`` on a free port; yields its base URL, stops it after."""
-    port = free_port()
+) -> AbstractAsyncContextManager[str]:
+    """``serve.mjs`` serving ``workflow`` with the probe's token and signing keys."""
     env = {
-        "PATH": os.environ.get("PATH", ""),
-        "HOME": os.environ.get("HOME", "/tmp"),
         "QSTASH_URL": qstash_url,
         "QSTASH_TOKEN": TOKEN,
         "QSTASH_CURRENT_SIGNING_KEY": CURRENT_KEY,
         "QSTASH_NEXT_SIGNING_KEY": NEXT_KEY,
-        # QSTASH_DEV is left out on purpose: it makes the SDK download and start a dev server.
     }
-    with log.open("wb") as output:
-        process = await anyio.open_process(
-            [node, "serve.mjs", workflow, str(port)],
-            cwd=NODE_DIR,
-            env=env,
-            stdout=output,
-            stderr=output,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        async with httpx.AsyncClient() as client:
-            with anyio.fail_after(15):
-                while True:
-                    if process.returncode is not None:
-                        text = await anyio.Path(log).read_text()
-                        raise RuntimeError(f"serve.mjs exited:\n{text}")
-                    try:
-                        await client.get(f"{url}/_executions")
-                        break
-                    except httpx.TransportError:
-                        await anyio.sleep(0.02)  # waiting for the port, not an assertion
-        yield url
-    finally:
-        process.terminate()
-        with anyio.move_on_after(5):
-            await process.wait()
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+    return serve_workflows(node, workflow, env, log)
 
 
 def b64url(data: bytes) -> str:

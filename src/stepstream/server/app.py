@@ -11,6 +11,8 @@ POST /api/realtime/token      mint a subscription token (API token needed)
                               (``schedules.py``), with workflows
 ...  /api/runs/{id}/resume|restart|fork, /api/runs/cancel|resume, DELETE /api/runs/{id},
      /api/events/{id}/waiters: recovery (``recovery.py``), with workflows
+...  /qstash/v2/...              the QStash workflow API for Upstash Workflow SDK apps
+                              (``stepstream.upstash``; 404 until ``upstash.enable``)
 GET  /static/...              the JS client (``stepstream.js``) and React hook (``react.js``)
 
 Every request first passes ``RequireLifespan`` (an app with workflows mounted in another one:
@@ -54,6 +56,7 @@ from stepstream.server.limits import MAX_BODY
 from stepstream.server.recovery import RecoveryApi
 from stepstream.server.schedules import ScheduleApi
 from stepstream.server.wire import HistoryPage, MintedToken
+from stepstream.upstash import gateway_routes
 from stepstream.workflow.engine import Engine, HasEngine, engine_of
 from stepstream.workflow.presence import live_workers
 
@@ -93,11 +96,13 @@ class StepstreamApp(Starlette):
 
 
 def engine_routes(engine: Engine) -> list[BaseRoute]:
-    """The JSON API over ``engine``: recovery first (its bulk paths under ``/api/runs``)."""
+    """The JSON API over ``engine``: recovery first (its bulk paths under ``/api/runs``); and
+    the QStash gateway under ``/qstash`` (``stepstream.upstash``: off until enabled)."""
     return [
         *RecoveryApi(engine).routes(),
         *JSONApi(engine).routes(),
         *ScheduleApi(engine).routes(),
+        *gateway_routes(engine),
     ]
 
 

@@ -30,6 +30,11 @@ from stepstream.server.limits import BODY_TIMEOUT, bounded
 # "/", it only redirects to the dashboard page.
 PUBLIC_PATHS = frozenset({"", "/", "/healthz", "/api/realtime", "/api/realtime/history"})
 PUBLIC_PREFIXES = ("/static/",)
+# Routes serving another service's protocol, whose clients send bodies that are not JSON (the
+# QStash gateway, ``stepstream.upstash``: the Upstash SDK ends a run with a ``text/plain``
+# DELETE body). They still need the API token and pass the Origin check, which is what refuses
+# a cross-site page; only the media type is not checked.
+FOREIGN_PREFIXES = ("/qstash/",)
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]@/]+)(?::\d{1,5})?")
 
@@ -102,7 +107,8 @@ class Guard:
             return Unauthorized("send Authorization: Bearer <STEPSTREAM_TOKEN>")
         if scope["method"] in SAFE_METHODS:
             return None
-        return self.write_refusal(headers, host)
+        foreign = get_route_path(scope).startswith(FOREIGN_PREFIXES)
+        return self.write_refusal(headers, host, any_media=foreign)
 
     def host_allowed(self, host: str | None) -> bool:
         if self.hosts is not None and "*" in self.hosts:
@@ -123,7 +129,9 @@ class Guard:
             return True
         return same_token(bearer(headers.get("authorization")), self.token)
 
-    def write_refusal(self, headers: Headers, host: str | None) -> StepstreamError | None:
+    def write_refusal(
+        self, headers: Headers, host: str | None, *, any_media: bool = False
+    ) -> StepstreamError | None:
         origin = headers.get("origin")
         if origin is not None and not self.origin_allowed(origin, host):
             return CrossOrigin(
@@ -135,7 +143,8 @@ class Guard:
             return BadRequest("Content-Length is not a number")
         media = headers.get("content-type", "").partition(";")[0].strip().lower()
         has_body = length != "0" or "transfer-encoding" in headers
-        if has_body and not (media == "application/json" or media.endswith("+json")):
+        json_media = media == "application/json" or media.endswith("+json")
+        if has_body and not (json_media or any_media):
             return UnsupportedMediaType(
                 "send the body as JSON with Content-Type: application/json (got "
                 f"{media[:60] or 'none'!r})"

@@ -1,0 +1,86 @@
+"""The QStash gateway: stepstream serves QStash's workflow API under ``/qstash``, so an app
+written with ``@upstash/workflow`` runs on stepstream unchanged (DESIGN §15)::
+
+    import stepstream.upstash
+    workflows = Workflows(realtime=Realtime())
+    stepstream.upstash.enable(workflows)   # in the server, and in every worker process
+    app = workflows.asgi()
+    # the app: QSTASH_URL=http://<stepstream>/qstash QSTASH_TOKEN=<STEPSTREAM_TOKEN>
+
+How it maps onto the engine (docs/upstash-protocol.md has the protocol):
+
+- **A run per SDK run.** The Init message (``Client.trigger`` publishes it through
+  ``/v2/batch``) becomes ``Engine.trigger`` of the built-in workflow ``upstash``, with the SDK's
+  run id, the payload, the labels of ``Upstash-Label`` and the headers every delivery carries
+  (the endpoint URL among them). It is an ordinary run: listed, logged, cancellable, with its
+  ``workflow.update`` events.
+- **Deliveries are the run's execution.** The built-in workflow's body is QStash's delivery loop
+  (``delivery.Delivery``): a worker claims the run with a lease like any other, POSTs the
+  history to the endpoint (signed with ``QSTASH_CURRENT_SIGNING_KEY`` when set) and acts on the
+  answer. A worker that dies mid-delivery loses its lease; another claims the run and delivers
+  again (QStash is at-least-once too).
+- **Published steps go through an inbox, recorded by the lease holder.** The SDK publishes a
+  step's result while its delivery request is still open. The gateway's route only queues it
+  (an ``EntryStore`` entry per step, created once: a duplicate publish is acknowledged and
+  dropped); the delivering worker, once the endpoint answered, records each queued step as a
+  stepstream step with its ``stepStart``/``stepFinish`` events in one write fenced by its own
+  lease (``Engine.save_steps``), then deletes the entry. Why not record in the route, fenced by
+  the run's current lease? Only the execution that holds the lease knows which steps it already
+  recorded; two writers (a route handling a late publish from a dead worker's request, and the
+  new worker) could both record one step. With one writer per run, a position that holds a
+  finished step is never written again, and recovery is simple: a worker first drains what a
+  dead predecessor's delivery left queued, so those steps are not run again.
+- **Ending.** ``DELETE /v2/workflows/runs/{id}?cancel=false`` queues the result; the worker
+  ends the loop with it, so the run finishes ``RUN_SUCCESS`` with it as ``workflowRunResponse``.
+  ``cancel=true`` and ``client.cancel`` are ``Engine.cancel`` (the worker's next write is then
+  refused by the lease).
+- **Sleeps** are the run's durable timer: the step is recorded in progress with its wake time
+  (from ``Upstash-Delay`` / ``Upstash-Not-Before``), the run suspends until then, and the next
+  delivery completes it first.
+- **Failed deliveries** (non-2xx, network errors) are failed attempts of the step the SDK names
+  in ``Upstash-Error-Step-Name`` (``delivery`` if none), retried with the workflow's backoff
+  (``Upstash-Retries`` of the trigger, else 3), ``Retry-After`` on a 429; a 489 or exhausted
+  retries fail the run.
+
+Not served yet (the routes answer 400 naming it): parallel steps, ``context.call``,
+``waitForEvent``/``notify`` routes, ``invoke``, webhooks, failure callbacks, the logs and DLQ
+APIs, plain QStash messages.
+
+The run's ``workflow`` is ``upstash`` for every endpoint: workers claim runs by the exact names
+registered with them, so a per-endpoint name would need each worker to know every endpoint.
+"""
+
+from __future__ import annotations
+
+from starlette.routing import BaseRoute
+
+from stepstream.upstash.delivery import Delivery
+from stepstream.upstash.gateway import Gateway
+from stepstream.upstash.messages import WORKFLOW
+from stepstream.workflow.context import WorkflowContext
+from stepstream.workflow.engine import Engine, HasEngine, engine_of
+
+__all__ = ["WORKFLOW", "enable", "gateway_routes"]
+
+
+def enable(workflows: Engine | HasEngine, *, retries: int = 3) -> None:
+    """Serve ``@upstash/workflow`` apps: register the gateway's built-in workflow (``upstash``)
+    so this process's workers deliver gateway runs, and ``/qstash`` answers. Call it on the
+    ``Workflows`` of the server and of every worker process. ``retries``: delivery retries of a
+    run whose trigger gave no ``Upstash-Retries``. Idempotent.
+
+    >>> # stepstream.upstash.enable(workflows); app = workflows.asgi()
+    """
+    engine = engine_of(workflows)
+    if engine.registry.find(WORKFLOW) is not None:
+        return
+
+    async def deliver(context: WorkflowContext) -> object:
+        return await Delivery(engine, context).loop()
+
+    engine.registry.workflow(WORKFLOW, retries=retries)(deliver)
+
+
+def gateway_routes(engine: Engine) -> list[BaseRoute]:
+    """The ``/qstash`` mount of the app (answering 404 until ``enable`` is called)."""
+    return Gateway(engine).routes()

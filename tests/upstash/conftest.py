@@ -1,0 +1,40 @@
+"""The pinned ``@upstash/workflow`` SDK next to ``node/serve.mjs``, shared by the probe and the
+gateway tests."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+
+from tests.upstash.harness import NODE_DIR, SDK_VERSION, install_is_current, missing
+
+
+@pytest.fixture(scope="module")
+def node() -> str:
+    """The ``node`` binary, with the pinned SDK installed next to ``serve.mjs``."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        missing("node/npm not installed (apt-get install npm); the Upstash SDK tests are skipped")
+    version = subprocess.run([node, "--version"], capture_output=True, text=True, check=True)
+    if int(version.stdout.strip().lstrip("v").split(".")[0]) < 20:
+        missing(f"node {version.stdout.strip()} is too old: the Upstash SDK tests need 20+")
+    # One install at a time, even across pytest-xdist workers and concurrent sessions.
+    lock_path = f"{tempfile.gettempdir()}/stepstream-upstash-npm.lock"
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not install_is_current():
+            # --ignore-scripts: nothing in the tree may run code or fetch a binary at install.
+            subprocess.run(
+                [npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund"],
+                cwd=NODE_DIR,
+                check=True,
+                capture_output=True,
+            )
+    installed = NODE_DIR / "node_modules" / "@upstash" / "workflow" / "package.json"
+    assert json.loads(installed.read_text())["version"] == SDK_VERSION
+    return node
