@@ -53,8 +53,15 @@ lint: $(VENV)/.test-installed
 typecheck: $(VENV)/.test-installed
 	$(BIN)/mypy
 
+# Tests run in parallel (pytest-xdist), TEST_WORKERS processes: most of a test's time is spent
+# waiting (on servers, leases, timers), so twice as many workers as cores keep the cores busy.
+# The browser tests stay on one worker, in order (tests/conftest.py, SERIAL). The chaos tests
+# run afterwards, alone: their scenarios load the machine on purpose and judge stalls by time.
+TEST_WORKERS ?= $(shell echo $$(( 2 * $$(nproc 2>/dev/null || echo 2) )))
+
 test: $(VENV)/.test-installed system-deps lint typecheck
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra -n $(TEST_WORKERS) --dist loadgroup --ignore=tests/chaos
+	$(BIN)/python -m pytest -q -ra tests/chaos
 
 # The full chaos suite (DESIGN §10, RELIABILITY.md); `make test` runs a quick version of it.
 chaos: $(VENV)/.test-installed system-deps

@@ -3,7 +3,9 @@ test."""
 
 from __future__ import annotations
 
+import itertools
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -20,16 +22,79 @@ from stepstream.events import SCHEMA
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
+TESTS = Path(__file__).parent
+SERIAL = {"browser", "chaos"}
+"""Directories whose tests run one after another on a single xdist worker (``make test`` runs
+``--dist loadgroup``): the browser tests share built pages, ``node_modules`` and screenshot
+files, and one Chromium per module; each chaos scenario loads the machine with processes of its
+own, which must not pile up."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for directory in SERIAL:
+            if item.path.is_relative_to(TESTS / directory):
+                item.add_marker(pytest.mark.xdist_group(directory))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport() -> Iterator[pytest.TestReport]:
+    """Escape lone surrogates in a report (``\\udcff``): an xdist worker sends the report to
+    the controller as UTF-8, and one that can't be encoded (a file name decoded with
+    ``surrogateescape``, in what a test logged) crashes the worker and ends the whole run."""
+    report: pytest.TestReport = yield
+    report.sections = [(title, _utf8(text)) for title, text in report.sections]
+    if report.longrepr is not None and _utf8(str(report.longrepr)) != str(report.longrepr):
+        report.longrepr = _utf8(str(report.longrepr))
+    return report
+
+
+def _utf8(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
 
 
+PORT_BLOCK = 500
+
+
+def _port_block() -> range:
+    """This process's ports: block ``n`` for xdist worker ``gwn`` (block 0 without xdist), the
+    blocks counting down from the kernel's ephemeral range, so no two workers share a port."""
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    try:
+        ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except OSError:
+        ephemeral = 32768
+    top = ephemeral - worker * PORT_BLOCK
+    if top - PORT_BLOCK < 10_000:
+        raise RuntimeError(f"no ports left for xdist worker {worker}: run fewer workers")
+    return range(top - PORT_BLOCK, top)
+
+
+_PORTS = _port_block()
+_port_offsets = itertools.count(random.randrange(PORT_BLOCK))
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A port nothing listens on, for a server a test starts.
+
+    A bind to port 0 hands out a port of the kernel's ephemeral range, which another xdist
+    worker's bind to port 0, or any outgoing connection, may take before our server listens on
+    it. So each worker walks a block of its own below that range, from a random offset (two runs
+    of the suite on one machine don't walk in step), skipping ports in use."""
+    for _ in range(PORT_BLOCK):
+        port = _PORTS[next(_port_offsets) % PORT_BLOCK]
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"every port of {_PORTS} is in use")
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +17,8 @@ from typing import Any, TypeVar
 
 import browser_app
 import httpx
+
+from tests.conftest import free_port as _free_port  # this xdist worker's own ports
 
 HERE = Path(__file__).parent
 PAGES = HERE / "pages"
@@ -63,12 +64,6 @@ def build_pages(npm: str, out: Path) -> None:
         subprocess.run(args, cwd=HERE, env=env, check=True)
         (out / f"{name}.html").write_text(HTML.format(name=name))
     shutil.copy(PAGES / "native.html", out / "native.html")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Server:

@@ -11,8 +11,10 @@ and ``npm``; without either the tests are skipped, saying which is missing (they
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +23,7 @@ from typing import Any, NoReturn
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # whichever import mode pytest uses
-from browser_harness import Emitter, Server, build_pages
+from browser_harness import HERE, Emitter, Server, build_pages
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 CHROMIUM = Path("/usr/bin/chromium")
@@ -40,6 +42,23 @@ def missing(what: str) -> NoReturn:
     if IN_CI:
         pytest.fail(f"{what}: CI must run the browser tests (`make test` installs it)")
     pytest.skip(what)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def node_modules() -> None:
+    """``npm ci`` if ``node_modules`` is missing, holding a lock on this directory: pytest-xdist
+    workers (or two runs of the suite) must never install into one ``node_modules`` at once.
+    The page bundlers (``build_pages``, ``examples/guide/build.sh``) then find it in place."""
+    npm = shutil.which("npm")
+    if npm is None:
+        return  # the tests that need it say so
+    directory = os.open(HERE, os.O_RDONLY)
+    try:
+        fcntl.flock(directory, fcntl.LOCK_EX)
+        if not (HERE / "node_modules").is_dir():
+            subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=HERE, check=True)
+    finally:
+        os.close(directory)  # releases the lock
 
 
 @pytest.fixture(scope="session")
