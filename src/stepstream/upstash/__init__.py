@@ -40,11 +40,19 @@ How it maps onto the engine (docs/upstash-protocol.md has the protocol):
 - **Failed deliveries** (non-2xx, network errors) are failed attempts of the step the SDK names
   in ``Upstash-Error-Step-Name`` (``delivery`` if none), retried with the workflow's backoff
   (``Upstash-Retries`` of the trigger, else 3), ``Retry-After`` on a 429; a 489 or exhausted
-  retries fail the run.
+  retries fail the run, after its failure URL (``failureFunction`` / ``failureUrl``) got the
+  failure callback (``outbound.py``).
+- **Waits** (``POST /v2/wait/{eventId}``) are the engine's Wait steps, registered by the worker
+  with ``Engine.wait_event``: every notify (``/v2/notify``, ``POST /api/events/{id}``,
+  ``stepstream notify``, lookback with a run id) resolves them; the history hands the data back
+  as the SDK reads it (``history.py``).
+- **``context.call``** is made by the worker itself, and its answer recorded as the step's result
+  (no callback round trip: the SDK cannot tell, and one delivery is saved).
+- **Parallel steps**: the plans are kept per run; each plan still to run gets its own delivery
+  (all at once), the results are recorded at their positions, then the whole history goes.
 
-Not served yet (the routes answer 400 naming it): parallel steps, ``context.call``,
-``waitForEvent``/``notify`` routes, ``invoke``, webhooks, failure callbacks, the logs and DLQ
-APIs, plain QStash messages.
+Not served yet (the routes answer 400 naming it): ``invoke``, webhooks, parallel steps other
+than ``context.run``, the DLQ APIs, plain QStash messages.
 
 The run's ``workflow`` is ``upstash`` for every endpoint: workers claim runs by the exact names
 registered with them, so a per-endpoint name would need each worker to know every endpoint.

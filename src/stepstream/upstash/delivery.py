@@ -2,79 +2,55 @@
 that holds the run's lease.
 
 Each pass records what the SDK published since the last one (the run's inbox, filled by the
-gateway's routes), completes a sleep that is due (or suspends the run until it is), and POSTs the
-run's history to the endpoint, signed, the way QStash delivers it (docs/upstash-protocol.md §3).
-A failed delivery is a failed attempt of the step it was for: retried with backoff, then the run
-fails. The SDK ending the run (``DELETE ...?cancel=false``) ends the loop with its result.
+gateway's routes), makes a ``context.call``'s request, completes a sleep or a wait that is due
+(or suspends the run until it is: a notify makes it due at once), and POSTs the run's history to
+the endpoint, signed, the way QStash delivers it (docs/upstash-protocol.md §3); while a parallel
+group runs, one delivery per plan still to run, all at once. A failed delivery is a failed
+attempt of the step it was for: retried with backoff, then the run fails and its failure
+callback is called. The SDK ending the run (``DELETE ...?cancel=false``) ends the loop with its
+result.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
+import asyncio
 import json
-import os
-import secrets
-import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import httpx
-import jwt
 
 from stepstream import events
 from stepstream.errors import NonRetryableError, StepFailed
-from stepstream.records import StepRecord, StepState, StepType, dumps
-from stepstream.upstash.messages import INBOX, RECORDED, RETRIES
+from stepstream.records import Emit, StepRecord, StepState, StepType, dumps
+from stepstream.upstash.history import History
+from stepstream.upstash.messages import (
+    FAILURE_FORWARD,
+    FAILURE_URL,
+    FAILURES,
+    INBOX,
+    KEPT_APART,
+    PLANS,
+    RECORDED,
+    RETRIES,
+)
+from stepstream.upstash.outbound import (
+    Failure,
+    call_failure_url,
+    failure_payload,
+    make_call,
+    signed,
+)
 from stepstream.workflow.runtime import Suspend
 
 if TYPE_CHECKING:
     from stepstream.workflow.context import WorkflowContext
     from stepstream.workflow.engine import Engine
 
-CURRENT_KEY_ENV = "QSTASH_CURRENT_SIGNING_KEY"
 DELIVERY_TIMEOUT = 60.0  # seconds an endpoint may take to answer one delivery
 SLEEPS = (StepType.SLEEP, StepType.SLEEP_UNTIL)
 UNNAMED = "delivery"  # a failed attempt's name until the SDK names the step (or never does)
 MAX_ERRORS = 20
 MAX_DETAIL = 8000
-
-
-@dataclass(frozen=True, slots=True)
-class Failure:
-    """A delivery that did not succeed: why, the step the SDK says failed, a ``Retry-After``
-    (seconds), and whether it must not be retried (489)."""
-
-    message: str
-    step: str | None = None
-    detail: str = ""
-    retry_after: float | None = None
-    final: bool = False
-
-
-def sign(url: str, body: bytes, key: str) -> str:
-    """``Upstash-Signature``: an HS256 JWT issued by ``Upstash`` over the destination URL and
-    the body's SHA-256, as the SDK's ``Receiver`` verifies it (docs/upstash-protocol.md §11)."""
-    now = int(time.time())
-    digest = base64.urlsafe_b64encode(hashlib.sha256(body).digest()).rstrip(b"=").decode()
-    claims = {
-        "iss": "Upstash",
-        "sub": url,
-        "iat": now,
-        "nbf": now,
-        "exp": now + 300,
-        "jti": "jwt_" + secrets.token_hex(8),
-        "body": digest,
-    }
-    return jwt.encode(claims, key, algorithm="HS256")
-
-
-def raw_step(message_id: str, text: str) -> dict[str, str]:
-    return {
-        "messageId": message_id,
-        "body": base64.b64encode(text.encode()).decode(),
-        "callType": "step",
-    }
 
 
 class Delivery:
@@ -85,6 +61,8 @@ class Delivery:
         self.context = context
         self.run = context.record
         self.steps = {step.position: step for step in self.run.steps}
+        self.plans: dict[int, dict[str, Any]] = {}
+        self.calls: list[tuple[str, dict[str, Any]]] = []
         self.url = self.run.headers.get("upstash-workflow-url", "")
 
     async def loop(self) -> Any:
@@ -94,6 +72,8 @@ class Delivery:
                 f"run {self.run.id} was not started through the QStash gateway (/qstash): "
                 "it has no endpoint URL to deliver to"
             )
+        stored = await self.engine.backend.list_entries(PLANS + self.run.id)
+        self.plans = {int(key): json.loads(value) for key, value in stored.items()}
         failure: Failure | None = None
         posted = False
         while True:
@@ -106,9 +86,11 @@ class Delivery:
                 failure = Failure(
                     "the endpoint answered 2xx but published no step nor ended the run"
                 )
+            if failure is None:
+                failure = await self.make_calls()
             if failure is not None:
                 await self.failed(failure)  # raises: retry later, or the run fails
-            await self.wake_sleep()
+            await self.settle()
             failure = await self.post()
             posted = True
 
@@ -116,69 +98,140 @@ class Delivery:
 
     async def drain(self) -> tuple[bool, bool, Any]:
         """Record the steps published since the last pass (a step already recorded is dropped);
-        whether any was new, and whether the SDK ended the run, with its result."""
+        whether any was new, and whether the SDK ended the run, with its result. A call stays
+        queued until its request got an answer (``make_calls``)."""
         kind = INBOX + self.run.id
         backend = self.engine.backend
         inbox = await backend.list_entries(kind)
-        fresh, ended, result = False, False, None
+        fresh, ended, result, done = False, False, None, []
         for key in sorted(inbox):
             message = json.loads(inbox[key])
             if message["kind"] == "finish":
                 ended = True
                 text = message.get("result") or ""
                 result = json.loads(text) if text else None
+            elif message["kind"] == "call":
+                fresh = await self.start(message, message["call"], StepType.CALL) or fresh
+                self.calls.append((key, message))
+                continue
+            elif message["kind"] == "wait":
+                fresh = await self.start_wait(message) or fresh
+            elif message["kind"] == "plan":
+                fresh = await self.keep_plan(message["record"]) or fresh
             else:
                 fresh = await self.record(message) or fresh
-        for key in inbox:  # after recording: a crash before this only redelivers duplicates
+            done.append(key)
+        for key in done:  # after recording: a crash before this only redelivers duplicates
             await backend.delete_entry(kind, key)
         return fresh, ended, result
+
+    def settled(self, position: int) -> bool:
+        """Whether ``position`` holds a finished step, or one under way (sleep, wait, call)."""
+        existing = self.steps.get(position)
+        return existing is not None and existing.state in (StepState.SUCCESS, StepState.PROGRESS)
 
     async def record(self, message: dict[str, Any]) -> bool:
         """Record one published step result, with its events, in one write; ``False`` if its
         position already holds a finished (or sleeping) step."""
         record, at = message["record"], int(message["at"])
         position = int(record["stepId"]) - 1
-        existing = self.steps.get(position)
-        if existing is not None and existing.state in (StepState.SUCCESS, StepState.PROGRESS):
+        if self.settled(position):
             return False
-        kind = RECORDED[record["stepType"]]
-        name = record["stepName"]
-        earlier = existing.attempts if existing is not None else 0
-        step = StepRecord(
-            position,
-            name,
-            kind,
-            StepState.SUCCESS,
-            attempts=earlier + 1,
-            started_at=at,
-            finished_at=at,
-            out=record.get("out"),
-            errors=existing.errors if existing is not None else None,
-        )
+        step = self.new_step(position, record["stepName"], RECORDED[record["stepType"]], at)
+        step.state, step.finished_at, step.out = StepState.SUCCESS, at, record.get("out")
         updates = [events.step_start(self.run.id, step)]
-        if kind in SLEEPS:
+        if step.type in SLEEPS:
             step.state, step.finished_at, step.out = StepState.PROGRESS, None, None
             step.wake_at = at + int(message.get("delay_ms") or 0)
         else:
             updates.append(events.step_finish(self.run.id, step))
-        await self.engine.save_steps(self.context.lease, [step], updates)
+        await self.save(step, *updates)
+        return True
+
+    def new_step(self, position: int, name: str, kind: StepType, at: int) -> StepRecord:
+        """A step in progress at ``position``, counting the failed attempts before it."""
+        existing = self.steps.get(position)
+        return StepRecord(
+            position,
+            name,
+            kind,
+            StepState.PROGRESS,
+            attempts=(existing.attempts if existing is not None else 0) + 1,
+            started_at=at,
+            errors=existing.errors if existing is not None else None,
+        )
+
+    async def save(self, step: StepRecord, *updates: Emit) -> None:
+        await self.engine.save_steps(self.context.lease, [step], list(updates))
+        self.steps[step.position] = step
+
+    async def start(self, message: dict[str, Any], spec: dict[str, Any], kind: StepType) -> bool:
+        """Record a call or wait step as started; ``False`` if it is already."""
+        position = int(spec["position"])
+        if self.settled(position):
+            return False
+        step = self.new_step(position, spec["name"], kind, int(message["at"]))
+        await self.save(step, events.step_start(self.run.id, step))
+        return True
+
+    async def start_wait(self, message: dict[str, Any]) -> bool:
+        """Register a ``waitForEvent`` with the engine (a notify already sent to this run, with
+        lookback, resolves it at once); ``False`` if it is registered already."""
+        wait = message["wait"]
+        position = int(wait["position"])
+        if self.settled(position):
+            return False
+        at = int(message["at"])
+        step = self.new_step(position, wait["name"], StepType.WAIT, at)
+        step.event_id, step.wake_at = wait["event_id"], at + int(wait["timeout_ms"])
+        update = events.step_start(self.run.id, step)
+        data = await self.engine.wait_event(self.context.lease, step, [update])
+        if data is not None:
+            step.out, step.resolved = data, True
         self.steps[position] = step
         return True
 
-    async def wake_sleep(self) -> None:
-        """Complete a sleep whose time has come; suspend the run until one that has not."""
+    async def keep_plan(self, record: dict[str, Any]) -> bool:
+        """Keep a parallel group's plan step (its history entry); ``False`` if kept already."""
+        target = int(record["targetStep"]) - 1
+        if target in self.plans:
+            return False
+        await self.engine.backend.put_entry(PLANS + self.run.id, f"{target:09d}", dumps(record))
+        self.plans[target] = record
+        return True
+
+    async def make_calls(self) -> Failure | None:
+        """Make the queued ``context.call`` requests; record each answer as its step's result."""
+        while self.calls:
+            key, message = self.calls[0]
+            step = self.steps[int(message["call"]["position"])]
+            if step.state is not StepState.SUCCESS:
+                out = await make_call(message["call"])
+                if isinstance(out, Failure):
+                    return out  # the message stays queued: the retry calls again
+                step.state, step.finished_at, step.out = StepState.SUCCESS, self.context.now(), out
+                await self.save(step, events.step_finish(self.run.id, step))
+            await self.engine.backend.delete_entry(INBOX + self.run.id, key)
+            self.calls.pop(0)
+        return None
+
+    async def settle(self) -> None:
+        """Complete a sleep whose time has come and a wait that was notified or timed out;
+        suspend the run until the next one (a notify makes it due at once)."""
         now = self.context.now()
         for step in sorted(self.steps.values(), key=lambda s: s.position):
-            if step.type not in SLEEPS or step.state is not StepState.PROGRESS:
+            if step.state is not StepState.PROGRESS or step.type not in (*SLEEPS, StepType.WAIT):
                 continue
             assert step.wake_at is not None
-            if step.wake_at > now:
+            if step.type is StepType.WAIT and step.resolved:
+                step.out = dumps({"data": json.loads(step.out or "null"), "timed_out": False})
+            elif step.wake_at > now:
                 self.context.wakes.append(step.wake_at)
                 raise Suspend(step.wake_at)
+            elif step.type is StepType.WAIT:
+                step.out = dumps({"data": None, "timed_out": True})
             step.state, step.finished_at = StepState.SUCCESS, now
-            await self.engine.save_steps(
-                self.context.lease, [step], [events.step_finish(self.run.id, step)]
-            )
+            await self.save(step, events.step_finish(self.run.id, step))
 
     # -- delivering -------------------------------------------------------------------------
 
@@ -188,47 +241,39 @@ class Delivery:
             position += 1
         return position
 
-    def history(self) -> str:
-        """The delivery body: the initial payload, then every finished step as the SDK's
-        record, oldest first (docs/upstash-protocol.md §3)."""
+    def history(self) -> History:
         payload = json.loads(self.run.payload)
         initial = "" if payload is None else payload if isinstance(payload, str) else dumps(payload)
-        items = [raw_step(f"msg_{self.run.id}_0", initial)]
-        for position in range(self.next_position()):
-            step = self.steps[position]
-            record: dict[str, Any] = {
-                "stepId": position + 1,
-                "stepName": step.name,
-                "stepType": step.type.value,
-                "concurrent": 1,
-            }
-            if step.out is not None:
-                record["out"] = step.out
-            items.append(raw_step(f"msg_{self.run.id}_{position + 1}", dumps(record)))
-        return dumps(items)
+        return History(self.run.id, initial, self.steps, self.plans)
 
-    def headers(self, position: int) -> dict[str, str]:
-        retried = self.steps.get(position)
-        headers = {name: value for name, value in self.run.headers.items() if name != RETRIES}
+    def headers(self, message_id: str) -> dict[str, str]:
+        retried = self.steps.get(self.next_position())
+        headers = {
+            name: value
+            for name, value in self.run.headers.items()
+            if not name.startswith(KEPT_APART)
+        }
         headers.update(
             {
                 "upstash-workflow-sdk-version": "1",
                 "upstash-workflow-runid": self.run.id,
                 "upstash-workflow-url": self.url,
                 "upstash-workflow-createdat": str(self.run.created_at),
-                "upstash-message-id": f"msg_{self.run.id}_{position}",
+                "upstash-message-id": message_id,
                 "upstash-retried": str(retried.attempts if retried is not None else 0),
             }
         )
         return headers
 
     async def post(self) -> Failure | None:
-        """Deliver the history once; ``None`` if the endpoint took it (2xx)."""
-        body = self.history()
-        headers = self.headers(self.next_position())
-        key = os.environ.get(CURRENT_KEY_ENV)
-        if key:
-            headers["upstash-signature"] = sign(self.url, body.encode(), key)
+        """Deliver what is due (the history, or each pending plan at once); ``None`` if the
+        endpoint took every delivery (2xx)."""
+        deliveries = self.history().deliveries()
+        failures = await asyncio.gather(*(self.post_one(mid, body) for mid, body in deliveries))
+        return next((failure for failure in failures if failure is not None), None)
+
+    async def post_one(self, message_id: str, body: str) -> Failure | None:
+        headers = signed(self.url, body, self.headers(message_id))
         try:
             answer = await self.engine.http_call(self.url, "POST", body, headers, DELIVERY_TIMEOUT)
         except httpx.HTTPError as exc:
@@ -240,7 +285,8 @@ class Delivery:
 
     async def failed(self, failure: Failure) -> None:
         """Record a failed delivery as a failed attempt of the next step; raise ``Suspend``
-        (retried after a delay) or ``StepFailed`` (the run fails)."""
+        (retried after a delay) or ``StepFailed`` (the run fails, after its failure
+        callback)."""
         now = self.context.now()
         position = self.next_position()
         existing = self.steps.get(position)
@@ -255,7 +301,7 @@ class Delivery:
         step = StepRecord(
             position,
             name,
-            StepType.RUN,
+            existing.type if existing is not None else StepType.RUN,
             StepState.RETRY if retry else StepState.FAILED,
             attempts=attempts,
             started_at=now,
@@ -268,13 +314,43 @@ class Delivery:
             if delay is None:
                 delay = self.engine.registry.get(self.run.workflow).policy.delay(attempts)
             step.wake_at = now + int(delay * 1000)
-        update = events.step_fail(self.run.id, step, will_retry=retry)
-        await self.engine.save_steps(self.context.lease, [step], [update])
-        self.steps[position] = step
+        await self.save(step, events.step_fail(self.run.id, step, will_retry=retry))
         if step.wake_at is not None:
             self.context.wakes.append(step.wake_at)
             raise Suspend(step.wake_at)
+        await self.failure_callback(failure)
         raise StepFailed(name, failure.message, attempts)
+
+    async def failure_callback(self, failure: Failure) -> None:
+        """Call the run's failure URL (the SDK's ``failureFunction`` or ``failureUrl``) with
+        the failing answer (docs §8), once; keep what it answered for the logs."""
+        target = self.run.headers.get(FAILURE_URL)
+        if not target:
+            return
+        headers = {
+            name[len(FAILURE_FORWARD) :]: value
+            for name, value in self.run.headers.items()
+            if name.startswith(FAILURE_FORWARD)
+        }
+        headers.update(
+            {
+                "content-type": "application/json",
+                "upstash-workflow-runid": self.run.id,
+                "upstash-workflow-url": self.url,
+                "upstash-workflow-is-failure": "true",
+                "upstash-workflow-failure-callback": "true",
+            }
+        )
+        message_id = f"msg_{self.run.id}_{self.next_position() + 1}"
+        payload = failure_payload(self.run, self.url, failure, message_id, self.history().initial)
+        outcome = await call_failure_url(target, headers, payload)
+        outcome.update(
+            messageId=message_id,
+            failStatus=failure.status,
+            failResponse=failure.message,
+            failHeaders=payload["header"],
+        )
+        await self.engine.backend.put_entry(FAILURES, self.run.id, dumps(outcome))
 
     def definition_retries(self) -> int:
         return self.engine.registry.get(self.run.workflow).retries
@@ -296,4 +372,5 @@ def failure_of(status: int, answer: dict[str, Any]) -> Failure:
         retry_after = float(headers["retry-after"])
     final = status == 489 and headers.get("upstash-nonretryable-error") == "true"
     step = headers.get("upstash-error-step-name") or None
-    return Failure(message, step, detail, retry_after, final)
+    text = body if isinstance(body, str) else dumps(body)
+    return Failure(message, step, detail, retry_after, final, status, text, headers)

@@ -6,6 +6,10 @@ POST   /qstash/v2/publish/{destination}    one message, its options as request h
 DELETE /qstash/v2/workflows/runs/{id}      ?cancel=false: the SDK ends the run, its result as
                                            the body; ?cancel=true: cancel it
 DELETE /qstash/v2/workflows/runs           client.cancel: ?workflowRunIds=...
+POST   /qstash/v2/wait/{eventId}           context.waitForEvent: the step waits (inbox)
+POST   /qstash/v2/notify/[{runId}/]{eventId}  client.notify / context.notify: Engine.notify
+GET    /qstash/v2/waiters/{eventId}        client.getWaiters
+GET    /qstash/v2/workflows/events         client.logs (``logs.py``)
 
 They sit behind the app's ``Guard``, so they need the API token (``QSTASH_TOKEN`` = the
 stepstream token). Until ``stepstream.upstash.enable`` registered the gateway's workflow, each
@@ -16,15 +20,29 @@ from __future__ import annotations
 
 import json
 import secrets
+from dataclasses import asdict
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
-from stepstream.errors import BadRequest, RunConflict, RunNotFound, StepstreamError
+from stepstream.backends.base import Waiter
+from stepstream.errors import BadRequest, NoWaiters, RunConflict, RunNotFound, StepstreamError
 from stepstream.records import RunState, dumps
-from stepstream.upstash.messages import INBOX, WORKFLOW, Init, StepResult, parse
+from stepstream.upstash import logs
+from stepstream.upstash.messages import (
+    INBOX,
+    WORKFLOW,
+    Call,
+    Init,
+    Message,
+    StepResult,
+    Wait,
+    parse,
+    parse_wait,
+)
+from stepstream.workflow import recovery
 from stepstream.workflow.engine import Engine
 
 MAX_BATCH = 1000
@@ -54,6 +72,11 @@ class Gateway:
                     Route("/v2/publish/{destination:path}", self.publish, methods=["POST"]),
                     Route("/v2/workflows/runs/{run_id}", self.end, methods=["DELETE"]),
                     Route("/v2/workflows/runs", self.cancel_many, methods=["DELETE"]),
+                    Route("/v2/wait/{event_id}", self.wait, methods=["POST"]),
+                    Route("/v2/notify/{event_id}", self.notify, methods=["POST"]),
+                    Route("/v2/notify/{run_id}/{event_id}", self.notify, methods=["POST"]),
+                    Route("/v2/waiters/{event_id}", self.waiters, methods=["GET"]),
+                    Route("/v2/workflows/events", self.logs, methods=["GET"]),
                 ],
             )
         ]
@@ -90,7 +113,7 @@ class Gateway:
             return error(400, str(exc))
         return JSONResponse(answer)
 
-    def parse_batched(self, message: Any) -> Init | StepResult:
+    def parse_batched(self, message: Any) -> Message:
         if not isinstance(message, dict) or not isinstance(message.get("destination"), str):
             raise BadRequest("each batched message needs a destination")
         headers = message.get("headers") or {}
@@ -100,7 +123,7 @@ class Gateway:
         lowered = {str(name).lower(): str(value) for name, value in headers.items()}
         return parse(message["destination"], lowered, body or "", self.engine.clock())
 
-    async def accept(self, message: Init | StepResult) -> dict[str, Any]:
+    async def accept(self, message: Message) -> dict[str, Any]:
         """Act on one parsed message; QStash's answer to it."""
         answer: dict[str, Any] = {"messageId": "msg_" + secrets.token_urlsafe(12)}
         if isinstance(message, Init):
@@ -122,35 +145,100 @@ class Gateway:
             answer["deduplicated"] = True
         return answer
 
-    async def to_inbox(self, message: StepResult) -> bool:
-        """Queue a step result for the run's worker to record; ``False`` if it is a duplicate
-        (the step is recorded, or queued already)."""
+    async def to_inbox(self, message: StepResult | Call | Wait) -> bool:
+        """Queue a step result, plan, call or wait for the run's worker to record; ``False``
+        if it is a duplicate (the step is recorded, or queued already)."""
         run = await self.engine.backend.get_run(message.run_id)
         if run is None or run.workflow != WORKFLOW:
             raise BadRequest(f"no workflow run {message.run_id[:80]} here")
         if run.state is not RunState.STARTED:
             raise BadRequest(f"can not append to a finished workflow run ({run.state.value})")
         recorded = run.step(message.position)
-        if recorded is not None and recorded.state.value == "STEP_SUCCESS":
+        plan = isinstance(message, StepResult) and message.plan
+        if not plan and recorded is not None and recorded.state.value == "STEP_SUCCESS":
             return False
-        out = message.record.get("out")
-        if out is not None and len(out) > self.engine.max_result_bytes:
-            raise BadRequest(
-                f"step {message.record['stepName']!r}'s result is over the limit of "
-                f"{self.engine.max_result_bytes:,} bytes"
-            )
-        entry = {
-            "kind": "step",
-            "record": message.record,
-            "at": self.engine.clock(),
-            "delay_ms": message.delay_ms,
-        }
+        entry: dict[str, Any] = {"at": self.engine.clock()}
+        if isinstance(message, StepResult):
+            self.check_size(message.record)
+            kind = "plan" if plan else "step"
+            entry.update(kind=kind, record=message.record, delay_ms=message.delay_ms)
+        else:
+            kind = "call" if isinstance(message, Call) else "wait"
+            entry.update(kind=kind, **{kind: asdict(message)})
         try:
-            key = f"step-{message.position:09d}"
+            key = f"{'plan' if plan else 'step'}-{message.position:09d}"
             await self.engine.backend.put_entry(INBOX + run.id, key, dumps(entry), create=True)
         except RunConflict:
             return False
         return True
+
+    def check_size(self, record: dict[str, Any]) -> None:
+        out = record.get("out")
+        if out is not None and len(out) > self.engine.max_result_bytes:
+            raise BadRequest(
+                f"step {record['stepName']!r}'s result is over the limit of "
+                f"{self.engine.max_result_bytes:,} bytes"
+            )
+
+    async def wait(self, request: Request) -> Response:
+        """``context.waitForEvent``: the waiting step, queued for the run's worker, which
+        registers it with the engine (so every way of notifying reaches it)."""
+        if not self.enabled:
+            return error(404, OFF)
+        headers = {name.lower(): value for name, value in request.headers.items()}
+        body = (await request.body()).decode(errors="replace")
+        try:
+            wait = parse_wait(request.path_params["event_id"], headers, body)
+            await self.to_inbox(wait)
+        except BadRequest as exc:
+            return error(400, str(exc))
+        return JSONResponse({"messageId": "msg_" + secrets.token_urlsafe(12)})
+
+    async def notify(self, request: Request) -> Response:
+        """``client.notify`` / ``context.notify``: ``Engine.notify`` with the body as the data
+        (JSON if it parses, else the text); with a run id, kept for a wait still to come.
+        ``NotifyResponse[]``: the waiters it released."""
+        if not self.enabled:
+            return error(404, OFF)
+        event_id, run_id = request.path_params["event_id"], request.path_params.get("run_id")
+        text = (await request.body()).decode(errors="replace")
+        before = await recovery.waiters(self.engine, event_id)
+        released = [w for w in before if run_id is None or w.run_id == run_id]
+        try:
+            await self.engine.notify(event_id, logs.parsed(text), run_id)
+        except NoWaiters:
+            return JSONResponse([])
+        except RunNotFound:
+            return error(404, f"no workflow run {str(run_id)[:80]} here")
+        except RunConflict:
+            return error(400, f"workflow run {str(run_id)[:80]} has ended")
+        answer = [
+            {"waiter": await self.waiter(w), "messageId": f"msg_{w.run_id}_{w.position + 1}"}
+            for w in released
+        ]
+        return JSONResponse(answer)
+
+    async def waiters(self, request: Request) -> Response:
+        """``client.getWaiters``: the steps waiting for the event, as QStash's ``Waiter``."""
+        if not self.enabled:
+            return error(404, OFF)
+        found = await recovery.waiters(self.engine, request.path_params["event_id"])
+        return JSONResponse([await self.waiter(waiter) for waiter in found])
+
+    async def waiter(self, waiter: Waiter) -> dict[str, Any]:
+        run = await self.engine.backend.get_run(waiter.run_id)
+        return logs.waiter(waiter, run)
+
+    async def logs(self, request: Request) -> Response:
+        """``client.logs``: gateway runs as ``WorkflowRunLog``s."""
+        if not self.enabled:
+            return error(404, OFF)
+        params = request.query_params
+        try:
+            page = await logs.page(self.engine, params)
+        except BadRequest as exc:
+            return error(400, str(exc))
+        return JSONResponse(page)
 
     async def end(self, request: Request) -> Response:
         """The SDK's ``DELETE /v2/workflows/runs/{id}``: the route function returned (its

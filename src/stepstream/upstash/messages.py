@@ -17,6 +17,8 @@ from stepstream.records import StepType
 
 WORKFLOW = "upstash"  # the built-in workflow every gateway run is a run of
 INBOX = "upstash-inbox:"  # entry kind (+ run id) of the messages a run's worker has to record
+PLANS = "upstash-plans:"  # entry kind (+ run id): a run's parallel plan steps, by target
+FAILURES = "upstash-failures"  # entry kind: what a failed run's failure callback answered
 FORWARD = "upstash-forward-"
 # Headers of the triggering request the SDK forwards but a delivery must not repeat: hop-by-hop
 # ones, and the signature of another body.
@@ -32,11 +34,15 @@ NOT_DELIVERED = frozenset(
     }
 )
 RETRIES = "upstash-retries"  # kept in the run's headers, not delivered
+FAILURE_URL = "upstash-failure-callback"  # kept too: where the failure callback goes
+FAILURE_FORWARD = FAILURE_URL + "-forward-"  # ... with these headers
+KEPT_APART = (RETRIES, FAILURE_URL)  # run headers (prefixes) a step delivery does not send
 # The step kinds this gateway records from a published result (the SDK's names are
 # ``StepType``'s values). Calls, waits, invokes and parallel plans arrive otherwise.
 RECORDED = {kind.value: kind for kind in (StepType.RUN, StepType.SLEEP, StepType.SLEEP_UNTIL)}
 RECORDED["Notify"] = StepType.NOTIFY
 DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+MAX_PARALLEL = 100
 UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 
 
@@ -54,6 +60,32 @@ class Init:
 
 
 @dataclass(frozen=True, slots=True)
+class Call:
+    """``context.call``: the step at ``position`` makes this HTTP request (docs §6)."""
+
+    run_id: str
+    position: int
+    name: str
+    url: str
+    method: str
+    headers: dict[str, str]
+    body: str
+    retries: int
+    timeout_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """``context.waitForEvent``: the step at ``position`` waits for ``event_id`` (docs §7)."""
+
+    run_id: str
+    position: int
+    name: str
+    event_id: str
+    timeout_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class StepResult:
     """The SDK's record of step ``record["stepId"]`` of ``run_id``; a sleep's ``delay_ms``."""
 
@@ -63,11 +95,19 @@ class StepResult:
 
     @property
     def position(self) -> int:
-        """The stepstream position of the step (the SDK counts from 1)."""
-        return int(self.record["stepId"]) - 1
+        """The stepstream position of the step (the SDK counts from 1); a plan's target."""
+        return int(self.record["stepId"] or self.record["targetStep"]) - 1
+
+    @property
+    def plan(self) -> bool:
+        """A parallel group's plan step (``stepId`` 0), not a result."""
+        return bool(self.record["stepId"] == 0)
 
 
-def parse(destination: str, headers: dict[str, str], body: str, now: int) -> Init | StepResult:
+Message = Init | StepResult | Call
+
+
+def parse(destination: str, headers: dict[str, str], body: str, now: int) -> Message:
     """The message published to ``destination``; ``BadRequest`` naming what this gateway does
     not serve (yet)."""
     run_id = headers.get("upstash-workflow-runid")
@@ -77,7 +117,7 @@ def parse(destination: str, headers: dict[str, str], body: str, now: int) -> Ini
             "Upstash-Workflow-RunId): plain QStash messages, queues and schedules are not"
         )
     if "upstash-callback" in headers or headers.get("upstash-workflow-calltype") == "toCallback":
-        raise BadRequest("context.call is not served by the stepstream QStash gateway yet")
+        return _call(run_id, destination, headers, body)
     if headers.get("upstash-workflow-invoke") == "true":
         raise BadRequest("context.invoke is not served by the stepstream QStash gateway yet")
     delay_ms = _delay_ms(headers, now)
@@ -113,10 +153,62 @@ def _run_headers(url: str, headers: dict[str, str]) -> dict[str, str]:
     if "upstash-label" in headers:
         kept["upstash-label"] = headers["upstash-label"]
     if RETRIES in headers:
-        if not headers[RETRIES].isdigit():
-            raise BadRequest(f"Upstash-Retries {headers[RETRIES][:20]!r} is not a count")
-        kept[RETRIES] = headers[RETRIES]
+        kept[RETRIES] = str(_count(headers, RETRIES, 3))
+    for name, value in headers.items():
+        if name == FAILURE_URL or name.startswith(FAILURE_FORWARD):
+            kept[name] = value
     return kept
+
+
+def _count(headers: dict[str, str], name: str, default: int) -> int:
+    text = headers.get(name, str(default)).strip()
+    if not text.isdigit():
+        raise BadRequest(f"{name} {text[:20]!r} is not a count")
+    return int(text)
+
+
+def _call(run_id: str, url: str, headers: dict[str, str], body: str) -> Call:
+    """The request of a ``context.call`` message; its step from the callback's headers."""
+    step = "upstash-callback-forward-upstash-workflow-"
+    step_id, name = headers.get(step + "stepid", ""), headers.get(step + "stepname", "")
+    if not step_id.isdigit() or int(step_id) < 1 or not name:
+        raise BadRequest("a context.call message needs its step's id and name")
+    if headers.get(step + "concurrent", "1") != "1":
+        raise BadRequest("context.call inside parallel steps is not served by this gateway yet")
+    if not url.startswith(("http://", "https://")):
+        raise BadRequest(f"context.call needs an http(s) URL, not {url[:80]!r}")
+    timeout = headers.get("upstash-timeout")
+    return Call(
+        run_id,
+        int(step_id) - 1,
+        name,
+        url,
+        headers.get("upstash-method", "POST").upper(),
+        {n[len(FORWARD) :]: v for n, v in headers.items() if n.startswith(FORWARD)},
+        body,
+        _count(headers, RETRIES, 0),
+        None if not timeout else duration_ms(timeout, "Upstash-Timeout"),
+    )
+
+
+def parse_wait(event_id: str, headers: dict[str, str], body: str) -> Wait:
+    """``POST /v2/wait/{eventId}``: the waiting step, from the body's ``step``."""
+    run_id = headers.get("upstash-workflow-runid")
+    try:
+        request = json.loads(body)
+        step = request["step"]
+        position, name = int(step["stepId"]) - 1, str(step["stepName"])
+    except (ValueError, TypeError, KeyError):
+        raise BadRequest("a wait needs the SDK's JSON body with its step") from None
+    if not run_id or position < 0 or not name or not event_id:
+        raise BadRequest("a wait needs Upstash-Workflow-RunId, an event id and a step")
+    if step.get("concurrent", 1) != 1 or step.get("stepType") != "Wait":
+        raise BadRequest(
+            f"a {str(step.get('stepType'))[:40]} wait or a wait inside parallel steps is not "
+            "served by the stepstream QStash gateway yet"
+        )
+    timeout = request.get("timeout") or "7d"
+    return Wait(run_id, position, name, event_id, duration_ms(str(timeout), "timeout"))
 
 
 def _labels(headers: dict[str, str]) -> list[str]:
@@ -131,17 +223,16 @@ def _record(body: str) -> dict[str, Any]:
     if not isinstance(record, dict):
         raise BadRequest("a step message's body must be a JSON object (the SDK's step record)")
     step_id, name = record.get("stepId"), record.get("stepName")
-    if step_id == 0:
-        raise BadRequest("parallel steps are not served by the stepstream QStash gateway yet")
-    if type(step_id) is not int or step_id < 1 or not isinstance(name, str) or not name:
+    concurrent, target = record.get("concurrent", 1), record.get("targetStep")
+    if step_id == 0 or concurrent != 1:
+        _check_parallel(record, step_id, concurrent, target)
+    elif type(step_id) is not int or step_id < 1 or not isinstance(name, str) or not name:
         raise BadRequest("a step record needs an integer stepId >= 1 and a stepName")
     if record.get("stepType") not in RECORDED:
         raise BadRequest(
             f"step type {str(record.get('stepType'))[:40]!r} is not served by the stepstream "
             f"QStash gateway yet (it records {', '.join(RECORDED)})"
         )
-    if record.get("concurrent", 1) != 1:
-        raise BadRequest("parallel steps are not served by the stepstream QStash gateway yet")
     out = record.get("out")
     if out is not None:
         try:
@@ -149,6 +240,21 @@ def _record(body: str) -> dict[str, Any]:
         except (TypeError, ValueError):
             raise BadRequest("a step record's out must be JSON text") from None
     return record
+
+
+def _check_parallel(record: dict[str, Any], step_id: Any, concurrent: Any, target: Any) -> None:
+    """A plan (``stepId`` 0, ``targetStep``) or a result of a parallel group: ``context.run``
+    steps only, for now."""
+    if type(concurrent) is not int or not 1 < concurrent <= MAX_PARALLEL:
+        raise BadRequest(f"a parallel step's concurrent must be 2 to {MAX_PARALLEL}")
+    position = target if step_id == 0 else step_id
+    if type(position) is not int or position < 1 or not record.get("stepName"):
+        raise BadRequest("a parallel step needs a targetStep (plan) or stepId >= 1, and a name")
+    if record.get("stepType") != "Run":
+        raise BadRequest(
+            f"parallel {str(record.get('stepType'))[:40]} steps are not served by the "
+            "stepstream QStash gateway yet (parallel context.run steps are)"
+        )
 
 
 def _delay_ms(headers: dict[str, str], now: int) -> int | None:
@@ -160,11 +266,15 @@ def _delay_ms(headers: dict[str, str], now: int) -> int | None:
         except ValueError:
             raise BadRequest("Upstash-Not-Before must be unix seconds") from None
     text = headers.get("upstash-delay", "").strip()
-    if not text:
-        return None
+    return duration_ms(text, "Upstash-Delay") if text else None
+
+
+def duration_ms(text: str, what: str) -> int:
+    """``"10s"``, ``"1h30m"`` or bare seconds, in ms."""
+    text = text.strip()
     if text.isdigit():
         return int(text) * 1000
     parts = DURATION.findall(text)
     if not parts or "".join(n + u for n, u in parts) != text:
-        raise BadRequest(f"Upstash-Delay {text[:40]!r} is not a duration such as 10s or 1h30m")
+        raise BadRequest(f"{what} {text[:40]!r} is not a duration such as 10s or 1h30m")
     return int(sum(float(number) * UNIT_MS[unit] for number, unit in parts))

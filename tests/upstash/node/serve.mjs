@@ -72,6 +72,7 @@ const WORKFLOWS = {
         timeout,
       });
       await context.notify("echo", `${eventId}-echo`, { got: eventData }, context.workflowRunId);
+      await body("waiter", context, "after", () => "after");
       return { eventData, timedOut };
     },
     {},

@@ -1,0 +1,103 @@
+"""A run's history as QStash delivers it: the messages of the run in order, each a raw step
+``{messageId, body: base64, callType}`` (docs/upstash-protocol.md §3, §4 "Parallel steps").
+
+Recorded stepstream steps become the SDK's step records again: a wait's result is the base64
+event data (or ``waitTimeout``), a parallel group's plan steps come before its results.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from stepstream.records import StepRecord, StepState, StepType, dumps
+from stepstream.upstash.outbound import b64
+
+Entry = tuple[str, dict[str, Any] | str]  # message id, step record (or the initial payload)
+
+
+def raw_step(message_id: str, text: str) -> dict[str, str]:
+    return {"messageId": message_id, "body": b64(text), "callType": "step"}
+
+
+def sdk_record(step: StepRecord, concurrent: int) -> dict[str, Any]:
+    """The SDK's record of a finished step."""
+    record: dict[str, Any] = {
+        "stepId": step.position + 1,
+        "stepName": step.name,
+        "stepType": step.type.value,
+        "concurrent": concurrent,
+    }
+    if step.type is StepType.WAIT:
+        record["waitEventId"] = step.event_id
+        result = json.loads(step.out or "{}")
+        if result.get("timed_out"):
+            record["waitTimeout"] = True
+        else:
+            data = result.get("data")
+            record["out"] = b64(data if isinstance(data, str) else dumps(data))
+    elif step.out is not None:
+        record["out"] = step.out
+    return record
+
+
+@dataclass
+class History:
+    """What run ``run_id`` holds: its initial payload text, its steps by position and its
+    parallel plans by target position."""
+
+    run_id: str
+    initial: str
+    steps: dict[int, StepRecord]
+    plans: dict[int, dict[str, Any]]
+
+    def done(self, position: int) -> bool:
+        step = self.steps.get(position)
+        return step is not None and step.state is StepState.SUCCESS
+
+    def message_id(self, position: int, *, plan: bool = False) -> str:
+        return f"msg_{self.run_id}_{'p' if plan else ''}{position + 1}"
+
+    def entries(self) -> tuple[list[Entry], list[int]]:
+        """The run's messages in order, up to the first step not done; and the targets of an
+        unfinished parallel group's plans, still to run."""
+        entries: list[Entry] = [(f"msg_{self.run_id}_0", self.initial)]
+        position = 0
+        while True:
+            if position in self.plans:
+                size = int(self.plans[position]["concurrent"])
+                group = [p for p in range(position, position + size) if p in self.plans]
+                entries += [(self.message_id(p, plan=True), self.plans[p]) for p in group]
+                done = [p for p in group if self.done(p)]
+                entries += [(self.message_id(p), sdk_record(self.steps[p], size)) for p in done]
+                if len(done) < size:
+                    return entries, [p for p in group if not self.done(p)]
+                position += size
+            elif self.done(position):
+                entries.append((self.message_id(position), sdk_record(self.steps[position], 1)))
+                position += 1
+            else:
+                return entries, []
+
+    def body(self, entries: list[Entry]) -> str:
+        return dumps(
+            [
+                raw_step(mid, entry if isinstance(entry, str) else dumps(entry))
+                for mid, entry in entries
+            ]
+        )
+
+    def deliveries(self) -> list[tuple[str, str]]:
+        """What to deliver now, as ``(message id, body)``: the whole history; or, while a
+        parallel group runs, one delivery per plan still to run, its history ending with that
+        plan (the SDK then runs that plan's step)."""
+        entries, pending = self.entries()
+        if not pending:
+            return [(entries[-1][0], self.body(entries))]
+        out = []
+        for target in pending:
+            plan_id = self.message_id(target, plan=True)
+            cut = next(i for i, (mid, _) in enumerate(entries) if mid == plan_id)
+            out.append((plan_id, self.body(entries[: cut + 1])))  # plans precede results
+        return out
