@@ -24,7 +24,7 @@ from stepstream.errors import (
     error_body,
 )
 from stepstream.records import RunState
-from stepstream.server.filters import run_filter
+from stepstream.server.filters import query_filter
 from stepstream.server.openapi import OPENAPI
 from stepstream.server.wire import (
     Canceled,
@@ -170,10 +170,7 @@ class JSONApi:
         cursor = params.get("cursor")
         if cursor is not None and (not _digits(cursor) or int(cursor) >= 2**63):
             raise ValidationError("cursor must be the value returned by the previous page")
-        labels = params.getlist("label")
-        if len(labels) > 1:
-            raise ValidationError("filter by one label at a time: give ?label= once")
-        where = run_filter({**params, "label": labels[0] if labels else None})
+        where = query_filter(params)
         page = await read_runs(self.engine, where, cursor=cursor, count=int(count))
         return JSONResponse(page)
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from starlette.datastructures import QueryParams
+
 from stepstream.backends.base import RunFilter
 from stepstream.errors import ValidationError
 
@@ -27,6 +29,18 @@ def run_filter(given: Mapping[str, Any]) -> RunFilter:
         created_after=epoch_ms(given.get("createdAfter"), "createdAfter"),
         created_before=epoch_ms(given.get("createdBefore"), "createdBefore"),
     )
+
+
+def query_filter(params: QueryParams) -> RunFilter:
+    """The ``RunFilter`` of ``GET /api/runs``' query: each field given at most once (a second
+    value would otherwise be silently dropped)."""
+    given: dict[str, str | None] = {}
+    for name in FILTER_FIELDS:
+        values = params.getlist(name)
+        if len(values) > 1:
+            raise ValidationError(f"give ?{name}= once: runs are filtered by one {name} at a time")
+        given[name] = values[0] if values else None
+    return run_filter(given)
 
 
 def epoch_ms(value: Any, name: str) -> int | None:

@@ -10,23 +10,48 @@ from typing import Any
 
 from stepstream.errors import ERROR_CODES
 from stepstream.records import RunState, StepState, StepType
-from stepstream.server.openapi_common import ANY_JSON, EPOCH_MS
+from stepstream.server.openapi_common import (
+    ANY_JSON,
+    EPOCH_MS,
+    LABEL,
+    RUN_FILTER,
+    RUN_ID_IN_PATH,
+    merged_paths,
+)
 from stepstream.server.openapi_common import error as _error
 from stepstream.server.openapi_common import json_body as _json
 from stepstream.server.openapi_common import nullable as _nullable
 from stepstream.server.openapi_common import obj as _object
 from stepstream.server.openapi_common import ref as _ref
+from stepstream.server.openapi_common import run_link as _run_link
+from stepstream.server.openapi_recovery import RECOVERY_PATHS, RECOVERY_SCHEMAS
 from stepstream.server.openapi_schedules import SCHEDULE_PATHS, SCHEDULE_SCHEMAS
 from stepstream.version import __version__
+from stepstream.workflow.engine import MAX_LABELS
 
 RUN_ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}$"}
-
-
-def _run_link(operation_id: str) -> dict[str, Any]:
-    return {
-        "operationId": operation_id,
-        "parameters": {"run_id": "$response.body#/workflowRunId"},
-    }
+STATUS = ["queued", "scheduled", "running", "retrying", "waiting"]  # not finished
+STATUS += ["succeeded", "failed", "canceled"]  # finished
+# A run as ``GET /api/runs`` lists it (every field always present); its log
+# (``GET /api/runs/{id}``) adds payload, result and steps.
+RUN_SUMMARY = {
+    "workflowRunId": {"type": "string"},
+    "workflowName": {"type": "string"},
+    "workflowState": {"enum": [s.value for s in RunState]},
+    "workflowRunCreatedAt": EPOCH_MS,
+    "workflowRunCompletedAt": _nullable(EPOCH_MS),
+    "error": _nullable({"type": "string"}),
+    "invoker": _nullable({"type": "string"}),
+    "flowControl": _nullable(_ref("FlowControl")),
+    "status": {
+        "enum": STATUS,
+        "description": "what the run is doing now (listed runs: without step details)",
+    },
+    "waitingFor": _nullable({"enum": ["sleep", "event", "childRun", "flowControl"]}),
+    "labels": {"type": "array", "items": LABEL, "maxItems": MAX_LABELS},
+    "restartedFrom": _nullable({"type": "string", "description": "the run this one restarts"}),
+    "forkedFrom": _nullable({"type": "string", "description": "the run it was forked from"}),
+}
 
 
 SCHEMAS: dict[str, Any] = {
@@ -85,49 +110,18 @@ SCHEMAS: dict[str, Any] = {
             "period": {"type": "number", "description": "seconds"},
         }
     ),
+    "RunSummary": _object(RUN_SUMMARY),
     "RunLog": _object(
         {
-            "workflowRunId": {"type": "string"},
-            "workflowName": {"type": "string"},
-            "workflowState": {"enum": [s.value for s in RunState]},
-            "workflowRunCreatedAt": EPOCH_MS,
-            "workflowRunCompletedAt": _nullable(EPOCH_MS),
+            **RUN_SUMMARY,
             "requestPayload": ANY_JSON,
             "workflowRunResponse": ANY_JSON,
-            "error": _nullable({"type": "string"}),
-            "invoker": _nullable({"type": "string"}),
-            "flowControl": _nullable(_ref("FlowControl")),
-            "status": {
-                "enum": [
-                    "queued",
-                    "scheduled",
-                    "running",
-                    "retrying",
-                    "waiting",
-                    "succeeded",
-                    "failed",
-                    "canceled",
-                ],
-                "description": "what the run is doing now (listed runs: without step details)",
-            },
-            "waitingFor": _nullable({"enum": ["sleep", "event", "childRun", "flowControl"]}),
             "steps": {"type": "array", "items": _ref("Step")},
-        },
-        required=[
-            "workflowRunId",
-            "workflowName",
-            "workflowState",
-            "workflowRunCreatedAt",
-            "workflowRunCompletedAt",
-            "requestPayload",
-            "workflowRunResponse",
-            "error",
-            "steps",
-        ],
+        }
     ),
     "RunPage": _object(
         {
-            "runs": {"type": "array", "items": _ref("RunLog")},
+            "runs": {"type": "array", "items": _ref("RunSummary")},
             "cursor": _nullable({"type": "string"}),
         }
     ),
@@ -146,7 +140,6 @@ PAYLOAD = {
     "description": "any JSON value (an empty body is null); at most the configured size",
     "content": {"application/json": {"schema": ANY_JSON}},
 }
-RUN_ID_IN_PATH = {"name": "run_id", "in": "path", "required": True, "schema": {"type": "string"}}
 
 FLOW_PARAMETERS = [
     {
@@ -215,6 +208,14 @@ PATHS: dict[str, Any] = {
                     "description": "seconds before the run starts",
                     "schema": {"type": "number", "minimum": 0, "maximum": 366 * 24 * 3600},
                 },
+                {
+                    "name": "label",
+                    "in": "query",
+                    "description": f"a label to find the run by (repeatable, at most {MAX_LABELS})",
+                    "style": "form",
+                    "explode": True,
+                    "schema": {"type": "array", "items": LABEL, "maxItems": MAX_LABELS},
+                },
                 *FLOW_PARAMETERS,
             ],
             "requestBody": PAYLOAD,
@@ -232,7 +233,8 @@ PATHS: dict[str, Any] = {
                 "413": _error("the body is over the size limit"),
                 "415": _error("a body not sent as application/json"),
                 "422": _error(
-                    "a bad workflowRunId, delay or flow control, or a payload JSON cannot hold"
+                    "a bad workflowRunId, delay, label or flow control, or a payload JSON cannot "
+                    "hold"
                 ),
             },
         }
@@ -242,8 +244,7 @@ PATHS: dict[str, Any] = {
             "summary": "Runs, newest first (their steps are left out: read one run for them)",
             "operationId": "listRuns",
             "parameters": [
-                {"name": "state", "in": "query", "schema": {"enum": [s.value for s in RunState]}},
-                {"name": "workflow", "in": "query", "schema": {"type": "string"}},
+                *({"name": name, "in": "query", "schema": f} for name, f in RUN_FILTER.items()),
                 {
                     "name": "count",
                     "in": "query",
@@ -258,7 +259,7 @@ PATHS: dict[str, Any] = {
             ],
             "responses": {
                 "200": _json(_ref("RunPage"), "a page of runs"),
-                "422": _error("a bad filter, count or cursor"),
+                "422": _error("a bad or repeated filter, a bad count or cursor"),
             },
         }
     },
@@ -358,6 +359,7 @@ PATHS: dict[str, Any] = {
                 {
                     "name": "channel",
                     "in": "query",
+                    "description": "stepstream:runs: runs.update (RunsUpdate) on each run's change",
                     "style": "form",
                     "explode": True,
                     "schema": {"type": "array", "items": {"type": "string"}},
@@ -474,13 +476,13 @@ OPENAPI: dict[str, Any] = {
         "is backend_unavailable, or app_not_started on every route of an app mounted in another "
         "one whose lifespan has not run.",
     },
-    "paths": {**PATHS, **SCHEDULE_PATHS},
+    "paths": merged_paths(PATHS, SCHEDULE_PATHS, RECOVERY_PATHS),
     # A bearer token is needed only when the server was given one (STEPSTREAM_TOKEN). Without
     # one, only loopback Host names are served (403 otherwise), and with or without, a write
     # from another origin is a 403 unless the app lists it in cors_origins.
     "security": [{}, {"bearer": []}],
     "components": {
-        "schemas": {**SCHEMAS, **SCHEDULE_SCHEMAS},
+        "schemas": {**SCHEMAS, **SCHEDULE_SCHEMAS, **RECOVERY_SCHEMAS},
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
     },
 }

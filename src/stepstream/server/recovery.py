@@ -111,8 +111,14 @@ class RecoveryApi:
 
 def selection_from(body: Any) -> Selection:
     """The runs a bulk request's body names, or a ``ValidationError`` saying what to send."""
-    if not isinstance(body, dict) or set(body) not in ({"ids"}, {"filter"}):
-        raise ValidationError(f"the body must be a JSON object with one field: {BULK_USAGE}")
+    if not isinstance(body, dict):
+        raise ValidationError(f"the body must be a JSON object, not {_kind(body)}: {BULK_USAGE}")
+    unknown = sorted(set(body) - {"ids", "filter"})
+    if unknown:
+        raise ValidationError(f"unknown fields {', '.join(unknown)}: {BULK_USAGE}")
+    if len(body) != 1:
+        which = "not both" if body else "got neither"
+        raise ValidationError(f'give "ids" or "filter", {which}: {BULK_USAGE}')
     if "ids" in body:
         ids = body["ids"]
         if not isinstance(ids, list) or not all(isinstance(i, str) and i for i in ids):
@@ -125,3 +131,11 @@ def selection_from(body: Any) -> Selection:
     if unknown:
         raise ValidationError(f"unknown filter fields {', '.join(unknown)}: {BULK_USAGE}")
     return Selection(where=run_filter(given))
+
+
+def _kind(value: Any) -> str:
+    """What a JSON value is, for a message."""
+    if value is None:
+        return "empty (or null)"
+    kinds = {bool: "a boolean", str: "a string", list: "a list", int: "a number", float: "a number"}
+    return kinds.get(type(value), type(value).__name__)

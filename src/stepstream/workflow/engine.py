@@ -99,9 +99,14 @@ def checked_labels(labels: Sequence[str]) -> list[str]:
     if len(kept) > MAX_LABELS:
         raise ValidationError(f"a run takes at most {MAX_LABELS} labels, got {len(kept)}")
     for label in kept:
-        if not isinstance(label, str) or not 1 <= len(label) <= MAX_LABEL_LENGTH:
+        if (
+            not isinstance(label, str)
+            or not 1 <= len(label) <= MAX_LABEL_LENGTH
+            or any(ord(ch) < 32 or ord(ch) == 127 for ch in label)
+        ):
             raise ValidationError(
-                f"label {label!r:.60} must be a string of 1 to {MAX_LABEL_LENGTH} characters"
+                f"label {label!r:.60} must be a string of 1 to {MAX_LABEL_LENGTH} characters, "
+                "none of them control characters"
             )
     return kept
 
