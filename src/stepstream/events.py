@@ -58,15 +58,23 @@ WorkflowUpdate = Annotated[
 """The schema leaf of ``workflow.update``: one of the five payloads, chosen by ``type``."""
 
 
-class RunsUpdate(BaseModel):
-    """``runs.update`` on the ``stepstream:runs`` feed: a run changed state (``None``:
-    deleted). Live run lists reload on it."""
+class RunChange(BaseModel):
+    """One run's new state on the runs feed (``None``: deleted)."""
 
     model_config = ConfigDict(extra="allow")
 
-    type: Literal["runState"]
     workflowRunId: str
     workflowState: str | None
+
+
+class RunsUpdate(BaseModel):
+    """``runs.update`` on the ``stepstream:runs`` feed: runs that changed state in the last
+    moment, oldest first. Live run lists reload on it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["runStates"]
+    changes: list[RunChange]
     timestamp: int
 
 
@@ -95,16 +103,14 @@ def run_start(run_id: str, at: int, *, resumed: bool = False) -> Emit:
     return _emit(run_id, fields)
 
 
-def run_state(run_id: str, state: RunState | None, at: int) -> str:
-    """The ``runs.update`` payload (JSON text): ``run_id`` is in ``state`` since ``at``."""
-    return dumps(
-        {
-            "type": "runState",
-            "workflowRunId": run_id,
-            "workflowState": None if state is None else state.value,
-            "timestamp": at,
-        }
-    )
+def run_states(changes: list[tuple[str, RunState | None]], at: int) -> str:
+    """The ``runs.update`` payload (JSON text): each run of ``changes`` in its new state
+    (``None``: deleted), announced ``at``."""
+    listed = [
+        {"workflowRunId": run_id, "workflowState": None if state is None else state.value}
+        for run_id, state in changes
+    ]
+    return dumps({"type": "runStates", "changes": listed, "timestamp": at})
 
 
 def run_finish(run_id: str, at: int, state: RunState, error: str | None = None) -> Emit:

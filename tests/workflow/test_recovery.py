@@ -222,8 +222,8 @@ async def test_every_run_state_change_is_announced_on_the_runs_feed(harness: Har
     feed = workflows.realtime.channel(RUNS_FEED)
 
     async def announced() -> bool:
-        changes = [m.data for m in await feed.history() if m.data["workflowRunId"] == run_id]
-        return [c["workflowState"] for c in changes] == [
+        changes = [c for m in await feed.history() for c in m.data["changes"]]
+        return [c["workflowState"] for c in changes if c["workflowRunId"] == run_id] == [
             "RUN_STARTED",
             "RUN_FAILED",
             "RUN_STARTED",

@@ -46,15 +46,23 @@ RECOVERY_SCHEMAS: dict[str, Any] = {
     "RunsUpdate": {
         **obj(
             {
-                "type": {"const": "runState"},
-                "workflowRunId": {"type": "string"},
-                "workflowState": nullable({"enum": [s.value for s in RunState]}),
+                "type": {"const": "runStates"},
+                "changes": {
+                    "type": "array",
+                    "items": obj(
+                        {
+                            "workflowRunId": {"type": "string"},
+                            "workflowState": nullable({"enum": [s.value for s in RunState]}),
+                        }
+                    ),
+                },
                 "timestamp": EPOCH_MS,
             }
         ),
-        "description": "the data of runs.update on the channel stepstream:runs: a run started, "
-        "finished, was canceled, resumed or deleted (workflowState null); best effort (the "
-        "latest 1,000 kept): reload GET /api/runs on it",
+        "description": "the data of runs.update on the channel stepstream:runs: the runs that "
+        "started, finished, were canceled, resumed or deleted (workflowState null) in the last "
+        "0.1 s of one process; best effort (the latest 1,000 events kept): reload GET /api/runs "
+        "on it",
     },
     "Waiter": obj(
         {

@@ -66,6 +66,7 @@ RUN_ID = re.compile(r"[A-Za-z0-9_\-]{1,128}")
 RUNS_FEED = "stepstream:runs"  # the channel announcing every run state change (live run lists)
 RUNS_FEED_EVENT = "runs.update"
 RUNS_FEED_POLICY = HistoryPolicy(max_length=1000)
+RUNS_FEED_WINDOW = 0.1  # seconds of run changes one runs.update event announces together
 PAUSED = "paused-workflow"  # the entries kind of paused workflows
 PARK_SECONDS = 30  # how often a stuck run (non-determinism, unknown workflow) is looked at again
 STEP_THREADS = 64  # synchronous step bodies running at once, per process
@@ -166,6 +167,7 @@ class Engine:
         self._opened = False
         self._wakers: list[Callable[[], None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._changes: list[tuple[str, RunState | None]] = []  # not announced yet
         self._http: httpx.AsyncClient | None = None
         self._threads: ThreadPoolExecutor | None = None
         self.park_seconds: float = PARK_SECONDS
@@ -226,20 +228,27 @@ class Engine:
 
     def announce(self, run_id: str, state: RunState | None) -> None:
         """Tell live run lists (the ``RUNS_FEED`` channel) that ``run_id`` changed to ``state``
-        (``None``: deleted). Best effort, after the change and not awaited: a list that misses
-        one still shows the truth at its next refresh."""
+        (``None``: deleted). Best effort, after the change and not awaited: the changes of
+        ``RUNS_FEED_WINDOW`` go out as one event (one write for a burst of runs, on a channel
+        every process writes to), and a list that misses one is right at its next refresh."""
         if self.realtime is None:
             return
-        raw = events.run_state(run_id, state, self.clock())
-        task = asyncio.get_running_loop().create_task(self._announce(raw))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._changes.append((run_id, state))
+        if len(self._changes) == 1:
+            task = asyncio.get_running_loop().create_task(self._announce())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
-    async def _announce(self, raw: str) -> None:
+    async def _announce(self) -> None:
+        try:
+            await asyncio.sleep(RUNS_FEED_WINDOW)
+        finally:  # canceled (the loop is closing): those changes go unannounced
+            changes, self._changes = self._changes, []
+        raw = events.run_states(changes, self.clock())
         try:
             await self.backend.append(RUNS_FEED, RUNS_FEED_EVENT, raw, RUNS_FEED_POLICY)
         except StepstreamError as exc:
-            log.debug("announcing a run change failed: %s", exc)
+            log.debug("announcing run changes failed: %s", exc)
 
     async def _wake_others(self) -> None:
         with contextlib.suppress(StepstreamError):  # best effort: workers also poll
