@@ -198,12 +198,20 @@ async def test_parallel_steps(node: str, tmp_path: Path) -> None:
 async def test_what_is_not_served_answers_400_naming_it(tmp_path: Path) -> None:
     run = {"Upstash-Workflow-RunId": "wfr_unsupported", "Upstash-Workflow-Init": "false"}
     plan = {"stepId": 0, "stepName": "s", "stepType": "SleepFor", "concurrent": 2, "targetStep": 1}
+    invoked = {"stepId": 1, "stepName": "i", "stepType": "Invoke", "concurrent": 2}
     async with (
         stepstream_server(tmp_path / "refused.db", workers=0) as base,
         httpx.AsyncClient(timeout=10) as client,
     ):
         refused = {
-            "context.invoke": {"headers": {**run, "Upstash-Workflow-Invoke": "true"}, "body": "{}"},
+            "context.invoke inside parallel steps": {
+                "headers": {
+                    **run,
+                    "Upstash-Workflow-Init": "true",
+                    "Upstash-Workflow-Invoke": "true",
+                },
+                "body": json.dumps({"workflowRunId": "wfr_parent", "step": invoked}),
+            },
             "parallel SleepFor": {"headers": run, "body": json.dumps(plan)},
         }
         for what, message in refused.items():

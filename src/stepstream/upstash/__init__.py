@@ -51,8 +51,18 @@ How it maps onto the engine (docs/upstash-protocol.md has the protocol):
 - **Parallel steps**: the plans are kept per run; each plan still to run gets its own delivery
   (all at once), the results are recorded at their positions, then the whole history goes.
 
-Not served yet (the routes answer 400 naming it): ``invoke``, webhooks, parallel steps other
-than ``context.run``, the DLQ APIs, plain QStash messages.
+- **``context.invoke``** starts the child as a gateway run with the invoking run as its
+  parent (``Engine.trigger(parent=...)``): the child's end resolves the invoke step, as for a
+  native invoke, and the history hands the SDK ``{body, isFailed, isCanceled}``.
+- **The DLQ** is the failed gateway runs (``dlqId`` = run id): resume and restart are
+  ``recovery.resume`` / ``recovery.restart``; the failure callback is kept to be sent again
+  (``dlq.py``).
+- **Flow control** (``Upstash-Flow-Control-*``) is the run's ``FlowLimits``: a delivery is
+  the step execution that takes a slot. **Retry delays** (``Upstash-Retry-Delay``) are
+  evaluated by a whitelisting ``ast`` walker (``delay.py``).
+
+Not served yet (the routes answer 400 naming it): webhooks (``waitForWebhook``), parallel
+steps other than ``context.run``, invoke inside parallel steps, plain QStash messages.
 
 The run's ``workflow`` is ``upstash`` for every endpoint: workers claim runs by the exact names
 registered with them, so a per-endpoint name would need each worker to know every endpoint.
@@ -62,6 +72,7 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute
 
+from stepstream.upstash.allow import POLICIES, Allow
 from stepstream.upstash.delivery import Delivery
 from stepstream.upstash.gateway import Gateway
 from stepstream.upstash.messages import WORKFLOW
@@ -71,15 +82,20 @@ from stepstream.workflow.engine import Engine, HasEngine, engine_of
 __all__ = ["WORKFLOW", "enable", "gateway_routes"]
 
 
-def enable(workflows: Engine | HasEngine, *, retries: int = 3) -> None:
+def enable(
+    workflows: Engine | HasEngine, *, retries: int = 3, allow: list[str] | None = None
+) -> None:
     """Serve ``@upstash/workflow`` apps: register the gateway's built-in workflow (``upstash``)
     so this process's workers deliver gateway runs, and ``/qstash`` answers. Call it on the
     ``Workflows`` of the server and of every worker process. ``retries``: delivery retries of a
-    run whose trigger gave no ``Upstash-Retries``. Idempotent.
+    run whose trigger gave no ``Upstash-Retries``. ``allow``: the URL prefixes deliveries,
+    failure callbacks and ``context.call`` may reach (default ``$STEPSTREAM_UPSTASH_ALLOW``,
+    comma separated, else any http(s) URL; see ``allow.py``). Idempotent.
 
     >>> # stepstream.upstash.enable(workflows); app = workflows.asgi()
     """
     engine = engine_of(workflows)
+    POLICIES[engine] = Allow.of(allow)
     if engine.registry.find(WORKFLOW) is not None:
         return
 

@@ -14,28 +14,31 @@ result.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from stepstream import events
-from stepstream.errors import NonRetryableError, StepFailed
-from stepstream.records import Emit, StepRecord, StepState, StepType, dumps
+from stepstream.errors import NonRetryableError, RunConflict, StepFailed, ValidationError
+from stepstream.records import FLOW_CONTROL, Emit, StepRecord, StepState, StepType, dumps
+from stepstream.upstash.allow import policy_of
+from stepstream.upstash.delay import parse_delay, retry_delay_ms
+from stepstream.upstash.dlq import failure_call
 from stepstream.upstash.history import History
 from stepstream.upstash.messages import (
-    FAILURE_FORWARD,
-    FAILURE_URL,
-    FAILURES,
     INBOX,
     KEPT_APART,
     PLANS,
     RECORDED,
     RETRIES,
+    RETRY_DELAY,
+    WORKFLOW,
+    Init,
 )
 from stepstream.upstash.outbound import (
     Failure,
-    call_failure_url,
     failure_payload,
     make_call,
     signed,
@@ -48,6 +51,7 @@ if TYPE_CHECKING:
 
 DELIVERY_TIMEOUT = 60.0  # seconds an endpoint may take to answer one delivery
 SLEEPS = (StepType.SLEEP, StepType.SLEEP_UNTIL)
+WAITING = (*SLEEPS, StepType.WAIT, StepType.INVOKE)  # steps under way that the loop completes
 UNNAMED = "delivery"  # a failed attempt's name until the SDK names the step (or never does)
 MAX_ERRORS = 20
 MAX_DETAIL = 8000
@@ -91,7 +95,12 @@ class Delivery:
             if failure is not None:
                 await self.failed(failure)  # raises: retry later, or the run fails
             await self.settle()
-            failure = await self.post()
+            slot = await self.take_slot()
+            try:
+                failure = await self.post()
+            finally:
+                if slot is not None:
+                    await self.engine.release_slot(self.run.id, *slot)
             posted = True
 
     # -- recording what the SDK published -----------------------------------------------------
@@ -116,6 +125,8 @@ class Delivery:
                 continue
             elif message["kind"] == "wait":
                 fresh = await self.start_wait(message) or fresh
+            elif message["kind"] == "invoke":
+                fresh = await self.start_invoke(message) or fresh
             elif message["kind"] == "plan":
                 fresh = await self.keep_plan(message["record"]) or fresh
             else:
@@ -128,7 +139,11 @@ class Delivery:
     def settled(self, position: int) -> bool:
         """Whether ``position`` holds a finished step, or one under way (sleep, wait, call)."""
         existing = self.steps.get(position)
-        return existing is not None and existing.state in (StepState.SUCCESS, StepState.PROGRESS)
+        return (
+            existing is not None
+            and existing.state in (StepState.SUCCESS, StepState.PROGRESS)
+            and existing.waiting_for != FLOW_CONTROL
+        )
 
     async def record(self, message: dict[str, Any]) -> bool:
         """Record one published step result, with its events, in one write; ``False`` if its
@@ -191,6 +206,33 @@ class Delivery:
         self.steps[position] = step
         return True
 
+    async def start_invoke(self, message: dict[str, Any]) -> bool:
+        """``context.invoke``: record the step as waiting for its child, and start the child
+        (a gateway run whose end resolves the step, as for a native invoke); ``False`` if the
+        step was recorded already. The child is started again after a crash in between (a
+        second start of one id is refused)."""
+        invoke = message["invoke"]
+        position, child = int(invoke["position"]), invoke["child"]
+        fresh = not self.settled(position)
+        if fresh:
+            step = self.new_step(position, invoke["name"], StepType.INVOKE, int(message["at"]))
+            step.child = child["run_id"]
+            await self.save(step, events.step_start(self.run.id, step))
+        if self.steps[position].state is StepState.PROGRESS:
+            with contextlib.suppress(RunConflict):
+                await self.engine.trigger(
+                    WORKFLOW,
+                    child["payload"],
+                    run_id=child["run_id"],
+                    headers=child["headers"],
+                    labels=child["labels"],
+                    delay=child["delay"],
+                    flow_control=Init(**child).flow_control(),
+                    parent=self.run.id,
+                    parent_position=position,
+                )
+        return fresh
+
     async def keep_plan(self, record: dict[str, Any]) -> bool:
         """Keep a parallel group's plan step (its history entry); ``False`` if kept already."""
         target = int(record["targetStep"]) - 1
@@ -216,24 +258,54 @@ class Delivery:
         return None
 
     async def settle(self) -> None:
-        """Complete a sleep whose time has come and a wait that was notified or timed out;
-        suspend the run until the next one (a notify makes it due at once)."""
+        """Complete a sleep whose time has come, a wait that was notified or timed out and an
+        invoke whose child ended; suspend the run until the next one (a notify or the child's
+        end makes it due at once)."""
         now = self.context.now()
         for step in sorted(self.steps.values(), key=lambda s: s.position):
-            if step.state is not StepState.PROGRESS or step.type not in (*SLEEPS, StepType.WAIT):
+            if step.state is not StepState.PROGRESS or step.type not in WAITING:
                 continue
-            assert step.wake_at is not None
-            if step.type is StepType.WAIT and step.resolved:
+            if step.type is StepType.INVOKE:
+                if not step.resolved:
+                    raise Suspend(None)
+                step.out = invoked(json.loads(step.out or "{}"))
+            elif step.type is StepType.WAIT and step.resolved:
                 step.out = dumps({"data": json.loads(step.out or "null"), "timed_out": False})
-            elif step.wake_at > now:
-                self.context.wakes.append(step.wake_at)
-                raise Suspend(step.wake_at)
+            elif (wake_at := step.wake_at or now) > now:
+                self.context.wakes.append(wake_at)
+                raise Suspend(wake_at)
             elif step.type is StepType.WAIT:
                 step.out = dumps({"data": None, "timed_out": True})
             step.state, step.finished_at = StepState.SUCCESS, now
             await self.save(step, events.step_finish(self.run.id, step))
 
     # -- delivering -------------------------------------------------------------------------
+
+    async def take_slot(self) -> tuple[str, int] | None:
+        """Under the run's flow control, a delivery is the step execution that takes a slot
+        (and a rate start): take it, or record the next step as waiting for one and suspend
+        until one frees (the run holds no worker meanwhile). The slot to give back after."""
+        flow = self.run.flow
+        if flow is None:
+            return None
+        position = self.next_position()
+        existing = self.steps.get(position)
+        waiting = StepRecord(
+            position,
+            existing.name if existing is not None else UNNAMED,
+            existing.type if existing is not None else StepType.RUN,
+            StepState.PROGRESS,
+            attempts=existing.attempts if existing is not None else 0,
+            waiting_for=FLOW_CONTROL,
+            errors=existing.errors if existing is not None else None,
+        )
+        budget = await self.engine.acquire_slot(self.context.lease, flow, waiting)
+        if not budget.granted:
+            self.steps[position] = waiting
+            if budget.retry_at is not None:
+                self.context.wakes.append(budget.retry_at)
+            raise Suspend(budget.retry_at)
+        return None if flow.parallelism is None else (flow.key, position)
 
     def next_position(self) -> int:
         position = 0
@@ -273,6 +345,10 @@ class Delivery:
         return next((failure for failure in failures if failure is not None), None)
 
     async def post_one(self, message_id: str, body: str) -> Failure | None:
+        try:  # allowed when triggered; the allow-list of this process may be narrower
+            policy_of(self.engine).check(self.url, "the workflow endpoint")
+        except ValidationError as exc:
+            return Failure(str(exc), final=True)
         headers = signed(self.url, body, self.headers(message_id))
         try:
             answer = await self.engine.http_call(self.url, "POST", body, headers, DELIVERY_TIMEOUT)
@@ -310,10 +386,7 @@ class Delivery:
             errors=errors,
         )
         if retry:
-            delay = failure.retry_after
-            if delay is None:
-                delay = self.engine.registry.get(self.run.workflow).policy.delay(attempts)
-            step.wake_at = now + int(delay * 1000)
+            step.wake_at = now + self.retry_delay_ms(failure, attempts)
         await self.save(step, events.step_fail(self.run.id, step, will_retry=retry))
         if step.wake_at is not None:
             self.context.wakes.append(step.wake_at)
@@ -323,37 +396,39 @@ class Delivery:
 
     async def failure_callback(self, failure: Failure) -> None:
         """Call the run's failure URL (the SDK's ``failureFunction`` or ``failureUrl``) with
-        the failing answer (docs §8), once; keep what it answered for the logs."""
-        target = self.run.headers.get(FAILURE_URL)
-        if not target:
-            return
-        headers = {
-            name[len(FAILURE_FORWARD) :]: value
-            for name, value in self.run.headers.items()
-            if name.startswith(FAILURE_FORWARD)
-        }
-        headers.update(
-            {
-                "content-type": "application/json",
-                "upstash-workflow-runid": self.run.id,
-                "upstash-workflow-url": self.url,
-                "upstash-workflow-is-failure": "true",
-                "upstash-workflow-failure-callback": "true",
-            }
-        )
+        the failing answer (docs §8); keep the call, so the DLQ can show and retry it."""
         message_id = f"msg_{self.run.id}_{self.next_position() + 1}"
         payload = failure_payload(self.run, self.url, failure, message_id, self.history().initial)
-        outcome = await call_failure_url(target, headers, payload)
-        outcome.update(
-            messageId=message_id,
-            failStatus=failure.status,
-            failResponse=failure.message,
-            failHeaders=payload["header"],
-        )
-        await self.engine.backend.put_entry(FAILURES, self.run.id, dumps(outcome))
+        await failure_call(self.engine, self.run, payload, message_id, failure.message)
+
+    def retry_delay_ms(self, failure: Failure, attempts: int) -> int:
+        """How long before the next attempt: the endpoint's ``Retry-After``, else the trigger's
+        ``Upstash-Retry-Delay`` (``retried``: the retries so far), else the workflow's
+        backoff."""
+        if failure.retry_after is not None:
+            return int(failure.retry_after * 1000)
+        expression = self.run.headers.get(RETRY_DELAY)
+        if expression:
+            return retry_delay_ms(parse_delay(expression), retried=attempts - 1)
+        return int(self.engine.registry.get(self.run.workflow).policy.delay(attempts) * 1000)
 
     def definition_retries(self) -> int:
         return self.engine.registry.get(self.run.workflow).retries
+
+
+def invoked(outcome: dict[str, Any]) -> str:
+    """An invoke step's ``out`` as the SDK reads it (docs §10), from how the child ended
+    (``{"state", "result", "error"}``, written by the engine): the child's result text (its
+    error if it failed), ``isFailed``, ``isCanceled``."""
+    state = outcome.get("state")
+    body = outcome.get("result") if state == "RUN_SUCCESS" else outcome.get("error")
+    return dumps(
+        {
+            "body": body or "",
+            "isFailed": state == "RUN_FAILED",
+            "isCanceled": state == "RUN_CANCELED",
+        }
+    )
 
 
 def failure_of(status: int, answer: dict[str, Any]) -> Failure:

@@ -5,11 +5,15 @@ POST   /qstash/v2/batch                    publish messages: an Init starts a ru
 POST   /qstash/v2/publish/{destination}    one message, its options as request headers
 DELETE /qstash/v2/workflows/runs/{id}      ?cancel=false: the SDK ends the run, its result as
                                            the body; ?cancel=true: cancel it
-DELETE /qstash/v2/workflows/runs           client.cancel: ?workflowRunIds=...
+DELETE /qstash/v2/workflows/runs           client.cancel: by workflowRunIds, filter or all
 POST   /qstash/v2/wait/{eventId}           context.waitForEvent: the step waits (inbox)
 POST   /qstash/v2/notify/[{runId}/]{eventId}  client.notify / context.notify: Engine.notify
 GET    /qstash/v2/waiters/{eventId}        client.getWaiters
 GET    /qstash/v2/workflows/events         client.logs (``logs.py``)
+GET    /qstash/v2/dlq                      client.dlq.list: failed runs (``dlq.py``)
+POST   /qstash/v2/workflows/dlq/{action}   client.dlq.resume / restart
+POST   /qstash/v2/workflows/dlq/callback/{id}  client.dlq.retryFailureFunction
+DELETE /qstash/v2/workflows/dlq            client.dlq.delete
 
 They sit behind the app's ``Guard``, so they need the API token (``QSTASH_TOKEN`` = the
 stepstream token). Until ``stepstream.upstash.enable`` registered the gateway's workflow, each
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Coroutine
 from dataclasses import asdict
 from typing import Any
 
@@ -28,14 +33,24 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from stepstream.backends.base import Waiter
-from stepstream.errors import BadRequest, NoWaiters, RunConflict, RunNotFound, StepstreamError
+from stepstream.errors import (
+    BadRequest,
+    NoWaiters,
+    RunConflict,
+    RunNotFound,
+    StepstreamError,
+    ValidationError,
+)
 from stepstream.records import RunState, dumps
-from stepstream.upstash import logs
+from stepstream.upstash import dlq, logs
+from stepstream.upstash.allow import policy_of
 from stepstream.upstash.messages import (
+    FAILURE_URL,
     INBOX,
     WORKFLOW,
     Call,
     Init,
+    Invoke,
     Message,
     StepResult,
     Wait,
@@ -77,6 +92,12 @@ class Gateway:
                     Route("/v2/notify/{run_id}/{event_id}", self.notify, methods=["POST"]),
                     Route("/v2/waiters/{event_id}", self.waiters, methods=["GET"]),
                     Route("/v2/workflows/events", self.logs, methods=["GET"]),
+                    Route("/v2/dlq", self.dlq_list, methods=["GET"]),
+                    Route("/v2/workflows/dlq", self.dlq_delete, methods=["DELETE"]),
+                    Route("/v2/workflows/dlq/{action}", self.dlq_act, methods=["POST"]),
+                    Route(
+                        "/v2/workflows/dlq/callback/{dlq_id}", self.dlq_callback, methods=["POST"]
+                    ),
                 ],
             )
         ]
@@ -126,6 +147,7 @@ class Gateway:
     async def accept(self, message: Message) -> dict[str, Any]:
         """Act on one parsed message; QStash's answer to it."""
         answer: dict[str, Any] = {"messageId": "msg_" + secrets.token_urlsafe(12)}
+        self.check_destinations(message)
         if isinstance(message, Init):
             try:
                 await self.engine.trigger(
@@ -135,6 +157,7 @@ class Gateway:
                     headers=message.headers,
                     labels=message.labels,
                     delay=message.delay,
+                    flow_control=message.flow_control(),
                 )
             except RunConflict:
                 answer["deduplicated"] = True  # QStash dedups Init messages by run id
@@ -145,7 +168,7 @@ class Gateway:
             answer["deduplicated"] = True
         return answer
 
-    async def to_inbox(self, message: StepResult | Call | Wait) -> bool:
+    async def to_inbox(self, message: StepResult | Call | Wait | Invoke) -> bool:
         """Queue a step result, plan, call or wait for the run's worker to record; ``False``
         if it is a duplicate (the step is recorded, or queued already)."""
         run = await self.engine.backend.get_run(message.run_id)
@@ -163,7 +186,7 @@ class Gateway:
             kind = "plan" if plan else "step"
             entry.update(kind=kind, record=message.record, delay_ms=message.delay_ms)
         else:
-            kind = "call" if isinstance(message, Call) else "wait"
+            kind = {Call: "call", Wait: "wait", Invoke: "invoke"}[type(message)]
             entry.update(kind=kind, **{kind: asdict(message)})
         try:
             key = f"{'plan' if plan else 'step'}-{message.position:09d}"
@@ -171,6 +194,24 @@ class Gateway:
         except RunConflict:
             return False
         return True
+
+    def check_destinations(self, message: Message) -> None:
+        """``BadRequest`` for a URL stepstream may not send requests to (``allow.py``): the
+        endpoint and failure URL of a run, the URL of a call, the endpoint of an invoked run."""
+        allow = policy_of(self.engine)
+        wanted: list[tuple[str, str]] = []
+        init = message.child if isinstance(message, Invoke) else message
+        if isinstance(init, Init):
+            wanted.append((init.url, "the workflow endpoint"))
+            if init.headers.get(FAILURE_URL):
+                wanted.append((init.headers[FAILURE_URL], "the failure URL"))
+        if isinstance(message, Call):
+            wanted.append((message.url, "context.call"))
+        try:
+            for url, what in wanted:
+                allow.check(url, what)
+        except ValidationError as exc:
+            raise BadRequest(str(exc)) from None
 
     def check_size(self, record: dict[str, Any]) -> None:
         out = record.get("out")
@@ -274,24 +315,62 @@ class Gateway:
         return Response(status_code=200)
 
     async def cancel_many(self, request: Request) -> Response:
-        """``client.cancel({ids})``: ``{"cancelled": n}``."""
+        """``client.cancel`` by ids, by filter or all: ``{"cancelled": n}``."""
         if not self.enabled:
             return error(404, OFF)
-        ids = request.query_params.getlist("workflowRunIds")
-        if not ids:
-            return error(400, "this gateway cancels runs by id only: give workflowRunIds")
+        if not request.query_params:  # the SDK's {all: true} still sends count
+            return error(400, "give workflowRunIds, a filter or count (all runs)")
+        try:
+            selected = await dlq.select(
+                self.engine, request.query_params, RunState.STARTED, "workflowRunIds"
+            )
+        except BadRequest as exc:
+            return error(400, str(exc))
         cancelled = 0
-        for run_id in ids[:MAX_BATCH]:
-            run = await self.engine.backend.get_run(run_id)
-            if run is None or run.workflow != WORKFLOW or run.state is not RunState.STARTED:
-                continue
+        for run in selected.runs:
             try:
-                await self.engine.cancel(run_id)
+                await self.engine.cancel(run.id)
             except (RunNotFound, RunConflict):
                 continue
             cancelled += 1
-            await self.clear(run_id)
+            await self.clear(run.id)
         return JSONResponse({"cancelled": cancelled})
+
+    async def dlq_list(self, request: Request) -> Response:
+        """``client.dlq.list``: the failed gateway runs."""
+        return await self.dlq_answer(dlq.listing(self.engine, request.query_params))
+
+    async def dlq_act(self, request: Request) -> Response:
+        """``client.dlq.resume`` / ``restart``: ``recovery.resume`` / ``recovery.restart``."""
+        action = request.path_params["action"]
+        if action not in ("resume", "restart"):
+            return error(404, f"no DLQ action {action[:40]!r}: resume or restart")
+        try:
+            dlq.no_overrides(request.headers)
+        except BadRequest as exc:
+            return error(400, str(exc))
+        return await self.dlq_answer(dlq.act(self.engine, action, request.query_params))
+
+    async def dlq_delete(self, request: Request) -> Response:
+        """``client.dlq.delete``: the entries leave the DLQ (the failed runs stay)."""
+        return await self.dlq_answer(dlq.act(self.engine, "delete", request.query_params))
+
+    async def dlq_callback(self, request: Request) -> Response:
+        """``client.dlq.retryFailureFunction``."""
+        dlq_id = request.path_params["dlq_id"]
+        try:
+            return await self.dlq_answer(dlq.retry_callback(self.engine, dlq_id))
+        except RunNotFound:
+            return error(404, f"no failed workflow run {dlq_id[:80]} in the DLQ")
+
+    async def dlq_answer(self, work: Coroutine[Any, Any, dict[str, Any]]) -> Response:
+        if not self.enabled:
+            work.close()
+            return error(404, OFF)
+        try:
+            return JSONResponse(await work)
+        except BadRequest as exc:
+            return error(400, str(exc))
 
     async def clear(self, run_id: str) -> None:
         """Drop what the run's inbox still holds: nobody will record it."""

@@ -39,6 +39,8 @@ def sdk_record(step: StepRecord, concurrent: int) -> dict[str, Any]:
             record["out"] = b64(data if isinstance(data, str) else dumps(data))
     elif step.out is not None:
         record["out"] = step.out
+    elif step.type in (StepType.SLEEP, StepType.SLEEP_UNTIL):
+        record["out"] = "null"  # as the SDK published it; the Python SDK reads it unchecked
     return record
 
 

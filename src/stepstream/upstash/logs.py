@@ -121,6 +121,13 @@ async def run_log(engine: Engine, run: RunRecord) -> dict[str, Any]:
     failure = await engine.backend.get_entry(FAILURES, run.id)
     if failure is not None:
         log["failureFunction"] = json.loads(failure)
+    invoker = None if run.parent is None else await engine.backend.get_run(run.parent)
+    if invoker is not None:
+        log["invoker"] = {
+            "workflowRunId": invoker.id,
+            "workflowUrl": _url(invoker),
+            "workflowRunCreatedAt": invoker.created_at,
+        }
     return log
 
 
@@ -178,6 +185,8 @@ def _step_log(run: RunRecord, step: StepRecord, concurrent: int) -> dict[str, An
         "retries": max(0, step.attempts - 1),
         "headers": {},
     }
+    if step.child is not None:
+        log["invokedWorkflowRunId"] = step.child
     if step.event_id is not None:
         log["waitEventId"] = step.event_id
         log["waitTimeout"] = bool((parsed(step.out or "") or {}).get("timed_out"))

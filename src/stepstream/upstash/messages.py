@@ -12,8 +12,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from stepstream.errors import BadRequest
+from stepstream.errors import BadRequest, ConfigurationError
 from stepstream.records import StepType
+from stepstream.upstash.delay import parse_delay
+from stepstream.workflow.flow import FlowControl
 
 WORKFLOW = "upstash"  # the built-in workflow every gateway run is a run of
 INBOX = "upstash-inbox:"  # entry kind (+ run id) of the messages a run's worker has to record
@@ -34,9 +36,14 @@ NOT_DELIVERED = frozenset(
     }
 )
 RETRIES = "upstash-retries"  # kept in the run's headers, not delivered
+RETRY_DELAY = "upstash-retry-delay"  # kept too: the retry delay expression (``delay.py``)
 FAILURE_URL = "upstash-failure-callback"  # kept too: where the failure callback goes
 FAILURE_FORWARD = FAILURE_URL + "-forward-"  # ... with these headers
-KEPT_APART = (RETRIES, FAILURE_URL)  # run headers (prefixes) a step delivery does not send
+KEPT_APART = (
+    RETRIES,
+    RETRY_DELAY,
+    FAILURE_URL,
+)  # run headers (prefixes) a step delivery does not send
 # The step kinds this gateway records from a published result (the SDK's names are
 # ``StepType``'s values). Calls, waits, invokes and parallel plans arrive otherwise.
 RECORDED = {kind.value: kind for kind in (StepType.RUN, StepType.SLEEP, StepType.SLEEP_UNTIL)}
@@ -49,7 +56,8 @@ UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 @dataclass(frozen=True, slots=True)
 class Init:
     """Start run ``run_id`` of the endpoint ``url``: ``payload`` (parsed JSON, else the text),
-    the ``headers`` every delivery carries, ``labels``, and a ``delay`` in seconds."""
+    the ``headers`` every delivery carries, ``labels``, a ``delay`` in seconds, and the
+    ``flow`` control of its deliveries (``FlowControl``'s arguments)."""
 
     run_id: str
     url: str
@@ -57,6 +65,10 @@ class Init:
     headers: dict[str, str]
     labels: list[str]
     delay: float | None
+    flow: dict[str, Any] | None = None
+
+    def flow_control(self) -> FlowControl | None:
+        return None if self.flow is None else FlowControl(**self.flow)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +116,18 @@ class StepResult:
         return bool(self.record["stepId"] == 0)
 
 
-Message = Init | StepResult | Call
+@dataclass(frozen=True, slots=True)
+class Invoke:
+    """``context.invoke``: the parent's step at ``position`` starts ``child`` (its Init) and
+    waits for it to end (docs §10)."""
+
+    run_id: str
+    position: int
+    name: str
+    child: Init
+
+
+Message = Init | StepResult | Call | Invoke
 
 
 def parse(destination: str, headers: dict[str, str], body: str, now: int) -> Message:
@@ -118,16 +141,49 @@ def parse(destination: str, headers: dict[str, str], body: str, now: int) -> Mes
         )
     if "upstash-callback" in headers or headers.get("upstash-workflow-calltype") == "toCallback":
         return _call(run_id, destination, headers, body)
-    if headers.get("upstash-workflow-invoke") == "true":
-        raise BadRequest("context.invoke is not served by the stepstream QStash gateway yet")
     delay_ms = _delay_ms(headers, now)
     if headers.get("upstash-workflow-init") == "true":
         url = headers.get("upstash-workflow-url") or destination
         delay = None if delay_ms is None else delay_ms / 1000
+        if headers.get("upstash-workflow-invoke") == "true":
+            return _invoke(run_id, url, headers, body, delay)
         return Init(
-            run_id, url, _payload(body), _run_headers(url, headers), _labels(headers), delay
+            run_id,
+            url,
+            _payload(body),
+            _run_headers(url, headers),
+            _labels(headers),
+            delay,
+            flow_of(headers),
         )
     return StepResult(run_id, _record(body), delay_ms)
+
+
+def _invoke(
+    child_id: str, url: str, headers: dict[str, str], body: str, delay: float | None
+) -> Invoke:
+    """An invoke message: the child's Init, wrapped in the invoking step (docs §10)."""
+    try:
+        wrapper = json.loads(body)
+        step, parent = wrapper["step"], str(wrapper["workflowRunId"])
+        position, name = int(step["stepId"]) - 1, str(step["stepName"])
+        payload = wrapper.get("body")
+    except (ValueError, TypeError, KeyError):
+        raise BadRequest("an invoke message needs the SDK's JSON body with its step") from None
+    if position < 0 or not name or not parent or not isinstance(payload, str | None):
+        raise BadRequest("an invoke message needs the invoking run's id and step")
+    if step.get("concurrent", 1) != 1:
+        raise BadRequest("context.invoke inside parallel steps is not served by this gateway yet")
+    child = Init(
+        child_id,
+        url,
+        _payload(payload or ""),
+        _run_headers(url, headers),
+        _labels(headers),
+        delay,
+        flow_of(headers),
+    )
+    return Invoke(parent, position, name, child)
 
 
 def _payload(body: str) -> Any:
@@ -154,10 +210,42 @@ def _run_headers(url: str, headers: dict[str, str]) -> dict[str, str]:
         kept["upstash-label"] = headers["upstash-label"]
     if RETRIES in headers:
         kept[RETRIES] = str(_count(headers, RETRIES, 3))
+    if headers.get(RETRY_DELAY, "").strip():
+        parse_delay(headers[RETRY_DELAY])  # refused at the trigger, not at the first retry
+        kept[RETRY_DELAY] = headers[RETRY_DELAY].strip()
     for name, value in headers.items():
         if name == FAILURE_URL or name.startswith(FAILURE_FORWARD):
             kept[name] = value
     return kept
+
+
+def flow_of(headers: dict[str, str]) -> dict[str, Any] | None:
+    """``Upstash-Flow-Control-Key`` / ``-Value`` (``"parallelism=2, rate=10, period=60s"``)
+    as ``FlowControl``'s arguments; ``BadRequest`` naming what is wrong."""
+    key = headers.get("upstash-flow-control-key", "").strip()
+    value = headers.get("upstash-flow-control-value", "").strip()
+    if not key:
+        if value:
+            raise BadRequest("Upstash-Flow-Control-Value needs Upstash-Flow-Control-Key")
+        return None
+    flow: dict[str, Any] = {"key": key}
+    for part in filter(None, (p.strip() for p in value.split(","))):
+        name, _, number = part.partition("=")
+        name, number = name.strip().lower(), number.strip()
+        if name in ("parallelism", "rate") and number.isdigit():
+            flow[name] = int(number)
+        elif name == "period" and number:
+            flow[name] = duration_ms(number, "the flow control period") / 1000
+        else:
+            raise BadRequest(
+                f"Upstash-Flow-Control-Value part {part[:40]!r}: use parallelism=<n>, "
+                "rate=<n> and period=<duration>"
+            )
+    try:
+        FlowControl(**flow)
+    except ConfigurationError as exc:
+        raise BadRequest(f"Upstash-Flow-Control-Value: {exc}") from None
+    return flow
 
 
 def _count(headers: dict[str, str], name: str, default: int) -> int:

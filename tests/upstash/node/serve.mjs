@@ -10,6 +10,8 @@
 //
 // `GET /_executions` answers the step bodies run so far in this process, in order, as
 // `[{"workflow", "step", "runId"}]`: tests count them to prove a step body ran once.
+// `GET /_concurrency` answers `{"max"}`: the most workflow requests this process served at once.
+// `GET /_heal` makes the `flaky` workflow's second step succeed from then on.
 
 import http from "node:http";
 import process from "node:process";
@@ -18,6 +20,9 @@ import { WorkflowNonRetryableError, WorkflowRetryAfterError } from "@upstash/wor
 import { createWorkflow, serve, serveMany } from "@upstash/workflow/nextjs";
 
 const executions = [];
+let healed = false;
+let inFlight = 0;
+let maxInFlight = 0;
 
 function body(workflow, context, step, fn) {
   return context.run(step, async () => {
@@ -95,6 +100,28 @@ const WORKFLOWS = {
       });
     },
     { failureFunction },
+  ],
+  flaky: [
+    async (context) => {
+      const first = await body("flaky", context, "first", () => "one");
+      const second = await body("flaky", context, "second", () => {
+        if (!healed) throw new Error("not healed yet");
+        return "two";
+      });
+      return `${first}-${second}`;
+    },
+    { failureFunction },
+  ],
+  limited: [
+    async (context) => {
+      const { pause = 500 } = context.requestPayload ?? {};
+      await body("limited", context, "slow", async () => {
+        await new Promise((resolve) => setTimeout(resolve, pause));
+        return "slow";
+      });
+      return await body("limited", context, "fast", () => "fast");
+    },
+    {},
   ],
   "non-retryable": [
     async (context) => {
@@ -185,10 +212,21 @@ const server = http.createServer(async (incoming, outgoing) => {
   try {
     if (incoming.method === "GET" && incoming.url === "/_executions") {
       await reply(outgoing, Response.json(executions));
+    } else if (incoming.method === "GET" && incoming.url === "/_concurrency") {
+      await reply(outgoing, Response.json({ max: maxInFlight }));
+    } else if (incoming.method === "GET" && incoming.url === "/_heal") {
+      healed = true;
+      await reply(outgoing, Response.json({ healed }));
     } else if (incoming.method !== "POST") {
       await reply(outgoing, new Response("workflows take POST", { status: 405 }));
     } else {
-      await reply(outgoing, await handler(await toRequest(incoming)));
+      inFlight += 1;
+      maxInFlight = Math.max(maxInFlight, inFlight);
+      try {
+        await reply(outgoing, await handler(await toRequest(incoming)));
+      } finally {
+        inFlight -= 1;
+      }
     }
   } catch (error) {
     await reply(outgoing, new Response(String(error?.stack ?? error), { status: 500 }));

@@ -1,0 +1,337 @@
+"""What the Upstash Workflow SDK's HTTP round trips cost on stepstream (DESIGN §15), beside the
+same workflow written with stepstream's Python API, in the same run, per backend.
+
+One 10-step workflow, twice: with ``@upstash/workflow`` (``serve`` from
+``@upstash/workflow/nextjs`` on ``node:http``, the pinned install of ``tests/upstash/node``,
+triggered with the SDK's ``Client``), whose every step is a delivery (POST of the history to
+the endpoint), a replay, and a publish back to ``/qstash``; and with ``@workflows.workflow``,
+whose steps run in the worker. Both on one stepstream server (uvicorn, in this process, with
+its in-process worker and the gateway enabled; deliveries signed) over a fresh store.
+
+- per-step latency: one run at a time; from a step body's end to the next body's start,
+  p50/p99 over every step of the runs (9 per run);
+- throughput: N runs triggered at once, steps finished per second until the last run ended.
+
+    python bench/upstash.py                       # sqlite, and redis if redis-server is on PATH
+    python bench/upstash.py --quick               # a few seconds per backend
+    python bench/upstash.py --write               # rewrite the BENCHMARKS.md section
+
+Needs node 20+ and ``npm ci`` done in tests/upstash/node (``make test`` does it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import httpx
+import uvicorn
+from bench.wf_common import OtherCpu, free_port, machine, ms, pct, redis_server, rewrite_section
+
+import stepstream.upstash
+from stepstream import Realtime, Workflows
+
+SECTION = "upstash"
+STEPS = 10
+TOKEN = "bench-token"
+KEY = "sig_bench_current_key_of_32_bytes!!"
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+NODE_DIR = Path(__file__).resolve().parent.parent / "tests" / "upstash" / "node"
+GOAL_MS = 5.0  # per SDK step, p50, SQLite
+
+# The SDK app, run with `node --input-type=module -e` from NODE_DIR (bare imports resolve
+# there). `POST /_trigger {url, n}` starts n runs with the SDK's Client in one batch;
+# `GET /_marks` answers [runId, step, start ms, end ms] of every step body run.
+APP = """
+import http from "node:http";
+import process from "node:process";
+import { Client } from "@upstash/workflow";
+import { serve } from "@upstash/workflow/nextjs";
+
+const STEPS = Number(process.env.STEPS);
+const marks = [];
+const client = new Client({ baseUrl: process.env.QSTASH_URL, token: process.env.QSTASH_TOKEN });
+const handler = serve(async (context) => {
+  for (let i = 0; i < STEPS; i++) {
+    await context.run(`s${i}`, async () => {
+      const start = performance.now();
+      marks.push([context.workflowRunId, i, start, performance.now()]);
+      return i;
+    });
+  }
+}).POST;
+
+async function read(incoming) {
+  const chunks = [];
+  for await (const chunk of incoming) chunks.push(chunk);
+  return Buffer.concat(chunks);
+}
+
+async function answer(incoming) {
+  if (incoming.url === "/_marks") return Response.json(marks);
+  const body = await read(incoming);
+  if (incoming.url === "/_trigger") {
+    const { url, n } = JSON.parse(body);
+    const runs = await client.trigger(Array.from({ length: n }, () => ({ url, body: {} })));
+    return Response.json(runs.map((run) => run.workflowRunId));
+  }
+  const headers = new Headers();
+  for (let i = 0; i < incoming.rawHeaders.length; i += 2) {
+    headers.append(incoming.rawHeaders[i], incoming.rawHeaders[i + 1]);
+  }
+  const url = `http://${incoming.headers.host}${incoming.url}`;
+  return await handler(new Request(url, { method: "POST", headers, body }));
+}
+
+http
+  .createServer(async (incoming, outgoing) => {
+    const response = await answer(incoming).catch(
+      (error) => new Response(String(error?.stack ?? error), { status: 500 }),
+    );
+    const text = Buffer.from(await response.arrayBuffer());
+    outgoing.writeHead(response.status, Object.fromEntries(response.headers.entries()));
+    outgoing.end(text);
+  })
+  .listen(Number(process.env.PORT), "127.0.0.1");
+"""
+
+
+def build(url: str, marks: list[tuple[str, int, float, float]]) -> Workflows:
+    """The store's registry: the gateway, and the same 10 steps in Python."""
+    workflows = Workflows(realtime=Realtime(backend=url))
+    stepstream.upstash.enable(workflows)
+
+    @workflows.workflow("ten")
+    async def ten(context):  # type: ignore[no-untyped-def]
+        for i in range(STEPS):
+
+            async def body(i: int = i) -> int:
+                start = time.perf_counter() * 1000
+                marks.append((context.workflow_run_id, i, start, time.perf_counter() * 1000))
+                return i
+
+            await context.run(f"s{i}", body)
+
+    return workflows
+
+
+@contextlib.asynccontextmanager
+async def stepstream_server(workflows: Workflows) -> AsyncIterator[str]:
+    port = free_port()
+    app = workflows.asgi(token=TOKEN, workers=1, concurrency=200)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+@contextlib.asynccontextmanager
+async def sdk_app(base: str) -> AsyncIterator[tuple[str, int]]:
+    """The SDK app in node; its URL and pid."""
+    node = shutil.which("node")
+    if node is None or not (NODE_DIR / "node_modules" / "@upstash" / "workflow").is_dir():
+        raise SystemExit("needs node and `npm ci --ignore-scripts` in tests/upstash/node")
+    port = free_port()
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "PORT": str(port),
+        "STEPS": str(STEPS),
+        "QSTASH_URL": f"{base}/qstash",
+        "QSTASH_TOKEN": TOKEN,
+        "QSTASH_CURRENT_SIGNING_KEY": KEY,
+        "QSTASH_NEXT_SIGNING_KEY": KEY,
+    }
+    process = await asyncio.create_subprocess_exec(
+        node, "--input-type=module", "-e", APP, cwd=NODE_DIR, env=env
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient() as client:
+            for _ in range(1500):
+                with contextlib.suppress(httpx.TransportError):
+                    await client.get(f"{url}/_marks")
+                    break
+                await asyncio.sleep(0.01)
+        yield url, process.pid
+    finally:
+        process.terminate()
+        await process.wait()
+
+
+async def finish(client: httpx.AsyncClient, base: str, run_ids: list[str]) -> None:
+    pending = set(run_ids)
+    while pending:
+        for run_id in list(pending):
+            log = (await client.get(f"{base}/api/runs/{run_id}", headers=AUTH)).json()
+            if log["workflowState"] == "RUN_FAILED":
+                raise RuntimeError(f"run {run_id} failed: {log['error'][:500]}")
+            if log["workflowState"] != "RUN_STARTED":
+                pending.discard(run_id)
+        await asyncio.sleep(0.02)  # what a client polling the API sees
+
+
+async def start(client: httpx.AsyncClient, base: str, endpoint: str | None, n: int) -> list[str]:
+    """Trigger ``n`` runs: with the SDK's Client (``endpoint``), else the native workflow."""
+    if endpoint is not None:
+        answer = await client.post(f"{endpoint}/_trigger", json={"url": f"{endpoint}/ten", "n": n})
+        answer.raise_for_status()
+        return list(answer.json())
+    ids = []
+    for _ in range(n):
+        answer = await client.post(f"{base}/api/workflows/ten", json={}, headers=AUTH)
+        ids.append(answer.json()["workflowRunId"])
+    return ids
+
+
+def gaps(marks: list[Any], run_ids: list[str]) -> list[float]:
+    """From each step body's end to the next body's start, within each run (ms)."""
+    wanted = set(run_ids)
+    by_run: dict[str, dict[int, tuple[float, float]]] = {}
+    for run_id, step, begin, end in marks:
+        if run_id in wanted:
+            by_run.setdefault(run_id, {}).setdefault(step, (begin, end))  # first execution
+    out = []
+    for steps in by_run.values():
+        ordered = [steps[i] for i in sorted(steps)]
+        out += [nxt[0] - prev[1] for prev, nxt in itertools.pairwise(ordered)]
+    return out
+
+
+async def measure(url: str, sequential: int, burst: int) -> dict[str, Any]:
+    marks: list[tuple[str, int, float, float]] = []
+    workflows = build(url, marks)
+    figures: dict[str, Any] = {}
+    async with (
+        stepstream_server(workflows) as base,
+        sdk_app(base) as (endpoint, pid),
+        httpx.AsyncClient(timeout=30) as client,
+    ):
+        other = OtherCpu([pid])
+        for name, target in (("sdk", endpoint), ("python", None)):
+            await finish(client, base, await start(client, base, target, 1))  # warm-up
+            ids = []
+            for _ in range(sequential):
+                ids += await start(client, base, target, 1)
+                await finish(client, base, ids[-1:])
+            if target is not None:
+                node_marks = (await client.get(f"{endpoint}/_marks")).json()
+                runs = sum(1 for m in node_marks if m[1] == 0)
+                executions = len(node_marks)
+                assert executions == runs * STEPS, f"{executions} step bodies for {runs} runs"
+                latencies = gaps(node_marks, ids)
+            else:
+                latencies = gaps(marks, ids)
+            began = time.perf_counter()
+            await finish(client, base, await start(client, base, target, burst))
+            seconds = time.perf_counter() - began
+            figures[name] = {"gaps": latencies, "throughput": burst * STEPS / seconds}
+        figures["other_cpu"] = other.pct()
+    await workflows.aclose()
+    return figures
+
+
+@contextlib.contextmanager
+def store(kind: str) -> Iterator[str]:
+    if kind == "redis":
+        with redis_server() as url:
+            yield url
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        yield f"sqlite:///{Path(tmp) / 'bench.db'}"
+
+
+def sdk_version() -> str:
+    import json
+
+    package = NODE_DIR / "node_modules" / "@upstash" / "workflow" / "package.json"
+    node = subprocess.run(["node", "--version"], capture_output=True, text=True, check=False)
+    version = json.loads(package.read_text())["version"]
+    return f"@upstash/workflow {version}, node {node.stdout.strip()}"
+
+
+def report(results: dict[str, dict[str, Any]], command: str, sequential: int, burst: int) -> str:
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        "## Upstash Workflow SDK on stepstream",
+        "",
+        f"Generated by `{command}` on {now}; {machine()}; {sdk_version()}. The machine is "
+        "shared with other sessions' work, which came and went while this ran (*other CPU*: "
+        "what the rest of the machine used meanwhile, in % of one CPU): the figures are what "
+        "they are, not a quiet-machine best.",
+        "",
+        f"One {STEPS}-step workflow (trivial `context.run` bodies), written with the TypeScript "
+        "SDK (`serve` on `node:http`, deliveries signed and verified) and with stepstream's "
+        "Python API, on one stepstream server (uvicorn, one in-process worker) per backend. "
+        f"*Step latency*: {sequential} runs one at a time, from a step body's end to the next "
+        f"body's start. *Throughput*: {burst} runs triggered at once (the SDK's `Client`, one "
+        "batch; the Python runs through `POST /api/workflows/ten`), steps per second until "
+        "the last ended. Each SDK step is a delivery (POST of the run's history), a replay of "
+        "the route function, a publish back to `/qstash`, and the worker recording it.",
+        "",
+        "| backend | SDK step p50 ms | p99 ms | Python step p50 ms | p99 ms | SDK steps/s "
+        "| Python steps/s | other CPU % |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for kind, f in results.items():
+        sdk, native = f["sdk"], f["python"]
+        lines.append(
+            f"| {kind} | {ms(pct(sdk['gaps'], 50))} | {ms(pct(sdk['gaps'], 99))} "
+            f"| {ms(pct(native['gaps'], 50))} | {ms(pct(native['gaps'], 99))} "
+            f"| {sdk['throughput']:.0f} | {native['throughput']:.0f} | {f['other_cpu']:.0f} |"
+        )
+    if "sqlite" in results:
+        p50 = pct(results["sqlite"]["sdk"]["gaps"], 50)
+        verdict = "met" if p50 <= GOAL_MS else "not met"
+        lines += [
+            "",
+            f"Goal: at most {GOAL_MS:.0f} ms per SDK step, p50, on SQLite: **{verdict}** "
+            f"({ms(p50)} ms).",
+        ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backends", nargs="+", default=None, choices=["sqlite", "redis"])
+    parser.add_argument("--quick", action="store_true", help="a few seconds per backend")
+    parser.add_argument("--write", action="store_true", help="rewrite BENCHMARKS.md's section")
+    args = parser.parse_args()
+    os.environ["QSTASH_CURRENT_SIGNING_KEY"] = KEY  # stepstream signs every delivery with it
+    kinds = args.backends or ["sqlite"] + (["redis"] if shutil.which("redis-server") else [])
+    sequential, burst = (5, 20) if args.quick else (30, 100)
+    results = {}
+    for kind in kinds:
+        with store(kind) as url:
+            results[kind] = asyncio.run(measure(url, sequential, burst))
+    command = "python " + " ".join(["bench/upstash.py", *sys.argv[1:]])
+    text = report(results, command, sequential, burst)
+    print(text)
+    if args.write:
+        rewrite_section(SECTION, text, after="flow-control")
+
+
+if __name__ == "__main__":
+    main()
