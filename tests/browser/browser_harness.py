@@ -66,6 +66,10 @@ def build_pages(npm: str, out: Path) -> None:
     shutil.copy(PAGES / "native.html", out / "native.html")
 
 
+class PortTaken(Exception):
+    """The server could not listen: something else took its port first."""
+
+
 class Server:
     """``browser_app`` under uvicorn in a subprocess; ``stop()``/``start()`` keep port and file."""
 
@@ -83,6 +87,17 @@ class Server:
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        """Start it; if its port was taken meanwhile (another run of the suite on this machine
+        walks the same ports), on another one (a restart keeps the port it had)."""
+        for _ in range(5):
+            try:
+                return self._start()
+            except PortTaken:
+                self.port = _free_port()
+                self.url = f"http://127.0.0.1:{self.port}"
+        return self._start()
+
+    def _start(self) -> None:
         command = [
             sys.executable, "-m", "uvicorn", "browser_app:app",
             "--app-dir", str(HERE), "--host", "127.0.0.1", "--port", str(self.port),
@@ -96,7 +111,10 @@ class Server:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                raise RuntimeError(f"test server exited:\n{self.log.read_text()}")
+                said = self.log.read_text()
+                if f"address ('127.0.0.1', {self.port}): address already in use" in said:
+                    raise PortTaken(self.port)
+                raise RuntimeError(f"test server exited:\n{said}")
             try:
                 if httpx.get(f"{self.url}/pages/native.html", timeout=1).status_code == 200:
                     return
