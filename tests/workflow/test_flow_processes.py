@@ -202,8 +202,11 @@ async def test_rate_and_keys_across_processes(harness: Harness, tmp_path: Path) 
             assert done["workflowState"] == "RUN_SUCCESS"
             starts.append(done["workflowRunResponse"])
         starts.sort()
-        assert all(b - a >= 0.9 for a, b in zip(starts, starts[3:], strict=False)), starts
-        assert starts[-1] - starts[0] >= 1.8
+        # Storage judges the window when a step takes its start; the body's own clock reading
+        # comes a little later, by as much as a busy machine delays it (hence the slack). A
+        # limit not applied would put all nine within a few milliseconds.
+        assert all(b - a >= 0.7 for a, b in zip(starts, starts[3:], strict=False)), starts
+        assert starts[-1] - starts[0] >= 1.6
         await client.cancel(slow)  # its slot comes back: the blocked run goes on
         state = (await wait_for_state(client, blocked, seconds=30))["workflowState"]
         assert state == "RUN_SUCCESS"
