@@ -17,11 +17,13 @@ from stepstream.events import RunsUpdate, WorkflowUpdate
 from stepstream.realtime.channel import Realtime
 from stepstream.records import HistoryPolicy
 from stepstream.server.app import StepstreamApp, workflows_app
+from stepstream.upstash import enable as enable_upstash
 from stepstream.workflow.engine import Engine
 from stepstream.workflow.registry import Registry
 from stepstream.workflow.worker import Worker
 
 RETENTION_ENV = "STEPSTREAM_RETENTION"
+UPSTASH_ENV = "STEPSTREAM_UPSTASH"
 
 
 def retention_from_env() -> float | None:
@@ -50,7 +52,9 @@ class Workflows(Registry):
     ``max_result_bytes``: the largest step result or workflow return value, as JSON text (1 MiB
     by default); a larger one fails the step without retries, saying so. ``retention``:
     seconds a finished run is kept before workers delete it with its channel history
-    (default: ``$STEPSTREAM_RETENTION``, else for ever).
+    (default: ``$STEPSTREAM_RETENTION``, else for ever). ``upstash``: also serve Upstash
+    Workflow SDK apps under ``/qstash`` (``stepstream.upstash.enable``; default:
+    ``$STEPSTREAM_UPSTASH`` is ``1``).
     """
 
     def __init__(
@@ -60,6 +64,7 @@ class Workflows(Registry):
         backend: str | None = None,
         max_result_bytes: int = 1_048_576,
         retention: float | None = None,
+        upstash: bool | None = None,
     ) -> None:
         super().__init__()
         if realtime is not None:
@@ -79,6 +84,10 @@ class Workflows(Registry):
         self.engine = Engine(
             self, store, realtime, max_result_bytes=max_result_bytes, retention=retention
         )
+        if upstash is None:
+            upstash = os.environ.get(UPSTASH_ENV, "").strip() in ("1", "true", "yes")
+        if upstash:
+            enable_upstash(self)
 
     @property
     def realtime(self) -> Realtime | None:

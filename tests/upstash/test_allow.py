@@ -78,3 +78,14 @@ async def test_a_refused_endpoint_fails_the_sdk_trigger(
             answer = await sdk_client(node, base, "trigger", "http://127.0.0.1:9/allowed/wf", "{}")
             run = (await client.get(f"{base}/api/runs/{answer['workflowRunId']}")).json()
             assert run["workflowName"] == "upstash"
+
+
+def test_workflows_serve_the_gateway_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from stepstream import Workflows
+    from stepstream.upstash import WORKFLOW
+
+    monkeypatch.delenv("STEPSTREAM_UPSTASH", raising=False)
+    assert Workflows(backend="memory://").find(WORKFLOW) is None
+    assert Workflows(backend="memory://", upstash=True).find(WORKFLOW) is not None
+    monkeypatch.setenv("STEPSTREAM_UPSTASH", "1")
+    assert Workflows(backend="memory://").find(WORKFLOW) is not None
