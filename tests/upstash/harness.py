@@ -51,13 +51,20 @@ async def serve_workflows(
     """``serve.mjs`` serving ``workflow`` on a free port with ``env`` (QSTASH_URL, ...); yields
     its base URL, stops it after."""
     port = free_port()
+    command = [node, "serve.mjs", workflow, str(port)]
+    async with serving_app(command, NODE_DIR, node_env(env), port, log) as url:
+        yield url
+
+
+@asynccontextmanager
+async def serving_app(
+    command: list[str], cwd: Path, env: Mapping[str, str], port: int, log: Path
+) -> AsyncIterator[str]:
+    """``command`` (an app that answers ``GET /_executions`` on ``port``) once it answers; its
+    base URL. Stopped after (SIGTERM, then SIGKILL after 5 s)."""
     with log.open("wb") as output:
         process = await anyio.open_process(
-            [node, "serve.mjs", workflow, str(port)],
-            cwd=NODE_DIR,
-            env=node_env(env),
-            stdout=output,
-            stderr=output,
+            command, cwd=cwd, env=dict(env), stdout=output, stderr=output
         )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -66,7 +73,7 @@ async def serve_workflows(
                 while True:
                     if process.returncode is not None:
                         text = await anyio.Path(log).read_text()
-                        raise RuntimeError(f"serve.mjs exited:\n{text}")
+                        raise RuntimeError(f"{command[1]} exited:\n{text}")
                     try:
                         await client.get(f"{url}/_executions")
                         break

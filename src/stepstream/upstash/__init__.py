@@ -16,20 +16,25 @@ How it maps onto the engine (docs/upstash-protocol.md has the protocol):
   ``workflow.update`` events.
 - **Deliveries are the run's execution.** The built-in workflow's body is QStash's delivery loop
   (``delivery.Delivery``): a worker claims the run with a lease like any other, POSTs the
-  history to the endpoint (signed with ``QSTASH_CURRENT_SIGNING_KEY`` when set) and acts on the
-  answer. A worker that dies mid-delivery loses its lease; another claims the run and delivers
-  again (QStash is at-least-once too).
-- **Published steps go through an inbox, recorded by the lease holder.** The SDK publishes a
-  step's result while its delivery request is still open. The gateway's route only queues it
-  (an ``EntryStore`` entry per step, created once: a duplicate publish is acknowledged and
-  dropped); the delivering worker, once the endpoint answered, records each queued step as a
-  stepstream step with its ``stepStart``/``stepFinish`` events in one write fenced by its own
-  lease (``Engine.save_steps``), then deletes the entry. Why not record in the route, fenced by
-  the run's current lease? Only the execution that holds the lease knows which steps it already
-  recorded; two writers (a route handling a late publish from a dead worker's request, and the
-  new worker) could both record one step. With one writer per run, a position that holds a
-  finished step is never written again, and recovery is simple: a worker first drains what a
-  dead predecessor's delivery left queued, so those steps are not run again.
+  history to the endpoint (signed with ``QSTASH_CURRENT_SIGNING_KEY`` when set, over a
+  kept-alive connection, ``connections.py``) and acts on the answer. A worker that dies
+  mid-delivery loses its lease; another claims the run and delivers again (QStash is
+  at-least-once too).
+- **Published steps are recorded by the lease holder.** The SDK publishes a step's result
+  while its delivery request is still open. When that delivery runs in the process whose route
+  receives the publish, the route hands the step to it (``handoff.py``): the delivery records
+  it as a stepstream step with its ``stepStart``/``stepFinish`` events in one write fenced by
+  its own lease (``Engine.save_steps``), and the route answers once that write is durable (so
+  the SDK's client retries a publish a crash interrupted). Otherwise (another process, a late
+  publish, calls, invokes and plans) the route only queues it in the run's inbox (an
+  ``EntryStore`` entry per step, created once: a duplicate publish is acknowledged and
+  dropped); the delivering worker, once the endpoint answered, records each queued step the
+  same way, then deletes the entry. Why not record in the route, fenced by the run's current
+  lease? Only the execution that holds the lease knows which steps it already recorded; two
+  writers (a route handling a late publish from a dead worker's request, and the new worker)
+  could both record one step. With one writer per run, a position that holds a finished step
+  is never written again, and recovery is simple: a worker first drains what a dead
+  predecessor's delivery left queued, so those steps are not run again.
 - **Ending.** ``DELETE /v2/workflows/runs/{id}?cancel=false`` queues the result; the worker
   ends the loop with it, so the run finishes ``RUN_SUCCESS`` with it as ``workflowRunResponse``.
   ``cancel=true`` and ``client.cancel`` are ``Engine.cancel`` (the worker's next write is then
@@ -57,12 +62,15 @@ How it maps onto the engine (docs/upstash-protocol.md has the protocol):
 - **The DLQ** is the failed gateway runs (``dlqId`` = run id): resume and restart are
   ``recovery.resume`` / ``recovery.restart``; the failure callback is kept to be sent again
   (``dlq.py``).
+- **Plain QStash messages** (``/v2/publish/{url}`` without workflow headers, how the Python
+  SDK's docs start a signed app) are runs of a second built-in workflow, ``upstash-message``,
+  whose one step delivers the message, signed, retried like a step (``plain.py``).
 - **Flow control** (``Upstash-Flow-Control-*``) is the run's ``FlowLimits``: a delivery is
   the step execution that takes a slot. **Retry delays** (``Upstash-Retry-Delay``) are
   evaluated by a whitelisting ``ast`` walker (``delay.py``).
 
 Not served yet (the routes answer 400 naming it): webhooks (``waitForWebhook``), parallel
-steps other than ``context.run``, invoke inside parallel steps, plain QStash messages.
+steps other than ``context.run``, invoke inside parallel steps, topics, queues and schedules.
 
 The run's ``workflow`` is ``upstash`` for every endpoint: workers claim runs by the exact names
 registered with them, so a per-endpoint name would need each worker to know every endpoint.
@@ -75,7 +83,8 @@ from starlette.routing import BaseRoute
 from stepstream.upstash.allow import POLICIES, Allow
 from stepstream.upstash.delivery import Delivery
 from stepstream.upstash.gateway import Gateway
-from stepstream.upstash.messages import WORKFLOW
+from stepstream.upstash.messages import MESSAGE, WORKFLOW
+from stepstream.upstash.plain import deliver as deliver_message
 from stepstream.workflow.context import WorkflowContext
 from stepstream.workflow.engine import Engine, HasEngine, engine_of
 
@@ -85,8 +94,9 @@ __all__ = ["WORKFLOW", "enable", "gateway_routes"]
 def enable(
     workflows: Engine | HasEngine, *, retries: int = 3, allow: list[str] | None = None
 ) -> None:
-    """Serve ``@upstash/workflow`` apps: register the gateway's built-in workflow (``upstash``)
-    so this process's workers deliver gateway runs, and ``/qstash`` answers. Call it on the
+    """Serve ``@upstash/workflow`` apps: register the gateway's built-in workflows (``upstash``,
+    ``upstash-message``) so this process's workers deliver gateway runs and plain messages, and
+    ``/qstash`` answers. Call it on the
     ``Workflows`` of the server and of every worker process. ``retries``: delivery retries of a
     run whose trigger gave no ``Upstash-Retries``. ``allow``: the URL prefixes deliveries,
     failure callbacks and ``context.call`` may reach (default ``$STEPSTREAM_UPSTASH_ALLOW``,
@@ -102,7 +112,11 @@ def enable(
     async def deliver(context: WorkflowContext) -> object:
         return await Delivery(engine, context).loop()
 
+    async def message(context: WorkflowContext) -> object:
+        return await deliver_message(engine, context)
+
     engine.registry.workflow(WORKFLOW, retries=retries)(deliver)
+    engine.registry.workflow(MESSAGE, retries=retries)(message)
 
 
 def gateway_routes(engine: Engine) -> list[BaseRoute]:

@@ -21,9 +21,17 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from stepstream import events
-from stepstream.errors import NonRetryableError, RunConflict, StepFailed, ValidationError
+from stepstream.errors import (
+    LeaseLost,
+    NonRetryableError,
+    RunConflict,
+    StepFailed,
+    ValidationError,
+)
 from stepstream.records import FLOW_CONTROL, Emit, StepRecord, StepState, StepType, dumps
+from stepstream.upstash import handoff
 from stepstream.upstash.allow import policy_of
+from stepstream.upstash.connections import Connections, Unanswered, direct
 from stepstream.upstash.delay import parse_delay, retry_delay_ms
 from stepstream.upstash.dlq import failure_call
 from stepstream.upstash.history import History
@@ -39,6 +47,7 @@ from stepstream.upstash.messages import (
 )
 from stepstream.upstash.outbound import (
     Failure,
+    failure_of,
     failure_payload,
     make_call,
     signed,
@@ -54,7 +63,6 @@ SLEEPS = (StepType.SLEEP, StepType.SLEEP_UNTIL)
 WAITING = (*SLEEPS, StepType.WAIT, StepType.INVOKE)  # steps under way that the loop completes
 UNNAMED = "delivery"  # a failed attempt's name until the SDK names the step (or never does)
 MAX_ERRORS = 20
-MAX_DETAIL = 8000
 
 
 class Delivery:
@@ -68,6 +76,11 @@ class Delivery:
         self.plans: dict[int, dict[str, Any]] = {}
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.url = self.run.headers.get("upstash-workflow-url", "")
+        self.lock = asyncio.Lock()  # one recording at a time: the loop's, or a take's
+        self.posted = 0  # deliveries of the last pass
+        self.taken = 0  # new messages handed over while they were open
+        self.ended: tuple[Any] | None = None  # the SDK ended the run: (its result,)
+        self.connections = Connections(self.url) if direct(self.url) else None
 
     async def loop(self) -> Any:
         """Deliver until the SDK ends the run; its result."""
@@ -78,15 +91,21 @@ class Delivery:
             )
         stored = await self.engine.backend.list_entries(PLANS + self.run.id)
         self.plans = {int(key): json.loads(value) for key, value in stored.items()}
+        try:
+            return await self.passes()
+        finally:
+            if self.connections is not None:
+                await self.connections.aclose()
+
+    async def passes(self) -> Any:
         failure: Failure | None = None
-        posted = False
         while True:
-            fresh, ended, result = await self.drain()
-            if ended:
-                return result
+            fresh = await self.drain()
+            if self.ended is not None:
+                return self.ended[0]
             if fresh:
                 failure = None  # the endpoint did its part; only its answer was lost
-            elif failure is None and posted:
+            elif failure is None and self.posted:
                 failure = Failure(
                     "the endpoint answered 2xx but published no step nor ended the run"
                 )
@@ -97,44 +116,66 @@ class Delivery:
             await self.settle()
             slot = await self.take_slot()
             try:
-                failure = await self.post()
+                with handoff.listening(self.engine, self.run.id, self):
+                    failure = await self.post()
             finally:
                 if slot is not None:
                     await self.engine.release_slot(self.run.id, *slot)
-            posted = True
 
     # -- recording what the SDK published -----------------------------------------------------
 
-    async def drain(self) -> tuple[bool, bool, Any]:
+    async def drain(self) -> bool:
         """Record the steps published since the last pass (a step already recorded is dropped);
-        whether any was new, and whether the SDK ended the run, with its result. A call stays
-        queued until its request got an answer (``make_calls``)."""
-        kind = INBOX + self.run.id
-        backend = self.engine.backend
-        inbox = await backend.list_entries(kind)
-        fresh, ended, result, done = False, False, None, []
-        for key in sorted(inbox):
-            message = json.loads(inbox[key])
-            if message["kind"] == "finish":
-                ended = True
-                text = message.get("result") or ""
-                result = json.loads(text) if text else None
-            elif message["kind"] == "call":
-                fresh = await self.start(message, message["call"], StepType.CALL) or fresh
-                self.calls.append((key, message))
-                continue
-            elif message["kind"] == "wait":
-                fresh = await self.start_wait(message) or fresh
-            elif message["kind"] == "invoke":
-                fresh = await self.start_invoke(message) or fresh
-            elif message["kind"] == "plan":
-                fresh = await self.keep_plan(message["record"]) or fresh
-            else:
-                fresh = await self.record(message) or fresh
-            done.append(key)
-        for key in done:  # after recording: a crash before this only redelivers duplicates
-            await backend.delete_entry(kind, key)
-        return fresh, ended, result
+        whether any was new. ``self.ended`` once the SDK ended the run. A call stays queued
+        until its request got an answer (``make_calls``). The inbox is not read when every
+        delivery of the last pass had its answer handed over in this process (``take``)."""
+        async with self.lock:  # a take still under way lands first
+            taken, self.taken = self.taken, 0
+            if self.posted and taken >= self.posted:
+                return True
+            kind = INBOX + self.run.id
+            backend = self.engine.backend
+            inbox = await backend.list_entries(kind)
+            fresh, done = taken > 0, []
+            for key in sorted(inbox):
+                message = json.loads(inbox[key])
+                if message["kind"] == "call":
+                    fresh = await self.start(message, message["call"], StepType.CALL) or fresh
+                    self.calls.append((key, message))
+                    continue
+                fresh = await self.act(message) or fresh
+                done.append(key)
+            for key in done:  # after recording: a crash before this only redelivers duplicates
+                await backend.delete_entry(kind, key)
+            return fresh
+
+    async def take(self, message: dict[str, Any]) -> bool | None:
+        """A message published to this process while this delivery is open (``handoff``):
+        recorded at once under the lease; whether it was new, ``None`` if the lease is lost
+        (the route queues it in the inbox for the next lease holder)."""
+        async with self.lock:
+            try:
+                fresh = await self.act(message)
+            except LeaseLost:
+                return None
+            if fresh:
+                self.taken += 1
+            return fresh
+
+    async def act(self, message: dict[str, Any]) -> bool:
+        """Record one message of the inbox but a call; whether it was new."""
+        kind = message["kind"]
+        if kind == "finish":
+            text = message.get("result") or ""
+            self.ended = (json.loads(text) if text else None,)
+            return True
+        if kind == "wait":
+            return await self.start_wait(message)
+        if kind == "invoke":
+            return await self.start_invoke(message)
+        if kind == "plan":
+            return await self.keep_plan(message["record"])
+        return await self.record(message)
 
     def settled(self, position: int) -> bool:
         """Whether ``position`` holds a finished step, or one under way (sleep, wait, call)."""
@@ -341,6 +382,7 @@ class Delivery:
         """Deliver what is due (the history, or each pending plan at once); ``None`` if the
         endpoint took every delivery (2xx)."""
         deliveries = self.history().deliveries()
+        self.posted = len(deliveries)
         failures = await asyncio.gather(*(self.post_one(mid, body) for mid, body in deliveries))
         return next((failure for failure in failures if failure is not None), None)
 
@@ -351,8 +393,13 @@ class Delivery:
             return Failure(str(exc), final=True)
         headers = signed(self.url, body, self.headers(message_id))
         try:
-            answer = await self.engine.http_call(self.url, "POST", body, headers, DELIVERY_TIMEOUT)
-        except httpx.HTTPError as exc:
+            if self.connections is not None:
+                answer = await self.connections.post(body, headers, DELIVERY_TIMEOUT)
+            else:
+                answer = await self.engine.http_call(
+                    self.url, "POST", body, headers, DELIVERY_TIMEOUT
+                )
+        except (httpx.HTTPError, Unanswered) as exc:
             return Failure(f"delivering to {self.url} failed: {type(exc).__name__}: {exc}")
         status = int(answer["status"])
         if 200 <= status < 300:
@@ -429,23 +476,3 @@ def invoked(outcome: dict[str, Any]) -> str:
             "isCanceled": state == "RUN_CANCELED",
         }
     )
-
-
-def failure_of(status: int, answer: dict[str, Any]) -> Failure:
-    """What a non-2xx answer of the SDK means (docs/upstash-protocol.md §3, responses)."""
-    headers = {name.lower(): value for name, value in answer["headers"].items()}
-    body = answer["body"]
-    message, detail = f"the endpoint answered {status}", ""
-    if isinstance(body, dict):
-        if body.get("message"):
-            message = f"{message}: {body.get('error') or 'Error'}: {body['message']}"
-        detail = str(body.get("stack") or "")[:MAX_DETAIL]
-    elif body:
-        message = f"{message}: {str(body)[:200]}"
-    retry_after = None
-    if status == 429 and headers.get("retry-after", "").isdigit():
-        retry_after = float(headers["retry-after"])
-    final = status == 489 and headers.get("upstash-nonretryable-error") == "true"
-    step = headers.get("upstash-error-step-name") or None
-    text = body if isinstance(body, str) else dumps(body)
-    return Failure(message, step, detail, retry_after, final, status, text, headers)

@@ -42,7 +42,7 @@ from stepstream.errors import (
     ValidationError,
 )
 from stepstream.records import RunState, dumps
-from stepstream.upstash import dlq, logs
+from stepstream.upstash import dlq, handoff, logs, plain
 from stepstream.upstash.allow import policy_of
 from stepstream.upstash.messages import (
     FAILURE_URL,
@@ -52,6 +52,7 @@ from stepstream.upstash.messages import (
     Init,
     Invoke,
     Message,
+    Plain,
     StepResult,
     Wait,
     parse,
@@ -148,6 +149,11 @@ class Gateway:
         """Act on one parsed message; QStash's answer to it."""
         answer: dict[str, Any] = {"messageId": "msg_" + secrets.token_urlsafe(12)}
         self.check_destinations(message)
+        if isinstance(message, Plain):
+            try:
+                return {"messageId": await plain.publish(self.engine, message)}
+            except StepstreamError as exc:
+                raise BadRequest(str(exc)) from None
         if isinstance(message, Init):
             try:
                 await self.engine.trigger(
@@ -169,25 +175,30 @@ class Gateway:
         return answer
 
     async def to_inbox(self, message: StepResult | Call | Wait | Invoke) -> bool:
-        """Queue a step result, plan, call or wait for the run's worker to record; ``False``
-        if it is a duplicate (the step is recorded, or queued already)."""
+        """Queue a step result, plan, call or wait for the run's worker to record (or hand it
+        to the run's delivery open in this process, ``handoff``); ``False`` if it is a
+        duplicate (the step is recorded, or queued already)."""
+        plan = isinstance(message, StepResult) and message.plan
+        entry: dict[str, Any] = {"at": self.engine.clock()}
+        if isinstance(message, StepResult):
+            self.check_size(message.record)
+            entry.update(
+                kind="plan" if plan else "step", record=message.record, delay_ms=message.delay_ms
+            )
+        else:
+            kind = {Call: "call", Wait: "wait", Invoke: "invoke"}[type(message)]
+            entry.update(kind=kind, **{kind: asdict(message)})
+        taken = await handoff.hand(self.engine, message.run_id, entry)
+        if taken is not None:
+            return taken
         run = await self.engine.backend.get_run(message.run_id)
         if run is None or run.workflow != WORKFLOW:
             raise BadRequest(f"no workflow run {message.run_id[:80]} here")
         if run.state is not RunState.STARTED:
             raise BadRequest(f"can not append to a finished workflow run ({run.state.value})")
         recorded = run.step(message.position)
-        plan = isinstance(message, StepResult) and message.plan
         if not plan and recorded is not None and recorded.state.value == "STEP_SUCCESS":
             return False
-        entry: dict[str, Any] = {"at": self.engine.clock()}
-        if isinstance(message, StepResult):
-            self.check_size(message.record)
-            kind = "plan" if plan else "step"
-            entry.update(kind=kind, record=message.record, delay_ms=message.delay_ms)
-        else:
-            kind = {Call: "call", Wait: "wait", Invoke: "invoke"}[type(message)]
-            entry.update(kind=kind, **{kind: asdict(message)})
         try:
             key = f"{'plan' if plan else 'step'}-{message.position:09d}"
             await self.engine.backend.put_entry(INBOX + run.id, key, dumps(entry), create=True)
@@ -207,6 +218,8 @@ class Gateway:
                 wanted.append((init.headers[FAILURE_URL], "the failure URL"))
         if isinstance(message, Call):
             wanted.append((message.url, "context.call"))
+        if isinstance(message, Plain):
+            wanted.append((message.url, "the message's destination"))
         try:
             for url, what in wanted:
                 allow.check(url, what)
@@ -289,19 +302,21 @@ class Gateway:
         run_id = request.path_params["run_id"]
         if request.query_params.get("cancel") == "true":
             return await self.cancel_one(run_id)
-        run = await self.engine.backend.get_run(run_id)
-        if run is None or run.workflow != WORKFLOW:
-            return error(404, f"no workflow run {run_id[:80]} here")
-        if run.state is not RunState.STARTED:
-            return Response(status_code=200)  # ended already: a repeated delete changes nothing
         result = (await request.body()).decode(errors="replace")
         if result:
             try:
                 json.loads(result)
             except ValueError:
                 return error(400, "the run's result must be JSON text")
-        entry = dumps({"kind": "finish", "result": result, "at": self.engine.clock()})
-        await self.engine.backend.put_entry(INBOX + run_id, "~finish", entry)
+        entry = {"kind": "finish", "result": result, "at": self.engine.clock()}
+        if await handoff.hand(self.engine, run_id, entry) is not None:
+            return Response(status_code=200)
+        run = await self.engine.backend.get_run(run_id)
+        if run is None or run.workflow != WORKFLOW:
+            return error(404, f"no workflow run {run_id[:80]} here")
+        if run.state is not RunState.STARTED:
+            return Response(status_code=200)  # ended already: a repeated delete changes nothing
+        await self.engine.backend.put_entry(INBOX + run_id, "~finish", dumps(entry))
         return Response(status_code=200)
 
     async def cancel_one(self, run_id: str) -> Response:

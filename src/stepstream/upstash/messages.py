@@ -18,6 +18,7 @@ from stepstream.upstash.delay import parse_delay
 from stepstream.workflow.flow import FlowControl
 
 WORKFLOW = "upstash"  # the built-in workflow every gateway run is a run of
+MESSAGE = "upstash-message"  # the built-in workflow delivering a plain message (``plain.py``)
 INBOX = "upstash-inbox:"  # entry kind (+ run id) of the messages a run's worker has to record
 PLANS = "upstash-plans:"  # entry kind (+ run id): a run's parallel plan steps, by target
 FAILURES = "upstash-failures"  # entry kind: what a failed run's failure callback answered
@@ -127,7 +128,21 @@ class Invoke:
     child: Init
 
 
-Message = Init | StepResult | Call | Invoke
+@dataclass(frozen=True, slots=True)
+class Plain:
+    """A plain QStash message (no workflow headers): one delivery of ``body`` to ``url``
+    with ``headers`` (its ``Upstash-Forward-*`` ones and content type), retried ``retries``
+    times, after ``delay`` seconds."""
+
+    url: str
+    method: str
+    headers: dict[str, str]
+    body: str
+    retries: int
+    delay: float | None
+
+
+Message = Init | StepResult | Call | Invoke | Plain
 
 
 def parse(destination: str, headers: dict[str, str], body: str, now: int) -> Message:
@@ -135,10 +150,7 @@ def parse(destination: str, headers: dict[str, str], body: str, now: int) -> Mes
     not serve (yet)."""
     run_id = headers.get("upstash-workflow-runid")
     if not run_id:
-        raise BadRequest(
-            "only Upstash Workflow messages are served under /qstash (this one has no "
-            "Upstash-Workflow-RunId): plain QStash messages, queues and schedules are not"
-        )
+        return _plain(destination, headers, body, now)
     if "upstash-callback" in headers or headers.get("upstash-workflow-calltype") == "toCallback":
         return _call(run_id, destination, headers, body)
     delay_ms = _delay_ms(headers, now)
@@ -157,6 +169,37 @@ def parse(destination: str, headers: dict[str, str], body: str, now: int) -> Mes
             flow_of(headers),
         )
     return StepResult(run_id, _record(body), delay_ms)
+
+
+def _plain(url: str, headers: dict[str, str], body: str, now: int) -> Plain:
+    """A message without workflow headers: delivered once to ``url``, as QStash does (an
+    endpoint wrapped by the SDK's ``serve`` takes it as a first invocation)."""
+    if not url.startswith(("http://", "https://")):
+        raise BadRequest(
+            f"a plain message needs an http(s) URL as its destination, not {url[:80]!r}: "
+            "topics, URL groups and queues are not served by the stepstream QStash gateway"
+        )
+    unserved = [n for n in ("upstash-callback", FAILURE_URL) if n in headers]
+    if unserved:
+        raise BadRequest(
+            f"{unserved[0]} on a plain message is not served by the stepstream QStash gateway"
+        )
+    forwarded = {
+        name[len(FORWARD) :]: value
+        for name, value in headers.items()
+        if name.startswith(FORWARD) and name[len(FORWARD) :] not in NOT_DELIVERED
+    }
+    if "content-type" in headers:
+        forwarded["content-type"] = headers["content-type"]
+    delay_ms = _delay_ms(headers, now)
+    return Plain(
+        url,
+        headers.get("upstash-method", "POST").upper(),
+        forwarded,
+        body,
+        _count(headers, RETRIES, 3),
+        None if delay_ms is None else delay_ms / 1000,
+    )
 
 
 def _invoke(

@@ -23,6 +23,7 @@ CALL_TIMEOUT = 60.0  # seconds a context.call may take without its own Upstash-T
 MAX_CALL_BODY = 1_000_000  # bytes of a called URL's answer kept as the step's result
 CALL_RETRY_DELAY = 1.0  # seconds between a context.call's attempts (doubling, at most 8)
 FAILURE_ATTEMPTS = 3
+MAX_DETAIL = 8000  # characters of a failing answer's stack kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,3 +147,23 @@ async def call_failure_url(
             outcome["state"] = "CALLBACK_SUCCESS"
             break
     return outcome
+
+
+def failure_of(status: int, answer: dict[str, Any]) -> Failure:
+    """What a non-2xx answer of the SDK means (docs/upstash-protocol.md §3, responses)."""
+    headers = {name.lower(): value for name, value in answer["headers"].items()}
+    body = answer["body"]
+    message, detail = f"the endpoint answered {status}", ""
+    if isinstance(body, dict):
+        if body.get("message"):
+            message = f"{message}: {body.get('error') or 'Error'}: {body['message']}"
+        detail = str(body.get("stack") or "")[:MAX_DETAIL]
+    elif body:
+        message = f"{message}: {str(body)[:200]}"
+    retry_after = None
+    if status == 429 and headers.get("retry-after", "").isdigit():
+        retry_after = float(headers["retry-after"])
+    final = status == 489 and headers.get("upstash-nonretryable-error") == "true"
+    step = headers.get("upstash-error-step-name") or None
+    text = body if isinstance(body, str) else dumps(body)
+    return Failure(message, step, detail, retry_after, final, status, text, headers)

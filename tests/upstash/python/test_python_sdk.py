@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from tests.conftest import free_port
-from tests.upstash.harness import missing
+from tests.upstash.harness import missing, serving_app
 from tests.upstash.test_gateway import (
     AUTH,
     CURRENT_KEY,
@@ -32,14 +32,6 @@ from tests.upstash.test_gateway import (
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 
 ROOT = Path(__file__).parents[3]
-
-# Where the gateway does not serve the Python SDK yet (upstash-workflow 2.0.0).
-PLAIN_MESSAGE = (
-    "the SDK's docs start a run by publishing a plain message to the endpoint "
-    "(qstash's message.publish_json); the gateway answers 400 'only Upstash Workflow "
-    "messages are served under /qstash', so an app with signing keys (which refuses "
-    "unsigned direct POSTs) cannot be started"
-)
 
 
 @pytest.fixture(autouse=True)
@@ -73,31 +65,8 @@ async def serve_app(env: Mapping[str, str], log: Path) -> AsyncIterator[str]:
     port = free_port()
     command = [sys.executable, "-m", "uvicorn", "tests.upstash.python.app:app"]
     command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
-    with log.open("wb") as output:
-        process = await anyio.open_process(
-            command, cwd=ROOT, env=dict(env), stdout=output, stderr=output
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        async with httpx.AsyncClient() as client:
-            with anyio.fail_after(15):
-                while True:
-                    if process.returncode is not None:
-                        text = await anyio.Path(log).read_text()
-                        raise RuntimeError(f"uvicorn exited:\n{text}")
-                    try:
-                        await client.get(f"{url}/_executions")
-                        break
-                    except httpx.TransportError:
-                        await anyio.sleep(0.02)  # waiting for the port, not an assertion
+    async with serving_app(command, ROOT, env, port, log) as url:
         yield url
-    finally:
-        process.terminate()
-        with anyio.move_on_after(5):
-            await process.wait()
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
 
 
 async def trigger(client: httpx.AsyncClient, url: str, payload: Any) -> str:
@@ -190,7 +159,6 @@ async def test_failure_function(tmp_path: Path) -> None:
         assert "boom" in failure["failResponse"]
 
 
-@pytest.mark.xfail(strict=True, reason=PLAIN_MESSAGE)
 async def test_signed_app_started_by_a_qstash_message(tmp_path: Path) -> None:
     """With signing keys the app refuses unsigned POSTs, so its docs start runs by publishing a
     message to the endpoint with the ``qstash`` client; QStash delivers it, signed, and the SDK
