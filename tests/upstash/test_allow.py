@@ -89,3 +89,29 @@ def test_workflows_serve_the_gateway_when_asked(monkeypatch: pytest.MonkeyPatch)
     assert Workflows(backend="memory://", upstash=True).find(WORKFLOW) is not None
     monkeypatch.setenv("STEPSTREAM_UPSTASH", "1")
     assert Workflows(backend="memory://").find(WORKFLOW) is not None
+
+
+@pytest.mark.anyio
+async def test_the_gateway_workflows_are_not_listed_nor_triggered_by_hand() -> None:
+    from stepstream import Workflows
+    from stepstream.server.wire import workflow_names
+    from stepstream.upstash import WORKFLOW
+
+    workflows = Workflows(backend="memory://", upstash=True)
+    workflows.workflow("mine")(_never)
+    assert workflow_names(workflows.engine)["workflows"] == ["mine"]
+    app = workflows.asgi(workers=0)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+            listed = (await http.get("/api/workflows")).json()["workflows"]
+            refused = await http.post(
+                f"/api/workflows/{WORKFLOW}", json={}, headers={"content-type": "application/json"}
+            )
+    assert listed == ["mine"]
+    assert refused.status_code == 422
+    assert "started through /qstash" in refused.json()["error"]["message"]
+
+
+async def _never(context: object) -> None:
+    raise AssertionError("not run in this test")

@@ -136,7 +136,13 @@ class JSONApi:
         delay = _delay(request.query_params.get("delay"))
         run_id = run_id_from(request.query_params.get("workflowRunId"))
         name = request.path_params["name"]
-        flow = flow_from_query(request.query_params, self.engine.registry.get(name).flow_control)
+        definition = self.engine.registry.get(name)
+        if definition.internal:
+            raise ValidationError(
+                f"workflow {name!r} is stepstream's own (the Upstash gateway's): its runs are "
+                "started through /qstash, not here"
+            )
+        flow = flow_from_query(request.query_params, definition.flow_control)
         try:
             await self.engine.trigger(
                 name,

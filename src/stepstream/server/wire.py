@@ -375,7 +375,7 @@ def workflow_names(engine: Engine) -> WorkflowNames:
     """``GET /api/workflows`` (and ``client.workflows()``): the registered names, which are
     paused (as the engine last read them), and the declared example payloads."""
     registry = engine.registry
-    names = registry.names
+    names = [name for name in registry.names if not registry.get(name).internal]
     examples = {name: registry.get(name).example for name in names}
     return WorkflowNames(
         workflows=names,

@@ -115,8 +115,8 @@ def enable(
     async def message(context: WorkflowContext) -> object:
         return await deliver_message(engine, context)
 
-    engine.registry.workflow(WORKFLOW, retries=retries)(deliver)
-    engine.registry.workflow(MESSAGE, retries=retries)(message)
+    engine.registry.workflow(WORKFLOW, retries=retries, internal=True)(deliver)
+    engine.registry.workflow(MESSAGE, retries=retries, internal=True)(message)
 
 
 def gateway_routes(engine: Engine) -> list[BaseRoute]:

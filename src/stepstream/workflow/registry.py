@@ -37,6 +37,7 @@ class Workflow:
     flow_control: FlowControl | None = None
     schedule: Schedule | None = None
     example: Any = None
+    internal: bool = False  # started by stepstream itself only (the Upstash gateway's)
 
     @property
     def policy(self) -> RetryPolicy:
@@ -69,6 +70,7 @@ class Registry:
         flow_control: FlowControl | None = None,
         schedule: str | Schedule | None = None,
         example: Any = None,
+        internal: bool = False,
     ) -> Callable[[F], F]:
         """Register an ``async def fn(context)`` under ``name``.
 
@@ -80,7 +82,8 @@ class Registry:
         ``schedule``: start runs by themselves, on a cron expression (5 fields, or 6 with
         leading seconds) or a ``Schedule`` (cron, time zone, payload); stored as the schedule
         named like the workflow when a worker starts. ``example``: a payload to start it with,
-        offered by the dashboard's "New run" form (JSON).
+        offered by the dashboard's "New run" form (JSON). ``internal``: started by stepstream
+        itself only (the Upstash gateway's built-ins): not listed, not triggered over the API.
         """
         if not name or not isinstance(name, str) or "/" in name:
             raise ConfigurationError(
@@ -111,6 +114,7 @@ class Registry:
                 flow_control,
                 when,
                 example,
+                internal,
             )
             return fn
 
