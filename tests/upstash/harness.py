@@ -7,11 +7,12 @@ import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import anyio
 import httpx
 import pytest
+import uvicorn
 
 from tests.conftest import IN_CI, free_port
 
@@ -87,3 +88,23 @@ async def serving_app(
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+@asynccontextmanager
+async def serve_uvicorn(app: Any, port: int | None = None, **config: Any) -> AsyncIterator[str]:
+    """``app`` under uvicorn in this event loop on ``port`` (default: a free one), once it
+    listens; its base URL. ``config``: more ``uvicorn.Config`` options."""
+    port = free_port() if port is None else port
+    config.setdefault("log_level", "error")
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **config))
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(server.serve)
+        with anyio.fail_after(10):
+            while True:
+                if server.started:
+                    break
+                await anyio.sleep(0.01)  # waiting for the socket, not an assertion
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            server.should_exit = True

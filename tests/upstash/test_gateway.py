@@ -19,12 +19,10 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-import uvicorn
 
 import stepstream.upstash
 from stepstream import Realtime, Workflows
-from tests.conftest import free_port
-from tests.upstash.harness import NODE_DIR, node_env, serve_workflows
+from tests.upstash.harness import NODE_DIR, node_env, serve_uvicorn, serve_workflows
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 
@@ -38,24 +36,6 @@ AUTH = {"authorization": f"Bearer {TOKEN}"}
 def signing_key(monkeypatch: pytest.MonkeyPatch) -> None:
     """stepstream signs deliveries with the key the SDK verifies them against."""
     monkeypatch.setenv("QSTASH_CURRENT_SIGNING_KEY", CURRENT_KEY)
-
-
-@asynccontextmanager
-async def serve_uvicorn(app: Any) -> AsyncIterator[str]:
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error")
-    server = uvicorn.Server(config)
-    async with anyio.create_task_group() as tasks:
-        tasks.start_soon(server.serve)
-        with anyio.fail_after(10):
-            while True:
-                if server.started:
-                    break
-                await anyio.sleep(0.01)  # waiting for the socket, not an assertion
-        try:
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            server.should_exit = True
 
 
 @asynccontextmanager

@@ -25,13 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import anyio
 import httpx
 import pytest
-import uvicorn
 
 from tests.conftest import free_port
-from tests.upstash.harness import serve_workflows
+from tests.upstash.harness import serve_uvicorn, serve_workflows
 
 pytestmark = pytest.mark.anyio
 
@@ -113,19 +111,8 @@ class FakeQStash:
 @asynccontextmanager
 async def fake_qstash(port: int) -> AsyncIterator[FakeQStash]:
     qstash = FakeQStash()
-    config = uvicorn.Config(qstash, host="127.0.0.1", port=port, lifespan="off", log_level="error")
-    server = uvicorn.Server(config)
-    async with anyio.create_task_group() as tasks:
-        tasks.start_soon(server.serve)
-        with anyio.fail_after(10):
-            while True:
-                if server.started:
-                    break
-                await anyio.sleep(0.01)  # waiting for the socket, not an assertion
-        try:
-            yield qstash
-        finally:
-            server.should_exit = True
+    async with serve_uvicorn(qstash, port, lifespan="off"):
+        yield qstash
 
 
 # --- the workflow endpoint ----------------------------------------------------------------

@@ -23,6 +23,8 @@ import process from "node:process";
 import { Client } from "@upstash/workflow";
 import { serve } from "@upstash/workflow/nextjs";
 
+import { reply, toRequest } from "./http_bridge.mjs";
+
 const PAGE = new URL("../../../examples/guide/dist/", import.meta.url);
 const STEPSTREAM_URL = process.env.STEPSTREAM_URL;
 
@@ -93,26 +95,6 @@ async function page(path) {
   return new Response(await readFile(new URL(file, PAGE)), { headers: { "content-type": type } });
 }
 
-async function toRequest(incoming) {
-  const chunks = [];
-  for await (const chunk of incoming) chunks.push(chunk);
-  const headers = new Headers();
-  for (let i = 0; i < incoming.rawHeaders.length; i += 2) {
-    headers.append(incoming.rawHeaders[i], incoming.rawHeaders[i + 1]);
-  }
-  const hasBody = !["GET", "HEAD"].includes(incoming.method);
-  return new Request(`http://${incoming.headers.host}${incoming.url}`, {
-    method: incoming.method,
-    headers,
-    body: hasBody ? Buffer.concat(chunks) : undefined,
-  });
-}
-
-async function reply(outgoing, response) {
-  const text = Buffer.from(await response.arrayBuffer());
-  outgoing.writeHead(response.status, Object.fromEntries(response.headers.entries()));
-  outgoing.end(text);
-}
 
 async function route(incoming, outgoing) {
   const { pathname } = new URL(incoming.url, "http://localhost");

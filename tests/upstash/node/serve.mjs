@@ -19,6 +19,8 @@ import process from "node:process";
 import { WorkflowNonRetryableError, WorkflowRetryAfterError } from "@upstash/workflow";
 import { createWorkflow, serve, serveMany } from "@upstash/workflow/nextjs";
 
+import { reply, toRequest } from "./http_bridge.mjs";
+
 const executions = [];
 let healed = false;
 let inFlight = 0;
@@ -183,26 +185,6 @@ function handlerFor(name) {
   return serve(entry[0], entry[1]).POST;
 }
 
-async function toRequest(incoming) {
-  const chunks = [];
-  for await (const chunk of incoming) chunks.push(chunk);
-  const headers = new Headers();
-  for (let i = 0; i < incoming.rawHeaders.length; i += 2) {
-    headers.append(incoming.rawHeaders[i], incoming.rawHeaders[i + 1]);
-  }
-  const hasBody = !["GET", "HEAD"].includes(incoming.method);
-  return new Request(`http://${incoming.headers.host}${incoming.url}`, {
-    method: incoming.method,
-    headers,
-    body: hasBody ? Buffer.concat(chunks) : undefined,
-  });
-}
-
-async function reply(outgoing, response) {
-  const text = Buffer.from(await response.arrayBuffer());
-  outgoing.writeHead(response.status, Object.fromEntries(response.headers.entries()));
-  outgoing.end(text);
-}
 
 const [name = "all", portArg] = process.argv.slice(2);
 const port = Number(portArg ?? process.env.PORT ?? 3000);
