@@ -17,7 +17,7 @@ import pytest
 
 from stepstream.backends import backend_from_url
 from stepstream.backends.base import AcquireSlot, CreateRun, Notify, ReleaseSlot, SaveSteps
-from stepstream.backends.postgres import PostgresBackend, connection
+from stepstream.backends.postgres import PostgresBackend, connection, live
 from stepstream.backends.postgres.connection import migrations
 from stepstream.errors import (
     BackendError,
@@ -381,3 +381,116 @@ async def test_flow_control_takes_its_locks_in_one_order(postgres_url: str) -> N
         await backend.close()  # its sessions end: their statistics are flushed
     await asyncio.sleep(0.5)
     assert await _deadlocks(postgres_url) == before
+
+
+class Heard:
+    """The payloads NOTIFY sends on ``topic``, heard by a plain asyncpg connection."""
+
+    def __init__(self) -> None:
+        self.payloads: list[str] = []
+        self.changed = asyncio.Event()
+
+    def __call__(self, *args: Any) -> None:
+        self.payloads.append(args[3])
+        self.changed.set()
+
+    async def until(self, count: int) -> list[str]:
+        async with asyncio.timeout(10):
+            while len(self.payloads) < count:
+                self.changed.clear()
+                await self.changed.wait()
+        return [p.split("\n")[0] + ":" + p.split("\n")[3] for p in self.payloads]
+
+
+async def test_only_watched_channels_are_notified(
+    backend: PostgresBackend, postgres_url: str
+) -> None:
+    """Appends to a channel nobody watches send no NOTIFY (whose commit lock would serialize
+    every step's commit); a watched one's do, and an append by a process of an earlier version
+    (no ``stepstream.notify`` setting) notifies whatever it appends."""
+    heard = Heard()
+    conn = await asyncpg.connect(postgres_url)
+    await conn.add_listener(backend._listener.topic, heard)
+    old = await asyncpg.connect(postgres_url, server_settings={"search_path": backend._db.schema})
+    try:
+        await backend.append("quiet", "t.e", "1", FOREVER)
+        sink = Sink()
+        backend.set_sink(sink)
+        await backend.listen(["loud"])
+        loud = await backend.append("loud", "t.e", "2", FOREVER)
+        await sink.until(lambda: sink.messages)
+        assert sink.messages == [loud]
+        await old.fetch("SELECT ss_append('quiet', '{t.e}', '{3}', NULL, NULL)")
+        await heard.until(2)
+        await backend.append("quiet", "t.e", "4", FOREVER)
+        await backend.append("loud", "t.e", "5", FOREVER)
+        assert await heard.until(3) == ["loud:2", "quiet:3", "loud:5"]
+    finally:
+        await old.close()
+        await conn.close()
+
+
+async def _race_a_watch(backend: PostgresBackend, channel: str) -> None:
+    sink = Sink()
+    backend.set_sink(sink)
+    sent: list[Message] = []
+    stop = asyncio.Event()
+
+    async def writer() -> None:
+        while not stop.is_set():
+            sent.append(await backend.append(channel, "t.e", str(len(sent)), FOREVER))
+
+    writers = [asyncio.create_task(writer()) for _ in range(3)]
+    await asyncio.sleep(0.02)
+    await backend.listen([channel])
+    history = await backend.read(channel)
+    await asyncio.sleep(0.05)
+    stop.set()
+    await asyncio.gather(*writers)
+    await sink.until(lambda: sent[-1].id in {m.id for m in sink.messages + history})
+    seen = {m.id for m in history} | {m.id for m in sink.messages}
+    assert {m.id for m in sent} <= seen
+    await backend.unlisten([channel])
+
+
+async def test_events_appended_while_a_watch_begins_are_never_lost(
+    backend: PostgresBackend,
+) -> None:
+    """A subscriber's history read after ``listen`` returns plus what arrives live covers every
+    event appended meanwhile by writers racing the watch."""
+    for attempt in range(5):
+        await _race_a_watch(backend, f"race{attempt}")
+
+
+async def test_watches_left_unrenewed_count_as_a_lost_connection(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process whose loop was frozen past its watches' renewal may have missed unannounced
+    events: it reports the connection lost, so subscribers catch up from storage."""
+    monkeypatch.setattr(live, "RENEW_INTERVAL", 3600.0)
+    monkeypatch.setattr(live, "RENEW_LIMIT", 0.2)
+    backend = backend_from_url(fresh(postgres_url, live_check_interval="0.3"))
+    await backend.open()
+    sink = Sink()
+    backend.set_sink(sink)
+    try:
+        await backend.listen(["c"])
+        await sink.until(lambda: sink.losses, within=10)
+        assert "unrenewed" in sink.losses[0]
+    finally:
+        await backend.close()
+
+
+async def test_a_deleted_run_keeps_the_watch_on_its_channel(
+    backend: PostgresBackend, postgres_url: str
+) -> None:
+    sink = Sink()
+    backend.set_sink(sink)
+    await backend.listen(["wfr_gone"])
+    run = RunRecord("wfr_gone", "w", RunState.SUCCESS, 1, completed_at=2)
+    await backend.create_run(CreateRun(run))
+    await backend.append("wfr_gone", "t.e", "1", FOREVER)
+    await backend.delete_run("wfr_gone")
+    assert await backend.read("wfr_gone") == []
+    again = await backend.append("wfr_gone", "t.e", "2", FOREVER)
+    await sink.until(lambda: again in sink.messages)

@@ -115,7 +115,12 @@ class Database:
         self.schema = schema
         self.pool_size = pool_size
         self.where = f"PostgreSQL at {shown}"
-        self.settings = {"search_path": schema, "application_name": "stepstream"}
+        # stepstream.notify: appends NOTIFY only watched channels (migration 6).
+        self.settings = {
+            "search_path": schema,
+            "application_name": "stepstream",
+            "stepstream.notify": "watched",
+        }
         self.pool: asyncpg.Pool | None = None
         self._open_lock = asyncio.Lock()
 

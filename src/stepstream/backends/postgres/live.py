@@ -9,10 +9,14 @@ notifications wait for it). One that was trimmed before it could be read is repo
 as ``missed``; consumers check their cursors against storage.
 
 The connection LISTENs to the events topic only while some channel is watched, and to
-``stepstream.<schema>.wake`` once a worker asks for wake-ups. It is checked with ``SELECT 1``
-every ``check_interval`` seconds; when it closes or stops answering, the sink is told
-(``LiveSink.lost``: subscribers resubscribe and catch up from storage) and workers fall back to
-polling until they listen again on a new connection.
+``stepstream.<schema>.wake`` once a worker asks for wake-ups. Appends NOTIFY only channels that
+some process watches (``migrations/006_watched_channels.sql``): watching a channel records, in
+its row, a time until which it is watched (``WATCH_TTL_MS`` ahead), renewed every
+``RENEW_INTERVAL``; a process that could not renew in time (its loop was frozen, the database
+was unreachable) treats its connection as lost, since events may have gone unannounced. It is
+checked with ``SELECT 1`` every ``check_interval`` seconds; when it closes or stops answering,
+the sink is told (``LiveSink.lost``: subscribers resubscribe and catch up from storage) and
+workers fall back to polling until they listen again on a new connection.
 """
 
 from __future__ import annotations
@@ -30,6 +34,10 @@ from stepstream.backends.postgres.connection import Database, map_postgres_error
 from stepstream.records import Message, parse_cursor
 
 SWEEP_INTERVAL = 30.0
+WATCH_TTL_MS = 120_000  # a watch lasts this long unless renewed
+RENEW_INTERVAL = 30.0  # seconds between renewals of this process's watches
+RENEW_LIMIT = WATCH_TTL_MS / 1000 - 30.0  # unrenewed this long: treat the connection as lost
+WATCH_BATCH = 1000  # channels registered per statement
 
 
 class Listener:
@@ -50,6 +58,7 @@ class Listener:
         self._watchdog: asyncio.Task[None] | None = None
         self._pending: deque[tuple[str, str, Message | None]] = deque()
         self._drain: asyncio.Task[None] | None = None
+        self._renewed = 0.0  # loop time of the last renewal of every watch
 
     async def watch(self, channels: Collection[str]) -> None:
         """Returns once every event appended to ``channels`` from now on will be delivered."""
@@ -59,6 +68,11 @@ class Listener:
                 with map_postgres_errors(self._db.where):
                     await conn.add_listener(self.topic, self._on_event)
                 self._events = True
+            new = [channel for channel in channels if channel not in self.channels]
+            if new:
+                if not self.channels:
+                    self._renewed = asyncio.get_running_loop().time()
+                await self._register(new)  # after LISTEN: see the module's docstring
             self.channels.update(channels)
 
     async def unwatch(self, channels: Collection[str]) -> None:
@@ -80,6 +94,12 @@ class Listener:
             with map_postgres_errors(self._db.where):
                 await conn.add_listener(self.wake_topic, self._on_wake)
             self.waking = True
+
+    async def _register(self, channels: list[str]) -> None:
+        for start in range(0, len(channels), WATCH_BATCH):
+            await self._db.value(
+                "SELECT ss_watch($1, $2)", channels[start : start + WATCH_BATCH], WATCH_TTL_MS
+            )
 
     async def close(self) -> None:
         watchdog, self._watchdog = self._watchdog, None
@@ -134,7 +154,8 @@ class Listener:
 
     async def _watch(self, conn: asyncpg.Connection) -> None:
         """``SELECT 1`` every ``check_interval``: a connection that stops answering (a half-open
-        socket, a paused server) counts as lost. Also deletes expired channel histories."""
+        socket, a paused server) counts as lost, and so do watches left unrenewed too long.
+        Also renews the watches and deletes expired channel histories."""
         interval = self._check_interval
         loop = asyncio.get_running_loop()
         next_sweep = loop.time() + SWEEP_INTERVAL
@@ -144,6 +165,7 @@ class Listener:
                 # Under the lock: one connection runs one command at a time (LISTEN too).
                 async with asyncio.timeout(interval), self._lock:
                     await conn.fetchval("SELECT 1")
+                await self._renew(loop.time())
                 if loop.time() >= next_sweep:
                     next_sweep = loop.time() + SWEEP_INTERVAL
                     with contextlib.suppress(Exception):
@@ -152,6 +174,19 @@ class Listener:
             raise
         except Exception as exc:
             self._lost(conn, str(exc) or type(exc).__name__)
+
+    async def _renew(self, now: float) -> None:
+        """Renew every watch once ``RENEW_INTERVAL`` has passed; raise when they may have
+        lapsed (``RENEW_LIMIT``), which ``_watch`` reports as a lost connection."""
+        if not self.channels:
+            return
+        if now - self._renewed > RENEW_LIMIT:
+            raise TimeoutError(f"watched channels went {now - self._renewed:.0f} s unrenewed")
+        if now - self._renewed < RENEW_INTERVAL:
+            return
+        with contextlib.suppress(Exception):  # tried again at the next check
+            await self._register(sorted(self.channels))
+            self._renewed = now
 
     # -- notifications (called on the loop by asyncpg, in the order they arrive) ---------------
 
