@@ -278,7 +278,7 @@ def print_log(log: dict[str, Any]) -> None:
         Text.assemble(
             (log["workflowRunId"], "bold"),
             "  ",
-            (log["workflowName"], "bold cyan"),
+            (log.get("displayName") or log["workflowName"], "bold cyan"),
             "  ",
             (state, STATE_STYLE.get(state, "")),
         )
@@ -386,7 +386,7 @@ def print_runs(runs: list[dict[str, Any]]) -> None:
             took = _duration(run["workflowRunCompletedAt"] - run["workflowRunCreatedAt"])
         table.add_row(
             run["workflowRunId"],
-            run["workflowName"],
+            run.get("displayName") or run["workflowName"],
             Text(run["workflowState"], style=STATE_STYLE.get(run["workflowState"], "")),
             _when(run["workflowRunCreatedAt"]),
             took,

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from playwright.sync_api import expect
 
 import stepstream.upstash
 from stepstream import Realtime, Workflows
@@ -126,3 +127,12 @@ def test_guide_page_follows_an_upstash_sdk_run(
     assert [(s["stepName"], s["state"]) for s in log["steps"]] == [
         (step, "STEP_SUCCESS") for step in STEPS
     ]
+
+    # The dashboard names the run after its endpoint, and its label finds it.
+    page.on("dialog", lambda dialog: dialog.accept(TOKEN))  # the dashboard asks for the token
+    page.goto(f"{stepstream_url}/")
+    page.evaluate("location.hash = '#/?label=/api/workflow/basic'")
+    row = page.locator(f'.run-row[data-run-id="{run_id}"]')
+    expect(row.locator(".wf-name")).to_have_text("upstash /api/workflow/basic", timeout=10_000)
+    row.click()
+    expect(page.locator("#run-workflow")).to_have_text("upstash /api/workflow/basic")

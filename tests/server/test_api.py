@@ -32,7 +32,7 @@ LOG_KEYS = {
 }  # fmt: skip
 LARGE_KEYS = {"requestPayload", "workflowRunResponse", "steps"}
 SUMMARY_KEYS = {
-    "workflowRunId", "workflowName", "workflowState", "workflowRunCreatedAt",
+    "workflowRunId", "workflowName", "displayName", "workflowState", "workflowRunCreatedAt",
     "workflowRunCompletedAt", "error", "invoker", "flowControl", "status", "waitingFor",
     "labels", "restartedFrom", "forkedFrom",
 }  # fmt: skip

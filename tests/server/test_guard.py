@@ -15,6 +15,7 @@ from starlette.applications import Starlette
 
 from stepstream import Realtime, WorkflowContext, Workflows
 from stepstream.server.app import Guard, create_app
+from stepstream.upstash.hooks import qstash_token
 from tests.conftest import free_port
 from tests.server.asgi import call
 
@@ -291,3 +292,30 @@ async def test_the_prefix_without_its_slash_redirects_to_the_dashboard_with_a_to
         refused = await call(app, "GET", "/wf/api/runs", root_path="/wf")
     assert answer.status in {307, 308}, answer
     assert refused.status == 401
+
+
+# -- the QStash gateway: webhook URLs, QStash-style tokens --------------------------------------
+
+
+async def test_only_exact_webhook_urls_pass_without_the_token(tmp_path: Path) -> None:
+    """``/qstash/v2/workflows/hooks/{user}/{wfr_run}/{evt_id}`` is called by third parties; the
+    route checks the run made that hook. Any other shape under ``/qstash`` needs the token."""
+    app = build(tmp_path, token="s3cret")
+    hooks = "/qstash/v2/workflows/hooks"
+    async with app.router.lifespan_context(app), client(app) as http:
+        hook = await http.post(f"{hooks}/u/wfr_abc/evt_abcdefgh", content=b"x")
+        assert hook.status_code == 404  # past the Guard: the gateway is off here
+        for path in (
+            f"{hooks}/u/wfr_abc/evt_abcdefgh/more",
+            f"{hooks}/u/wfr_abc/approve-wfr_abc",  # not a webhook's event id
+            f"{hooks}/u/other/evt_abcdefgh",
+            "/qstash/v2/waiters/evt_abcdefgh",
+        ):
+            assert (await http.post(path, content=b"x")).status_code == 401, path
+
+        # A QStash-style token (base64 JSON, Password = the API token): on /qstash only.
+        bearer = {"authorization": f"Bearer {qstash_token('s3cret')}"}
+        assert (await http.get("/qstash/v2/waiters/e", headers=bearer)).status_code == 404
+        assert (await http.get("/api/runs", headers=bearer)).status_code == 401
+        wrong = {"authorization": f"Bearer {qstash_token('guess')}"}
+        assert (await http.get("/qstash/v2/waiters/e", headers=wrong)).status_code == 401

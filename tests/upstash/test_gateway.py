@@ -53,21 +53,21 @@ async def stepstream_app(database: Path, *, workers: int) -> AsyncIterator[tuple
         yield url, workflows
 
 
-def sdk_env(stepstream_url: str) -> dict[str, str]:
+def sdk_env(stepstream_url: str, token: str = TOKEN) -> dict[str, str]:
     return {
         "QSTASH_URL": f"{stepstream_url}/qstash",
-        "QSTASH_TOKEN": TOKEN,
+        "QSTASH_TOKEN": token,
         "QSTASH_CURRENT_SIGNING_KEY": CURRENT_KEY,
         "QSTASH_NEXT_SIGNING_KEY": NEXT_KEY,
     }
 
 
-async def sdk_client(node: str, stepstream_url: str, *args: str) -> Any:
+async def sdk_client(node: str, stepstream_url: str, *args: str, token: str = TOKEN) -> Any:
     """Run ``node/client.mjs`` (the SDK's ``Client``) against stepstream; its JSON answer."""
     result = await anyio.run_process(
         [node, "client.mjs", *args],
         cwd=NODE_DIR,
-        env=node_env(sdk_env(stepstream_url)),
+        env=node_env(sdk_env(stepstream_url, token)),
         check=False,
     )
     assert result.returncode == 0, result.stderr.decode()
@@ -122,7 +122,7 @@ async def test_a_two_step_sdk_workflow_runs_on_stepstream(node: str, tmp_path: P
         assert log["workflowName"] == stepstream.upstash.WORKFLOW
         assert log["workflowRunResponse"] == {"first": {"user": "u1", "n": 1}, "second": "u1-2"}
         assert log["requestPayload"] == {"user": "u1"}
-        assert log["labels"] == ["batch-7"]
+        assert log["labels"] == ["/api/two-step", "batch-7"]  # the endpoint's, then the SDK's
         assert [(s["stepName"], s["stepType"], s["state"]) for s in log["steps"]] == [
             ("first", "Run", "STEP_SUCCESS"),
             ("second", "Run", "STEP_SUCCESS"),

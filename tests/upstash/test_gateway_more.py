@@ -1,11 +1,13 @@
 """The QStash gateway's run-level features, end to end with the real SDK: ``context.invoke``
-(``serveMany``), the DLQ (``client.dlq``), flow control and retry delays from the trigger.
+(``serveMany``), the DLQ (``client.dlq``), flow control, retry delays, ``delay`` and
+``notBefore`` from the trigger.
 Each step body runs once (``/_executions``)."""
 
 from __future__ import annotations
 
 import itertools
 import json
+import time
 from pathlib import Path
 
 import httpx
@@ -201,3 +203,47 @@ async def test_retry_delay_expression(node: str, tmp_path: Path) -> None:
             response = await trigger_raw(client, base, {"Upstash-Retry-Delay": expression})
             assert response.status_code == 400, expression
             assert problem in response.json()["error"], response.json()
+
+
+async def test_delay_and_not_before_start_the_run_later(node: str, tmp_path: Path) -> None:
+    async with (
+        stepstream_server(tmp_path / "later.db") as base,
+        serve_workflows(node, "two-step", sdk_env(base), tmp_path / "serve.log") as endpoint,
+        httpx.AsyncClient(timeout=10) as client,
+    ):
+        url = f"{endpoint}/two-step"
+        delayed = await sdk_client(
+            node, base, "trigger", url, "{}", "", "", json.dumps({"delay": "2s"})
+        )
+        not_before = int(time.time()) + 3
+        timed = await sdk_client(
+            node, base, "trigger", url, "{}", "", "", json.dumps({"notBefore": not_before})
+        )
+        run = await finished_run(client, base, endpoint, delayed["workflowRunId"])
+        assert run.log["workflowState"] == "RUN_SUCCESS", run.log
+        first = run.log["steps"][0]
+        assert first["startedAt"] - run.log["workflowRunCreatedAt"] >= 1900
+        run = await finished_run(client, base, endpoint, timed["workflowRunId"])
+        assert run.log["workflowState"] == "RUN_SUCCESS", run.log
+        assert run.log["steps"][0]["startedAt"] >= not_before * 1000
+        assert run.executions == ["first", "second"]
+
+
+async def test_dlq_delete_takes_runs_out_of_the_dlq(node: str, tmp_path: Path) -> None:
+    async with (
+        stepstream_server(tmp_path / "dlq-delete.db") as base,
+        serve_workflows(node, "all", sdk_env(base), tmp_path / "serve.log") as endpoint,
+        httpx.AsyncClient(timeout=10) as client,
+    ):
+        answer = await sdk_client(node, base, "trigger", f"{endpoint}/failing", "{}", "", "0")
+        run_id = answer["workflowRunId"]
+        run = await finished_run(client, base, endpoint, run_id)
+        assert run.log["workflowState"] == "RUN_FAILED", run.log
+        listed = await sdk_client(node, base, "dlq-list")
+        assert [m["dlqId"] for m in listed["messages"]] == [run_id]
+
+        assert (await sdk_client(node, base, "dlq-delete", run_id))["deleted"] == 1
+        assert (await sdk_client(node, base, "dlq-list"))["messages"] == []
+        log = (await client.get(f"{base}/api/runs/{run_id}", headers=AUTH)).json()
+        assert log["workflowState"] == "RUN_FAILED"  # the run is kept
+        assert (await sdk_client(node, base, "dlq-delete", run_id))["deleted"] == 0

@@ -197,14 +197,14 @@ async def test_parallel_steps(node: str, tmp_path: Path) -> None:
 
 async def test_what_is_not_served_answers_400_naming_it(tmp_path: Path) -> None:
     run = {"Upstash-Workflow-RunId": "wfr_unsupported", "Upstash-Workflow-Init": "false"}
-    plan = {"stepId": 0, "stepName": "s", "stepType": "SleepFor", "concurrent": 2, "targetStep": 1}
-    invoked = {"stepId": 1, "stepName": "i", "stepType": "Invoke", "concurrent": 2}
+    plan = {"stepId": 0, "stepName": "s", "stepType": "Teleport", "concurrent": 2, "targetStep": 1}
+    invoked = {"stepId": 1, "stepName": "i", "stepType": "Invoke", "concurrent": 101}
     async with (
         stepstream_server(tmp_path / "refused.db", workers=0) as base,
         httpx.AsyncClient(timeout=10) as client,
     ):
         refused = {
-            "context.invoke inside parallel steps": {
+            "an invoke's concurrent must be 1 to 100": {
                 "headers": {
                     **run,
                     "Upstash-Workflow-Init": "true",
@@ -212,16 +212,16 @@ async def test_what_is_not_served_answers_400_naming_it(tmp_path: Path) -> None:
                 },
                 "body": json.dumps({"workflowRunId": "wfr_parent", "step": invoked}),
             },
-            "parallel SleepFor": {"headers": run, "body": json.dumps(plan)},
+            "parallel Teleport steps are not served": {"headers": run, "body": json.dumps(plan)},
         }
         for what, message in refused.items():
             batch = [{"destination": "http://127.0.0.1:9/wf", **message}]
             response = await client.post(f"{base}/qstash/v2/batch", json=batch, headers=AUTH)
             assert response.status_code == 400
             assert what in response.json()["error"]
-        step = {"stepId": 1, "stepName": "hooked", "stepType": "WaitForWebhook"}
+        step = {"stepId": 1, "stepName": "hooked", "stepType": "WaitForTeleport"}
         response = await client.post(
             f"{base}/qstash/v2/wait/evt_1", json={"step": step, "timeout": "1s"}, headers=run | AUTH
         )
         assert response.status_code == 400
-        assert "WaitForWebhook" in response.json()["error"]
+        assert "WaitForTeleport wait is not served" in response.json()["error"]

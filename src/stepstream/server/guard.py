@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 from collections.abc import Sequence
 
@@ -35,6 +37,12 @@ PUBLIC_PREFIXES = ("/static/",)
 # DELETE body). They still need the API token and pass the Origin check, which is what refuses
 # a cross-site page; only the media type is not checked.
 FOREIGN_PREFIXES = ("/qstash/",)
+# The QStash gateway's webhook URLs (``context.createWebhook``): called by third parties that
+# hold no API token. The route answers only for a run that created a hook with that random
+# event id (``stepstream.upstash.hooks``), which is the credential. Exactly this shape passes.
+HOOK = re.compile(
+    r"/qstash/v2/workflows/hooks/[^/]{1,200}/wfr_[A-Za-z0-9_-]{1,128}/evt_[A-Za-z0-9_-]{8,64}"
+)
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]@/]+)(?::\d{1,5})?")
 
@@ -44,8 +52,10 @@ class Guard:
 
     1. ``Host``: only ``allowed_hosts`` (by default, without a token, loopback names only: a
        DNS-rebinding page names its own host and is refused).
-    2. The API token, on every route but ``PUBLIC_PATHS``. The path is the one Starlette routes
-       on (``root_path`` removed), so a ``Mount`` or ``--root-path`` prefix changes nothing.
+    2. The API token, on every route but ``PUBLIC_PATHS`` and the QStash gateway's webhook URLs
+       (``HOOK``). The path is the one Starlette routes on (``root_path`` removed), so a
+       ``Mount`` or ``--root-path`` prefix changes nothing. On ``/qstash/`` a QStash-style
+       token (base64 JSON) whose ``Password`` is the API token is the token too.
     3. ``Origin``: a write (POST...) from another origin is refused unless it is one of
        ``cors_origins``: no cross-site form or ``fetch`` can trigger, cancel or notify.
     4. A write's body must be JSON (no "simple" cross-site ``text/plain`` request), at most
@@ -125,9 +135,14 @@ class Guard:
         if self.token is None:
             return True
         path = get_route_path(scope)  # what the router matches routes against
-        if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
+        if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES) or HOOK.fullmatch(path):
             return True
-        return same_token(bearer(headers.get("authorization")), self.token)
+        given = bearer(headers.get("authorization"))
+        if same_token(given, self.token):
+            return True
+        # The Upstash SDK's createWebhook needs a QStash-style token (base64 JSON with a
+        # UserID): on the gateway's routes, one whose Password is the API token is the token.
+        return path.startswith(FOREIGN_PREFIXES) and same_token(qstash_password(given), self.token)
 
     def write_refusal(
         self, headers: Headers, host: str | None, *, any_media: bool = False
@@ -155,3 +170,16 @@ class Guard:
         _, sep, netloc = origin.partition("://")
         same = bool(sep) and host is not None and netloc.lower() == host.lower()
         return same or "*" in self.origins or origin in self.origins
+
+
+def qstash_password(token: str | None) -> str | None:
+    """The ``Password`` of a QStash-style token (base64 of ``{"UserID", "Password"}``), if
+    ``token`` is one."""
+    if not token or len(token) > 4096:
+        return None
+    try:
+        payload = json.loads(base64.b64decode(token + "=" * (-len(token) % 4), validate=True))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    password = payload.get("Password") if isinstance(payload, dict) else None
+    return password if isinstance(password, str) else None

@@ -37,6 +37,11 @@ STATUS += ["succeeded", "failed", "canceled"]  # finished
 RUN_SUMMARY = {
     "workflowRunId": {"type": "string"},
     "workflowName": {"type": "string"},
+    "displayName": {
+        "type": "string",
+        "description": "what lists call the run: its workflow's name, or for an Upstash SDK run "
+        "'upstash <endpoint path>' (the path is also one of its labels)",
+    },
     "workflowState": {"enum": [s.value for s in RunState]},
     "workflowRunCreatedAt": EPOCH_MS,
     "workflowRunCompletedAt": _nullable(EPOCH_MS),

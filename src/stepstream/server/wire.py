@@ -11,6 +11,7 @@ from stepstream.backends.base import RunFilter
 from stepstream.clock import system_ms
 from stepstream.errors import ErrorBody, ErrorFields, RunNotFound, ValidationError
 from stepstream.records import RUN_STATES, RunRecord, RunState, StepRecord, StepState, StepType
+from stepstream.upstash.names import run_name
 from stepstream.workflow.engine import Engine
 
 __all__ = [
@@ -75,10 +76,13 @@ class FlowControlLog(TypedDict):
 
 class RunSummary(TypedDict):
     """A run in ``GET /api/runs``: its log without payload, result and steps (those are in
-    ``GET /api/runs/{id}``), so a page of runs stays small whatever they carry."""
+    ``GET /api/runs/{id}``), so a page of runs stays small whatever they carry.
+    ``displayName``: what lists call it, its workflow's name, or for an Upstash SDK run
+    ``upstash <endpoint path>`` (``stepstream.upstash.names``)."""
 
     workflowRunId: str
     workflowName: str
+    displayName: str
     workflowState: str
     workflowRunCreatedAt: int
     workflowRunCompletedAt: int | None
@@ -316,6 +320,7 @@ def run_summary(run: RunRecord, now: int) -> RunSummary:
     return RunSummary(
         workflowRunId=run.id,
         workflowName=run.workflow,
+        displayName=run_name(run),
         workflowState=run.state.value,
         workflowRunCreatedAt=run.created_at,
         workflowRunCompletedAt=run.completed_at,

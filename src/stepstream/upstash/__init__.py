@@ -12,12 +12,14 @@ How it maps onto the engine (docs/upstash-protocol.md has the protocol):
 - **A run per SDK run.** The Init message (``Client.trigger`` publishes it through
   ``/v2/batch``) becomes ``Engine.trigger`` of the built-in workflow ``upstash``, with the SDK's
   run id, the payload, the labels of ``Upstash-Label`` and the headers every delivery carries
-  (the endpoint URL among them). It is an ordinary run: listed, logged, cancellable, with its
+  (the endpoint URL among them). It is an ordinary run: listed (as ``upstash <endpoint path>``,
+  that path being one of its labels: ``names.py``), logged, cancellable, with its
   ``workflow.update`` events.
 - **Deliveries are the run's execution.** The built-in workflow's body is QStash's delivery loop
   (``delivery.Delivery``): a worker claims the run with a lease like any other, POSTs the
   history to the endpoint (signed with ``QSTASH_CURRENT_SIGNING_KEY`` when set, over a
-  kept-alive connection, ``connections.py``) and acts on the answer. A worker that dies
+  kept-alive connection, ``connections.py``; a large history to a TypeScript endpoint goes
+  empty and the SDK fetches it, ``lazy.py``) and acts on the answer. A worker that dies
   mid-delivery loses its lease; another claims the run and delivers again (QStash is
   at-least-once too).
 - **Published steps are recorded by the lease holder.** The SDK publishes a step's result
@@ -53,8 +55,10 @@ How it maps onto the engine (docs/upstash-protocol.md has the protocol):
   as the SDK reads it (``history.py``).
 - **``context.call``** is made by the worker itself, and its answer recorded as the step's result
   (no callback round trip: the SDK cannot tell, and one delivery is saved).
-- **Parallel steps**: the plans are kept per run; each plan still to run gets its own delivery
-  (all at once), the results are recorded at their positions, then the whole history goes.
+- **Parallel steps** (any kind): the plans are kept per run (``plans.py``); each plan still to
+  run gets its own delivery (all at once; a sleep's once it is over), the results (and the
+  calls, waits and invokes those deliveries publish) are recorded at their positions, then the
+  whole history goes.
 
 - **``context.invoke``** starts the child as a gateway run with the invoking run as its
   parent (``Engine.trigger(parent=...)``): the child's end resolves the invoke step, as for a
@@ -69,11 +73,16 @@ How it maps onto the engine (docs/upstash-protocol.md has the protocol):
   the step execution that takes a slot. **Retry delays** (``Upstash-Retry-Delay``) are
   evaluated by a whitelisting ``ast`` walker (``delay.py``).
 
-Not served yet (the routes answer 400 naming it): webhooks (``waitForWebhook``), parallel
-steps other than ``context.run``, invoke inside parallel steps, topics, queues and schedules.
+- **Webhooks** (``createWebhook`` / ``waitForWebhook``): the hook URL is a gateway route the
+  app's ``Guard`` lets through without the API token; a call is a notify of the hook's random
+  event id for that run (``hooks.py``).
+
+Not served yet (the routes answer 400 naming it): topics, queues and schedules.
 
 The run's ``workflow`` is ``upstash`` for every endpoint: workers claim runs by the exact names
 registered with them, so a per-endpoint name would need each worker to know every endpoint.
+Instead each run is labelled with its endpoint's path and lists name it ``upstash <path>``
+(``names.py``).
 """
 
 from __future__ import annotations
@@ -83,7 +92,8 @@ from starlette.routing import BaseRoute
 from stepstream.upstash.allow import POLICIES, Allow
 from stepstream.upstash.delivery import Delivery
 from stepstream.upstash.gateway import Gateway
-from stepstream.upstash.messages import MESSAGE, WORKFLOW
+from stepstream.upstash.lazy import LAZY_OVER, LIMITS
+from stepstream.upstash.names import MESSAGE, WORKFLOW
 from stepstream.upstash.plain import deliver as deliver_message
 from stepstream.workflow.context import WorkflowContext
 from stepstream.workflow.engine import Engine, HasEngine, engine_of
@@ -92,7 +102,11 @@ __all__ = ["WORKFLOW", "enable", "gateway_routes"]
 
 
 def enable(
-    workflows: Engine | HasEngine, *, retries: int = 3, allow: list[str] | None = None
+    workflows: Engine | HasEngine,
+    *,
+    retries: int = 3,
+    allow: list[str] | None = None,
+    lazy_over: int = LAZY_OVER,
 ) -> None:
     """Serve ``@upstash/workflow`` apps: register the gateway's built-in workflows (``upstash``,
     ``upstash-message``) so this process's workers deliver gateway runs and plain messages, and
@@ -100,12 +114,15 @@ def enable(
     ``Workflows`` of the server and of every worker process. ``retries``: delivery retries of a
     run whose trigger gave no ``Upstash-Retries``. ``allow``: the URL prefixes deliveries,
     failure callbacks and ``context.call`` may reach (default ``$STEPSTREAM_UPSTASH_ALLOW``,
-    comma separated, else any http(s) URL; see ``allow.py``). Idempotent.
+    comma separated, else any http(s) URL; see ``allow.py``). ``lazy_over``: a delivery whose
+    history is larger (bytes) goes to a ``@upstash/workflow`` endpoint with an empty body, and
+    the SDK fetches the history (``lazy.py``). Idempotent.
 
     >>> # stepstream.upstash.enable(workflows); app = workflows.asgi()
     """
     engine = engine_of(workflows)
     POLICIES[engine] = Allow.of(allow)
+    LIMITS[engine] = lazy_over
     if engine.registry.find(WORKFLOW) is not None:
         return
 

@@ -14,44 +14,24 @@ result.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from stepstream import events
-from stepstream.errors import (
-    LeaseLost,
-    NonRetryableError,
-    RunConflict,
-    StepFailed,
-    ValidationError,
-)
-from stepstream.records import FLOW_CONTROL, Emit, StepRecord, StepState, StepType, dumps
-from stepstream.upstash import handoff
+from stepstream.errors import NonRetryableError, StepFailed, ValidationError
+from stepstream.records import FLOW_CONTROL, StepRecord, StepState, StepType
+from stepstream.upstash import handoff, plans
 from stepstream.upstash.allow import policy_of
 from stepstream.upstash.connections import Connections, Unanswered, direct
 from stepstream.upstash.delay import parse_delay, retry_delay_ms
 from stepstream.upstash.dlq import failure_call
-from stepstream.upstash.history import History
-from stepstream.upstash.messages import (
-    INBOX,
-    KEPT_APART,
-    PLANS,
-    RECORDED,
-    RETRIES,
-    RETRY_DELAY,
-    WORKFLOW,
-    Init,
-)
-from stepstream.upstash.outbound import (
-    Failure,
-    failure_of,
-    failure_payload,
-    make_call,
-    signed,
-)
+from stepstream.upstash.history import Delivered
+from stepstream.upstash.lazy import lazy
+from stepstream.upstash.messages import KEPT_APART, RETRIES, RETRY_DELAY
+from stepstream.upstash.outbound import Failure, failure_of, failure_payload, signed
+from stepstream.upstash.recording import Recorder
 from stepstream.workflow.runtime import Suspend
 
 if TYPE_CHECKING:
@@ -59,27 +39,17 @@ if TYPE_CHECKING:
     from stepstream.workflow.engine import Engine
 
 DELIVERY_TIMEOUT = 60.0  # seconds an endpoint may take to answer one delivery
-SLEEPS = (StepType.SLEEP, StepType.SLEEP_UNTIL)
-WAITING = (*SLEEPS, StepType.WAIT, StepType.INVOKE)  # steps under way that the loop completes
 UNNAMED = "delivery"  # a failed attempt's name until the SDK names the step (or never does)
 MAX_ERRORS = 20
 
 
-class Delivery:
-    """One execution of a gateway run: its steps as recorded, and the passes of the loop."""
+class Delivery(Recorder):
+    """One execution of a gateway run: its steps as recorded (``Recorder``), and the passes
+    of the loop."""
 
     def __init__(self, engine: Engine, context: WorkflowContext) -> None:
-        self.engine = engine
-        self.context = context
-        self.run = context.record
-        self.steps = {step.position: step for step in self.run.steps}
-        self.plans: dict[int, dict[str, Any]] = {}
-        self.calls: list[tuple[str, dict[str, Any]]] = []
+        super().__init__(engine, context)
         self.url = self.run.headers.get("upstash-workflow-url", "")
-        self.lock = asyncio.Lock()  # one recording at a time: the loop's, or a take's
-        self.posted = 0  # deliveries of the last pass
-        self.taken = 0  # new messages handed over while they were open
-        self.ended: tuple[Any] | None = None  # the SDK ended the run: (its result,)
         self.connections = Connections(self.url) if direct(self.url) else None
 
     async def loop(self) -> Any:
@@ -89,8 +59,8 @@ class Delivery:
                 f"run {self.run.id} was not started through the QStash gateway (/qstash): "
                 "it has no endpoint URL to deliver to"
             )
-        stored = await self.engine.backend.list_entries(PLANS + self.run.id)
-        self.plans = {int(key): json.loads(value) for key, value in stored.items()}
+        kept = await plans.load(self.engine, self.run.id)
+        self.plans, self.kinds = kept.plans, kept.kinds
         try:
             return await self.passes()
         finally:
@@ -102,6 +72,7 @@ class Delivery:
         while True:
             fresh = await self.drain()
             if self.ended is not None:
+                await self.close_retry()
                 return self.ended[0]
             if fresh:
                 failure = None  # the endpoint did its part; only its answer was lost
@@ -113,212 +84,14 @@ class Delivery:
                 failure = await self.make_calls()
             if failure is not None:
                 await self.failed(failure)  # raises: retry later, or the run fails
-            await self.settle()
+            deliveries = self.due(*await self.settle())
             slot = await self.take_slot()
             try:
                 with handoff.listening(self.engine, self.run.id, self):
-                    failure = await self.post()
+                    failure = await self.post(deliveries)
             finally:
                 if slot is not None:
                     await self.engine.release_slot(self.run.id, *slot)
-
-    # -- recording what the SDK published -----------------------------------------------------
-
-    async def drain(self) -> bool:
-        """Record the steps published since the last pass (a step already recorded is dropped);
-        whether any was new. ``self.ended`` once the SDK ended the run. A call stays queued
-        until its request got an answer (``make_calls``). The inbox is not read when every
-        delivery of the last pass had its answer handed over in this process (``take``)."""
-        async with self.lock:  # a take still under way lands first
-            taken, self.taken = self.taken, 0
-            if self.posted and taken >= self.posted:
-                return True
-            kind = INBOX + self.run.id
-            backend = self.engine.backend
-            inbox = await backend.list_entries(kind)
-            fresh, done = taken > 0, []
-            for key in sorted(inbox):
-                message = json.loads(inbox[key])
-                if message["kind"] == "call":
-                    fresh = await self.start(message, message["call"], StepType.CALL) or fresh
-                    self.calls.append((key, message))
-                    continue
-                fresh = await self.act(message) or fresh
-                done.append(key)
-            for key in done:  # after recording: a crash before this only redelivers duplicates
-                await backend.delete_entry(kind, key)
-            return fresh
-
-    async def take(self, message: dict[str, Any]) -> bool | None:
-        """A message published to this process while this delivery is open (``handoff``):
-        recorded at once under the lease; whether it was new, ``None`` if the lease is lost
-        (the route queues it in the inbox for the next lease holder)."""
-        async with self.lock:
-            try:
-                fresh = await self.act(message)
-            except LeaseLost:
-                return None
-            if fresh:
-                self.taken += 1
-            return fresh
-
-    async def act(self, message: dict[str, Any]) -> bool:
-        """Record one message of the inbox but a call; whether it was new."""
-        kind = message["kind"]
-        if kind == "finish":
-            text = message.get("result") or ""
-            self.ended = (json.loads(text) if text else None,)
-            return True
-        if kind == "wait":
-            return await self.start_wait(message)
-        if kind == "invoke":
-            return await self.start_invoke(message)
-        if kind == "plan":
-            return await self.keep_plan(message["record"])
-        return await self.record(message)
-
-    def settled(self, position: int) -> bool:
-        """Whether ``position`` holds a finished step, or one under way (sleep, wait, call)."""
-        existing = self.steps.get(position)
-        return (
-            existing is not None
-            and existing.state in (StepState.SUCCESS, StepState.PROGRESS)
-            and existing.waiting_for != FLOW_CONTROL
-        )
-
-    async def record(self, message: dict[str, Any]) -> bool:
-        """Record one published step result, with its events, in one write; ``False`` if its
-        position already holds a finished (or sleeping) step."""
-        record, at = message["record"], int(message["at"])
-        position = int(record["stepId"]) - 1
-        if self.settled(position):
-            return False
-        step = self.new_step(position, record["stepName"], RECORDED[record["stepType"]], at)
-        step.state, step.finished_at, step.out = StepState.SUCCESS, at, record.get("out")
-        updates = [events.step_start(self.run.id, step)]
-        if step.type in SLEEPS:
-            step.state, step.finished_at, step.out = StepState.PROGRESS, None, None
-            step.wake_at = at + int(message.get("delay_ms") or 0)
-        else:
-            updates.append(events.step_finish(self.run.id, step))
-        await self.save(step, *updates)
-        return True
-
-    def new_step(self, position: int, name: str, kind: StepType, at: int) -> StepRecord:
-        """A step in progress at ``position``, counting the failed attempts before it."""
-        existing = self.steps.get(position)
-        return StepRecord(
-            position,
-            name,
-            kind,
-            StepState.PROGRESS,
-            attempts=(existing.attempts if existing is not None else 0) + 1,
-            started_at=at,
-            errors=existing.errors if existing is not None else None,
-        )
-
-    async def save(self, step: StepRecord, *updates: Emit) -> None:
-        await self.engine.save_steps(self.context.lease, [step], list(updates))
-        self.steps[step.position] = step
-
-    async def start(self, message: dict[str, Any], spec: dict[str, Any], kind: StepType) -> bool:
-        """Record a call or wait step as started; ``False`` if it is already."""
-        position = int(spec["position"])
-        if self.settled(position):
-            return False
-        step = self.new_step(position, spec["name"], kind, int(message["at"]))
-        await self.save(step, events.step_start(self.run.id, step))
-        return True
-
-    async def start_wait(self, message: dict[str, Any]) -> bool:
-        """Register a ``waitForEvent`` with the engine (a notify already sent to this run, with
-        lookback, resolves it at once); ``False`` if it is registered already."""
-        wait = message["wait"]
-        position = int(wait["position"])
-        if self.settled(position):
-            return False
-        at = int(message["at"])
-        step = self.new_step(position, wait["name"], StepType.WAIT, at)
-        step.event_id, step.wake_at = wait["event_id"], at + int(wait["timeout_ms"])
-        update = events.step_start(self.run.id, step)
-        data = await self.engine.wait_event(self.context.lease, step, [update])
-        if data is not None:
-            step.out, step.resolved = data, True
-        self.steps[position] = step
-        return True
-
-    async def start_invoke(self, message: dict[str, Any]) -> bool:
-        """``context.invoke``: record the step as waiting for its child, and start the child
-        (a gateway run whose end resolves the step, as for a native invoke); ``False`` if the
-        step was recorded already. The child is started again after a crash in between (a
-        second start of one id is refused)."""
-        invoke = message["invoke"]
-        position, child = int(invoke["position"]), invoke["child"]
-        fresh = not self.settled(position)
-        if fresh:
-            step = self.new_step(position, invoke["name"], StepType.INVOKE, int(message["at"]))
-            step.child = child["run_id"]
-            await self.save(step, events.step_start(self.run.id, step))
-        if self.steps[position].state is StepState.PROGRESS:
-            with contextlib.suppress(RunConflict):
-                await self.engine.trigger(
-                    WORKFLOW,
-                    child["payload"],
-                    run_id=child["run_id"],
-                    headers=child["headers"],
-                    labels=child["labels"],
-                    delay=child["delay"],
-                    flow_control=Init(**child).flow_control(),
-                    parent=self.run.id,
-                    parent_position=position,
-                )
-        return fresh
-
-    async def keep_plan(self, record: dict[str, Any]) -> bool:
-        """Keep a parallel group's plan step (its history entry); ``False`` if kept already."""
-        target = int(record["targetStep"]) - 1
-        if target in self.plans:
-            return False
-        await self.engine.backend.put_entry(PLANS + self.run.id, f"{target:09d}", dumps(record))
-        self.plans[target] = record
-        return True
-
-    async def make_calls(self) -> Failure | None:
-        """Make the queued ``context.call`` requests; record each answer as its step's result."""
-        while self.calls:
-            key, message = self.calls[0]
-            step = self.steps[int(message["call"]["position"])]
-            if step.state is not StepState.SUCCESS:
-                out = await make_call(message["call"])
-                if isinstance(out, Failure):
-                    return out  # the message stays queued: the retry calls again
-                step.state, step.finished_at, step.out = StepState.SUCCESS, self.context.now(), out
-                await self.save(step, events.step_finish(self.run.id, step))
-            await self.engine.backend.delete_entry(INBOX + self.run.id, key)
-            self.calls.pop(0)
-        return None
-
-    async def settle(self) -> None:
-        """Complete a sleep whose time has come, a wait that was notified or timed out and an
-        invoke whose child ended; suspend the run until the next one (a notify or the child's
-        end makes it due at once)."""
-        now = self.context.now()
-        for step in sorted(self.steps.values(), key=lambda s: s.position):
-            if step.state is not StepState.PROGRESS or step.type not in WAITING:
-                continue
-            if step.type is StepType.INVOKE:
-                if not step.resolved:
-                    raise Suspend(None)
-                step.out = invoked(json.loads(step.out or "{}"))
-            elif step.type is StepType.WAIT and step.resolved:
-                step.out = dumps({"data": json.loads(step.out or "null"), "timed_out": False})
-            elif (wake_at := step.wake_at or now) > now:
-                self.context.wakes.append(wake_at)
-                raise Suspend(wake_at)
-            elif step.type is StepType.WAIT:
-                step.out = dumps({"data": None, "timed_out": True})
-            step.state, step.finished_at = StepState.SUCCESS, now
-            await self.save(step, events.step_finish(self.run.id, step))
 
     # -- delivering -------------------------------------------------------------------------
 
@@ -348,17 +121,6 @@ class Delivery:
             raise Suspend(budget.retry_at)
         return None if flow.parallelism is None else (flow.key, position)
 
-    def next_position(self) -> int:
-        position = 0
-        while (step := self.steps.get(position)) is not None and step.state is StepState.SUCCESS:
-            position += 1
-        return position
-
-    def history(self) -> History:
-        payload = json.loads(self.run.payload)
-        initial = "" if payload is None else payload if isinstance(payload, str) else dumps(payload)
-        return History(self.run.id, initial, self.steps, self.plans)
-
     def headers(self, message_id: str) -> dict[str, str]:
         retried = self.steps.get(self.next_position())
         headers = {
@@ -378,19 +140,26 @@ class Delivery:
         )
         return headers
 
-    async def post(self) -> Failure | None:
-        """Deliver what is due (the history, or each pending plan at once); ``None`` if the
-        endpoint took every delivery (2xx)."""
-        deliveries = self.history().deliveries()
+    async def post(self, deliveries: list[Delivered]) -> Failure | None:
+        """Make ``deliveries`` (the history, or each pending plan that is due) at once;
+        ``None`` if the endpoint took every one (2xx)."""
         self.posted = len(deliveries)
-        failures = await asyncio.gather(*(self.post_one(mid, body) for mid, body in deliveries))
+        failures = await asyncio.gather(*(self.post_one(*delivery) for delivery in deliveries))
         return next((failure for failure in failures if failure is not None), None)
 
-    async def post_one(self, message_id: str, body: str) -> Failure | None:
+    async def post_one(self, message_id: str, body: str, position: int | None) -> Failure | None:
+        failure = await self.deliver(message_id, body)
+        return (
+            failure if failure is None or position is None else replace(failure, position=position)
+        )
+
+    async def deliver(self, message_id: str, body: str) -> Failure | None:
         try:  # allowed when triggered; the allow-list of this process may be narrower
             policy_of(self.engine).check(self.url, "the workflow endpoint")
         except ValidationError as exc:
             return Failure(str(exc), final=True)
+        if lazy(self.engine, self.run, body):
+            body = ""  # the SDK fetches the history (``lazy.py``)
         headers = signed(self.url, body, self.headers(message_id))
         try:
             if self.connections is not None:
@@ -406,12 +175,24 @@ class Delivery:
             return None
         return failure_of(status, answer)
 
+    async def close_retry(self) -> None:
+        """The SDK ended the run: a failed delivery attempt left waiting for its retry (one
+        that named no step, or a step the SDK did not run again) was retried by the delivery
+        that ended it, so it is finished, not ``STEP_RETRY`` in a finished run."""
+        step = self.steps.get(self.next_position())
+        if step is None or step.state is not StepState.RETRY:
+            return
+        step.state, step.attempts, step.wake_at = StepState.SUCCESS, step.attempts + 1, None
+        step.started_at = step.finished_at = self.context.now()
+        step.error = None
+        await self.save(step, events.step_finish(self.run.id, step))
+
     async def failed(self, failure: Failure) -> None:
         """Record a failed delivery as a failed attempt of the next step; raise ``Suspend``
         (retried after a delay) or ``StepFailed`` (the run fails, after its failure
         callback)."""
         now = self.context.now()
-        position = self.next_position()
+        position = self.next_position() if failure.position is None else failure.position
         existing = self.steps.get(position)
         attempts = (existing.attempts if existing is not None else 0) + 1
         name = failure.step or (existing.name if existing is not None else UNNAMED)
@@ -461,18 +242,3 @@ class Delivery:
 
     def definition_retries(self) -> int:
         return self.engine.registry.get(self.run.workflow).retries
-
-
-def invoked(outcome: dict[str, Any]) -> str:
-    """An invoke step's ``out`` as the SDK reads it (docs §10), from how the child ended
-    (``{"state", "result", "error"}``, written by the engine): the child's result text (its
-    error if it failed), ``isFailed``, ``isCanceled``."""
-    state = outcome.get("state")
-    body = outcome.get("result") if state == "RUN_SUCCESS" else outcome.get("error")
-    return dumps(
-        {
-            "body": body or "",
-            "isFailed": state == "RUN_FAILED",
-            "isCanceled": state == "RUN_CANCELED",
-        }
-    )

@@ -28,8 +28,8 @@ from stepstream.upstash.messages import (
     KEPT_APART,
     NOT_DELIVERED,
     RETRIES,
-    WORKFLOW,
 )
+from stepstream.upstash.names import WORKFLOW, sdk_labels
 from stepstream.upstash.outbound import call_failure_url
 from stepstream.workflow import recovery
 
@@ -197,8 +197,8 @@ async def message(engine: Engine, run: RunRecord) -> dict[str, Any]:
         "responseBody": base64.b64decode(payload.get("body", "")).decode(errors="replace")
         or (run.error or ""),
     }
-    if run.labels:
-        found.update(label=",".join(run.labels), labels=list(run.labels))
+    if labels := sdk_labels(run):
+        found.update(label=",".join(labels), labels=labels)
     if stored.get("url"):
         found["failureCallback"] = stored["url"]
     outcome = await engine.backend.get_entry(FAILURES, run.id)

@@ -5,6 +5,7 @@ POST   /qstash/v2/batch                    publish messages: an Init starts a ru
 POST   /qstash/v2/publish/{destination}    one message, its options as request headers
 DELETE /qstash/v2/workflows/runs/{id}      ?cancel=false: the SDK ends the run, its result as
                                            the body; ?cancel=true: cancel it
+GET    /qstash/v2/workflows/runs/{id}      the run's history, for an empty delivery (``lazy.py``)
 DELETE /qstash/v2/workflows/runs           client.cancel: by workflowRunIds, filter or all
 POST   /qstash/v2/wait/{eventId}           context.waitForEvent: the step waits (inbox)
 POST   /qstash/v2/notify/[{runId}/]{eventId}  client.notify / context.notify: Engine.notify
@@ -14,10 +15,13 @@ GET    /qstash/v2/dlq                      client.dlq.list: failed runs (``dlq.p
 POST   /qstash/v2/workflows/dlq/{action}   client.dlq.resume / restart
 POST   /qstash/v2/workflows/dlq/callback/{id}  client.dlq.retryFailureFunction
 DELETE /qstash/v2/workflows/dlq            client.dlq.delete
+*      /qstash/v2/workflows/hooks/{user}/{runId}/{eventId}  a createWebhook URL: notifies the
+                                           run's waitForWebhook (``hooks.py``); no API token
 
 They sit behind the app's ``Guard``, so they need the API token (``QSTASH_TOKEN`` = the
-stepstream token). Until ``stepstream.upstash.enable`` registered the gateway's workflow, each
-answers 404 saying so.
+stepstream token, or a base64-JSON QStash-style token whose ``Password`` is it:
+``hooks.qstash_token``), all but the hook URLs. Until ``stepstream.upstash.enable``
+registered the gateway's workflow, each answers 404 saying so.
 """
 
 from __future__ import annotations
@@ -42,12 +46,11 @@ from stepstream.errors import (
     ValidationError,
 )
 from stepstream.records import RunState, dumps
-from stepstream.upstash import dlq, handoff, logs, plain
+from stepstream.upstash import dlq, handoff, hooks, lazy, logs, plain
 from stepstream.upstash.allow import policy_of
 from stepstream.upstash.messages import (
     FAILURE_URL,
     INBOX,
-    WORKFLOW,
     Call,
     Init,
     Invoke,
@@ -58,6 +61,7 @@ from stepstream.upstash.messages import (
     parse,
     parse_wait,
 )
+from stepstream.upstash.names import WORKFLOW
 from stepstream.workflow import recovery
 from stepstream.workflow.engine import Engine
 
@@ -87,6 +91,7 @@ class Gateway:
                     Route("/v2/batch", self.batch, methods=["POST"]),
                     Route("/v2/publish/{destination:path}", self.publish, methods=["POST"]),
                     Route("/v2/workflows/runs/{run_id}", self.end, methods=["DELETE"]),
+                    Route("/v2/workflows/runs/{run_id}", self.fetch, methods=["GET"]),
                     Route("/v2/workflows/runs", self.cancel_many, methods=["DELETE"]),
                     Route("/v2/wait/{event_id}", self.wait, methods=["POST"]),
                     Route("/v2/notify/{event_id}", self.notify, methods=["POST"]),
@@ -98,6 +103,11 @@ class Gateway:
                     Route("/v2/workflows/dlq/{action}", self.dlq_act, methods=["POST"]),
                     Route(
                         "/v2/workflows/dlq/callback/{dlq_id}", self.dlq_callback, methods=["POST"]
+                    ),
+                    Route(
+                        "/v2/workflows/hooks/{user_id}/{run_id}/{event_id}",
+                        self.hook,
+                        methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
                     ),
                 ],
             )
@@ -319,6 +329,16 @@ class Gateway:
         await self.engine.backend.put_entry(INBOX + run_id, "~finish", dumps(entry))
         return Response(status_code=200)
 
+    async def fetch(self, request: Request) -> Response:
+        """The SDK's lazy fetch of a run's history (``lazy.py``)."""
+        if not self.enabled:
+            return error(404, OFF)
+        run_id = request.path_params["run_id"]
+        found = await lazy.fetched(self.engine, run_id)
+        if found is None:
+            return error(404, f"no workflow run {run_id[:80]} under way here")
+        return JSONResponse(found)
+
     async def cancel_one(self, run_id: str) -> Response:
         try:
             await self.engine.cancel(run_id)
@@ -377,6 +397,15 @@ class Gateway:
             return await self.dlq_answer(dlq.retry_callback(self.engine, dlq_id))
         except RunNotFound:
             return error(404, f"no failed workflow run {dlq_id[:80]} in the DLQ")
+
+    async def hook(self, request: Request) -> Response:
+        """A ``createWebhook`` URL called (``hooks.py``)."""
+        if not self.enabled:
+            return error(404, OFF)
+        try:
+            return JSONResponse(await hooks.call(self.engine, request))
+        except hooks.HookError as exc:
+            return error(exc.status, str(exc))
 
     async def dlq_answer(self, work: Coroutine[Any, Any, dict[str, Any]]) -> Response:
         if not self.enabled:

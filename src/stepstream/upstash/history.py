@@ -11,22 +11,50 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from stepstream.records import StepRecord, StepState, StepType, dumps
+from stepstream.records import FLOW_CONTROL, RunRecord, StepRecord, StepState, StepType, dumps
 from stepstream.upstash.outbound import b64
+from stepstream.upstash.plans import Plan
 
+WEBHOOK_WAIT = "WaitForWebhook"
 Entry = tuple[str, dict[str, Any] | str]  # message id, step record (or the initial payload)
+Delivered = tuple[str, str, int | None]  # message id, body, the position it is for
+
+
+def initial_text(run: RunRecord) -> str:
+    """The run's initial payload as the SDK published it: a string as is, else JSON."""
+    payload = json.loads(run.payload)
+    return "" if payload is None else payload if isinstance(payload, str) else dumps(payload)
 
 
 def raw_step(message_id: str, text: str) -> dict[str, str]:
     return {"messageId": message_id, "body": b64(text), "callType": "step"}
 
 
-def sdk_record(step: StepRecord, concurrent: int) -> dict[str, Any]:
-    """The SDK's record of a finished step."""
+def hook_request(data: Any) -> Any:
+    """What a ``waitForWebhook`` gets: the request its hook URL received (``hooks.py``); data
+    notified by other means (``POST /api/events/{id}``, ``stepstream notify``,
+    ``client.notify``) as the body of a POST, so the SDK can still rebuild a ``Request``."""
+    if isinstance(data, dict) and isinstance(data.get("method"), str) and "header" in data:
+        return data
+    text = data if isinstance(data, str) else dumps(data)
+    kind = "text/plain" if isinstance(data, str) else "application/json"
+    return {
+        "method": "POST",
+        "proto": "http",
+        "host": "localhost",
+        "url": "/",
+        "header": {"content-type": [kind]},
+        "body": b64(text),
+    }
+
+
+def sdk_record(step: StepRecord, concurrent: int, kind: str | None = None) -> dict[str, Any]:
+    """The SDK's record of a finished step (of the SDK's ``kind`` when it is not the recorded
+    type: ``plans.py``)."""
     record: dict[str, Any] = {
         "stepId": step.position + 1,
         "stepName": step.name,
-        "stepType": step.type.value,
+        "stepType": kind or step.type.value,
         "concurrent": concurrent,
     }
     if step.type is StepType.WAIT:
@@ -36,6 +64,8 @@ def sdk_record(step: StepRecord, concurrent: int) -> dict[str, Any]:
             record["waitTimeout"] = True
         else:
             data = result.get("data")
+            if kind == WEBHOOK_WAIT:
+                data = hook_request(data)
             record["out"] = b64(data if isinstance(data, str) else dumps(data))
     elif step.out is not None:
         record["out"] = step.out
@@ -52,7 +82,21 @@ class History:
     run_id: str
     initial: str
     steps: dict[int, StepRecord]
-    plans: dict[int, dict[str, Any]]
+    plans: dict[int, Plan]
+    kinds: dict[int, str]
+
+    def record(self, position: int, concurrent: int) -> dict[str, Any]:
+        return sdk_record(self.steps[position], concurrent, self.kinds.get(position))
+
+    def started(self, position: int) -> bool:
+        """Whether the step at ``position`` is under way (a wait, call or invoke its plan's
+        delivery published): its plan is not delivered again."""
+        step = self.steps.get(position)
+        return (
+            step is not None
+            and step.state is StepState.PROGRESS
+            and step.waiting_for != FLOW_CONTROL
+        )
 
     def done(self, position: int) -> bool:
         step = self.steps.get(position)
@@ -68,16 +112,16 @@ class History:
         position = 0
         while True:
             if position in self.plans:
-                size = int(self.plans[position]["concurrent"])
+                size = self.plans[position].size
                 group = [p for p in range(position, position + size) if p in self.plans]
-                entries += [(self.message_id(p, plan=True), self.plans[p]) for p in group]
+                entries += [(self.message_id(p, plan=True), self.plans[p].record) for p in group]
                 done = [p for p in group if self.done(p)]
-                entries += [(self.message_id(p), sdk_record(self.steps[p], size)) for p in done]
+                entries += [(self.message_id(p), self.record(p, size)) for p in done]
                 if len(done) < size:
                     return entries, [p for p in group if not self.done(p)]
                 position += size
             elif self.done(position):
-                entries.append((self.message_id(position), sdk_record(self.steps[position], 1)))
+                entries.append((self.message_id(position), self.record(position, 1)))
                 position += 1
             else:
                 return entries, []
@@ -90,16 +134,21 @@ class History:
             ]
         )
 
-    def deliveries(self) -> list[tuple[str, str]]:
-        """What to deliver now, as ``(message id, body)``: the whole history; or, while a
-        parallel group runs, one delivery per plan still to run, its history ending with that
-        plan (the SDK then runs that plan's step)."""
+    def deliveries(self, now: int) -> tuple[list[Delivered], int | None]:
+        """What to deliver at ``now``, as ``(message id, body, position)``: the whole history
+        (position ``None``: the next step); or, while a parallel group runs, one delivery per
+        plan still to run, due (a sleep's plan waits for the sleep) and not started, its history
+        ending with that plan (the SDK then runs that plan's step, at the plan's target
+        position). And when the next plan is due, if one still waits."""
         entries, pending = self.entries()
         if not pending:
-            return [(entries[-1][0], self.body(entries))]
-        out = []
+            return [(entries[-1][0], self.body(entries), None)], None
+        out: list[Delivered] = []
         for target in pending:
+            if self.plans[target].due > now or self.started(target):
+                continue
             plan_id = self.message_id(target, plan=True)
             cut = next(i for i, (mid, _) in enumerate(entries) if mid == plan_id)
-            out.append((plan_id, self.body(entries[: cut + 1])))  # plans precede results
-        return out
+            out.append((plan_id, self.body(entries[: cut + 1]), target))  # plans, then results
+        later = [self.plans[t].due for t in pending if self.plans[t].due > now]
+        return out, min(later, default=None)

@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Any
 from stepstream.backends.base import RunFilter, Waiter
 from stepstream.errors import BadRequest
 from stepstream.records import RunRecord, RunState, StepRecord, StepState
-from stepstream.upstash.messages import FAILURES, KEPT_APART, PLANS, WORKFLOW
+from stepstream.upstash import plans
+from stepstream.upstash.messages import FAILURES, KEPT_APART
+from stepstream.upstash.names import WORKFLOW, sdk_labels
 
 if TYPE_CHECKING:
     from stepstream.workflow.engine import Engine
@@ -115,9 +117,9 @@ async def run_log(engine: Engine, run: RunRecord) -> dict[str, Any]:
         log["workflowRunCompletedAt"] = run.completed_at
     if run.result is not None:
         log["workflowRunResponse"] = run.result
-    if run.labels:
-        log["label"] = ",".join(run.labels)
-        log["labels"] = list(run.labels)
+    if labels := sdk_labels(run):
+        log["label"] = ",".join(labels)
+        log["labels"] = labels
     failure = await engine.backend.get_entry(FAILURES, run.id)
     if failure is not None:
         log["failureFunction"] = json.loads(failure)
@@ -134,8 +136,8 @@ async def run_log(engine: Engine, run: RunRecord) -> dict[str, Any]:
 async def step_groups(engine: Engine, run: RunRecord) -> list[dict[str, Any]]:
     """The run's steps as ``StepLogGroup``s: the initial payload, then each step
     (``sequential``) or parallel group; what is under way or retrying as ``next``."""
-    plans = await engine.backend.list_entries(PLANS + run.id)
-    sizes = {int(key): int(json.loads(value)["concurrent"]) for key, value in plans.items()}
+    kept = await plans.load(engine, run.id)
+    sizes = {target: plan.size for target, plan in kept.plans.items()}
     groups: list[dict[str, Any]] = [
         {"type": "sequential", "steps": [_initial(run)]},
     ]
@@ -148,7 +150,8 @@ async def step_groups(engine: Engine, run: RunRecord) -> list[dict[str, Any]]:
         size = sizes.get(step.position, 1)
         members = [s for s in finished[index : index + size] if s.position in sizes] or [step]
         kind = "parallel" if size > 1 else "sequential"
-        groups.append({"type": kind, "steps": [_step_log(run, s, size) for s in members]})
+        logged = [_step_log(run, s, size, kept.kinds.get(s.position)) for s in members]
+        groups.append({"type": kind, "steps": logged})
         index += len(members)
     if pending:
         groups.append({"type": "next", "steps": [_next_log(run, s) for s in pending]})
@@ -171,11 +174,13 @@ def _initial(run: RunRecord) -> dict[str, Any]:
     }
 
 
-def _step_log(run: RunRecord, step: StepRecord, concurrent: int) -> dict[str, Any]:
+def _step_log(
+    run: RunRecord, step: StepRecord, concurrent: int, kind: str | None
+) -> dict[str, Any]:
     log: dict[str, Any] = {
         "stepId": step.position + 1,
         "stepName": step.name,
-        "stepType": step.type.value,
+        "stepType": kind or step.type.value,
         "callType": "step",
         "messageId": f"msg_{run.id}_{step.position + 1}",
         "out": parsed(step.out or ""),

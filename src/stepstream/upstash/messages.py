@@ -15,10 +15,10 @@ from typing import Any
 from stepstream.errors import BadRequest, ConfigurationError
 from stepstream.records import StepType
 from stepstream.upstash.delay import parse_delay
+from stepstream.upstash.names import endpoint_label
+from stepstream.workflow.engine import MAX_LABELS
 from stepstream.workflow.flow import FlowControl
 
-WORKFLOW = "upstash"  # the built-in workflow every gateway run is a run of
-MESSAGE = "upstash-message"  # the built-in workflow delivering a plain message (``plain.py``)
 INBOX = "upstash-inbox:"  # entry kind (+ run id) of the messages a run's worker has to record
 PLANS = "upstash-plans:"  # entry kind (+ run id): a run's parallel plan steps, by target
 FAILURES = "upstash-failures"  # entry kind: what a failed run's failure callback answered
@@ -40,17 +40,24 @@ RETRIES = "upstash-retries"  # kept in the run's headers, not delivered
 RETRY_DELAY = "upstash-retry-delay"  # kept too: the retry delay expression (``delay.py``)
 FAILURE_URL = "upstash-failure-callback"  # kept too: where the failure callback goes
 FAILURE_FORWARD = FAILURE_URL + "-forward-"  # ... with these headers
+FEATURES = "upstash-feature-set"  # kept too: what the SDK can take (``lazy.py``)
 KEPT_APART = (
     RETRIES,
     RETRY_DELAY,
     FAILURE_URL,
+    FEATURES,
 )  # run headers (prefixes) a step delivery does not send
 # The step kinds this gateway records from a published result (the SDK's names are
 # ``StepType``'s values). Calls, waits, invokes and parallel plans arrive otherwise.
 RECORDED = {kind.value: kind for kind in (StepType.RUN, StepType.SLEEP, StepType.SLEEP_UNTIL)}
 RECORDED["Notify"] = StepType.NOTIFY
+RECORDED["CreateWebhook"] = StepType.RUN  # its result is the hook's URL (``plans.py``)
+WAITS = ("Wait", "WaitForWebhook")  # the SDK's waits; both are stepstream Wait steps
 DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 MAX_PARALLEL = 100
+# What a parallel group may hold (its plans' step types): the recorded kinds, and those whose
+# plan's delivery makes the SDK publish a call, a wait or an invoke.
+PLANNED = (*RECORDED, "Call", *WAITS, "Invoke")
 UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 
 
@@ -89,13 +96,15 @@ class Call:
 
 @dataclass(frozen=True, slots=True)
 class Wait:
-    """``context.waitForEvent``: the step at ``position`` waits for ``event_id`` (docs §7)."""
+    """``context.waitForEvent`` (or ``waitForWebhook``, the SDK's ``kind``): the step at
+    ``position`` waits for ``event_id`` (docs §7)."""
 
     run_id: str
     position: int
     name: str
     event_id: str
     timeout_ms: int
+    kind: str = "Wait"
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +173,7 @@ def parse(destination: str, headers: dict[str, str], body: str, now: int) -> Mes
             url,
             _payload(body),
             _run_headers(url, headers),
-            _labels(headers),
+            _labels(headers, url),
             delay,
             flow_of(headers),
         )
@@ -215,14 +224,13 @@ def _invoke(
         raise BadRequest("an invoke message needs the SDK's JSON body with its step") from None
     if position < 0 or not name or not parent or not isinstance(payload, str | None):
         raise BadRequest("an invoke message needs the invoking run's id and step")
-    if step.get("concurrent", 1) != 1:
-        raise BadRequest("context.invoke inside parallel steps is not served by this gateway yet")
+    _concurrent(step.get("concurrent", 1), "an invoke")
     child = Init(
         child_id,
         url,
         _payload(payload or ""),
         _run_headers(url, headers),
-        _labels(headers),
+        _labels(headers, url),
         delay,
         flow_of(headers),
     )
@@ -251,6 +259,8 @@ def _run_headers(url: str, headers: dict[str, str]) -> dict[str, str]:
             kept[name[len(FORWARD) :]] = value
     if "upstash-label" in headers:
         kept["upstash-label"] = headers["upstash-label"]
+    if FEATURES in headers:
+        kept[FEATURES] = headers[FEATURES][:200]
     if RETRIES in headers:
         kept[RETRIES] = str(_count(headers, RETRIES, 3))
     if headers.get(RETRY_DELAY, "").strip():
@@ -304,8 +314,8 @@ def _call(run_id: str, url: str, headers: dict[str, str], body: str) -> Call:
     step_id, name = headers.get(step + "stepid", ""), headers.get(step + "stepname", "")
     if not step_id.isdigit() or int(step_id) < 1 or not name:
         raise BadRequest("a context.call message needs its step's id and name")
-    if headers.get(step + "concurrent", "1") != "1":
-        raise BadRequest("context.call inside parallel steps is not served by this gateway yet")
+    concurrent = headers.get(step + "concurrent", "1")
+    _concurrent(int(concurrent) if concurrent.isdigit() else concurrent, "a context.call")
     if not url.startswith(("http://", "https://")):
         raise BadRequest(f"context.call needs an http(s) URL, not {url[:80]!r}")
     timeout = headers.get("upstash-timeout")
@@ -333,17 +343,34 @@ def parse_wait(event_id: str, headers: dict[str, str], body: str) -> Wait:
         raise BadRequest("a wait needs the SDK's JSON body with its step") from None
     if not run_id or position < 0 or not name or not event_id:
         raise BadRequest("a wait needs Upstash-Workflow-RunId, an event id and a step")
-    if step.get("concurrent", 1) != 1 or step.get("stepType") != "Wait":
+    _concurrent(step.get("concurrent", 1), "a wait")
+    kind = step.get("stepType")
+    if kind not in WAITS:
         raise BadRequest(
-            f"a {str(step.get('stepType'))[:40]} wait or a wait inside parallel steps is not "
-            "served by the stepstream QStash gateway yet"
+            f"a {str(kind)[:40]} wait is not served by the stepstream QStash gateway (it "
+            f"serves {' and '.join(WAITS)})"
         )
     timeout = request.get("timeout") or "7d"
-    return Wait(run_id, position, name, event_id, duration_ms(str(timeout), "timeout"))
+    return Wait(run_id, position, name, event_id, duration_ms(str(timeout), "timeout"), kind)
 
 
-def _labels(headers: dict[str, str]) -> list[str]:
-    return [label for label in headers.get("upstash-label", "").split(",") if label]
+def _concurrent(value: Any, what: str) -> None:
+    """``BadRequest`` unless ``value`` is a step's ``concurrent``: 1, or a parallel group's
+    size."""
+    if type(value) is not int or not 1 <= value <= MAX_PARALLEL:
+        raise BadRequest(f"{what}'s concurrent must be 1 to {MAX_PARALLEL}, not {value!r:.20}")
+
+
+def _labels(headers: dict[str, str], url: str) -> list[str]:
+    """The run's labels: its endpoint's (``names.py``), then those of ``Upstash-Label``."""
+    labels = headers.get("upstash-label", "").split(",")
+    given = list(dict.fromkeys(label for label in labels if label))
+    if len(given) >= MAX_LABELS:
+        raise BadRequest(
+            f"Upstash-Label has {len(given)} labels: give at most {MAX_LABELS - 1} (stepstream "
+            "labels each run with its endpoint's path too, to find runs by endpoint)"
+        )
+    return [endpoint_label(url), *given]
 
 
 def _record(body: str) -> dict[str, Any]:
@@ -359,7 +386,7 @@ def _record(body: str) -> dict[str, Any]:
         _check_parallel(record, step_id, concurrent, target)
     elif type(step_id) is not int or step_id < 1 or not isinstance(name, str) or not name:
         raise BadRequest("a step record needs an integer stepId >= 1 and a stepName")
-    if record.get("stepType") not in RECORDED:
+    if step_id != 0 and record.get("stepType") not in RECORDED:
         raise BadRequest(
             f"step type {str(record.get('stepType'))[:40]!r} is not served by the stepstream "
             f"QStash gateway yet (it records {', '.join(RECORDED)})"
@@ -374,17 +401,16 @@ def _record(body: str) -> dict[str, Any]:
 
 
 def _check_parallel(record: dict[str, Any], step_id: Any, concurrent: Any, target: Any) -> None:
-    """A plan (``stepId`` 0, ``targetStep``) or a result of a parallel group: ``context.run``
-    steps only, for now."""
+    """A plan (``stepId`` 0, ``targetStep``) or a result of a parallel group."""
     if type(concurrent) is not int or not 1 < concurrent <= MAX_PARALLEL:
         raise BadRequest(f"a parallel step's concurrent must be 2 to {MAX_PARALLEL}")
     position = target if step_id == 0 else step_id
     if type(position) is not int or position < 1 or not record.get("stepName"):
         raise BadRequest("a parallel step needs a targetStep (plan) or stepId >= 1, and a name")
-    if record.get("stepType") != "Run":
+    if step_id == 0 and record.get("stepType") not in PLANNED:
         raise BadRequest(
             f"parallel {str(record.get('stepType'))[:40]} steps are not served by the "
-            "stepstream QStash gateway yet (parallel context.run steps are)"
+            f"stepstream QStash gateway yet (it serves {', '.join(PLANNED)})"
         )
 
 

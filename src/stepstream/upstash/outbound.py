@@ -30,7 +30,8 @@ MAX_DETAIL = 8000  # characters of a failing answer's stack kept
 class Failure:
     """A delivery that did not succeed: why, the step the SDK says failed, a ``Retry-After``
     (seconds), whether it must not be retried (489), and the answer (for the failure
-    callback)."""
+    callback). ``position``: the step it was an attempt of, when known (a call, a parallel
+    plan's delivery); else the next step."""
 
     message: str
     step: str | None = None
@@ -40,6 +41,7 @@ class Failure:
     status: int = 500
     body: str = ""
     headers: dict[str, str] = field(default_factory=dict)
+    position: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

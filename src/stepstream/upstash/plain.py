@@ -19,7 +19,8 @@ import httpx
 
 from stepstream.errors import NonRetryableError, ValidationError
 from stepstream.upstash.allow import policy_of
-from stepstream.upstash.messages import MESSAGE, Plain
+from stepstream.upstash.messages import Plain
+from stepstream.upstash.names import DESTINATION, MESSAGE, endpoint_label
 from stepstream.upstash.outbound import signed
 
 if TYPE_CHECKING:
@@ -30,8 +31,15 @@ DELIVERY_TIMEOUT = 60.0  # seconds the destination may take to answer
 
 
 async def publish(engine: Engine, message: Plain) -> str:
-    """Start the delivery of ``message``; its message id (the run's id)."""
-    return await engine.trigger(MESSAGE, asdict(message), delay=message.delay)
+    """Start the delivery of ``message``; its message id (the run's id). The run is labelled
+    with its destination's path, and named after it in lists (``names.py``)."""
+    return await engine.trigger(
+        MESSAGE,
+        asdict(message),
+        delay=message.delay,
+        headers={DESTINATION: message.url},
+        labels=[endpoint_label(message.url)],
+    )
 
 
 async def deliver(engine: Engine, context: WorkflowContext) -> Any:

@@ -8,6 +8,7 @@
 //   node client.mjs dlq-list                                       prints {messages, cursor}
 //   node client.mjs dlq-resume|dlq-restart <dlq id>                prints {workflowRunId, ...}
 //   node client.mjs dlq-callback <dlq id>                          prints {workflowRunId, ...}
+//   node client.mjs dlq-delete <dlq id>...                         prints {deleted, cursor?}
 //   node client.mjs notify <event id> <json data> [run id]         prints NotifyResponse[]
 //   node client.mjs waiters <event id>                             prints Waiter[]
 //   node client.mjs logs <run id>                                  prints {cursor, runs}
@@ -41,6 +42,8 @@ if (command === "trigger") {
   console.log(JSON.stringify(await client.dlq.restart({ dlqId: args[0] })));
 } else if (command === "dlq-callback") {
   console.log(JSON.stringify(await client.dlq.retryFailureFunction({ dlqId: args[0] })));
+} else if (command === "dlq-delete") {
+  console.log(JSON.stringify(await client.dlq.delete(args)));
 } else if (command === "notify") {
   const [eventId, data, workflowRunId] = args;
   console.log(JSON.stringify(await client.notify({ eventId, eventData: JSON.parse(data), workflowRunId })));

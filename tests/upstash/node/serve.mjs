@@ -95,6 +95,64 @@ const WORKFLOWS = {
     },
     {},
   ],
+  "parallel-sleeps": [
+    async (context) => {
+      const until = Math.floor(Date.now() / 1000) + 2;
+      const [, , ran] = await Promise.all([
+        context.sleep("nap", 1),
+        context.sleepUntil("wake", until),
+        body("parallel-sleeps", context, "beside", () => "ran"),
+        context.notify("poke", "nobody-waits", { n: 1 }),
+      ]);
+      return await body("parallel-sleeps", context, "after", () => ran);
+    },
+    {},
+  ],
+  "parallel-waits": [
+    async (context) => {
+      const { eventId } = context.requestPayload;
+      const [first, second] = await Promise.all([
+        context.waitForEvent("first", `${eventId}-1`, { timeout: "20s" }),
+        context.waitForEvent("second", `${eventId}-2`, { timeout: "1s" }),
+      ]);
+      return await body("parallel-waits", context, "after", () => ({ first, second }));
+    },
+    {},
+  ],
+  "parallel-calls": [
+    async (context) => {
+      const { urls } = context.requestPayload;
+      const responses = await Promise.all(
+        urls.map((url, i) => context.call(`call-${i}`, { url, method: "POST", body: `${i}` })),
+      );
+      return await body("parallel-calls", context, "after", () =>
+        responses.map(({ status, body: answer }) => [status, answer]),
+      );
+    },
+    {},
+  ],
+  "parallel-sleep-wait": [
+    async (context) => {
+      const { eventId } = context.requestPayload;
+      const [, waited] = await Promise.all([
+        context.sleep("nap", 1),
+        context.waitForEvent("wait", eventId, { timeout: "30s" }),
+      ]);
+      return waited.eventData;
+    },
+    {},
+  ],
+  "parallel-wait-call": [
+    async (context) => {
+      const { eventId, url } = context.requestPayload;
+      const [waited, called] = await Promise.all([
+        context.waitForEvent("wait", eventId, { timeout: "30s" }),
+        context.call("call", { url, method: "POST", body: "x" }),
+      ]);
+      return { eventData: waited.eventData, status: called.status };
+    },
+    {},
+  ],
   failing: [
     async (context) => {
       await body("failing", context, "boom", () => {
@@ -151,8 +209,11 @@ const WORKFLOWS = {
   webhook: [
     async (context) => {
       const webhook = await context.createWebhook("hook");
-      const { request, timeout } = await context.waitForWebhook("hooked", webhook, "10s");
-      return { timeout, method: request?.method ?? null };
+      const wait = context.requestPayload?.timeout ?? "10s";
+      const { request, timeout } = await context.waitForWebhook("hooked", webhook, wait);
+      const text = request ? await request.text() : null;
+      const header = request?.headers.get("x-hook") ?? null;
+      return { timeout, method: request?.method ?? null, body: text, header };
     },
     {},
   ],
@@ -170,12 +231,19 @@ const invoker = createWorkflow(async (context) => {
   return { result, isFailed: isFailed ?? false, isCanceled: isCanceled ?? false };
 });
 
+const parallelInvoker = createWorkflow(async (context) => {
+  const outcomes = await Promise.all(
+    [1, 2].map((n) => context.invoke(`invoke-${n}`, { workflow: child, body: { n } })),
+  );
+  return outcomes.map(({ body: result, isFailed }) => ({ result, isFailed: isFailed ?? false }));
+});
+
 function handlerFor(name) {
   if (name === "all") {
     const workflows = Object.fromEntries(
       Object.entries(WORKFLOWS).map(([key, [fn, options]]) => [key, createWorkflow(fn, options)]),
     );
-    return serveMany({ ...workflows, child, invoker }).POST;
+    return serveMany({ ...workflows, child, invoker, "parallel-invoker": parallelInvoker }).POST;
   }
   const entry = WORKFLOWS[name];
   if (entry === undefined) {

@@ -112,10 +112,10 @@ export function showRun(runId) {
   function render() {
     const runState = state();
     const running = runState === "RUN_STARTED";
-    $("run-workflow").textContent = log?.workflowName ?? "…";
+    $("run-workflow").textContent = log?.displayName ?? log?.workflowName ?? "…";
     setBadge($("run-state"), runState);
     if (running && log?.status && STATUS_LABELS[log.status]) $("run-state").textContent = STATUS_LABELS[log.status];
-    document.title = `${log?.workflowName ?? runId} · ${STATE_LABELS[runState] ?? "…"} · stepstream`;
+    document.title = `${log?.displayName ?? log?.workflowName ?? runId} · ${STATE_LABELS[runState] ?? "…"} · stepstream`;
     $("run-started").textContent = formatTime(startedAt());
     $("run-started").title = fullDate(startedAt());
     $("run-finished").textContent = running ? "—" : formatTime(completedAt());
@@ -226,7 +226,7 @@ export function showRun(runId) {
   // --- actions --------------------------------------------------------------------------------
 
   async function cancelRun() {
-    const name = log?.workflowName ?? "this run";
+    const name = log?.displayName ?? log?.workflowName ?? "this run";
     if (!window.confirm(`Cancel ${name} (${runId})? It ends now as canceled; its failure function does not run.`)) return;
     const button = $("cancel-run");
     button.disabled = true;
@@ -263,7 +263,7 @@ export function showRun(runId) {
   }
 
   async function restartRun() {
-    const name = log?.workflowName ?? "this workflow";
+    const name = log?.displayName ?? log?.workflowName ?? "this workflow";
     const question = `Restart ${name}? A new run starts with the same payload and labels; this one is kept.`;
     if (!window.confirm(question)) return;
     const reply = await act($("restart-run"), "restart", () => api("POST", `${path}/restart`));
@@ -271,7 +271,7 @@ export function showRun(runId) {
   }
 
   async function deleteRun() {
-    const name = log?.workflowName ?? "this run";
+    const name = log?.displayName ?? log?.workflowName ?? "this run";
     if (!window.confirm(`Delete ${name} (${runId})? Its log and its events are removed for good.`)) return;
     const reply = await act($("delete-run"), "delete", () => api("DELETE", path));
     if (reply) location.hash = "#/";

@@ -184,7 +184,7 @@ export function showRuns(params) {
     row.dataset.created = run.workflowRunCreatedAt ?? "";
     row.dataset.completed = events?.finishedAt ?? run.workflowRunCompletedAt ?? "";
     setBadge(row.querySelector(".badge"), runState);
-    row.querySelector(".wf-name").textContent = run.workflowName;
+    row.querySelector(".wf-name").textContent = run.displayName ?? run.workflowName;
     const stepNow = row.querySelector(".step-now");
     stepNow.textContent = runState === "RUN_STARTED" ? doing(live.get(run.workflowRunId)) : "";
     stepNow.hidden = !stepNow.textContent;
