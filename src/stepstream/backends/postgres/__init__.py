@@ -19,6 +19,7 @@ from __future__ import annotations
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from stepstream.backends.base import shown_url
+from stepstream.backends.postgres.batch import SaveBatcher
 from stepstream.backends.postgres.connection import Database, check_schema
 from stepstream.backends.postgres.flow import PostgresFlow
 from stepstream.backends.postgres.live import Listener
@@ -56,6 +57,7 @@ class PostgresBackend(PostgresRealtime, PostgresRuns, PostgresRecovery, Postgres
         self.url = url
         self._db = Database(url, check_schema(schema), pool_size, shown_url(url))
         self._listener = Listener(self._db, live_check_interval)
+        self._saves = SaveBatcher(self._db, self._save_steps, max_inflight=pool_size // 2)
 
     @classmethod
     def from_url(cls, url: str) -> PostgresBackend:
@@ -87,4 +89,5 @@ class PostgresBackend(PostgresRealtime, PostgresRuns, PostgresRecovery, Postgres
     async def close(self) -> None:
         """Stop live delivery and close every connection. Idempotent."""
         await self._listener.close()
+        await self._saves.close()
         await self._db.close()

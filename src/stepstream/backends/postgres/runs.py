@@ -2,7 +2,8 @@
 ``migrations/003_runs.sql`` (``ss_save_steps`` as ``004_flow_control.sql`` and ``ss_create_run``
 as ``005_recovery.sql`` redefine them), which also appends the events reporting it
 (``ss_emit``), so a state change and its events commit together. Runs due now NOTIFY the wake
-topic at commit. Listing runs is in ``recovery.py``."""
+topic at commit. Step saves made while others are in flight are sent together (``batch.py``).
+Listing runs is in ``recovery.py``."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from stepstream.backends.base import (
     SaveSteps,
     WaitEvent,
 )
+from stepstream.backends.postgres.batch import SaveBatcher
 from stepstream.backends.postgres.connection import Database
 from stepstream.backends.postgres.live import Listener
 from stepstream.backends.postgres.realtime import expire_ms
@@ -77,6 +79,7 @@ class PostgresRuns:
 
     _db: Database
     _listener: Listener
+    _saves: SaveBatcher
 
     async def create_run(self, op: CreateRun) -> None:
         run = op.run
@@ -149,6 +152,11 @@ class PostgresRuns:
         return [row[0] for row in rows]
 
     async def save_steps(self, op: SaveSteps) -> int:
+        if op.release is None:
+            return await self._saves.save(op)
+        return await self._save_steps(op)
+
+    async def _save_steps(self, op: SaveSteps) -> int:
         lease, slot = op.lease, op.release
         woken: int = await self._db.value(
             "SELECT ss_save_steps($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, "
