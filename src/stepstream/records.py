@@ -216,9 +216,10 @@ FAILURE_POSITIONS = 1_000_000  # the failure function's own steps live past the 
 
 @dataclass(frozen=True, slots=True)
 class FlowLimits:
-    """The flow control a run's steps execute under, fixed when it is triggered: across every
-    worker sharing the storage, at most ``parallelism`` step executions at once and at most
-    ``rate`` started per ``period_ms`` for ``key`` (``None``: no such limit)."""
+    """The flow control a run's steps execute under, fixed when it is triggered (a resume may
+    replace it: ``ResumeRun.flow``): across every worker sharing the storage, at most
+    ``parallelism`` step executions at once and at most ``rate`` started per ``period_ms`` for
+    ``key`` (``None``: no such limit)."""
 
     key: str
     parallelism: int | None = None

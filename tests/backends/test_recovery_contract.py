@@ -11,6 +11,7 @@ import pytest
 
 from stepstream.backends import Backend
 from stepstream.backends.base import (
+    AcquireSlot,
     CancelRun,
     CreateRun,
     FinishRun,
@@ -23,7 +24,7 @@ from stepstream.backends.base import (
     WaitEvent,
 )
 from stepstream.errors import LeaseLost, RunConflict, RunNotFound
-from stepstream.records import FAILURE_POSITIONS, RunState, StepState
+from stepstream.records import FAILURE_POSITIONS, FlowLimits, RunState, StepState
 from tests.backends.test_runs_contract import (
     claim,
     claim_one,
@@ -214,6 +215,37 @@ async def test_resume_refuses_running_succeeded_and_unknown_runs(backend: Backen
         assert await history(backend, run_id) == []
     with pytest.raises(RunNotFound):
         await backend.resume_run(ResumeRun("wfr_nope", at=now_ms()))
+
+
+async def test_resume_may_replace_the_runs_headers_and_flow_control(backend: Backend) -> None:
+    """What the QStash gateway's DLQ resume with overrides needs: the resumed run's headers
+    and flow limits are the new ones, in the same atomic resume; without them, kept."""
+    old_flow = FlowLimits("old-key", parallelism=1)
+    await create_claimed(backend, "r1", headers={"upstash-retries": "0"}, flow=old_flow)
+    held = await lease(backend, "r1", "w1")
+    assert (await backend.acquire_slot(AcquireSlot(held, old_flow, step(0)))).granted
+    await fail(backend, "r1")
+
+    new_flow = FlowLimits("new-key", parallelism=2, rate=5, period_ms=60_000)
+    await backend.resume_run(
+        ResumeRun("r1", at=now_ms(), headers={"upstash-retries": "4"}, flow=new_flow)
+    )
+    got = await backend.get_run("r1")
+    assert got is not None and got.state is RunState.STARTED
+    assert (got.headers, got.flow) == ({"upstash-retries": "4"}, new_flow)
+    (claimed,) = await claim(backend, "w2", 5)
+    assert claimed.headers == {"upstash-retries": "4"} and claimed.flow == new_flow
+    again = await lease(backend, "r1", "w2")
+    assert (await backend.acquire_slot(AcquireSlot(again, new_flow, step(0)))).granted
+    # The slot taken under the former key went with the claim that took it.
+    other = await create_claimed(backend, "r2", owner="w3", flow=old_flow)
+    other_lease = await lease(backend, other.id, "w3")
+    assert (await backend.acquire_slot(AcquireSlot(other_lease, old_flow, step(0)))).granted
+
+    await backend.finish_run(FinishRun(again, RunState.FAILED, None, "boom", at=now_ms()))
+    await backend.resume_run(ResumeRun("r1", at=now_ms()))
+    kept = await backend.get_run("r1")
+    assert kept is not None and (kept.headers, kept.flow) == ({"upstash-retries": "4"}, new_flow)
 
 
 # -- delete -----------------------------------------------------------------------------------

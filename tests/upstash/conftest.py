@@ -1,5 +1,5 @@
 """The pinned ``@upstash/workflow`` SDK next to ``node/serve.mjs``, shared by the probe and the
-gateway tests."""
+gateway tests, and the signing key of the gateway tests' stepstream servers."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import tempfile
 import pytest
 
 from tests.upstash.harness import NODE_DIR, SDK_VERSION, install_is_current, missing
+from tests.upstash.test_gateway import CURRENT_KEY
 
 
 @pytest.fixture(scope="module")
@@ -38,3 +39,11 @@ def node() -> str:
     installed = NODE_DIR / "node_modules" / "@upstash" / "workflow" / "package.json"
     assert json.loads(installed.read_text())["version"] == SDK_VERSION
     return node
+
+
+@pytest.fixture
+def signing_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """stepstream signs deliveries with the key the SDK apps verify them against (``sdk_env``
+    gives the apps both keys). Requested by each file (``pytest.mark.usefixtures``), not
+    autouse: a test of unsigned deliveries stays possible."""
+    monkeypatch.setenv("QSTASH_CURRENT_SIGNING_KEY", CURRENT_KEY)

@@ -19,19 +19,17 @@ from stepstream.upstash.lazy import lazy
 from tests.upstash.harness import serve_uvicorn, serve_workflows
 from tests.upstash.test_gateway import (
     AUTH,
-    CURRENT_KEY,
     TOKEN,
     finished_run,
     sdk_client,
     sdk_env,
 )
 
-pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
-
-
-@pytest.fixture(autouse=True)
-def signing_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("QSTASH_CURRENT_SIGNING_KEY", CURRENT_KEY)
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.timeout(60),
+    pytest.mark.usefixtures("signing_key"),
+]
 
 
 class Fetches:

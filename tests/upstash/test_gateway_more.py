@@ -16,19 +16,17 @@ import pytest
 from tests.upstash.harness import serve_workflows
 from tests.upstash.test_gateway import (
     AUTH,
-    CURRENT_KEY,
     finished_run,
     sdk_client,
     sdk_env,
     stepstream_server,
 )
 
-pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
-
-
-@pytest.fixture(autouse=True)
-def signing_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("QSTASH_CURRENT_SIGNING_KEY", CURRENT_KEY)
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.timeout(60),
+    pytest.mark.usefixtures("signing_key"),
+]
 
 
 async def test_invoke_runs_the_child_as_a_child_run(node: str, tmp_path: Path) -> None:
@@ -111,6 +109,101 @@ async def test_the_dlq_resumes_restarts_and_recalls_failed_runs(node: str, tmp_p
         assert old.executions == ["first", "second", "failureFunction", "failureFunction"]
         assert old.log["workflowState"] == "RUN_FAILED"  # kept, but out of the DLQ
         assert (await sdk_client(node, base, "dlq-list"))["messages"] == []
+
+
+async def test_a_dlq_resume_may_override_retries_and_flow_control(
+    node: str, tmp_path: Path
+) -> None:
+    async with (
+        stepstream_server(tmp_path / "dlq-retries.db") as base,
+        serve_workflows(node, "all", sdk_env(base), tmp_path / "serve.log") as endpoint,
+        httpx.AsyncClient(timeout=10) as client,
+    ):
+        options = json.dumps({"retryDelay": "100"})
+        url = f"{endpoint}/flaky"
+        run_id = (await sdk_client(node, base, "trigger", url, "{}", "", "0", options))[
+            "workflowRunId"
+        ]
+        run = await finished_run(client, base, endpoint, run_id)
+        assert run.log["workflowState"] == "RUN_FAILED", run.log
+        assert run.executions == ["first", "second", "failureFunction"]
+
+        for headers, named in (
+            (
+                {"Upstash-Retries": "many"},
+                "Upstash-Retries 'many' on a DLQ resume or restart is not a count",
+            ),
+            (
+                {"Upstash-Flow-Control-Key": "k", "Upstash-Flow-Control-Value": "parallel=1"},
+                "Upstash-Flow-Control-Value part 'parallel=1': use parallelism=<n>",
+            ),
+            ({"Upstash-Flow-Control-Value": "parallelism=1"}, "needs Upstash-Flow-Control-Key"),
+            ({"Upstash-Retries": "²"}, "Upstash-Retries '²' on a DLQ resume"),
+            (
+                {"Upstash-Flow-Control-Key": "k", "Upstash-Flow-Control-Value": "parallelism=²"},
+                "Upstash-Flow-Control-Value part 'parallelism=²'",
+            ),
+            (
+                {"Upstash-Flow-Control-Key": "k", "Upstash-Flow-Control-Value": "parallelism=0"},
+                "Upstash-Flow-Control-Value: FlowControl parallelism must be an integer >= 1",
+            ),
+        ):
+            for action in ("resume", "restart"):
+                response = await client.post(
+                    f"{base}/qstash/v2/workflows/dlq/{action}",
+                    params={"dlqIds": run_id},
+                    headers={**AUTH, **{n: v.encode("latin-1") for n, v in headers.items()}},
+                )
+                assert response.status_code == 400, response.text
+                assert named in response.json()["error"], response.json()
+        (entry,) = (await sdk_client(node, base, "dlq-list"))["messages"]
+        assert (entry["dlqId"], entry["maxRetries"]) == (run_id, 0)  # refused: unchanged
+
+        overrides = {"retries": 2, "flowControl": {"key": "dlq-resumed", "parallelism": 1}}
+        answer = await sdk_client(node, base, "dlq-resume", run_id, json.dumps(overrides))
+        assert answer["workflowRunId"] == run_id
+        run = await finished_run(client, base, endpoint, run_id)
+        assert run.log["workflowState"] == "RUN_FAILED", run.log
+        assert run.log["flowControl"]["key"] == "dlq-resumed"
+        # Two retries, as QStash counts them: the failing step is attempted three times more.
+        again = ["second", "second", "second", "failureFunction"]
+        assert run.executions == ["first", "second", "failureFunction", *again]
+        (entry,) = (await sdk_client(node, base, "dlq-list"))["messages"]
+        assert (entry["dlqId"], entry["maxRetries"]) == (run_id, 2)
+
+
+async def test_a_dlq_restart_may_put_the_new_runs_under_flow_control(
+    node: str, tmp_path: Path
+) -> None:
+    async with (
+        stepstream_server(tmp_path / "dlq-flow.db", workers=4) as base,
+        serve_workflows(node, "limited", sdk_env(base), tmp_path / "serve.log") as endpoint,
+        httpx.AsyncClient(timeout=10) as client,
+    ):
+        url = f"{endpoint}/limited"
+        failed = []
+        for _ in range(3):  # one after the other: no two deliveries at once so far
+            payload = '{"pause": 300, "failUnhealed": true}'
+            answer = await sdk_client(node, base, "trigger", url, payload, "", "0")
+            run = await finished_run(client, base, endpoint, answer["workflowRunId"])
+            assert run.log["workflowState"] == "RUN_FAILED", run.log
+            failed.append(answer["workflowRunId"])
+        assert (await client.get(f"{endpoint}/_concurrency")).json() == {"max": 1}
+
+        await client.get(f"{endpoint}/_heal")
+        overrides = {"flowControl": {"key": "dlq-restarted", "parallelism": 1}, "retries": 1}
+        answer = await sdk_client(
+            node, base, "dlq-restart", ",".join(failed), json.dumps(overrides)
+        )
+        fresh = [restarted["workflowRunId"] for restarted in answer]
+        assert len(fresh) == 3 and not set(fresh) & set(failed)
+        for run_id in fresh:
+            run = await finished_run(client, base, endpoint, run_id)
+            assert run.log["workflowState"] == "RUN_SUCCESS", run.log
+            assert run.log["flowControl"]["key"] == "dlq-restarted"
+            assert run.executions == ["slow", "fast"]
+        # One key, parallelism 1: the restarted runs' deliveries never overlapped.
+        assert (await client.get(f"{endpoint}/_concurrency")).json() == {"max": 1}
 
 
 async def test_cancel_by_filter_and_all(node: str, tmp_path: Path) -> None:

@@ -26,7 +26,11 @@ from tests.upstash.test_gateway import (
     stepstream_server,
 )
 
-pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.timeout(60),
+    pytest.mark.usefixtures("signing_key"),
+]
 
 
 def test_the_endpoint_label_is_the_path_kept_within_the_label_limits() -> None:
@@ -68,7 +72,8 @@ async def test_sdk_runs_are_named_and_found_by_their_endpoint(node: str, tmp_pat
         two = await sdk_client(node, base, "trigger", f"{endpoint}/two-step?x=1", "{}", "batch-7")
         par = await sdk_client(node, base, "trigger", f"{endpoint}/parallel", "{}")
         for answer in (two, par):
-            await finished_run(client, base, endpoint, answer["workflowRunId"])
+            run = await finished_run(client, base, endpoint, answer["workflowRunId"])
+            assert run.log["workflowState"] == "RUN_SUCCESS", run.log  # signed deliveries
 
         listed = await runs_labelled(client, base, "/two-step")
         assert [(r["workflowRunId"], r["displayName"]) for r in listed] == [

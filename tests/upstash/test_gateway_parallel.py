@@ -16,7 +16,6 @@ from tests.conftest import free_port
 from tests.upstash.harness import serve_uvicorn, serve_workflows
 from tests.upstash.test_gateway import (
     AUTH,
-    CURRENT_KEY,
     finished_run,
     sdk_client,
     sdk_env,
@@ -24,12 +23,11 @@ from tests.upstash.test_gateway import (
 )
 from tests.upstash.test_gateway_steps import Echo, waiting
 
-pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
-
-
-@pytest.fixture(autouse=True)
-def signing_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("QSTASH_CURRENT_SIGNING_KEY", CURRENT_KEY)
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.timeout(60),
+    pytest.mark.usefixtures("signing_key"),
+]
 
 
 def steps_of(log: dict[str, object]) -> list[tuple[str, str]]:

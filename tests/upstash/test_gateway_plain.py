@@ -18,12 +18,11 @@ from starlette.routing import Route
 
 from tests.upstash.test_gateway import AUTH, CURRENT_KEY, serve_uvicorn, stepstream_server
 
-pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
-
-
-@pytest.fixture(autouse=True)
-def signing_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("QSTASH_CURRENT_SIGNING_KEY", CURRENT_KEY)
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.timeout(60),
+    pytest.mark.usefixtures("signing_key"),
+]
 
 
 class Endpoint:
@@ -96,3 +95,21 @@ async def test_what_plain_messages_can_not_do_is_refused(tmp_path: Path) -> None
         )
         assert callback.status_code == 400
         assert "upstash-callback on a plain message" in callback.json()["error"]
+
+
+async def test_numbers_out_of_range_are_refused_with_a_400(tmp_path: Path) -> None:
+    async with (
+        stepstream_server(tmp_path / "numbers.db") as base,
+        httpx.AsyncClient(timeout=10) as client,
+    ):
+        for value in ("1e400", "inf", "nan", "-1e400", "99999999999999999999"):
+            refused = await client.post(
+                f"{base}/qstash/v2/publish/http://127.0.0.1:9/x",
+                headers={**AUTH, "upstash-not-before": value},
+                content=b"x",
+            )
+            assert refused.status_code == 400, (value, refused.text)
+            assert "Upstash-Not-Before" in refused.json()["error"]
+        for query in ("count=%C2%B2", "count=1" + "0" * 5000, "fromDate=%C2%B2", "toDate=1e3"):
+            refused = await client.get(f"{base}/qstash/v2/workflows/events?{query}", headers=AUTH)
+            assert refused.status_code == 400, (query, refused.text)

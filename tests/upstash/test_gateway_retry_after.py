@@ -11,7 +11,6 @@ import pytest
 
 from tests.upstash.harness import serve_workflows
 from tests.upstash.test_gateway import (
-    CURRENT_KEY,
     finished_run,
     sdk_client,
     sdk_env,
@@ -19,12 +18,11 @@ from tests.upstash.test_gateway import (
     timeline,
 )
 
-pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
-
-
-@pytest.fixture(autouse=True)
-def signing_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("QSTASH_CURRENT_SIGNING_KEY", CURRENT_KEY)
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.timeout(60),
+    pytest.mark.usefixtures("signing_key"),
+]
 
 
 async def test_retry_after_delays_the_retry_and_the_run_ends_clean(

@@ -15,7 +15,6 @@ import pytest
 from tests.upstash.harness import serve_workflows
 from tests.upstash.test_gateway import (
     AUTH,
-    CURRENT_KEY,
     finished_run,
     sdk_client,
     sdk_env,
@@ -24,12 +23,11 @@ from tests.upstash.test_gateway import (
     timeline,
 )
 
-pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
-
-
-@pytest.fixture(autouse=True)
-def signing_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("QSTASH_CURRENT_SIGNING_KEY", CURRENT_KEY)
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.timeout(60),
+    pytest.mark.usefixtures("signing_key"),
+]
 
 
 async def waiting(client: httpx.AsyncClient, base: str, event_id: str) -> list[Any]:

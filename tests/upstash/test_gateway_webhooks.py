@@ -18,7 +18,6 @@ from stepstream.upstash.hooks import qstash_token
 from tests.upstash.harness import serve_workflows
 from tests.upstash.test_gateway import (
     AUTH,
-    CURRENT_KEY,
     TOKEN,
     finished_run,
     sdk_client,
@@ -26,14 +25,13 @@ from tests.upstash.test_gateway import (
     stepstream_server,
 )
 
-pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.timeout(60),
+    pytest.mark.usefixtures("signing_key"),
+]
 
 QSTASH_TOKEN = qstash_token(TOKEN)
-
-
-@pytest.fixture(autouse=True)
-def signing_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("QSTASH_CURRENT_SIGNING_KEY", CURRENT_KEY)
 
 
 async def hook_of(client: httpx.AsyncClient, base: str, run_id: str) -> dict[str, Any]:

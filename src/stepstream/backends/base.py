@@ -130,11 +130,15 @@ class CancelRun(Reported):
 @dataclass(frozen=True, slots=True)
 class ResumeRun(Reported):
     """Continue the failed or canceled run ``run_id`` in place, ``at`` epoch ms (DESIGN §14),
-    with ``timeout_at`` as its new run timeout (epoch ms, ``None``: none)."""
+    with ``timeout_at`` as its new run timeout (epoch ms, ``None``: none). ``headers`` and
+    ``flow``, when given, replace the run's own from then on (the QStash gateway's DLQ resume
+    with overrides); ``None`` keeps them."""
 
     run_id: str
     at: int
     timeout_at: int | None = field(default=None, kw_only=True)
+    headers: dict[str, str] | None = field(default=None, kw_only=True)
+    flow: FlowLimits | None = field(default=None, kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,8 +359,10 @@ class RecoveryStore(Protocol):
         (position >= ``FAILURE_POSITIONS``), with their waits; make it ``RUN_STARTED``, due now
         (storage time), unleased (its ``epoch`` kept), not held, with ``completed_at``,
         ``result``, ``error`` and ``failed_step`` cleared, ``phase`` ``"run"``,
-        ``failure_attempts`` 0 and ``timeout_at`` set to ``op.timeout_at``; append ``emits``.
-        ``RunNotFound``; ``RunConflict`` (nothing changes) if it is running or succeeded."""
+        ``failure_attempts`` 0 and ``timeout_at`` set to ``op.timeout_at``; ``headers`` and
+        ``flow`` replaced by ``op.headers`` and ``op.flow`` when they are given; append
+        ``emits``. ``RunNotFound``; ``RunConflict`` (nothing changes) if it is running or
+        succeeded."""
 
     async def delete_run(self, run_id: str) -> None:
         """Atomically delete a finished run: its record, steps, waits, kept lookback events,

@@ -64,8 +64,8 @@ How it maps onto the engine (docs/upstash-protocol.md has the protocol):
   parent (``Engine.trigger(parent=...)``): the child's end resolves the invoke step, as for a
   native invoke, and the history hands the SDK ``{body, isFailed, isCanceled}``.
 - **The DLQ** is the failed gateway runs (``dlqId`` = run id): resume and restart are
-  ``recovery.resume`` / ``recovery.restart``; the failure callback is kept to be sent again
-  (``dlq.py``).
+  ``recovery.resume`` / ``recovery.restart``, with the SDK's ``retries`` / ``flowControl``
+  overrides replacing the run's; the failure callback is kept to be sent again (``dlq.py``).
 - **Plain QStash messages** (``/v2/publish/{url}`` without workflow headers, how the Python
   SDK's docs start a signed app) are runs of a second built-in workflow, ``upstash-message``,
   whose one step delivers the message, signed, retried like a step (``plain.py``).

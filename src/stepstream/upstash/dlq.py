@@ -4,9 +4,10 @@ DESIGN §14): ``client.dlq`` and ``client.cancel`` with a filter.
 A gateway run that failed *is* its DLQ entry: the ``dlqId`` is the run id. Resuming it is
 ``recovery.resume`` (its recorded steps are kept and delivered again, the failed one gets
 fresh retries); restarting it is ``recovery.restart`` (a new run with the same payload and
-headers). A restarted or deleted entry is marked out of the DLQ (the failed run stays, as in
-the logs). The failure callback of every failed run is kept, so ``retryFailureFunction`` can
-send it again.
+headers). Either may override the run's retries and flow control from then on (the SDK's
+``retries`` and ``flowControl`` options, sent as headers). A restarted or deleted entry is
+marked out of the DLQ (the failed run stays, as in the logs). The failure callback of every
+failed run is kept, so ``retryFailureFunction`` can send it again.
 """
 
 from __future__ import annotations
@@ -20,18 +21,23 @@ from starlette.datastructures import Headers, QueryParams
 
 from stepstream.backends.base import RunFilter
 from stepstream.errors import BadRequest, RunConflict, RunNotFound
-from stepstream.records import RunRecord, RunState, dumps
+from stepstream.records import FlowLimits, RunRecord, RunState, dumps
 from stepstream.upstash.messages import (
     FAILURE_FORWARD,
     FAILURE_URL,
     FAILURES,
     KEPT_APART,
+    MAX_HEADER_COUNT,
     NOT_DELIVERED,
     RETRIES,
+    count_of,
+    flow_of,
+    query_ms,
 )
 from stepstream.upstash.names import WORKFLOW, sdk_labels
 from stepstream.upstash.outbound import call_failure_url
 from stepstream.workflow import recovery
+from stepstream.workflow.flow import FlowControl
 
 if TYPE_CHECKING:
     from stepstream.workflow.engine import Engine
@@ -121,17 +127,17 @@ async def select(engine: Engine, params: QueryParams, state: RunState, ids: str)
     if named:
         found = [await engine.backend.get_run(run_id) for run_id in named[:MAX_COUNT]]
     else:
-        count = params.get("count") or str(DEFAULT_COUNT)
-        if not count.isdigit() or not 1 <= int(count) <= MAX_COUNT:
+        count = count_of(params.get("count") or str(DEFAULT_COUNT))
+        if count is None or not 1 <= count <= MAX_COUNT:
             raise BadRequest(f"count must be 1 to {MAX_COUNT}")
         where = RunFilter(
             state=state.value,
             workflow=WORKFLOW,
             label=params.get("label"),
-            created_after=_ms(params, "fromDate"),
-            created_before=_ms(params, "toDate"),
+            created_after=query_ms(params, "fromDate"),
+            created_before=query_ms(params, "toDate"),
         )
-        page = await engine.backend.find_runs(where, cursor=params.get("cursor"), count=int(count))
+        page = await engine.backend.find_runs(where, cursor=params.get("cursor"), count=count)
         cursor = page.cursor
         found = [await engine.backend.get_run(run.id) for run in page.runs]
     out = await engine.backend.list_entries(OUT_OF_DLQ) if state is RunState.FAILED else {}
@@ -155,15 +161,6 @@ def _url_matches(run: RunRecord, params: QueryParams) -> bool:
     return (
         url == wanted if params.get("workflowUrlExactMatch") == "true" else url.startswith(wanted)
     )
-
-
-def _ms(params: QueryParams, name: str) -> int | None:
-    text = params.get(name)
-    if text is None:
-        return None
-    if not text.isdigit():
-        raise BadRequest(f"{name} must be unix milliseconds")
-    return int(text)
 
 
 async def listing(engine: Engine, params: QueryParams) -> dict[str, Any]:
@@ -213,24 +210,47 @@ async def message(engine: Engine, run: RunRecord) -> dict[str, Any]:
     return found
 
 
-def no_overrides(headers: Headers) -> None:
-    """``dlq.resume``/``restart`` may change the run's retries or flow control: not served."""
-    for name in (RETRIES, "upstash-flow-control-key"):
-        if name in headers:
+@dataclass(frozen=True, slots=True)
+class Overrides:
+    """What ``dlq.resume``/``restart`` change of a run from then on: its ``retries``
+    (``Upstash-Retries``) and flow control (``Upstash-Flow-Control-Key`` / ``-Value``);
+    ``None``: the run's own."""
+
+    retries: int | None = None
+    flow: FlowLimits | None = None
+
+    def headers(self, run: RunRecord) -> dict[str, str] | None:
+        """The run's headers with the new retries (which ``delivery.py`` reads there)."""
+        return None if self.retries is None else {**run.headers, RETRIES: str(self.retries)}
+
+
+def overrides(headers: Headers) -> Overrides:
+    """The overrides a DLQ resume or restart sends as headers (the SDK's ``retries`` and
+    ``flowControl`` options); ``BadRequest`` naming a bad header and how to write it."""
+    lowered = dict(headers.items())
+    retries = None
+    if RETRIES in lowered:
+        retries = count_of(lowered[RETRIES])
+        if retries is None:
             raise BadRequest(
-                f"{name} on a DLQ resume or restart is not served by this gateway: the run "
-                "keeps its trigger's options"
+                f"Upstash-Retries {lowered[RETRIES].strip()[:20]!r} on a DLQ resume or restart "
+                f"is not a count: give the number of retries after the first attempt, such as "
+                f"3 (at most {MAX_HEADER_COUNT})"
             )
+    flow = flow_of(lowered)
+    return Overrides(retries, None if flow is None else FlowControl(**flow).limits(None))
 
 
-async def act(engine: Engine, action: str, params: QueryParams) -> dict[str, Any]:
-    """``dlq.resume``, ``dlq.restart`` (``{workflowRuns, cursor}``) and ``dlq.delete``
-    (``{deleted, cursor}``) on the selected DLQ entries."""
+async def act(
+    engine: Engine, action: str, params: QueryParams, changes: Overrides | None = None
+) -> dict[str, Any]:
+    """``dlq.resume``, ``dlq.restart`` (``{workflowRuns, cursor}``, with ``changes``) and
+    ``dlq.delete`` (``{deleted, cursor}``) on the selected DLQ entries."""
     selected = await select(engine, params, RunState.FAILED, "dlqIds")
     runs: list[dict[str, Any]] = []
     for run in selected.runs:
         try:
-            new = await _act(engine, action, run)
+            new = await _act(engine, action, run, changes or Overrides())
         except (RunConflict, RunNotFound):
             continue  # resumed or deleted meanwhile
         runs.append({"workflowRunId": new.id, "workflowCreatedAt": new.created_at})
@@ -240,14 +260,16 @@ async def act(engine: Engine, action: str, params: QueryParams) -> dict[str, Any
     return {"workflowRuns": runs, "cursor": cursor}
 
 
-async def _act(engine: Engine, action: str, run: RunRecord) -> RunRecord:
+async def _act(engine: Engine, action: str, run: RunRecord, changes: Overrides) -> RunRecord:
     """One DLQ entry resumed (the same run), restarted (the new run) or deleted."""
+    headers, flow = changes.headers(run), changes.flow
     if action == "resume":
-        await recovery.resume(engine, run.id)
+        await recovery.resume(engine, run.id, headers=headers, flow=flow)
         return run
     new = run
     if action == "restart":
-        found = await engine.backend.get_run(await recovery.restart(engine, run.id))
+        new_id = await recovery.restart(engine, run.id, headers=headers, flow=flow)
+        found = await engine.backend.get_run(new_id)
         new = found if found is not None else run
     await engine.backend.put_entry(OUT_OF_DLQ, run.id, dumps({"at": engine.clock()}))
     return new

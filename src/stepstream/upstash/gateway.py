@@ -376,15 +376,16 @@ class Gateway:
         return await self.dlq_answer(dlq.listing(self.engine, request.query_params))
 
     async def dlq_act(self, request: Request) -> Response:
-        """``client.dlq.resume`` / ``restart``: ``recovery.resume`` / ``recovery.restart``."""
+        """``client.dlq.resume`` / ``restart``: ``recovery.resume`` / ``recovery.restart``,
+        with the retries and flow control the request overrides."""
         action = request.path_params["action"]
         if action not in ("resume", "restart"):
             return error(404, f"no DLQ action {action[:40]!r}: resume or restart")
         try:
-            dlq.no_overrides(request.headers)
+            changes = dlq.overrides(request.headers)
         except BadRequest as exc:
             return error(400, str(exc))
-        return await self.dlq_answer(dlq.act(self.engine, action, request.query_params))
+        return await self.dlq_answer(dlq.act(self.engine, action, request.query_params, changes))
 
     async def dlq_delete(self, request: Request) -> Response:
         """``client.dlq.delete``: the entries leave the DLQ (the failed runs stay)."""

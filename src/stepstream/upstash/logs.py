@@ -12,7 +12,7 @@ from stepstream.backends.base import RunFilter, Waiter
 from stepstream.errors import BadRequest
 from stepstream.records import RunRecord, RunState, StepRecord, StepState
 from stepstream.upstash import plans
-from stepstream.upstash.messages import FAILURES, KEPT_APART
+from stepstream.upstash.messages import FAILURES, KEPT_APART, count_of, query_ms
 from stepstream.upstash.names import WORKFLOW, sdk_labels
 
 if TYPE_CHECKING:
@@ -58,8 +58,8 @@ def waiter(found: Waiter, run: RunRecord | None) -> dict[str, Any]:
 async def page(engine: Engine, params: Mapping[str, str]) -> dict[str, Any]:
     """``GET /v2/workflows/events``: ``{cursor, runs}``, newest first; by ``workflowRunId``,
     ``state``, ``label``, ``fromDate``/``toDate``, ``workflowUrl``."""
-    count = params.get("count") or "10"
-    if not count.isdigit() or not 1 <= int(count) <= MAX_COUNT:
+    count = count_of(params.get("count") or "10")
+    if count is None or not 1 <= count <= MAX_COUNT:
         raise BadRequest(f"count must be 1 to {MAX_COUNT}")
     state = params.get("state")
     if state is not None and state not in STATES:
@@ -74,11 +74,11 @@ async def page(engine: Engine, params: Mapping[str, str]) -> dict[str, Any]:
             state=state,
             workflow=WORKFLOW,
             label=params.get("label"),
-            created_after=_ms(params, "fromDate"),
-            created_before=_ms(params, "toDate"),
+            created_after=query_ms(params, "fromDate"),
+            created_before=query_ms(params, "toDate"),
         )
         found = await engine.backend.find_runs(
-            where, cursor=params.get("cursor") or None, count=int(count)
+            where, cursor=params.get("cursor") or None, count=count
         )
         cursor = found.cursor
         runs = [r for r in [await engine.backend.get_run(f.id) for f in found.runs] if r]
@@ -89,15 +89,6 @@ async def page(engine: Engine, params: Mapping[str, str]) -> dict[str, Any]:
             continue
         logs.append(await run_log(engine, run))
     return {"cursor": cursor or "", "runs": logs}
-
-
-def _ms(params: Mapping[str, str], name: str) -> int | None:
-    text = params.get(name)
-    if text is None:
-        return None
-    if not text.isdigit():
-        raise BadRequest(f"{name} must be unix milliseconds")
-    return int(text)
 
 
 def _url(run: RunRecord) -> str:

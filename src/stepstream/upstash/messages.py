@@ -8,7 +8,9 @@ touches storage.
 from __future__ import annotations
 
 import json
+import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +57,8 @@ RECORDED["CreateWebhook"] = StepType.RUN  # its result is the hook's URL (``plan
 WAITS = ("Wait", "WaitForWebhook")  # the SDK's waits; both are stepstream Wait steps
 DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 MAX_PARALLEL = 100
+LATEST_NOT_BEFORE = 253_402_300_799.0  # 9999-12-31T23:59:59Z, unix seconds
+MAX_HEADER_COUNT = 999_999_999  # the largest count a header may give (retries, parallelism, rate)
 # What a parallel group may hold (its plans' step types): the recorded kinds, and those whose
 # plan's delivery makes the SDK publish a call, a wait or an invoke.
 PLANNED = (*RECORDED, "Call", *WAITS, "Invoke")
@@ -285,14 +289,15 @@ def flow_of(headers: dict[str, str]) -> dict[str, Any] | None:
     for part in filter(None, (p.strip() for p in value.split(","))):
         name, _, number = part.partition("=")
         name, number = name.strip().lower(), number.strip()
-        if name in ("parallelism", "rate") and number.isdigit():
-            flow[name] = int(number)
+        count = count_of(number) if name in ("parallelism", "rate") else None
+        if count is not None:
+            flow[name] = count
         elif name == "period" and number:
             flow[name] = duration_ms(number, "the flow control period") / 1000
         else:
             raise BadRequest(
                 f"Upstash-Flow-Control-Value part {part[:40]!r}: use parallelism=<n>, "
-                "rate=<n> and period=<duration>"
+                f"rate=<n> (n a count up to {MAX_HEADER_COUNT}) and period=<duration>"
             )
     try:
         FlowControl(**flow)
@@ -303,8 +308,28 @@ def flow_of(headers: dict[str, str]) -> dict[str, Any] | None:
 
 def _count(headers: dict[str, str], name: str, default: int) -> int:
     text = headers.get(name, str(default)).strip()
-    if not text.isdigit():
-        raise BadRequest(f"{name} {text[:20]!r} is not a count")
+    found = count_of(text)
+    if found is None:
+        raise BadRequest(f"{name} {text[:20]!r} is not a count (0 to {MAX_HEADER_COUNT})")
+    return found
+
+
+def query_ms(params: Mapping[str, str], name: str) -> int | None:
+    """The query parameter ``name`` as unix milliseconds (``fromDate``, ``toDate``), if given."""
+    text = params.get(name)
+    if text is None:
+        return None
+    if not text.isascii() or not text.isdigit() or len(text) > 16:
+        raise BadRequest(f"{name} must be unix milliseconds (digits only)")
+    return int(text)
+
+
+def count_of(text: str) -> int | None:
+    """``text`` as a count (ASCII digits, at most ``MAX_HEADER_COUNT``), else ``None``
+    (``isdigit`` alone takes ``"²"``, which ``int`` refuses)."""
+    text = text.strip()
+    if not text.isascii() or not text.isdigit() or len(text) > len(str(MAX_HEADER_COUNT)):
+        return None
     return int(text)
 
 
@@ -419,9 +444,14 @@ def _delay_ms(headers: dict[str, str], now: int) -> int | None:
     ``Upstash-Not-Before`` (unix seconds)."""
     if "upstash-not-before" in headers:
         try:
-            return max(0, int(float(headers["upstash-not-before"]) * 1000) - now)
+            seconds = float(headers["upstash-not-before"])
         except ValueError:
-            raise BadRequest("Upstash-Not-Before must be unix seconds") from None
+            seconds = math.nan
+        if not 0 <= seconds <= LATEST_NOT_BEFORE:  # nan, inf and what no clock reaches too
+            raise BadRequest(
+                f"Upstash-Not-Before must be unix seconds from 0 to {LATEST_NOT_BEFORE:.0f}"
+            )
+        return max(0, int(seconds * 1000) - now)
     text = headers.get("upstash-delay", "").strip()
     return duration_ms(text, "Upstash-Delay") if text else None
 
@@ -429,8 +459,8 @@ def _delay_ms(headers: dict[str, str], now: int) -> int | None:
 def duration_ms(text: str, what: str) -> int:
     """``"10s"``, ``"1h30m"`` or bare seconds, in ms."""
     text = text.strip()
-    if text.isdigit():
-        return int(text) * 1000
+    if (seconds := count_of(text)) is not None:
+        return seconds * 1000
     parts = DURATION.findall(text)
     if not parts or "".join(n + u for n, u in parts) != text:
         raise BadRequest(f"{what} {text[:40]!r} is not a duration such as 10s or 1h30m")

@@ -19,6 +19,7 @@ from stepstream.records import (
     FAILURE_POSITIONS,
     RUN_STATES,
     Emit,
+    FlowLimits,
     RunRecord,
     RunState,
     StepState,
@@ -33,9 +34,17 @@ log = logging.getLogger("stepstream.recovery")
 Action = Literal["cancel", "resume"]
 
 
-async def resume(engine: Engine, run_id: str) -> None:
+async def resume(
+    engine: Engine,
+    run_id: str,
+    *,
+    headers: dict[str, str] | None = None,
+    flow: FlowLimits | None = None,
+) -> None:
     """Continue a failed or canceled run in place: its completed steps are kept (not run
-    again), the step that failed runs with fresh retries. ``RunConflict`` otherwise."""
+    again), the step that failed runs with fresh retries. ``RunConflict`` otherwise.
+    ``headers`` and ``flow``, when given, replace the run's from now on (the QStash gateway's
+    DLQ resume with overrides)."""
     run = await _found(engine, run_id)
     now = engine.clock()
     update = engine.reported(events.run_start(run_id, now, resumed=True))
@@ -43,6 +52,8 @@ async def resume(engine: Engine, run_id: str) -> None:
         run_id,
         now,
         timeout_at=_timeout_at(engine, run.workflow, now, run.timeout_at),
+        headers=headers,
+        flow=flow,
         emits=update,
         policy=engine.policy,
     )
@@ -51,12 +62,24 @@ async def resume(engine: Engine, run_id: str) -> None:
     engine.wake()
 
 
-async def restart(engine: Engine, run_id: str, *, run_as: str | None = None) -> str:
+async def restart(
+    engine: Engine,
+    run_id: str,
+    *,
+    run_as: str | None = None,
+    headers: dict[str, str] | None = None,
+    flow: FlowLimits | None = None,
+) -> str:
     """A new run of ``run_id``'s workflow with its payload, headers, labels and flow control
-    (``restartedFrom`` in its log); its id."""
+    (``restartedFrom`` in its log); its id. ``headers`` and ``flow``, when given, are the new
+    run's instead (the QStash gateway's DLQ restart with overrides)."""
     old = await _found(engine, run_id)
     new = _again(engine, old, run_as)
     new.restarted_from = old.id
+    if headers is not None:
+        new.headers = dict(headers)
+    if flow is not None:
+        new.flow = flow
     await engine.create(new)
     return new.id
 

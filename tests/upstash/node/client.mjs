@@ -6,7 +6,8 @@
 //   node client.mjs cancel <run id>...                             prints {"cancelled": n}
 //   node client.mjs cancel-filter <json filter | "all">             prints {"cancelled": n}
 //   node client.mjs dlq-list                                       prints {messages, cursor}
-//   node client.mjs dlq-resume|dlq-restart <dlq id>                prints {workflowRunId, ...}
+//   node client.mjs dlq-resume|dlq-restart <dlq id> [json options]  prints {workflowRunId, ...}
+//       (several ids comma-separated: prints [{workflowRunId, ...}]; options: {retries, flowControl})
 //   node client.mjs dlq-callback <dlq id>                          prints {workflowRunId, ...}
 //   node client.mjs dlq-delete <dlq id>...                         prints {deleted, cursor?}
 //   node client.mjs notify <event id> <json data> [run id]         prints NotifyResponse[]
@@ -36,10 +37,12 @@ if (command === "trigger") {
   console.log(JSON.stringify(await client.cancel(request)));
 } else if (command === "dlq-list") {
   console.log(JSON.stringify(await client.dlq.list()));
-} else if (command === "dlq-resume") {
-  console.log(JSON.stringify(await client.dlq.resume({ dlqId: args[0] })));
-} else if (command === "dlq-restart") {
-  console.log(JSON.stringify(await client.dlq.restart({ dlqId: args[0] })));
+} else if (command === "dlq-resume" || command === "dlq-restart") {
+  const [ids, more] = args;
+  const request = { dlqId: ids.includes(",") ? ids.split(",") : ids, ...JSON.parse(more ?? "{}") };
+  const dlq = client.dlq;
+  const answer = command === "dlq-resume" ? await dlq.resume(request) : await dlq.restart(request);
+  console.log(JSON.stringify(answer));
 } else if (command === "dlq-callback") {
   console.log(JSON.stringify(await client.dlq.retryFailureFunction({ dlqId: args[0] })));
 } else if (command === "dlq-delete") {

@@ -11,7 +11,8 @@
 // `GET /_executions` answers the step bodies run so far in this process, in order, as
 // `[{"workflow", "step", "runId"}]`: tests count them to prove a step body ran once.
 // `GET /_concurrency` answers `{"max"}`: the most workflow requests this process served at once.
-// `GET /_heal` makes the `flaky` workflow's second step succeed from then on.
+// `GET /_heal` makes the `flaky` workflow's second step succeed from then on (and the `limited`
+// workflow's slow step, which fails until then when its payload says `"failUnhealed": true`).
 
 import http from "node:http";
 import process from "node:process";
@@ -174,9 +175,10 @@ const WORKFLOWS = {
   ],
   limited: [
     async (context) => {
-      const { pause = 500 } = context.requestPayload ?? {};
+      const { pause = 500, failUnhealed = false } = context.requestPayload ?? {};
       await body("limited", context, "slow", async () => {
         await new Promise((resolve) => setTimeout(resolve, pause));
+        if (failUnhealed && !healed) throw new Error("not healed yet");
         return "slow";
       });
       return await body("limited", context, "fast", () => "fast");

@@ -21,7 +21,6 @@ from tests.conftest import free_port
 from tests.upstash.harness import missing, serving_app
 from tests.upstash.test_gateway import (
     AUTH,
-    CURRENT_KEY,
     TOKEN,
     finished_run,
     sdk_env,
@@ -29,15 +28,13 @@ from tests.upstash.test_gateway import (
     timeline,
 )
 
-pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.timeout(60),
+    pytest.mark.usefixtures("signing_key"),
+]
 
 ROOT = Path(__file__).parents[3]
-
-
-@pytest.fixture(autouse=True)
-def signing_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    """stepstream signs deliveries with the key a signed app verifies them against."""
-    monkeypatch.setenv("QSTASH_CURRENT_SIGNING_KEY", CURRENT_KEY)
 
 
 @pytest.fixture(scope="module", autouse=True)

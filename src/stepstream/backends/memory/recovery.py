@@ -53,6 +53,10 @@ class MemoryRecovery:
             record.completed_at = record.result = record.error = record.failed_step = None
             record.phase, record.failure_attempts = "run", 0
             record.timeout_at = op.timeout_at
+            if op.headers is not None:
+                record.headers = op.headers
+            if op.flow is not None:
+                record.flow = op.flow
             record.lease_owner = record.lease_until = None
             run.record, run.held = cleaned(record), False
             store.indexed(run, add=True)

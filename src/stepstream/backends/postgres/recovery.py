@@ -7,7 +7,7 @@ label that label's rows of ``run_labels`` (its primary key). A time bound is eit
 ``runs_created`` (a narrow span: its runs, sorted) or a filter on the scan of the filter's own
 index, which then skips the runs created outside the span; the planner picks by the span's
 size. Resuming and deleting are one call each of their function in
-``migrations/005_recovery.sql``.
+``migrations/005_recovery.sql`` (resuming: its overload in ``008_dlq_overrides.sql``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from stepstream.backends.base import ResumeRun, RunFilter, Waiter
 from stepstream.backends.postgres.connection import Database
 from stepstream.backends.postgres.runs import emit_args, run_record
 from stepstream.errors import RunNotFound
-from stepstream.records import RunPage, StepRecord
+from stepstream.records import RunPage, StepRecord, dumps
 
 ALL_RUNS = "runs r"
 LABELLED_RUNS = "run_labels l JOIN runs r ON r.seq = l.seq"
@@ -60,9 +60,11 @@ class PostgresRecovery:
         if "\x00" in op.run_id:
             raise RunNotFound(op.run_id)
         await self._db.fetch(
-            "SELECT ss_resume_run($1, $2, $3, $4, $5, $6, $7)",
+            "SELECT ss_resume_run($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             op.run_id,
             op.timeout_at,
+            None if op.headers is None else dumps(op.headers),
+            None if op.flow is None else dumps(op.flow.to_dict()),
             *emit_args(op),
         )
 

@@ -9,6 +9,8 @@ so a page costs ``count`` reads plus a few dozen lookups, whatever the filters m
 
 from __future__ import annotations
 
+from typing import Any
+
 from stepstream.backends.base import ResumeRun, RunFilter, Waiter
 from stepstream.backends.redis.runs import RedisRuns, counted, meta_fields, run_record
 from stepstream.errors import RunConflict, RunNotFound
@@ -48,7 +50,7 @@ class RedisRecovery(RedisRuns):
             "resume_run",
             run_id,
             FAILURE_POSITIONS,
-            *counted({**RESUMED, **meta_fields({"timeout_at": op.timeout_at})}),
+            *counted({**RESUMED, **meta_fields(_resumed_meta(op))}),
             *self._emit_args(op),
         )
         if reply[0] == "MISSING":
@@ -74,3 +76,14 @@ class RedisRecovery(RedisRuns):
             step = StepRecord.from_json(text)
             waiters.append(Waiter(run_id, int(position), step.name, step.wake_at))
         return sorted(waiters, key=lambda waiter: (waiter.run_id, waiter.position))
+
+
+def _resumed_meta(op: ResumeRun) -> dict[str, Any]:
+    """The meta fields ``op`` sets besides ``RESUMED``: the new run timeout, and the run's
+    headers and flow control when it replaces them."""
+    meta: dict[str, Any] = {"timeout_at": op.timeout_at}
+    if op.headers is not None:
+        meta["headers"] = op.headers
+    if op.flow is not None:
+        meta["flow"] = op.flow.to_dict()
+    return meta

@@ -78,7 +78,10 @@ class SQLiteRecovery:
             )
             # A step that succeeded waits for nothing: every wait of the run is a dropped step's.
             conn.execute("DELETE FROM wf_waits WHERE run_id = ?", (run_id,))
-            _drop_flow_rows(conn, run_id, meta, ("wf_flow_waiters",))
+            # Given new flow control, the run's slots under its former key go too (their claim
+            # ended): a delete finds them by the run's key only.
+            tables = ("wf_flow_waiters",) if op.flow is None else ("wf_flow_waiters", "wf_slots")
+            _drop_flow_rows(conn, run_id, meta, tables)
             meta.update(
                 result=None,
                 error=None,
@@ -87,6 +90,10 @@ class SQLiteRecovery:
                 failure_attempts=0,
                 timeout_at=op.timeout_at,
             )
+            if op.headers is not None:
+                meta["headers"] = op.headers
+            if op.flow is not None:
+                meta["flow"] = op.flow.to_dict()
             conn.execute(
                 "UPDATE wf_runs SET state = ?, completed_at = NULL, due_at = ?, "
                 "lease_owner = NULL, lease_until = NULL, meta = ? WHERE id = ?",
