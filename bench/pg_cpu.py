@@ -1,0 +1,134 @@
+"""CPU per workflow step on PostgreSQL, this checkout beside a baseline revision, in one run.
+
+    python bench/pg_cpu.py                       # baseline: HEAD~1
+    python bench/pg_cpu.py --baseline 600af1c --pairs 3 --rounds 6
+
+Wall-clock throughput on a shared 2-core machine moves with whatever else runs; the CPU a step
+costs does not (much). For each side, one private durable PostgreSQL (``tests/postgres.py``,
+``fsync=on``) and a fresh database; ``bench/wf_stepstream.py --seq-runs 0 --rounds N`` (N rounds
+of 200 concurrent 10-step runs, after 5 warm-up runs) in its own process; the CPU time
+(user + system, from ``/proc``) of that process and of every PostgreSQL process, divided by the
+steps run. The baseline runs from a ``git worktree`` of the revision (its own ``src``), the two
+sides alternate ``--pairs`` times, and the table shows medians (and the throughput each round
+reported, which load moves). Prints the table; ``--write`` is not offered: BENCHMARKS.md quotes
+the figures with this command by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.conftest import free_port  # noqa: E402
+from tests.postgres import postgres_server  # noqa: E402
+
+TICKS = os.sysconf("SC_CLK_TCK")
+WARM_UP_STEPS = 5 * 20
+
+
+def postgres_cpu_s(postmaster: int) -> float:
+    """CPU seconds (user + system) of the server whose postmaster is ``postmaster``: its own,
+    its ended children's (reaped: ``cutime``, ``cstime``) and its live children's. Other
+    PostgreSQL servers on the machine are not counted."""
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        if int(entry.name) == postmaster or int(fields[1]) == postmaster:  # fields[1]: ppid
+            total += sum(int(value) for value in fields[11:15])  # utime stime cutime cstime
+    return total / TICKS
+
+
+def children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def one_side(checkout: Path, url: str, rounds: int, postmaster: int) -> dict[str, float]:
+    """CPU ms per step of the workflow process and of PostgreSQL, and the median steps/s."""
+    database, python = postgres_cpu_s(postmaster), children_cpu_s()
+    command = [sys.executable, str(checkout / "bench" / "wf_stepstream.py"), "--backend", url]
+    done = subprocess.run(
+        [*command, "--seq-runs", "0", "--rounds", str(rounds)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"{checkout}: wf_stepstream.py failed:\n{done.stderr[-2000:]}")
+    database, python = postgres_cpu_s(postmaster) - database, children_cpu_s() - python
+    result = json.loads(done.stdout)
+    steps = sum(r["steps"] for r in result["rounds"]) + WARM_UP_STEPS
+    return {
+        "python_ms": python * 1000 / steps,
+        "postgres_ms": database * 1000 / steps,
+        "steps_per_s": statistics.median(r["steps_per_s"] for r in result["rounds"]),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--baseline", default="HEAD~1", help="git revision (default HEAD~1)")
+    parser.add_argument("--pairs", type=int, default=3, help="alternations of the two sides")
+    parser.add_argument("--rounds", type=int, default=6, help="rounds of 200 x 10 steps")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="stepstream-base-") as folder:
+        base = Path(folder) / "checkout"
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(base), args.baseline],
+            check=True,
+            capture_output=True,
+        )
+        try:
+            sides = measure({"this checkout": ROOT, args.baseline: base}, args)
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)])
+    print(
+        f"python bench/pg_cpu.py --baseline {args.baseline} --pairs {args.pairs} "
+        f"--rounds {args.rounds}   (load average {os.getloadavg()[0]:.2f} at the end)"
+    )
+    print("| code | Python CPU ms/step | PostgreSQL CPU ms/step | steps/s (median of rounds) |")
+    print("|---|--:|--:|--:|")
+    for name, runs in sides.items():
+        cells = [
+            statistics.median(run[key] for run in runs) for key in ("python_ms", "postgres_ms")
+        ]
+        rate = statistics.median(run["steps_per_s"] for run in runs)
+        print(f"| {name} | {cells[0]:.3f} | {cells[1]:.3f} | {rate:,.0f} |")
+
+
+def measure(
+    checkouts: dict[str, Path], args: argparse.Namespace
+) -> dict[str, list[dict[str, float]]]:
+    sides: dict[str, list[dict[str, float]]] = {name: [] for name in checkouts}
+    with postgres_server(free_port(), durable=True) as server:
+        pid_file = server.directory / "data" / "postmaster.pid"
+        postmaster = int(pid_file.read_text().split()[0])
+        for turn in range(args.pairs):
+            for number, (name, checkout) in enumerate(checkouts.items()):
+                database = f"cpu_{turn}_{number}"
+                subprocess.run(
+                    ["psql", server.url, "-qc", f"CREATE DATABASE {database}"], check=True
+                )
+                url = server.url.rsplit("/", 1)[0] + f"/{database}"
+                sides[name].append(one_side(checkout, url, args.rounds, postmaster))
+                print(name, sides[name][-1], file=sys.stderr)
+    return sides
+
+
+if __name__ == "__main__":
+    main()
