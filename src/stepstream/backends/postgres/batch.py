@@ -5,10 +5,12 @@ one round trip, one transaction, one WAL flush for all of them.
 A save arriving with fewer than ``max_inflight`` calls in flight is sent at once (alone, so a
 lone workflow's step costs what it did); under load the writes queue meanwhile and leave
 together, at most ``max_batch`` per call. Each run keeps its order: a save waits while another
-of its run's is in flight, and a batch holds at most one per run. Every save still gets its own
-answer: ``LeaseLost`` for a run its claim no longer holds (nothing of it is saved), the error
-of the call when the call failed as a whole. A call refused for another reason than a lost
-connection is retried one save at a time (``ss_save_steps``), so one bad save fails alone.
+of its run's is in flight, and a batch holds at most one per run. A save whose events go to
+another channel than its run's goes alone (``_fits``: no deadlock between batches). Every save
+still gets its own answer: ``LeaseLost`` for a run its claim no longer holds (nothing of it is
+saved), the error of the call when the call failed as a whole. A call refused for another
+reason than a lost connection is retried one save at a time (``ss_save_steps``), so one bad
+save fails alone.
 """
 
 from __future__ import annotations
@@ -61,15 +63,17 @@ class SaveBatcher:
 
     def _take(self) -> list[tuple[SaveSteps, asyncio.Future[None]]]:
         """The queued saves to send now, oldest first: at most one per run, none of a run that
-        has one in flight, none whose caller has gone."""
+        has one in flight or an earlier save kept back, none whose caller has gone."""
         batch: list[tuple[SaveSteps, asyncio.Future[None]]] = []
         kept: deque[tuple[SaveSteps, asyncio.Future[None]]] = deque()
+        waiting: set[str] = set()  # runs with a save kept back: their later saves wait too
         while self._queue:
             op, future = self._queue.popleft()
             if future.done():
                 continue
             run_id = op.lease.run_id
-            if run_id in self._busy or len(batch) >= MAX_BATCH:
+            if run_id in self._busy or run_id in waiting or not _fits(batch, op):
+                waiting.add(run_id)
                 kept.append((op, future))
                 continue
             self._busy.add(run_id)
@@ -124,6 +128,20 @@ class SaveBatcher:
         for task in list(self._tasks):
             with contextlib.suppress(BaseException):
                 await task
+
+
+def _fits(batch: list[tuple[SaveSteps, asyncio.Future[None]]], op: SaveSteps) -> bool:
+    """Whether ``op`` may join ``batch``. A batch locks its runs' channels in run id order, so
+    it holds only saves whose events all go to their own run's channel: then every batch, of
+    any process, locks channels in name order and none can deadlock with another. A save
+    writing to any other channel goes alone, as it did before batching."""
+    if not batch:
+        return True
+    return len(batch) < MAX_BATCH and _own(batch[0][0]) and _own(op)
+
+
+def _own(op: SaveSteps) -> bool:
+    return all(emit.channel == op.lease.run_id for emit in op.emits)
 
 
 def _settle(future: asyncio.Future[None], outcome: BaseException | None) -> None:

@@ -1,9 +1,9 @@
 """The workflow half of the Postgres backend: each operation is one call of its function in
-``migrations/003_runs.sql`` (``ss_save_steps`` as ``004_flow_control.sql`` and ``ss_create_run``
-as ``005_recovery.sql`` redefine them), which also appends the events reporting it
-(``ss_emit``), so a state change and its events commit together. Runs due now NOTIFY the wake
-topic at commit. Step saves made while others are in flight are sent together (``batch.py``).
-Listing runs is in ``recovery.py``."""
+``migrations/003_runs.sql`` (redefined later: ``ss_save_steps`` in ``004_flow_control.sql``,
+``ss_create_run`` in ``005_recovery.sql``, ``ss_renew`` in ``009_renew_lock_order.sql``), which
+also appends the events reporting it (``ss_emit``), so a state change and its events commit
+together. Runs due now NOTIFY the wake topic at commit. Step saves made while others are in
+flight are sent together (``batch.py``). Listing runs is in ``recovery.py``."""
 
 from __future__ import annotations
 
