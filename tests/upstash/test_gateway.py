@@ -205,7 +205,7 @@ async def test_sleeps_are_durable_timers(node: str, tmp_path: Path) -> None:
 class FaultyRoute:
     """Between stepstream's workers and ``serve.mjs``: forwards deliveries, but the first one
     carrying ``steps`` history entries is signed wrongly (``corrupt``), or held until
-    ``release`` is set (``held`` says it arrived)."""
+    ``release`` is set (``held`` says it arrived, ``answered`` that the endpoint answered it)."""
 
     def __init__(self, target: str, steps: int, *, corrupt: bool) -> None:
         self.target = target
@@ -214,6 +214,7 @@ class FaultyRoute:
         self.done = False
         self.held = anyio.Event()
         self.release = anyio.Event()
+        self.answered = anyio.Event()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -238,6 +239,8 @@ class FaultyRoute:
                 await self.release.wait()
         async with httpx.AsyncClient(timeout=30) as client:
             answer = await client.post(self.target + scope["path"], content=body, headers=headers)
+        if self.release.is_set():
+            self.answered.set()
         await send(
             {
                 "type": "http.response.start",
@@ -280,9 +283,14 @@ async def test_a_refused_delivery_is_retried(node: str, tmp_path: Path) -> None:
 
 
 async def test_a_worker_killed_mid_delivery(node: str, tmp_path: Path) -> None:
-    """Two worker processes; the one delivering step 2 is SIGKILLed while the SDK has not yet
-    run it. The SDK then runs it and publishes its result; the other worker takes the run over
-    when the lease expires, records that result first, and delivers on: no step runs twice."""
+    """The worker process delivering step 2 is SIGKILLed while the SDK has not yet run it. The
+    SDK then runs it and publishes its result; a second worker process takes the run over when
+    the lease expires, records that result first, and delivers on: no step runs twice.
+
+    The second worker starts once the SDK's publish is stored. Had it claimed the run before
+    (the SDK still running the step when the lease expired, as under load), it would deliver
+    step 2 again and the SDK would run it again: a step in flight when its worker died is
+    at-least-once (docs/upstash-protocol.md, "Deliveries are executed by workers")."""
     database = tmp_path / "crash.db"
     async with (
         stepstream_app(database, workers=0) as (base, workflows),
@@ -290,7 +298,7 @@ async def test_a_worker_killed_mid_delivery(node: str, tmp_path: Path) -> None:
         httpx.AsyncClient(timeout=10) as client,
     ):
         faulty = FaultyRoute(endpoint, 2, corrupt=False)
-        async with serve_uvicorn(faulty) as route, worker_processes(database, tmp_path, 2):
+        async with serve_uvicorn(faulty) as route, worker_processes(database, tmp_path, 1):
             answer = await sdk_client(node, base, "trigger", f"{route}/two-step", "{}")
             run_id = answer["workflowRunId"]
             with anyio.fail_after(10):
@@ -300,7 +308,10 @@ async def test_a_worker_killed_mid_delivery(node: str, tmp_path: Path) -> None:
             pid = int(record.lease_owner.split(":")[1])
             os.kill(pid, signal.SIGKILL)
             faulty.release.set()  # the dead worker's delivery reaches the SDK all the same
-            run = await finished_run(client, base, endpoint, run_id)
+            with anyio.fail_after(10):
+                await faulty.answered.wait()  # the SDK ran step 2; its publish is stored
+            async with worker_processes(database, tmp_path, 1, first=1):
+                run = await finished_run(client, base, endpoint, run_id)
         log = run.log
         assert log["workflowState"] == "RUN_SUCCESS", log
         assert log["workflowRunResponse"] == {"first": {"user": None, "n": 1}, "second": "null-2"}
@@ -310,15 +321,51 @@ async def test_a_worker_killed_mid_delivery(node: str, tmp_path: Path) -> None:
         assert finishes == [("stepFinish", "first"), ("stepFinish", "second")]
 
 
+async def test_a_worker_stalled_past_its_lease_delivers_nothing_stale(
+    node: str, tmp_path: Path
+) -> None:
+    """Two worker processes. The one delivering the run stalls (its event loop blocked, so its
+    lease lapses) after recording step 1, before delivering step 2; the other takes the run
+    over, delivers step 2, records its result and ends the run. When the stalled worker wakes,
+    it must not deliver its stale history: the SDK would run step 2's body again, though it
+    succeeded and was recorded (a completed step never runs again)."""
+    database, stall = tmp_path / "stall.db", tmp_path / "stall"
+    stall.mkdir()
+    async with (
+        stepstream_app(database, workers=0) as (base, _),
+        serve_workflows(node, "two-step", sdk_env(base), tmp_path / "serve.log") as endpoint,
+        httpx.AsyncClient(timeout=10) as client,
+        worker_processes(database, tmp_path, 2, stall=stall),
+    ):
+        answer = await sdk_client(node, base, "trigger", f"{endpoint}/two-step", "{}")
+        run = await finished_run(client, base, endpoint, answer["workflowRunId"])
+        with anyio.fail_after(20):
+            while True:
+                if (stall / "ended").exists():
+                    break  # the stalled execution is over
+                await anyio.sleep(0.05)  # polling for it, not an assertion
+        executions = (await client.get(f"{endpoint}/_executions")).json()
+    assert (stall / "stalled").exists()
+    assert run.log["workflowState"] == "RUN_SUCCESS", run.log
+    assert [e["step"] for e in executions] == ["first", "second"]  # each step body ran once
+    finishes = [t for t in timeline(run.events) if t[0] == "stepFinish"]
+    assert finishes == [("stepFinish", "first"), ("stepFinish", "second")]
+
+
 @asynccontextmanager
-async def worker_processes(database: Path, tmp_path: Path, count: int) -> AsyncIterator[None]:
-    """``count`` worker processes (``gateway_worker.py``) on ``database``; killed after."""
+async def worker_processes(
+    database: Path, tmp_path: Path, count: int, *, first: int = 0, stall: Path | None = None
+) -> AsyncIterator[None]:
+    """``count`` worker processes (``gateway_worker.py``) on ``database``, logging to
+    ``worker<first>.log`` and on; with ``stall``, its stall hook on. Killed after."""
     env = {**node_env({}), "QSTASH_CURRENT_SIGNING_KEY": CURRENT_KEY}
     repo = Path(__file__).parents[2]
     command = [sys.executable, "-m", "tests.upstash.gateway_worker", str(database)]
+    if stall is not None:
+        command.append(str(stall))
     processes = []
     try:
-        for n in range(count):
+        for n in range(first, first + count):
             with (tmp_path / f"worker{n}.log").open("wb") as output:
                 processes.append(
                     await anyio.open_process(
@@ -346,17 +393,40 @@ async def test_runs_are_canceled_by_the_sdk_and_by_its_client(node: str, tmp_pat
         assert run.executions == ["before"]
         assert run.events[-1]["status"] == "canceled"
 
-        # client.cancel(ids) while the run sleeps: DELETE /v2/workflows/runs?workflowRunIds=.
-        answer = await sdk_client(node, base, "trigger", f"{endpoint}/sleepy", "{}")
+        # client.cancel(ids) while the run waits: DELETE /v2/workflows/runs?workflowRunIds=.
+        # (A wait that times out long after the test, not a short sleep: a loaded machine can
+        # take seconds to start the client, and the run must still be waiting then.)
+        payload = json.dumps({"eventId": "never-sent", "timeout": "60s"})
+        answer = await sdk_client(node, base, "trigger", f"{endpoint}/waiter", payload)
         run_id = answer["workflowRunId"]
         with anyio.fail_after(10):
             while True:
                 response = await client.get(f"{base}/api/runs/{run_id}", headers=AUTH)
                 if response.json()["steps"]:
-                    break  # sleeping
+                    break  # waiting
                 await anyio.sleep(0.05)  # polling the run, not an assertion
         assert await sdk_client(node, base, "cancel", run_id) == {"cancelled": 1}
         run = await finished_run(client, base, endpoint, run_id)
         assert run.log["workflowState"] == "RUN_CANCELED"
         assert run.executions == []
         assert await sdk_client(node, base, "cancel", run_id) == {"cancelled": 0}
+
+
+def test_a_delivery_signature_is_an_hs256_jwt_over_url_and_body() -> None:
+    """``outbound.sign`` builds the JWT by hand; a JWT library reads it as the SDK does."""
+    import base64
+    import hashlib
+
+    import jwt
+
+    from stepstream.upstash.outbound import sign
+
+    body = b'[{"messageId": "msg_0"}]'
+    token = sign("http://app/api/wf", body, CURRENT_KEY)
+    claims = jwt.decode(token, CURRENT_KEY, algorithms=["HS256"], issuer="Upstash")
+    digest = base64.urlsafe_b64encode(hashlib.sha256(body).digest()).rstrip(b"=").decode()
+    assert (claims["sub"], claims["body"]) == ("http://app/api/wf", digest)
+    assert claims["exp"] - claims["iat"] == 300 and claims["nbf"] == claims["iat"]
+    assert jwt.get_unverified_header(token) == {"alg": "HS256", "typ": "JWT"}
+    with pytest.raises(jwt.InvalidSignatureError):
+        jwt.decode(token, NEXT_KEY, algorithms=["HS256"])

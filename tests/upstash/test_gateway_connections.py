@@ -106,3 +106,50 @@ def test_https_and_proxied_endpoints_go_through_httpx(monkeypatch: pytest.Monkey
     assert not direct("http://app:3000/api/wf")
     monkeypatch.setenv("NO_PROXY", "app")
     assert direct("http://app:3000/api/wf")
+
+
+@asynccontextmanager
+async def raw_server(raw: bytes, received: list[bytes]) -> AsyncIterator[str]:
+    """Reads each request (head and body), answers ``raw`` and closes the connection."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        received.append(head + await reader.readexactly(length))
+        writer.write(raw)
+        await writer.drain()
+        writer.close()
+
+    port = free_port()
+    listener = await asyncio.start_server(handle, "127.0.0.1", port)
+    try:
+        yield f"http://127.0.0.1:{port}/wf"
+    finally:
+        listener.close()
+
+
+async def test_answers_ending_with_the_connection_and_after_a_1xx_are_read() -> None:
+    received: list[bytes] = []
+    close_delimited = b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{"a": 1}'
+    async with raw_server(close_delimited, received) as url:
+        connections = Connections(url)
+        answer = await connections.post("x", {}, 5)
+        assert (answer["status"], answer["body"]) == (200, {"a": 1})
+        assert connections.idle == []  # that connection is done
+    informational = (
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok"
+    )
+    async with raw_server(informational, received) as url:
+        answer = await Connections(url).post("x", {}, 5)
+        assert (answer["status"], answer["body"]) == (201, "ok")
+
+
+async def test_a_cut_answer_or_an_invalid_header_is_unanswered() -> None:
+    received: list[bytes] = []
+    async with raw_server(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort", received) as url:
+        with pytest.raises(Unanswered, match="mid-answer"):
+            await Connections(url).post("x", {}, 5)
+        for name, value in (("x-a", "1\r\nx-injected: 1"), ("bad name", "1"), ("x-b", "é")):
+            with pytest.raises(Unanswered, match="header"):
+                await Connections(url).post("x", {name: value}, 5)
+    assert len(received) == 1  # nothing of the refused requests was sent

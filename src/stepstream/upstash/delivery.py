@@ -87,6 +87,10 @@ class Delivery(Recorder):
             deliveries = self.due(*await self.settle())
             slot = await self.take_slot()
             try:
+                # As before a step body: after a stall past the lease, another worker may have
+                # taken the run over and recorded the very step this stale history would make
+                # the SDK run again.
+                await self.context.confirm()
                 with handoff.listening(self.engine, self.run.id, self):
                     failure = await self.post(deliveries)
             finally:

@@ -8,7 +8,7 @@ event data (or ``waitTimeout``), a parallel group's plan steps come before its r
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from stepstream.records import FLOW_CONTROL, RunRecord, StepRecord, StepState, StepType, dumps
@@ -77,16 +77,29 @@ def sdk_record(step: StepRecord, concurrent: int, kind: str | None = None) -> di
 @dataclass
 class History:
     """What run ``run_id`` holds: its initial payload text, its steps by position and its
-    parallel plans by target position."""
+    parallel plans by target position.
+
+    ``cache`` (kept by the delivery loop across its passes) holds each finished step's record
+    and each raw step's JSON text, checked by identity against what they were made from: a
+    finished step is never changed in place, a new record of one is a new object. So each
+    delivery encodes only what is new since the last, not the whole history again."""
 
     run_id: str
     initial: str
     steps: dict[int, StepRecord]
     plans: dict[int, Plan]
     kinds: dict[int, str]
+    cache: dict[Any, tuple[Any, Any]] = field(default_factory=dict)
 
     def record(self, position: int, concurrent: int) -> dict[str, Any]:
-        return sdk_record(self.steps[position], concurrent, self.kinds.get(position))
+        step = self.steps[position]
+        hit = self.cache.get((position, concurrent))
+        if hit is not None and hit[0] is step:
+            record: dict[str, Any] = hit[1]
+            return record
+        record = sdk_record(step, concurrent, self.kinds.get(position))
+        self.cache[(position, concurrent)] = (step, record)
+        return record
 
     def started(self, position: int) -> bool:
         """Whether the step at ``position`` is under way (a wait, call or invoke its plan's
@@ -127,12 +140,16 @@ class History:
                 return entries, []
 
     def body(self, entries: list[Entry]) -> str:
-        return dumps(
-            [
-                raw_step(mid, entry if isinstance(entry, str) else dumps(entry))
-                for mid, entry in entries
-            ]
-        )
+        return "[" + ",".join(self.raw_text(mid, entry) for mid, entry in entries) + "]"
+
+    def raw_text(self, message_id: str, entry: dict[str, Any] | str) -> str:
+        hit = self.cache.get(message_id)
+        if hit is not None and hit[0] is entry:
+            text: str = hit[1]
+            return text
+        text = dumps(raw_step(message_id, entry if isinstance(entry, str) else dumps(entry)))
+        self.cache[message_id] = (entry, text)
+        return text
 
     def deliveries(self, now: int) -> tuple[list[Delivered], int | None]:
         """What to deliver at ``now``, as ``(message id, body, position)``: the whole history

@@ -48,6 +48,8 @@ class Recorder:
         self.posted = 0  # deliveries of the last pass
         self.taken = 0  # new messages handed over while they were open
         self.ended: tuple[Any] | None = None  # the SDK ended the run: (its result,)
+        self.initial = initial_text(self.run)
+        self.encoded: dict[Any, tuple[Any, Any]] = {}  # ``History.cache``, across passes
 
     async def drain(self) -> bool:
         """Record the steps published since the last pass (a step already recorded is dropped);
@@ -227,6 +229,7 @@ class Recorder:
         its call stays queued, so the retry calls again."""
         if not self.calls:
             return None
+        await self.context.confirm()  # no request from an execution that lost its run
         calls, self.calls = self.calls, []
         steps = [self.steps[int(message["call"]["position"])] for _, message in calls]
         outs = await asyncio.gather(
@@ -298,7 +301,7 @@ class Recorder:
         return position
 
     def history(self) -> History:
-        return History(self.run.id, initial_text(self.run), self.steps, self.plans, self.kinds)
+        return History(self.run.id, self.initial, self.steps, self.plans, self.kinds, self.encoded)
 
 
 async def no_call() -> None:

@@ -276,8 +276,7 @@ class WorkflowContext(Journal):
         that runs over ``seconds`` fails with ``TimeoutError``."""
         if self._runtime.is_paused(self.workflow_name):
             raise self._suspend(self.now())  # released due, claimed again once resumed
-        if self._confirm is not None:
-            await self._storage(self._confirm())
+        await self.confirm()
         threaded = not inspect.iscoroutinefunction(fn)
         if threaded:
             # Synchronous bodies run on a thread, but those of one run take turns, as they

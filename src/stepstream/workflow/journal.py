@@ -120,6 +120,13 @@ class Journal:
         if self._last_write is not None:
             await self._last_write
 
+    async def confirm(self) -> None:
+        """Make sure this execution still holds its run before it has an effect outside
+        storage (a step body, a request): ``LeaseLost`` once another execution took the run
+        over, say after a stall past the lease (see ``Worker._confirmer``)."""
+        if self._confirm is not None:
+            await self._storage(self._confirm())
+
     def raise_if_interrupted(self) -> None:
         """Raise the lost lease or storage failure that ended this execution, if one did."""
         if self._interrupted is not None:
