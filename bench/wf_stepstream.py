@@ -8,6 +8,8 @@ Workflows (in-process ``Workflows`` + ``Realtime`` on the backend, one in-proces
   ``stepFinish`` events), so the gap between consecutive stamps is exactly one step's overhead
   (persist step + event, return to the workflow, start the next step).
 - ``seq10``: the same with 10 steps, for throughput.
+``--bodies async`` makes ``stamp`` an ``async def`` (DBOS's async mode has ``async def`` steps;
+a plain ``def`` body costs one thread hop each way, see ``Engine.in_thread``).
 """
 
 from __future__ import annotations
@@ -30,19 +32,26 @@ def stamp() -> int:
     return time.time_ns()
 
 
-def build(url: str) -> Workflows:
+async def astamp() -> int:
+    return time.time_ns()
+
+
+def build(url: str, bodies: str = "sync") -> Workflows:
+    """``bodies``: ``sync`` steps are a plain ``def`` (run on a thread, as stepstream runs every
+    synchronous body), ``async`` ones an ``async def`` (run on the loop)."""
     realtime = Realtime(backend=url)
     workflows = Workflows(realtime=realtime)
+    body = stamp if bodies == "sync" else astamp
 
     @workflows.workflow("seq20")
     async def seq20(context):  # type: ignore[no-untyped-def]
         for i in range(20):
-            await context.run(f"s{i}", stamp)
+            await context.run(f"s{i}", body)
 
     @workflows.workflow("seq10")
     async def seq10(context):  # type: ignore[no-untyped-def]
         for i in range(10):
-            await context.run(f"s{i}", stamp)
+            await context.run(f"s{i}", body)
 
     return workflows
 
@@ -75,9 +84,10 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=200)
     parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--bodies", choices=["sync", "async"], default="sync")
     args = parser.parse_args()
 
-    workflows = build(args.backend)
+    workflows = build(args.backend, args.bodies)
     await workflows.open()
     worker = workflows.worker(concurrency=args.concurrency)
     await worker.start()
