@@ -2,6 +2,7 @@
 
     python bench/pg_cpu.py                       # baseline: HEAD~1
     python bench/pg_cpu.py --baseline 600af1c --pairs 3 --rounds 6
+    python bench/pg_cpu.py --baseline 600af1c --seq-runs 40 --rounds 0 --bodies async
 
 Wall-clock throughput on a shared 2-core machine moves with whatever else runs; the CPU a step
 costs does not (much). For each side, one private durable PostgreSQL (``tests/postgres.py``,
@@ -10,14 +11,17 @@ of 200 concurrent 10-step runs, after 5 warm-up runs) in its own process; the CP
 (user + system, from ``/proc``) of that process and of every PostgreSQL process, divided by the
 steps run. The baseline runs from a ``git worktree`` of the revision (its own ``src``), the two
 sides alternate ``--pairs`` times, and the table shows medians (and the throughput each round
-reported, which load moves). Prints the table; ``--write`` is not offered: BENCHMARKS.md quotes
-the figures with this command by hand.
+reported, which load moves). With ``--seq-runs N`` each side also runs N sequential 20-step
+runs first and the table adds their per-step p50 (the gap between consecutive step bodies:
+what ``bench/workflow.py`` reports as per-step overhead). Prints the table; ``--write`` is not
+offered: BENCHMARKS.md quotes the figures with this command by hand.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import statistics
@@ -58,12 +62,18 @@ def children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def one_side(checkout: Path, url: str, rounds: int, postmaster: int) -> dict[str, float]:
-    """CPU ms per step of the workflow process and of PostgreSQL, and the median steps/s."""
+def one_side(
+    checkout: Path, url: str, args: argparse.Namespace, postmaster: int
+) -> dict[str, float]:
+    """CPU ms per step of the workflow process and of PostgreSQL, the median steps/s and the
+    per-step p50 of the sequential runs."""
     database, python = postgres_cpu_s(postmaster), children_cpu_s()
     command = [sys.executable, str(checkout / "bench" / "wf_stepstream.py"), "--backend", url]
+    command += ["--seq-runs", str(args.seq_runs), "--rounds", str(args.rounds)]
+    if args.bodies != "sync":  # a baseline older than --bodies has only sync bodies
+        command += ["--bodies", args.bodies]
     done = subprocess.run(
-        [*command, "--seq-runs", "0", "--rounds", str(rounds)],
+        command,
         capture_output=True,
         text=True,
         timeout=900,
@@ -72,11 +82,14 @@ def one_side(checkout: Path, url: str, rounds: int, postmaster: int) -> dict[str
         raise SystemExit(f"{checkout}: wf_stepstream.py failed:\n{done.stderr[-2000:]}")
     database, python = postgres_cpu_s(postmaster) - database, children_cpu_s() - python
     result = json.loads(done.stdout)
-    steps = sum(r["steps"] for r in result["rounds"]) + WARM_UP_STEPS
+    steps = sum(r["steps"] for r in result["rounds"]) + WARM_UP_STEPS + 20 * args.seq_runs
+    rates = [r["steps_per_s"] for r in result["rounds"]]
+    deltas = result["deltas_ms"]
     return {
         "python_ms": python * 1000 / steps,
         "postgres_ms": database * 1000 / steps,
-        "steps_per_s": statistics.median(r["steps_per_s"] for r in result["rounds"]),
+        "steps_per_s": statistics.median(rates) if rates else math.nan,
+        "step_p50_ms": statistics.median(deltas) if deltas else math.nan,
     }
 
 
@@ -85,6 +98,10 @@ def main() -> None:
     parser.add_argument("--baseline", default="HEAD~1", help="git revision (default HEAD~1)")
     parser.add_argument("--pairs", type=int, default=3, help="alternations of the two sides")
     parser.add_argument("--rounds", type=int, default=6, help="rounds of 200 x 10 steps")
+    parser.add_argument(
+        "--seq-runs", type=int, default=0, help="sequential 20-step runs (per-step p50)"
+    )
+    parser.add_argument("--bodies", choices=["sync", "async"], default="sync")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="stepstream-base-") as folder:
         base = Path(folder) / "checkout"
@@ -99,16 +116,21 @@ def main() -> None:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)])
     print(
         f"python bench/pg_cpu.py --baseline {args.baseline} --pairs {args.pairs} "
-        f"--rounds {args.rounds}   (load average {os.getloadavg()[0]:.2f} at the end)"
+        f"--rounds {args.rounds} --seq-runs {args.seq_runs} --bodies {args.bodies}"
+        f"   (load average {os.getloadavg()[0]:.2f} at the end)"
     )
-    print("| code | Python CPU ms/step | PostgreSQL CPU ms/step | steps/s (median of rounds) |")
-    print("|---|--:|--:|--:|")
+    print(
+        "| code | Python CPU ms/step | PostgreSQL CPU ms/step | steps/s (median of rounds) "
+        "| per-step p50 ms (sequential) |"
+    )
+    print("|---|--:|--:|--:|--:|")
     for name, runs in sides.items():
         cells = [
-            statistics.median(run[key] for run in runs) for key in ("python_ms", "postgres_ms")
+            statistics.median(run[key] for run in runs)
+            for key in ("python_ms", "postgres_ms", "step_p50_ms")
         ]
         rate = statistics.median(run["steps_per_s"] for run in runs)
-        print(f"| {name} | {cells[0]:.3f} | {cells[1]:.3f} | {rate:,.0f} |")
+        print(f"| {name} | {cells[0]:.3f} | {cells[1]:.3f} | {rate:,.0f} | {cells[2]:.3f} |")
 
 
 def measure(
@@ -125,7 +147,7 @@ def measure(
                     ["psql", server.url, "-qc", f"CREATE DATABASE {database}"], check=True
                 )
                 url = server.url.rsplit("/", 1)[0] + f"/{database}"
-                sides[name].append(one_side(checkout, url, args.rounds, postmaster))
+                sides[name].append(one_side(checkout, url, args, postmaster))
                 print(name, sides[name][-1], file=sys.stderr)
     return sides
 

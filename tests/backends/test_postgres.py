@@ -6,6 +6,7 @@ order of flow control. The shared behaviour is in the contract suites."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import uuid
@@ -494,3 +495,53 @@ async def test_a_deleted_run_keeps_the_watch_on_its_channel(
     assert await backend.read("wfr_gone") == []
     again = await backend.append("wfr_gone", "t.e", "2", FOREVER)
     await sink.until(lambda: again in sink.messages)
+
+
+async def test_more_calls_at_once_than_connections_all_complete(postgres_url: str) -> None:
+    """Connections kept between calls go to calls waiting in the pool, never sit idle while
+    one waits (the kept-connection fast path once held them back: 30 appends on 2
+    connections hung)."""
+    backend = backend_from_url(fresh(postgres_url, pool_size="2"))
+    await backend.open()
+    try:
+        policy = HistoryPolicy(max_length=5)
+        async with asyncio.timeout(20):
+            appended = await asyncio.gather(
+                *(backend.append("c", "t.e", str(i), policy) for i in range(30))
+            )
+        assert len({m.id for m in appended}) == 30
+    finally:
+        async with asyncio.timeout(20):
+            await backend.close()  # kept connections are given back: close does not hang
+
+
+async def test_a_kept_connection_the_server_closed_is_not_used_again(
+    backend: PostgresBackend, postgres_url: str
+) -> None:
+    await backend._db.fetch("SELECT 1")
+    (kept,) = backend._db._idle
+    pid = kept.get_server_pid()
+    admin = await asyncpg.connect(postgres_url)
+    try:
+        await admin.execute("SELECT pg_terminate_backend($1)", pid)
+    finally:
+        await admin.close()
+    # The first call after may still meet the dead connection (before the driver noticed):
+    # then it fails as unavailable, and the pool replaces the connection.
+    with contextlib.suppress(BackendUnavailable):
+        await backend._db.fetch("SELECT 1")
+    assert await backend._db.value("SELECT pg_backend_pid()") != pid
+    assert (await backend.append("c", "t.e", "1", FOREVER)).id
+
+
+async def test_a_call_cancelled_midway_leaves_no_connection_behind(
+    backend: PostgresBackend,
+) -> None:
+    call = asyncio.ensure_future(backend._db.fetch("SELECT pg_sleep(5)"))
+    await asyncio.sleep(0.3)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert backend._db._idle == []  # given back to the pool, which waits out the cancel
+    async with asyncio.timeout(10):
+        assert await backend._db.value("SELECT 1") == 1

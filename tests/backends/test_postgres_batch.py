@@ -234,12 +234,14 @@ async def test_callers_gone_while_queued_or_in_flight_hold_up_nothing(
         later = asyncio.create_task(backend.save_steps(saving(leases[0], "c")))
         other = asyncio.create_task(backend.save_steps(saving(leases[2], "d")))
         await asyncio.sleep(0.05)
-        first.cancel()  # in flight: it still commits, alone
+        # In flight, sent by its own caller (nothing was queued): cancelled with the caller,
+        # as any call is (PostgreSQL cancels the statement waiting for the lock).
+        first.cancel()
         queued.cancel()  # queued: never sent
         await asyncio.sleep(0.05)
     await asyncio.wait_for(asyncio.gather(later, other), 10)
     await until(lambda: idle(backend))
-    assert [await history(backend, lease.run_id) for lease in leases] == [["a", "c"], [], ["d"]]
+    assert [await history(backend, lease.run_id) for lease in leases] == [["c"], [], ["d"]]
 
 
 async def test_closing_answers_every_save_queued_or_in_flight(postgres_url: str) -> None:

@@ -2,15 +2,16 @@
 PostgreSQL together, as one call of ``ss_save_many`` (``migrations/007_save_many.sql``):
 one round trip, one transaction, one WAL flush for all of them.
 
-A save arriving with fewer than ``max_inflight`` calls in flight is sent at once (alone, so a
-lone workflow's step costs what it did); under load the writes queue meanwhile and leave
-together, at most ``max_batch`` per call. Each run keeps its order: a save waits while another
-of its run's is in flight, and a batch holds at most one per run. A save whose events go to
-another channel than its run's goes alone (``_fits``: no deadlock between batches). Every save
-still gets its own answer: ``LeaseLost`` for a run its claim no longer holds (nothing of it is
-saved), the error of the call when the call failed as a whole. A call refused for another
-reason than a lost connection is retried one save at a time (``ss_save_steps``), so one bad
-save fails alone.
+A save arriving with fewer than ``max_inflight`` calls in flight and none queued is sent at
+once by its caller (alone, so a lone workflow's step costs what it did); under load the writes
+queue meanwhile and leave together, at most ``max_batch`` per call. Each run keeps its order: a
+save waits while another of its run's is in flight, and a batch holds at most one per run. A
+save whose events go to another channel than its run's goes alone (``_fits``: no deadlock
+between batches). Every save still gets its own answer: ``LeaseLost`` for a run its claim no
+longer holds (nothing of it is saved), the error of the call when the call failed as a whole. A
+call refused for another reason than a lost connection is retried one save at a time
+(``ss_save_steps``), so one bad save fails alone. Cancelling a caller cancels its save only
+while the caller sends it itself; a save that left in a batch commits with the others.
 """
 
 from __future__ import annotations
@@ -45,6 +46,19 @@ class SaveBatcher:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def save(self, op: SaveSteps) -> int:
+        run_id = op.lease.run_id
+        if not self._queue and self._inflight < self._max_inflight and run_id not in self._busy:
+            # Nothing to group it with: the caller sends it itself, as it would unbatched (no
+            # task to start and no future to settle: two turns of the event loop fewer).
+            self._inflight += 1
+            self._busy.add(run_id)
+            try:
+                await self._single(op)
+            finally:
+                self._busy.discard(run_id)
+                self._inflight -= 1
+                self._start()
+            return 0
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append((op, future))
         self._start()
