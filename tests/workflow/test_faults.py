@@ -640,6 +640,23 @@ async def test_a_sync_step_returning_a_coroutine_releases_its_turn(harness: Harn
     assert log["workflowRunResponse"] == ["a", "b"]
 
 
+async def test_a_sync_step_raising_stop_iteration_fails_as_an_error(harness: Harness) -> None:
+    """``next(iter([]))`` in a plain ``def`` body: an asyncio future refuses StopIteration, so
+    it once left the step waiting forever; it is a step error like any other."""
+    workflows = harness.workflows()
+
+    @workflows.workflow("exhausted", retries=0)
+    async def exhausted(context: WorkflowContext) -> None:
+        await context.run("next", lambda: next(iter([])))
+
+    await harness.worker(workflows)
+    client = workflows.client()
+    run_id = await client.trigger("exhausted")
+    log = await wait_for_state(client, run_id)
+    assert log["workflowState"] == "RUN_FAILED", log
+    assert "StopIteration" in log["error"], log["error"]
+
+
 # -- a stale execution after a stall ------------------------------------------------------------
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import functools
 import json
 import logging
 import re
@@ -417,8 +416,29 @@ class Engine:
         never stalls the event loop (and with it the heartbeats that keep the run's lease)."""
         if self._threads is None:
             self._threads = ThreadPoolExecutor(STEP_THREADS, thread_name_prefix="stepstream-step")
-        call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(self._threads, call)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Any] = loop.create_future()
+        context = contextvars.copy_context()
+
+        def body() -> None:
+            # The outcome goes straight to ``done``: without run_in_executor's chaining of a
+            # second future, a thread hop costs 15 µs less (bench/thread_hop.py).
+            try:
+                value = context.run(fn, *args, **kwargs)
+            except StopIteration as exc:  # an asyncio future refuses it
+                failure = RuntimeError(f"the step body raised StopIteration ({exc})")
+                loop.call_soon_threadsafe(_settle, done, None, failure)
+            except BaseException as exc:
+                loop.call_soon_threadsafe(_settle, done, None, exc)
+            else:
+                loop.call_soon_threadsafe(_settle, done, value, None)
+
+        job = self._threads.submit(body)
+        try:
+            return await done
+        except asyncio.CancelledError:
+            job.cancel()  # never started (every thread busy): it never will
+            raise
 
     def check_size(self, out: str, what: str) -> None:
         limit = self.max_result_bytes
@@ -467,3 +487,13 @@ class Engine:
         if self._threads is not None:
             self._threads.shutdown(wait=False, cancel_futures=True)
             self._threads = None
+
+
+def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+    """Give ``future`` a step body's outcome, unless its caller stopped waiting."""
+    if future.done():
+        return
+    if error is None:
+        future.set_result(value)
+    else:
+        future.set_exception(error)
