@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import json
 import os
 import signal
 import uuid
@@ -27,7 +29,15 @@ from stepstream.errors import (
     RunNotFound,
     ValidationError,
 )
-from stepstream.records import FlowLimits, HistoryPolicy, Lease, Message, RunRecord, RunState
+from stepstream.records import (
+    FlowLimits,
+    HistoryPolicy,
+    Lease,
+    Message,
+    RunRecord,
+    RunState,
+    parse_cursor,
+)
 from tests.backends.test_runs_contract import claim, new_run, step
 from tests.conftest import free_port
 
@@ -545,3 +555,38 @@ async def test_a_call_cancelled_midway_leaves_no_connection_behind(
     assert backend._db._idle == []  # given back to the pool, which waits out the cancel
     async with asyncio.timeout(10):
         assert await backend._db.value("SELECT 1") == 1
+
+
+async def test_ids_run_on_alike_whichever_way_an_append_goes(backend: PostgresBackend) -> None:
+    """ss_append's one-statement way (migration 10: the channel exists, no expiry passed, no
+    trimming) and its full one hand out ids that run on from each other: strictly increasing,
+    the events of one call in one millisecond, seq 0 in a new millisecond, else the last + 1."""
+    batches = [  # (events, max_length): new channel, fits, trims, trims, unlimited again, ...
+        (2, 4),
+        (2, 4),
+        (1, 4),
+        (3, 4),
+        (2, None),
+        (1, None),
+        (5, 6),
+        (1, 6),
+        (4, None),
+    ] * 5
+    ids: list[str] = []
+    for count, max_length in batches:
+        made = await backend._db.value(
+            "SELECT ss_append($1, $2, $3, $4, NULL)",
+            "c",
+            ["t.e"] * count,
+            [json.dumps({"n": len(ids) + i}) for i in range(count)],
+            max_length,
+        )
+        assert len({i.split("-")[0] for i in made}) == 1  # one millisecond per call
+        ids += made
+    keys = [parse_cursor(i) for i in ids]
+    for (ms, seq), (next_ms, next_seq) in itertools.pairwise(keys):
+        assert (next_ms, next_seq) == (ms, seq + 1) or (next_ms > ms and next_seq == 0)
+    stored = await backend.read("c", limit=100)
+    assert len(stored) == 10  # trimmed to 6 by the last limited call, then 4 more
+    assert [m.id for m in stored] == ids[-10:]
+    assert [json.loads(m.raw)["n"] for m in stored] == list(range(len(ids)))[-10:]
