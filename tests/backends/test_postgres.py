@@ -529,7 +529,7 @@ async def test_a_kept_connection_the_server_closed_is_not_used_again(
     backend: PostgresBackend, postgres_url: str
 ) -> None:
     await backend._db.fetch("SELECT 1")
-    (kept,) = backend._db._idle
+    ((kept, _),) = backend._db._idle
     pid = kept.get_server_pid()
     admin = await asyncpg.connect(postgres_url)
     try:
@@ -590,3 +590,17 @@ async def test_ids_run_on_alike_whichever_way_an_append_goes(backend: PostgresBa
     assert len(stored) == 10  # trimmed to 6 by the last limited call, then 4 more
     assert [m.id for m in stored] == ids[-10:]
     assert [json.loads(m.raw)["n"] for m in stored] == list(range(len(ids)))[-10:]
+
+
+async def test_connections_kept_but_unused_go_back_to_the_pool(
+    backend: PostgresBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst leaves several connections kept; those the calls after it no longer need go
+    back to the pool (which closes them once idle), not held for the life of the process."""
+    monkeypatch.setattr(connection, "KEEP_IDLE", 0.2)
+    await asyncio.gather(*(backend._db.fetch("SELECT pg_sleep(0.05)") for _ in range(3)))
+    assert len(backend._db._idle) == 3
+    await asyncio.sleep(0.3)
+    for _ in range(3):  # one at a time: one connection is enough
+        await backend._db.fetch("SELECT 1")
+    assert len(backend._db._idle) == 1

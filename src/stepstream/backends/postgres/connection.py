@@ -31,6 +31,7 @@ from stepstream.errors import (
 
 SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,39}$")
 MIGRATION_LOCK = 0x5374_6570_7374_7265  # pg_advisory_xact_lock key: "Stepstre"
+KEEP_IDLE = 60.0  # seconds a kept connection may go unused before it goes back to the pool
 RETRIES = 5  # deadlock / serialization failure: the call was rolled back, run it again
 
 # SQLSTATEs: connection exception (08), operator intervention (57P01 shutdown, 57P02 crash,
@@ -115,8 +116,10 @@ class Database:
     those cost 50 µs of the event loop's time per call here (a task and its wake-ups),
     7 % of a workflow step (``bench/pg_pool.py``). The pool still makes and bounds the
     connections (``pool_size`` in all), hands out one when none is kept, gets one back while
-    a call waits for one in ``acquire``, and each one a call failed on: it closes a broken one
-    and connects afresh on the next acquire."""
+    a call waits for one in ``acquire``, each one a call failed on (it closes a broken one and
+    connects afresh on the next acquire), and each one unused for ``KEEP_IDLE`` seconds (it
+    closes those after its own 5 idle minutes): a process holds no more connections than its
+    load needs."""
 
     def __init__(self, dsn: str, schema: str, pool_size: int, shown: str) -> None:
         self.dsn = dsn
@@ -130,7 +133,8 @@ class Database:
             "stepstream.notify": "watched",
         }
         self.pool: asyncpg.Pool | None = None
-        self._idle: list[asyncpg.pool.PoolConnectionProxy] = []
+        # Kept connections with when each was put back, least recently used first.
+        self._idle: list[tuple[asyncpg.pool.PoolConnectionProxy, float]] = []
         self._waiting = 0  # calls waiting in pool.acquire()
         self._open_lock = asyncio.Lock()
 
@@ -166,7 +170,7 @@ class Database:
         idle, self._idle = self._idle, []
         if pool is not None:
             with contextlib.suppress(Exception):
-                for conn in idle:
+                for conn, _ in idle:
                     await pool.release(conn)
                 await asyncio.wait_for(pool.close(), 10)
 
@@ -193,7 +197,7 @@ class Database:
         pool = self._pool()
         conn = None
         while self._idle:
-            kept = self._idle.pop()
+            kept, _ = self._idle.pop()
             if not kept.is_closed():
                 conn = kept
                 break
@@ -212,7 +216,10 @@ class Database:
             await pool.release(conn)
             raise
         if self.pool is pool and not self._waiting:
-            self._idle.append(conn)
+            now = asyncio.get_running_loop().time()
+            self._idle.append((conn, now))
+            if now - self._idle[0][1] > KEEP_IDLE:  # the least recently used one
+                await pool.release(self._idle.pop(0)[0])
         else:  # a call waits in the pool for a connection: this one; or the pool was closed
             await pool.release(conn)
         return rows
