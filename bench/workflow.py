@@ -477,16 +477,41 @@ def render_postgres(results: list[Row], args: argparse.Namespace, dbos_version: 
             step = median(out["deltas_ms"])
             ratio = f"{dbos_step / step:.1f}× lower, {_tput(out) / dbos_tput:.1f}×"
         rows.append(_row(system, note, out, ratio))
+    # DBOS's row whose step bodies are of the same kind: its async row has async def steps,
+    # its queue row plain def steps (run inline on the workflow's thread).
+    dbos_by_kind = {
+        "async": [
+            median(out["deltas_ms"]) for s, _, n, out in results if "DBOS" in s and "; async," in n
+        ],
+        "sync": [
+            median(out["deltas_ms"])
+            for s, _, n, out in results
+            if "DBOS" in s and "sync steps" in n
+        ],
+    }
     for note, out in ours:
         step, tput = median(out["deltas_ms"]), _tput(out)
         goal = "meets" if step <= 1.0 else "MISSES"
         verdicts.append(f"- stepstream, {note}:")
         verdicts.append(f"  - per-step p50 {step:.3f} ms: {goal} the ≤ 1 ms goal.")
+        kind = "async" if "async def" in note else "sync"
+        alike = dbos_by_kind[kind][0] if dbos_by_kind[kind] else None
+        if alike:
+            bodies = (
+                "`async def` steps, its async row"
+                if kind == "async"
+                else ("plain `def` steps, its queue row")
+            )
+            verdicts.append(
+                f"  - per-step p50 {alike / step:.1f}× lower than DBOS with {bodies} "
+                f"({alike:.3f} ms): {'meets' if alike >= 5 * step else 'MISSES'} the ≥ 5× goal "
+                "step body for step body."
+            )
         if dbos_step and dbos_tput:
             verdicts += [
-                f"  - per-step p50 {dbos_step / step:.1f}× lower than DBOS's best "
+                f"  - per-step p50 {dbos_step / step:.1f}× lower than DBOS's best row "
                 f"({dbos_step:.3f} ms): {'meets' if dbos_step >= 5 * step else 'MISSES'} the "
-                "≥ 5× goal.",
+                "≥ 5× goal against whichever DBOS row was faster.",
                 f"  - throughput {tput:,.0f} steps/s = {tput / dbos_tput:.1f}× DBOS's best "
                 f"({dbos_tput:,.0f}): {'meets' if tput >= 10 * dbos_tput else 'MISSES'} the "
                 "≥ 10× goal.",
