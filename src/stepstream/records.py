@@ -16,6 +16,8 @@ from typing import Any
 from stepstream.errors import ConfigurationError
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# One encoder for every call: json.dumps with options builds a new one each time.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
 def dumps(value: Any) -> str:
@@ -26,7 +28,7 @@ def dumps(value: Any) -> str:
     Such characters become U+FFFD here, so nothing stored is unreadable elsewhere. The check is
     a substring test on the output; only text with ``\\ud8``-``\\udf`` escapes pays for more.
     """
-    text = json.dumps(value, separators=(",", ":"), allow_nan=False)
+    text = _ENCODER.encode(value)
     if "\\ud" in text:
         return json.dumps(_replace_surrogates(value), separators=(",", ":"), allow_nan=False)
     return text
