@@ -169,9 +169,10 @@ class Database:
         pool, self.pool = self.pool, None
         idle, self._idle = self._idle, []
         if pool is not None:
-            with contextlib.suppress(Exception):
-                for conn, _ in idle:
+            for conn, _ in idle:  # each one, or pool.close() would wait for it
+                with contextlib.suppress(Exception):
                     await pool.release(conn)
+            with contextlib.suppress(Exception):
                 await asyncio.wait_for(pool.close(), 10)
 
     def _pool(self) -> asyncpg.Pool:
