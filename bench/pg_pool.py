@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -29,6 +28,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "src")]
 import asyncpg  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 from tests.postgres import postgres_server  # noqa: E402
+from wf_common import alternate_p50s  # noqa: E402
 
 from stepstream.backends.postgres.connection import Database  # noqa: E402
 
@@ -59,23 +59,12 @@ async def measure(url: str, calls: int, rounds: int) -> dict[str, list[float]]:
         "asyncpg pool": pooled,
         "Database.fetch": kept,
     }
-    p50s: dict[str, list[float]] = {name: [] for name in ways}
     try:
-        for _ in range(rounds):
-            for name, call in ways.items():
-                for _ in range(100):  # warm up
-                    await call()
-                times = []
-                for _ in range(calls):
-                    t0 = time.perf_counter()
-                    await call()
-                    times.append(time.perf_counter() - t0)
-                p50s[name].append(statistics.median(times) * 1e6)
+        return await alternate_p50s(ways, calls, rounds)
     finally:
         await database.close()
         await pool.close()
         await conn.close()
-    return p50s
 
 
 def main() -> None:

@@ -28,6 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
+from wf_common import alternate_p50s
+
 from stepstream import Workflows
 
 
@@ -51,22 +53,11 @@ async def measure(calls: int, rounds: int) -> dict[str, list[float]]:
         "run_in_executor": executor,
         "Engine.in_thread": ours,
     }
-    p50s: dict[str, list[float]] = {name: [] for name in ways}
     try:
-        for _ in range(rounds):
-            for name, call in ways.items():
-                for _ in range(100):  # warm up (threads started)
-                    await call()
-                times = []
-                for _ in range(calls):
-                    t0 = time.perf_counter()
-                    await call()
-                    times.append(time.perf_counter() - t0)
-                p50s[name].append(statistics.median(times) * 1e6)
+        return await alternate_p50s(ways, calls, rounds)
     finally:
         pool.shutdown()
         await engine.aclose()
-    return p50s
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
-"""Shared helpers of bench/workflow.py and bench/e2e.py: percentiles, free ports, a private
-redis-server, a private durable PostgreSQL, machine facts, and rewriting one marked section of
-BENCHMARKS.md in place."""
+"""Shared helpers of the benchmarks: percentiles, free ports, a private redis-server, a private
+durable PostgreSQL, machine facts, rewriting one marked section of BENCHMARKS.md in place, and
+timing ways of doing one thing in alternating rounds."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -267,3 +267,22 @@ def rewrite_section(tag: str, body: str, after: str | None = None) -> None:
 
 def ms(value: float, digits: int = 2) -> str:
     return "–" if value is None or math.isnan(value) else f"{value:.{digits}f}"  # noqa: RUF001
+
+
+async def alternate_p50s(
+    ways: Mapping[str, Callable[[], Awaitable[object]]], calls: int, rounds: int
+) -> dict[str, list[float]]:
+    """Each way's p50 (µs per call) in each round, the ways taking turns round by round so
+    load on a shared machine falls on all of them; 100 untimed calls warm each up first."""
+    p50s: dict[str, list[float]] = {name: [] for name in ways}
+    for _ in range(rounds):
+        for name, call in ways.items():
+            for _ in range(100):
+                await call()
+            times = []
+            for _ in range(calls):
+                t0 = time.perf_counter()
+                await call()
+                times.append(time.perf_counter() - t0)
+            p50s[name].append(median(times) * 1e6)
+    return p50s
