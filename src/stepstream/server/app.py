@@ -1,5 +1,7 @@
 """The stepstream ASGI app: routes, read top to bottom.
 
+...  /qstash/v2/...              the QStash workflow API for Upstash Workflow SDK apps
+                              (``stepstream.upstash``; 404 until ``upstash.enable``)
 GET  /                        the dashboard (``static/dashboard.html``: runs, live run view)
 GET  /healthz                 liveness + backend reachability
 GET  /api/realtime            SSE, all three dialects (``realtime/sse.py``)
@@ -11,8 +13,6 @@ POST /api/realtime/token      mint a subscription token (API token needed)
                               (``schedules.py``), with workflows
 ...  /api/runs/{id}/resume|restart|fork, /api/runs/cancel|resume, DELETE /api/runs/{id},
      /api/events/{id}/waiters: recovery (``recovery.py``), with workflows
-...  /qstash/v2/...              the QStash workflow API for Upstash Workflow SDK apps
-                              (``stepstream.upstash``; 404 until ``upstash.enable``)
 GET  /static/...              the JS client (``stepstream.js``) and React hook (``react.js``)
 
 Every request first passes ``RequireLifespan`` (an app with workflows mounted in another one:
@@ -96,13 +96,12 @@ class StepstreamApp(Starlette):
 
 
 def engine_routes(engine: Engine) -> list[BaseRoute]:
-    """The JSON API over ``engine``: recovery first (its bulk paths under ``/api/runs``); and
-    the QStash gateway under ``/qstash`` (``stepstream.upstash``: off until enabled)."""
+    """The JSON API over ``engine``: recovery first (its bulk paths under ``/api/runs``). The
+    QStash gateway's ``/qstash`` mount comes before every route (``create_app``)."""
     return [
         *RecoveryApi(engine).routes(),
         *JSONApi(engine).routes(),
         *ScheduleApi(engine).routes(),
-        *gateway_routes(engine),
     ]
 
 
@@ -150,6 +149,10 @@ def create_app(
     )
     return StepstreamApp(
         routes=[
+            # The router tries routes in order, and an Upstash SDK app publishes to /qstash on
+            # every step's path. No other route is under /qstash: matching it first only saves
+            # trying the ~25 routes before it.
+            *(gateway_routes(engine) if engine else ()),
             Route("/", index),
             Route("/healthz", channels.healthz),
             Route("/api/realtime", sse),
