@@ -97,7 +97,8 @@ class StepstreamApp(Starlette):
 
 def engine_routes(engine: Engine) -> list[BaseRoute]:
     """The JSON API over ``engine``: recovery first (its bulk paths under ``/api/runs``). The
-    QStash gateway's ``/qstash`` mount comes before every route (``create_app``)."""
+    QStash gateway's ``/qstash`` mount comes before every route (``create_app``): an SDK app
+    publishes there on each step, and no other route is under ``/qstash``."""
     return [
         *RecoveryApi(engine).routes(),
         *JSONApi(engine).routes(),
@@ -149,9 +150,6 @@ def create_app(
     )
     return StepstreamApp(
         routes=[
-            # The router tries routes in order, and an Upstash SDK app publishes to /qstash on
-            # every step's path. No other route is under /qstash: matching it first only saves
-            # trying the ~25 routes before it.
             *(gateway_routes(engine) if engine else ()),
             Route("/", index),
             Route("/healthz", channels.healthz),
