@@ -16,7 +16,7 @@ MAX_FUNCTION_LINES = 60
 
 # Bottom to top. A module may import modules of its own layer or lower ones.
 LAYERS: list[tuple[str, ...]] = [
-    ("stepstream.errors", "stepstream.clock", "stepstream.version"),
+    ("stepstream.errors", "stepstream.clock", "stepstream.version", "stepstream.futures"),
     ("stepstream.records",),
     ("stepstream.backends", "stepstream.events"),
     ("stepstream.auth",),
@@ -34,7 +34,12 @@ LAYERS: list[tuple[str, ...]] = [
         "stepstream.examples",
     ),
 ]
-BACKENDS_MAY_IMPORT = ("stepstream.records", "stepstream.errors", "stepstream.clock")
+BACKENDS_MAY_IMPORT = (
+    "stepstream.records",
+    "stepstream.errors",
+    "stepstream.clock",
+    "stepstream.futures",
+)
 
 
 def module_name(path: Path) -> str:

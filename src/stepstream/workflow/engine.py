@@ -44,6 +44,7 @@ from stepstream.errors import (
     StepstreamError,
     ValidationError,
 )
+from stepstream.futures import settle
 from stepstream.records import (
     Emit,
     FlowLimits,
@@ -427,11 +428,11 @@ class Engine:
                 value = context.run(fn, *args, **kwargs)
             except StopIteration as exc:  # an asyncio future refuses it
                 failure = RuntimeError(f"the step body raised StopIteration ({exc})")
-                loop.call_soon_threadsafe(_settle, done, None, failure)
+                loop.call_soon_threadsafe(settle, done, None, failure)
             except BaseException as exc:
-                loop.call_soon_threadsafe(_settle, done, None, exc)
+                loop.call_soon_threadsafe(settle, done, None, exc)
             else:
-                loop.call_soon_threadsafe(_settle, done, value, None)
+                loop.call_soon_threadsafe(settle, done, value)
 
         job = self._threads.submit(body)
         try:
@@ -487,13 +488,3 @@ class Engine:
         if self._threads is not None:
             self._threads.shutdown(wait=False, cancel_futures=True)
             self._threads = None
-
-
-def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
-    """Give ``future`` a step body's outcome, unless its caller stopped waiting."""
-    if future.done():
-        return
-    if error is None:
-        future.set_result(value)
-    else:
-        future.set_exception(error)

@@ -26,6 +26,7 @@ from stepstream.backends.base import SaveSteps
 from stepstream.backends.postgres.connection import Database
 from stepstream.backends.postgres.realtime import expire_ms
 from stepstream.errors import BackendUnavailable, LeaseLost
+from stepstream.futures import settle
 
 MAX_BATCH = 100
 
@@ -104,7 +105,7 @@ class SaveBatcher:
         finally:
             for op, future in batch:
                 self._busy.discard(op.lease.run_id)
-                _settle(future, BackendUnavailable(f"{self._db.where} closed during a save"))
+                settle(future, error=BackendUnavailable(f"{self._db.where} closed during a save"))
             self._inflight -= 1
             self._start()
 
@@ -114,9 +115,9 @@ class SaveBatcher:
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # LeaseLost is one: control flow, not an Exception
-            _settle(future, exc)
+            settle(future, error=exc)
         else:
-            _settle(future, None)
+            settle(future)
 
     async def _many(self, batch: list[tuple[SaveSteps, asyncio.Future[None]]]) -> None:
         ops = [op for op, _ in batch]
@@ -124,19 +125,15 @@ class SaveBatcher:
             lost = set(await self._db.value(_SAVE_MANY, *_arguments(ops)))
         except BackendUnavailable as exc:
             for _, future in batch:
-                _settle(future, exc)
+                settle(future, error=exc)
             return
         except Exception:  # refused as a whole (a NUL in one save's text, ...): one at a time
             await asyncio.gather(*(self._one(op, future) for op, future in batch))
             return
         for op, future in batch:
             run_id = op.lease.run_id
-            _settle(
-                future,
-                LeaseLost(f"run {run_id} is no longer held by this execution")
-                if run_id in lost
-                else None,
-            )
+            lease_lost = LeaseLost(f"run {run_id} is no longer held by this execution")
+            settle(future, error=lease_lost if run_id in lost else None)
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -156,15 +153,6 @@ def _fits(batch: list[tuple[SaveSteps, asyncio.Future[None]]], op: SaveSteps) ->
 
 def _own(op: SaveSteps) -> bool:
     return all(emit.channel == op.lease.run_id for emit in op.emits)
-
-
-def _settle(future: asyncio.Future[None], outcome: BaseException | None) -> None:
-    if future.done():
-        return
-    if outcome is None:
-        future.set_result(None)
-    else:
-        future.set_exception(outcome)
 
 
 _SAVE_MANY = (

@@ -23,6 +23,7 @@ from stepstream.backends.sqlite.channels import TrackingConnection, appended
 from stepstream.backends.sqlite.live import SWEEP_INTERVAL, LiveFeed
 from stepstream.backends.sqlite.schema import SCHEMA, migrate
 from stepstream.errors import BackendError, BackendUnavailable
+from stepstream.futures import settle
 from stepstream.records import Message
 
 T = TypeVar("T")
@@ -152,9 +153,9 @@ class Database:
             with map_sqlite_errors(f"cannot open SQLite database {self.path}", unavailable=True):
                 conn = self._connect()
         except BackendError as exc:
-            loop.call_soon_threadsafe(_settle, ready, None, exc)
+            loop.call_soon_threadsafe(settle, ready, None, exc)
             return
-        loop.call_soon_threadsafe(_settle, ready, None, None)
+        loop.call_soon_threadsafe(settle, ready, None, None)
         try:
             self._serve(conn, loop)
         finally:
@@ -266,7 +267,7 @@ class Database:
             if missed:
                 sink.missed(missed)
         for job, value, error in outcomes:
-            _settle(job.future, value, error)
+            settle(job.future, value, error)
 
 
 def _begin_immediate(conn: sqlite3.Connection) -> None:
@@ -275,12 +276,3 @@ def _begin_immediate(conn: sqlite3.Connection) -> None:
 
 def _commit(conn: sqlite3.Connection) -> None:
     conn.execute("COMMIT")
-
-
-def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(value)
