@@ -30,7 +30,7 @@ def dumps(value: Any) -> str:
     """
     text = _ENCODER.encode(value)
     if "\\ud" in text:
-        return json.dumps(_replace_surrogates(value), separators=(",", ":"), allow_nan=False)
+        return _ENCODER.encode(_replace_surrogates(value))
     return text
 
 

@@ -132,8 +132,10 @@ class SaveBatcher:
             return
         for op, future in batch:
             run_id = op.lease.run_id
-            lease_lost = LeaseLost(f"run {run_id} is no longer held by this execution")
-            settle(future, error=lease_lost if run_id in lost else None)
+            if run_id in lost:
+                settle(future, error=LeaseLost(f"run {run_id} is no longer held by this execution"))
+            else:
+                settle(future)
 
     async def close(self) -> None:
         for task in list(self._tasks):
