@@ -181,25 +181,31 @@ class Database:
         return self.pool
 
     async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
-        """Rows of one statement, retried while a deadlock rolls it back."""
-        for attempt in range(RETRIES):
+        """Rows of one statement, retried while a deadlock rolls it back, and at once on
+        another connection when the driver refused it unsent on one the server is closing
+        (``_unsent``): a session killer closes all of them at once, and each one refused is
+        closed, so after ``pool_size`` of them the pool connects anew."""
+        attempt = refused = 0
+        while True:
             try:
                 with map_postgres_errors(self.where):
                     return await self._call(sql, args)
             except BackendUnavailable as exc:
                 cause = exc.__cause__
-                code = getattr(cause, "sqlstate", None)
-                if code not in _RETRY_CODES or attempt == RETRIES - 1:
+                if _unsent(cause) and refused < self.pool_size:
+                    refused += 1
+                    continue
+                attempt += 1
+                if getattr(cause, "sqlstate", None) not in _RETRY_CODES or attempt == RETRIES:
                     raise
-                await asyncio.sleep(0.005 * 2**attempt)
-        raise AssertionError("unreachable")
+                await asyncio.sleep(0.005 * 2 ** (attempt - 1))
 
     async def _call(self, sql: str, args: tuple[Any, ...]) -> list[asyncpg.Record]:
         pool = self._pool()
         conn = None
         while self._idle:
             kept, _ = self._idle.pop()
-            if not kept.is_closed():
+            if _usable(kept):
                 conn = kept
                 break
             await pool.release(kept)  # the server closed it: the pool connects anew
@@ -211,9 +217,12 @@ class Database:
                 self._waiting -= 1
         try:
             rows: list[asyncpg.Record] = await conn.fetch(sql, *args)
-        except BaseException:
+        except BaseException as exc:
             # Cancelled mid-call, or the call failed: the pool waits for a cancellation to
             # finish and closes a connection left unusable.
+            if _unsent(exc):  # not closed yet, but dead: never handed out again
+                with contextlib.suppress(asyncpg.InterfaceError):
+                    conn.terminate()
             await pool.release(conn)
             raise
         if self.pool is pool and not self._waiting:
@@ -228,6 +237,29 @@ class Database:
     async def value(self, sql: str, *args: Any) -> Any:
         rows = await self.fetch(sql, *args)
         return rows[0][0] if rows else None
+
+
+def _usable(conn: asyncpg.pool.PoolConnectionProxy) -> bool:
+    """Whether a kept connection is still open. When the server closes a connection (a
+    restart, ``pg_terminate_backend``), asyncpg takes it back into the pool at once and
+    detaches our proxy from it: every method of the proxy then raises ``InterfaceError``
+    ("released back to the pool"), ``is_closed()`` included."""
+    try:
+        return not conn.is_closed()
+    except asyncpg.InterfaceError:
+        return False
+
+
+def _unsent(exc: BaseException | None) -> bool:
+    """Whether asyncpg refused a call before sending anything, so that running it again on
+    another connection cannot run it twice: the server's FATAL error (``pg_terminate_backend``,
+    a shutdown) reached the connection while it was idle and its close has not yet, which
+    leaves asyncpg's protocol consuming that error, and the next call fails as it switches
+    state, before its first write ("cannot switch to state 12; another operation (2) is in
+    progress")."""
+    return isinstance(exc, asyncpg.InternalClientError) and str(exc).startswith(
+        "cannot switch to state"
+    )
 
 
 async def _keep_session(conn: object) -> None:
