@@ -235,6 +235,25 @@ def test_approve_a_waiting_run_with_the_button(page: Page, dashboard: str) -> No
     expect_event_log(page, dashboard, run_id)
 
 
+def test_the_run_page_follows_what_the_run_waits_for_without_polling(
+    page: Page, dashboard: str
+) -> None:
+    """What a running run waits for (the event id Send event offers, the badge's status) comes
+    from its log, which the page reads again as the run's events move on: with the page's
+    clock stopped, no timer can do it for it."""
+    assert httpx.post(f"{dashboard}/api/workflows/approval/pause", timeout=10).is_success
+    run_id = trigger(dashboard, "approval")
+    page.clock.install()
+    page.goto(f"{dashboard}/#/runs/{run_id}")
+    expect(page.locator("#run-state")).to_have_text("Queued", timeout=TIMEOUT_MS)
+    page.clock.pause_at(time.time() + 1)  # from here on no setTimeout fires in the page
+    assert httpx.post(f"{dashboard}/api/workflows/approval/resume", timeout=10).is_success
+    expect_step(page, "wait-for-approval", "waiting")
+    expect(page.locator("#notify-event")).to_have_value(f"approve-{run_id}", timeout=TIMEOUT_MS)
+    expect(page.locator("#run-state")).to_have_text("Waiting", timeout=TIMEOUT_MS)
+    expect(page.locator("#run-status-note")).to_have_text(f"Waiting for event “approve-{run_id}”")
+
+
 def test_cancel_a_running_run_with_the_button(page: Page, dashboard: str) -> None:
     run_id = trigger(dashboard, "approval")
     page.goto(f"{dashboard}/#/runs/{run_id}")

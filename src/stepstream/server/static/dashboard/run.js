@@ -19,6 +19,8 @@ import { createTimeline, timelineSteps } from "./timeline.js";
 
 const RETRY_MS = 2000;
 const REFRESH_MS = 3000; // the log of a running run, for what it waits for (not in its events)
+// Events after which a running run's log says something new: what it waits for, its status.
+const LOG_EVENTS = new Set(["stepStart", "stepFinish", "stepFail"]);
 // What a running run is doing (its log's `status`), on its badge.
 const STATUS_LABELS = { queued: "Queued", scheduled: "Scheduled", running: "Running", retrying: "Retrying", waiting: "Waiting" };
 const CONN_LABELS = { connecting: "connecting…", connected: "live", disconnected: "reconnecting…", error: "offline, retrying…" };
@@ -35,6 +37,8 @@ export function showRun(runId) {
   let log = null; // GET api/runs/<id>
   let stopped = false;
   let logTimer = null;
+  let loading = null; // the log request in flight, if any
+  let loadAgain = false;
   let lastWaitDefault = "";
   const timeline = createTimeline(
     $("timeline"),
@@ -75,6 +79,22 @@ export function showRun(runId) {
     }
   }
 
+  /** The log again, now, without waiting for the next refresh: one request at a time, and at
+   * most one more after it however many events came meanwhile (a history of hundreds). */
+  function refreshLog() {
+    if (loading) {
+      loadAgain = true;
+      return;
+    }
+    loading = loadLog().finally(() => {
+      loading = null;
+      if (loadAgain && !stopped) {
+        loadAgain = false;
+        refreshLog();
+      }
+    });
+  }
+
   function notFound(message) {
     $("run-view").hidden = true;
     $("notfound-view").hidden = false;
@@ -96,6 +116,7 @@ export function showRun(runId) {
       loadLog();
     }
     if (type === "runFinish") loadLog(); // result, error and completion time
+    else if (LOG_EVENTS.has(type) && log?.workflowState === "RUN_STARTED") refreshLog();
     scheduleRender();
   }
 
