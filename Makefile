@@ -1,10 +1,11 @@
-# make dev   — create .venv, install, serve `stepstream dev` on http://127.0.0.1:8000
+# make dev   — create .venv, install, serve `stepstream dev` on http://127.0.0.1:8000 (PORT=8001 for another port)
 # make test  — create .venv, install test extras and system tools, lint, type-check, run every test
 # make chaos — the full chaos suite (fault scenarios, about 20 minutes); figures in RELIABILITY.md
 
 PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
 	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && { echo $$p; break; }; done)
 VENV := .venv
+PORT ?= 8000
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -26,7 +27,7 @@ $(VENV)/.test-installed: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.dev-installed
 
 dev: $(VENV)/.dev-installed
-	$(BIN)/stepstream dev --host 127.0.0.1 --port 8000
+	$(BIN)/stepstream dev --host 127.0.0.1 --port $(PORT)
 
 # Redis tests start their own redis-server, Postgres tests their own PostgreSQL (initdb + pg_ctl
 # into a temp dir); browser tests drive Debian's chromium.
