@@ -604,3 +604,42 @@ async def test_connections_kept_but_unused_go_back_to_the_pool(
     for _ in range(3):  # one at a time: one connection is enough
         await backend._db.fetch("SELECT 1")
     assert len(backend._db._idle) == 1
+
+
+async def test_a_read_whose_connection_is_killed_midway_runs_again_a_write_does_not(
+    backend: PostgresBackend, postgres_url: str
+) -> None:
+    """A session killer (``pg_terminate_backend``) ends a statement in the middle: a read is
+    run again on another connection and answers; a write fails as unavailable, since whether it
+    took effect is unknown (its caller decides: a worker hands its run back)."""
+
+    async def killed_midway(read: bool) -> Any:
+        call = asyncio.ensure_future(
+            backend._db.value(
+                "SELECT pg_backend_pid() FROM pg_sleep(CASE WHEN $1 THEN 0.6 ELSE 0 END)",
+                True,
+                read=read,
+            )
+        )
+        admin = await asyncpg.connect(postgres_url)
+        try:
+            async with asyncio.timeout(10):
+                while True:  # the call's session, once it sleeps
+                    pid = await admin.fetchval(
+                        "SELECT pid FROM pg_stat_activity WHERE wait_event = 'PgSleep' "
+                        "AND query LIKE '%pg_backend_pid() FROM pg_sleep%'"
+                    )
+                    if pid is not None:
+                        break
+                    await asyncio.sleep(0.02)
+            await admin.execute("SELECT pg_terminate_backend($1)", pid)
+        finally:
+            await admin.close()
+        return pid, call
+
+    pid, call = await killed_midway(read=True)
+    async with asyncio.timeout(10):
+        assert await call != pid  # answered, from another session
+    _, call = await killed_midway(read=False)
+    with pytest.raises(BackendUnavailable):
+        await call

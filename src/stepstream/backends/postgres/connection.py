@@ -180,11 +180,13 @@ class Database:
             raise BackendUnavailable(f"the Postgres backend ({self.where}) is not open")
         return self.pool
 
-    async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+    async def fetch(self, sql: str, *args: Any, read: bool = False) -> list[asyncpg.Record]:
         """Rows of one statement, retried while a deadlock rolls it back, and at once on
         another connection when the driver refused it unsent on one the server is closing
         (``_unsent``): a session killer closes all of them at once, and each one refused is
-        closed, so after ``pool_size`` of them the pool connects anew."""
+        closed, so after ``pool_size`` of them the pool connects anew. A ``read`` (a statement
+        that changes nothing) is also run again when its connection was lost in the middle
+        (``_lost``); anything else then fails, since whether it took effect is unknown."""
         attempt = refused = 0
         while True:
             try:
@@ -192,7 +194,8 @@ class Database:
                     return await self._call(sql, args)
             except BackendUnavailable as exc:
                 cause = exc.__cause__
-                if _unsent(cause) and refused < self.pool_size:
+                again = _unsent(cause) or (read and _lost(cause))
+                if again and refused < self.pool_size:
                     refused += 1
                     continue
                 attempt += 1
@@ -234,8 +237,8 @@ class Database:
             await pool.release(conn)
         return rows
 
-    async def value(self, sql: str, *args: Any) -> Any:
-        rows = await self.fetch(sql, *args)
+    async def value(self, sql: str, *args: Any, read: bool = False) -> Any:
+        rows = await self.fetch(sql, *args, read=read)
         return rows[0][0] if rows else None
 
 
@@ -260,6 +263,14 @@ def _unsent(exc: BaseException | None) -> bool:
     return isinstance(exc, asyncpg.InternalClientError) and str(exc).startswith(
         "cannot switch to state"
     )
+
+
+def _lost(exc: BaseException | None) -> bool:
+    """Whether the connection was lost while the statement ran: closed under it, or the server
+    ending the session (``pg_terminate_backend``: ``57P01``; a crash: ``57P02``)."""
+    if isinstance(exc, asyncpg.ConnectionDoesNotExistError):
+        return True
+    return getattr(exc, "sqlstate", None) in ("57P01", "57P02")
 
 
 async def _keep_session(conn: object) -> None:

@@ -71,14 +71,16 @@ class PostgresFlow:
         if "\x00" in kind + key:
             return None  # PostgreSQL text has no NUL: no such entry can exist
         value: str | None = await self._db.value(
-            "SELECT value FROM entries WHERE kind = $1 AND key = $2", kind, key
+            "SELECT value FROM entries WHERE kind = $1 AND key = $2", kind, key, read=True
         )
         return value
 
     async def list_entries(self, kind: str) -> dict[str, str]:
         if "\x00" in kind:
             return {}
-        rows = await self._db.fetch("SELECT key, value FROM entries WHERE kind = $1", kind)
+        rows = await self._db.fetch(
+            "SELECT key, value FROM entries WHERE kind = $1", kind, read=True
+        )
         return {key: value for key, value in rows}
 
     async def delete_entry(self, kind: str, key: str) -> bool:

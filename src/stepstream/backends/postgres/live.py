@@ -244,6 +244,7 @@ class Listener:
                 [channel for channel, _ in wanted],
                 [ms for ms, _ in keys],
                 [seq for _, seq in keys],
+                read=True,
             )
             return {
                 (channel, f"{ms}-{seq}"): Message(f"{ms}-{seq}", channel, event, data, (ms, seq))

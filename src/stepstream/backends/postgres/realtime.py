@@ -62,6 +62,7 @@ class PostgresRealtime:
             end_ms,
             limit,
             page,
+            read=True,
         )
         return [
             Message(f"{ms}-{seq}", channel, event, data, (ms, seq)) for ms, seq, event, data in rows
@@ -71,6 +72,7 @@ class PostgresRealtime:
         rows = await self._db.fetch(
             "SELECT last_ms, last_seq, length, expires_at, ss_now() FROM channels WHERE name = $1",
             channel,
+            read=True,
         )
         if not rows:
             return None

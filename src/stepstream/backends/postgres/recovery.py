@@ -50,7 +50,7 @@ class PostgresRecovery:
         except ValueError:
             return RunPage([], None)
         sql, args = _listing(where, before, count + 1)
-        rows = await self._db.fetch(sql, *args)
+        rows = await self._db.fetch(sql, *args, read=True)
         more = len(rows) > count
         rows = rows[:count]
         next_cursor = str(rows[-1]["seq"]) if more and rows else None
@@ -77,7 +77,7 @@ class PostgresRecovery:
         if "\x00" in event_id:
             return []
         waiters = []
-        for run_id, position, data in await self._db.fetch(WAITERS, event_id):
+        for run_id, position, data in await self._db.fetch(WAITERS, event_id, read=True):
             step = StepRecord.from_json(data)
             waiters.append(Waiter(run_id, position, step.name, step.wake_at))
         return waiters

@@ -114,7 +114,7 @@ class PostgresRuns:
     async def get_run(self, run_id: str) -> RunRecord | None:
         if "\x00" in run_id:
             return None  # PostgreSQL text has no NUL: no such run can exist
-        rows = await self._db.fetch("SELECT * FROM runs WHERE id = $1", run_id)
+        rows = await self._db.fetch("SELECT * FROM runs WHERE id = $1", run_id, read=True)
         if not rows:
             return None
         run = run_record(rows[0])
@@ -252,6 +252,7 @@ class PostgresRuns:
         rows = await self._db.fetch(
             f"SELECT {STEP_COLUMNS} FROM steps WHERE run_id = ANY ($1) ORDER BY run_id, position",
             list(run_ids),
+            read=True,
         )
         steps: dict[str, list[StepRecord]] = {}
         for row in rows:
