@@ -385,6 +385,29 @@ async def test_a_step_result_over_the_limit_fails_at_once_saying_so(harness: Har
     assert ran == {"big": 1}
 
 
+async def test_a_return_value_over_the_limit_fails_the_run_once_saying_so(
+    harness: Harness,
+) -> None:
+    """Not an engine error that hands the run back to be executed again, forever."""
+    workflows = harness.workflows()
+    workflows.engine.max_result_bytes = 1000
+    ran: Counter[str] = Counter()
+
+    @workflows.workflow("big-return")
+    async def big_return(context: WorkflowContext) -> str:
+        await context.run("small", lambda: 1)
+        ran.update(["body"])
+        return "x" * 2000
+
+    await harness.worker(workflows)
+    client = workflows.client()
+    run_id = await client.trigger("big-return")
+    log = await wait_for_state(client, run_id)
+    assert log["workflowState"] == "RUN_FAILED"
+    assert "over the limit of 1,000" in log["error"] and "max_result_bytes" in log["error"]
+    assert ran == {"body": 1}
+
+
 def test_a_run_id_with_a_trailing_newline_is_refused() -> None:
     with pytest.raises(ValidationError):
         run_id_from("order-1\n")

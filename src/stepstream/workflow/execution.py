@@ -19,6 +19,7 @@ from stepstream.clock import Clock
 from stepstream.errors import (
     BackendError,
     LeaseLost,
+    NonRetryableError,
     StepFailed,
     StepstreamError,
     UnknownWorkflow,
@@ -152,7 +153,7 @@ class Execution:
         try:
             out = to_json(result, what)
             self.engine.check_size(out, what)
-        except ValidationError as exc:
+        except (ValidationError, NonRetryableError) as exc:  # not JSON; over max_result_bytes
             await self.fail(definition, WorkflowFailed(str(exc)))
             return
         await self.finish(RunState.SUCCESS, out, None)
