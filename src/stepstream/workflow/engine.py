@@ -166,6 +166,8 @@ class Engine:
         self.clock = clock
         self._opened = False
         self._wakers: list[Callable[[], None]] = []
+        # Called with a run's id when this process cancels it: its workers stop executing it.
+        self.stoppers: list[Callable[[str], None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._changes: list[tuple[str, RunState | None]] = []  # not announced yet
         self._http: httpx.AsyncClient | None = None
@@ -408,6 +410,10 @@ class Engine:
         now = self.clock()
         update = self.reported(events.run_finish(run_id, now, RunState.CANCELED, "canceled"))
         await self.backend.cancel_run(CancelRun(run_id, at=now, emits=update, policy=self.policy))
+        # A worker of this process executing the run stops now, not at its next heartbeat:
+        # meanwhile it would start steps (deliver them, for the gateway) of a canceled run.
+        for stop in list(self.stoppers):
+            stop(run_id)
         self.announce(run_id, RunState.CANCELED)
 
     # -- step bodies ------------------------------------------------------------------------

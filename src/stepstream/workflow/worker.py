@@ -95,6 +95,7 @@ class Worker:
     async def start(self) -> None:
         await self.engine.open()
         self.engine.add_waker(self.wake)
+        self.engine.stoppers.append(self.canceled)
         await self.presence.beat()
         self._tasks = [
             asyncio.create_task(self._claim_loop(), name="stepstream-claim"),
@@ -115,6 +116,8 @@ class Worker:
         if self.scheduler is not None:
             self.scheduler.stop()
         self.engine.remove_waker(self.wake)
+        with contextlib.suppress(ValueError):
+            self.engine.stoppers.remove(self.canceled)
         self._wakeup.set()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
@@ -251,6 +254,14 @@ class Worker:
                 del self._leases[run.id]
                 self._confirmed.pop(run.id, None)
             self._wakeup.set()
+
+    def canceled(self, run_id: str) -> None:
+        """``run_id`` was canceled in this process: its execution here, if any, stops now, as
+        it would when the next heartbeat found the lease gone."""
+        self._confirmed.pop(run_id, None)
+        task = self.active.get(run_id)
+        if task is not None:
+            task.cancel()
 
     def _confirmer(self, lease: Lease) -> Callable[[], Awaitable[None]]:
         """What an execution awaits before each step body: that it still holds its run.
