@@ -23,6 +23,8 @@ import weakref
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+import httpx
+
 from stepstream.errors import ConfigurationError, ValidationError
 from stepstream.workflow.engine import Engine
 
@@ -52,8 +54,13 @@ class Allow:
         return cls(tuple(_normal(prefix) for prefix in allow))
 
     def check(self, url: str, what: str) -> None:
-        """``ValidationError`` unless ``url`` is an http(s) URL this policy allows."""
-        parts = urlsplit(url)
+        """``ValidationError`` unless ``url`` is an http(s) URL this policy allows, and one a
+        request can be sent to (``urlsplit`` and httpx both read it)."""
+        try:
+            parts = urlsplit(url)
+            httpx.URL(url)
+        except (ValueError, httpx.InvalidURL) as exc:
+            raise ValidationError(f"{what}: {url!r:.200} is not a valid URL ({exc})") from None
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValidationError(f"{what}: {url!r:.200} is not an absolute http(s) URL")
         if self.prefixes and not _normal(url).startswith(self.prefixes):

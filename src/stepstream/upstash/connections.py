@@ -15,20 +15,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import re
 import urllib.request
 from typing import Any
 from urllib.parse import urlsplit
 
 import httptools
+import httpx
 
+from stepstream.upstash.text import TOKEN, VALUE, loads
 from stepstream.workflow.engine import PRIVATE_RESPONSE_HEADERS
 
 Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 READ = 65536
-TOKEN = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+")  # a header name (RFC 9110 token)
-VALUE = re.compile(r"[^\x00\r\n]*")  # a header value cannot end the line it is on
 
 
 class Unanswered(Exception):
@@ -104,7 +102,8 @@ class Connections:
         parts = urlsplit(url)
         self.host, self.port = parts.hostname or "", parts.port or 80
         self.authority = parts.netloc.rpartition("@")[2]
-        self.target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        # As httpx sends it: percent-encoded (a space or non-ASCII text would break the line).
+        self.target = httpx.URL(url).raw_path.decode("ascii")
         self.idle: list[Stream] = []
 
     async def post(self, body: str, headers: dict[str, str], seconds: float) -> dict[str, Any]:
@@ -162,8 +161,8 @@ class Connections:
             except httptools.HttpParserError as exc:
                 raise Malformed(f"the endpoint's answer is not HTTP/1.1: {exc}") from None
         text = b"".join(reading.chunks).decode(errors="replace")
-        try:
-            parsed: Any = json.loads(text)
+        try:  # text, if JSON nested too deeply or with NaN: stored JSON never holds them
+            parsed: Any = loads(text)
         except ValueError:
             parsed = text
         fields = {k: v for k, v in reading.fields.items() if k not in PRIVATE_RESPONSE_HEADERS}

@@ -21,7 +21,7 @@ import httpx
 
 from stepstream import events
 from stepstream.errors import NonRetryableError, StepFailed, ValidationError
-from stepstream.records import FLOW_CONTROL, StepRecord, StepState, StepType
+from stepstream.records import FLOW_CONTROL, StepRecord, StepState, StepType, dumps
 from stepstream.upstash import handoff, plans
 from stepstream.upstash.allow import policy_of
 from stepstream.upstash.connections import Connections, Unanswered, direct
@@ -73,7 +73,7 @@ class Delivery(Recorder):
             fresh = await self.drain()
             if self.ended is not None:
                 await self.close_retry()
-                return self.ended[0]
+                return await self.result(self.ended[0])
             if fresh:
                 failure = None  # the endpoint did its part; only its answer was lost
             elif failure is None and self.posted:
@@ -178,6 +178,21 @@ class Delivery(Recorder):
         if 200 <= status < 300:
             return None
         return failure_of(status, answer)
+
+    async def result(self, result: Any) -> Any:
+        """The run's result, as the SDK ended it; over ``max_result_bytes`` as stored (JSON
+        escapes non-ASCII text: 200,000 CJK characters are 1.2 MB), the run fails naming the
+        limit, after its failure callback, instead of the engine refusing it at the end."""
+        size, limit = len(dumps(result)), self.engine.max_result_bytes
+        if size > limit:
+            await self.failed(
+                Failure(
+                    f"the run's result is {size:,} bytes of JSON, over the limit of {limit:,} "
+                    "(Workflows(max_result_bytes=...)): return a reference to large data",
+                    final=True,
+                )
+            )
+        return result
 
     async def close_retry(self) -> None:
         """The SDK ended the run: a failed delivery attempt left waiting for its retry (one

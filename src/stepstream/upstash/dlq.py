@@ -27,15 +27,13 @@ from stepstream.upstash.messages import (
     FAILURE_URL,
     FAILURES,
     KEPT_APART,
-    MAX_HEADER_COUNT,
     NOT_DELIVERED,
     RETRIES,
-    count_of,
     flow_of,
-    query_ms,
 )
 from stepstream.upstash.names import WORKFLOW, sdk_labels
 from stepstream.upstash.outbound import call_failure_url
+from stepstream.upstash.text import MAX_HEADER_COUNT, count_of, query_cursor, query_ms
 from stepstream.workflow import recovery
 from stepstream.workflow.flow import FlowControl
 
@@ -137,7 +135,7 @@ async def select(engine: Engine, params: QueryParams, state: RunState, ids: str)
             created_after=query_ms(params, "fromDate"),
             created_before=query_ms(params, "toDate"),
         )
-        page = await engine.backend.find_runs(where, cursor=params.get("cursor"), count=count)
+        page = await engine.backend.find_runs(where, cursor=query_cursor(params), count=count)
         cursor = page.cursor
         found = [await engine.backend.get_run(run.id) for run in page.runs]
     out = await engine.backend.list_entries(OUT_OF_DLQ) if state is RunState.FAILED else {}

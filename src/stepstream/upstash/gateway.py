@@ -26,7 +26,6 @@ registered the gateway's workflow, each answers 404 saying so.
 
 from __future__ import annotations
 
-import json
 import secrets
 from collections.abc import Coroutine
 from dataclasses import asdict
@@ -62,8 +61,9 @@ from stepstream.upstash.messages import (
     parse_wait,
 )
 from stepstream.upstash.names import WORKFLOW
+from stepstream.upstash.text import loads
 from stepstream.workflow import recovery
-from stepstream.workflow.engine import Engine
+from stepstream.workflow.engine import Engine, checked_labels, run_id_from, to_json
 
 MAX_BATCH = 1000
 OFF = (
@@ -72,9 +72,31 @@ OFF = (
 )
 
 
+class Answer(JSONResponse):
+    """JSON as stepstream stores it (``records.dumps``): a lone surrogate, which a JavaScript
+    string may hold (an emoji cut in half), is written as U+FFFD instead of failing to
+    encode."""
+
+    def render(self, content: Any) -> bytes:
+        return dumps(content).encode()
+
+
 def error(status: int, message: str) -> JSONResponse:
     """An error in QStash's shape (the SDK reads ``error``)."""
-    return JSONResponse({"error": message}, status_code=status)
+    return Answer({"error": message}, status_code=status)
+
+
+async def body_text(request: Request) -> str:
+    """The request's body as text; ``BadRequest`` if it is not UTF-8: the gateway keeps
+    bodies and event data as text, and replacing the other bytes would change them
+    silently."""
+    try:
+        return (await request.body()).decode()
+    except UnicodeDecodeError:
+        raise BadRequest(
+            "the body must be UTF-8 text: the stepstream QStash gateway keeps message bodies "
+            "and event data as text (send binary data base64-encoded)"
+        ) from None
 
 
 class Gateway:
@@ -121,7 +143,7 @@ class Gateway:
         if not self.enabled:
             return error(404, OFF)
         try:
-            messages = json.loads(await request.body())
+            messages = loads(await request.body())
         except ValueError:
             return error(400, "the batch must be a JSON array of messages")
         if not isinstance(messages, list) or not 1 <= len(messages) <= MAX_BATCH:
@@ -131,19 +153,19 @@ class Gateway:
             answers = [await self.accept(message) for message in parsed]
         except BadRequest as exc:
             return error(400, str(exc))
-        return JSONResponse(answers)
+        return Answer(answers)
 
     async def publish(self, request: Request) -> Response:
         if not self.enabled:
             return error(404, OFF)
         headers = {name.lower(): value for name, value in request.headers.items()}
-        body = (await request.body()).decode(errors="replace")
         try:
+            body = await body_text(request)
             message = parse(request.path_params["destination"], headers, body, self.engine.clock())
             answer = await self.accept(message)
         except BadRequest as exc:
             return error(400, str(exc))
-        return JSONResponse(answer)
+        return Answer(answer)
 
     def parse_batched(self, message: Any) -> Message:
         if not isinstance(message, dict) or not isinstance(message.get("destination"), str):
@@ -180,6 +202,8 @@ class Gateway:
             except StepstreamError as exc:
                 raise BadRequest(str(exc)) from None
             return answer
+        if isinstance(message, Invoke):
+            await self.check_child(message)
         if not await self.to_inbox(message):
             answer["deduplicated"] = True
         return answer
@@ -216,6 +240,25 @@ class Gateway:
             return False
         return True
 
+    async def check_child(self, invoke: Invoke) -> None:
+        """``BadRequest`` for an invoke whose child the worker could not start as the
+        invoking step's child: an id, labels or payload ``Engine.trigger`` refuses (else the
+        invoking run fails on it), or the id of another run (else the step waits forever for
+        a run that is not its child)."""
+        child = invoke.child
+        try:
+            run_id_from(child.run_id)
+            checked_labels(child.labels)
+            to_json(child.payload, "the invoked run's payload")
+        except ValidationError as exc:
+            raise BadRequest(f"context.invoke: {exc}") from None
+        existing = await self.engine.backend.get_run(child.run_id)
+        if existing is not None and existing.parent != invoke.run_id:
+            raise BadRequest(
+                f"context.invoke: a workflow run {child.run_id[:80]} exists already: give the "
+                "invoked run an id of its own"
+            )
+
     def check_destinations(self, message: Message) -> None:
         """``BadRequest`` for a URL stepstream may not send requests to (``allow.py``): the
         endpoint and failure URL of a run, the URL of a call, the endpoint of an invoked run."""
@@ -223,6 +266,11 @@ class Gateway:
         wanted: list[tuple[str, str]] = []
         init = message.child if isinstance(message, Invoke) else message
         if isinstance(init, Init):
+            if not init.url.isascii():  # every delivery carries it in a header
+                raise BadRequest(
+                    f"the workflow endpoint {init.url[:200]!r} must be ASCII: percent-encode "
+                    "the rest, as a request's URL is"
+                )
             wanted.append((init.url, "the workflow endpoint"))
             if init.headers.get(FAILURE_URL):
                 wanted.append((init.headers[FAILURE_URL], "the failure URL"))
@@ -250,13 +298,13 @@ class Gateway:
         if not self.enabled:
             return error(404, OFF)
         headers = {name.lower(): value for name, value in request.headers.items()}
-        body = (await request.body()).decode(errors="replace")
         try:
+            body = await body_text(request)
             wait = parse_wait(request.path_params["event_id"], headers, body)
             await self.to_inbox(wait)
         except BadRequest as exc:
             return error(400, str(exc))
-        return JSONResponse({"messageId": "msg_" + secrets.token_urlsafe(12)})
+        return Answer({"messageId": "msg_" + secrets.token_urlsafe(12)})
 
     async def notify(self, request: Request) -> Response:
         """``client.notify`` / ``context.notify``: ``Engine.notify`` with the body as the data
@@ -265,13 +313,16 @@ class Gateway:
         if not self.enabled:
             return error(404, OFF)
         event_id, run_id = request.path_params["event_id"], request.path_params.get("run_id")
-        text = (await request.body()).decode(errors="replace")
+        try:
+            data = logs.parsed(await body_text(request))
+        except BadRequest as exc:
+            return error(400, str(exc))
         before = await recovery.waiters(self.engine, event_id)
         released = [w for w in before if run_id is None or w.run_id == run_id]
         try:
-            await self.engine.notify(event_id, logs.parsed(text), run_id)
+            await self.engine.notify(event_id, data, run_id)
         except NoWaiters:
-            return JSONResponse([])
+            return Answer([])
         except RunNotFound:
             return error(404, f"no workflow run {str(run_id)[:80]} here")
         except RunConflict:
@@ -280,14 +331,14 @@ class Gateway:
             {"waiter": await self.waiter(w), "messageId": f"msg_{w.run_id}_{w.position + 1}"}
             for w in released
         ]
-        return JSONResponse(answer)
+        return Answer(answer)
 
     async def waiters(self, request: Request) -> Response:
         """``client.getWaiters``: the steps waiting for the event, as QStash's ``Waiter``."""
         if not self.enabled:
             return error(404, OFF)
         found = await recovery.waiters(self.engine, request.path_params["event_id"])
-        return JSONResponse([await self.waiter(waiter) for waiter in found])
+        return Answer([await self.waiter(waiter) for waiter in found])
 
     async def waiter(self, waiter: Waiter) -> dict[str, Any]:
         run = await self.engine.backend.get_run(waiter.run_id)
@@ -302,7 +353,7 @@ class Gateway:
             page = await logs.page(self.engine, params)
         except BadRequest as exc:
             return error(400, str(exc))
-        return JSONResponse(page)
+        return Answer(page)
 
     async def end(self, request: Request) -> Response:
         """The SDK's ``DELETE /v2/workflows/runs/{id}``: the route function returned (its
@@ -312,12 +363,12 @@ class Gateway:
         run_id = request.path_params["run_id"]
         if request.query_params.get("cancel") == "true":
             return await self.cancel_one(run_id)
-        result = (await request.body()).decode(errors="replace")
-        if result:
-            try:
-                json.loads(result)
-            except ValueError:
-                return error(400, "the run's result must be JSON text")
+        try:
+            result = await body_text(request)
+            if result:
+                loads(result)
+        except ValueError:  # BadRequest too
+            return error(400, "the run's result must be JSON text (UTF-8)")
         entry = {"kind": "finish", "result": result, "at": self.engine.clock()}
         if await handoff.hand(self.engine, run_id, entry) is not None:
             return Response(status_code=200)
@@ -337,7 +388,7 @@ class Gateway:
         found = await lazy.fetched(self.engine, run_id)
         if found is None:
             return error(404, f"no workflow run {run_id[:80]} under way here")
-        return JSONResponse(found)
+        return Answer(found)
 
     async def cancel_one(self, run_id: str) -> Response:
         try:
@@ -369,7 +420,7 @@ class Gateway:
                 continue
             cancelled += 1
             await self.clear(run.id)
-        return JSONResponse({"cancelled": cancelled})
+        return Answer({"cancelled": cancelled})
 
     async def dlq_list(self, request: Request) -> Response:
         """``client.dlq.list``: the failed gateway runs."""
@@ -404,7 +455,7 @@ class Gateway:
         if not self.enabled:
             return error(404, OFF)
         try:
-            return JSONResponse(await hooks.call(self.engine, request))
+            return Answer(await hooks.call(self.engine, request))
         except hooks.HookError as exc:
             return error(exc.status, str(exc))
 
@@ -413,7 +464,7 @@ class Gateway:
             work.close()
             return error(404, OFF)
         try:
-            return JSONResponse(await work)
+            return Answer(await work)
         except BadRequest as exc:
             return error(400, str(exc))
 

@@ -12,8 +12,9 @@ from stepstream.backends.base import RunFilter, Waiter
 from stepstream.errors import BadRequest
 from stepstream.records import RunRecord, RunState, StepRecord, StepState
 from stepstream.upstash import plans
-from stepstream.upstash.messages import FAILURES, KEPT_APART, count_of, query_ms
+from stepstream.upstash.messages import FAILURES, KEPT_APART
 from stepstream.upstash.names import WORKFLOW, sdk_labels
+from stepstream.upstash.text import count_of, loads, query_cursor, query_ms
 
 if TYPE_CHECKING:
     from stepstream.workflow.engine import Engine
@@ -32,7 +33,7 @@ def parsed(text: str) -> Any:
     if text == "":
         return None
     try:
-        return json.loads(text)
+        return loads(text)
     except ValueError:
         return text
 
@@ -77,9 +78,7 @@ async def page(engine: Engine, params: Mapping[str, str]) -> dict[str, Any]:
             created_after=query_ms(params, "fromDate"),
             created_before=query_ms(params, "toDate"),
         )
-        found = await engine.backend.find_runs(
-            where, cursor=params.get("cursor") or None, count=count
-        )
+        found = await engine.backend.find_runs(where, cursor=query_cursor(params), count=count)
         cursor = found.cursor
         runs = [r for r in [await engine.backend.get_run(f.id) for f in found.runs] if r]
     url = params.get("workflowUrl")

@@ -7,10 +7,7 @@ touches storage.
 
 from __future__ import annotations
 
-import json
 import math
-import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +15,14 @@ from stepstream.errors import BadRequest, ConfigurationError
 from stepstream.records import StepType
 from stepstream.upstash.delay import parse_delay
 from stepstream.upstash.names import endpoint_label
+from stepstream.upstash.text import (
+    MAX_HEADER_COUNT,
+    TOKEN,
+    count_of,
+    deliverable,
+    duration_ms,
+    loads,
+)
 from stepstream.workflow.engine import MAX_LABELS
 from stepstream.workflow.flow import FlowControl
 
@@ -55,14 +60,13 @@ RECORDED = {kind.value: kind for kind in (StepType.RUN, StepType.SLEEP, StepType
 RECORDED["Notify"] = StepType.NOTIFY
 RECORDED["CreateWebhook"] = StepType.RUN  # its result is the hook's URL (``plans.py``)
 WAITS = ("Wait", "WaitForWebhook")  # the SDK's waits; both are stepstream Wait steps
-DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 MAX_PARALLEL = 100
 LATEST_NOT_BEFORE = 253_402_300_799.0  # 9999-12-31T23:59:59Z, unix seconds
-MAX_HEADER_COUNT = 999_999_999  # the largest count a header may give (retries, parallelism, rate)
+# The largest SDK step id: inbox keys hold 9 digits, PostgreSQL positions are 32-bit.
+MAX_STEP_ID = 999_999_999
 # What a parallel group may hold (its plans' step types): the recorded kinds, and those whose
 # plan's delivery makes the SDK publish a call, a wait or an invoke.
 PLANNED = (*RECORDED, "Call", *WAITS, "Invoke")
-UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +202,7 @@ def _plain(url: str, headers: dict[str, str], body: str, now: int) -> Plain:
             f"{unserved[0]} on a plain message is not served by the stepstream QStash gateway"
         )
     forwarded = {
-        name[len(FORWARD) :]: value
+        name[len(FORWARD) :]: deliverable(name[len(FORWARD) :], value)
         for name, value in headers.items()
         if name.startswith(FORWARD) and name[len(FORWARD) :] not in NOT_DELIVERED
     }
@@ -207,7 +211,7 @@ def _plain(url: str, headers: dict[str, str], body: str, now: int) -> Plain:
     delay_ms = _delay_ms(headers, now)
     return Plain(
         url,
-        headers.get("upstash-method", "POST").upper(),
+        _method(headers),
         forwarded,
         body,
         _count(headers, RETRIES, 3),
@@ -220,14 +224,18 @@ def _invoke(
 ) -> Invoke:
     """An invoke message: the child's Init, wrapped in the invoking step (docs §10)."""
     try:
-        wrapper = json.loads(body)
+        wrapper = loads(body)
         step, parent = wrapper["step"], str(wrapper["workflowRunId"])
         position, name = int(step["stepId"]) - 1, str(step["stepName"])
         payload = wrapper.get("body")
-    except (ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, KeyError, OverflowError):
         raise BadRequest("an invoke message needs the SDK's JSON body with its step") from None
-    if position < 0 or not name or not parent or not isinstance(payload, str | None):
-        raise BadRequest("an invoke message needs the invoking run's id and step")
+    if not 0 <= position < MAX_STEP_ID or not name or not parent:
+        raise BadRequest(
+            f"an invoke message needs the invoking run's id and step (1 to {MAX_STEP_ID})"
+        )
+    if not isinstance(payload, str | None):
+        raise BadRequest("an invoke message's body must be the child's payload as a string")
     _concurrent(step.get("concurrent", 1), "an invoke")
     child = Init(
         child_id,
@@ -246,7 +254,7 @@ def _payload(body: str) -> Any:
     if body == "":
         return None
     try:
-        return json.loads(body)
+        return loads(body)
     except ValueError:
         return body
 
@@ -260,7 +268,7 @@ def _run_headers(url: str, headers: dict[str, str]) -> dict[str, str]:
     }
     for name, value in headers.items():
         if name.startswith(FORWARD) and name[len(FORWARD) :] not in NOT_DELIVERED:
-            kept[name[len(FORWARD) :]] = value
+            kept[name[len(FORWARD) :]] = deliverable(name[len(FORWARD) :], value)
     if "upstash-label" in headers:
         kept["upstash-label"] = headers["upstash-label"]
     if FEATURES in headers:
@@ -271,7 +279,9 @@ def _run_headers(url: str, headers: dict[str, str]) -> dict[str, str]:
         parse_delay(headers[RETRY_DELAY])  # refused at the trigger, not at the first retry
         kept[RETRY_DELAY] = headers[RETRY_DELAY].strip()
     for name, value in headers.items():
-        if name == FAILURE_URL or name.startswith(FAILURE_FORWARD):
+        if name.startswith(FAILURE_FORWARD):
+            kept[name] = deliverable(name[len(FAILURE_FORWARD) :], value)
+        elif name == FAILURE_URL:
             kept[name] = value
     return kept
 
@@ -314,43 +324,39 @@ def _count(headers: dict[str, str], name: str, default: int) -> int:
     return found
 
 
-def query_ms(params: Mapping[str, str], name: str) -> int | None:
-    """The query parameter ``name`` as unix milliseconds (``fromDate``, ``toDate``), if given."""
-    text = params.get(name)
-    if text is None:
-        return None
-    if not text.isascii() or not text.isdigit() or len(text) > 16:
-        raise BadRequest(f"{name} must be unix milliseconds (digits only)")
-    return int(text)
-
-
-def count_of(text: str) -> int | None:
-    """``text`` as a count (ASCII digits, at most ``MAX_HEADER_COUNT``), else ``None``
-    (``isdigit`` alone takes ``"²"``, which ``int`` refuses)."""
-    text = text.strip()
-    if not text.isascii() or not text.isdigit() or len(text) > len(str(MAX_HEADER_COUNT)):
-        return None
-    return int(text)
+def _method(headers: dict[str, str]) -> str:
+    """``Upstash-Method`` (default ``POST``), if a request can be sent with it."""
+    method = headers.get("upstash-method", "POST").strip().upper()
+    if not TOKEN.fullmatch(method) or not method.isascii():
+        raise BadRequest(f"Upstash-Method {method[:20]!r} is not an HTTP method such as POST")
+    return method
 
 
 def _call(run_id: str, url: str, headers: dict[str, str], body: str) -> Call:
     """The request of a ``context.call`` message; its step from the callback's headers."""
     step = "upstash-callback-forward-upstash-workflow-"
-    step_id, name = headers.get(step + "stepid", ""), headers.get(step + "stepname", "")
-    if not step_id.isdigit() or int(step_id) < 1 or not name:
-        raise BadRequest("a context.call message needs its step's id and name")
+    step_id = count_of(headers.get(step + "stepid", ""))
+    name = headers.get(step + "stepname", "")
+    if step_id is None or not 1 <= step_id <= MAX_STEP_ID or not name:
+        raise BadRequest(
+            f"a context.call message needs its step's id (1 to {MAX_STEP_ID}) and name"
+        )
     concurrent = headers.get(step + "concurrent", "1")
-    _concurrent(int(concurrent) if concurrent.isdigit() else concurrent, "a context.call")
+    _concurrent(count_of(concurrent) or concurrent, "a context.call")
     if not url.startswith(("http://", "https://")):
         raise BadRequest(f"context.call needs an http(s) URL, not {url[:80]!r}")
     timeout = headers.get("upstash-timeout")
     return Call(
         run_id,
-        int(step_id) - 1,
+        step_id - 1,
         name,
         url,
-        headers.get("upstash-method", "POST").upper(),
-        {n[len(FORWARD) :]: v for n, v in headers.items() if n.startswith(FORWARD)},
+        _method(headers),
+        {
+            n[len(FORWARD) :]: deliverable(n[len(FORWARD) :], v)
+            for n, v in headers.items()
+            if n.startswith(FORWARD)
+        },
         body,
         _count(headers, RETRIES, 0),
         None if not timeout else duration_ms(timeout, "Upstash-Timeout"),
@@ -361,13 +367,15 @@ def parse_wait(event_id: str, headers: dict[str, str], body: str) -> Wait:
     """``POST /v2/wait/{eventId}``: the waiting step, from the body's ``step``."""
     run_id = headers.get("upstash-workflow-runid")
     try:
-        request = json.loads(body)
+        request = loads(body)
         step = request["step"]
         position, name = int(step["stepId"]) - 1, str(step["stepName"])
-    except (ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, KeyError, OverflowError):
         raise BadRequest("a wait needs the SDK's JSON body with its step") from None
-    if not run_id or position < 0 or not name or not event_id:
-        raise BadRequest("a wait needs Upstash-Workflow-RunId, an event id and a step")
+    if not run_id or not 0 <= position < MAX_STEP_ID or not name or not event_id:
+        raise BadRequest(
+            f"a wait needs Upstash-Workflow-RunId, an event id and a step (1 to {MAX_STEP_ID})"
+        )
     _concurrent(step.get("concurrent", 1), "a wait")
     kind = step.get("stepType")
     if kind not in WAITS:
@@ -400,7 +408,7 @@ def _labels(headers: dict[str, str], url: str) -> list[str]:
 
 def _record(body: str) -> dict[str, Any]:
     try:
-        record = json.loads(body)
+        record = loads(body)
     except ValueError:
         raise BadRequest("a step message's body must be the SDK's JSON step record") from None
     if not isinstance(record, dict):
@@ -409,8 +417,10 @@ def _record(body: str) -> dict[str, Any]:
     concurrent, target = record.get("concurrent", 1), record.get("targetStep")
     if step_id == 0 or concurrent != 1:
         _check_parallel(record, step_id, concurrent, target)
-    elif type(step_id) is not int or step_id < 1 or not isinstance(name, str) or not name:
-        raise BadRequest("a step record needs an integer stepId >= 1 and a stepName")
+    elif type(step_id) is not int or not 1 <= step_id <= MAX_STEP_ID or not name:
+        raise BadRequest(f"a step record needs an integer stepId 1 to {MAX_STEP_ID} and a stepName")
+    if not isinstance(name, str):
+        raise BadRequest("a step record's stepName must be a string")
     if step_id != 0 and record.get("stepType") not in RECORDED:
         raise BadRequest(
             f"step type {str(record.get('stepType'))[:40]!r} is not served by the stepstream "
@@ -419,7 +429,7 @@ def _record(body: str) -> dict[str, Any]:
     out = record.get("out")
     if out is not None:
         try:
-            json.loads(out)
+            loads(out)
         except (TypeError, ValueError):
             raise BadRequest("a step record's out must be JSON text") from None
     return record
@@ -430,8 +440,10 @@ def _check_parallel(record: dict[str, Any], step_id: Any, concurrent: Any, targe
     if type(concurrent) is not int or not 1 < concurrent <= MAX_PARALLEL:
         raise BadRequest(f"a parallel step's concurrent must be 2 to {MAX_PARALLEL}")
     position = target if step_id == 0 else step_id
-    if type(position) is not int or position < 1 or not record.get("stepName"):
-        raise BadRequest("a parallel step needs a targetStep (plan) or stepId >= 1, and a name")
+    if type(position) is not int or not 1 <= position <= MAX_STEP_ID or not record.get("stepName"):
+        raise BadRequest(
+            f"a parallel step needs a targetStep (plan) or stepId 1 to {MAX_STEP_ID}, and a name"
+        )
     if step_id == 0 and record.get("stepType") not in PLANNED:
         raise BadRequest(
             f"parallel {str(record.get('stepType'))[:40]} steps are not served by the "
@@ -454,14 +466,3 @@ def _delay_ms(headers: dict[str, str], now: int) -> int | None:
         return max(0, int(seconds * 1000) - now)
     text = headers.get("upstash-delay", "").strip()
     return duration_ms(text, "Upstash-Delay") if text else None
-
-
-def duration_ms(text: str, what: str) -> int:
-    """``"10s"``, ``"1h30m"`` or bare seconds, in ms."""
-    text = text.strip()
-    if (seconds := count_of(text)) is not None:
-        return seconds * 1000
-    parts = DURATION.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise BadRequest(f"{what} {text[:40]!r} is not a duration such as 10s or 1h30m")
-    return int(sum(float(number) * UNIT_MS[unit] for number, unit in parts))

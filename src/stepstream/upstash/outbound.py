@@ -24,6 +24,7 @@ MAX_CALL_BODY = 1_000_000  # bytes of a called URL's answer kept as the step's r
 CALL_RETRY_DELAY = 1.0  # seconds between a context.call's attempts (doubling, at most 8)
 FAILURE_ATTEMPTS = 3
 MAX_DETAIL = 8000  # characters of a failing answer's stack kept
+MAX_RETRY_AFTER = 86_400  # seconds: a longer Retry-After is a day (QStash's backoff cap too)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,8 +164,9 @@ def failure_of(status: int, answer: dict[str, Any]) -> Failure:
     elif body:
         message = f"{message}: {str(body)[:200]}"
     retry_after = None
-    if status == 429 and headers.get("retry-after", "").isdigit():
-        retry_after = float(headers["retry-after"])
+    seconds = headers.get("retry-after", "").strip()
+    if status == 429 and seconds.isascii() and seconds.isdigit():  # "²".isdigit() too
+        retry_after = float(min(int(seconds[:12]), MAX_RETRY_AFTER))
     final = status == 489 and headers.get("upstash-nonretryable-error") == "true"
     step = headers.get("upstash-error-step-name") or None
     text = body if isinstance(body, str) else dumps(body)
