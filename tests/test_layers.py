@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("stepstream.errors", "stepstream.clock", "stepstream.version", "stepstream.futures"),
     ("stepstream.records",),
     ("stepstream.backends", "stepstream.events"),
-    ("stepstream.auth",),
+    ("stepstream.auth", "stepstream.responses"),
     ("stepstream.realtime",),
     ("stepstream.workflow",),
     ("stepstream.upstash",),

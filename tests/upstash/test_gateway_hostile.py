@@ -201,6 +201,10 @@ async def test_a_result_with_a_lone_surrogate_is_listed(tmp_path: Path) -> None:
         assert seen == [cut]  # delivered back as published
         assert log["steps"][1]["steps"][0]["out"] in ("\ud83dab", "\ufffdab")
         assert log["workflowRunResponse"] in (cut, json.dumps("\ufffdab"))
+        # stepstream's own run log (the dashboard's, the CLI's) answers it too, not a 500.
+        native = await client.get(f"{base}/api/runs/wfr_cut")
+        assert native.status_code == 200, native.text
+        assert "\ufffdab" in {step["out"] for step in native.json()["steps"]}
 
 
 async def test_headers_no_delivery_can_carry_are_refused_at_the_trigger(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import overload
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.types import Message as ASGIMessage
 from starlette.types import Receive, Scope, Send
 
@@ -42,6 +42,7 @@ from stepstream.realtime.dialects import Encoder
 from stepstream.realtime.sender import Sender
 from stepstream.realtime.sse_request import Spec, parse_request
 from stepstream.realtime.stream import Item, Stream
+from stepstream.responses import Json
 
 Middleware = Callable[[Request, list[str]], "Response | Awaitable[Response | None] | None"]
 
@@ -53,13 +54,13 @@ RECONNECT_JITTER = 0.1
 @overload
 def error_response(
     error: StepstreamError, *, headers: Mapping[str, str] | None = None, detail: bool = False
-) -> JSONResponse: ...
+) -> Json: ...
 
 
 @overload
 def error_response(
     error: int, code: str, message: str, headers: Mapping[str, str] | None = None
-) -> JSONResponse: ...
+) -> Json: ...
 
 
 def error_response(
@@ -69,16 +70,16 @@ def error_response(
     headers: Mapping[str, str] | None = None,
     *,
     detail: bool = False,
-) -> JSONResponse:
+) -> Json:
     """The JSON error every stepstream endpoint answers with: ``error``'s status, headers and
     body (``errors.error_body``; with ``detail``, what rebuilds it). In a ``middleware`` hook,
     ``error_response(Forbidden("not yours"))``, or a body of your own:
     ``error_response(403, "forbidden", "not yours")``."""
     if isinstance(error, int):
         body: object = {"error": {"code": code, "message": message}}
-        return JSONResponse(body, status_code=error, headers=headers)
+        return Json(body, status_code=error, headers=headers)
     merged = {**error.headers, **(headers or {})}
-    return JSONResponse(error_body(error, detail=detail), status_code=error.status, headers=merged)
+    return Json(error_body(error, detail=detail), status_code=error.status, headers=merged)
 
 
 def handle(

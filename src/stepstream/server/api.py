@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from stepstream.errors import (
@@ -24,6 +24,7 @@ from stepstream.errors import (
     error_body,
 )
 from stepstream.records import RunState
+from stepstream.responses import Json
 from stepstream.server.filters import query_filter
 from stepstream.server.openapi import OPENAPI
 from stepstream.server.wire import (
@@ -124,12 +125,12 @@ class JSONApi:
         # The names are the code's; which are paused is storage's, as last read if it is down.
         with contextlib.suppress(BackendError):
             await self.engine.read_paused()
-        return JSONResponse(workflow_names(self.engine))
+        return Json(workflow_names(self.engine))
 
     async def workers(self, request: Request) -> Response:
         """The workers heard from in the last 30 s (none: runs stay queued)."""
         found: Any = await live_workers(self.engine)  # entries as the workers wrote them
-        return JSONResponse(Workers(workers=found))
+        return Json(Workers(workers=found))
 
     async def trigger(self, request: Request) -> Response:
         body = await read_json(request, "the request payload")
@@ -161,11 +162,11 @@ class JSONApi:
                 f"?workflowRunId={run_id} (409 then means it exists)"
             )
             unanswered = TriggerUnanswered(error=error_body(error)["error"], workflowRunId=run_id)
-            return JSONResponse(unanswered, status_code=error.status)
-        return JSONResponse(Triggered(workflowRunId=run_id), status_code=202)
+            return Json(unanswered, status_code=error.status)
+        return Json(Triggered(workflowRunId=run_id), status_code=202)
 
     async def get_run(self, request: Request) -> Response:
-        return JSONResponse(await read_log(self.engine, request.path_params["run_id"]))
+        return Json(await read_log(self.engine, request.path_params["run_id"]))
 
     async def list_runs(self, request: Request) -> Response:
         params = request.query_params
@@ -178,22 +179,22 @@ class JSONApi:
             raise ValidationError("cursor must be the value returned by the previous page")
         where = query_filter(params)
         page = await read_runs(self.engine, where, cursor=cursor, count=int(count))
-        return JSONResponse(page)
+        return Json(page)
 
     async def cancel(self, request: Request) -> Response:
         run_id = request.path_params["run_id"]
         await self.engine.cancel(run_id)
-        return JSONResponse(Canceled(workflowRunId=run_id, workflowState=RunState.CANCELED.value))
+        return Json(Canceled(workflowRunId=run_id, workflowState=RunState.CANCELED.value))
 
     async def notify(self, request: Request) -> Response:
         data = await read_json(request, "the event data")
         event_id = request.path_params["event_id"]
         run_id = request.query_params.get("workflowRunId")
         waiters = await self.engine.notify(event_id, data, run_id)
-        return JSONResponse(Notified(eventId=event_id, waiters=waiters))
+        return Json(Notified(eventId=event_id, waiters=waiters))
 
     async def openapi(self, request: Request) -> Response:
-        return JSONResponse(OPENAPI)
+        return Json(OPENAPI)
 
 
 def flow_from_query(params: Mapping[str, str], declared: FlowControl | None) -> FlowControl | None:

@@ -32,7 +32,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware as Middleware_
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -49,6 +49,7 @@ from stepstream.errors import (
 from stepstream.realtime.channel import Realtime, check_channel_name
 from stepstream.realtime.sse import Middleware, SSEEndpoint, error_response, handle
 from stepstream.records import parse_cursor
+from stepstream.responses import Json
 from stepstream.server.api import JSONApi, read_json
 from stepstream.server.guard import Guard
 from stepstream.server.lifespan import Lifespan, RequireLifespan, tune_gc
@@ -225,7 +226,7 @@ class ChannelEndpoints:
             # Public route: the backend's own message may name its URL (and a password in it).
             log.warning("health check: %s", exc)
             body = {"status": "unavailable", "error": "the backend does not answer"}
-            return JSONResponse(body, status_code=503)
+            return Json(body, status_code=503)
         health = {
             "status": "ok",
             "backend": self.realtime.backend.url.split(":", 1)[0],
@@ -235,7 +236,7 @@ class ChannelEndpoints:
         if self.engine is not None:  # how many, not who: this route is public
             health["workers"] = len(await live_workers(self.engine))
             health["retention"] = self.engine.retention
-        return JSONResponse(health)
+        return Json(health)
 
     async def history(self, request: Request) -> Response:
         params = request.query_params
@@ -256,7 +257,7 @@ class ChannelEndpoints:
                 for m in messages
             ]
         )
-        return JSONResponse(page, headers={"cache-control": "no-store"})
+        return Json(page, headers={"cache-control": "no-store"})
 
     async def mint(self, request: Request) -> Response:
         body = await read_json(request, "the token request")
@@ -267,7 +268,7 @@ class ChannelEndpoints:
         if not isinstance(channels, list) or not channels or not 0 < ttl <= 7 * 86400:
             raise BadRequest(MINT_USAGE)
         token = self.realtime.token(channels, ttl)
-        return JSONResponse(MintedToken(token=token, channels=channels, ttl=ttl))
+        return Json(MintedToken(token=token, channels=channels, ttl=ttl))
 
 
 def _limit(value: str) -> int:

@@ -14,11 +14,12 @@ from __future__ import annotations
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from stepstream.errors import ValidationError
 from stepstream.records import RunState
+from stepstream.responses import Json
 from stepstream.server.api import read_json
 from stepstream.server.filters import FILTER_FIELDS, run_filter
 from stepstream.server.wire import (
@@ -62,27 +63,27 @@ class RecoveryApi:
     async def resume(self, request: Request) -> Response:
         run_id = request.path_params["run_id"]
         await recovery.resume(self.engine, run_id)
-        return JSONResponse(Resumed(workflowRunId=run_id, workflowState=RunState.STARTED.value))
+        return Json(Resumed(workflowRunId=run_id, workflowState=RunState.STARTED.value))
 
     async def restart(self, request: Request) -> Response:
         new = await recovery.restart(self.engine, request.path_params["run_id"])
-        return JSONResponse(Triggered(workflowRunId=new), status_code=201)
+        return Json(Triggered(workflowRunId=new), status_code=201)
 
     async def fork(self, request: Request) -> Response:
         step = request.query_params.get("fromStep")
         if not step:
             raise ValidationError("fork needs ?fromStep=<step name>: the first step to execute")
         new = await recovery.fork(self.engine, request.path_params["run_id"], step)
-        return JSONResponse(Triggered(workflowRunId=new), status_code=201)
+        return Json(Triggered(workflowRunId=new), status_code=201)
 
     async def delete(self, request: Request) -> Response:
         run_id = request.path_params["run_id"]
         await recovery.delete(self.engine, run_id)
-        return JSONResponse(Deleted(workflowRunId=run_id, deleted=True))
+        return Json(Deleted(workflowRunId=run_id, deleted=True))
 
     async def waiters(self, request: Request) -> Response:
         found = await recovery.waiters(self.engine, request.path_params["event_id"])
-        return JSONResponse(
+        return Json(
             Waiters(
                 waiters=[
                     WaiterInfo(
@@ -98,15 +99,11 @@ class RecoveryApi:
 
     async def bulk_cancel(self, request: Request) -> Response:
         selection = selection_from(await read_json(request, "the request body"))
-        return JSONResponse(
-            BulkCanceled(canceled=await recovery.bulk(self.engine, "cancel", selection))
-        )
+        return Json(BulkCanceled(canceled=await recovery.bulk(self.engine, "cancel", selection)))
 
     async def bulk_resume(self, request: Request) -> Response:
         selection = selection_from(await read_json(request, "the request body"))
-        return JSONResponse(
-            BulkResumed(resumed=await recovery.bulk(self.engine, "resume", selection))
-        )
+        return Json(BulkResumed(resumed=await recovery.bulk(self.engine, "resume", selection)))
 
 
 def selection_from(body: Any) -> Selection:

@@ -16,10 +16,11 @@ from __future__ import annotations
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from stepstream.errors import ValidationError
+from stepstream.responses import Json
 from stepstream.server.api import read_json
 from stepstream.server.wire import ScheduleDeleted, ScheduleInfo, ScheduleList, WorkflowPaused
 from stepstream.workflow.engine import Engine
@@ -95,10 +96,10 @@ class ScheduleApi:
         ]
 
     def _answer(self, record: ScheduleRecord, status: int = 200) -> Response:
-        return JSONResponse(schedule_info(record, self.engine.clock()), status_code=status)
+        return Json(schedule_info(record, self.engine.clock()), status_code=status)
 
     async def list(self, request: Request) -> Response:
-        return JSONResponse(await read_schedules(self.engine))
+        return Json(await read_schedules(self.engine))
 
     async def create(self, request: Request) -> Response:
         body = await read_json(request, "the schedule")
@@ -111,7 +112,7 @@ class ScheduleApi:
     async def delete(self, request: Request) -> Response:
         schedule_id = request.path_params["id"]
         await self.schedules.delete(schedule_id)
-        return JSONResponse(ScheduleDeleted(id=schedule_id, deleted=True))
+        return Json(ScheduleDeleted(id=schedule_id, deleted=True))
 
     async def pause(self, request: Request) -> Response:
         return self._answer(await self.schedules.pause(request.path_params["id"]))
@@ -122,9 +123,9 @@ class ScheduleApi:
     async def pause_workflow(self, request: Request) -> Response:
         name = request.path_params["name"]
         await self.engine.pause(name)
-        return JSONResponse(WorkflowPaused(workflow=name, paused=True))
+        return Json(WorkflowPaused(workflow=name, paused=True))
 
     async def resume_workflow(self, request: Request) -> Response:
         name = request.path_params["name"]
         await self.engine.resume(name)
-        return JSONResponse(WorkflowPaused(workflow=name, paused=False))
+        return Json(WorkflowPaused(workflow=name, paused=False))

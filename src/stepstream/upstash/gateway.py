@@ -32,7 +32,7 @@ from dataclasses import asdict
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from stepstream.backends.base import Waiter
@@ -45,6 +45,7 @@ from stepstream.errors import (
     ValidationError,
 )
 from stepstream.records import RunState, dumps
+from stepstream.responses import Json
 from stepstream.upstash import dlq, handoff, hooks, lazy, logs, plain
 from stepstream.upstash.allow import policy_of
 from stepstream.upstash.messages import (
@@ -72,18 +73,9 @@ OFF = (
 )
 
 
-class Answer(JSONResponse):
-    """JSON as stepstream stores it (``records.dumps``): a lone surrogate, which a JavaScript
-    string may hold (an emoji cut in half), is written as U+FFFD instead of failing to
-    encode."""
-
-    def render(self, content: Any) -> bytes:
-        return dumps(content).encode()
-
-
-def error(status: int, message: str) -> JSONResponse:
+def error(status: int, message: str) -> Json:
     """An error in QStash's shape (the SDK reads ``error``)."""
-    return Answer({"error": message}, status_code=status)
+    return Json({"error": message}, status_code=status)
 
 
 async def body_text(request: Request) -> str:
@@ -153,7 +145,7 @@ class Gateway:
             answers = [await self.accept(message) for message in parsed]
         except BadRequest as exc:
             return error(400, str(exc))
-        return Answer(answers)
+        return Json(answers)
 
     async def publish(self, request: Request) -> Response:
         if not self.enabled:
@@ -165,7 +157,7 @@ class Gateway:
             answer = await self.accept(message)
         except BadRequest as exc:
             return error(400, str(exc))
-        return Answer(answer)
+        return Json(answer)
 
     def parse_batched(self, message: Any) -> Message:
         if not isinstance(message, dict) or not isinstance(message.get("destination"), str):
@@ -304,7 +296,7 @@ class Gateway:
             await self.to_inbox(wait)
         except BadRequest as exc:
             return error(400, str(exc))
-        return Answer({"messageId": "msg_" + secrets.token_urlsafe(12)})
+        return Json({"messageId": "msg_" + secrets.token_urlsafe(12)})
 
     async def notify(self, request: Request) -> Response:
         """``client.notify`` / ``context.notify``: ``Engine.notify`` with the body as the data
@@ -322,7 +314,7 @@ class Gateway:
         try:
             await self.engine.notify(event_id, data, run_id)
         except NoWaiters:
-            return Answer([])
+            return Json([])
         except RunNotFound:
             return error(404, f"no workflow run {str(run_id)[:80]} here")
         except RunConflict:
@@ -331,14 +323,14 @@ class Gateway:
             {"waiter": await self.waiter(w), "messageId": f"msg_{w.run_id}_{w.position + 1}"}
             for w in released
         ]
-        return Answer(answer)
+        return Json(answer)
 
     async def waiters(self, request: Request) -> Response:
         """``client.getWaiters``: the steps waiting for the event, as QStash's ``Waiter``."""
         if not self.enabled:
             return error(404, OFF)
         found = await recovery.waiters(self.engine, request.path_params["event_id"])
-        return Answer([await self.waiter(waiter) for waiter in found])
+        return Json([await self.waiter(waiter) for waiter in found])
 
     async def waiter(self, waiter: Waiter) -> dict[str, Any]:
         run = await self.engine.backend.get_run(waiter.run_id)
@@ -353,7 +345,7 @@ class Gateway:
             page = await logs.page(self.engine, params)
         except BadRequest as exc:
             return error(400, str(exc))
-        return Answer(page)
+        return Json(page)
 
     async def end(self, request: Request) -> Response:
         """The SDK's ``DELETE /v2/workflows/runs/{id}``: the route function returned (its
@@ -388,7 +380,7 @@ class Gateway:
         found = await lazy.fetched(self.engine, run_id)
         if found is None:
             return error(404, f"no workflow run {run_id[:80]} under way here")
-        return Answer(found)
+        return Json(found)
 
     async def cancel_one(self, run_id: str) -> Response:
         try:
@@ -420,7 +412,7 @@ class Gateway:
                 continue
             cancelled += 1
             await self.clear(run.id)
-        return Answer({"cancelled": cancelled})
+        return Json({"cancelled": cancelled})
 
     async def dlq_list(self, request: Request) -> Response:
         """``client.dlq.list``: the failed gateway runs."""
@@ -455,7 +447,7 @@ class Gateway:
         if not self.enabled:
             return error(404, OFF)
         try:
-            return Answer(await hooks.call(self.engine, request))
+            return Json(await hooks.call(self.engine, request))
         except hooks.HookError as exc:
             return error(exc.status, str(exc))
 
@@ -464,7 +456,7 @@ class Gateway:
             work.close()
             return error(404, OFF)
         try:
-            return Answer(await work)
+            return Json(await work)
         except BadRequest as exc:
             return error(400, str(exc))
 
