@@ -477,3 +477,35 @@ async def test_an_endpoint_url_with_a_space_is_delivered_encoded(tmp_path: Path)
         assert trigger.status_code == 200, trigger.text
         log = await ended(client, base, "wfr_space")
         assert log["workflowState"] == "RUN_SUCCESS", log
+
+
+async def test_a_failing_call_counts_each_attempt_once(tmp_path: Path) -> None:
+    """A ``context.call`` no attempt of which gets an answer fails its step, which the run's
+    ``Upstash-Retries`` retries: attempts 1, 2, 3, each counted once (the attempt started with
+    the call was counted again when it failed: 2, 4, and half the retries asked for)."""
+    refused_url = "http://127.0.0.1:9/nothing-listens"
+
+    async def sdk(client: httpx.AsyncClient, run_id: str, history: list[dict[str, Any]]) -> None:
+        if len(history) > 1:
+            return
+        call = {
+            "destination": refused_url,
+            "headers": {
+                "Upstash-Workflow-RunId": run_id,
+                "Upstash-Callback": url,
+                "Upstash-Callback-Forward-Upstash-Workflow-StepId": "1",
+                "Upstash-Callback-Forward-Upstash-Workflow-StepName": "fetch",
+                "Upstash-Callback-Forward-Upstash-Workflow-StepType": "Call",
+                "Upstash-Retries": "0",
+            },
+        }
+        assert (await client.post(f"{base}/qstash/v2/batch", json=[call])).status_code == 200
+
+    async with gateway(tmp_path, workers=1) as (base, client), fake_sdk(base, sdk) as url:
+        run = init("wfr_callfail", url, **{"Upstash-Retries": "2", "Upstash-Retry-Delay": "10"})
+        assert (await client.post(f"{base}/qstash/v2/batch", json=[run])).status_code == 200
+        log = await ended(client, base, "wfr_callfail")
+        assert log["workflowState"] == "RUN_FAILED"
+        native = (await client.get(f"{base}/api/runs/wfr_callfail")).json()
+        (fetch,) = [s for s in native["steps"] if s["stepName"] == "fetch"]
+        assert [error["attempt"] for error in fetch["errors"]] == [1, 2, 3]

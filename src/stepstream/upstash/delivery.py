@@ -214,6 +214,8 @@ class Delivery(Recorder):
         position = self.next_position() if failure.position is None else failure.position
         existing = self.steps.get(position)
         attempts = (existing.attempts if existing is not None else 0) + 1
+        if self.settled(position) and existing is not None and existing.state is StepState.PROGRESS:
+            attempts -= 1  # a call (or wait) under way: its attempt was counted as it started
         name = failure.step or (existing.name if existing is not None else UNNAMED)
         retries = int(self.run.headers.get(RETRIES, self.definition_retries()))
         retry = not failure.final and attempts <= retries
