@@ -58,6 +58,7 @@ KEY = "sig_bench_current_key_of_32_bytes!!"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 NODE_DIR = Path(__file__).resolve().parent.parent / "tests" / "upstash" / "node"
 GOAL_MS = 5.0  # per SDK step, p50, SQLite
+WARM_RUNS = 20  # untimed, at once, before each row's timed runs
 
 # The SDK app, run with `node --input-type=module -e` from NODE_DIR (bare imports resolve
 # there). `POST /_trigger {url, n}` starts n runs with the SDK's Client in one batch;
@@ -237,7 +238,11 @@ async def measure(url: str, sequential: int, burst: int) -> dict[str, Any]:
     ):
         other = OtherCpu([pid])
         for name, target in (("sdk", endpoint), ("python", None)):
-            await finish(client, base, await start(client, base, target, 1))  # warm-up
+            # Warm-up, untimed: node's JIT and the server's code paths, and the store (a fresh
+            # SQLite file's WAL grows to its steady size in its first ~1,000 pages, each commit
+            # meanwhile paying an extra flush for the file's new length): measured as a server
+            # that has been running serves, the same for both rows.
+            await finish(client, base, await start(client, base, target, WARM_RUNS))
             ids = []
             for _ in range(sequential):
                 ids += await start(client, base, target, 1)
@@ -294,11 +299,13 @@ def report(
         "SDK (`serve` on `node:http`, deliveries signed and verified) and with stepstream's "
         f"Python API, on one stepstream server (uvicorn on {loop}, as `stepstream server` "
         "serves, one in-process worker) per backend. "
-        f"*Step latency*: {sequential} runs one at a time, from a step body's end to the next "
-        f"body's start. *Throughput*: {burst} runs triggered at once (the SDK's `Client`, one "
-        "batch; the Python runs through `POST /api/workflows/ten`), steps per second until "
-        "the last ended. Each SDK step is a delivery (POST of the run's history), a replay of "
-        "the route function, a publish back to `/qstash`, and the worker recording it.",
+        f"*Step latency*: {sequential} runs one at a time, after {WARM_RUNS} untimed runs at "
+        "once (the server, node's JIT and the store warmed up, as a running server is), from a "
+        f"step body's end to the next body's start. *Throughput*: {burst} runs triggered at "
+        "once (the SDK's `Client`, one batch; the Python runs through "
+        "`POST /api/workflows/ten`), steps per second until the last ended. Each SDK step "
+        "is a delivery (POST of the run's history), a replay of the route function, a "
+        "publish back to `/qstash`, and the worker recording it.",
         "",
         "| backend | SDK step p50 ms | p99 ms | Python step p50 ms | p99 ms | SDK steps/s "
         "| Python steps/s | other CPU % |",
@@ -355,9 +362,16 @@ the server now runs as `stepstream server` runs it, on uvloop with `BoundedHttp`
 asyncio`: the conditions above). Six
 rounds alternated with the old code, CPU of the stepstream process per SDK step (with the
 client's polling), under other work (load 6-9): 4.27 ms before, 3.69 after on asyncio's
-loop, 3.14 on uvloop; node's CPU per step unchanged (5.2-5.5 ms). The table above (23:27
-UTC, quiet) has 7.07 ms: node's own part of a step is 3.3-4.1 ms and the durable commit
-0.66 ms, so 5 ms leaves stepstream under 1 ms for two HTTP exchanges and a fenced write."""
+loop, 3.14 on uvloop; node's CPU per step unchanged (5.2-5.5 ms). That day's table (23:27
+UTC, quiet) had 7.07 ms: node's own part of a step is 3.3-4.1 ms and the durable commit
+0.66 ms, so 5 ms leaves stepstream under 1 ms for two HTTP exchanges and a fenced write.
+
+Since 2026-12-04 the timed runs follow 20 untimed ones (before: one). With one, the first
+timed SDK steps ran on node's unoptimised SDK code and on a fresh SQLite file whose WAL was
+still growing to its steady 4 MB (a commit that lengthens the file pays an extra flush: 355
+vs 230 us p50 in a bare loop of 4-page commits), so the SDK row was measured colder than the
+Python row after it. Three runs of each harness alternated (06:05 UTC, same server code),
+SQLite SDK step p50: 4.47 / 4.64 / 4.53 ms with one warm-up run, 5.10 / 3.37 / 3.46 with 20."""
 
 
 def main() -> None:
