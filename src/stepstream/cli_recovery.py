@@ -7,7 +7,6 @@ Cancel and resume take run ids, or a filter (``--workflow``, ``--label``, ``--si
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -26,6 +25,7 @@ from stepstream.cli_remote import (
     run_async,
     run_state,
 )
+from stepstream.console import local_time
 from stepstream.errors import StepstreamError
 from stepstream.records import FAILURE_POSITIONS
 
@@ -245,7 +245,7 @@ def delete(run_id: str, yes: bool, url: str, token: str | None) -> None:
     if not yes and state != "RUN_STARTED":  # a running one: the server's refusal says why
         click.confirm(
             f"delete {run_id} ({log['workflowName']}, {state}, created "
-            f"{_at(log['workflowRunCreatedAt'])}) and its event history?",
+            f"{local_time(log['workflowRunCreatedAt'])}) and its event history?",
             abort=True,
         )
     _call(url, token, lambda client: client.delete(run_id))
@@ -277,13 +277,9 @@ def waiters(event_id: str, as_json: bool, url: str, token: str | None) -> None:
         table.add_row(
             waiter["workflowRunId"],
             waiter["stepName"],
-            "no timeout" if deadline is None else _at(deadline),
+            "no timeout" if deadline is None else local_time(deadline),
         )
     Console().print(table)
-
-
-def _at(ms: int) -> str:
-    return dt.datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
 
 
 COMMANDS = (cancel, resume, restart, fork, delete, waiters)

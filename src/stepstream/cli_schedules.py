@@ -4,7 +4,6 @@ these commands to ``stepstream``)."""
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -12,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from stepstream.cli_remote import TOKEN_OPTION, URL_OPTION, client_for, fail, run_async
+from stepstream.console import local_time
 from stepstream.errors import StepstreamError
 
 if TYPE_CHECKING:
@@ -37,9 +37,7 @@ def _call(ctx: click.Context, /, action: Callable[[Client], Awaitable[Any]]) -> 
 
 
 def _at(ms: int | None) -> str:
-    if ms is None:
-        return "-"
-    return dt.datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
+    return "-" if ms is None else local_time(ms)
 
 
 def print_schedules(items: list[ScheduleInfo]) -> None:

@@ -283,7 +283,7 @@ def print_log(log: dict[str, Any]) -> None:
             (state, STATE_STYLE.get(state, "")),
         )
     )
-    console.print(f"created  {_when(log['workflowRunCreatedAt'])}")
+    console.print(f"created  {local_time(log['workflowRunCreatedAt'])}")
     if log.get("labels"):
         console.print(f"labels   {', '.join(log['labels'])}", highlight=False)
     for key, how in (("restartedFrom", "restarted from"), ("forkedFrom", "forked from")):
@@ -291,7 +291,7 @@ def print_log(log: dict[str, Any]) -> None:
             console.print(f"{how} {log[key]}", highlight=False)
     if log.get("workflowRunCompletedAt"):
         took = _duration(log["workflowRunCompletedAt"] - log["workflowRunCreatedAt"])
-        console.print(f"finished {_when(log['workflowRunCompletedAt'])}  ({took})")
+        console.print(f"finished {local_time(log['workflowRunCompletedAt'])}  ({took})")
     console.print(f"payload  {json.dumps(log.get('requestPayload'))}")
     if log.get("workflowRunResponse") is not None:
         console.print(f"result   {json.dumps(log['workflowRunResponse'])}")
@@ -306,7 +306,7 @@ def print_log(log: dict[str, Any]) -> None:
             console.print(
                 Text.assemble(
                     (f"\n{step['stepName']}", "bold"),
-                    f" attempt {failure['attempt']} failed at {_when(failure['at'])}: ",
+                    f" attempt {failure['attempt']} failed at {local_time(failure['at'])}: ",
                     (failure["error"], "red"),
                 )
             )
@@ -356,7 +356,7 @@ def _doing(log: Mapping[str, Any]) -> str:
         if not waits:
             return "waiting for an event"
         deadline = waits[-1].get("waitDeadline")
-        until = f" (until {_when(deadline)})" if deadline else ""
+        until = f" (until {local_time(deadline)})" if deadline else ""
         return f"waiting for event {waits[-1]['waitEventId']!r}{until}"
     if status == "waiting" and waiting:
         return {"sleep": "sleeping", "childRun": "waiting for a child run"}.get(
@@ -388,7 +388,7 @@ def print_runs(runs: list[dict[str, Any]]) -> None:
             run["workflowRunId"],
             run.get("displayName") or run["workflowName"],
             Text(run["workflowState"], style=STATE_STYLE.get(run["workflowState"], "")),
-            _when(run["workflowRunCreatedAt"]),
+            local_time(run["workflowRunCreatedAt"]),
             took,
             ",".join(run.get("labels") or ()),
         )
@@ -417,5 +417,7 @@ def _duration(ms: int) -> str:
     return f"{ms // 60_000}m{(ms % 60_000) // 1000:02d}s"
 
 
-def _when(ms: int) -> str:
-    return dt.datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
+def local_time(ms: int) -> str:
+    """Epoch ms as this machine's local time, naming its zone (a schedule's next run, say,
+    is shown in the viewer's zone, not the schedule's)."""
+    return dt.datetime.fromtimestamp(ms / 1000).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")

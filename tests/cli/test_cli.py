@@ -519,3 +519,19 @@ def test_ctrl_c_while_following_leaves_the_run_going(dev: str) -> None:
     run_id = RUN_ID.search(err)
     assert run_id is not None and run_id.group() == runs[0]
     assert httpx.get(f"{dev}/api/runs/{run_id.group()}", timeout=10).json()["status"] != "failed"
+
+
+def test_times_are_shown_in_local_time_naming_the_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A schedule's next run in Europe/Berlin, viewed on a UTC machine, said 01:30:00 with no
+    zone: the viewer could not tell which clock it was."""
+    import time
+
+    from stepstream.console import local_time
+
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    time.tzset()
+    try:
+        assert local_time(1_764_831_600_000) == "2025-12-04 08:00:00 CET"
+    finally:
+        monkeypatch.undo()
+        time.tzset()
