@@ -343,9 +343,8 @@ class NoWaiters(StepstreamError, LookupError):
     def __init__(self, event_id: str) -> None:
         self.event_id = event_id
         super().__init__(
-            f"no run is waiting for event {event_id!r}: name the run it is for (--run in the "
-            "CLI, workflowRunId= over HTTP, workflow_run_id= in Python) and it is kept until "
-            "that run waits for it"
+            f"no run is waiting for event {event_id!r}: name its run (--run, workflowRunId=, "
+            "workflow_run_id=) and it is kept until that run waits for it"
         )
 
 

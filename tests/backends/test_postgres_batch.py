@@ -44,9 +44,9 @@ def calls(backend: PostgresBackend, monkeypatch: pytest.MonkeyPatch) -> list[str
     made: list[str] = []
     fetch = backend._db.fetch
 
-    async def recording(sql: str, *args: Any) -> Any:
+    async def recording(sql: str, *args: Any, read: bool = False) -> Any:
         made.append(sql.split("(")[0].removeprefix("SELECT "))
-        return await fetch(sql, *args)
+        return await fetch(sql, *args, read=read)
 
     monkeypatch.setattr(backend._db, "fetch", recording)
     return made
