@@ -25,7 +25,7 @@ from stepstream.cli_remote import (
     run_async,
     run_state,
 )
-from stepstream.console import local_time
+from stepstream.console import local_time, wide_console
 from stepstream.errors import StepstreamError
 from stepstream.records import FAILURE_POSITIONS
 
@@ -266,7 +266,6 @@ def waiters(event_id: str, as_json: bool, url: str, token: str | None) -> None:
     if not found:
         click.echo(f"no run waits for {event_id!r}")
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(box=None, header_style="bold dim")
@@ -279,7 +278,7 @@ def waiters(event_id: str, as_json: bool, url: str, token: str | None) -> None:
             waiter["stepName"],
             "no timeout" if deadline is None else local_time(deadline),
         )
-    Console().print(table)
+    wide_console().print(table)
 
 
 COMMANDS = (cancel, resume, restart, fork, delete, waiters)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from stepstream.cli_remote import TOKEN_OPTION, URL_OPTION, client_for, fail, run_async
-from stepstream.console import local_time
+from stepstream.console import local_time, wide_console
 from stepstream.errors import StepstreamError
 
 if TYPE_CHECKING:
@@ -41,7 +41,6 @@ def _at(ms: int | None) -> str:
 
 
 def print_schedules(items: list[ScheduleInfo]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(box=None, header_style="bold dim")
@@ -58,7 +57,7 @@ def print_schedules(items: list[ScheduleInfo]) -> None:
             _at(item["nextRunAt"]),
             item["lastRunId"] or "-",
         )
-    Console().print(table)
+    wide_console().print(table)
 
 
 @click.group(invoke_without_command=True)

@@ -272,7 +272,7 @@ async def _watch(url: str, token: str | None, progress: RunProgress, doing: list
 
 
 def print_log(log: dict[str, Any]) -> None:
-    console = Console()
+    console = wide_console()
     state = log["workflowState"]
     console.print(
         Text.assemble(
@@ -373,9 +373,7 @@ def _doing(log: Mapping[str, Any]) -> str:
 def print_runs(runs: list[dict[str, Any]]) -> None:
     """A table of runs, one line each. Piped, lines are as long as they need to be, so run ids
     are never folded or cut and ``awk '{print $1}'`` gets them; a narrow terminal folds ids."""
-    console = Console()
-    if not console.is_terminal:
-        console.width = 1000  # the table takes only the width it needs
+    console = wide_console()
     table = Table(box=None, header_style="bold dim")
     table.add_column("run", no_wrap=True, overflow="fold")
     for column in ("workflow", "state", "created", "took", "labels"):
@@ -415,6 +413,15 @@ def _duration(ms: int) -> str:
     if ms < 60_000:
         return f"{ms / 1000:.1f}s"
     return f"{ms // 60_000}m{(ms % 60_000) // 1000:02d}s"
+
+
+def wide_console() -> Console:
+    """Where tables go: a terminal's width; piped, lines as long as they need to be (a table
+    takes only the width it needs), so a script never gets an id or an error folded in two."""
+    console = Console()
+    if not console.is_terminal:
+        console.width = 1000
+    return console
 
 
 def local_time(ms: int) -> str:

@@ -535,3 +535,25 @@ def test_times_are_shown_in_local_time_naming_the_zone(monkeypatch: pytest.Monke
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+def test_piped_tables_fold_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    """Written to a pipe, a schedules table was folded at rich's 80 columns: an id in two
+    pieces for a script to put back together."""
+    from stepstream.cli_schedules import print_schedules
+
+    schedule_id = "nightly-report-for-every-customer-of-the-emea-region-" + "x" * 40
+    print_schedules(
+        [
+            {
+                "id": schedule_id,
+                "workflow": "report",
+                "cron": "30 2 * * *",
+                "timezone": "Europe/Berlin",
+                "paused": False,
+                "nextRunAt": 1_764_831_600_000,
+                "lastRunId": None,
+            }
+        ]  # type: ignore[list-item]
+    )
+    assert schedule_id in capsys.readouterr().out
