@@ -183,15 +183,10 @@ class Delivery(Recorder):
         """The run's result, as the SDK ended it; over ``max_result_bytes`` as stored (JSON
         escapes non-ASCII text: 200,000 CJK characters are 1.2 MB), the run fails naming the
         limit, after its failure callback, instead of the engine refusing it at the end."""
-        size, limit = len(dumps(result)), self.engine.max_result_bytes
-        if size > limit:
-            await self.failed(
-                Failure(
-                    f"the run's result is {size:,} bytes of JSON, over the limit of {limit:,} "
-                    "(Workflows(max_result_bytes=...)): return a reference to large data",
-                    final=True,
-                )
-            )
+        try:
+            self.engine.check_size(dumps(result), "the run's result")
+        except NonRetryableError as exc:
+            await self.failed(Failure(str(exc), final=True))
         return result
 
     async def close_retry(self) -> None:
