@@ -8,6 +8,7 @@ touches storage.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -201,11 +202,7 @@ def _plain(url: str, headers: dict[str, str], body: str, now: int) -> Plain:
         raise BadRequest(
             f"{unserved[0]} on a plain message is not served by the stepstream QStash gateway"
         )
-    forwarded = {
-        name[len(FORWARD) :]: deliverable(name[len(FORWARD) :], value)
-        for name, value in headers.items()
-        if name.startswith(FORWARD) and name[len(FORWARD) :] not in NOT_DELIVERED
-    }
+    forwarded = _forwarded(headers, NOT_DELIVERED)
     if "content-type" in headers:
         forwarded["content-type"] = headers["content-type"]
     delay_ms = _delay_ms(headers, now)
@@ -266,9 +263,7 @@ def _run_headers(url: str, headers: dict[str, str]) -> dict[str, str]:
         "content-type": headers.get("content-type", "application/json"),
         "upstash-workflow-url": url,
     }
-    for name, value in headers.items():
-        if name.startswith(FORWARD) and name[len(FORWARD) :] not in NOT_DELIVERED:
-            kept[name[len(FORWARD) :]] = deliverable(name[len(FORWARD) :], value)
+    kept.update(_forwarded(headers, NOT_DELIVERED))
     if "upstash-label" in headers:
         kept["upstash-label"] = headers["upstash-label"]
     if FEATURES in headers:
@@ -324,6 +319,16 @@ def _count(headers: dict[str, str], name: str, default: int) -> int:
     return found
 
 
+def _forwarded(headers: dict[str, str], skipped: Collection[str] = ()) -> dict[str, str]:
+    """The ``Upstash-Forward-*`` headers, by the name they are delivered under (but those
+    ``skipped``); ``BadRequest`` for one a request can not carry (``text.deliverable``)."""
+    return {
+        name[len(FORWARD) :]: deliverable(name[len(FORWARD) :], value)
+        for name, value in headers.items()
+        if name.startswith(FORWARD) and name[len(FORWARD) :] not in skipped
+    }
+
+
 def _method(headers: dict[str, str]) -> str:
     """``Upstash-Method`` (default ``POST``), if a request can be sent with it."""
     method = headers.get("upstash-method", "POST").strip().upper()
@@ -342,7 +347,8 @@ def _call(run_id: str, url: str, headers: dict[str, str], body: str) -> Call:
             f"a context.call message needs its step's id (1 to {MAX_STEP_ID}) and name"
         )
     concurrent = headers.get(step + "concurrent", "1")
-    _concurrent(count_of(concurrent) or concurrent, "a context.call")
+    count = count_of(concurrent)
+    _concurrent(concurrent if count is None else count, "a context.call")
     if not url.startswith(("http://", "https://")):
         raise BadRequest(f"context.call needs an http(s) URL, not {url[:80]!r}")
     timeout = headers.get("upstash-timeout")
@@ -352,11 +358,7 @@ def _call(run_id: str, url: str, headers: dict[str, str], body: str) -> Call:
         name,
         url,
         _method(headers),
-        {
-            n[len(FORWARD) :]: deliverable(n[len(FORWARD) :], v)
-            for n, v in headers.items()
-            if n.startswith(FORWARD)
-        },
+        _forwarded(headers),
         body,
         _count(headers, RETRIES, 0),
         None if not timeout else duration_ms(timeout, "Upstash-Timeout"),
