@@ -38,20 +38,6 @@ async def backend(postgres_url: str) -> AsyncIterator[PostgresBackend]:
         await made.close()
 
 
-@pytest.fixture
-def calls(backend: PostgresBackend, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The functions the backend called, in order."""
-    made: list[str] = []
-    fetch = backend._db.fetch
-
-    async def recording(sql: str, *args: Any, read: bool = False) -> Any:
-        made.append(sql.split("(")[0].removeprefix("SELECT "))
-        return await fetch(sql, *args, read=read)
-
-    monkeypatch.setattr(backend._db, "fetch", recording)
-    return made
-
-
 async def claimed_leases(backend: PostgresBackend, count: int) -> list[Lease]:
     for number in range(count):
         await backend.create_run(CreateRun(new_run(f"r{number:02}")))

@@ -10,8 +10,9 @@ save whose events go to another channel than its run's goes alone (``_fits``: no
 between batches). Every save still gets its own answer: ``LeaseLost`` for a run its claim no
 longer holds (nothing of it is saved), the error of the call when the call failed as a whole. A
 call refused for another reason than a lost connection is retried one save at a time
-(``ss_save_steps``), so one bad save fails alone. Cancelling a caller cancels its save only
-while the caller sends it itself; a save that left in a batch commits with the others.
+(``ss_save_step`` or ``ss_save_steps``), so one bad save fails alone. Cancelling a caller
+cancels its save only while the caller sends it itself; a save that left in a batch commits
+with the others.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The workflow half of the Postgres backend: each operation is one call of its function in
 ``migrations/003_runs.sql`` (redefined later: ``ss_save_steps`` in ``004_flow_control.sql``,
-``ss_create_run`` in ``005_recovery.sql``, ``ss_renew`` in ``009_renew_lock_order.sql``), which
+``ss_create_run`` in ``005_recovery.sql``, ``ss_renew`` in ``009_renew_lock_order.sql``; the
+usual save of one step is ``ss_save_step`` in ``011_save_one_step.sql``), which
 also appends the events reporting it (``ss_emit``), so a state change and its events commit
 together. Runs due now NOTIFY the wake topic at commit. Step saves made while others are in
 flight are sent together (``batch.py``). Listing runs is in ``recovery.py``."""
@@ -157,6 +158,37 @@ class PostgresRuns:
         return await self._save_steps(op)
 
     async def _save_steps(self, op: SaveSteps) -> int:
+        own = all(emit.channel == op.lease.run_id for emit in op.emits)
+        if op.release is None and len(op.steps) == 1 and own:
+            await self._save_step(op)
+            return 0
+        return await self._save_arrays(op)
+
+    async def _save_step(self, op: SaveSteps) -> None:
+        """The usual save (one step, reported on its run's channel, no slot to give back) as
+        values: the driver encodes each one-element array at several times their cost."""
+        lease, step = op.lease, op.steps[0]
+        await self._db.fetch(
+            "SELECT ss_save_step($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+            lease.run_id,
+            lease.owner,
+            lease.epoch,
+            step.position,
+            step.state.value,
+            step.resolved,
+            step.out,
+            step.finished_at,
+            step.to_json(),
+            lease.run_id,
+            [emit.event for emit in op.emits],
+            [emit.raw for emit in op.emits],
+            op.policy.max_length,
+            expire_ms(op.policy),
+        )
+
+    async def _save_arrays(self, op: SaveSteps) -> int:
+        """Any save: its steps and events as arrays, and the slot it gives back; how many runs
+        waiting for that slot it woke."""
         lease, slot = op.lease, op.release
         woken: int = await self._db.value(
             "SELECT ss_save_steps($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, "
