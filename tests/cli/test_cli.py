@@ -211,7 +211,9 @@ def test_notify_sends_data_from_a_file_or_stdin_to_a_waiting_run(dev: str, tmp_p
     decision = tmp_path / "decision.json"
     decision.write_text('{"by": "ann"}')
     for source, stdin in ((f"@{decision}", None), ("-", '{"by": "ann"}')):
-        run_id = stepstream("trigger", "approval", url=dev).stdout.strip()
+        asked = {"amount": len(source), "requestedBy": "bo"}
+        started = stepstream("trigger", "approval", "--data", json.dumps(asked), url=dev)
+        run_id = started.stdout.strip()
         # Named for this run: kept if it is not waiting yet (lookback), so no race.
         event = f"approve-{run_id}"
         sent = stepstream("notify", event, "--data", source, "--run", run_id, url=dev, stdin=stdin)
@@ -219,6 +221,7 @@ def test_notify_sends_data_from_a_file_or_stdin_to_a_waiting_run(dev: str, tmp_p
         assert sent.stdout.strip() in {"0", "1"}  # kept for later, or one waiter woken
         log = wait_for(dev, run_id, "RUN_SUCCESS")
         assert log["workflowRunResponse"]["decision"] == {"by": "ann"}
+        assert log["workflowRunResponse"]["request"] == asked  # the payload it was started with
 
 
 def test_notify_without_waiters_and_bad_data_are_clean_errors(dev: str) -> None:

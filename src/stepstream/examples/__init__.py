@@ -59,7 +59,9 @@ async def failing(context: WorkflowContext) -> None:
 
 @workflows.workflow("approval", example={"amount": 420, "requestedBy": "ann"})
 async def approval(context: WorkflowContext) -> dict[str, Any]:
-    request = await context.run("prepare-request", _work, 0.3, {"amount": 420})
+    payload = context.request_payload
+    asked = payload if isinstance(payload, dict) else {"amount": payload}
+    request = await context.run("prepare-request", _work, 0.3, asked)
     decision, timed_out = await context.wait_for_event(
         "wait-for-approval", f"approve-{context.workflow_run_id}", timeout=3600
     )
