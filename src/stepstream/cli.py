@@ -451,7 +451,12 @@ def tail(channel: str, history: bool, url: str, token: str | None) -> None:
         try:
             if channel.startswith("wfr_"):
                 async with _client(url, token) as client:
-                    await client.logs(channel)  # RunNotFound: say so now, not wait forever
+                    state = (await client.logs(channel))["workflowState"]  # or RunNotFound
+                if state != RunState.STARTED and not history:  # its events are all in the past
+                    click.echo(
+                        f"run {channel} has ended ({state}): --history prints its events", err=True
+                    )
+                    return
             async for message in subscribe_remote(
                 endpoint, [channel], history=history, token=token, on_gap=_warn_gap
             ):

@@ -488,6 +488,13 @@ def test_tail_of_a_run_ends_with_its_run_finish(dev: str, finished_run: str) -> 
     assert last["data"]["type"] == "runFinish" and last["data"]["workflowRunId"] == finished_run
 
 
+def test_tail_of_a_finished_run_says_so_at_once(dev: str, finished_run: str) -> None:
+    """Without --history nothing more would ever arrive: it says so instead of waiting."""
+    done = stepstream("tail", finished_run, url=dev)
+    assert done.returncode == 0 and done.stdout == ""
+    assert f"run {finished_run} has ended (RUN_SUCCESS): --history" in done.stderr
+
+
 def test_tail_of_an_unknown_run_fails_at_once(dev: str) -> None:
     done = stepstream("tail", "wfr_no_such_run", url=dev)
     assert done.returncode == 1, done.stdout
