@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from stepstream.backends.base import AcquireSlot, Budget, ReleaseSlot
 from stepstream.backends.postgres.connection import Database
+from stepstream.backends.postgres.runs import step_values
 from stepstream.errors import RunConflict
 
 
@@ -31,12 +32,7 @@ class PostgresFlow:
             limits.parallelism,
             limits.rate,
             limits.period_ms,
-            step.position,
-            step.state.value,
-            step.resolved,
-            step.out,
-            step.finished_at,
-            step.to_json(),
+            *step_values(step),
         )
         granted, retry_at = rows[0]
         return Budget(True) if granted else Budget(False, retry_at)

@@ -59,6 +59,19 @@ def emit_args(op: Reported) -> tuple[Any, ...]:
     )
 
 
+def step_values(step: StepRecord) -> tuple[Any, ...]:
+    """A step as its columns (after its run id): position, state, resolved, out, finished_at,
+    data."""
+    return (
+        step.position,
+        step.state.value,
+        step.resolved,
+        step.out,
+        step.finished_at,
+        step.to_json(),
+    )
+
+
 def _steps(steps: Iterable[StepRecord]) -> tuple[list[Any], ...]:
     steps = list(steps)
     return (
@@ -173,12 +186,7 @@ class PostgresRuns:
             lease.run_id,
             lease.owner,
             lease.epoch,
-            step.position,
-            step.state.value,
-            step.resolved,
-            step.out,
-            step.finished_at,
-            step.to_json(),
+            *step_values(step),
             lease.run_id,
             [emit.event for emit in op.emits],
             [emit.raw for emit in op.emits],
