@@ -1,11 +1,15 @@
 """Group commit of step saves on PostgreSQL (``backends/postgres/batch.py``): saves made while
 another is in flight go together as one ``ss_save_many`` call, and each caller still gets its
-own answer: saved, ``LeaseLost``, or the error of its own save."""
+own answer: saved, ``LeaseLost``, or the error of its own save. A save sent alone, when it is
+the usual one, goes as values (``ss_save_step``, migration 11) instead of arrays
+(``ss_save_steps``): it must store, refuse, trim, expire and NOTIFY as the array function
+does."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -14,11 +18,11 @@ import pytest
 
 from stepstream import HistoryPolicy
 from stepstream.backends import backend_from_url
-from stepstream.backends.base import CancelRun, CreateRun, SaveSteps
+from stepstream.backends.base import CancelRun, CreateRun, ReleaseSlot, SaveSteps
 from stepstream.backends.postgres import PostgresBackend, connection
 from stepstream.errors import BackendUnavailable, LeaseLost, ValidationError
-from stepstream.records import Lease, StepState
-from tests.backends.test_postgres import fresh
+from stepstream.records import Emit, Lease, StepState
+from tests.backends.test_postgres import Sink, fresh
 from tests.backends.test_runs_contract import claim, emits, history, new_run, step
 
 pytestmark = pytest.mark.anyio
@@ -36,6 +40,20 @@ async def backend(postgres_url: str) -> AsyncIterator[PostgresBackend]:
         yield made
     finally:
         await made.close()
+
+
+@pytest.fixture
+def calls(backend: PostgresBackend, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The functions the backend called, in order."""
+    made: list[str] = []
+    fetch = backend._db.fetch
+
+    async def recording(sql: str, *args: Any, read: bool = False) -> Any:
+        made.append(sql.split("(")[0].removeprefix("SELECT "))
+        return await fetch(sql, *args, read=read)
+
+    monkeypatch.setattr(backend._db, "fetch", recording)
+    return made
 
 
 async def claimed_leases(backend: PostgresBackend, count: int) -> list[Lease]:
@@ -356,3 +374,85 @@ async def test_a_save_that_goes_alone_keeps_its_place_in_its_runs_order(
     run = await backend.get_run(mine.run_id)
     assert run is not None and [saved.out for saved in run.steps] == ['"2"']
     assert await history(backend, mine.run_id) == ["1", "2"]
+
+
+async def held(backend: PostgresBackend, *run_ids: str) -> list[Lease]:
+    for run_id in run_ids:
+        await backend.create_run(CreateRun(new_run(run_id)))
+    runs = {run.id: run for run in await claim(backend, "w1", len(run_ids))}
+    return [Lease(run_id, "w1", runs[run_id].epoch) for run_id in run_ids]
+
+
+async def test_the_usual_save_goes_as_values_any_other_as_arrays(
+    backend: PostgresBackend, calls: list[str]
+) -> None:
+    (mine,) = await held(backend, "r1")
+    calls.clear()
+    await backend.save_steps(SaveSteps(mine, (step(0),), emits=emits("r1", "a", "b")))
+    await backend.save_steps(SaveSteps(mine, (step(1),)))  # no realtime: no events
+    await backend.save_steps(SaveSteps(mine, (step(2), step(3))))
+    await backend.save_steps(SaveSteps(mine, (step(4),), emits=emits("r2", "elsewhere")))
+    flow = ReleaseSlot("r1", "k", 5)
+    await backend.save_steps(SaveSteps(mine, (step(5),), release=flow))
+    assert calls == ["ss_save_step", "ss_save_step"] + ["ss_save_steps"] * 3
+    run = await backend.get_run("r1")
+    assert run is not None and [saved.position for saved in run.steps] == [0, 1, 2, 3, 4, 5]
+
+
+async def test_values_save_as_arrays_would(backend: PostgresBackend, calls: list[str]) -> None:
+    """Every kind of save ``saved_alike`` makes (a stale or foreign lease, a canceled or missing
+    run, trimming to max_length, expiry), one at a time: the one-step ones as values, then all
+    of them as arrays."""
+
+    async def usual(saves: list[SaveSteps]) -> list[Any]:
+        return [await outcome(backend.save_steps(op)) for op in saves]
+
+    async def arrays(saves: list[SaveSteps]) -> list[Any]:
+        return [await outcome(backend._save_arrays(op)) for op in saves]
+
+    calls.clear()
+    as_values = await saved_alike(backend, "v", usual)
+    assert calls.count("ss_save_step") == 6
+    assert as_values == await saved_alike(backend, "a", arrays)
+
+
+async def outcome(save: Any) -> Any:
+    try:
+        return await save
+    except (Exception, LeaseLost) as exc:  # LeaseLost is a BaseException
+        return exc
+
+
+async def test_a_watched_run_hears_the_same_events_either_way(backend: PostgresBackend) -> None:
+    """NOTIFY payloads (one over the 8,000-byte limit goes as its id, read back from storage),
+    their order, and ids: one millisecond per save, numbered on within it."""
+    sink = Sink()
+    backend.set_sink(sink)
+    await backend.listen(["x1", "x2"])
+    values, arrays = await held(backend, "x1", "x2")
+    large = json.dumps({"label": "x" * 9000})
+    for position in range(4):
+        for lease in (values, arrays):
+            reported = (
+                Emit(lease.run_id, "workflow.update", json.dumps({"label": f"start {position}"})),
+                Emit(lease.run_id, "workflow.update", large if position == 2 else '{"label": 1}'),
+            )
+            op = SaveSteps(lease, (step(position, StepState.SUCCESS),), emits=reported)
+            if lease is values:
+                await backend.save_steps(op)
+            else:
+                await backend._save_arrays(op)
+    await sink.until(lambda: len(sink.messages) == 8 * 2)
+
+    def heard(channel: str) -> list[tuple[str, str]]:
+        return [(m.event, m.raw) for m in sink.messages if m.channel == channel]
+
+    assert heard("x1") == heard("x2")
+    for channel in ("x1", "x2"):
+        stored = await backend.read(channel)
+        live = [m.id for m in sink.messages if m.channel == channel]
+        assert live == [m.id for m in stored][-8:]
+        pairs = [live[n : n + 2] for n in range(0, 8, 2)]
+        for first, second in pairs:  # a save's two events: one millisecond, seq + 1
+            ms, seq = first.split("-")
+            assert second == f"{ms}-{int(seq) + 1}"

@@ -52,9 +52,11 @@ BEGIN
         PERFORM ss_append(e_channel, e_events, e_datas, e_max, e_expire);
         RETURN;
     END IF;
+    -- unnest, not e_events[i] over generate_subscripts: on a connection's first calls the
+    -- plan holds the arrays as constants, and indexing one walks it from the start each time.
     INSERT INTO events (channel, ms, seq, event, data)
-    SELECT e_channel, k_ms, k_seq + i, e_events[i], e_datas[i]
-    FROM generate_subscripts(e_events, 1) AS i;
+    SELECT e_channel, k_ms, k_seq + e.i, e.event, e.data
+    FROM unnest(e_events, e_datas) WITH ORDINALITY AS e(event, data, i);
     IF coalesce(current_setting('stepstream.notify', true), '') <> 'watched'
             OR coalesce(watched, 0) >= now_ms THEN
         topic := ss_topic('');
