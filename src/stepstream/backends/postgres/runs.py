@@ -179,15 +179,14 @@ class PostgresRuns:
 
     async def _save_step(self, op: SaveSteps) -> None:
         """The usual save (one step, reported on its run's channel, no slot to give back) as
-        values: the driver encodes each one-element array at several times their cost."""
+        values: the driver encodes a one-element array at several times a value's cost."""
         lease, step = op.lease, op.steps[0]
         await self._db.fetch(
-            "SELECT ss_save_step($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+            "SELECT ss_save_step($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
             lease.run_id,
             lease.owner,
             lease.epoch,
             *step_values(step),
-            lease.run_id,
             [emit.event for emit in op.emits],
             [emit.raw for emit in op.emits],
             op.policy.max_length,

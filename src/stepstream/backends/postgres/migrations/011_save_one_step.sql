@@ -1,20 +1,20 @@
 -- stepstream on PostgreSQL, version 11: the save of one step, its arguments as plain values.
 --
--- Nearly every save a workflow makes is one step with its events on its run's own channel and
--- no flow control slot to give back. ss_save_step takes that step's columns as scalars (the
--- driver encodes a one-element array at several times the cost of a value, nine of them per
--- call in ss_save_steps) and does what ss_save_steps and ss_append do for it with fewer
--- statements and no nested function call: one INSERT for all of its events, where there was
--- one per event. The NOTIFYs stay a loop: plpgsql evaluates PERFORM pg_notify(...) as a simple
--- expression, without the executor that a query over the events would start (measured: the
--- query made a watched save slower than version 10's). Ids, trimming, expiry and the NOTIFY
--- payloads are those of version 10; any case but the usual one (a new or expired channel, one
--- over max_length) goes through ss_append as before.
+-- Nearly every save a workflow makes is one step with its events on its run's own channel (named
+-- by the run's id) and no flow control slot to give back. ss_save_step takes that step's
+-- columns as scalars (the driver encodes a one-element array at several times the cost of a
+-- value, nine of them per call in ss_save_steps) and does what ss_save_steps and ss_append do
+-- for it with fewer statements and no nested function call: one INSERT for all of its events,
+-- where there was one per event. The NOTIFYs stay a loop: plpgsql evaluates PERFORM
+-- pg_notify(...) as a simple expression, without the executor that a query over the events
+-- would start (measured: the query made a watched save slower than version 10's). Ids,
+-- trimming, expiry and the NOTIFY payloads are those of version 10; any case but the usual one
+-- (a new or expired channel, one over max_length) goes through ss_append as before.
 CREATE OR REPLACE FUNCTION ss_save_step(
     p_id text, p_owner text, p_epoch bigint,
     s_position integer, s_state text, s_resolved boolean, s_out text, s_finished bigint,
     s_data text,
-    e_channel text, e_events text[], e_datas text[], e_max bigint, e_expire bigint
+    e_events text[], e_datas text[], e_max bigint, e_expire bigint
 ) RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     n integer := coalesce(array_length(e_events, 1), 0);
@@ -45,26 +45,26 @@ BEGIN
         last_ms = greatest(last_ms, now_ms),
         length = length + n,
         expires_at = CASE WHEN e_expire IS NULL THEN NULL ELSE now_ms + e_expire END
-    WHERE name = e_channel AND (expires_at IS NULL OR expires_at > now_ms)
+    WHERE name = p_id AND (expires_at IS NULL OR expires_at > now_ms)
         AND (e_max IS NULL OR length + n <= e_max)
     RETURNING last_ms, last_seq - n, watched_until INTO k_ms, k_seq, watched;
     IF NOT FOUND THEN
-        PERFORM ss_append(e_channel, e_events, e_datas, e_max, e_expire);
+        PERFORM ss_append(p_id, e_events, e_datas, e_max, e_expire);
         RETURN;
     END IF;
     -- unnest, not e_events[i] over generate_subscripts: on a connection's first calls the
     -- plan holds the arrays as constants, and indexing one walks it from the start each time.
     INSERT INTO events (channel, ms, seq, event, data)
-    SELECT e_channel, k_ms, k_seq + e.i, e.event, e.data
+    SELECT p_id, k_ms, k_seq + e.i, e.event, e.data
     FROM unnest(e_events, e_datas) WITH ORDINALITY AS e(event, data, i);
     IF coalesce(current_setting('stepstream.notify', true), '') <> 'watched'
             OR coalesce(watched, 0) >= now_ms THEN
         topic := ss_topic('');
         FOR i IN 1 .. n LOOP
-            payload := e_channel || E'\n' || k_ms || '-' || (k_seq + i) || E'\n' || e_events[i]
+            payload := p_id || E'\n' || k_ms || '-' || (k_seq + i) || E'\n' || e_events[i]
                 || E'\n' || e_datas[i];
             IF octet_length(payload) > 7900 THEN
-                payload := e_channel || E'\n' || k_ms || '-' || (k_seq + i);
+                payload := p_id || E'\n' || k_ms || '-' || (k_seq + i);
             END IF;
             PERFORM pg_notify(topic, payload);
         END LOOP;
