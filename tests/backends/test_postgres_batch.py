@@ -376,26 +376,19 @@ async def test_a_save_that_goes_alone_keeps_its_place_in_its_runs_order(
     assert await history(backend, mine.run_id) == ["1", "2"]
 
 
-async def held(backend: PostgresBackend, *run_ids: str) -> list[Lease]:
-    for run_id in run_ids:
-        await backend.create_run(CreateRun(new_run(run_id)))
-    runs = {run.id: run for run in await claim(backend, "w1", len(run_ids))}
-    return [Lease(run_id, "w1", runs[run_id].epoch) for run_id in run_ids]
-
-
 async def test_the_usual_save_goes_as_values_any_other_as_arrays(
     backend: PostgresBackend, calls: list[str]
 ) -> None:
-    (mine,) = await held(backend, "r1")
+    (mine,) = await claimed_leases(backend, 1)
     calls.clear()
-    await backend.save_steps(SaveSteps(mine, (step(0),), emits=emits("r1", "a", "b")))
+    await backend.save_steps(SaveSteps(mine, (step(0),), emits=emits(mine.run_id, "a", "b")))
     await backend.save_steps(SaveSteps(mine, (step(1),)))  # no realtime: no events
     await backend.save_steps(SaveSteps(mine, (step(2), step(3))))
-    await backend.save_steps(SaveSteps(mine, (step(4),), emits=emits("r2", "elsewhere")))
-    flow = ReleaseSlot("r1", "k", 5)
+    await backend.save_steps(SaveSteps(mine, (step(4),), emits=emits("elsewhere", "e")))
+    flow = ReleaseSlot(mine.run_id, "k", 5)
     await backend.save_steps(SaveSteps(mine, (step(5),), release=flow))
     assert calls == ["ss_save_step", "ss_save_step"] + ["ss_save_steps"] * 3
-    run = await backend.get_run("r1")
+    run = await backend.get_run(mine.run_id)
     assert run is not None and [saved.position for saved in run.steps] == [0, 1, 2, 3, 4, 5]
 
 
@@ -426,10 +419,10 @@ async def outcome(save: Any) -> Any:
 async def test_a_watched_run_hears_the_same_events_either_way(backend: PostgresBackend) -> None:
     """NOTIFY payloads (one over the 8,000-byte limit goes as its id, read back from storage),
     their order, and ids: one millisecond per save, numbered on within it."""
+    values, arrays = await claimed_leases(backend, 2)
     sink = Sink()
     backend.set_sink(sink)
-    await backend.listen(["x1", "x2"])
-    values, arrays = await held(backend, "x1", "x2")
+    await backend.listen([values.run_id, arrays.run_id])
     large = json.dumps({"label": "x" * 9000})
     for position in range(4):
         for lease in (values, arrays):
@@ -447,8 +440,8 @@ async def test_a_watched_run_hears_the_same_events_either_way(backend: PostgresB
     def heard(channel: str) -> list[tuple[str, str]]:
         return [(m.event, m.raw) for m in sink.messages if m.channel == channel]
 
-    assert heard("x1") == heard("x2")
-    for channel in ("x1", "x2"):
+    assert heard(values.run_id) == heard(arrays.run_id)
+    for channel in (values.run_id, arrays.run_id):
         stored = await backend.read(channel)
         live = [m.id for m in sink.messages if m.channel == channel]
         assert live == [m.id for m in stored][-8:]

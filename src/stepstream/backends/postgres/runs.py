@@ -59,6 +59,9 @@ def emit_args(op: Reported) -> tuple[Any, ...]:
     )
 
 
+STEP_VALUES = 6  # the columns of step_values()
+
+
 def step_values(step: StepRecord) -> tuple[Any, ...]:
     """A step as its columns (after its run id): position, state, resolved, out, finished_at,
     data."""
@@ -73,15 +76,9 @@ def step_values(step: StepRecord) -> tuple[Any, ...]:
 
 
 def _steps(steps: Iterable[StepRecord]) -> tuple[list[Any], ...]:
-    steps = list(steps)
-    return (
-        [s.position for s in steps],
-        [s.state.value for s in steps],
-        [s.resolved for s in steps],
-        [s.out for s in steps],
-        [s.finished_at for s in steps],
-        [s.to_json() for s in steps],
-    )
+    """Steps as one array per column, in ``step_values``' order."""
+    rows = [step_values(step) for step in steps]
+    return tuple([row[column] for row in rows] for column in range(STEP_VALUES))
 
 
 def _parent_out(state: RunState, result: str | None, error: str | None) -> str:
