@@ -13,6 +13,7 @@ import contextlib
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from stepstream.backends.base import RunPatch
 from stepstream.clock import Clock
@@ -27,7 +28,7 @@ from stepstream.errors import (
     WorkflowFailed,
 )
 from stepstream.records import Lease, RunRecord, RunState
-from stepstream.workflow.context import WorkflowContext
+from stepstream.workflow.context import WorkflowContext, type_name
 from stepstream.workflow.engine import Engine, to_json
 from stepstream.workflow.policy import RetryPolicy
 from stepstream.workflow.registry import Workflow
@@ -118,7 +119,7 @@ class Execution:
         try:
             try:
                 async with timer:
-                    result = await definition.fn(context)
+                    result = await _started(definition, context)
             finally:
                 await context.settle()
         except Suspend:
@@ -279,3 +280,15 @@ def _earliest(wakes: list[int | None], timeout_at: int | None) -> int | None:
     if timeout_at is not None:
         times.append(timeout_at)
     return min(times) if times else None
+
+
+def _started(definition: Workflow, context: WorkflowContext) -> Awaitable[Any]:
+    """What awaiting runs ``definition``'s function: a callable object registered as a
+    workflow (which the registry cannot judge) may have returned something else."""
+    started = definition.fn(context)
+    if not inspect.isawaitable(started):
+        raise TypeError(
+            f"workflow {definition.name!r} returned {type_name(started)} instead of a "
+            "coroutine: a workflow is an async def fn(context) that awaits its steps"
+        )
+    return started

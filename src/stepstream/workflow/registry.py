@@ -6,6 +6,7 @@ Where runs are stored and who executes them is composed on top of it, in
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -104,6 +105,7 @@ class Registry:
         def register(fn: F) -> F:
             if name in self._workflows:
                 raise ConfigurationError(f"workflow {name!r} is registered twice")
+            _check_async(name, fn)
             self._workflows[name] = Workflow(
                 name,
                 fn,
@@ -133,6 +135,30 @@ class Registry:
     @property
     def names(self) -> list[str]:
         return sorted(self._workflows)
+
+
+def _check_async(name: str, fn: object) -> None:
+    """Refuse a plain ``def`` (or an ``async def`` that yields) as a workflow: awaiting what it
+    returns would fail every run, after whatever its body did without awaiting its steps. A
+    decorator made with ``functools.wraps`` is judged by the function it wraps; a lambda (which
+    may return another function's coroutine) or a callable object cannot be judged here, and
+    fails its runs with a message saying the same if it returns something else."""
+    inner = inspect.unwrap(fn) if callable(fn) else fn
+    if inspect.isasyncgenfunction(inner):
+        raise ConfigurationError(
+            f"workflow {name!r} is an async generator (it yields): a workflow is an async def "
+            "fn(context) that returns its result"
+        )
+    if (
+        inspect.isfunction(inner)
+        and inner.__name__ != "<lambda>"
+        and not (inspect.iscoroutinefunction(inner) or inspect.iscoroutinefunction(fn))
+    ):
+        raise ConfigurationError(
+            f"workflow {name!r} is a plain def: write it as async def fn(context) and await "
+            "its steps (await context.run('name', fn)); the steps themselves may be plain def "
+            "functions, which run on a thread"
+        )
 
 
 def _schedule(name: str, schedule: str | Schedule | None) -> Schedule | None:
