@@ -35,10 +35,20 @@ def client_for(url: str, token: str | None) -> Client:
 
 
 def complain(exc: Exception) -> None:
-    """Print ``error: <what the server said>`` on standard error."""
+    """Print ``error: <what the server said>`` on standard error; when no server answered at
+    all, how to start one or point the command at another."""
+    import httpx
     from rich.console import Console
 
-    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {exc}", highlight=False)
+    console = Console(stderr=True, soft_wrap=True)
+    console.print(f"[bold red]error:[/] {exc}", highlight=False)
+    if isinstance(exc.__cause__, httpx.TransportError):
+        console.print(
+            "  Is a stepstream server running there? `stepstream dev` (or `make dev`) starts "
+            "one; --url or STEPSTREAM_URL names another (`make dev PORT=8001` serves on "
+            "http://127.0.0.1:8001).",
+            highlight=False,
+        )
 
 
 def fail(exc: Exception) -> None:

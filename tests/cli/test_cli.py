@@ -191,6 +191,8 @@ def test_unreachable_server_is_a_clean_error(tmp_path: Path) -> None:
     done = stepstream("trigger", "basic", url=f"http://127.0.0.1:{free_port()}")
     assert done.returncode == 1, done.stdout + done.stderr
     assert "cannot reach" in words(done.stderr)
+    assert "Is a stepstream server running there?" in words(done.stderr)
+    assert "--url or STEPSTREAM_URL" in words(done.stderr)
     assert "Traceback" not in done.stderr
 
 
