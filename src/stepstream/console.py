@@ -310,7 +310,8 @@ def print_log(log: dict[str, Any]) -> None:
                     (failure["error"], "red"),
                 )
             )
-            console.print(Text(failure["traceback"].rstrip(), style="dim"))
+            if failure["traceback"]:
+                console.print(Text(failure["traceback"].rstrip(), style="dim"))
 
 
 def _steps_table(steps: list[dict[str, Any]]) -> Table:

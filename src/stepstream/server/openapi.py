@@ -94,7 +94,10 @@ SCHEMAS: dict[str, Any] = {
                     {
                         "attempt": {"type": "integer"},
                         "error": {"type": "string"},
-                        "traceback": {"type": "string", "description": "from the user's code"},
+                        "traceback": {
+                            "type": "string",
+                            "description": "from the user's code (empty for a durable HTTP call)",
+                        },
                         "at": EPOCH_MS,
                     }
                 ),

@@ -342,7 +342,8 @@ class WorkflowContext(Journal):
         later) or ``StepFailed``."""
         message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         step.error, step.finished_at = message, self.now()
-        trace = user_traceback(exc)
+        # A durable HTTP call's body is stepstream's own request: no frame of it is the user's.
+        trace = "" if step.type is StepType.CALL else user_traceback(exc)
         failure = {"attempt": step.attempts, "error": message, "traceback": trace, "at": self.now()}
         step.errors = [*(step.errors or [])[-(MAX_ERRORS - 1) :], failure]
         log.warning(

@@ -463,15 +463,18 @@ class Engine:
     ) -> dict[str, Any]:
         if self._http is None:
             self._http = httpx.AsyncClient()
-        content: Any = None
+        content: Any = body
         if body is not None and not isinstance(body, str | bytes):
             content = json.dumps(body)
             headers = {"content-type": "application/json", **headers}
-        elif body is not None:
-            content = body
-        response = await self._http.request(
-            method, url, content=content, headers=headers, timeout=seconds
-        )
+        try:
+            response = await self._http.request(
+                method, url, content=content, headers=headers, timeout=seconds
+            )
+        except httpx.TimeoutException:
+            raise TimeoutError(f"{method} {url} got no answer within {seconds:g}s") from None
+        except httpx.HTTPError as exc:  # the step's error says what failed, not httpx's frames
+            raise ConnectionError(f"{method} {url}: {exc} ({type(exc).__name__})") from None
         try:
             parsed: Any = response.json()
         except ValueError:
