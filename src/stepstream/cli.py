@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import json
 import os
 import signal
@@ -30,45 +29,14 @@ from stepstream.cli_remote import client_for as _client
 from stepstream.cli_remote import fail as _fail
 from stepstream.cli_remote import run_async as _run
 from stepstream.cli_schedules import schedules, workflows_command
+from stepstream.cli_serve import PORT, check_backend, load_workflows
+from stepstream.cli_serve import serve as _serve
 from stepstream.errors import StepstreamError
 from stepstream.records import RunState
 from stepstream.version import __version__
 
 if TYPE_CHECKING:
     from stepstream.server.wire import RunLog, RunPage
-    from stepstream.workflows import Workflows
-
-
-def _serve(app: object, host: str, port: int, log_level: str) -> None:
-    import uvicorn
-
-    from stepstream.realtime.channel import drain_all
-    from stepstream.server.protocol import BoundedHttp
-
-    try:
-        import uvloop  # noqa: F401
-
-        loop = "uvloop"
-    except ImportError:
-        loop = "asyncio"
-
-    class Server(uvicorn.Server):
-        def handle_exit(self, sig: int, frame: object) -> None:
-            # uvicorn waits for open responses before it stops; SSE responses would hold it
-            # until max_duration. Tell them to send "reconnect" and end now.
-            drain_all()
-            super().handle_exit(sig, frame)  # type: ignore[arg-type]
-
-    config = uvicorn.Config(
-        app,  # type: ignore[arg-type]
-        host=host,
-        port=port,
-        loop=loop,
-        http=BoundedHttp,
-        log_level=log_level,
-        timeout_graceful_shutdown=10,
-    )
-    Server(config).run()
 
 
 @click.group()
@@ -83,42 +51,6 @@ BACKEND_HELP = (
 )
 
 
-def load_workflows(spec: str, backend: str | None, retention: float | None = None) -> Workflows:
-    """Import ``module:attribute`` (current directory first on ``sys.path``) and return the
-    ``Workflows`` it names (or that an app object exposes as ``.workflows`` /
-    ``.state.workflows``). ``backend`` and ``retention`` are exported as
-    ``STEPSTREAM_BACKEND`` and ``STEPSTREAM_RETENTION`` first, so registries built with the
-    defaults pick them up."""
-    from stepstream.workflows import RETENTION_ENV, Workflows
-
-    if backend:
-        os.environ["STEPSTREAM_BACKEND"] = backend
-    if retention is not None:
-        os.environ[RETENTION_ENV] = str(retention)
-    module_name, _, attribute = spec.partition(":")
-    if not module_name or not attribute:
-        raise click.UsageError(f"APP must look like module:attribute, got {spec!r}")
-    sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise click.UsageError(f"cannot import {module_name!r}: {exc}") from exc
-    target: Any = module
-    for part in attribute.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            raise click.UsageError(f"{module_name!r} has no attribute {attribute!r}") from None
-    for candidate in (
-        target,
-        getattr(target, "workflows", None),
-        getattr(getattr(target, "state", None), "workflows", None),
-    ):
-        if isinstance(candidate, Workflows):
-            return candidate
-    raise click.UsageError(f"{spec} is a {type(target).__name__}, not a stepstream Workflows")
-
-
 def _app_options(function: Callable[..., None]) -> Callable[..., None]:
     function = click.option(
         "--insecure",
@@ -127,7 +59,7 @@ def _app_options(function: Callable[..., None]) -> Callable[..., None]:
         "trigger, cancel and read runs)",
     )(function)
     function = click.option("--log-level", default="info", show_default=True)(function)
-    function = click.option("--port", default=8000, show_default=True, type=int)(function)
+    function = click.option("--port", default=8000, show_default=True, type=PORT)(function)
     function = click.option("--host", default="127.0.0.1", show_default=True)(function)
     function = click.option("--backend", help=BACKEND_HELP)(function)
     return function
@@ -191,11 +123,15 @@ def dev(
     exposure = _exposure(host, insecure)
     workflows = load_workflows(app or "stepstream.examples:workflows", backend, retention)
     where = backend or os.environ.get("STEPSTREAM_BACKEND") or DEFAULT_URL
-    click.echo(
-        f"stepstream dev: workflows {', '.join(workflows.names)}; "
-        f"open http://{host}:{port}/  (backend: {shown_url(where)})"
-    )
-    _serve(workflows.asgi(workers=1, lease=lease, **exposure), host, port, log_level)
+
+    def banner(bound: int) -> str:
+        return (
+            f"stepstream dev: workflows {', '.join(workflows.names)}; "
+            f"open http://{host}:{bound}/  (backend: {shown_url(where)})"
+        )
+
+    served = workflows.asgi(workers=1, lease=lease, **exposure)
+    _serve(served, host, port, log_level, workflows, banner)
 
 
 @main.command()
@@ -220,7 +156,9 @@ def server(
     A non-loopback --host needs STEPSTREAM_TOKEN (or --insecure)."""
     exposure = _exposure(host, insecure)
     workflows = load_workflows(app, backend, retention)
-    _serve(workflows.asgi(workers=workers, lease=lease, **exposure), host, port, log_level)
+    _serve(
+        workflows.asgi(workers=workers, lease=lease, **exposure), host, port, log_level, workflows
+    )
 
 
 @main.command()
@@ -234,6 +172,7 @@ def worker(
 ) -> None:
     """Execute runs (no HTTP). SIGTERM/SIGINT: stop claiming, finish or release what is held."""
     workflows = load_workflows(app, backend, retention)
+    check_backend(workflows)
 
     async def run() -> None:
         pool = workflows.worker(concurrency=concurrency, lease=lease)

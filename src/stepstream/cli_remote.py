@@ -9,7 +9,7 @@ import asyncio
 import datetime as dt
 import re
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -51,7 +51,7 @@ def complain(exc: Exception) -> None:
         )
 
 
-def fail(exc: Exception) -> None:
+def fail(exc: Exception) -> NoReturn:
     complain(exc)
     sys.exit(1)
 

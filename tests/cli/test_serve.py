@@ -1,0 +1,90 @@
+"""Starting ``stepstream dev`` / ``server`` / ``worker`` on a backend or a port that does not
+work: one line saying what and how to fix it, exit status 1 (2 for a usage error), nothing
+served and no banner for a server that never started; not a traceback from the ASGI lifespan."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.cli.test_cli import STEPSTREAM, environment, stepstream, words
+from tests.conftest import free_port
+
+EXAMPLES = "stepstream.examples:workflows"
+
+
+@pytest.mark.parametrize(
+    ("command", "scheme"),
+    [(["dev"], "postgresql"), (["server", EXAMPLES], "redis"), (["worker", EXAMPLES], "redis")],
+)
+def test_a_backend_that_does_not_answer_is_one_line(command: list[str], scheme: str) -> None:
+    url = f"{scheme}://127.0.0.1:{free_port()}/{'x' if scheme == 'postgresql' else '0'}"
+    port = [] if command[0] == "worker" else ["--port", str(free_port())]
+    done = stepstream(*command, "--backend", url, *port)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    assert words(done.stderr).startswith("error: ")
+    assert "127.0.0.1" in done.stderr and "refused" in done.stderr.lower()
+    assert "open http" not in done.stdout  # no banner for a server that never started
+
+
+def test_an_unknown_backend_url_names_the_ones_there_are() -> None:
+    done = stepstream("server", EXAMPLES, "--backend", "mysql://db/x", "--port", str(free_port()))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    assert "unknown backend URL 'mysql://db/x'" in words(done.stderr)
+    assert "postgresql://" in done.stderr
+
+
+def test_a_port_in_use_is_refused_before_the_banner(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = stepstream("dev", "--backend", f"sqlite:///{tmp_path / 'x.db'}", "--port", str(port))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"cannot serve on 127.0.0.1:{port}" in words(done.stderr)
+    assert "--port N" in done.stderr and "Traceback" not in done.stderr
+    assert "open http" not in done.stdout
+
+
+def test_a_port_out_of_range_is_a_usage_error() -> None:
+    done = stepstream("dev", "--port", "99999")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "99999 is not in the range 0<=x<=65535" in words(done.stderr)
+
+
+@pytest.fixture
+def any_port(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
+    command = [*STEPSTREAM, "dev", "--port", "0", "--backend", f"sqlite:///{tmp_path / 'x.db'}"]
+    process = subprocess.Popen(
+        command, cwd=tmp_path, env=environment(), stdout=subprocess.PIPE, text=True
+    )
+    yield process
+    process.send_signal(signal.SIGTERM)
+    process.wait(15)
+
+
+def test_port_0_serves_on_a_free_port_the_banner_names(
+    any_port: subprocess.Popen[str],
+) -> None:
+    assert any_port.stdout is not None
+    banner = any_port.stdout.readline()
+    assert banner.startswith("stepstream dev: workflows "), banner
+    port = int(banner.split("open http://127.0.0.1:", 1)[1].split("/", 1)[0])
+    assert port != 0
+    deadline = time.monotonic() + 30
+    while True:  # the banner comes before uvicorn's startup
+        try:
+            assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+            break
+        except httpx.TransportError:
+            assert any_port.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)  # waiting for the port, not an assertion
