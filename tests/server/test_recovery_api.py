@@ -283,6 +283,8 @@ async def test_list_runs_by_creation_time_exclusive(api: Api) -> None:
         (b'{"ids": [""]}', ['"ids" must be a list of run ids']),
         (json.dumps({"ids": [f"wfr_{n}" for n in range(1001)]}).encode(), ["1001", "1000"]),
         (b'{"filter": []}', ['"filter" must be an object']),
+        (b'{"filter": {}}', ["empty filter would select every run", "state"]),
+        (b'{"filter": {"state": null}}', ["empty filter would select every run"]),
         (b'{"filter": {"status": "failed"}}', ["unknown filter field", "status"]),
         (b'{"filter": {"state": "failed"}}', ["state", "RUN_FAILED"]),
         (b'{"filter": {"workflow": 5}}', ["workflow", "string"]),

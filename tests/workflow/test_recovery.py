@@ -116,6 +116,10 @@ async def test_bulk_cancel_and_resume_by_label(harness: Harness) -> None:
     for run_id in [*tagged, other]:
         await wait_for_step(client, run_id, "wait", WAITING)
 
+    for no_filter in (client.cancel_many(), client.resume_many(label=None)):
+        with pytest.raises(ValidationError, match="empty filter would select every run"):
+            await no_filter  # not every run of the server
+    assert (await client.logs(other))["workflowState"] == "RUN_STARTED"
     assert await client.cancel_many(label="sweep") == 3
     for run_id in tagged:
         assert (await client.logs(run_id))["workflowState"] == "RUN_CANCELED"

@@ -41,7 +41,8 @@ RECOVERY_SCHEMAS: dict[str, Any] = {
             },
             {**obj({"filter": ref("RunFilter")}), "additionalProperties": False},
         ],
-        "description": f"these runs, or those matching the filter (at most {BULK_LIMIT})",
+        "description": f"these runs, or those matching the filter (at most {BULK_LIMIT}); a "
+        "filter names at least one field",
     },
     "RunsUpdate": {
         **obj(
@@ -97,8 +98,8 @@ def _bulk(summary: str, operation_id: str, counted: str) -> dict[str, Any]:
                 "413": error("the body is over the size limit"),
                 "415": error("a body not sent as application/json"),
                 "422": error(
-                    f'not {{"ids"}} or {{"filter"}}, over {BULK_LIMIT} ids, an unknown filter '
-                    "field or a bad filter value"
+                    f'not {{"ids"}} or {{"filter"}}, over {BULK_LIMIT} ids, an empty filter, an '
+                    "unknown filter field or a bad filter value"
                 ),
             },
         }

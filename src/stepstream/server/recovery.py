@@ -38,7 +38,7 @@ from stepstream.workflow.recovery import Selection
 BULK_USAGE = (
     'send {"ids": ["wfr_..."]} or {"filter": {"state": "RUN_FAILED", "workflow": "<name>", '
     '"label": "<label>", "createdAfter": <epoch ms>, "createdBefore": <epoch ms>}} '
-    "(every filter field optional)"
+    "(at least one filter field)"
 )
 
 

@@ -172,6 +172,11 @@ class Selection:
                 f"{len(self.ids)} ids: a bulk request acts on at most {BULK_LIMIT} runs; "
                 "send them in several requests"
             )
+        if self.where == RunFilter():
+            raise ValidationError(
+                "an empty filter would select every run: name at least one field (state, "
+                'workflow, label, createdAfter, createdBefore), e.g. {"state": "RUN_FAILED"}'
+            )
         state = None if self.where is None else self.where.state
         if state is not None and state not in RUN_STATES:
             raise ValidationError(f"state={state[:40]!r}: use one of {', '.join(RUN_STATES)}")
