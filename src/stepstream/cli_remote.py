@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from stepstream.clock import system_ms
+from stepstream.errors import Unauthorized
 
 if TYPE_CHECKING:
     from stepstream.client import Client
@@ -42,7 +43,13 @@ def complain(exc: Exception) -> None:
 
     console = Console(stderr=True, soft_wrap=True)
     console.print(f"[bold red]error:[/] {exc}", highlight=False)
-    if isinstance(exc.__cause__, httpx.TransportError):
+    if isinstance(exc, Unauthorized):
+        console.print(
+            "  The server wants its API token: --token <token> or STEPSTREAM_TOKEN=<token>, "
+            "the value the server was started with.",
+            highlight=False,
+        )
+    elif isinstance(exc.__cause__, httpx.TransportError):
         console.print(
             "  Is a stepstream server running there? `stepstream dev` (or `make dev`) starts "
             "one; --url or STEPSTREAM_URL names another (`make dev PORT=8001` serves on "

@@ -16,6 +16,7 @@ import pytest
 
 from tests.cli.test_cli import STEPSTREAM, environment, stepstream, words
 from tests.conftest import free_port
+from tests.processes import serving
 
 EXAMPLES = "stepstream.examples:workflows"
 
@@ -88,3 +89,15 @@ def test_port_0_serves_on_a_free_port_the_banner_names(
         except httpx.TransportError:
             assert any_port.poll() is None and time.monotonic() < deadline
             time.sleep(0.05)  # waiting for the port, not an assertion
+
+
+def test_a_command_without_the_servers_token_says_how_to_give_it(tmp_path: Path) -> None:
+    port = free_port()
+    command = [*STEPSTREAM, "dev", "--port", str(port), "--backend", f"sqlite:///{tmp_path}/x.db"]
+    env = {**environment(), "STEPSTREAM_TOKEN": "a-long-secret"}
+    with serving(command, port=port, cwd=tmp_path, env=env, log_path=tmp_path / "log") as url:
+        refused = stepstream("runs", url=url)
+        allowed = stepstream("runs", "--token", "a-long-secret", url=url)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "--token <token> or STEPSTREAM_TOKEN=<token>" in words(refused.stderr)
+    assert allowed.returncode == 0, allowed.stdout + allowed.stderr
