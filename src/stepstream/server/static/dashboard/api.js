@@ -22,26 +22,36 @@ class ApiError extends Error {
 }
 
 // With STEPSTREAM_TOKEN set on the server, the API wants "Authorization: Bearer <token>". The
-// dashboard asks for it once (on the first 401) and keeps it in this browser's localStorage,
-// one per mount point: two apps on one origin may have different tokens.
+// dashboard asks for it on a 401 and keeps it in this browser's localStorage, one per mount
+// point: two apps on one origin may have different tokens. A page's first requests go out
+// together: one question answers all of them, and a dismissed one is not asked again at once.
 const TOKEN_KEY = appBase.pathname === "/" ? "stepstream.apiToken" : `stepstream.apiToken@${appBase.pathname}`;
+const ASK_AGAIN_MS = 10_000;
+let declinedAt = -Infinity;
 
-function authHeaders() {
-  const token = localStorage.getItem(TOKEN_KEY);
-  return token ? { authorization: `Bearer ${token}` } : {};
+/** After a 401 for `rejected` (the token sent, or null): whether there is a token to retry with. */
+function askForToken(rejected) {
+  const stored = localStorage.getItem(TOKEN_KEY);
+  if (stored !== rejected) return stored !== null; // another request asked meanwhile
+  if (Date.now() - declinedAt < ASK_AGAIN_MS) return false;
+  const token = window.prompt("This stepstream server needs its API token (STEPSTREAM_TOKEN):")?.trim();
+  if (!token) {
+    declinedAt = Date.now();
+    return false;
+  }
+  localStorage.setItem(TOKEN_KEY, token);
+  return true;
 }
 
-/** fetch() of an app path with the stored API token; on 401 ask for a token once and retry. */
+/** fetch() of an app path with the stored API token; on 401 ask for a token and retry once. */
 export async function authorizedFetch(path, init = {}) {
-  const send = () => fetch(appUrl(path), { ...init, headers: { ...(init.headers ?? {}), ...authHeaders() } });
-  let response = await send();
-  if (response.status === 401) {
-    const token = window.prompt("This stepstream server needs its API token (STEPSTREAM_TOKEN):");
-    if (token) {
-      localStorage.setItem(TOKEN_KEY, token.trim());
-      response = await send();
-    }
-  }
+  const send = (token) => {
+    const auth = token ? { authorization: `Bearer ${token}` } : {};
+    return fetch(appUrl(path), { ...init, headers: { ...(init.headers ?? {}), ...auth } });
+  };
+  const token = localStorage.getItem(TOKEN_KEY);
+  let response = await send(token);
+  if (response.status === 401 && askForToken(token)) response = await send(localStorage.getItem(TOKEN_KEY));
   return response;
 }
 

@@ -1,0 +1,68 @@
+"""A dashboard served with ``STEPSTREAM_TOKEN`` asks for the token once per page load, however
+many of its first requests were refused, and not again right after a dismissed question."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Dialog, Page, expect
+
+sys.path.insert(0, str(Path(__file__).parent))
+from browser_harness import _free_port
+
+from tests.browser.test_dashboard import TIMEOUT_MS
+from tests.processes import serving
+
+pytestmark = pytest.mark.browser
+TOKEN = "a-long-dashboard-secret"
+
+
+@pytest.fixture
+def guarded(tmp_path: Path) -> Iterator[str]:
+    """``stepstream dev`` on a free port, its API behind ``STEPSTREAM_TOKEN``."""
+    port = _free_port()
+    command = [
+        sys.executable, "-m", "stepstream.cli", "dev", "--host", "127.0.0.1",
+        "--port", str(port), "--backend", f"sqlite:///{tmp_path / 'x.db'}",
+        "--log-level", "warning",
+    ]  # fmt: skip
+    env = {key: value for key, value in os.environ.items() if key != "STEPSTREAM_BACKEND"}
+    env["STEPSTREAM_TOKEN"] = TOKEN
+    with serving(command, port=port, cwd=tmp_path, env=env, log_path=tmp_path / "s.log") as url:
+        yield url
+
+
+def test_the_token_is_asked_once_per_load(page: Page, guarded: str) -> None:
+    asked: list[str] = []
+    answer: list[str | None] = [None]  # None: dismiss
+
+    def on_dialog(dialog: Dialog) -> None:
+        asked.append(dialog.message)
+        dialog.dismiss() if answer[0] is None else dialog.accept(answer[0])
+
+    page.on("dialog", on_dialog)
+    page.goto(f"{guarded}/")
+    expect(page.locator("#api-error")).to_contain_text("STEPSTREAM_TOKEN", timeout=TIMEOUT_MS)
+    assert asked == ["This stepstream server needs its API token (STEPSTREAM_TOKEN):"]
+
+    answer[0] = TOKEN
+    reply = httpx.post(
+        f"{guarded}/api/workflows/basic",
+        json={"userId": "token-test"},
+        headers={"authorization": f"Bearer {TOKEN}"},
+        timeout=10,
+    )
+    run_id = reply.json()["workflowRunId"]
+    page.reload()
+    expect(page.locator(f'.run-row[data-run-id="{run_id}"]')).to_be_visible(timeout=TIMEOUT_MS)
+    expect(page.locator("#api-error")).to_be_hidden()
+    assert len(asked) == 2  # one question for the reload's several requests
+
+    page.reload()  # the token is kept: not asked again
+    expect(page.locator(f'.run-row[data-run-id="{run_id}"]')).to_be_visible(timeout=TIMEOUT_MS)
+    assert len(asked) == 2
