@@ -250,7 +250,7 @@ def trigger(
         if not follow:
             click.echo(started[0])
             return 0
-        from stepstream.console import follow_run
+        from stepstream.console_follow import follow_run
 
         return await follow_run(url, started[0], token)
 

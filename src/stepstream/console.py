@@ -1,9 +1,8 @@
-"""Terminal rendering for the CLI (rich): live step progress, logs and run tables."""
+"""Terminal rendering for the CLI (rich): a run's step progress, logs and run tables (following a
+run live is ``console_follow``)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
 import json
 from collections.abc import Mapping
@@ -11,14 +10,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Console, Group
-from rich.live import Live
 from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
 from stepstream.clock import system_ms
-from stepstream.errors import StepstreamError
-from stepstream.realtime.remote import subscribe_remote
 from stepstream.records import FAILURE_POSITIONS, FLOW_CONTROL, parse_cursor
 
 STATE_STYLE = {
@@ -174,37 +170,55 @@ class RunProgress:
         spinner while it runs, the attempt number from the second on), then ``doing`` (what the
         run waits for, if anything) while it runs, or how it ended."""
         now = system_ms()
-        header = Text.assemble(("run ", "dim"), (self.run_id, "bold"))
+        header = self.header()
         if not self.finished and self.started_at is not None:
             header.append(f"  {_duration(now - self.started_at)}", style="dim")
         rows: list[Any] = [header]
         for step in self.steps:
-            took = _duration((step.finished_at or now) - (step.timestamp or now))
-            text = Text.assemble((step.step_name, "bold"), (f"  {took}", "dim"))
-            number = step.tries[-1].attempt if step.tries else 1
-            if number > 1:
-                text.append(f"  attempt {number}", style="yellow")
-            if step.open and step.status != "retrying":
-                spinner = Spinner("dots", text=text, style="cyan")
-                spinner.start_time = 0.0  # the frame from the clock: it is made anew each frame
-                rows.append(spinner)
+            line = self.step_line(step, now)
+            if not self.running(step):
+                rows.append(line)
                 continue
-            mark, style = STEP_MARKS[step.status]
-            if step.error:
-                text.append(f"  {step.error}", style=style)
-            if step.status == "retrying":
-                text.append("  (will retry)", style="dim")
-            rows.append(Text.assemble((f"{mark} ", style), text))
+            spinner = Spinner("dots", text=line, style="cyan")
+            spinner.start_time = 0.0  # the frame from the clock: it is made anew each frame
+            rows.append(spinner)
         if not self.finished and doing:
             rows.append(Text(doing, style="dim italic"))
         if self.finished:
-            style = {"success": "green", "failed": "red"}.get(str(self.status), "yellow")
-            total = _duration((self.finished_at or now) - (self.started_at or now))
-            summary = Text.assemble((f"{self.status}", f"bold {style}"), (f" in {total}", "dim"))
-            if self.error:
-                summary.append(f": {self.error}", style=style)
-            rows.append(summary)
+            rows.append(self.summary(now))
         return Group(*rows)
+
+    def header(self) -> Text:
+        return Text.assemble(("run ", "dim"), (self.run_id, "bold"))
+
+    @staticmethod
+    def running(step: StepProgress) -> bool:
+        return step.open and step.status != "retrying"
+
+    @staticmethod
+    def step_line(step: StepProgress, now: int) -> Text:
+        """A step's line: its mark (none while it runs), name, time taken, attempt number."""
+        took = _duration((step.finished_at or now) - (step.timestamp or now))
+        text = Text.assemble((step.step_name, "bold"), (f"  {took}", "dim"))
+        number = step.tries[-1].attempt if step.tries else 1
+        if number > 1:
+            text.append(f"  attempt {number}", style="yellow")
+        if RunProgress.running(step):
+            return text
+        mark, style = STEP_MARKS[step.status]
+        if step.error:
+            text.append(f"  {step.error}", style=style)
+        if step.status == "retrying":
+            text.append("  (will retry)", style="dim")
+        return Text.assemble((f"{mark} ", style), text)
+
+    def summary(self, now: int) -> Text:
+        style = {"success": "green", "failed": "red"}.get(str(self.status), "yellow")
+        total = _duration((self.finished_at or now) - (self.started_at or now))
+        summary = Text.assemble((f"{self.status}", f"bold {style}"), (f" in {total}", "dim"))
+        if self.error:
+            summary.append(f": {self.error}", style=style)
+        return summary
 
 
 STEP_MARKS = {
@@ -213,62 +227,6 @@ STEP_MARKS = {
     "retrying": ("↻", "yellow"),
     "canceled": ("⊘", "yellow"),
 }
-
-
-async def follow_run(url: str, run_id: str, token: str | None = None) -> int:
-    """Draw the run's steps live until it finishes; 0 on success, 1 otherwise. Steps come from
-    the run's events; what a waiting run waits for (an event, a flow control slot, a worker)
-    from its log, read again every ``POLL_SECONDS`` while it runs."""
-    console = Console()
-    progress = RunProgress(run_id)
-    doing = [""]
-    endpoint = url.rstrip("/") + "/api/realtime"
-    with Live(
-        console=console, refresh_per_second=8, get_renderable=lambda: progress.render(doing[0])
-    ) as live:
-        watcher = asyncio.create_task(_watch(url, token, progress, doing))
-        try:
-            events = subscribe_remote(
-                endpoint,
-                [run_id],
-                history=True,
-                token=token,
-                on_gap=lambda channel, cursor: live.console.print(
-                    f"[yellow]warning:[/] events after {cursor} were trimmed from history "
-                    "before they could be shown; the run's log has every step"
-                ),
-            )
-            async for message in events:
-                if message.event == "workflow.update" and progress.apply(message.id, message.data):
-                    doing[0] = ""  # it moved on: the next look at its log says what it waits for
-                    live.refresh()
-                    if progress.finished:
-                        break
-        except StepstreamError as exc:
-            live.stop()
-            Console(stderr=True).print(f"[bold red]error:[/] {exc}")
-            return 1
-        finally:
-            watcher.cancel()
-    if not console.is_terminal:
-        # Live ends a terminal's last line itself, not a pipe's: `| tail -1` must see it.
-        console.line()
-    return 0 if progress.status == "success" else 1
-
-
-POLL_SECONDS = 1.0
-
-
-async def _watch(url: str, token: str | None, progress: RunProgress, doing: list[str]) -> None:
-    """Keep ``doing[0]`` saying what the run waits for, from its log, until it finishes."""
-    from stepstream.client import Client
-
-    async with Client(url=url, token=token) as client:
-        while not progress.finished:
-            with contextlib.suppress(StepstreamError):  # the events still show the steps
-                now = _doing(await client.logs(progress.run_id))
-                doing[0] = "" if now == "running" else now
-            await asyncio.sleep(POLL_SECONDS)
 
 
 def print_log(log: dict[str, Any]) -> None:

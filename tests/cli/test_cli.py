@@ -157,6 +157,47 @@ def test_trigger_follow_shows_the_failed_step_and_exits_1(dev: str) -> None:
     assert "failed" in summary, done.stdout
 
 
+def test_follow_into_a_pipe_prints_each_step_as_it_ends(dev: str) -> None:
+    """Into a pipe, where no screen can be redrawn, a line per step as it ends and one saying
+    what the run waits for, each flushed: all of them once came at the end, together."""
+    follow = subprocess.Popen(
+        [*STEPSTREAM, "trigger", "approval", "--follow"],
+        env=environment(dev),
+        stdout=subprocess.PIPE,
+        text=True,
+        encoding="utf-8",
+    )
+    assert follow.stdout is not None
+    lines: queue.Queue[str | None] = queue.Queue()  # None: the end of its output
+
+    def read(stream: Any) -> None:
+        for line in stream:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=read, args=(follow.stdout,), daemon=True).start()
+    try:
+        header = str(lines.get(timeout=TIMEOUT))
+        run_id = RUN_ID.search(header).group()  # type: ignore[union-attr]
+        assert str(lines.get(timeout=TIMEOUT)).startswith("✓ prepare-request")
+        # The run cannot end before it is notified: these lines came while it waits.
+        waits = str(lines.get(timeout=TIMEOUT))
+        assert waits.startswith(f"waiting for event 'approve-{run_id}' (until "), waits
+        reply = httpx.post(f"{dev}/api/events/approve-{run_id}", json={"ok": True}, timeout=10)
+        assert reply.is_success, reply.text
+        rest = [str(line) for line in iter(lambda: lines.get(timeout=TIMEOUT), None)]
+        follow.wait(TIMEOUT)
+    finally:
+        if follow.poll() is None:
+            follow.kill()
+    assert follow.returncode == 0
+    assert [line.split()[1] for line in rest if line.startswith("✓ ")] == [
+        "wait-for-approval",
+        "apply-decision",
+    ], rest
+    assert rest[-1].startswith("success"), rest
+
+
 def test_trigger_unknown_workflow_exits_1(dev: str) -> None:
     done = stepstream("trigger", "nope", url=dev)
     assert done.returncode == 1, done.stdout + done.stderr

@@ -106,18 +106,8 @@ class Registry:
             if name in self._workflows:
                 raise ConfigurationError(f"workflow {name!r} is registered twice")
             _check_async(name, fn)
-            self._workflows[name] = Workflow(
-                name,
-                fn,
-                retries,
-                retry_delay or Backoff(),
-                failure_function,
-                timeout,
-                flow_control,
-                when,
-                example,
-                internal,
-            )
+            options = (retries, retry_delay or Backoff(), failure_function, timeout, flow_control)
+            self._workflows[name] = Workflow(name, fn, *options, when, example, internal)
             return fn
 
         return register
