@@ -321,8 +321,10 @@ def _doing(log: Mapping[str, Any]) -> str:
         return {"sleep": "sleeping", "childRun": "waiting for a child run"}.get(
             str(waiting), str(waiting)
         )
+    if status == "queued" and log.get("queuedBecause"):
+        return f"queued: {log['queuedBecause']}"
     return {
-        "queued": "queued: no worker has claimed it yet (is a worker running?)",
+        "queued": "queued: no worker has claimed it yet",
         "scheduled": "scheduled: not due yet",
         "retrying": "retrying: a step waits for its next attempt",
         "running": "running",

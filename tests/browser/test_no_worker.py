@@ -43,6 +43,8 @@ def test_the_dashboard_says_when_no_worker_runs(page: Page, server_only: str) ->
     expect(banner).to_contain_text("No worker is running")
     page.goto(f"{server_only}/#/runs/{run_id}")
     expect(page.locator("#run-state")).to_have_text("Queued", timeout=TIMEOUT_MS)
-    expect(page.locator("#run-status-note")).to_contain_text("waiting for a worker")
+    expect(page.locator("#run-status-note")).to_have_text(
+        "Queued: no worker is running (stepstream worker APP, or a server with --workers 1)"
+    )
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "no-worker.png"), full_page=True)

@@ -125,7 +125,13 @@ SCHEMAS: dict[str, Any] = {
             "requestPayload": ANY_JSON,
             "workflowRunResponse": ANY_JSON,
             "steps": {"type": "array", "items": _ref("Step")},
-        }
+            "queuedBecause": {
+                "type": "string",
+                "description": "a queued run no live worker would claim: why (paused, no "
+                "worker, none registers its workflow); absent otherwise",
+            },
+        },
+        required=[*RUN_SUMMARY, "requestPayload", "workflowRunResponse", "steps"],
     ),
     "RunPage": _object(
         {

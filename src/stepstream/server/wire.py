@@ -4,15 +4,23 @@ errors (``errors.error_body``), the SSE endpoint below this package answers with
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any, NotRequired, TypedDict
 
 from stepstream.backends.base import RunFilter
 from stepstream.clock import system_ms
-from stepstream.errors import ErrorBody, ErrorFields, RunNotFound, ValidationError
+from stepstream.errors import (
+    BackendError,
+    ErrorBody,
+    ErrorFields,
+    RunNotFound,
+    ValidationError,
+)
 from stepstream.records import RUN_STATES, RunRecord, RunState, StepRecord, StepState, StepType
 from stepstream.upstash.names import run_name
 from stepstream.workflow.engine import Engine
+from stepstream.workflow.presence import live_workers
 
 __all__ = [
     "AttemptError",
@@ -97,11 +105,18 @@ class RunSummary(TypedDict):
 
 
 class RunLog(RunSummary):
-    """``GET /api/runs/{id}``: a run's log, the shape of Upstash's ``client.logs``."""
+    """``GET /api/runs/{id}``: a run's log, the shape of Upstash's ``client.logs``.
+    ``queuedBecause``: why a queued run is not claimed, when no live worker can run it."""
 
     requestPayload: Any
     workflowRunResponse: Any
     steps: list[StepLog]
+
+
+class QueuedLog(RunLog):
+    """The log of a queued run no live worker would claim, saying why."""
+
+    queuedBecause: str
 
 
 class RunPage(TypedDict):
@@ -395,7 +410,28 @@ async def read_log(engine: Engine, run_id: str) -> RunLog:
     run = await engine.backend.get_run(run_id)
     if run is None:
         raise RunNotFound(run_id)
-    return run_log(run, engine.clock())
+    log = run_log(run, engine.clock())
+    if log["status"] == "queued" and (reason := await why_queued(engine, run.workflow)):
+        return QueuedLog(**log, queuedBecause=reason)
+    return log
+
+
+async def why_queued(engine: Engine, workflow: str) -> str | None:
+    """Why no worker claims a due run of ``workflow``, if none that is alive would: the
+    workflow is paused, no worker runs, or none of those running registers it."""
+    with contextlib.suppress(BackendError):  # else as this process last read them
+        await engine.read_paused()
+    if engine.is_paused(workflow):
+        return f"workflow {workflow!r} is paused (resume it to run its runs)"
+    workers = await live_workers(engine)
+    if not workers:
+        return "no worker is running (stepstream worker APP, or a server with --workers 1)"
+    if any(workflow in worker.get("workflows", ()) for worker in workers):
+        return None
+    return (
+        f"none of the {len(workers)} live worker(s) registers workflow {workflow!r}: start "
+        "one with the app that defines it"
+    )
 
 
 async def read_runs(engine: Engine, where: RunFilter, *, cursor: str | None, count: int) -> RunPage:

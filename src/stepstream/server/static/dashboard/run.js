@@ -394,7 +394,7 @@ export function statusText(log) {
   const flow = log.flowControl;
   switch (log.status) {
     case "queued":
-      return "Queued: waiting for a worker to claim it";
+      return log.queuedBecause ? `Queued: ${log.queuedBecause}` : "Queued: waiting for a worker to claim it";
     case "scheduled":
       return "Scheduled: not due yet";
     case "retrying":
