@@ -29,7 +29,7 @@ from stepstream.cli_remote import client_for as _client
 from stepstream.cli_remote import fail as _fail
 from stepstream.cli_remote import run_async as _run
 from stepstream.cli_schedules import schedules, workflows_command
-from stepstream.cli_serve import PORT, check_backend, load_workflows
+from stepstream.cli_serve import PORT, load_workflows
 from stepstream.cli_serve import serve as _serve
 from stepstream.errors import StepstreamError
 from stepstream.records import RunState
@@ -131,7 +131,7 @@ def dev(
         )
 
     served = workflows.asgi(workers=1, lease=lease, **exposure)
-    _serve(served, host, port, log_level, workflows, banner)
+    _serve(served, host, port, log_level, banner)
 
 
 @main.command()
@@ -156,8 +156,14 @@ def server(
     A non-loopback --host needs STEPSTREAM_TOKEN (or --insecure)."""
     exposure = _exposure(host, insecure)
     workflows = load_workflows(app, backend, retention)
+    where = shown_url(workflows.backend.url)
+    served = workflows.asgi(workers=workers, lease=lease, **exposure)
     _serve(
-        workflows.asgi(workers=workers, lease=lease, **exposure), host, port, log_level, workflows
+        served,
+        host,
+        port,
+        log_level,
+        lambda bound: f"stepstream server: serving http://{host}:{bound}/  (backend: {where})",
     )
 
 
@@ -172,7 +178,6 @@ def worker(
 ) -> None:
     """Execute runs (no HTTP). SIGTERM/SIGINT: stop claiming, finish or release what is held."""
     workflows = load_workflows(app, backend, retention)
-    check_backend(workflows)
 
     async def run() -> None:
         pool = workflows.worker(concurrency=concurrency, lease=lease)
@@ -188,7 +193,10 @@ def worker(
             await pool.stop(grace=lease / 2)
             await workflows.aclose()
 
-    _run(run())
+    try:
+        _run(run())
+    except StepstreamError as exc:  # the backend does not answer, say
+        _fail(exc)
 
 
 DATA_HELP = "JSON, or @file, or - for standard input"

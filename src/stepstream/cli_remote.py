@@ -49,7 +49,7 @@ def complain(exc: Exception) -> None:
             "the value the server was started with.",
             highlight=False,
         )
-    elif isinstance(exc.__cause__, httpx.TransportError):
+    elif isinstance(exc.__cause__, httpx.ConnectError | httpx.ConnectTimeout):
         console.print(
             "  Is a stepstream server running there? `stepstream dev` (or `make dev`) starts "
             "one; --url or STEPSTREAM_URL names another (`make dev PORT=8001` serves on "

@@ -127,14 +127,14 @@ class Client:
 
     async def cancel_many(self, ids: Sequence[str] | None = None, **where: str | int | None) -> int:
         """Cancel the running runs with these ``ids``, or those matching the filters
-        (``workflow=``, ``label=``, ``createdAfter=``, ``createdBefore=``), at most 1000 per
-        call; how many it canceled."""
+        (``workflow=``, ``label=``, ``createdAfter=``, ``createdBefore=``; at least one), at
+        most 1000 per call; how many it canceled."""
         return await self.transport.bulk("cancel", _selection(ids, where))
 
     async def resume_many(self, ids: Sequence[str] | None = None, **where: str | int | None) -> int:
         """Resume the failed or canceled runs with these ``ids``, or those matching the
         filters (``state=``, ``workflow=``, ``label=``, ``createdAfter=``,
-        ``createdBefore=``), at most 1000 per call; how many it resumed."""
+        ``createdBefore=``; at least one), at most 1000 per call; how many it resumed."""
         return await self.transport.bulk("resume", _selection(ids, where))
 
     async def waiters(self, event_id: str) -> list[WaiterInfo]:

@@ -33,7 +33,9 @@ class PipedProgress:
         self.console.print(line, soft_wrap=True)  # a line is a line: not folded at 80 columns
         self.console.file.flush()
 
-    def update(self, doing: str) -> None:
+    def update(self, doing: str | None = None) -> None:
+        """Print the steps that ended since, and ``doing`` (what the run waits for, from its
+        log; ``None``: not read now) if it says something new."""
         now = system_ms()
         for index, step in enumerate(self.progress.steps):
             attempt = step.tries[-1].attempt if step.tries else 1
@@ -41,10 +43,9 @@ class PipedProgress:
             if not RunProgress.running(step) and key not in self.printed:
                 self.printed.add(key)
                 self.say(RunProgress.step_line(step, now))
-        if doing != self.doing and not self.progress.finished:
+        if doing and doing != self.doing and not self.progress.finished:
             self.doing = doing
-            if doing:
-                self.say(Text(doing, style="dim italic"))
+            self.say(Text(doing, style="dim italic"))
         if self.progress.finished:
             self.say(self.progress.summary(now))
 
@@ -101,8 +102,7 @@ async def _follow_piped(
         )
         async for message in events:
             if message.event == "workflow.update" and progress.apply(message.id, message.data):
-                doing[0] = ""
-                piped.update("")
+                piped.update()
                 if progress.finished:
                     break
     except StepstreamError as exc:
@@ -135,6 +135,8 @@ async def _watch(
     from stepstream.client import Client
 
     async with Client(url=url, token=token) as client:
+        if changed is not None:  # a line each: the steps of its history first, then the wait
+            await asyncio.sleep(POLL_SECONDS)
         while not progress.finished:
             with contextlib.suppress(StepstreamError):  # the events still show the steps
                 now = _doing(await client.logs(progress.run_id))

@@ -46,9 +46,15 @@ def test_the_token_is_asked_once_per_load(page: Page, guarded: str) -> None:
         dialog.dismiss() if answer[0] is None else dialog.accept(answer[0])
 
     page.on("dialog", on_dialog)
+    page.clock.install()
     page.goto(f"{guarded}/")
     expect(page.locator("#api-error")).to_contain_text("STEPSTREAM_TOKEN", timeout=TIMEOUT_MS)
     assert asked == ["This stepstream server needs its API token (STEPSTREAM_TOKEN):"]
+    for _ in range(3):  # the page's polling (workers every 10 s) asks nothing more
+        page.clock.run_for(11_000)
+        page.wait_for_timeout(500)  # its requests' answers (a negative: nothing may come)
+    expect(page.locator("#api-error")).to_contain_text("STEPSTREAM_TOKEN")
+    assert len(asked) == 1, asked
 
     answer[0] = TOKEN
     reply = httpx.post(

@@ -7,8 +7,6 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -36,6 +34,15 @@ def test_a_backend_that_does_not_answer_is_one_line(command: list[str], scheme: 
     assert "open http" not in done.stdout  # no banner for a server that never started
 
 
+def test_a_malformed_postgresql_url_is_one_line() -> None:
+    done = stepstream("worker", EXAMPLES, "--backend", "postgresql://u@localhost:notaport/db")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    assert "error: bad URL for PostgreSQL at postgresql://u@localhost:notaport/db" in words(
+        done.stderr
+    )
+
+
 def test_an_unknown_backend_url_names_the_ones_there_are() -> None:
     done = stepstream("server", EXAMPLES, "--backend", "mysql://db/x", "--port", str(free_port()))
     assert done.returncode == 1, done.stdout + done.stderr
@@ -56,39 +63,47 @@ def test_a_port_in_use_is_refused_before_the_banner(tmp_path: Path) -> None:
     assert "open http" not in done.stdout
 
 
+def test_an_address_that_is_not_this_machines_is_said_without_the_port_hint(
+    tmp_path: Path,
+) -> None:
+    backend = f"sqlite:///{tmp_path / 'x.db'}"
+    done = stepstream("dev", "--host", "192.0.2.10", "--insecure", "--backend", backend)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "cannot serve on 192.0.2.10:8000" in words(done.stderr)
+    assert "--port N" not in done.stderr  # the port is not what is wrong
+
+
 def test_a_port_out_of_range_is_a_usage_error() -> None:
     done = stepstream("dev", "--port", "99999")
     assert done.returncode == 2, done.stdout + done.stderr
     assert "99999 is not in the range 0<=x<=65535" in words(done.stderr)
 
 
-@pytest.fixture
-def any_port(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
-    command = [*STEPSTREAM, "dev", "--port", "0", "--backend", f"sqlite:///{tmp_path / 'x.db'}"]
-    process = subprocess.Popen(
-        command, cwd=tmp_path, env=environment(), stdout=subprocess.PIPE, text=True
-    )
-    yield process
-    process.send_signal(signal.SIGTERM)
-    process.wait(15)
-
-
+@pytest.mark.parametrize(
+    ("command", "banner"),
+    [(["dev"], "stepstream dev: workflows "), (["server", EXAMPLES], "stepstream server: ")],
+)
 def test_port_0_serves_on_a_free_port_the_banner_names(
-    any_port: subprocess.Popen[str],
+    tmp_path: Path, command: list[str], banner: str
 ) -> None:
-    assert any_port.stdout is not None
-    banner = any_port.stdout.readline()
-    assert banner.startswith("stepstream dev: workflows "), banner
-    port = int(banner.split("open http://127.0.0.1:", 1)[1].split("/", 1)[0])
-    assert port != 0
-    deadline = time.monotonic() + 30
-    while True:  # the banner comes before uvicorn's startup
-        try:
-            assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
-            break
-        except httpx.TransportError:
-            assert any_port.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)  # waiting for the port, not an assertion
+    """The banner comes once the app is ready (store open, workers started), names the port
+    it got, and SIGTERM still ends the process as a stop signal does."""
+    argv = [*STEPSTREAM, *command, "--port", "0", "--backend", f"sqlite:///{tmp_path / 'x.db'}"]
+    process = subprocess.Popen(
+        argv, cwd=tmp_path, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline().decode()
+        assert line.startswith(banner), line
+        port = int(line.split("http://127.0.0.1:", 1)[1].split("/", 1)[0])
+        assert port != 0
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=30)
+    assert process.returncode == -signal.SIGTERM, err.decode()
+    assert b"Traceback" not in err
 
 
 def test_a_command_without_the_servers_token_says_how_to_give_it(tmp_path: Path) -> None:

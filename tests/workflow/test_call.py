@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import Counter
@@ -136,11 +137,13 @@ async def test_call_get_post_and_non_2xx(harness: Harness, http_server: Server) 
 
 async def test_call_network_error_is_retried_then_fails(harness: Harness) -> None:
     workflows = harness.workflows()
-    closed = f"http://127.0.0.1:{free_port()}/nobody-listens"
+    port = free_port()
+    closed = f"http://127.0.0.1:{port}/nobody-listens"
 
     @workflows.workflow("unreachable", retries=1, retry_delay=0.01)
     async def unreachable(context: WorkflowContext) -> Any:
-        return await context.call("call", closed, timeout=5)
+        secret = f"http://bob:hunter2@127.0.0.1:{port}/nobody-listens?api_key=x"
+        return await context.call("call", secret, timeout=5)
 
     await harness.worker(workflows)
     client = workflows.client()
@@ -150,8 +153,10 @@ async def test_call_network_error_is_retried_then_fails(harness: Harness) -> Non
     assert log["workflowState"] == "RUN_FAILED"
     step = steps_by_name(log)["call"]
     assert step["state"] == "STEP_FAILED" and step["attempts"] == 2
-    # What failed and where, in one line; no frames of httpx (the body is stepstream's own).
+    # What failed and where, in one line; no frames of httpx (the body is stepstream's own),
+    # and not the URL's user, password or query (the error is stored and streamed).
     assert step["error"].startswith(f"ConnectionError: GET {closed}: ")
+    assert "hunter2" not in json.dumps(log) and "api_key" not in json.dumps(log)
     assert step["error"].endswith("(ConnectError)")
     assert [failure["traceback"] for failure in step["errors"]] == ["", ""]
     check_history(log, await updates(workflows, run_id))

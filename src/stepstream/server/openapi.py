@@ -94,10 +94,7 @@ SCHEMAS: dict[str, Any] = {
                     {
                         "attempt": {"type": "integer"},
                         "error": {"type": "string"},
-                        "traceback": {
-                            "type": "string",
-                            "description": "from the user's code (empty for a durable HTTP call)",
-                        },
+                        "traceback": {"type": "string", "description": "of the user's code"},
                         "at": EPOCH_MS,
                     }
                 ),
@@ -125,11 +122,7 @@ SCHEMAS: dict[str, Any] = {
             "requestPayload": ANY_JSON,
             "workflowRunResponse": ANY_JSON,
             "steps": {"type": "array", "items": _ref("Step")},
-            "queuedBecause": {
-                "type": "string",
-                "description": "a queued run no live worker would claim: why (paused, no "
-                "worker, none registers its workflow); absent otherwise",
-            },
+            "queuedBecause": {"type": "string", "description": "why no live worker claims it"},
         },
         required=[*RUN_SUMMARY, "requestPayload", "workflowRunResponse", "steps"],
     ),

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from typing import Any, NotRequired, TypedDict
+from typing import Any, NotRequired, TypedDict, cast
 
 from stepstream.backends.base import RunFilter
 from stepstream.clock import system_ms
@@ -111,12 +111,7 @@ class RunLog(RunSummary):
     requestPayload: Any
     workflowRunResponse: Any
     steps: list[StepLog]
-
-
-class QueuedLog(RunLog):
-    """The log of a queued run no live worker would claim, saying why."""
-
-    queuedBecause: str
+    queuedBecause: NotRequired[str]
 
 
 class RunPage(TypedDict):
@@ -319,12 +314,13 @@ FINISHED = {
 def run_log(run: RunRecord, now: int | None = None) -> RunLog:
     """A run in the log shape of DESIGN §5 (Upstash's ``client.logs``), with what it is doing
     at ``now`` (epoch ms; default: this machine's clock)."""
-    return RunLog(
+    log = {
         **run_summary(run, system_ms() if now is None else now),
-        requestPayload=json.loads(run.payload),
-        workflowRunResponse=None if run.result is None else json.loads(run.result),
-        steps=[step_log(step) for step in run.steps],
-    )
+        "requestPayload": json.loads(run.payload),
+        "workflowRunResponse": None if run.result is None else json.loads(run.result),
+        "steps": [step_log(step) for step in run.steps],
+    }
+    return cast(RunLog, log)  # mypy cannot spread a TypedDict into one with optional keys
 
 
 def run_summary(run: RunRecord, now: int) -> RunSummary:
@@ -411,16 +407,17 @@ async def read_log(engine: Engine, run_id: str) -> RunLog:
     if run is None:
         raise RunNotFound(run_id)
     log = run_log(run, engine.clock())
-    if log["status"] == "queued" and (reason := await why_queued(engine, run.workflow)):
-        return QueuedLog(**log, queuedBecause=reason)
+    if log["status"] == "queued":
+        with contextlib.suppress(BackendError):  # the log without it rather than none
+            if reason := await why_queued(engine, run.workflow):
+                log["queuedBecause"] = reason
     return log
 
 
 async def why_queued(engine: Engine, workflow: str) -> str | None:
     """Why no worker claims a due run of ``workflow``, if none that is alive would: the
     workflow is paused, no worker runs, or none of those running registers it."""
-    with contextlib.suppress(BackendError):  # else as this process last read them
-        await engine.read_paused()
+    await engine.read_paused()
     if engine.is_paused(workflow):
         return f"workflow {workflow!r} is paused (resume it to run its runs)"
     workers = await live_workers(engine)

@@ -23,7 +23,7 @@ import httptools
 import httpx
 
 from stepstream.upstash.text import TOKEN, VALUE, loads
-from stepstream.workflow.engine import PRIVATE_RESPONSE_HEADERS
+from stepstream.workflow.http import PRIVATE_RESPONSE_HEADERS
 
 Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 READ = 65536

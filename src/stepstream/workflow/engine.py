@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import json
 import logging
 import re
 import secrets
@@ -55,6 +54,7 @@ from stepstream.records import (
     StepRecord,
     dumps,
 )
+from stepstream.workflow import http
 
 if TYPE_CHECKING:
     from stepstream.backends.base import Backend
@@ -70,9 +70,6 @@ RUNS_FEED_WINDOW = 0.1  # seconds of run changes one runs.update event announces
 PAUSED = "paused-workflow"  # the entries kind of paused workflows
 PARK_SECONDS = 30  # how often a stuck run (non-determinism, unknown workflow) is looked at again
 STEP_THREADS = 64  # synchronous step bodies running at once, per process
-PRIVATE_RESPONSE_HEADERS = frozenset(
-    {"set-cookie", "set-cookie2", "www-authenticate", "proxy-authenticate", "authorization"}
-)
 log = logging.getLogger("stepstream.engine")
 
 
@@ -463,30 +460,7 @@ class Engine:
     ) -> dict[str, Any]:
         if self._http is None:
             self._http = httpx.AsyncClient()
-        content: Any = body
-        if body is not None and not isinstance(body, str | bytes):
-            content = json.dumps(body)
-            headers = {"content-type": "application/json", **headers}
-        try:
-            response = await self._http.request(
-                method, url, content=content, headers=headers, timeout=seconds
-            )
-        except httpx.TimeoutException:
-            raise TimeoutError(f"{method} {url} got no answer within {seconds:g}s") from None
-        except httpx.HTTPError as exc:  # the step's error says what failed, not httpx's frames
-            raise ConnectionError(f"{method} {url}: {exc} ({type(exc).__name__})") from None
-        try:
-            parsed: Any = response.json()
-        except ValueError:
-            parsed = response.text
-        # Credentials the server hands out (cookies, auth challenges) are not stored in the
-        # run's log nor streamed on its channel.
-        headers = {
-            name: value
-            for name, value in response.headers.items()
-            if name.lower() not in PRIVATE_RESPONSE_HEADERS
-        }
-        return {"status": response.status_code, "headers": headers, "body": parsed}
+        return await http.call(self._http, url, method, body, headers, seconds)
 
     async def aclose(self) -> None:
         if self._tasks:  # announcements and wake-ups under way: a moment to land

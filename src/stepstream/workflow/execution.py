@@ -283,12 +283,13 @@ def _earliest(wakes: list[int | None], timeout_at: int | None) -> int | None:
 
 
 def _started(definition: Workflow, context: WorkflowContext) -> Awaitable[Any]:
-    """What awaiting runs ``definition``'s function: a callable object registered as a
-    workflow (which the registry cannot judge) may have returned something else."""
+    """What awaiting runs ``definition``'s function: a plain ``def`` (or a callable object)
+    registered as a workflow returns something else, and the run fails saying so."""
     started = definition.fn(context)
     if not inspect.isawaitable(started):
         raise TypeError(
             f"workflow {definition.name!r} returned {type_name(started)} instead of a "
-            "coroutine: a workflow is an async def fn(context) that awaits its steps"
+            "coroutine: a workflow is an async def fn(context) that awaits its steps "
+            "(await context.run('name', fn); the steps may be plain def functions)"
         )
     return started

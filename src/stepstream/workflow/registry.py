@@ -128,26 +128,13 @@ class Registry:
 
 
 def _check_async(name: str, fn: object) -> None:
-    """Refuse a plain ``def`` (or an ``async def`` that yields) as a workflow: awaiting what it
-    returns would fail every run, after whatever its body did without awaiting its steps. A
-    decorator made with ``functools.wraps`` is judged by the function it wraps; a lambda (which
-    may return another function's coroutine) or a callable object cannot be judged here, and
-    fails its runs with a message saying the same if it returns something else."""
-    inner = inspect.unwrap(fn) if callable(fn) else fn
-    if inspect.isasyncgenfunction(inner):
+    """Refuse an async generator as a workflow (it yields, and no result could be stored). A
+    plain ``def`` cannot be judged here: a wrapper may return another function's coroutine;
+    one that returns something else fails its runs saying a workflow is an ``async def``."""
+    if inspect.isasyncgenfunction(inspect.unwrap(fn) if callable(fn) else fn):
         raise ConfigurationError(
             f"workflow {name!r} is an async generator (it yields): a workflow is an async def "
             "fn(context) that returns its result"
-        )
-    if (
-        inspect.isfunction(inner)
-        and inner.__name__ != "<lambda>"
-        and not (inspect.iscoroutinefunction(inner) or inspect.iscoroutinefunction(fn))
-    ):
-        raise ConfigurationError(
-            f"workflow {name!r} is a plain def: write it as async def fn(context) and await "
-            "its steps (await context.run('name', fn)); the steps themselves may be plain def "
-            "functions, which run on a thread"
         )
 
 

@@ -43,6 +43,16 @@ _RETRY_CODES = {"40001", "40P01"}
 
 
 @contextlib.contextmanager
+def _bad_url(where: str) -> Iterator[None]:
+    """asyncpg's ``ValueError`` for a URL it cannot parse (a port that is not a number, say)
+    as a ``ConfigurationError``."""
+    try:
+        yield
+    except ValueError as exc:
+        raise ConfigurationError(f"bad URL for {where}: {exc}") from None
+
+
+@contextlib.contextmanager
 def map_postgres_errors(where: str, *, unavailable: bool = False) -> Iterator[None]:
     """Raise asyncpg's exceptions inside as stepstream's, ``from`` the original: storage's own
     refusals (``SS001`` ``LeaseLost``, ``SS002`` ``RunConflict``, ``SS003`` ``RunNotFound``,
@@ -142,7 +152,10 @@ class Database:
         async with self._open_lock:
             if self.pool is not None:
                 return
-            with map_postgres_errors(f"cannot connect to {self.where}", unavailable=True):
+            with (
+                _bad_url(self.where),
+                map_postgres_errors(f"cannot connect to {self.where}", unavailable=True),
+            ):
                 pool = await asyncpg.create_pool(
                     self.dsn,
                     # No floor to keep: asyncpg logs a traceback each time it fails to restore
@@ -157,7 +170,10 @@ class Database:
                     reset=_keep_session,
                 )
             try:
-                with map_postgres_errors(f"cannot migrate {self.where}", unavailable=True):
+                with (
+                    _bad_url(self.where),
+                    map_postgres_errors(f"cannot migrate {self.where}", unavailable=True),
+                ):
                     async with pool.acquire() as conn:
                         await migrate(conn, self.schema)
             except BaseException:

@@ -22,23 +22,21 @@ class ApiError extends Error {
 }
 
 // With STEPSTREAM_TOKEN set on the server, the API wants "Authorization: Bearer <token>". The
-// dashboard asks for it on a 401 and keeps it in this browser's localStorage, one per mount
-// point: two apps on one origin may have different tokens. A page's first requests go out
-// together: one question answers all of them, and a dismissed one is not asked again at once.
+// dashboard asks for it at the first 401 of a page load, once (its first requests go out
+// together: one question answers all of them), and keeps it in this browser's localStorage,
+// one per mount point: two apps on one origin may have different tokens. A dismissed question
+// or a wrong token leaves the page's error banner saying so; reloading asks again.
 const TOKEN_KEY = appBase.pathname === "/" ? "stepstream.apiToken" : `stepstream.apiToken@${appBase.pathname}`;
-const ASK_AGAIN_MS = 10_000;
-let declinedAt = -Infinity;
+let asked = false;
 
 /** After a 401 for `rejected` (the token sent, or null): whether there is a token to retry with. */
 function askForToken(rejected) {
   const stored = localStorage.getItem(TOKEN_KEY);
-  if (stored !== rejected) return stored !== null; // another request asked meanwhile
-  if (Date.now() - declinedAt < ASK_AGAIN_MS) return false;
+  if (stored !== rejected) return stored !== null; // answered meanwhile, for another request
+  if (asked) return false;
+  asked = true;
   const token = window.prompt("This stepstream server needs its API token (STEPSTREAM_TOKEN):")?.trim();
-  if (!token) {
-    declinedAt = Date.now();
-    return false;
-  }
+  if (!token) return false;
   localStorage.setItem(TOKEN_KEY, token);
   return true;
 }
