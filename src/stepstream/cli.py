@@ -127,7 +127,7 @@ def dev(
     def banner(bound: int) -> str:
         return (
             f"stepstream dev: workflows {', '.join(workflows.names)}; "
-            f"open http://{host}:{bound}/  (backend: {shown_url(where)})"
+            f"open http://{host}:{bound}/  (backend: {shown_url(where)}; Ctrl-C stops)"
         )
 
     served = workflows.asgi(workers=1, lease=lease, **exposure)
@@ -163,7 +163,9 @@ def server(
         host,
         port,
         log_level,
-        lambda bound: f"stepstream server: serving http://{host}:{bound}/  (backend: {where})",
+        lambda bound: (
+            f"stepstream server: http://{host}:{bound}/  (backend: {where}; Ctrl-C stops)"
+        ),
     )
 
 

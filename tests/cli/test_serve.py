@@ -31,7 +31,7 @@ def test_a_backend_that_does_not_answer_is_one_line(command: list[str], scheme: 
     assert "Traceback" not in done.stderr
     assert words(done.stderr).startswith("error: ")
     assert "127.0.0.1" in done.stderr and "refused" in done.stderr.lower()
-    assert "open http" not in done.stdout  # no banner for a server that never started
+    assert done.stdout == ""  # no banner for a server that never started
 
 
 def test_a_malformed_postgresql_url_is_one_line() -> None:
@@ -60,7 +60,7 @@ def test_a_port_in_use_is_refused_before_the_banner(tmp_path: Path) -> None:
     assert done.returncode == 2, done.stdout + done.stderr
     assert f"cannot serve on 127.0.0.1:{port}" in words(done.stderr)
     assert "--port N" in done.stderr and "Traceback" not in done.stderr
-    assert "open http" not in done.stdout
+    assert done.stdout == ""
 
 
 def test_an_address_that_is_not_this_machines_is_said_without_the_port_hint(
