@@ -29,7 +29,7 @@ from stepstream.cli_remote import client_for as _client
 from stepstream.cli_remote import fail as _fail
 from stepstream.cli_remote import run_async as _run
 from stepstream.cli_schedules import schedules, workflows_command
-from stepstream.cli_serve import PORT, load_workflows
+from stepstream.cli_serve import PORT, address, load_workflows
 from stepstream.cli_serve import serve as _serve
 from stepstream.errors import StepstreamError
 from stepstream.records import RunState
@@ -127,7 +127,7 @@ def dev(
     def banner(bound: int) -> str:
         return (
             f"stepstream dev: workflows {', '.join(workflows.names)}; "
-            f"open http://{host}:{bound}/  (backend: {shown_url(where)}; Ctrl-C stops)"
+            f"open {address(host, bound)}  (backend: {shown_url(where)}; Ctrl-C stops)"
         )
 
     served = workflows.asgi(workers=1, lease=lease, **exposure)
@@ -164,7 +164,7 @@ def server(
         port,
         log_level,
         lambda bound: (
-            f"stepstream server: http://{host}:{bound}/  (backend: {where}; Ctrl-C stops)"
+            f"stepstream server: {address(host, bound)}  (backend: {where}; Ctrl-C stops)"
         ),
     )
 

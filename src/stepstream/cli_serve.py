@@ -66,24 +66,43 @@ def load_workflows(spec: str, backend: str | None, retention: float | None = Non
     raise click.UsageError(f"{spec} is a {type(target).__name__}, not a stepstream Workflows")
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A socket bound to ``host``:``port``, or a usage error saying why not (a port in use
-    names the way to pick another)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    if os.name == "posix":  # elsewhere it would let two servers share a port
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+def bind(host: str, port: int) -> list[socket.socket]:
+    """Sockets bound to every address ``host`` names (``localhost``: 127.0.0.1 and ::1, as
+    asyncio's ``create_server`` would), on one port (``0``: the first free one), or a usage
+    error saying why not (a port in use names the way to pick another)."""
     try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        hint = ""
-        if exc.errno == errno.EADDRINUSE:
-            hint = " (another server there? --port N, or make dev PORT=N, picks another)"
-        raise click.UsageError(
-            f"cannot serve on {host}:{port}: {exc.strerror or exc}{hint}"
-        ) from None
-    return sock
+        found = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise click.UsageError(f"cannot serve on {host}:{port}: {exc.strerror}") from None
+    sockets: list[socket.socket] = []
+    for family, kind, proto, _, address in dict.fromkeys(found):
+        sock = socket.socket(family, kind, proto)
+        sockets.append(sock)
+        if os.name == "posix":  # elsewhere it would let two servers share a port
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if len(sockets) > 1:  # the port the first one got
+            address = (address[0], sockets[0].getsockname()[1], *address[2:])
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            for made in sockets:
+                made.close()
+            hint = ""
+            if exc.errno == errno.EADDRINUSE:
+                hint = " (another server there? --port N, or make dev PORT=N, picks another)"
+            raise click.UsageError(
+                f"cannot serve on {host}:{port}: {exc.strerror or exc}{hint}"
+            ) from None
+    return sockets
+
+
+def address(host: str, port: int) -> str:
+    """``http://host:port/``, an IPv6 address in brackets."""
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
 def serve(
@@ -100,7 +119,7 @@ def serve(
 
     from stepstream.server.protocol import BoundedHttp
 
-    sock = bind(host, port)
+    sockets = bind(host, port)
 
     signals: list[int] = []  # the stop signals received, raised again once the app is down
     config = uvicorn.Config(
@@ -116,12 +135,14 @@ def serve(
         try:
             # Entered here, the app's own lifespan (run again by uvicorn) starts nothing twice.
             async with app.lifespan(app):
-                click.echo(banner(sock.getsockname()[1]))
-                await _server(config, signals).serve(sockets=[sock])
+                click.echo(banner(sockets[0].getsockname()[1]))
+                await _server(config, signals).serve(sockets=sockets)
         except StepstreamError as exc:
             fail(exc)
 
-    with sock:
+    with contextlib.ExitStack() as stack:
+        for sock in sockets:
+            stack.enter_context(sock)
         run_async(run())
     for sig in reversed(signals):  # what a stop signal does by default, now that all is down
         signal.raise_signal(sig)

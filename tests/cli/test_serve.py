@@ -116,3 +116,18 @@ def test_a_command_without_the_servers_token_says_how_to_give_it(tmp_path: Path)
     assert refused.returncode == 1, refused.stdout + refused.stderr
     assert "--token <token> or STEPSTREAM_TOKEN=<token>" in words(refused.stderr)
     assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+
+
+def test_an_ipv6_host_is_served_and_named_in_brackets(tmp_path: Path) -> None:
+    argv = [*STEPSTREAM, "dev", "--host", "::1", "--port", "0"]
+    argv += ["--backend", f"sqlite:///{tmp_path / 'x.db'}"]
+    process = subprocess.Popen(argv, cwd=tmp_path, env=environment(), stdout=subprocess.PIPE)
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline().decode()
+        assert "open http://[::1]:" in line, line
+        port = int(line.split("http://[::1]:", 1)[1].split("/", 1)[0])
+        assert httpx.get(f"http://[::1]:{port}/healthz", timeout=10).status_code == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
