@@ -5,6 +5,7 @@ live), approve and cancel with the buttons, the runs list updating by itself, an
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
@@ -33,9 +34,10 @@ PHONE: ViewportSize = {"width": 375, "height": 812}
 RUN_URL = re.compile(r".*#/runs/wfr_[A-Za-z0-9_-]+$")
 
 
-@pytest.fixture
-def dashboard(tmp_path: Path) -> Iterator[str]:
-    """``stepstream dev`` (API, SSE, dashboard, one in-process worker) on a free port."""
+@contextlib.contextmanager
+def dev_server(tmp_path: Path, **extra_env: str) -> Iterator[str]:
+    """``stepstream dev`` (API, SSE, dashboard, one in-process worker) on a free port, with
+    ``extra_env`` in its environment; its log is printed afterwards (shown on failure)."""
     port = _free_port()
     log_path = tmp_path / "dev.log"
     command = [
@@ -44,12 +46,19 @@ def dashboard(tmp_path: Path) -> Iterator[str]:
         "--log-level", "warning",
     ]  # fmt: skip
     env = {key: value for key, value in os.environ.items() if key != "STEPSTREAM_BACKEND"}
+    env.update(extra_env)
     try:
         with serving(command, port=port, cwd=tmp_path, env=env, log_path=log_path) as url:
             yield url
     finally:
         if log_path.stat().st_size:
             print(f"stepstream dev log:\n{log_path.read_text()}")
+
+
+@pytest.fixture
+def dashboard(tmp_path: Path) -> Iterator[str]:
+    with dev_server(tmp_path) as url:
+        yield url
 
 
 def trigger(url: str, workflow: str, payload: Any = None) -> str:

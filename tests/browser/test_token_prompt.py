@@ -3,8 +3,6 @@ many of its first requests were refused, and not again right after a dismissed q
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,11 +10,7 @@ import httpx
 import pytest
 from playwright.sync_api import Dialog, Page, expect
 
-sys.path.insert(0, str(Path(__file__).parent))
-from browser_harness import _free_port
-
-from tests.browser.test_dashboard import TIMEOUT_MS
-from tests.processes import serving
+from tests.browser.test_dashboard import TIMEOUT_MS, dev_server
 
 pytestmark = pytest.mark.browser
 TOKEN = "a-long-dashboard-secret"
@@ -25,15 +19,7 @@ TOKEN = "a-long-dashboard-secret"
 @pytest.fixture
 def guarded(tmp_path: Path) -> Iterator[str]:
     """``stepstream dev`` on a free port, its API behind ``STEPSTREAM_TOKEN``."""
-    port = _free_port()
-    command = [
-        sys.executable, "-m", "stepstream.cli", "dev", "--host", "127.0.0.1",
-        "--port", str(port), "--backend", f"sqlite:///{tmp_path / 'x.db'}",
-        "--log-level", "warning",
-    ]  # fmt: skip
-    env = {key: value for key, value in os.environ.items() if key != "STEPSTREAM_BACKEND"}
-    env["STEPSTREAM_TOKEN"] = TOKEN
-    with serving(command, port=port, cwd=tmp_path, env=env, log_path=tmp_path / "s.log") as url:
+    with dev_server(tmp_path, STEPSTREAM_TOKEN=TOKEN) as url:
         yield url
 
 
