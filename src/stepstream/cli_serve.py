@@ -78,7 +78,10 @@ def bind(host: str, port: int) -> list[socket.socket]:
         raise click.UsageError(f"cannot serve on {host}:{port}: {exc.strerror}") from None
     sockets: list[socket.socket] = []
     for family, kind, proto, _, address in dict.fromkeys(found):
-        sock = socket.socket(family, kind, proto)
+        try:
+            sock = socket.socket(family, kind, proto)
+        except OSError:  # a family this machine does not have (IPv6 off, say): as asyncio does
+            continue
         sockets.append(sock)
         if os.name == "posix":  # elsewhere it would let two servers share a port
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -97,6 +100,8 @@ def bind(host: str, port: int) -> list[socket.socket]:
             raise click.UsageError(
                 f"cannot serve on {host}:{port}: {exc.strerror or exc}{hint}"
             ) from None
+    if not sockets:
+        raise click.UsageError(f"cannot serve on {host}:{port}: no address this machine can use")
     return sockets
 
 
