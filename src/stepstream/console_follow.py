@@ -33,9 +33,14 @@ class PipedProgress:
         self.console.print(line, soft_wrap=True)  # a line is a line: not folded at 80 columns
         self.console.file.flush()
 
-    def update(self, doing: str | None = None) -> None:
-        """Print the steps that ended since, and ``doing`` (what the run waits for, from its
-        log; ``None``: not read now) if it says something new."""
+    def waits(self, doing: str) -> None:
+        """What the run waits for, from its log: printed when it says something new."""
+        if doing and doing != self.doing:
+            self.doing = doing
+            self.say(Text(doing, style="dim italic"))
+
+    def update(self) -> None:
+        """Print the steps that ended since, and how the run ended once it has."""
         now = system_ms()
         for index, step in enumerate(self.progress.steps):
             attempt = step.tries[-1].attempt if step.tries else 1
@@ -43,9 +48,6 @@ class PipedProgress:
             if not RunProgress.running(step) and key not in self.printed:
                 self.printed.add(key)
                 self.say(RunProgress.step_line(step, now))
-        if doing and doing != self.doing and not self.progress.finished:
-            self.doing = doing
-            self.say(Text(doing, style="dim italic"))
         if self.progress.finished:
             self.say(self.progress.summary(now))
 
@@ -56,68 +58,66 @@ async def follow_run(url: str, run_id: str, token: str | None = None) -> int:
     from its log, read again every ``POLL_SECONDS`` while it runs."""
     console = Console()
     progress = RunProgress(run_id)
-    doing = [""]
-    endpoint = url.rstrip("/") + "/api/realtime"
-    if not console.is_terminal:
-        return await _follow_piped(endpoint, url, token, PipedProgress(console, progress), doing)
-    with Live(
-        console=console, refresh_per_second=8, get_renderable=lambda: progress.render(doing[0])
-    ) as live:
-        watcher = asyncio.create_task(_watch(url, token, progress, doing))
-        try:
-            events = subscribe_remote(
-                endpoint,
-                [run_id],
-                history=True,
-                token=token,
-                on_gap=lambda channel, cursor: live.console.print(_gap_warning(cursor)),
-            )
-            async for message in events:
-                if message.event == "workflow.update" and progress.apply(message.id, message.data):
+    try:
+        if console.is_terminal:
+            doing = [""]
+            with Live(
+                console=console,
+                refresh_per_second=8,
+                get_renderable=lambda: progress.render(doing[0]),
+            ) as live:
+
+                def moved() -> None:
                     doing[0] = ""  # it moved on: the next look at its log says what it waits for
                     live.refresh()
-                    if progress.finished:
-                        break
-        except StepstreamError as exc:
-            live.stop()
-            Console(stderr=True).print(f"[bold red]error:[/] {exc}")
-            return 1
-        finally:
-            watcher.cancel()
-    return 0 if progress.status == "success" else 1
 
+                def waits(now: str) -> None:
+                    doing[0] = now
 
-async def _follow_piped(
-    endpoint: str, url: str, token: str | None, piped: PipedProgress, doing: list[str]
-) -> int:
-    progress = piped.progress
-    watcher = asyncio.create_task(_watch(url, token, progress, doing, piped.update))
-    try:
-        events = subscribe_remote(
-            endpoint,
-            [progress.run_id],
-            history=True,
-            token=token,
-            on_gap=lambda channel, cursor: piped.console.print(_gap_warning(cursor)),
-        )
-        async for message in events:
-            if message.event == "workflow.update" and progress.apply(message.id, message.data):
-                piped.update()
-                if progress.finished:
-                    break
+                await _follow(url, token, progress, moved, live.console.print, waits)
+        else:
+            piped = PipedProgress(console, progress)
+            # A line each: the steps of its history first, then what it waits for.
+            await _follow(
+                url, token, progress, piped.update, console.print, piped.waits, POLL_SECONDS
+            )
     except StepstreamError as exc:
         Console(stderr=True).print(f"[bold red]error:[/] {exc}")
         return 1
-    finally:
-        watcher.cancel()
     return 0 if progress.status == "success" else 1
 
 
-def _gap_warning(cursor: str) -> str:
-    return (
-        f"[yellow]warning:[/] events after {cursor} were trimmed from history before they "
-        "could be shown; the run's log has every step"
-    )
+async def _follow(
+    url: str,
+    token: str | None,
+    progress: RunProgress,
+    moved: Callable[[], None],
+    warn: Callable[[str], None],
+    waits: Callable[[str], None],
+    first_look: float = 0.0,
+) -> None:
+    """Apply the run's events to ``progress`` until it finishes, calling ``moved`` after each;
+    meanwhile tell ``waits(what)`` what it waits for, from its log, the first time after
+    ``first_look`` seconds."""
+    watcher = asyncio.create_task(_watch(url, token, progress, waits, first_look))
+    try:
+        events = subscribe_remote(
+            url.rstrip("/") + "/api/realtime",
+            [progress.run_id],
+            history=True,
+            token=token,
+            on_gap=lambda channel, cursor: warn(
+                f"[yellow]warning:[/] events after {cursor} were trimmed from history before "
+                "they could be shown; the run's log has every step"
+            ),
+        )
+        async for message in events:
+            if message.event == "workflow.update" and progress.apply(message.id, message.data):
+                moved()
+                if progress.finished:
+                    break
+    finally:
+        watcher.cancel()
 
 
 POLL_SECONDS = 1.0
@@ -127,20 +127,18 @@ async def _watch(
     url: str,
     token: str | None,
     progress: RunProgress,
-    doing: list[str],
-    changed: Callable[[str], None] | None = None,
+    waits: Callable[[str], None],
+    first_look: float,
 ) -> None:
-    """Keep ``doing[0]`` saying what the run waits for, from its log, until it finishes (and
-    tell ``changed``)."""
+    """Tell ``waits(what)`` what the run waits for (``""``: nothing), from its log, every
+    ``POLL_SECONDS`` until it finishes."""
     from stepstream.client import Client
 
     async with Client(url=url, token=token) as client:
-        if changed is not None:  # a line each: the steps of its history first, then the wait
-            await asyncio.sleep(POLL_SECONDS)
+        await asyncio.sleep(first_look)
         while not progress.finished:
             with contextlib.suppress(StepstreamError):  # the events still show the steps
                 now = _doing(await client.logs(progress.run_id))
-                doing[0] = "" if now == "running" else now
-                if changed is not None and not progress.finished:
-                    changed(doing[0])
+                if not progress.finished:
+                    waits("" if now == "running" else now)
             await asyncio.sleep(POLL_SECONDS)
