@@ -1,0 +1,133 @@
+"""A run's lock is taken through its primary key even before PostgreSQL has statistics.
+
+Every save, release and resolve locks its run's row first (the fence). Written as one lookup
+by id, state, owner and epoch, the lookup could be planned on the index of runs by state
+(``runs_by_state``) or on that of leased runs (``runs_leased``, whose predicate the fence's
+``state = 'RUN_STARTED' AND lease_owner = ...`` implies), and then read every started run to
+find one: what PostgreSQL chose on a new database, before autovacuum first analyzed ``runs``.
+Each step then cost time in proportion to the runs in flight, the more the busier the
+database. Counted here with PostgreSQL's own per-index statistics, on a never-analyzed table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from stepstream.backends import backend_from_url
+from stepstream.backends.base import CreateRun, Notify, ReleaseRun, SaveSteps, WaitEvent
+from stepstream.backends.postgres import PostgresBackend
+from stepstream.errors import LeaseLost
+from stepstream.records import Lease
+from tests.backends.test_runs_contract import emits, new_run, step, waiting
+
+pytestmark = pytest.mark.anyio
+
+STARTED = 400  # runs in flight besides the ones the operations act on
+OWNER = "w1"
+
+
+@pytest.fixture
+async def crowded(postgres_url: str) -> AsyncIterator[tuple[PostgresBackend, str]]:
+    """A new schema (never analyzed), one pooled connection (so the counters of its backend can
+    be flushed on demand), and ``STARTED`` runs leased by ``OWNER``."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    backend = backend_from_url(f"{postgres_url}?schema={schema}&pool_size=1")
+    assert isinstance(backend, PostgresBackend)
+    await backend.open()
+    await backend._db.fetch(
+        "INSERT INTO runs (id, workflow, state, created_at, due_at, payload, headers, phase, "
+        "failure_attempts, lease_owner, lease_until, epoch) SELECT 'busy' || i, 'wf', "
+        "'RUN_STARTED', 0, 0, 'null', '{}', 'run', 0, $1, 9999999999999, 1 "
+        "FROM generate_series(1, $2) AS i",
+        OWNER,
+        STARTED,
+    )
+    try:
+        yield backend, schema
+    finally:
+        await backend.close()
+
+
+async def tuples_read(backend: PostgresBackend, schema: str, url: str) -> dict[str, int]:
+    """Index entries read so far through each index of ``runs``, counters flushed first (the
+    pool's one connection flushes before it answers; PostgreSQL 15+)."""
+    await backend._db.fetch("SELECT pg_stat_force_next_flush()")
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT indexrelname, idx_tup_read FROM pg_stat_user_indexes "
+            "WHERE schemaname = $1 AND relname = 'runs'",
+            schema,
+        )
+    finally:
+        await conn.close()
+    return {row["indexrelname"]: row["idx_tup_read"] for row in rows}
+
+
+async def claimed(backend: PostgresBackend, run_id: str) -> Lease:
+    await backend._db.fetch(
+        "INSERT INTO runs (id, workflow, state, created_at, due_at, payload, headers, phase, "
+        "failure_attempts, lease_owner, lease_until, epoch) VALUES ($1, 'wf', 'RUN_STARTED', "
+        "0, 0, 'null', '{}', 'run', 0, $2, 9999999999999, 1)",
+        run_id,
+        OWNER,
+    )
+    return Lease(run_id, OWNER, 1)
+
+
+async def test_fences_read_one_run_whatever_else_runs(
+    crowded: tuple[PostgresBackend, str], postgres_url: str
+) -> None:
+    backend, schema = crowded
+    leases = [await claimed(backend, f"r{i}") for i in range(12)]
+    waiter = leases[11]
+    assert await backend.wait_event(WaitEvent(waiter, waiting(0, "go"))) is None
+    await backend.release_run(ReleaseRun(waiter, None))
+    before = await tuples_read(backend, schema, postgres_url)
+
+    # ss_save_step: one step on the run's own channel; ss_save_steps: two steps.
+    await backend.save_steps(SaveSteps(leases[0], (step(0),), emits=emits("r0", "a")))
+    await backend.save_steps(SaveSteps(leases[0], (step(1), step(2)), emits=emits("r0", "b")))
+    # ss_save_many: saves queued behind one in flight leave together.
+    await asyncio.gather(
+        *(
+            backend.save_steps(SaveSteps(lease, (step(0),), emits=emits(lease.run_id, "c")))
+            for lease in leases[1:10]
+        )
+    )
+    # ss_fence (a release) and ss_resolve (a notify waking the waiting run).
+    await backend.release_run(ReleaseRun(leases[10], due_at=0))
+    assert await backend.notify(Notify("go", '"data"', None, at=0)) == 1
+
+    after = await tuples_read(backend, schema, postgres_url)
+    read = {name: after[name] - before.get(name, 0) for name in after}
+    others = {name: n for name, n in read.items() if name != "runs_pkey" and n}
+    # Each of these operations reads its own run, or its batch's: a few dozen entries in all,
+    # through the primary key; a scan of the started runs reads STARTED per operation.
+    assert sum(others.values()) < STARTED, read
+    assert read["runs_pkey"] >= 12, read
+    stored = await backend.get_run("r0")
+    assert stored is not None and [s.position for s in stored.steps] == [0, 1, 2]
+    woken = await backend.get_run(waiter.run_id)
+    assert woken is not None and woken.steps[0].resolved
+
+
+async def test_a_crowd_of_runs_never_confuses_the_fence(
+    crowded: tuple[PostgresBackend, str],
+) -> None:
+    """The lookup by id still refuses what the old one did: another owner, an older epoch."""
+    backend, _ = crowded
+    mine = await claimed(backend, "mine")
+    for stale in (Lease("mine", "w2", 1), Lease("mine", OWNER, 0), Lease("busy1", "w2", 1)):
+        with pytest.raises(LeaseLost):
+            await backend.save_steps(SaveSteps(stale, (step(0),)))
+    await backend.save_steps(SaveSteps(mine, (step(0),)))
+    stored = await backend.get_run("mine")
+    assert stored is not None and len(stored.steps) == 1
+    await backend.create_run(CreateRun(new_run("fresh")))
+    assert await backend.get_run("fresh") is not None
