@@ -13,8 +13,11 @@ steps run. The baseline runs from a ``git worktree`` of the revision (its own ``
 sides alternate ``--pairs`` times, and the table shows medians (and the throughput each round
 reported, which load moves). With ``--seq-runs N`` each side also runs N sequential 20-step
 runs first and the table adds their per-step p50 (the gap between consecutive step bodies:
-what ``bench/workflow.py`` reports as per-step overhead). Prints the table; ``--write`` is not
-offered: BENCHMARKS.md quotes the figures with this command by hand.
+what ``bench/workflow.py`` reports as per-step overhead). ``--crowd N`` puts N runs that
+another worker holds (started, leased, never due here) in each fresh database before the
+workflow process starts, and never analyzes it: a new deployment's busy first minutes, before
+autovacuum has statistics on ``runs`` (migration 12 is about that case). Prints the table;
+``--write`` is not offered: BENCHMARKS.md quotes the figures with this command by hand.
 """
 
 from __future__ import annotations
@@ -102,6 +105,7 @@ def main() -> None:
         "--seq-runs", type=int, default=0, help="sequential 20-step runs (per-step p50)"
     )
     parser.add_argument("--bodies", choices=["sync", "async"], default="sync")
+    parser.add_argument("--crowd", type=int, default=0, help="runs held by another worker")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="stepstream-base-") as folder:
         base = Path(folder) / "checkout"
@@ -117,7 +121,8 @@ def main() -> None:
     print(
         f"python bench/pg_cpu.py --baseline {args.baseline} --pairs {args.pairs} "
         f"--rounds {args.rounds} --seq-runs {args.seq_runs} --bodies {args.bodies}"
-        f"   (load average {os.getloadavg()[0]:.2f} at the end)"
+        + (f" --crowd {args.crowd}" if args.crowd else "")
+        + f"   (load average {os.getloadavg()[0]:.2f} at the end)"
     )
     print(
         "| code | Python CPU ms/step | PostgreSQL CPU ms/step | steps/s (median of rounds) "
@@ -131,6 +136,27 @@ def main() -> None:
         ]
         rate = statistics.median(run["steps_per_s"] for run in runs)
         print(f"| {name} | {cells[0]:.3f} | {cells[1]:.3f} | {rate:,.0f} | {cells[2]:.3f} |")
+
+
+CROWD = (
+    "INSERT INTO stepstream.runs (id, workflow, state, created_at, due_at, payload, headers, "
+    "phase, failure_attempts, lease_owner, lease_until, epoch) SELECT 'elsewhere' || i, "
+    "'elsewhere', 'RUN_STARTED', 0, 9999999999999, 'null', '{}', 'run', 0, 'another-worker', "
+    "9999999999999, 1 FROM generate_series(1, %d) AS i"
+)
+
+
+def crowd(checkout: Path, url: str, runs: int) -> None:
+    """Migrate the new database with the side's own code, then add ``runs`` held elsewhere."""
+    migrate = (
+        "import asyncio, sys; sys.path.insert(0, sys.argv[1]); "
+        "from stepstream.backends import backend_from_url\n"
+        "async def main():\n"
+        "    backend = backend_from_url(sys.argv[2]); await backend.open(); await backend.close()\n"
+        "asyncio.run(main())"
+    )
+    subprocess.run([sys.executable, "-c", migrate, str(checkout / "src"), url], check=True)
+    subprocess.run(["psql", url, "-qc", CROWD % runs], check=True)
 
 
 def measure(
@@ -147,6 +173,8 @@ def measure(
                     ["psql", server.url, "-qc", f"CREATE DATABASE {database}"], check=True
                 )
                 url = server.url.rsplit("/", 1)[0] + f"/{database}"
+                if args.crowd:
+                    crowd(checkout, url, args.crowd)
                 sides[name].append(one_side(checkout, url, args, postmaster))
                 print(name, sides[name][-1], file=sys.stderr)
     return sides
