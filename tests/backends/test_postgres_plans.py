@@ -19,10 +19,18 @@ import asyncpg
 import pytest
 
 from stepstream.backends import backend_from_url
-from stepstream.backends.base import CreateRun, Notify, ReleaseRun, SaveSteps, WaitEvent
+from stepstream.backends.base import (
+    AcquireSlot,
+    CreateRun,
+    Notify,
+    ReleaseRun,
+    ReleaseSlot,
+    SaveSteps,
+    WaitEvent,
+)
 from stepstream.backends.postgres import PostgresBackend
 from stepstream.errors import LeaseLost
-from stepstream.records import Lease
+from stepstream.records import FlowLimits, Lease
 from tests.backends.test_runs_contract import emits, new_run, step, waiting
 
 pytestmark = pytest.mark.anyio
@@ -53,20 +61,31 @@ async def crowded(postgres_url: str) -> AsyncIterator[tuple[PostgresBackend, str
         await backend.close()
 
 
-async def tuples_read(backend: PostgresBackend, schema: str, url: str) -> dict[str, int]:
-    """Index entries read so far through each index of ``runs``, counters flushed first (the
-    pool's one connection flushes before it answers; PostgreSQL 15+)."""
+async def counters(backend: PostgresBackend, schema: str, url: str) -> dict[str, int]:
+    """Rows read so far from ``runs`` through each of its indexes and by sequential scans, and
+    the calls of each stepstream function, counters flushed first (the pool's one connection
+    flushes them before it answers; PostgreSQL 15+)."""
     await backend._db.fetch("SELECT pg_stat_force_next_flush()")
     conn = await asyncpg.connect(url)
     try:
-        rows = await conn.fetch(
+        indexes = await conn.fetch(
             "SELECT indexrelname, idx_tup_read FROM pg_stat_user_indexes "
             "WHERE schemaname = $1 AND relname = 'runs'",
             schema,
         )
+        scanned = await conn.fetchval(
+            "SELECT seq_tup_read FROM pg_stat_user_tables WHERE schemaname = $1 "
+            "AND relname = 'runs'",
+            schema,
+        )
+        calls = await conn.fetch(
+            "SELECT funcname, calls FROM pg_stat_user_functions WHERE schemaname = $1", schema
+        )
     finally:
         await conn.close()
-    return {row["indexrelname"]: row["idx_tup_read"] for row in rows}
+    found = {row["indexrelname"]: row["idx_tup_read"] for row in indexes}
+    found |= {f"{row['funcname']}()": row["calls"] for row in calls}
+    return found | {"seq scan": scanned}
 
 
 async def claimed(backend: PostgresBackend, run_id: str) -> Lease:
@@ -80,15 +99,20 @@ async def claimed(backend: PostgresBackend, run_id: str) -> Lease:
     return Lease(run_id, OWNER, 1)
 
 
-async def test_fences_read_one_run_whatever_else_runs(
+async def test_a_run_is_read_through_its_primary_key_whatever_else_runs(
     crowded: tuple[PostgresBackend, str], postgres_url: str
 ) -> None:
     backend, schema = crowded
-    leases = [await claimed(backend, f"r{i}") for i in range(12)]
-    waiter = leases[11]
+    await backend._db.fetch("SET track_functions = 'pl'")  # a setting of this session
+    leases = [await claimed(backend, f"r{i}") for i in range(14)]
+    waiter, holder, queued = leases[11], leases[12], leases[13]
     assert await backend.wait_event(WaitEvent(waiter, waiting(0, "go"))) is None
     await backend.release_run(ReleaseRun(waiter, None))
-    before = await tuples_read(backend, schema, postgres_url)
+    one = FlowLimits("k", parallelism=1)
+    assert (await backend.acquire_slot(AcquireSlot(holder, one, step(0)))).granted
+    flow_wait = step(0, waiting_for="flowControl")
+    assert not (await backend.acquire_slot(AcquireSlot(queued, one, flow_wait))).granted
+    before = await counters(backend, schema, postgres_url)
 
     # ss_save_step: one step on the run's own channel; ss_save_steps: two steps.
     await backend.save_steps(SaveSteps(leases[0], (step(0),), emits=emits("r0", "a")))
@@ -100,21 +124,33 @@ async def test_fences_read_one_run_whatever_else_runs(
             for lease in leases[1:10]
         )
     )
-    # ss_fence (a release) and ss_resolve (a notify waking the waiting run).
+    # ss_fence (a release), ss_resolve (a notify waking the waiting run), ss_free_slot (a slot
+    # given back waking the queued run), ss_renew (a heartbeat).
     await backend.release_run(ReleaseRun(leases[10], due_at=0))
     assert await backend.notify(Notify("go", '"data"', None, at=0)) == 1
+    assert await backend.release_slot(ReleaseSlot(holder.run_id, "k", 0)) == 1
+    renewed = await backend.renew_leases([leases[0], Lease("busy1", "w2", 1)], 60_000)
+    assert renewed == ["r0"]
 
-    after = await tuples_read(backend, schema, postgres_url)
-    read = {name: after[name] - before.get(name, 0) for name in after}
-    others = {name: n for name, n in read.items() if name != "runs_pkey" and n}
-    # Each of these operations reads its own run, or its batch's: a few dozen entries in all,
-    # through the primary key; a scan of the started runs reads STARTED per operation.
-    assert sum(others.values()) < STARTED, read
-    assert read["runs_pkey"] >= 12, read
+    after = await counters(backend, schema, postgres_url)
+    changed = {name: after[name] - before.get(name, 0) for name in after}
+    for function in ("ss_save_step", "ss_save_steps", "ss_save_many", "ss_fence", "ss_resolve"):
+        assert changed.get(f"{function}()", 0) >= 1, (function, changed)
+    assert changed.get("ss_free_slot()", 0) >= 1 and changed.get("ss_renew()") == 1, changed
+    # Each operation reads its own runs through the primary key: nothing else of runs is read
+    # (a plan on runs_leased or runs_by_state reads every leased or started run: STARTED each).
+    others = {
+        name: n
+        for name, n in changed.items()
+        if n and not name.endswith("()") and name != "runs_pkey"
+    }
+    assert others == {}, changed
+    assert changed["runs_pkey"] >= 14, changed
     stored = await backend.get_run("r0")
     assert stored is not None and [s.position for s in stored.steps] == [0, 1, 2]
-    woken = await backend.get_run(waiter.run_id)
-    assert woken is not None and woken.steps[0].resolved
+    for run_id in (waiter.run_id, queued.run_id):
+        woken = await backend.get_run(run_id)
+        assert woken is not None and woken.steps[0].resolved, run_id
 
 
 async def test_a_crowd_of_runs_never_confuses_the_fence(

@@ -1,7 +1,8 @@
 """The workflow half of the Postgres backend: each operation is one call of its function in
 ``migrations/003_runs.sql`` (redefined later: ``ss_save_steps`` in ``004_flow_control.sql``,
-``ss_create_run`` in ``005_recovery.sql``, ``ss_renew`` in ``009_renew_lock_order.sql``; the
-usual save of one step is ``ss_save_step`` in ``011_save_one_step.sql``), which
+``ss_create_run`` in ``005_recovery.sql``; the usual save of one step is ``ss_save_step`` in
+``011_save_one_step.sql``; the latest of the saves, the fence and ``ss_renew`` are in
+``012_lock_by_id.sql``), which
 also appends the events reporting it (``ss_emit``), so a state change and its events commit
 together. Runs due now NOTIFY the wake topic at commit. Step saves made while others are in
 flight are sent together (``batch.py``). Listing runs is in ``recovery.py``."""

@@ -1,36 +1,36 @@
--- stepstream on PostgreSQL, version 12: a run's lock is looked up by its id alone.
+-- stepstream on PostgreSQL, version 12: a run's row is found through its primary key.
 --
--- Every change to a run locks its row first. The lock was taken by one query on id, state,
--- owner and epoch (ss_fence and its inlined copies) or on id and state (ss_resolve,
--- ss_free_slot, ss_save_many's join). Before PostgreSQL has statistics on runs (a new
--- database, until autovacuum first analyzes it; a table that grew since) the planner rated
--- the index of runs by state, or the partial index of leased runs whose predicate these
--- conditions imply, as good as the primary key, and read every started run to find one: each
--- step's save cost time in proportion to the runs in flight. Now the row is found by id (the
--- only indexed condition left) and the rest is checked on the row the lock returns. A row that
--- no longer matches is now locked too, for as long as the transaction that then stops; a
--- conflicting change waits for that lock as it would have for the row's own update.
--- Same signatures and results, so processes of earlier versions still running get this too.
+-- Every change to a run locks its row first, with a query on the run's id and its state (and
+-- owner and epoch when a claim is checked). Before PostgreSQL has statistics on runs (a new
+-- database, until autovacuum first analyzes it) the planner rated the index of runs by state,
+-- or the partial index of leased runs whose predicate `state = 'RUN_STARTED' AND lease_owner =
+-- ...` implies, as good as the primary key, and read every started or leased run to find one:
+-- each step's save, each heartbeat, cost time in proportion to the runs in flight. Here the
+-- state is compared as `state || ''`, an expression no index or partial-index predicate
+-- matches, so the id is the only condition an index can serve. The queries are otherwise the
+-- same: a row that does not match is still neither returned nor locked. Where a join on an
+-- array of ids locked the rows (ss_save_many, ss_renew), a loop takes them one by one in id
+-- order, the order every batch and heartbeat locks in (versions 7 and 9): a join can be
+-- planned as a scan of the whole table. Same signatures and results, so processes of earlier
+-- versions still running get this too.
 
+-- As version 2's.
 CREATE OR REPLACE FUNCTION ss_fence(p_id text, p_owner text, p_epoch bigint) RETURNS void
 LANGUAGE plpgsql AS $$
-DECLARE
-    held boolean;
 BEGIN
-    SELECT state = 'RUN_STARTED' AND lease_owner = p_owner AND epoch = p_epoch INTO held
-        FROM runs WHERE id = p_id FOR UPDATE;
-    IF held IS NOT TRUE THEN
+    PERFORM 1 FROM runs WHERE id = p_id AND state || '' = 'RUN_STARTED' AND lease_owner = p_owner
+        AND epoch = p_epoch FOR UPDATE;
+    IF NOT FOUND THEN
         RAISE EXCEPTION 'run % is no longer held by this execution', p_id USING ERRCODE = 'SS001';
     END IF;
 END $$;
 
+-- As version 2's.
 CREATE OR REPLACE FUNCTION ss_resolve(p_id text, p_position integer, p_out text) RETURNS boolean
 LANGUAGE plpgsql AS $$
-DECLARE
-    run_state text;
 BEGIN
-    SELECT state INTO run_state FROM runs WHERE id = p_id FOR UPDATE;
-    IF run_state IS DISTINCT FROM 'RUN_STARTED' THEN
+    PERFORM 1 FROM runs WHERE id = p_id AND state || '' = 'RUN_STARTED' FOR UPDATE;
+    IF NOT FOUND THEN
         RETURN false;
     END IF;
     UPDATE steps SET out = p_out, resolved = true WHERE run_id = p_id AND position = p_position
@@ -43,8 +43,35 @@ BEGIN
     RETURN true;
 END $$;
 
--- As version 7's, the runs locked one by one in id order (the order of every batch).
+-- As version 4's.
+CREATE OR REPLACE FUNCTION ss_free_slot(p_key text, p_id text, p_position integer) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    w record;
+    kept text;
+BEGIN
+    DELETE FROM flow_slots WHERE key = p_key AND run_id = p_id AND position = p_position;
+    FOR w IN SELECT run_id, position FROM flow_waiters WHERE key = p_key
+             ORDER BY since, run_id LIMIT 100 LOOP
+        DELETE FROM flow_waiters
+            WHERE key = p_key AND run_id = w.run_id AND position = w.position;
+        -- The run's lock first, so the step read next is the one ss_resolve changes.
+        PERFORM 1 FROM runs WHERE id = w.run_id AND state || '' = 'RUN_STARTED' FOR UPDATE;
+        CONTINUE WHEN NOT FOUND;
+        -- "waiting_for":"flowControl" (StepRecord.waiting_for) matched as text: the JSON is
+        -- never parsed here. Inside a string value the quotes would be escaped, so it cannot
+        -- match there.
+        SELECT out INTO kept FROM steps WHERE run_id = w.run_id AND position = w.position
+            AND state = 'STEP_PROGRESS' AND NOT resolved
+            AND strpos(data, '"waiting_for":"flowControl"') > 0;
+        IF FOUND AND ss_resolve(w.run_id, w.position, kept) THEN
+            RETURN 1;
+        END IF;
+    END LOOP;
+    RETURN 0;
+END $$;
 
+-- As version 7's, the runs locked one by one in id order.
 CREATE OR REPLACE FUNCTION ss_save_many(
     p_ids text[], p_owners text[], p_epochs bigint[],
     s_ops integer[], s_positions integer[], s_states text[], s_resolved boolean[], s_outs text[],
@@ -54,13 +81,12 @@ CREATE OR REPLACE FUNCTION ss_save_many(
 ) RETURNS text[] LANGUAGE plpgsql AS $$
 DECLARE
     held text[] := '{}';
-    ok boolean;
     i integer;
 BEGIN
     FOR i IN SELECT o FROM generate_subscripts(p_ids, 1) AS o ORDER BY p_ids[o] LOOP
-        SELECT state = 'RUN_STARTED' AND lease_owner = p_owners[i] AND epoch = p_epochs[i]
-            INTO ok FROM runs WHERE id = p_ids[i] FOR UPDATE;
-        IF ok THEN
+        PERFORM 1 FROM runs WHERE id = p_ids[i] AND state || '' = 'RUN_STARTED'
+            AND lease_owner = p_owners[i] AND epoch = p_epochs[i] FOR UPDATE;
+        IF FOUND THEN
             held := held || p_ids[i];
         END IF;
     END LOOP;
@@ -81,7 +107,60 @@ BEGIN
     RETURN ARRAY(SELECT id FROM unnest(p_ids) AS id WHERE NOT id = ANY (held));
 END $$;
 
--- As version 11's, the fence by id.
+-- As version 9's, one run at a time in id order.
+CREATE OR REPLACE FUNCTION ss_renew(
+    p_ids text[], p_owners text[], p_epochs bigint[], p_lease_ms bigint
+) RETURNS SETOF text LANGUAGE plpgsql AS $$
+DECLARE
+    until bigint := ss_now() + p_lease_ms;
+    i integer;
+BEGIN
+    FOR i IN SELECT o FROM generate_subscripts(p_ids, 1) AS o ORDER BY p_ids[o] LOOP
+        RETURN QUERY
+        UPDATE runs SET lease_until = until
+        WHERE id = p_ids[i] AND state || '' = 'RUN_STARTED' AND lease_owner = p_owners[i]
+            AND epoch = p_epochs[i]
+        RETURNING id;
+    END LOOP;
+END $$;
+
+-- As version 10's.
+CREATE OR REPLACE FUNCTION ss_save_steps(
+    p_id text, p_owner text, p_epoch bigint,
+    s_positions integer[], s_states text[], s_resolved boolean[], s_outs text[],
+    s_finished bigint[], s_datas text[],
+    e_channels text[], e_events text[], e_datas text[], e_max bigint, e_expire bigint,
+    r_key text, r_id text, r_position integer
+) RETURNS integer LANGUAGE plpgsql AS $$
+BEGIN
+    IF r_key IS NOT NULL THEN
+        PERFORM ss_flow_lock(r_key);  -- before the run's lock, like ss_acquire_slot
+    END IF;
+    PERFORM 1 FROM runs WHERE id = p_id AND state || '' = 'RUN_STARTED' AND lease_owner = p_owner
+        AND epoch = p_epoch FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'run % is no longer held by this execution', p_id USING ERRCODE = 'SS001';
+    END IF;
+    INSERT INTO steps (run_id, position, state, resolved, out, finished_at, data)
+    SELECT p_id, s.* FROM unnest(s_positions, s_states, s_resolved, s_outs, s_finished,
+                                 s_datas) AS s
+    ON CONFLICT (run_id, position) DO UPDATE SET state = excluded.state,
+        resolved = excluded.resolved, out = excluded.out, finished_at = excluded.finished_at,
+        data = excluded.data;
+    IF cardinality(e_channels) > 0 THEN
+        IF e_channels[1] = ALL (e_channels) THEN  -- the usual case: the run's own channel
+            PERFORM ss_append(e_channels[1], e_events, e_datas, e_max, e_expire);
+        ELSE
+            PERFORM ss_emit(e_channels, e_events, e_datas, e_max, e_expire);
+        END IF;
+    END IF;
+    IF r_key IS NULL THEN
+        RETURN 0;
+    END IF;
+    RETURN ss_free_slot(r_key, r_id, r_position);
+END $$;
+
+-- As version 11's.
 CREATE OR REPLACE FUNCTION ss_save_step(
     p_id text, p_owner text, p_epoch bigint,
     s_position integer, s_state text, s_resolved boolean, s_out text, s_finished bigint,
@@ -89,7 +168,6 @@ CREATE OR REPLACE FUNCTION ss_save_step(
     e_events text[], e_datas text[], e_max bigint, e_expire bigint
 ) RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
-    held boolean;
     n integer := coalesce(array_length(e_events, 1), 0);
     now_ms bigint;
     k_ms bigint;
@@ -98,9 +176,9 @@ DECLARE
     topic text;
     payload text;
 BEGIN
-    SELECT state = 'RUN_STARTED' AND lease_owner = p_owner AND epoch = p_epoch INTO held
-        FROM runs WHERE id = p_id FOR UPDATE;
-    IF held IS NOT TRUE THEN
+    PERFORM 1 FROM runs WHERE id = p_id AND state || '' = 'RUN_STARTED' AND lease_owner = p_owner
+        AND epoch = p_epoch FOR UPDATE;
+    IF NOT FOUND THEN
         RAISE EXCEPTION 'run % is no longer held by this execution', p_id USING ERRCODE = 'SS001';
     END IF;
     INSERT INTO steps (run_id, position, state, resolved, out, finished_at, data)
@@ -142,71 +220,4 @@ BEGIN
             PERFORM pg_notify(topic, payload);
         END LOOP;
     END IF;
-END $$;
-
--- As version 10's, the fence by id.
-CREATE OR REPLACE FUNCTION ss_save_steps(
-    p_id text, p_owner text, p_epoch bigint,
-    s_positions integer[], s_states text[], s_resolved boolean[], s_outs text[],
-    s_finished bigint[], s_datas text[],
-    e_channels text[], e_events text[], e_datas text[], e_max bigint, e_expire bigint,
-    r_key text, r_id text, r_position integer
-) RETURNS integer LANGUAGE plpgsql AS $$
-DECLARE
-    held boolean;
-BEGIN
-    IF r_key IS NOT NULL THEN
-        PERFORM ss_flow_lock(r_key);  -- before the run's lock, like ss_acquire_slot
-    END IF;
-    SELECT state = 'RUN_STARTED' AND lease_owner = p_owner AND epoch = p_epoch INTO held
-        FROM runs WHERE id = p_id FOR UPDATE;
-    IF held IS NOT TRUE THEN
-        RAISE EXCEPTION 'run % is no longer held by this execution', p_id USING ERRCODE = 'SS001';
-    END IF;
-    INSERT INTO steps (run_id, position, state, resolved, out, finished_at, data)
-    SELECT p_id, s.* FROM unnest(s_positions, s_states, s_resolved, s_outs, s_finished,
-                                 s_datas) AS s
-    ON CONFLICT (run_id, position) DO UPDATE SET state = excluded.state,
-        resolved = excluded.resolved, out = excluded.out, finished_at = excluded.finished_at,
-        data = excluded.data;
-    IF cardinality(e_channels) > 0 THEN
-        IF e_channels[1] = ALL (e_channels) THEN  -- the usual case: the run's own channel
-            PERFORM ss_append(e_channels[1], e_events, e_datas, e_max, e_expire);
-        ELSE
-            PERFORM ss_emit(e_channels, e_events, e_datas, e_max, e_expire);
-        END IF;
-    END IF;
-    IF r_key IS NULL THEN
-        RETURN 0;
-    END IF;
-    RETURN ss_free_slot(r_key, r_id, r_position);
-END $$;
-
--- As version 4's, each waiter's run locked by id.
-CREATE OR REPLACE FUNCTION ss_free_slot(p_key text, p_id text, p_position integer) RETURNS integer
-LANGUAGE plpgsql AS $$
-DECLARE
-    w record;
-    kept text;
-    run_state text;
-BEGIN
-    DELETE FROM flow_slots WHERE key = p_key AND run_id = p_id AND position = p_position;
-    FOR w IN SELECT run_id, position FROM flow_waiters WHERE key = p_key
-             ORDER BY since, run_id LIMIT 100 LOOP
-        DELETE FROM flow_waiters
-            WHERE key = p_key AND run_id = w.run_id AND position = w.position;
-        -- The run's lock first, so the step read next is the one ss_resolve changes.
-        SELECT state INTO run_state FROM runs WHERE id = w.run_id FOR UPDATE;
-        CONTINUE WHEN run_state IS DISTINCT FROM 'RUN_STARTED';
-        -- "waiting_for":"flowControl" (StepRecord.waiting_for) matched as text: the JSON is
-        -- never parsed here. Inside a string value the quotes would be escaped, so it cannot
-        -- match there.
-        SELECT out INTO kept FROM steps WHERE run_id = w.run_id AND position = w.position
-            AND state = 'STEP_PROGRESS' AND NOT resolved
-            AND strpos(data, '"waiting_for":"flowControl"') > 0;
-        IF FOUND AND ss_resolve(w.run_id, w.position, kept) THEN
-            RETURN 1;
-        END IF;
-    END LOOP;
-    RETURN 0;
 END $$;
