@@ -104,8 +104,8 @@ async def test_a_run_is_read_through_its_primary_key_whatever_else_runs(
 ) -> None:
     backend, schema = crowded
     await backend._db.fetch("SET track_functions = 'pl'")  # a setting of this session
-    leases = [await claimed(backend, f"r{i}") for i in range(14)]
-    waiter, holder, queued = leases[11], leases[12], leases[13]
+    leases = [await claimed(backend, f"r{i}") for i in range(15)]
+    waiter, holder, queued, late = leases[11], leases[12], leases[13], leases[14]
     assert await backend.wait_event(WaitEvent(waiter, waiting(0, "go"))) is None
     await backend.release_run(ReleaseRun(waiter, None))
     one = FlowLimits("k", parallelism=1)
@@ -124,9 +124,12 @@ async def test_a_run_is_read_through_its_primary_key_whatever_else_runs(
             for lease in leases[1:10]
         )
     )
-    # ss_fence (a release), ss_resolve (a notify waking the waiting run), ss_free_slot (a slot
-    # given back waking the queued run), ss_renew (a heartbeat).
+    # ss_acquire_slot against a full key (it drops the slots whose claim ended first).
+    assert not (await backend.acquire_slot(AcquireSlot(late, one, flow_wait))).granted
+    # ss_fence (a release), list_waiters, ss_resolve (a notify waking the waiting run),
+    # ss_free_slot (a slot given back waking the queued run), ss_renew (a heartbeat).
     await backend.release_run(ReleaseRun(leases[10], due_at=0))
+    assert [w.run_id for w in await backend.list_waiters("go")] == [waiter.run_id]
     assert await backend.notify(Notify("go", '"data"', None, at=0)) == 1
     assert await backend.release_slot(ReleaseSlot(holder.run_id, "k", 0)) == 1
     renewed = await backend.renew_leases([leases[0], Lease("busy1", "w2", 1)], 60_000)
@@ -134,7 +137,14 @@ async def test_a_run_is_read_through_its_primary_key_whatever_else_runs(
 
     after = await counters(backend, schema, postgres_url)
     changed = {name: after[name] - before.get(name, 0) for name in after}
-    for function in ("ss_save_step", "ss_save_steps", "ss_save_many", "ss_fence", "ss_resolve"):
+    for function in (
+        "ss_save_step",
+        "ss_save_steps",
+        "ss_save_many",
+        "ss_fence",
+        "ss_resolve",
+        "ss_acquire_slot",
+    ):
         assert changed.get(f"{function}()", 0) >= 1, (function, changed)
     assert changed.get("ss_free_slot()", 0) >= 1 and changed.get("ss_renew()") == 1, changed
     # Each operation reads its own runs through the primary key: nothing else of runs is read
@@ -145,7 +155,7 @@ async def test_a_run_is_read_through_its_primary_key_whatever_else_runs(
         if n and not name.endswith("()") and name != "runs_pkey"
     }
     assert others == {}, changed
-    assert changed["runs_pkey"] >= 14, changed
+    assert changed["runs_pkey"] >= 15, changed
     stored = await backend.get_run("r0")
     assert stored is not None and [s.position for s in stored.steps] == [0, 1, 2]
     for run_id in (waiter.run_id, queued.run_id):

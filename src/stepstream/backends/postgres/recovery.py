@@ -23,11 +23,13 @@ from stepstream.records import RunPage, StepRecord, dumps
 ALL_RUNS = "runs r"
 LABELLED_RUNS = "run_labels l JOIN runs r ON r.seq = l.seq"
 
+# Each waiter's run read by id, by a scalar subquery: a join may be planned as a scan of every
+# run (before PostgreSQL has statistics, see migrations/012_lock_by_id.sql).
 WAITERS = """
 SELECT w.run_id, w.position, s.data FROM waits w
 JOIN steps s ON s.run_id = w.run_id AND s.position = w.position
-JOIN runs r ON r.id = w.run_id
-WHERE w.event_id = $1 AND r.state = 'RUN_STARTED' AND s.state = 'STEP_PROGRESS' AND NOT s.resolved
+WHERE w.event_id = $1 AND s.state = 'STEP_PROGRESS' AND NOT s.resolved
+    AND (SELECT r.state FROM runs r WHERE r.id = w.run_id) = 'RUN_STARTED'
 ORDER BY w.run_id, w.position
 """
 

@@ -11,8 +11,9 @@
 -- same: a row that does not match is still neither returned nor locked. Where a join on an
 -- array of ids locked the rows (ss_save_many, ss_renew), a loop takes them one by one in id
 -- order, the order every batch and heartbeat locks in (versions 7 and 9): a join can be
--- planned as a scan of the whole table. Same signatures and results, so processes of earlier
--- versions still running get this too.
+-- planned as a scan of the whole table; ss_acquire_slot reads its slots' runs by id the same
+-- way. Same signatures and results, so processes of earlier versions still running get this
+-- too.
 
 -- As version 2's.
 CREATE OR REPLACE FUNCTION ss_fence(p_id text, p_owner text, p_epoch bigint) RETURNS void
@@ -69,6 +70,77 @@ BEGIN
         END IF;
     END LOOP;
     RETURN 0;
+END $$;
+
+-- As version 4's.
+CREATE OR REPLACE FUNCTION ss_acquire_slot(
+    p_id text, p_owner text, p_epoch bigint, p_key text, p_parallelism bigint,
+    p_rate bigint, p_period bigint,
+    s_position integer, s_state text, s_resolved boolean, s_out text, s_finished bigint,
+    s_data text,
+    OUT granted boolean, OUT retry_at bigint
+) LANGUAGE plpgsql AS $$
+DECLARE
+    now_ms bigint;
+    held bigint := 0;
+    soonest bigint;
+    started bigint := 0;
+    oldest bigint;
+    is_full boolean;
+    is_spent boolean;
+BEGIN
+    PERFORM ss_flow_lock(p_key);
+    PERFORM ss_fence(p_id, p_owner, p_epoch);
+    now_ms := ss_now();
+    IF p_parallelism IS NOT NULL THEN
+        -- This step's own slot (a retry) never counts against it.
+        DELETE FROM flow_slots WHERE key = p_key AND run_id = p_id AND position = s_position;
+        SELECT count(*) INTO held FROM flow_slots WHERE key = p_key;
+        IF held >= p_parallelism THEN
+            -- Full as counted: only now is it worth dropping the slots whose claim ended, so a
+            -- key far below its limit never reads a run.
+            -- Each slot's run read by id (a scalar subquery is never turned into a join,
+            -- which a planner without statistics runs as a scan of runs).
+            DELETE FROM flow_slots s WHERE s.key = p_key AND NOT coalesce((
+                SELECT r.state = 'RUN_STARTED' AND r.lease_owner = s.owner
+                    AND r.epoch = s.epoch AND r.lease_until >= now_ms
+                FROM runs r WHERE r.id = s.run_id), false);
+            SELECT count(u.until), min(u.until) INTO held, soonest FROM (
+                SELECT (SELECT r.lease_until FROM runs r WHERE r.id = s.run_id) AS until
+                FROM flow_slots s WHERE s.key = p_key) AS u;
+        END IF;
+    END IF;
+    IF p_rate IS NOT NULL THEN
+        DELETE FROM flow_starts WHERE key = p_key AND at <= now_ms - p_period;
+        SELECT count(*), min(at) INTO started, oldest FROM flow_starts WHERE key = p_key;
+    END IF;
+    is_full := p_parallelism IS NOT NULL AND held >= p_parallelism;
+    is_spent := p_rate IS NOT NULL AND started >= p_rate;
+    IF NOT is_full AND NOT is_spent THEN
+        IF p_parallelism IS NOT NULL THEN
+            INSERT INTO flow_slots (key, run_id, position, owner, epoch)
+                VALUES (p_key, p_id, s_position, p_owner, p_epoch);
+        END IF;
+        IF p_rate IS NOT NULL THEN
+            INSERT INTO flow_starts (key, at, run_id, position)
+                VALUES (p_key, now_ms, p_id, s_position) ON CONFLICT DO NOTHING;
+        END IF;
+        DELETE FROM flow_waiters WHERE key = p_key AND run_id = p_id AND position = s_position;
+        granted := true;
+        RETURN;
+    END IF;
+    PERFORM ss_put_steps(p_id, ARRAY[s_position], ARRAY[s_state], ARRAY[s_resolved],
+        ARRAY[s_out], ARRAY[s_finished], ARRAY[s_data]);
+    granted := false;
+    IF is_spent THEN
+        retry_at := oldest + p_period;  -- when the oldest start leaves the window
+    END IF;
+    IF is_full THEN
+        INSERT INTO flow_waiters (key, since, run_id, position)
+            VALUES (p_key, now_ms, p_id, s_position) ON CONFLICT DO NOTHING;
+        -- When the soonest holder's lease could have expired (greatest ignores a NULL).
+        retry_at := greatest(retry_at, coalesce(soonest, now_ms) + 1);
+    END IF;
 END $$;
 
 -- As version 7's, the runs locked one by one in id order.
