@@ -100,7 +100,8 @@ BEGIN
             -- Full as counted: only now is it worth dropping the slots whose claim ended, so a
             -- key far below its limit never reads a run.
             -- Each slot's run read by id (a scalar subquery is never turned into a join,
-            -- which a planner without statistics runs as a scan of runs).
+            -- which a planner without statistics runs as a scan of runs). A slot whose run
+            -- ended between the two statements no longer counts (the join counted it).
             DELETE FROM flow_slots s WHERE s.key = p_key AND NOT coalesce((
                 SELECT r.state = 'RUN_STARTED' AND r.lease_owner = s.owner
                     AND r.epoch = s.epoch AND r.lease_until >= now_ms
@@ -179,20 +180,25 @@ BEGIN
     RETURN ARRAY(SELECT id FROM unnest(p_ids) AS id WHERE NOT id = ANY (held));
 END $$;
 
--- As version 9's, one run at a time in id order.
+-- As version 9's, one run at a time in id order (each id once, as the join gave it).
 CREATE OR REPLACE FUNCTION ss_renew(
     p_ids text[], p_owners text[], p_epochs bigint[], p_lease_ms bigint
 ) RETURNS SETOF text LANGUAGE plpgsql AS $$
 DECLARE
-    until bigint := ss_now() + p_lease_ms;
+    renewed text[] := '{}';
+    got text;
     i integer;
 BEGIN
     FOR i IN SELECT o FROM generate_subscripts(p_ids, 1) AS o ORDER BY p_ids[o] LOOP
-        RETURN QUERY
-        UPDATE runs SET lease_until = until
+        CONTINUE WHEN p_ids[i] = ANY (renewed);
+        UPDATE runs SET lease_until = ss_now() + p_lease_ms
         WHERE id = p_ids[i] AND state || '' = 'RUN_STARTED' AND lease_owner = p_owners[i]
             AND epoch = p_epochs[i]
-        RETURNING id;
+        RETURNING id INTO got;
+        IF FOUND THEN
+            renewed := renewed || got;
+            RETURN NEXT got;
+        END IF;
     END LOOP;
 END $$;
 
