@@ -12,8 +12,8 @@
 -- array of ids locked the rows (ss_save_many, ss_renew), a loop takes them one by one in id
 -- order, the order every batch and heartbeat locks in (versions 7 and 9): a join can be
 -- planned as a scan of the whole table; ss_acquire_slot reads its slots' runs by id the same
--- way. Same signatures and results, so processes of earlier versions still running get this
--- too.
+-- way. Same signatures and results (but for a slot whose run ends while ss_acquire_slot
+-- counts, see there), so processes of earlier versions still running get this too.
 
 -- As version 2's.
 CREATE OR REPLACE FUNCTION ss_fence(p_id text, p_owner text, p_epoch bigint) RETURNS void
