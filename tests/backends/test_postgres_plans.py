@@ -1,12 +1,12 @@
-"""A run's lock is taken through its primary key even before PostgreSQL has statistics.
+"""A run's row is read through its primary key even before PostgreSQL has statistics.
 
-Every save, release and resolve locks its run's row first (the fence). Written as one lookup
-by id, state, owner and epoch, the lookup could be planned on the index of runs by state
-(``runs_by_state``) or on that of leased runs (``runs_leased``, whose predicate the fence's
-``state = 'RUN_STARTED' AND lease_owner = ...`` implies), and then read every started run to
-find one: what PostgreSQL chose on a new database, before autovacuum first analyzed ``runs``.
-Each step then cost time in proportion to the runs in flight, the more the busier the
-database. Counted here with PostgreSQL's own per-index statistics, on a never-analyzed table.
+Every save, release, resolve, heartbeat and flow control call locks or reads its run's row
+with a query on the run's id and its state (and owner and epoch). Such a query could be planned
+on the index of runs by state (``runs_by_state``) or on that of leased runs (``runs_leased``,
+whose predicate ``state = 'RUN_STARTED' AND lease_owner = ...`` implies), and a join on an array
+of ids as a scan of ``runs``; each then read every started or leased run to find one: what
+PostgreSQL chose on a new database, before autovacuum first analyzed ``runs`` (migration 12).
+Counted here with PostgreSQL's own statistics, on a never-analyzed table.
 """
 
 from __future__ import annotations
@@ -39,6 +39,18 @@ STARTED = 400  # runs in flight besides the ones the operations act on
 OWNER = "w1"
 
 
+async def hold(backend: PostgresBackend, run_ids: list[str]) -> list[Lease]:
+    """Started runs ``OWNER`` holds (epoch 1, leased for good), written straight to the table."""
+    await backend._db.fetch(
+        "INSERT INTO runs (id, workflow, state, created_at, due_at, payload, headers, phase, "
+        "failure_attempts, lease_owner, lease_until, epoch) SELECT id, 'wf', 'RUN_STARTED', 0, "
+        "0, 'null', '{}', 'run', 0, $2, 9999999999999, 1 FROM unnest($1::text[]) AS id",
+        run_ids,
+        OWNER,
+    )
+    return [Lease(run_id, OWNER, 1) for run_id in run_ids]
+
+
 @pytest.fixture
 async def crowded(postgres_url: str) -> AsyncIterator[tuple[PostgresBackend, str]]:
     """A new schema (never analyzed), one pooled connection (so the counters of its backend can
@@ -47,14 +59,7 @@ async def crowded(postgres_url: str) -> AsyncIterator[tuple[PostgresBackend, str
     backend = backend_from_url(f"{postgres_url}?schema={schema}&pool_size=1")
     assert isinstance(backend, PostgresBackend)
     await backend.open()
-    await backend._db.fetch(
-        "INSERT INTO runs (id, workflow, state, created_at, due_at, payload, headers, phase, "
-        "failure_attempts, lease_owner, lease_until, epoch) SELECT 'busy' || i, 'wf', "
-        "'RUN_STARTED', 0, 0, 'null', '{}', 'run', 0, $1, 9999999999999, 1 "
-        "FROM generate_series(1, $2) AS i",
-        OWNER,
-        STARTED,
-    )
+    await hold(backend, [f"busy{i}" for i in range(1, STARTED + 1)])
     try:
         yield backend, schema
     finally:
@@ -89,14 +94,8 @@ async def counters(backend: PostgresBackend, schema: str, url: str) -> dict[str,
 
 
 async def claimed(backend: PostgresBackend, run_id: str) -> Lease:
-    await backend._db.fetch(
-        "INSERT INTO runs (id, workflow, state, created_at, due_at, payload, headers, phase, "
-        "failure_attempts, lease_owner, lease_until, epoch) VALUES ($1, 'wf', 'RUN_STARTED', "
-        "0, 0, 'null', '{}', 'run', 0, $2, 9999999999999, 1)",
-        run_id,
-        OWNER,
-    )
-    return Lease(run_id, OWNER, 1)
+    (lease,) = await hold(backend, [run_id])
+    return lease
 
 
 async def test_a_run_is_read_through_its_primary_key_whatever_else_runs(
