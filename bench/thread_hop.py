@@ -6,9 +6,10 @@ The body returns ``time.time_ns()``; each call is one hop to a thread and back, 
 (what ``stepstream worker`` uses). Alternating round by round:
 
 - *run_in_executor*: ``loop.run_in_executor`` on a ``ThreadPoolExecutor`` (what
-  ``Engine.in_thread`` did before);
-- *Engine.in_thread*: stepstream's, on the same kind of pool, whose thread hands the outcome
-  straight to the awaited future.
+  ``Engine.in_thread`` did first);
+- *executor, outcome to the future*: the same pool, whose thread hands the outcome straight to
+  the awaited future (what ``Engine.in_thread`` did next);
+- *Engine.in_thread*: stepstream's now, on its ``StepThreads`` (``workflow/threads.py``).
 
 Prints the p50 of each (µs per call, median of the rounds' p50s).
 """
@@ -31,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 from wf_common import alternate_p50s
 
 from stepstream import Workflows
+from stepstream.futures import settle
 
 
 def body() -> int:
@@ -46,11 +48,22 @@ async def measure(calls: int, rounds: int) -> dict[str, list[float]]:
         call = functools.partial(contextvars.copy_context().run, body)
         await loop.run_in_executor(pool, call)
 
+    async def straight() -> None:
+        done: asyncio.Future[int] = loop.create_future()
+        context = contextvars.copy_context()
+
+        def job() -> None:
+            loop.call_soon_threadsafe(settle, done, context.run(body))
+
+        pool.submit(job)
+        await done
+
     async def ours() -> None:
         await engine.in_thread(body, (), {})
 
     ways: dict[str, Callable[[], Awaitable[None]]] = {
         "run_in_executor": executor,
+        "executor, outcome to the future": straight,
         "Engine.in_thread": ours,
     }
     try:

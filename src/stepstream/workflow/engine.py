@@ -15,7 +15,6 @@ import logging
 import re
 import secrets
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
@@ -55,6 +54,7 @@ from stepstream.records import (
     dumps,
 )
 from stepstream.workflow import http
+from stepstream.workflow.threads import StepThreads
 
 if TYPE_CHECKING:
     from stepstream.backends.base import Backend
@@ -168,7 +168,7 @@ class Engine:
         self._tasks: set[asyncio.Task[None]] = set()
         self._changes: list[tuple[str, RunState | None]] = []  # not announced yet
         self._http: httpx.AsyncClient | None = None
-        self._threads: ThreadPoolExecutor | None = None
+        self._threads: StepThreads | None = None
         self.park_seconds: float = PARK_SECONDS
         # Workflows paused (as this process last read them): not claimed, no step started.
         self.paused: frozenset[str] = frozenset()
@@ -419,14 +419,14 @@ class Engine:
         """Run a synchronous step body on a thread of its own pool, so a slow or blocking body
         never stalls the event loop (and with it the heartbeats that keep the run's lease)."""
         if self._threads is None:
-            self._threads = ThreadPoolExecutor(STEP_THREADS, thread_name_prefix="stepstream-step")
+            self._threads = StepThreads(STEP_THREADS, "stepstream-step")
         loop = asyncio.get_running_loop()
         done: asyncio.Future[Any] = loop.create_future()
         context = contextvars.copy_context()
 
         def body() -> None:
-            # The outcome goes straight to ``done``: without run_in_executor's chaining of a
-            # second future, a thread hop costs 15 µs less (bench/thread_hop.py).
+            # The outcome goes straight to ``done``, and the thread waits for its next job at
+            # once: the loop it wakes finds the GIL free (bench/thread_hop.py, threads.py).
             try:
                 value = context.run(fn, *args, **kwargs)
             except StopIteration as exc:  # an asyncio future refuses it
@@ -437,11 +437,11 @@ class Engine:
             else:
                 loop.call_soon_threadsafe(settle, done, value)
 
-        job = self._threads.submit(body)
+        ticket = self._threads.submit(body)
         try:
             return await done
         except asyncio.CancelledError:
-            job.cancel()  # never started (every thread busy): it never will
+            StepThreads.cancel(ticket)  # not started yet (every thread busy): it never will
             raise
 
     def check_size(self, out: str, what: str) -> None:
@@ -469,5 +469,5 @@ class Engine:
             await self._http.aclose()
             self._http = None
         if self._threads is not None:
-            self._threads.shutdown(wait=False, cancel_futures=True)
+            self._threads.close()
             self._threads = None
