@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
+import os
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+import weakref
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -176,3 +180,96 @@ async def test_a_def_body_that_timed_out_waiting_for_a_thread_never_starts() -> 
         assert ran == []
     finally:
         await engine.aclose()
+
+
+def test_a_body_that_outlives_its_event_loop_leaves_its_thread_usable() -> None:
+    """A step timed out, its body still running, then the loop closed (one engine across two
+    ``asyncio.run``): reporting to the closed loop must not kill the only thread."""
+    engine = Workflows(backend="memory://").engine
+    engine._threads = StepThreads(1, "t-closed-loop")
+
+    async def first() -> None:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.05):
+                await engine.in_thread(time.sleep, (0.3,), {})
+
+    async def second() -> str:
+        async with asyncio.timeout(5):
+            return str(await engine.in_thread(lambda: "ran", (), {}))
+
+    asyncio.run(first())
+    time.sleep(0.4)  # the body ends after its loop closed
+    assert asyncio.run(second()) == "ran"
+    engine._threads.close()
+
+
+def test_an_idle_thread_keeps_nothing_of_its_last_body() -> None:
+    class Big:
+        pass
+
+    async def run(engine: Any) -> tuple[weakref.ref[Big], weakref.ref[Big]]:
+        arg, result = Big(), Big()
+        refs = weakref.ref(arg), weakref.ref(result)
+        assert await engine.in_thread(lambda _: result, (arg,), {}) is result
+        return refs
+
+    engine = Workflows(backend="memory://").engine
+    refs = asyncio.run(run(engine))
+    wait(lambda: engine._threads._idle == 1)
+    gc.collect()
+    assert [ref() for ref in refs] == [None, None]
+    engine._threads.close()
+
+
+def test_closing_the_engine_cancels_the_callers_of_bodies_still_queued() -> None:
+    async def main() -> None:
+        engine = Workflows(backend="memory://").engine
+        engine._threads = StepThreads(1, "t-drop")
+        gate = threading.Event()
+        busy = asyncio.ensure_future(engine.in_thread(gate.wait, (5,), {}))
+        await asyncio.sleep(0.05)
+        queued = asyncio.ensure_future(engine.in_thread(lambda: "ran", (), {}))
+        await asyncio.sleep(0.05)
+        await engine.aclose()
+        gate.set()
+        assert await busy is True
+        done, _ = await asyncio.wait([queued], timeout=5)
+        assert done and queued.cancelled()
+
+    asyncio.run(main())
+
+
+def test_a_thread_that_failed_to_start_is_not_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    threads = StepThreads(1, "t-start")
+    real = threading.Thread.start
+    failures = iter([RuntimeError("can't start new thread")])
+
+    def start(self: threading.Thread) -> None:
+        for failure in failures:
+            raise failure
+        real(self)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    with pytest.raises(RuntimeError, match="start new thread"):
+        threads.submit(lambda: None)
+    done = threading.Event()
+    threads.submit(done.set)
+    assert done.wait(5)
+    threads.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_starts_its_own_threads() -> None:
+    threads = StepThreads(2, "t-fork")
+    first = threading.Event()
+    threads.submit(first.set)
+    assert first.wait(5)
+    wait(lambda: threads._idle == 1)  # the parent's thread waits: the child has none of it
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if a job runs
+        ran = threading.Event()
+        threads.submit(ran.set)
+        os._exit(0 if ran.wait(5) else 1)
+    _, status = os.waitpid(pid, 0)
+    threads.close()
+    assert os.waitstatus_to_exitcode(status) == 0

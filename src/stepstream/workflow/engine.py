@@ -424,20 +424,31 @@ class Engine:
         done: asyncio.Future[Any] = loop.create_future()
         context = contextvars.copy_context()
 
+        def report(value: Any, error: BaseException | None = None, cancel: bool = False) -> None:
+            try:
+                if cancel:
+                    loop.call_soon_threadsafe(done.cancel)
+                else:
+                    loop.call_soon_threadsafe(settle, done, value, error)
+            except RuntimeError:  # the loop has closed: nobody waits for this outcome
+                pass
+
         def body() -> None:
             # The outcome goes straight to ``done``, and the thread waits for its next job at
             # once: the loop it wakes finds the GIL free (bench/thread_hop.py, threads.py).
             try:
                 value = context.run(fn, *args, **kwargs)
             except StopIteration as exc:  # an asyncio future refuses it
-                failure = RuntimeError(f"the step body raised StopIteration ({exc})")
-                loop.call_soon_threadsafe(settle, done, None, failure)
+                report(None, RuntimeError(f"the step body raised StopIteration ({exc})"))
             except BaseException as exc:
-                loop.call_soon_threadsafe(settle, done, None, exc)
+                report(None, exc)
             else:
-                loop.call_soon_threadsafe(settle, done, value)
+                report(value)
 
-        ticket = self._threads.submit(body)
+        def dropped() -> None:  # the engine closed before a thread took the body
+            report(None, cancel=True)
+
+        ticket = self._threads.submit(body, dropped)
         try:
             return await done
         except asyncio.CancelledError:
