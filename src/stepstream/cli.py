@@ -393,12 +393,16 @@ def runs(
 def tail(channel: str, history: bool, url: str, token: str | None) -> None:
     """Print a channel's events as they arrive, one JSON object per line (Ctrl-C to stop). A
     run's channel (its id) ends after the run's ``runFinish``; an unknown run is an error."""
-    from stepstream.realtime.remote import subscribe_remote
+    from stepstream.realtime.remote import latest_cursor, subscribe_remote
 
     async def go() -> None:
         endpoint = url.rstrip("/") + "/api/realtime"
+        after: dict[str, str] = {}
         try:
             if channel.startswith("wfr_"):
+                if not history:  # where its channel stands before its state is read: a run
+                    # ending after that has its runFinish after this cursor, not in the past
+                    after[channel] = await latest_cursor(url, channel, token)
                 async with _client(url, token) as client:
                     state = (await client.logs(channel))["workflowState"]  # or RunNotFound
                 if state != RunState.STARTED and not history:  # its events are all in the past
@@ -407,7 +411,7 @@ def tail(channel: str, history: bool, url: str, token: str | None) -> None:
                     )
                     return
             async for message in subscribe_remote(
-                endpoint, [channel], history=history, token=token, on_gap=_warn_gap
+                endpoint, [channel], history=history, token=token, on_gap=_warn_gap, after=after
             ):
                 line = {"id": message.id, "event": message.event, "data": message.data}
                 click.echo(json.dumps(line), nl=True)

@@ -531,6 +531,33 @@ def test_tail_of_a_run_ends_with_its_run_finish(dev: str, finished_run: str) -> 
     assert last["data"]["type"] == "runFinish" and last["data"]["workflowRunId"] == finished_run
 
 
+def test_tail_of_a_run_that_ends_as_it_attaches_still_ends(
+    dev: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run is going when ``tail`` reads its state, and has ended before the stream is
+    open: its runFinish is then in the past, and a live-only subscription waited forever."""
+    from click.testing import CliRunner
+
+    from stepstream import cli
+    from stepstream.realtime import remote
+
+    real = remote.subscribe_remote
+
+    async def late(*args: Any, **kwargs: Any) -> Any:
+        wait_finished(dev, run_id)  # the run ends in the window
+        async with asyncio.timeout(TIMEOUT):
+            async for message in real(*args, **kwargs):
+                yield message
+
+    monkeypatch.setattr(remote, "subscribe_remote", late)
+    run_id = f"wfr_cli-tail-window-{os.getpid()}"
+    assert stepstream("trigger", "basic", "--id", run_id, url=dev).returncode == 0
+    result = CliRunner().invoke(cli.main, ["tail", run_id], env=environment(dev))
+    assert result.exit_code == 0, (result.output, result.exception)
+    last = json.loads(result.output.strip().splitlines()[-1])
+    assert last["data"]["type"] == "runFinish" and last["data"]["workflowRunId"] == run_id
+
+
 def test_tail_of_a_finished_run_says_so_at_once(dev: str, finished_run: str) -> None:
     """Without --history nothing more would ever arrive: it says so instead of waiting."""
     done = stepstream("tail", finished_run, url=dev)

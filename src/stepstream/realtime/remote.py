@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import httpx
@@ -23,6 +23,7 @@ async def subscribe_remote(
     channel_token: str | None = None,
     max_retries: int = 5,
     on_gap: Callable[[str, str], None] | None = None,
+    after: Mapping[str, str] | None = None,
 ) -> AsyncIterator[Message]:
     """Events of ``channels`` from the SSE endpoint at ``url`` (e.g.
     ``http://127.0.0.1:8000/api/realtime``): history first if asked, then live; reconnects
@@ -33,8 +34,11 @@ async def subscribe_remote(
 
     If events a resume should have delivered were trimmed from history meanwhile, that is
     never a quiet hole: ``CursorUnavailable`` is raised, or, with ``on_gap``, it is called
-    with the channel and the cursor and the stream goes on with what remains."""
-    cursors: dict[str, str] = {}
+    with the channel and the cursor and the stream goes on with what remains.
+
+    ``after``: a cursor per channel (from ``latest_cursor``, say) to start after, as if
+    resuming there: that channel's events since then come first, then live ones."""
+    cursors: dict[str, str] = dict(after or {})
     failures = 0
     headers = _headers(token)
     async with httpx.AsyncClient(timeout=httpx.Timeout(10, read=60)) as client:
@@ -74,6 +78,23 @@ async def subscribe_remote(
                 error = BackendUnavailable(f"cannot stream from {url}: {exc}")
                 error.__cause__ = exc
                 failures = await _pause(failures, max_retries, error)
+
+
+async def latest_cursor(base_url: str, channel: str, token: str | None = None) -> str:
+    """The id of ``channel``'s newest stored event on the server at ``base_url``, or ``0-0``
+    (before any event) if it has none."""
+    url = base_url.rstrip("/") + "/api/realtime/history"
+    headers = _headers(token) | {"accept": "application/json"}
+    try:
+        async with httpx.AsyncClient(timeout=10) as client:
+            params = {"channel": channel, "limit": "1"}
+            response = await client.get(url, params=params, headers=headers)
+            if response.status_code != 200:
+                raise await _refusal(response)
+    except httpx.HTTPError as exc:
+        raise BackendUnavailable(f"cannot read history from {url}: {exc}") from exc
+    messages = response.json()["messages"]
+    return str(messages[-1]["id"]) if messages else "0-0"
 
 
 def _headers(token: str | None) -> dict[str, str]:
