@@ -31,7 +31,7 @@ from stepstream.cli_remote import run_async as _run
 from stepstream.cli_schedules import schedules, workflows_command
 from stepstream.cli_serve import PORT, address, load_workflows
 from stepstream.cli_serve import serve as _serve
-from stepstream.errors import StepstreamError
+from stepstream.errors import CursorUnavailable, StepstreamError
 from stepstream.records import RunState
 from stepstream.version import __version__
 
@@ -393,25 +393,28 @@ def runs(
 def tail(channel: str, history: bool, url: str, token: str | None) -> None:
     """Print a channel's events as they arrive, one JSON object per line (Ctrl-C to stop). A
     run's channel (its id) ends after the run's ``runFinish``; an unknown run is an error."""
-    from stepstream.realtime.remote import latest_cursor, subscribe_remote
+    from stepstream.realtime.remote import subscribe_remote
 
     async def go() -> None:
         endpoint = url.rstrip("/") + "/api/realtime"
         after: dict[str, str] = {}
         try:
             if channel.startswith("wfr_"):
-                if not history:  # where its channel stands before its state is read: a run
-                    # ending after that has its runFinish after this cursor, not in the past
-                    after[channel] = await latest_cursor(url, channel, token)
-                async with _client(url, token) as client:
-                    state = (await client.logs(channel))["workflowState"]  # or RunNotFound
-                if state != RunState.STARTED and not history:  # its events are all in the past
+                state = await _tail_start(url, channel, token, history, after)
+                if state is not None:  # ended before the command: its events are all past
                     click.echo(
                         f"run {channel} has ended ({state}): --history prints its events", err=True
                     )
                     return
+
+            def on_gap(gapped: str, cursor: str) -> None:
+                # Nothing was stored when tail looked (``0-0``): a gap right there is only
+                # events that had expired before, and tail prints from then on.
+                if cursor != "0-0" or after.get(gapped) != "0-0":
+                    _warn_gap(gapped, cursor)
+
             async for message in subscribe_remote(
-                endpoint, [channel], history=history, token=token, on_gap=_warn_gap, after=after
+                endpoint, [channel], history=history, token=token, on_gap=on_gap, after=after
             ):
                 line = {"id": message.id, "event": message.event, "data": message.data}
                 click.echo(json.dumps(line), nl=True)
@@ -422,6 +425,32 @@ def tail(channel: str, history: bool, url: str, token: str | None) -> None:
 
     with contextlib.suppress(KeyboardInterrupt):
         _run(go())
+
+
+async def _tail_start(
+    url: str, channel: str, token: str | None, history: bool, after: dict[str, str]
+) -> str | None:
+    """For ``tail`` of a run: its state if it ended before the command (nothing to follow);
+    else ``None``, with ``after`` holding where its live events start (without history).
+
+    The cursor is read before the state that decides, so a run ending after the cursor has
+    its runFinish (and every event since) after it, whenever it ends."""
+    from stepstream.realtime.remote import history_page, latest_cursor
+
+    async with _client(url, token) as client:
+        state = (await client.logs(channel))["workflowState"]  # or RunNotFound, or a refusal
+        if history or state != RunState.STARTED:
+            return None if history else str(state)
+        cursor = await latest_cursor(url, channel, token)
+        state = (await client.logs(channel))["workflowState"]
+    after[channel] = cursor
+    if state == RunState.STARTED:
+        return None
+    try:  # it ended meanwhile: what it did since the cursor is still to print
+        newer = await history_page(url, channel, token, after=cursor)
+    except CursorUnavailable:
+        newer = [{}]
+    return None if newer else str(state)
 
 
 def _run_finished(channel: str, event: str, data: Any) -> bool:

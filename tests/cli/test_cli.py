@@ -558,6 +558,120 @@ def test_tail_of_a_run_that_ends_as_it_attaches_still_ends(
     assert last["data"]["type"] == "runFinish" and last["data"]["workflowRunId"] == run_id
 
 
+def test_tail_of_a_run_that_ends_after_its_cursor_was_read_prints_the_rest(
+    dev: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run ends between the read of its channel's position and the second look at its
+    state: what it did since that position happened after tail started, so tail prints it
+    (through runFinish) instead of saying the run had ended."""
+    from click.testing import CliRunner
+
+    from stepstream import cli
+    from stepstream.realtime import remote
+
+    real = remote.latest_cursor
+
+    async def then_wait(*args: Any, **kwargs: Any) -> str:
+        cursor = await real(*args, **kwargs)
+        wait_finished(dev, run_id)
+        return cursor
+
+    monkeypatch.setattr(remote, "latest_cursor", then_wait)
+    run_id = f"wfr_cli-tail-ended-{os.getpid()}"
+    assert stepstream("trigger", "basic", "--id", run_id, url=dev).returncode == 0
+    result = CliRunner().invoke(cli.main, ["tail", run_id], env=environment(dev))
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "has ended" not in result.output
+    last = json.loads(result.output.strip().splitlines()[-1])
+    assert last["data"]["type"] == "runFinish" and last["data"]["workflowRunId"] == run_id
+
+
+EXPIRING_APP = """
+from stepstream import HistoryPolicy, Realtime, WorkflowContext, Workflows
+
+workflows = Workflows(realtime=Realtime(history=HistoryPolicy(expire_after=1)))
+
+
+@workflows.workflow("approval")
+async def approval(context: WorkflowContext) -> str:
+    decision, _ = await context.wait_for_event("wait", f"approve-{context.workflow_run_id}")
+    return await context.run("apply", lambda: str(decision))
+"""
+
+
+def test_tail_of_a_run_whose_history_expired_warns_of_no_gap(tmp_path: Path) -> None:
+    """A run waiting longer than its channel's history lasts: nothing is stored when tail
+    looks, and what expired before tail started is not a gap in what it prints."""
+    (tmp_path / "expiring.py").write_text(EXPIRING_APP)
+    port = free_port()
+    command = [
+        *STEPSTREAM, "dev", "expiring:workflows", "--port", str(port),
+        "--backend", f"sqlite:///{tmp_path / 'x.db'}", "--log-level", "warning",
+    ]  # fmt: skip
+    env = environment() | {"PYTHONPATH": str(tmp_path)}
+    with serving(command, port=port, cwd=tmp_path, env=env, log_path=tmp_path / "log") as url:
+        run_id = f"wfr_cli-expired-{os.getpid()}"
+        assert stepstream("trigger", "approval", "--id", run_id, url=url).returncode == 0
+        deadline = time.monotonic() + TIMEOUT
+        history = f"{url}/api/realtime/history?channel={run_id}"
+        while httpx.get(history, timeout=5).json()["messages"]:  # until its events expired
+            assert time.monotonic() < deadline, "the run's events never expired"
+            time.sleep(0.2)
+        tail = Tail(run_id, url=url)
+        try:
+            while not httpx.get(f"{url}/healthz", timeout=5).json()["live_channels"]:
+                assert time.monotonic() < deadline, "tail never subscribed"
+                time.sleep(0.05)  # waiting for tail's stream, not an assertion
+            notified = stepstream("notify", f"approve-{run_id}", "--data", '"yes"', url=url)
+            assert notified.returncode == 0, notified.stderr
+            events = tail.until_run_finish()
+            assert tail.process.wait(timeout=TIMEOUT) == 0
+            stderr = tail.process.stderr.read() if tail.process.stderr else ""
+        finally:
+            tail.stop()
+    assert "trimmed" not in stderr, stderr
+    assert [e["data"]["type"] for e in events][-1] == "runFinish"
+    assert events[-1]["data"]["status"] == "success"
+
+
+def test_tail_against_a_server_that_answers_html_fails_cleanly(tmp_path: Path) -> None:
+    """A wrong --url whose server answers every path 200 with a page: one line, no
+    traceback, for a run's channel and for another."""
+    import http.server
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"<html>an app</html>"
+            self.send_response(200)
+            self.send_header("content-type", "text/html")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        done = stepstream("tail", "wfr_some_run", url=url)
+
+        async def page() -> None:
+            from stepstream.realtime.remote import history_page
+
+            await history_page(url, "some-channel")
+
+        from stepstream.errors import BackendUnavailable
+
+        with pytest.raises(BackendUnavailable, match="without a history page"):
+            asyncio.run(page())
+    finally:
+        server.shutdown()
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "without JSON" in done.stderr, done.stderr
+
+
 def test_tail_of_a_finished_run_says_so_at_once(dev: str, finished_run: str) -> None:
     """Without --history nothing more would ever arrive: it says so instead of waiting."""
     done = stepstream("tail", finished_run, url=dev)

@@ -10,7 +10,13 @@ from typing import Any
 
 import httpx
 
-from stepstream.errors import DETAIL_HEADER, BackendUnavailable, CursorUnavailable, error_from_body
+from stepstream.errors import (
+    DETAIL_HEADER,
+    BackendUnavailable,
+    CursorUnavailable,
+    ValidationError,
+    error_from_body,
+)
 from stepstream.records import Message, parse_cursor
 
 
@@ -37,7 +43,10 @@ async def subscribe_remote(
     with the channel and the cursor and the stream goes on with what remains.
 
     ``after``: a cursor per channel (from ``latest_cursor``, say) to start after, as if
-    resuming there: that channel's events since then come first, then live ones."""
+    resuming there: that channel's events since then come first, then live ones (not with
+    ``history``, which says where to start too)."""
+    if after and history is not False:
+        raise ValidationError("subscribe_remote takes history or after, not both")
     cursors: dict[str, str] = dict(after or {})
     failures = 0
     headers = _headers(token)
@@ -57,16 +66,8 @@ async def subscribe_remote(
                     failures = 0
                     async for payload in _frames(response):
                         if "type" in payload and "event" not in payload:
-                            kind = payload["type"]
-                            if kind == "connected":
-                                cursors.setdefault(payload["channel"], payload["cursor"])
-                            elif kind == "reconnect":
+                            if _system(payload, cursors, on_gap) == "reconnect":
                                 break
-                            elif kind == "gap":
-                                channel, cursor = payload["channel"], payload["cursor"]
-                                if on_gap is None:
-                                    raise CursorUnavailable(channel, cursor)
-                                on_gap(channel, cursor)
                             continue
                         channel, id = payload["channel"], payload["id"]
                         last = cursors.get(channel)
@@ -80,20 +81,56 @@ async def subscribe_remote(
                 failures = await _pause(failures, max_retries, error)
 
 
-async def latest_cursor(base_url: str, channel: str, token: str | None = None) -> str:
-    """The id of ``channel``'s newest stored event on the server at ``base_url``, or ``0-0``
-    (before any event) if it has none."""
+def _system(
+    payload: dict[str, Any], cursors: dict[str, str], on_gap: Callable[[str, str], None] | None
+) -> str:
+    """Take in one of the server's own frames (not an event); its type."""
+    kind = str(payload["type"])
+    if kind == "connected":
+        cursors.setdefault(payload["channel"], payload["cursor"])
+    elif kind == "gap":
+        channel, cursor = payload["channel"], payload["cursor"]
+        if on_gap is None:
+            raise CursorUnavailable(channel, cursor)
+        on_gap(channel, cursor)
+    return kind
+
+
+async def history_page(
+    base_url: str,
+    channel: str,
+    token: str | None = None,
+    *,
+    limit: int = 1,
+    after: str | None = None,
+) -> list[dict[str, Any]]:
+    """``GET /api/realtime/history`` of the server at ``base_url``: the newest ``limit``
+    stored events of ``channel`` (after the cursor ``after``, if given), oldest first, as the
+    server sends them (``id``, ``event``, ``channel``, ``data``)."""
     url = base_url.rstrip("/") + "/api/realtime/history"
+    params = {"channel": channel, "limit": str(limit)} | ({"after": after} if after else {})
     headers = _headers(token) | {"accept": "application/json"}
     try:
         async with httpx.AsyncClient(timeout=10) as client:
-            params = {"channel": channel, "limit": "1"}
             response = await client.get(url, params=params, headers=headers)
             if response.status_code != 200:
                 raise await _refusal(response)
     except httpx.HTTPError as exc:
         raise BackendUnavailable(f"cannot read history from {url}: {exc}") from exc
-    messages = response.json()["messages"]
+    try:
+        messages = response.json()["messages"]
+        if not isinstance(messages, list):
+            raise TypeError(type(messages).__name__)
+    except (ValueError, KeyError, TypeError):
+        text = response.text[:300]
+        raise BackendUnavailable(f"{url} answered 200 without a history page: {text}") from None
+    return messages
+
+
+async def latest_cursor(base_url: str, channel: str, token: str | None = None) -> str:
+    """The id of ``channel``'s newest stored event on the server at ``base_url``, or ``0-0``
+    if none is stored (none yet, or all trimmed or expired)."""
+    messages = await history_page(base_url, channel, token)
     return str(messages[-1]["id"]) if messages else "0-0"
 
 
