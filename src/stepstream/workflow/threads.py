@@ -12,8 +12,9 @@ A job's ticket is a one-item list: the thread that runs it and a ``cancel`` that
 each take the job with ``list.pop``, which only one of them can win.
 
 The threads are daemons: an idle one never holds up the interpreter's exit (nothing else would
-wake it), and a body still running then ends with the process, as it would on ``kill -9``: its
-run's lease lapses and the step runs again elsewhere (a body runs at least once).
+wake it), and a body still running then ends with the process (exit handlers run beside it)
+without its outcome stored: its run, released when the worker stopped or left to its lease,
+runs the step again (a body runs at least once).
 """
 
 from __future__ import annotations
