@@ -536,11 +536,9 @@ def test_tail_of_a_run_that_ends_as_it_attaches_still_ends(
 ) -> None:
     """The run is going when ``tail`` reads its state, and has ended before the stream is
     open: its runFinish is then in the past, and a live-only subscription waited forever."""
-    from click.testing import CliRunner
-
-    from stepstream import cli
     from stepstream.realtime import remote
 
+    run_id = f"wfr_cli-tail-window-{os.getpid()}"
     real = remote.subscribe_remote
 
     async def late(*args: Any, **kwargs: Any) -> Any:
@@ -550,12 +548,7 @@ def test_tail_of_a_run_that_ends_as_it_attaches_still_ends(
                 yield message
 
     monkeypatch.setattr(remote, "subscribe_remote", late)
-    run_id = f"wfr_cli-tail-window-{os.getpid()}"
-    assert stepstream("trigger", "basic", "--id", run_id, url=dev).returncode == 0
-    result = CliRunner().invoke(cli.main, ["tail", run_id], env=environment(dev))
-    assert result.exit_code == 0, (result.output, result.exception)
-    last = json.loads(result.output.strip().splitlines()[-1])
-    assert last["data"]["type"] == "runFinish" and last["data"]["workflowRunId"] == run_id
+    tail_in_process(dev, run_id)
 
 
 def test_tail_of_a_run_that_ends_after_its_cursor_was_read_prints_the_rest(
@@ -564,11 +557,9 @@ def test_tail_of_a_run_that_ends_after_its_cursor_was_read_prints_the_rest(
     """The run ends between the read of its channel's position and the second look at its
     state: what it did since that position happened after tail started, so tail prints it
     (through runFinish) instead of saying the run had ended."""
-    from click.testing import CliRunner
-
-    from stepstream import cli
     from stepstream.realtime import remote
 
+    run_id = f"wfr_cli-tail-ended-{os.getpid()}"
     real = remote.latest_cursor
 
     async def then_wait(*args: Any, **kwargs: Any) -> str:
@@ -577,13 +568,22 @@ def test_tail_of_a_run_that_ends_after_its_cursor_was_read_prints_the_rest(
         return cursor
 
     monkeypatch.setattr(remote, "latest_cursor", then_wait)
-    run_id = f"wfr_cli-tail-ended-{os.getpid()}"
+    assert "has ended" not in tail_in_process(dev, run_id)
+
+
+def tail_in_process(dev: str, run_id: str) -> str:
+    """Trigger a ``basic`` run ``run_id`` and ``stepstream tail`` it in this process (where the
+    test patched what it calls); its output, checked to end with the run's runFinish."""
+    from click.testing import CliRunner
+
+    from stepstream import cli
+
     assert stepstream("trigger", "basic", "--id", run_id, url=dev).returncode == 0
     result = CliRunner().invoke(cli.main, ["tail", run_id], env=environment(dev))
     assert result.exit_code == 0, (result.output, result.exception)
-    assert "has ended" not in result.output
     last = json.loads(result.output.strip().splitlines()[-1])
     assert last["data"]["type"] == "runFinish" and last["data"]["workflowRunId"] == run_id
+    return result.output
 
 
 EXPIRING_APP = """
