@@ -424,14 +424,10 @@ class Engine:
         done: asyncio.Future[Any] = loop.create_future()
         context = contextvars.copy_context()
 
-        def report(value: Any, error: BaseException | None = None, cancel: bool = False) -> None:
-            try:
-                if cancel:
-                    loop.call_soon_threadsafe(done.cancel)
-                else:
-                    loop.call_soon_threadsafe(settle, done, value, error)
-            except RuntimeError:  # the loop has closed: nobody waits for this outcome
-                pass
+        def report(*callback: Any) -> None:
+            # RuntimeError: the loop has closed, and nobody waits for this outcome.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(*callback)
 
         def body() -> None:
             # The outcome goes straight to ``done``, and the thread waits for its next job at
@@ -439,14 +435,15 @@ class Engine:
             try:
                 value = context.run(fn, *args, **kwargs)
             except StopIteration as exc:  # an asyncio future refuses it
-                report(None, RuntimeError(f"the step body raised StopIteration ({exc})"))
+                failure = RuntimeError(f"the step body raised StopIteration ({exc})")
+                report(settle, done, None, failure)
             except BaseException as exc:
-                report(None, exc)
+                report(settle, done, None, exc)
             else:
-                report(value)
+                report(settle, done, value)
 
         def dropped() -> None:  # the engine closed before a thread took the body
-            report(None, cancel=True)
+            report(done.cancel)
 
         ticket = self._threads.submit(body, dropped)
         try:
