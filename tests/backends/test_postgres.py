@@ -643,3 +643,45 @@ async def test_a_read_whose_connection_is_killed_midway_runs_again_a_write_does_
     _, call = await killed_midway(read=False)
     with pytest.raises(BackendUnavailable):
         await call
+
+
+async def test_a_heartbeat_never_waits_for_a_run_another_transaction_changes(
+    postgres_url: str,
+) -> None:
+    """A save that gives a flow control slot back locks its own run, then the waiter it wakes.
+    A heartbeat of the worker holding both used to lock them in id order, waiting for each:
+    with the waiter's id first, each transaction waited for the other until PostgreSQL rolled
+    one back (40P01, after a second). The heartbeat now passes over a run another transaction
+    holds, reporting it busy (neither renewed nor lost), and never waits."""
+    url = fresh(postgres_url)
+    backend = backend_from_url(url)
+    await backend.open()
+    one = FlowLimits("k", parallelism=1)
+    conn = await asyncpg.connect(postgres_url, server_settings={"search_path": url.split("=")[-1]})
+    before = await _deadlocks(postgres_url)
+    try:
+        for run_id in ("wfr_a_waiter", "wfr_b_holder"):
+            await backend.create_run(CreateRun(new_run(run_id)))
+        runs = {run.id: run for run in await claim(backend, "w1", 10)}
+        waiter = Lease("wfr_a_waiter", "w1", runs["wfr_a_waiter"].epoch)
+        holder = Lease("wfr_b_holder", "w1", runs["wfr_b_holder"].epoch)
+        assert (await backend.acquire_slot(AcquireSlot(holder, one, step(0)))).granted
+        assert not (await backend.acquire_slot(AcquireSlot(waiter, one, step(0)))).granted
+        saving = conn.transaction()
+        await saving.start()
+        await conn.execute("SELECT 1 FROM runs WHERE id = 'wfr_b_holder' FOR UPDATE")  # fenced
+        heartbeat = asyncio.create_task(backend.heartbeat([waiter, holder], 30_000))
+        await asyncio.sleep(0.3)  # it has done what it does before the save goes on
+        async with asyncio.timeout(5):  # the save gives its slot back: locks the waiter
+            await conn.fetchval("SELECT ss_free_slot('k', 'wfr_b_holder', 0)")
+        await saving.commit()
+        beat = await heartbeat
+        assert (beat.renewed, beat.busy) == (["wfr_a_waiter"], ["wfr_b_holder"])
+        # Once the save has committed, both are renewed again.
+        beat = await backend.heartbeat([waiter, holder], 30_000)
+        assert (sorted(beat.renewed), beat.busy) == (["wfr_a_waiter", "wfr_b_holder"], [])
+    finally:
+        await conn.close()
+        await backend.close()
+    await asyncio.sleep(0.5)
+    assert await _deadlocks(postgres_url) == before

@@ -20,6 +20,7 @@ from stepstream.backends.base import (
     Claim,
     CreateRun,
     FinishRun,
+    Heartbeat,
     Notify,
     ReleaseRun,
     Reported,
@@ -162,6 +163,20 @@ class PostgresRuns:
             lease_ms,
         )
         return [row[0] for row in rows]
+
+    async def heartbeat(self, leases: list[Lease], lease_ms: int) -> Heartbeat:
+        if not leases:
+            return Heartbeat([])
+        rows = await self._db.fetch(
+            "SELECT * FROM ss_heartbeat($1, $2, $3, $4)",
+            [lease.run_id for lease in leases],
+            [lease.owner for lease in leases],
+            [lease.epoch for lease in leases],
+            lease_ms,
+        )
+        return Heartbeat(
+            [run_id for run_id, busy in rows if not busy], [run_id for run_id, busy in rows if busy]
+        )
 
     async def save_steps(self, op: SaveSteps) -> int:
         if op.release is None:
