@@ -645,14 +645,12 @@ async def test_a_read_whose_connection_is_killed_midway_runs_again_a_write_does_
         await call
 
 
-async def test_a_heartbeat_never_waits_for_a_run_another_transaction_changes(
-    postgres_url: str,
-) -> None:
+async def test_renewing_leases_takes_part_in_no_lock_cycle(postgres_url: str) -> None:
     """A save that gives a flow control slot back locks its own run, then the waiter it wakes.
-    A heartbeat of the worker holding both used to lock them in id order, waiting for each:
-    with the waiter's id first, each transaction waited for the other until PostgreSQL rolled
-    one back (40P01, after a second). The heartbeat now passes over a run another transaction
-    holds, reporting it busy (neither renewed nor lost), and never waits."""
+    A heartbeat of the worker holding both used to lock them in id order in one transaction,
+    waiting for each: with the waiter's id first, each transaction waited for the other until
+    PostgreSQL rolled one back (40P01, after a second). Now the heartbeat passes over the run
+    the save holds, and then renews that run alone, waiting for the save's end."""
     url = fresh(postgres_url)
     backend = backend_from_url(url)
     await backend.open()
@@ -670,18 +668,41 @@ async def test_a_heartbeat_never_waits_for_a_run_another_transaction_changes(
         saving = conn.transaction()
         await saving.start()
         await conn.execute("SELECT 1 FROM runs WHERE id = 'wfr_b_holder' FOR UPDATE")  # fenced
-        heartbeat = asyncio.create_task(backend.heartbeat([waiter, holder], 30_000))
+        heartbeat = asyncio.create_task(backend.renew_leases([waiter, holder], 30_000))
         await asyncio.sleep(0.3)  # it has done what it does before the save goes on
         async with asyncio.timeout(5):  # the save gives its slot back: locks the waiter
             await conn.fetchval("SELECT ss_free_slot('k', 'wfr_b_holder', 0)")
+        assert not heartbeat.done()  # the holder's renewal waits for the save's end
         await saving.commit()
-        beat = await heartbeat
-        assert (beat.renewed, beat.busy) == (["wfr_a_waiter"], ["wfr_b_holder"])
-        # Once the save has committed, both are renewed again.
-        beat = await backend.heartbeat([waiter, holder], 30_000)
-        assert (sorted(beat.renewed), beat.busy) == (["wfr_a_waiter", "wfr_b_holder"], [])
+        assert sorted(await heartbeat) == ["wfr_a_waiter", "wfr_b_holder"]
     finally:
         await conn.close()
         await backend.close()
     await asyncio.sleep(0.5)
     assert await _deadlocks(postgres_url) == before
+
+
+async def test_a_lease_renewed_while_a_claim_takes_the_run_over_is_lost(postgres_url: str) -> None:
+    """A renewal arriving while another worker's claim holds the run's row (its lease ran out)
+    answers what that claim decided: not held, at once, rather than still held."""
+    url = fresh(postgres_url)
+    backend = backend_from_url(url)
+    await backend.open()
+    conn = await asyncpg.connect(postgres_url, server_settings={"search_path": url.split("=")[-1]})
+    try:
+        await backend.create_run(CreateRun(new_run("wfr_r1")))
+        (run,) = await claim(backend, "w1", 10, lease_ms=1)
+        stale = Lease("wfr_r1", "w1", run.epoch)
+        await asyncio.sleep(0.01)  # its lease has run out
+        taking = conn.transaction()
+        await taking.start()
+        (taken,) = await conn.fetch("SELECT id FROM ss_claim('w2', 30000, 10, '{wf}', '{}')")
+        assert taken["id"] == "wfr_r1"
+        renewal = asyncio.create_task(backend.renew_leases([stale], 30_000))
+        await asyncio.sleep(0.3)
+        assert not renewal.done()  # waits for the claim's end
+        await taking.commit()
+        assert await renewal == []
+    finally:
+        await conn.close()
+        await backend.close()

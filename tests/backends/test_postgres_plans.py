@@ -133,8 +133,6 @@ async def test_a_run_is_read_through_its_primary_key_whatever_else_runs(
     assert await backend.release_slot(ReleaseSlot(holder.run_id, "k", 0)) == 1
     renewed = await backend.renew_leases([leases[0], Lease("busy1", "w2", 1)], 60_000)
     assert renewed == ["r0"]
-    beat = await backend.heartbeat([leases[0], Lease("busy1", "w2", 1)], 60_000)
-    assert (beat.renewed, beat.busy) == (["r0"], [])
 
     after = await counters(backend, schema, postgres_url)
     changed = {name: after[name] - before.get(name, 0) for name in after}
@@ -147,8 +145,7 @@ async def test_a_run_is_read_through_its_primary_key_whatever_else_runs(
         "ss_acquire_slot",
     ):
         assert changed.get(f"{function}()", 0) >= 1, (function, changed)
-    assert changed.get("ss_free_slot()", 0) >= 1 and changed.get("ss_renew()") == 1, changed
-    assert changed.get("ss_heartbeat()") == 1, changed
+    assert changed.get("ss_free_slot()", 0) >= 1 and changed.get("ss_heartbeat()") == 1, changed
     # Each operation reads its own runs through the primary key: nothing else of runs is read
     # (a plan on runs_leased or runs_by_state reads every leased or started run: STARTED each).
     others = {

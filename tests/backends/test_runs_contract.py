@@ -368,8 +368,6 @@ async def test_renew_leases_extends_only_what_the_owner_holds(backend: Backend) 
     before = now_ms()
     held = await backend.renew_leases(leases, 5000)
     assert held == ["r1", "r2"]
-    beat = await backend.heartbeat(leases, 5000)  # the same, never waiting for a row lock
-    assert (beat.renewed, beat.busy) == (["r1", "r2"], [])
     for run_id in ("r1", "r2"):
         stored = await backend.get_run(run_id)
         assert stored is not None and stored.lease_until is not None
@@ -380,7 +378,6 @@ async def test_renew_leases_extends_only_what_the_owner_holds(backend: Backend) 
     # A finished run's lease cannot be renewed.
     await backend.finish_run(FinishRun(leases[0], RunState.SUCCESS, None, None, at=now))
     assert await backend.renew_leases(leases[:2], 9000) == ["r2"]
-    assert (await backend.heartbeat(leases[::-1], 9000)).renewed == ["r2"]
 
 
 async def test_a_run_created_without_due_at_is_never_claimed(backend: Backend) -> None:

@@ -9,8 +9,6 @@ from collections import Counter
 import pytest
 
 from stepstream import WorkflowContext, Workflows
-from stepstream.backends.base import Heartbeat
-from stepstream.records import Lease
 from tests.workflow.helpers import Harness, check_history, updates, wait_for_state
 
 pytestmark = pytest.mark.anyio
@@ -75,52 +73,3 @@ async def test_delayed_trigger(harness: Harness) -> None:
 
     assert log["workflowState"] == "RUN_SUCCESS", log["error"]
     assert log["steps"][0]["startedAt"] >= log["workflowRunCreatedAt"] + 300
-
-
-async def test_a_run_the_heartbeat_finds_busy_is_neither_lost_nor_renewed(
-    harness: Harness,
-) -> None:
-    """Storage passes over a run another transaction is changing (``Heartbeat.busy``): the
-    execution goes on (not cancelled as a run taken over), and the report counts as no
-    renewal (the run's last confirmation stays that of its claim)."""
-    workflows = harness.workflows()
-    go = asyncio.Event()
-    ran: list[str] = []
-
-    async def body(name: str) -> str:
-        await go.wait()
-        ran.append(name)
-        return name
-
-    @workflows.workflow("waits")
-    async def waits(context: WorkflowContext) -> list[str]:
-        return [await context.run(name, body, name) for name in ("a", "b")]
-
-    backend = workflows.engine.backend
-    beats: list[Heartbeat] = []
-    confirmed: list[float | None] = []  # the run's last confirmation as each busy beat began
-    three = asyncio.Event()
-    real = backend.heartbeat
-
-    async def busy_at_first(leases: list[Lease], lease_ms: int) -> Heartbeat:
-        if len(beats) >= 3:
-            return await real(leases, lease_ms)
-        confirmed.append(worker._confirmed.get(leases[0].run_id))
-        beats.append(Heartbeat([], [lease.run_id for lease in leases]))
-        if len(beats) == 3:
-            three.set()
-        return beats[-1]
-
-    backend.heartbeat = busy_at_first  # type: ignore[method-assign]
-    worker = await harness.worker(workflows, lease=0.6)
-    client = workflows.client()
-    run_id = await client.trigger("waits")
-    await asyncio.wait_for(three.wait(), 10)
-    await asyncio.sleep(0)  # the third beat's answer handled
-    assert confirmed[0] is not None
-    assert confirmed == [confirmed[0]] * 3 and worker._confirmed[run_id] == confirmed[0]
-    go.set()
-    log = await wait_for_state(client, run_id)
-
-    assert log["workflowState"] == "RUN_SUCCESS", log["error"]
-    assert ran == ["a", "b"]

@@ -196,17 +196,6 @@ class Budget:
     retry_at: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Heartbeat:
-    """The answer to ``RunStore.heartbeat``: the runs whose leases were extended, and those
-    passed over because another transaction was changing them at that moment (a save, a
-    claim, a cancel): neither extended nor known to be lost, they are looked at again by the
-    next heartbeat."""
-
-    renewed: list[str]
-    busy: list[str] = field(default_factory=list)
-
-
 class LiveSink(Protocol):
     """Where a backend delivers live events (the realtime hub). Called on the event loop."""
 
@@ -309,14 +298,8 @@ class RunStore(Protocol):
 
     async def renew_leases(self, leases: list[Lease], lease_ms: int) -> list[str]:
         """Extend these leases to storage time + ``lease_ms``; returns the run ids still held
-        by exactly those claims. Waits for a run another transaction is changing: the answer
-        is what storage holds once that change is done (whether a takeover went through)."""
-
-    async def heartbeat(self, leases: list[Lease], lease_ms: int) -> Heartbeat:
-        """``renew_leases`` that never waits for a run another transaction is changing: such a
-        run is reported ``busy`` instead (a storage without row locks reports none). A worker's
-        periodic renewal, which would otherwise take part in lock cycles with saves that lock
-        their own run and then another (a flow control waiter they wake)."""
+        by exactly those claims. A run another transaction is changing (a claim taking it
+        over, a save) is answered once that change is done."""
 
     async def save_steps(self, op: SaveSteps) -> int:
         """Fenced. Insert or replace these steps (by position). With ``op.release``, then give

@@ -314,18 +314,15 @@ class Worker:
             leases = list(self._leases.values())
             sent = asyncio.get_running_loop().time()
             try:
-                beat = await self.engine.backend.heartbeat(leases, self.lease_ms)
+                held = set(await self.engine.backend.renew_leases(leases, self.lease_ms))
             except BackendError as exc:
                 log.warning("renewing leases failed: %s", exc)
                 continue
-            held, busy = set(beat.renewed), set(beat.busy)
             for lease in leases:
                 task = self.active.get(lease.run_id)
                 mine = self._leases.get(lease.run_id) is lease
                 if mine and lease.run_id in held:
                     self._confirmed[lease.run_id] = sent
-                # A busy run (being changed by another transaction, a save of this very worker
-                # most often) is neither renewed nor lost: the next heartbeat looks again.
-                lost = lease.run_id not in held and lease.run_id not in busy and mine
+                lost = lease.run_id not in held and mine
                 if lost and task is not None:
                     task.cancel()  # canceled or taken over; its writes are fenced anyway

@@ -27,7 +27,6 @@ from stepstream.backends.base import (
     Claim,
     CreateRun,
     FinishRun,
-    Heartbeat,
     LiveSink,
     Notify,
     ReleaseRun,
@@ -243,9 +242,6 @@ class MemoryBackend(MemoryFlow, MemoryRecovery):
                     store.fence(lease).record.lease_until = until
                     held.append(lease.run_id)
             return held
-
-    async def heartbeat(self, leases: list[Lease], lease_ms: int) -> Heartbeat:
-        return Heartbeat(await self.renew_leases(leases, lease_ms))  # no row locks to wait for
 
     async def save_steps(self, op: SaveSteps) -> int:
         store = self._store

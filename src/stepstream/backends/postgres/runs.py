@@ -2,13 +2,15 @@
 ``migrations/003_runs.sql`` (redefined later: ``ss_save_steps`` in ``004_flow_control.sql``,
 ``ss_create_run`` in ``005_recovery.sql``; the usual save of one step is ``ss_save_step`` in
 ``011_save_one_step.sql``; the latest of the saves, the fence and ``ss_renew`` are in
-``012_lock_by_id.sql``), which
-also appends the events reporting it (``ss_emit``), so a state change and its events commit
-together. Runs due now NOTIFY the wake topic at commit. Step saves made while others are in
-flight are sent together (``batch.py``). Listing runs is in ``recovery.py``."""
+``012_lock_by_id.sql``; leases are renewed by ``ss_heartbeat`` of
+``013_heartbeat_never_waits.sql`` first), which also appends the events reporting it
+(``ss_emit``), so a state change and its events commit together. Runs due now NOTIFY the wake
+topic at commit. Step saves made while others are in flight are sent together (``batch.py``).
+Listing runs is in ``recovery.py``."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -20,7 +22,6 @@ from stepstream.backends.base import (
     Claim,
     CreateRun,
     FinishRun,
-    Heartbeat,
     Notify,
     ReleaseRun,
     Reported,
@@ -153,20 +154,12 @@ class PostgresRuns:
         return runs
 
     async def renew_leases(self, leases: list[Lease], lease_ms: int) -> list[str]:
+        """All leases at once, never waiting for a row lock (``ss_heartbeat``), then each run
+        another transaction held meanwhile on its own (``ss_renew``), waiting for that change:
+        a renewal that locked several runs and waited for one could close a lock cycle with a
+        save that locks its own run and then another (migration 13)."""
         if not leases:
             return []
-        rows = await self._db.fetch(
-            "SELECT * FROM ss_renew($1, $2, $3, $4)",
-            [lease.run_id for lease in leases],
-            [lease.owner for lease in leases],
-            [lease.epoch for lease in leases],
-            lease_ms,
-        )
-        return [row[0] for row in rows]
-
-    async def heartbeat(self, leases: list[Lease], lease_ms: int) -> Heartbeat:
-        if not leases:
-            return Heartbeat([])
         rows = await self._db.fetch(
             "SELECT * FROM ss_heartbeat($1, $2, $3, $4)",
             [lease.run_id for lease in leases],
@@ -174,9 +167,21 @@ class PostgresRuns:
             [lease.epoch for lease in leases],
             lease_ms,
         )
-        return Heartbeat(
-            [run_id for run_id, busy in rows if not busy], [run_id for run_id, busy in rows if busy]
+        renewed = [run_id for run_id, busy in rows if not busy]
+        busy = {run_id for run_id, busy in rows if busy}
+        later = list(dict.fromkeys(lease for lease in leases if lease.run_id in busy))
+        answers = await asyncio.gather(*(self._renew_one(lease, lease_ms) for lease in later))
+        return renewed + [run_id for answer in answers for run_id in answer]
+
+    async def _renew_one(self, lease: Lease, lease_ms: int) -> list[str]:
+        rows = await self._db.fetch(
+            "SELECT * FROM ss_renew($1, $2, $3, $4)",
+            [lease.run_id],
+            [lease.owner],
+            [lease.epoch],
+            lease_ms,
         )
+        return [row[0] for row in rows]
 
     async def save_steps(self, op: SaveSteps) -> int:
         if op.release is None:

@@ -14,7 +14,6 @@ from stepstream.backends.base import (
     Claim,
     CreateRun,
     FinishRun,
-    Heartbeat,
     Notify,
     ReleaseRun,
     Reported,
@@ -90,9 +89,6 @@ class RedisRuns:
             flat += [lease.run_id, lease.owner, lease.epoch]
         held: list[str] = await self._conn.script("renew_leases", lease_ms, *flat)
         return held
-
-    async def heartbeat(self, leases: list[Lease], lease_ms: int) -> Heartbeat:
-        return Heartbeat(await self.renew_leases(leases, lease_ms))  # no row locks to wait for
 
     async def save_steps(self, op: SaveSteps) -> int:
         slot = op.release

@@ -14,7 +14,6 @@ from stepstream.backends.base import (
     Claim,
     CreateRun,
     FinishRun,
-    Heartbeat,
     Notify,
     ReleaseRun,
     SaveSteps,
@@ -129,9 +128,6 @@ class SQLiteRuns:
             return held
 
         return await self._db.submit(renew, write=True)
-
-    async def heartbeat(self, leases: list[Lease], lease_ms: int) -> Heartbeat:
-        return Heartbeat(await self.renew_leases(leases, lease_ms))  # no row locks to wait for
 
     async def save_steps(self, op: SaveSteps) -> int:
         def save(conn: sqlite3.Connection) -> int:

@@ -1,19 +1,20 @@
--- stepstream on PostgreSQL, version 13: a worker's heartbeat never waits for a row lock.
+-- stepstream on PostgreSQL, version 13: renewing a worker's leases takes part in no lock cycle.
 --
 -- A save that gives a flow control slot back locks its own run, then the waiter it wakes
--- (ss_free_slot). A heartbeat (ss_renew) locks every run its worker holds, in id order. When
--- the worker holds both runs and the waiter's id comes first, the heartbeat holds the waiter
--- and waits for the saving run while the save holds that run and waits for the waiter: a lock
--- cycle, which PostgreSQL ends after deadlock_timeout (a second) by rolling one of them back.
+-- (ss_free_slot). A heartbeat (ss_renew) locked every run its worker holds, in id order, in
+-- one transaction. When the worker held both runs and the waiter's id came first, the
+-- heartbeat held the waiter and waited for the saving run while the save held that run and
+-- waited for the waiter: a lock cycle, which PostgreSQL ends after deadlock_timeout (a second)
+-- by rolling one of them back.
 --
 -- ss_heartbeat renews as ss_renew does, but passes over a run that another transaction holds
 -- locked (FOR UPDATE SKIP LOCKED), so it never waits, and a transaction that never waits is
 -- part of no cycle. A run passed over is returned as busy when, as last committed, it is still
--- this claim's: its lease is not extended now and the worker neither counts it lost nor
--- renewed (the next heartbeat, a third of a lease later, looks again). Runs that are not this
--- claim's are neither returned nor locked, as in version 12. ss_renew stays as it is: it is
--- what a worker asks before a step body after a stall, and there it must wait, for a takeover
--- in flight (a claim holding that very row) decides the answer.
+-- this claim's; runs that are not this claim's are neither returned nor locked, as in version
+-- 12. The backend then renews each busy run on its own, with ss_renew in a transaction of its
+-- own, which waits for the change in flight and so answers what it decided (a claim taking the
+-- run over, a cancel): a transaction that holds no lock while it waits closes no cycle
+-- either. ss_renew is unchanged, so processes of version 12 renew as before.
 
 CREATE FUNCTION ss_heartbeat(
     p_ids text[], p_owners text[], p_epochs bigint[], p_lease_ms bigint
