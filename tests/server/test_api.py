@@ -457,6 +457,40 @@ async def test_notify_naming_the_run_is_kept_for_it_lookback(api: Api) -> None:
     assert log["workflowRunResponse"] == {"data": {"early": True}, "timedOut": False}
 
 
+async def test_an_event_id_may_hold_a_slash() -> None:
+    """``wait_for_event`` takes any id, ``orders/42`` too: notifying it and listing its waiters
+    work with the slash sent as ``%2F`` (as ``Client.notify`` and the dashboard send it, and
+    the server decodes) or as it is."""
+    workflows = Workflows(realtime=Realtime(backend="memory://"))
+
+    @workflows.workflow("order")
+    async def order(context: WorkflowContext) -> Any:
+        data, _ = await context.wait_for_event("paid", "orders/42", timeout=3600)
+        return data
+
+    app = workflows.asgi(workers=1)
+    async with (
+        app.router.lifespan_context(app),
+        Api(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://127.0.0.1:8000",
+            headers={"content-type": "application/json"},
+            timeout=TIMEOUT,
+        ) as api,
+    ):
+        run_id = await api.trigger("order")
+        await api.until(run_id, lambda log: log["steps"])
+        for path in ("/api/events/orders%2F42/waiters", "/api/events/orders/42/waiters"):
+            response = await api.get(path)
+            assert response.status_code == 200, response.text
+            assert [w["workflowRunId"] for w in response.json()["waiters"]] == [run_id]
+        response = await api.post("/api/events/orders%2F42", json={"paid": True})
+        assert response.status_code == 200, response.text
+        assert response.json() == {"eventId": "orders/42", "waiters": 1}
+        assert (await api.finished(run_id))["workflowRunResponse"] == {"paid": True}
+        assert_error(await api.post("/api/events/orders/42", json=1), 404, "no_waiters")
+
+
 async def test_notify_naming_an_unknown_run_is_a_404(api: Api) -> None:
     response = await api.post("/api/events/e", params={"workflowRunId": "wfr_missing"}, json=1)
     assert_error(response, 404, "run_not_found")
@@ -516,12 +550,14 @@ async def test_the_openapi_document_describes_the_api(api: Api) -> None:
 
 
 def app_operations(api: Api) -> set[tuple[str, str]]:
-    """Every (method, path) the app routes, mounts aside (HEAD is GET's)."""
+    """Every (method, path) the app routes, mounts aside (HEAD is GET's), each path as OpenAPI
+    writes it (``{event_id}``, not Starlette's ``{event_id:path}``)."""
     found: set[tuple[str, str]] = set()
     for route in api.workflows.asgi(workers=0).routes:
         if isinstance(route, Route):
             methods = route.methods or {"GET"}  # the SSE endpoint (an ASGI app) serves GET
-            found |= {(method.lower(), route.path) for method in methods - {"HEAD"}}
+            path = re.sub(r":\w+}", "}", route.path)
+            found |= {(method.lower(), path) for method in methods - {"HEAD"}}
     return found
 
 

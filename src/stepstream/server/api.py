@@ -116,7 +116,8 @@ class JSONApi:
             Route("/api/runs", self.list_runs, methods=["GET"]),
             Route("/api/runs/{run_id}", self.get_run, methods=["GET"]),
             Route("/api/runs/{run_id}/cancel", self.cancel, methods=["POST"]),
-            Route("/api/events/{event_id}", self.notify, methods=["POST"]),
+            # :path: an event id may hold "/" (sent as %2F, which the server decodes).
+            Route("/api/events/{event_id:path}", self.notify, methods=["POST"]),
             Route("/api/workers", self.workers, methods=["GET"]),
             Route("/openapi.json", self.openapi, methods=["GET"]),
         ]

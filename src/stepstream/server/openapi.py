@@ -306,7 +306,13 @@ PATHS: dict[str, Any] = {
             "summary": "Notify the runs waiting for an event; the body is the event data",
             "operationId": "notify",
             "parameters": [
-                {"name": "event_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                {
+                    "name": "event_id",
+                    "in": "path",
+                    "required": True,
+                    "description": "any text; a '/' in it may be sent as is or as %2F",
+                    "schema": {"type": "string"},
+                },
                 {
                     "name": "workflowRunId",
                     "in": "query",

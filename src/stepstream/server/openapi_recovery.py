@@ -188,7 +188,13 @@ RECOVERY_PATHS: dict[str, Any] = {
             "summary": "The steps waiting for an event now",
             "operationId": "listWaiters",
             "parameters": [
-                {"name": "event_id", "in": "path", "required": True, "schema": {"type": "string"}}
+                {
+                    "name": "event_id",
+                    "in": "path",
+                    "required": True,
+                    "description": "any text; a '/' in it may be sent as is or as %2F",
+                    "schema": {"type": "string"},
+                }
             ],
             "responses": {
                 "200": json_body(

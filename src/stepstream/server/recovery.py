@@ -57,7 +57,7 @@ class RecoveryApi:
             Route("/api/runs/{run_id}/restart", self.restart, methods=["POST"]),
             Route("/api/runs/{run_id}/fork", self.fork, methods=["POST"]),
             Route("/api/runs/{run_id}", self.delete, methods=["DELETE"]),
-            Route("/api/events/{event_id}/waiters", self.waiters, methods=["GET"]),
+            Route("/api/events/{event_id:path}/waiters", self.waiters, methods=["GET"]),
         ]
 
     async def resume(self, request: Request) -> Response:
