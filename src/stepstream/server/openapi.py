@@ -13,6 +13,7 @@ from stepstream.records import RunState, StepState, StepType
 from stepstream.server.openapi_common import (
     ANY_JSON,
     EPOCH_MS,
+    EVENT_ID_IN_PATH,
     LABEL,
     RUN_FILTER,
     RUN_ID_IN_PATH,
@@ -306,13 +307,7 @@ PATHS: dict[str, Any] = {
             "summary": "Notify the runs waiting for an event; the body is the event data",
             "operationId": "notify",
             "parameters": [
-                {
-                    "name": "event_id",
-                    "in": "path",
-                    "required": True,
-                    "description": "any text; a '/' in it may be sent as is or as %2F",
-                    "schema": {"type": "string"},
-                },
+                EVENT_ID_IN_PATH,
                 {
                     "name": "workflowRunId",
                     "in": "query",

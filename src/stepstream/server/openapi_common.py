@@ -11,6 +11,13 @@ from stepstream.workflow.engine import MAX_LABEL_LENGTH
 ANY_JSON: dict[str, Any] = {}  # the empty schema: any JSON value
 EPOCH_MS = {"type": "integer", "description": "Unix epoch milliseconds"}
 RUN_ID_IN_PATH = {"name": "run_id", "in": "path", "required": True, "schema": {"type": "string"}}
+EVENT_ID_IN_PATH = {
+    "name": "event_id",
+    "in": "path",
+    "required": True,
+    "description": "any text; a '/' in it may be sent as is or as %2F",
+    "schema": {"type": "string"},
+}
 LABEL = {"type": "string", "minLength": 1, "maxLength": MAX_LABEL_LENGTH}
 # Which runs: the query of ``GET /api/runs`` and the ``filter`` of the bulk actions (filters.py).
 RUN_FILTER: dict[str, Any] = {

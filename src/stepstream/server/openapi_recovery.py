@@ -8,6 +8,7 @@ from typing import Any
 from stepstream.records import RunState
 from stepstream.server.openapi_common import (
     EPOCH_MS,
+    EVENT_ID_IN_PATH,
     RUN_FILTER,
     RUN_ID_IN_PATH,
     error,
@@ -187,15 +188,7 @@ RECOVERY_PATHS: dict[str, Any] = {
         "get": {
             "summary": "The steps waiting for an event now",
             "operationId": "listWaiters",
-            "parameters": [
-                {
-                    "name": "event_id",
-                    "in": "path",
-                    "required": True,
-                    "description": "any text; a '/' in it may be sent as is or as %2F",
-                    "schema": {"type": "string"},
-                }
-            ],
+            "parameters": [EVENT_ID_IN_PATH],
             "responses": {
                 "200": json_body(
                     obj({"waiters": {"type": "array", "items": ref("Waiter")}}), "the waiters"
