@@ -706,3 +706,32 @@ async def test_a_lease_renewed_while_a_claim_takes_the_run_over_is_lost(postgres
     finally:
         await conn.close()
         await backend.close()
+
+
+async def test_renewals_waiting_for_locked_runs_leave_the_pool_to_others(postgres_url: str) -> None:
+    """The runs a renewal finds locked (a group save holds up to 100) are renewed one at a
+    time: however many they are, one connection waits, and the process's other calls go on."""
+    url = fresh(postgres_url, pool_size="2")
+    backend = backend_from_url(url)
+    await backend.open()
+    conn = await asyncpg.connect(
+        postgres_url, server_settings={"search_path": url.split("=")[1].split("&")[0]}
+    )
+    try:
+        ids = [f"wfr_{i}" for i in range(6)]
+        for run_id in ids:
+            await backend.create_run(CreateRun(new_run(run_id)))
+        leases = [Lease(run.id, "w1", run.epoch) for run in await claim(backend, "w1", 10)]
+        saving = conn.transaction()
+        await saving.start()
+        await conn.execute("SELECT 1 FROM runs WHERE id = ANY($1) FOR UPDATE", ids[1:])
+        renewal = asyncio.create_task(backend.renew_leases(leases, 30_000))
+        await asyncio.sleep(0.3)
+        async with asyncio.timeout(5):  # not behind the renewals: a connection is left
+            assert await backend.get_run(ids[0]) is not None
+        assert not renewal.done()
+        await saving.commit()
+        assert sorted(await renewal) == ids
+    finally:
+        await conn.close()
+        await backend.close()

@@ -10,7 +10,6 @@ Listing runs is in ``recovery.py``."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -157,7 +156,9 @@ class PostgresRuns:
         """All leases at once, never waiting for a row lock (``ss_heartbeat``), then each run
         another transaction held meanwhile on its own (``ss_renew``), waiting for that change:
         a renewal that locked several runs and waited for one could close a lock cycle with a
-        save that locks its own run and then another (migration 13)."""
+        save that locks its own run and then another (migration 13). One at a time: a group
+        save holds up to ``MAX_BATCH`` runs, and a renewal of each at once would take every
+        connection of the pool while they wait."""
         if not leases:
             return []
         rows = await self._db.fetch(
@@ -169,9 +170,9 @@ class PostgresRuns:
         )
         renewed = [run_id for run_id, busy in rows if not busy]
         busy = {run_id for run_id, busy in rows if busy}
-        later = list(dict.fromkeys(lease for lease in leases if lease.run_id in busy))
-        answers = await asyncio.gather(*(self._renew_one(lease, lease_ms) for lease in later))
-        return renewed + [run_id for answer in answers for run_id in answer]
+        for lease in dict.fromkeys(lease for lease in leases if lease.run_id in busy):
+            renewed += await self._renew_one(lease, lease_ms)
+        return renewed
 
     async def _renew_one(self, lease: Lease, lease_ms: int) -> list[str]:
         rows = await self._db.fetch(
