@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 import weakref
+from collections import deque
 
 from starlette.types import Send
 
@@ -71,6 +73,7 @@ class Sender:
     def dropped(self) -> None:
         """Our own cancel was caught: the task goes on (to clean up), no longer cancelled."""
         self._task.uncancel()
+        _UVICORN_NOTICE.expect()
         log.warning(
             "dropped an SSE client that accepted nothing for %g s (it resumes from its cursor "
             "when it reconnects)",
@@ -126,3 +129,40 @@ def _stall_watch(loop: asyncio.AbstractEventLoop) -> _StallWatch:
     if watch is None:
         watch = _STALL_WATCHES[loop] = _StallWatch()
     return watch
+
+
+class _UvicornDropNotice(logging.Filter):
+    """Takes out uvicorn's ``ERROR: ASGI callable returned without completing response.`` for
+    the responses stepstream abandons on purpose. Returning mid-response is the only way ASGI
+    gives an app to give a client up, and uvicorn reports it as an application error; each drop
+    already logs stepstream's own warning, so a server with slow readers would otherwise log
+    errors in normal operation. Only as many of uvicorn's lines are taken out as drops were
+    announced within ``WINDOW`` seconds before them: an app that returns early for any other
+    reason is still reported."""
+
+    MESSAGE = "ASGI callable returned without completing response."
+    WINDOW = 5.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._drops: deque[float] = deque()
+        self._installed = False
+
+    def expect(self) -> None:
+        if not self._installed:  # on the first drop: an app that never drops changes nothing
+            logging.getLogger("uvicorn.error").addFilter(self)
+            self._installed = True
+        self._drops.append(time.monotonic())
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        drops = self._drops
+        now = time.monotonic()
+        while drops and now - drops[0] > self.WINDOW:
+            drops.popleft()
+        if drops and record.getMessage() == self.MESSAGE:
+            drops.popleft()
+            return False
+        return True
+
+
+_UVICORN_NOTICE = _UvicornDropNotice()
