@@ -735,3 +735,46 @@ async def test_renewals_waiting_for_locked_runs_leave_the_pool_to_others(postgre
     finally:
         await conn.close()
         await backend.close()
+
+
+async def test_a_locked_run_never_holds_up_the_renewal_of_another(postgres_url: str) -> None:
+    """Runs a renewal found locked each wait for their own lock only: one held for long (an
+    operator's open transaction) does not keep another, whose lock goes at once, unrenewed."""
+    url = fresh(postgres_url)
+    backend = backend_from_url(url)
+    await backend.open()
+    schema = url.split("=")[-1]
+    long = await asyncpg.connect(postgres_url, server_settings={"search_path": schema})
+    short = await asyncpg.connect(postgres_url, server_settings={"search_path": schema})
+    try:
+        for run_id in ("wfr_0", "wfr_1", "wfr_2"):
+            await backend.create_run(CreateRun(new_run(run_id)))
+        runs = {run.id: run for run in await claim(backend, "w1", 10, lease_ms=5_000)}
+        leases = [Lease(run_id, "w1", runs[run_id].epoch) for run_id in ("wfr_1", "wfr_2")]
+        held = long.transaction()
+        await held.start()
+        await long.execute("SELECT 1 FROM runs WHERE id = 'wfr_1' FOR UPDATE")
+        brief = short.transaction()
+        await brief.start()
+        await short.execute("SELECT 1 FROM runs WHERE id = 'wfr_2' FOR UPDATE")
+        renewal = asyncio.create_task(backend.renew_leases(leases, 600_000))
+        await asyncio.sleep(0.2)
+        await brief.commit()  # wfr_2's lock goes; wfr_1's stays
+
+        async def lease_left(run_id: str) -> int:
+            found: int = await short.fetchval(
+                "SELECT lease_until - ss_now() FROM runs WHERE id = $1", run_id
+            )
+            return found
+
+        async with asyncio.timeout(10):  # renewed for 600 s once its lock went
+            while (left := await lease_left("wfr_2")) < 60_000:
+                assert left > 0, "wfr_2's lease ran out unrenewed"
+                await asyncio.sleep(0.05)
+        assert await lease_left("wfr_1") < 60_000 and not renewal.done()
+        await held.commit()
+        assert sorted(await renewal) == ["wfr_1", "wfr_2"]
+    finally:
+        await long.close()
+        await short.close()
+        await backend.close()

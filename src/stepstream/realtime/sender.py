@@ -11,9 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import time
 import weakref
-from collections import deque
+from contextvars import ContextVar
 
 from starlette.types import Send
 
@@ -73,7 +72,8 @@ class Sender:
     def dropped(self) -> None:
         """Our own cancel was caught: the task goes on (to clean up), no longer cancelled."""
         self._task.uncancel()
-        _UVICORN_NOTICE.expect()
+        _DROPPED.set(True)
+        logging.getLogger("uvicorn.error").addFilter(_not_our_drop)  # once: it is kept once
         log.warning(
             "dropped an SSE client that accepted nothing for %g s (it resumes from its cursor "
             "when it reconnects)",
@@ -131,38 +131,18 @@ def _stall_watch(loop: asyncio.AbstractEventLoop) -> _StallWatch:
     return watch
 
 
-class _UvicornDropNotice(logging.Filter):
-    """Takes out uvicorn's ``ERROR: ASGI callable returned without completing response.`` for
-    the responses stepstream abandons on purpose. Returning mid-response is the only way ASGI
-    gives an app to give a client up, and uvicorn reports it as an application error; each drop
-    already logs stepstream's own warning, so a server with slow readers would otherwise log
-    errors in normal operation. Only as many of uvicorn's lines are taken out as drops were
-    announced within ``WINDOW`` seconds before them: an app that returns early for any other
-    reason is still reported."""
-
-    MESSAGE = "ASGI callable returned without completing response."
-    WINDOW = 5.0
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._drops: deque[float] = deque()
-        self._installed = False
-
-    def expect(self) -> None:
-        if not self._installed:  # on the first drop: an app that never drops changes nothing
-            logging.getLogger("uvicorn.error").addFilter(self)
-            self._installed = True
-        self._drops.append(time.monotonic())
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        drops = self._drops
-        now = time.monotonic()
-        while drops and now - drops[0] > self.WINDOW:
-            drops.popleft()
-        if drops and record.getMessage() == self.MESSAGE:
-            drops.popleft()
-            return False
-        return True
+# Set in the task of a response stepstream gave up on purpose (``Sender.dropped``); uvicorn logs
+# its line about the unfinished response in that same task, right after the app returns.
+_DROPPED: ContextVar[bool] = ContextVar("stepstream_sse_dropped", default=False)
+UVICORN_UNFINISHED = "ASGI callable returned without completing response."
 
 
-_UVICORN_NOTICE = _UvicornDropNotice()
+def _not_our_drop(record: logging.LogRecord) -> bool:
+    """A filter of the ``uvicorn.error`` logger: takes out uvicorn's ``ERROR: ASGI callable
+    returned without completing response.`` for a response stepstream abandoned on purpose.
+    Returning mid-response is the only way ASGI gives an app to give a client up, and uvicorn
+    reports it as an application error; each drop already logs stepstream's own warning, so a
+    server with slow readers would otherwise log errors in normal operation. Only the line of
+    the very request whose client was dropped goes (a context variable of its task): any other
+    app or route returning early is still reported."""
+    return not (_DROPPED.get() and record.getMessage() == UVICORN_UNFINISHED)

@@ -10,6 +10,7 @@ Listing runs is in ``recovery.py``."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -156,9 +157,10 @@ class PostgresRuns:
         """All leases at once, never waiting for a row lock (``ss_heartbeat``), then each run
         another transaction held meanwhile on its own (``ss_renew``), waiting for that change:
         a renewal that locked several runs and waited for one could close a lock cycle with a
-        save that locks its own run and then another (migration 13). One at a time: a group
-        save holds up to ``MAX_BATCH`` runs, and a renewal of each at once would take every
-        connection of the pool while they wait."""
+        save that locks its own run and then another (migration 13). A third of the pool's
+        connections at most wait at once: a group save holds up to ``MAX_BATCH`` runs, and a
+        renewal of each at once would take the pool from every other call, while one at a
+        time would keep each run waiting for the locks of those before it."""
         if not leases:
             return []
         rows = await self._db.fetch(
@@ -170,18 +172,28 @@ class PostgresRuns:
         )
         renewed = [run_id for run_id, busy in rows if not busy]
         busy = {run_id for run_id, busy in rows if busy}
-        for lease in dict.fromkeys(lease for lease in leases if lease.run_id in busy):
-            renewed += await self._renew_one(lease, lease_ms)
+        if not busy:
+            return renewed
+        turns = asyncio.Semaphore(max(1, self._db.pool_size // 3))
+        later = dict.fromkeys(lease for lease in leases if lease.run_id in busy)
+        answers = await asyncio.gather(
+            *(self._renew_one(lease, lease_ms, turns) for lease in later), return_exceptions=True
+        )
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                raise answer  # the first failure; the others have ended too
+            renewed += answer
         return renewed
 
-    async def _renew_one(self, lease: Lease, lease_ms: int) -> list[str]:
-        rows = await self._db.fetch(
-            "SELECT * FROM ss_renew($1, $2, $3, $4)",
-            [lease.run_id],
-            [lease.owner],
-            [lease.epoch],
-            lease_ms,
-        )
+    async def _renew_one(self, lease: Lease, lease_ms: int, turns: asyncio.Semaphore) -> list[str]:
+        async with turns:
+            rows = await self._db.fetch(
+                "SELECT * FROM ss_renew($1, $2, $3, $4)",
+                [lease.run_id],
+                [lease.owner],
+                [lease.epoch],
+                lease_ms,
+            )
         return [row[0] for row in rows]
 
     async def save_steps(self, op: SaveSteps) -> int:
