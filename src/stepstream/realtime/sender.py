@@ -73,7 +73,7 @@ class Sender:
         """Our own cancel was caught: the task goes on (to clean up), no longer cancelled."""
         self._task.uncancel()
         _DROPPED.set(True)
-        logging.getLogger("uvicorn.error").addFilter(_not_our_drop)  # once: it is kept once
+        logging.getLogger("uvicorn.error").addFilter(_not_our_drop)  # added the first time only
         log.warning(
             "dropped an SSE client that accepted nothing for %g s (it resumes from its cursor "
             "when it reconnects)",

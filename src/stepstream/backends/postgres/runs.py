@@ -164,11 +164,7 @@ class PostgresRuns:
         if not leases:
             return []
         rows = await self._db.fetch(
-            "SELECT * FROM ss_heartbeat($1, $2, $3, $4)",
-            [lease.run_id for lease in leases],
-            [lease.owner for lease in leases],
-            [lease.epoch for lease in leases],
-            lease_ms,
+            "SELECT * FROM ss_heartbeat($1, $2, $3, $4)", *_claims(leases), lease_ms
         )
         renewed = [run_id for run_id, busy in rows if not busy]
         busy = {run_id for run_id, busy in rows if busy}
@@ -188,11 +184,7 @@ class PostgresRuns:
     async def _renew_one(self, lease: Lease, lease_ms: int, turns: asyncio.Semaphore) -> list[str]:
         async with turns:
             rows = await self._db.fetch(
-                "SELECT * FROM ss_renew($1, $2, $3, $4)",
-                [lease.run_id],
-                [lease.owner],
-                [lease.epoch],
-                lease_ms,
+                "SELECT * FROM ss_renew($1, $2, $3, $4)", *_claims([lease]), lease_ms
             )
         return [row[0] for row in rows]
 
@@ -368,4 +360,13 @@ def run_record(row: asyncpg.Record) -> RunRecord:
         labels=list(row["labels"]),
         restarted_from=row["restarted_from"],
         forked_from=row["forked_from"],
+    )
+
+
+def _claims(leases: list[Lease]) -> tuple[list[str], list[str], list[int]]:
+    """The run ids, owners and epochs of ``leases``: the arrays a lease renewal takes."""
+    return (
+        [lease.run_id for lease in leases],
+        [lease.owner for lease in leases],
+        [lease.epoch for lease in leases],
     )
