@@ -645,6 +645,13 @@ async def test_a_read_whose_connection_is_killed_midway_runs_again_a_write_does_
         await call
 
 
+async def session_in(backend: Any, postgres_url: str) -> asyncpg.Connection:
+    """A connection of this test's own to ``backend``'s database, in its schema: transactions
+    beside the backend's (a save holding a run's row, a claim in flight)."""
+    assert isinstance(backend, PostgresBackend)
+    return await asyncpg.connect(postgres_url, server_settings={"search_path": backend._db.schema})
+
+
 async def test_renewing_leases_takes_part_in_no_lock_cycle(postgres_url: str) -> None:
     """A save that gives a flow control slot back locks its own run, then the waiter it wakes.
     A heartbeat of the worker holding both used to lock them in id order in one transaction,
@@ -655,7 +662,7 @@ async def test_renewing_leases_takes_part_in_no_lock_cycle(postgres_url: str) ->
     backend = backend_from_url(url)
     await backend.open()
     one = FlowLimits("k", parallelism=1)
-    conn = await asyncpg.connect(postgres_url, server_settings={"search_path": url.split("=")[-1]})
+    conn = await session_in(backend, postgres_url)
     before = await _deadlocks(postgres_url)
     try:
         for run_id in ("wfr_a_waiter", "wfr_b_holder"):
@@ -688,7 +695,7 @@ async def test_a_lease_renewed_while_a_claim_takes_the_run_over_is_lost(postgres
     url = fresh(postgres_url)
     backend = backend_from_url(url)
     await backend.open()
-    conn = await asyncpg.connect(postgres_url, server_settings={"search_path": url.split("=")[-1]})
+    conn = await session_in(backend, postgres_url)
     try:
         await backend.create_run(CreateRun(new_run("wfr_r1")))
         (run,) = await claim(backend, "w1", 10, lease_ms=1)
@@ -714,9 +721,7 @@ async def test_renewals_waiting_for_locked_runs_leave_the_pool_to_others(postgre
     url = fresh(postgres_url, pool_size="2")
     backend = backend_from_url(url)
     await backend.open()
-    conn = await asyncpg.connect(
-        postgres_url, server_settings={"search_path": url.split("=")[1].split("&")[0]}
-    )
+    conn = await session_in(backend, postgres_url)
     try:
         ids = [f"wfr_{i}" for i in range(6)]
         for run_id in ids:
@@ -743,9 +748,8 @@ async def test_a_locked_run_never_holds_up_the_renewal_of_another(postgres_url: 
     url = fresh(postgres_url)
     backend = backend_from_url(url)
     await backend.open()
-    schema = url.split("=")[-1]
-    long = await asyncpg.connect(postgres_url, server_settings={"search_path": schema})
-    short = await asyncpg.connect(postgres_url, server_settings={"search_path": schema})
+    long = await session_in(backend, postgres_url)
+    short = await session_in(backend, postgres_url)
     try:
         for run_id in ("wfr_0", "wfr_1", "wfr_2"):
             await backend.create_run(CreateRun(new_run(run_id)))
