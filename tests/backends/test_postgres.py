@@ -12,12 +12,14 @@ import json
 import os
 import signal
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import pytest
 
+from stepstream import WorkflowContext, Workflows
 from stepstream.backends import backend_from_url
 from stepstream.backends.base import AcquireSlot, CreateRun, Notify, ReleaseSlot, SaveSteps
 from stepstream.backends.postgres import PostgresBackend, connection, live
@@ -40,6 +42,7 @@ from stepstream.records import (
 )
 from tests.backends.test_runs_contract import claim, new_run, step
 from tests.conftest import free_port
+from tests.workflow.helpers import wait_for_state, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -782,3 +785,95 @@ async def test_a_locked_run_never_holds_up_the_renewal_of_another(postgres_url: 
         await long.close()
         await short.close()
         await backend.close()
+
+
+async def test_a_renewal_that_waited_for_a_lock_renews_from_the_end_of_the_wait(
+    postgres_url: str,
+) -> None:
+    """A renewal waiting for a run's row (locked, not changed, by another transaction) for
+    longer than the lease used to store the lease it computed before the wait, already over,
+    and answer "held": the next claim took the run over while its worker went on."""
+    url = fresh(postgres_url)
+    backend = backend_from_url(url)
+    await backend.open()
+    conn = await session_in(backend, postgres_url)
+    try:
+        await backend.create_run(CreateRun(new_run("wfr_r1")))
+        (run,) = await claim(backend, "w1", 10, lease_ms=60_000)
+        lease = Lease("wfr_r1", "w1", run.epoch)
+        holding = conn.transaction()
+        await holding.start()
+        await conn.execute("SELECT 1 FROM runs WHERE id = 'wfr_r1' FOR UPDATE")
+        renewal = asyncio.create_task(backend.renew_leases([lease], 500))
+        await asyncio.sleep(1.0)  # twice the lease
+        assert not renewal.done()
+        await holding.commit()
+        async with asyncio.timeout(5):
+            assert await renewal == ["wfr_r1"]
+        left = await conn.fetchval("SELECT lease_until - ss_now() FROM runs WHERE id = 'wfr_r1'")
+        assert left > 250, f"renewed to {left} ms from now, not the lease's 500"
+        assert await claim(backend, "w2", 10) == []
+    finally:
+        await conn.close()
+        await backend.close()
+
+
+async def test_a_run_locked_for_long_keeps_no_other_run_from_its_lease(postgres_url: str) -> None:
+    """A worker's heartbeat never waits for one run. With one run's row held by an open
+    transaction (an operator's) for several leases, the worker's other run keeps its lease, so
+    a second worker never takes it over and its body runs once."""
+    url = fresh(postgres_url)
+    workflows = Workflows(backend=url)
+    ran: Counter[str] = Counter()
+    go_on = asyncio.Event()
+
+    @workflows.workflow("hold")
+    async def hold(context: WorkflowContext) -> None:
+        async def wait() -> None:
+            ran[context.workflow_run_id] += 1
+            await go_on.wait()
+
+        await context.run("wait", wait)
+
+    client = workflows.client()
+    for name in ("a", "b"):
+        await client.trigger("hold", workflow_run_id=name)
+    worker = workflows.worker(lease=0.6, poll_interval=0.05, concurrency=2)
+    other = workflows.worker(lease=0.6, poll_interval=0.05, concurrency=2)
+    await worker.start()
+    conn = await session_in(workflows.backend, postgres_url)
+    try:
+        await wait_until(lambda: _true(len(ran) == 2), what="both bodies to start")
+        await other.start()
+        operator = conn.transaction()
+        await operator.start()
+        await conn.execute("SELECT 1 FROM runs WHERE id = 'wfr_a' FOR UPDATE")
+        low = 600
+        for _ in range(40):  # 2 s: over three leases
+            await asyncio.sleep(0.05)
+            async with asyncio.timeout(5):
+                low = min(
+                    low,
+                    await conn.fetchval(
+                        "SELECT lease_until - ss_now() FROM runs WHERE id = 'wfr_b'"
+                    ),
+                )
+        await operator.commit()
+        assert low > 0, f"wfr_b's lease ran out ({low} ms) while wfr_a was locked"
+        go_on.set()
+        for run_id in ("wfr_a", "wfr_b"):
+            assert (await wait_for_state(client, run_id))["workflowState"] == "RUN_SUCCESS"
+        assert ran["wfr_b"] == 1
+        # wfr_a's own lease ran out while it was locked: when the lock goes, the other worker's
+        # claim may get the row before this worker's renewal does (no lease survives that).
+        assert ran["wfr_a"] in (1, 2)
+    finally:
+        go_on.set()
+        await conn.close()
+        await worker.stop(grace=5)
+        await other.stop(grace=5)
+        await workflows.aclose()
+
+
+async def _true(value: bool) -> bool:
+    return value

@@ -13,7 +13,7 @@ passed to the method of the same name::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Protocol, TypedDict
 from urllib.parse import urlsplit, urlunsplit
@@ -301,6 +301,15 @@ class RunStore(Protocol):
         by exactly those claims. A run another transaction is changing (a claim taking it
         over, a save) is answered once that change is done."""
 
+    async def renew_leases_now(
+        self, leases: list[Lease], lease_ms: int
+    ) -> tuple[list[str], list[Lease]]:
+        """``renew_leases`` without waiting for any run: the run ids still held, and the
+        leases of the runs another transaction is changing (for ``renew_leases`` to answer once
+        that change is done). A heartbeat goes on while such a change takes long (an open
+        transaction holding a run's row): its other runs must not lose their leases to it. Only
+        PostgreSQL renews with row locks; every other backend answers each run at once."""
+
     async def save_steps(self, op: SaveSteps) -> int:
         """Fenced. Insert or replace these steps (by position). With ``op.release``, then give
         that slot up like ``release_slot``; returns how many runs that woke (0 without)."""
@@ -342,6 +351,18 @@ class RunStore(Protocol):
         lease and waits, and resolve its parent's invoke step like ``finish_run``. Not fenced:
         whoever holds the run loses it. ``RunNotFound``, or ``RunConflict`` if it already
         finished."""
+
+
+class RenewsAtOnce:
+    """``renew_leases_now`` for a backend whose renewals never wait for a row lock: every run
+    is answered at once."""
+
+    renew_leases: Callable[[list[Lease], int], Awaitable[list[str]]]
+
+    async def renew_leases_now(
+        self, leases: list[Lease], lease_ms: int
+    ) -> tuple[list[str], list[Lease]]:
+        return await self.renew_leases(leases, lease_ms), []
 
 
 class RecoveryStore(Protocol):

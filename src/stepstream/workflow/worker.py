@@ -79,6 +79,8 @@ class Worker:
         # When storage last said each lease was ours: the loop time its claim or renewal was
         # sent (conservative: storage granted it later than that).
         self._confirmed: dict[str, float] = {}
+        # The renewals awaiting a run's row lock (``_heartbeat_loop``), by run id.
+        self._answering: dict[str, asyncio.Task[None]] = {}
         self._offset = 0
         self._wakeup = asyncio.Event()
         self._stopping = False
@@ -131,9 +133,10 @@ class Worker:
             task.cancel()
         await asyncio.gather(*active, return_exceptions=True)
         await self.presence.leave()
-        for task in self._tasks:
+        tasks = self._tasks + list(self._answering.values())
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def _describe(self) -> dict[str, Any]:
         """What this worker's presence entry says besides who and where it is."""
@@ -305,7 +308,9 @@ class Worker:
 
     async def _heartbeat_loop(self) -> None:
         # Runs until ``stop`` cancels it, after the executions: a stopping worker still holds
-        # what it executes.
+        # what it executes. It never waits for one run: a run whose row another transaction
+        # holds (a save, a claim in flight, an operator's open transaction) is answered apart,
+        # so that however long that takes, this worker's other runs keep their leases.
         period = self.lease_ms / 3000
         while True:
             await asyncio.sleep(period)
@@ -314,15 +319,37 @@ class Worker:
             leases = list(self._leases.values())
             sent = asyncio.get_running_loop().time()
             try:
-                held = set(await self.engine.backend.renew_leases(leases, self.lease_ms))
+                held, changing = await self.engine.backend.renew_leases_now(leases, self.lease_ms)
             except BackendError as exc:
                 log.warning("renewing leases failed: %s", exc)
                 continue
-            for lease in leases:
-                task = self.active.get(lease.run_id)
-                mine = self._leases.get(lease.run_id) is lease
-                if mine and lease.run_id in held:
-                    self._confirmed[lease.run_id] = sent
-                lost = lease.run_id not in held and mine
-                if lost and task is not None:
-                    task.cancel()  # canceled or taken over; its writes are fenced anyway
+            later = {lease.run_id for lease in changing}
+            self._answered([lease for lease in leases if lease.run_id not in later], held, sent)
+            for lease in changing:
+                if lease.run_id not in self._answering:
+                    task = asyncio.create_task(self._answer(lease), name="stepstream-renew")
+                    self._answering[lease.run_id] = task
+
+    async def _answer(self, lease: Lease) -> None:
+        """Renew the lease of a run another transaction was changing, once that change is
+        done (a claim taking the run over decides it is lost)."""
+        sent = asyncio.get_running_loop().time()
+        try:
+            held = await self.engine.backend.renew_leases([lease], self.lease_ms)
+        except BackendError as exc:
+            log.warning("renewing the lease of run %s failed: %s", lease.run_id, exc)
+        else:
+            self._answered([lease], held, sent)
+        finally:
+            del self._answering[lease.run_id]
+
+    def _answered(self, leases: list[Lease], held: list[str], sent: float) -> None:
+        """Storage's answer to renewing ``leases``, sent at loop time ``sent``: the executions
+        of those still ``held`` go on, the others (canceled, taken over) stop."""
+        for lease in leases:
+            if self._leases.get(lease.run_id) is not lease:
+                continue  # that execution has ended (and maybe another begun)
+            if lease.run_id in held:
+                self._confirmed[lease.run_id] = sent
+            elif (task := self.active.get(lease.run_id)) is not None:
+                task.cancel()  # canceled or taken over; its writes are fenced anyway

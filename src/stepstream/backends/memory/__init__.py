@@ -30,6 +30,7 @@ from stepstream.backends.base import (
     LiveSink,
     Notify,
     ReleaseRun,
+    RenewsAtOnce,
     RunFilter,
     SaveSteps,
     WaitEvent,
@@ -62,7 +63,7 @@ from stepstream.records import (
 __all__ = ["MemoryBackend"]
 
 
-class MemoryBackend(MemoryFlow, MemoryRecovery):
+class MemoryBackend(MemoryFlow, MemoryRecovery, RenewsAtOnce):
     """The storage protocol in memory: ``MemoryBackend()`` (a store of its own),
     ``MemoryBackend("name")`` / ``memory://name`` (shared by every backend of this process with
     that name). ``clock`` is the store's time in epoch milliseconds (the first backend of a

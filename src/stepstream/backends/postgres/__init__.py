@@ -16,6 +16,7 @@ Driver: asyncpg, measured against psycopg 3 on this backend's own transactions
 
 from __future__ import annotations
 
+import asyncio
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from stepstream.backends.base import shown_url
@@ -58,6 +59,7 @@ class PostgresBackend(PostgresRealtime, PostgresRuns, PostgresRecovery, Postgres
         self._db = Database(url, check_schema(schema), pool_size, shown_url(url))
         self._listener = Listener(self._db, live_check_interval)
         self._saves = SaveBatcher(self._db, self._save_steps, max_inflight=pool_size // 2)
+        self._renewing = asyncio.Semaphore(max(1, pool_size // 3))
 
     @classmethod
     def from_url(cls, url: str) -> PostgresBackend:

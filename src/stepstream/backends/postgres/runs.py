@@ -94,6 +94,7 @@ class PostgresRuns:
     _db: Database
     _listener: Listener
     _saves: SaveBatcher
+    _renewing: asyncio.Semaphore  # the renewals that may wait for a row lock at once
 
     async def create_run(self, op: CreateRun) -> None:
         run = op.run
@@ -154,26 +155,17 @@ class PostgresRuns:
         return runs
 
     async def renew_leases(self, leases: list[Lease], lease_ms: int) -> list[str]:
-        """All leases at once, never waiting for a row lock (``ss_heartbeat``), then each run
-        another transaction held meanwhile on its own (``ss_renew``), waiting for that change:
-        a renewal that locked several runs and waited for one could close a lock cycle with a
-        save that locks its own run and then another (migration 13). A third of the pool's
-        connections at most wait at once: a group save holds up to ``MAX_BATCH`` runs, and a
-        renewal of each at once would take the pool from every other call, while one at a
-        time would keep each run waiting for the locks of those before it."""
-        if not leases:
-            return []
-        rows = await self._db.fetch(
-            "SELECT * FROM ss_heartbeat($1, $2, $3, $4)", *_claims(leases), lease_ms
-        )
-        renewed = [run_id for run_id, busy in rows if not busy]
-        busy = {run_id for run_id, busy in rows if busy}
-        if not busy:
-            return renewed
-        turns = asyncio.Semaphore(max(1, self._db.pool_size // 3))
-        later = dict.fromkeys(lease for lease in leases if lease.run_id in busy)
+        """All leases at once, never waiting for a row lock (``renew_leases_now``), then each
+        run another transaction held meanwhile on its own (``ss_renew``), waiting for that
+        change: a renewal that locked several runs and waited for one could close a lock cycle
+        with a save that locks its own run and then another (migration 13). A third of the
+        pool's connections at most wait at once, across all calls: a group save holds up to
+        ``MAX_BATCH`` runs, and a renewal of each at once would take the pool from every other
+        call, while one at a time would keep each run waiting for the locks of those before
+        it."""
+        renewed, changing = await self.renew_leases_now(leases, lease_ms)
         answers = await asyncio.gather(
-            *(self._renew_one(lease, lease_ms, turns) for lease in later), return_exceptions=True
+            *(self._renew_one(lease, lease_ms) for lease in changing), return_exceptions=True
         )
         for answer in answers:
             if isinstance(answer, BaseException):
@@ -181,8 +173,20 @@ class PostgresRuns:
             renewed += answer
         return renewed
 
-    async def _renew_one(self, lease: Lease, lease_ms: int, turns: asyncio.Semaphore) -> list[str]:
-        async with turns:
+    async def renew_leases_now(
+        self, leases: list[Lease], lease_ms: int
+    ) -> tuple[list[str], list[Lease]]:
+        if not leases:
+            return [], []
+        rows = await self._db.fetch(
+            "SELECT * FROM ss_heartbeat($1, $2, $3, $4)", *_claims(leases), lease_ms
+        )
+        renewed = [run_id for run_id, busy in rows if not busy]
+        busy = {run_id for run_id, busy in rows if busy}
+        return renewed, list(dict.fromkeys(lease for lease in leases if lease.run_id in busy))
+
+    async def _renew_one(self, lease: Lease, lease_ms: int) -> list[str]:
+        async with self._renewing:
             rows = await self._db.fetch(
                 "SELECT * FROM ss_renew($1, $2, $3, $4)", *_claims([lease]), lease_ms
             )

@@ -16,6 +16,7 @@ from stepstream.backends.base import (
     FinishRun,
     Notify,
     ReleaseRun,
+    RenewsAtOnce,
     Reported,
     SaveSteps,
     WaitEvent,
@@ -36,7 +37,7 @@ META_PREFIX = "m."
 STALE_WAITERS = 100  # at most so many moved-on waiters dropped by one release
 
 
-class RedisRuns:
+class RedisRuns(RenewsAtOnce):
     """``RunStore`` on ``_conn``."""
 
     _conn: Connection

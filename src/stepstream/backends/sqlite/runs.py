@@ -16,6 +16,7 @@ from stepstream.backends.base import (
     FinishRun,
     Notify,
     ReleaseRun,
+    RenewsAtOnce,
     SaveSteps,
     WaitEvent,
 )
@@ -35,7 +36,7 @@ from stepstream.records import (
 )
 
 
-class SQLiteRuns:
+class SQLiteRuns(RenewsAtOnce):
     """``RunStore`` on the database thread of ``_db``."""
 
     _db: Database
