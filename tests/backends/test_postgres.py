@@ -720,8 +720,9 @@ async def test_a_lease_renewed_while_a_claim_takes_the_run_over_is_lost(postgres
 
 async def test_renewals_waiting_for_locked_runs_leave_the_pool_to_others(postgres_url: str) -> None:
     """The runs a renewal finds locked (a group save holds up to 100) are renewed one at a
-    time: however many they are, one connection waits, and the process's other calls go on."""
-    url = fresh(postgres_url, pool_size="2")
+    time: however many they are, one connection waits, and the process's other calls go on
+    (on the second of the 3: the third is kept for heartbeats)."""
+    url = fresh(postgres_url, pool_size="3")
     backend = backend_from_url(url)
     await backend.open()
     conn = await session_in(backend, postgres_url)
@@ -818,61 +819,78 @@ async def test_a_renewal_that_waited_for_a_lock_renews_from_the_end_of_the_wait(
         await backend.close()
 
 
-async def test_a_run_locked_for_long_keeps_no_other_run_from_its_lease(postgres_url: str) -> None:
-    """A worker's heartbeat never waits for one run. With one run's row held by an open
-    transaction (an operator's) for several leases, the worker's other run keeps its lease, so
-    a second worker never takes it over and its body runs once."""
-    url = fresh(postgres_url)
+def _locking_workflows(
+    url: str, ran: Counter[str], gate: asyncio.Event, go_on: asyncio.Event
+) -> Workflows:
+    """``hold`` runs a step, waits for ``gate``, then ends (a write of its run's row); ``long``
+    runs a step that waits for ``go_on``. ``ran`` counts the step bodies begun, by run."""
     workflows = Workflows(backend=url)
-    ran: Counter[str] = Counter()
-    go_on = asyncio.Event()
 
     @workflows.workflow("hold")
     async def hold(context: WorkflowContext) -> None:
-        async def wait() -> None:
+        await context.run("body", lambda: ran.update([context.workflow_run_id]))
+        await gate.wait()
+
+    @workflows.workflow("long")
+    async def long(context: WorkflowContext) -> None:
+        async def body() -> None:
             ran[context.workflow_run_id] += 1
             await go_on.wait()
 
-        await context.run("wait", wait)
+        await context.run("body", body)
 
+    return workflows
+
+
+@pytest.mark.parametrize("locked", [1, 8])
+async def test_runs_locked_for_long_keep_no_other_run_from_its_lease(
+    postgres_url: str, locked: int
+) -> None:
+    """A worker's heartbeat never waits for a run, nor for a connection. With runs' rows held
+    by an open transaction (an operator's) for several leases, and this worker's writes of
+    them waiting, each on a connection of the pool (10), its other run keeps its lease: a
+    second worker (another process) never takes it over, and its body runs once."""
+    url = fresh(postgres_url)
+    ran: Counter[str] = Counter()
+    gate, go_on = asyncio.Event(), asyncio.Event()
+    workflows = _locking_workflows(url, ran, gate, go_on)
+    elsewhere = _locking_workflows(url, ran, gate, go_on)
     client = workflows.client()
-    for name in ("a", "b"):
-        await client.trigger("hold", workflow_run_id=name)
-    worker = workflows.worker(lease=0.6, poll_interval=0.05, concurrency=2)
-    other = workflows.worker(lease=0.6, poll_interval=0.05, concurrency=2)
+    held = [f"wfr_a{i}" for i in range(locked)]
+    await client.trigger("long", workflow_run_id="b")
+    for run_id in held:
+        await client.trigger("hold", workflow_run_id=run_id.removeprefix("wfr_"))
+    worker = workflows.worker(lease=0.6, poll_interval=0.05, concurrency=locked + 1)
+    other = elsewhere.worker(lease=0.6, poll_interval=0.05, concurrency=locked + 1)
     await worker.start()
     conn = await session_in(workflows.backend, postgres_url)
     try:
-        await wait_until(lambda: _true(len(ran) == 2), what="both bodies to start")
+        await wait_until(lambda: _true(len(ran) == locked + 1), what="every body to start")
         await other.start()
         operator = conn.transaction()
         await operator.start()
-        await conn.execute("SELECT 1 FROM runs WHERE id = 'wfr_a' FOR UPDATE")
+        await conn.execute("SELECT 1 FROM runs WHERE id = ANY($1) FOR UPDATE", held)
+        gate.set()  # the held runs end: their writes wait for the operator
         low = 600
         for _ in range(40):  # 2 s: over three leases
             await asyncio.sleep(0.05)
             async with asyncio.timeout(5):
-                low = min(
-                    low,
-                    await conn.fetchval(
-                        "SELECT lease_until - ss_now() FROM runs WHERE id = 'wfr_b'"
-                    ),
-                )
+                left = "SELECT lease_until - ss_now() FROM runs WHERE id = 'wfr_b'"
+                low = min(low, await conn.fetchval(left))
         await operator.commit()
-        assert low > 0, f"wfr_b's lease ran out ({low} ms) while wfr_a was locked"
+        assert low > 0, f"wfr_b's lease ran out ({low} ms) while {locked} runs were locked"
         go_on.set()
-        for run_id in ("wfr_a", "wfr_b"):
+        for run_id in ["wfr_b", *held]:
             assert (await wait_for_state(client, run_id))["workflowState"] == "RUN_SUCCESS"
         assert ran["wfr_b"] == 1
-        # wfr_a's own lease ran out while it was locked: when the lock goes, the other worker's
-        # claim may get the row before this worker's renewal does (no lease survives that).
-        assert ran["wfr_a"] in (1, 2)
     finally:
+        gate.set()
         go_on.set()
         await conn.close()
         await worker.stop(grace=5)
         await other.stop(grace=5)
         await workflows.aclose()
+        await elsewhere.aclose()
 
 
 async def _true(value: bool) -> bool:

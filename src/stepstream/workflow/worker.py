@@ -346,10 +346,12 @@ class Worker:
     def _answered(self, leases: list[Lease], held: list[str], sent: float) -> None:
         """Storage's answer to renewing ``leases``, sent at loop time ``sent``: the executions
         of those still ``held`` go on, the others (canceled, taken over) stop."""
+        kept = set(held)
         for lease in leases:
             if self._leases.get(lease.run_id) is not lease:
                 continue  # that execution has ended (and maybe another begun)
-            if lease.run_id in held:
-                self._confirmed[lease.run_id] = sent
+            if lease.run_id in kept:
+                # A heartbeat sent after this answer's request may have confirmed it since.
+                self._confirmed[lease.run_id] = max(sent, self._confirmed.get(lease.run_id, sent))
             elif (task := self.active.get(lease.run_id)) is not None:
                 task.cancel()  # canceled or taken over; its writes are fenced anyway

@@ -146,6 +146,10 @@ class Database:
         # Kept connections with when each was put back, least recently used first.
         self._idle: list[tuple[asyncpg.pool.PoolConnectionProxy, float]] = []
         self._waiting = 0  # calls waiting in pool.acquire()
+        # Every call but an urgent one takes a turn of these: one connection is always left
+        # for the urgent (a heartbeat, which never waits for a lock), however many calls wait
+        # meanwhile for rows another transaction holds (an operator's, left open).
+        self._ordinary = asyncio.Semaphore(max(1, pool_size - 1))
         self._open_lock = asyncio.Lock()
 
     async def open(self) -> None:
@@ -196,18 +200,25 @@ class Database:
             raise BackendUnavailable(f"the Postgres backend ({self.where}) is not open")
         return self.pool
 
-    async def fetch(self, sql: str, *args: Any, read: bool = False) -> list[asyncpg.Record]:
+    async def fetch(
+        self, sql: str, *args: Any, read: bool = False, urgent: bool = False
+    ) -> list[asyncpg.Record]:
         """Rows of one statement, retried while a deadlock rolls it back, and at once on
         another connection when the driver refused it unsent on one the server is closing
         (``_unsent``): a session killer closes all of them at once, and each one refused is
         closed, so after ``pool_size`` of them the pool connects anew. A ``read`` (a statement
         that changes nothing) is also run again when its connection was lost in the middle
-        (``_lost``); anything else then fails, since whether it took effect is unknown."""
+        (``_lost``); anything else then fails, since whether it took effect is unknown.
+        ``urgent``: a statement that never waits for a lock, sent without waiting for a turn
+        (with ``pool_size`` 2 or more, a connection is left for it)."""
         attempt = refused = 0
         while True:
             try:
                 with map_postgres_errors(self.where):
-                    return await self._call(sql, args)
+                    if urgent:
+                        return await self._call(sql, args)
+                    async with self._ordinary:
+                        return await self._call(sql, args)
             except BackendUnavailable as exc:
                 cause = exc.__cause__
                 again = _unsent(cause) or (read and _lost(cause))

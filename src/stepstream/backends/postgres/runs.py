@@ -179,7 +179,7 @@ class PostgresRuns:
         if not leases:
             return [], []
         rows = await self._db.fetch(
-            "SELECT * FROM ss_heartbeat($1, $2, $3, $4)", *_claims(leases), lease_ms
+            "SELECT * FROM ss_heartbeat($1, $2, $3, $4)", *_claims(leases), lease_ms, urgent=True
         )
         renewed = [run_id for run_id, busy in rows if not busy]
         busy = {run_id for run_id, busy in rows if busy}
