@@ -9,6 +9,7 @@ from collections import Counter
 import pytest
 
 from stepstream import WorkflowContext, Workflows
+from stepstream.records import Lease
 from tests.workflow.helpers import Harness, check_history, updates, wait_for_state
 
 pytestmark = pytest.mark.anyio
@@ -73,3 +74,50 @@ async def test_delayed_trigger(harness: Harness) -> None:
 
     assert log["workflowState"] == "RUN_SUCCESS", log["error"]
     assert log["steps"][0]["startedAt"] >= log["workflowRunCreatedAt"] + 300
+
+
+async def test_a_slow_answer_for_a_locked_run_never_dates_its_lease_back() -> None:
+    """A run another transaction held at a heartbeat is answered apart; an answer that took
+    long must not record its lease as confirmed when it was asked, over the newer
+    confirmations of the heartbeats meanwhile (the run's next step would then ask storage
+    again, for nothing, and wait for its turn to)."""
+    workflows = Workflows(backend="memory://slow-answer")
+    go_on = asyncio.Event()
+
+    @workflows.workflow("hold")
+    async def hold(context: WorkflowContext) -> None:
+        async def body() -> None:
+            await go_on.wait()
+
+        await context.run("body", body)
+
+    await workflows.client().trigger("hold", workflow_run_id="x")
+    worker = workflows.worker(lease=0.6, poll_interval=0.05)
+    backend = worker.engine.backend
+    renew = backend.renew_leases
+    busy_once = [True]
+
+    async def renew_now(leases: list[Lease], lease_ms: int) -> tuple[list[str], list[Lease]]:
+        if busy_once and leases:  # as PostgreSQL answers a run whose row is locked
+            busy_once.clear()
+            return [], list(leases)
+        return await renew(leases, lease_ms), []
+
+    async def renew_slowly(leases: list[Lease], lease_ms: int) -> list[str]:
+        await asyncio.sleep(0.9)  # answered between two heartbeats (every 0.2 s)
+        return await renew(leases, lease_ms)
+
+    backend.renew_leases_now, backend.renew_leases = renew_now, renew_slowly  # type: ignore[method-assign]
+    await worker.start()
+    try:
+        confirmed: list[float] = []
+        for _ in range(80):
+            await asyncio.sleep(0.025)
+            if "wfr_x" in worker._confirmed:
+                confirmed.append(worker._confirmed["wfr_x"])
+        assert not busy_once  # the run was answered apart once
+        assert confirmed == sorted(confirmed)
+    finally:
+        go_on.set()
+        await worker.stop(grace=2)
+        await workflows.aclose()
