@@ -720,9 +720,8 @@ async def test_a_lease_renewed_while_a_claim_takes_the_run_over_is_lost(postgres
 
 async def test_renewals_waiting_for_locked_runs_leave_the_pool_to_others(postgres_url: str) -> None:
     """The runs a renewal finds locked (a group save holds up to 100) are renewed one at a
-    time: however many they are, one connection waits, and the process's other calls go on
-    (on the second of the 3: the third is kept for heartbeats)."""
-    url = fresh(postgres_url, pool_size="3")
+    time: however many they are, one connection waits, and the process's other calls go on."""
+    url = fresh(postgres_url, pool_size="2")
     backend = backend_from_url(url)
     await backend.open()
     conn = await session_in(backend, postgres_url)
@@ -895,3 +894,70 @@ async def test_runs_locked_for_long_keep_no_other_run_from_its_lease(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_a_heartbeat_gets_a_connection_when_every_other_waits_for_a_lock(
+    postgres_url: str,
+) -> None:
+    """The pool keeps one connection beyond ``pool_size`` for a worker's heartbeat: with
+    every turn taken by calls waiting for rows an open transaction holds, it still answers."""
+    url = fresh(postgres_url, pool_size="1")
+    backend = backend_from_url(url)
+    await backend.open()
+    assert isinstance(backend, PostgresBackend)
+    conn = await session_in(backend, postgres_url)
+    try:
+        ids = ("wfr_locked", "wfr_free")
+        for run_id in ids:
+            await backend.create_run(CreateRun(new_run(run_id)))
+        runs = {run.id: run for run in await claim(backend, "w1", 10)}
+        locked, free = (Lease(run_id, "w1", runs[run_id].epoch) for run_id in ids)
+        operator = conn.transaction()
+        await operator.start()
+        await conn.execute("SELECT 1 FROM runs WHERE id = 'wfr_locked' FOR UPDATE")
+        waiting = asyncio.create_task(backend.renew_leases([locked], 30_000))
+        await asyncio.sleep(0.3)  # it holds the one turn, waiting for the row
+        async with asyncio.timeout(5):
+            assert await backend.renew_leases_now([free, locked], 30_000) == (
+                ["wfr_free"],
+                [locked],
+            )
+        await operator.commit()
+        assert await waiting == ["wfr_locked"]
+    finally:
+        await conn.close()
+        await backend.close()
+
+
+def test_a_backend_reopened_under_another_event_loop_works(postgres_url: str) -> None:
+    """Closed, then opened again under another ``asyncio.run`` (a loop per test, per job):
+    its turns and its renewals' bound were made by the first loop and, once calls had waited
+    for them there, refused the second ("bound to a different event loop")."""
+    url = fresh(postgres_url, pool_size="1")
+    backend = backend_from_url(url)
+    assert isinstance(backend, PostgresBackend)
+
+    async def use(turn: int) -> None:
+        await backend.open()
+        conn = await session_in(backend, postgres_url)
+        try:
+            ids = [f"wfr_{turn}_{i}" for i in range(2)]
+            for run_id in ids:
+                await backend.create_run(CreateRun(new_run(run_id)))
+            leases = [Lease(run.id, "w1", run.epoch) for run in await claim(backend, "w1", 10)]
+            operator = conn.transaction()
+            await operator.start()
+            await conn.execute("SELECT 1 FROM runs WHERE id = ANY($1) FOR UPDATE", ids)
+            renewal = asyncio.create_task(backend.renew_leases(leases, 30_000))  # two wait
+            reads = [asyncio.create_task(backend.get_run(run_id)) for run_id in ids * 2]
+            await asyncio.sleep(0.3)
+            await operator.commit()
+            async with asyncio.timeout(10):
+                assert sorted(await renewal) == ids
+                assert all(run is not None for run in await asyncio.gather(*reads))
+        finally:
+            await conn.close()
+            await backend.close()
+
+    for turn in range(2):
+        asyncio.run(use(turn))

@@ -36,7 +36,8 @@ OPTIONS = ("schema", "pool_size", "live_check_interval")
 
 class PostgresBackend(PostgresRealtime, PostgresRuns, PostgresRecovery, PostgresFlow):
     """``postgresql://...`` with query options ``schema=`` (default ``stepstream``),
-    ``pool_size=`` (connections per process, default 10, plus one for LISTEN) and
+    ``pool_size=`` (connections per process, default 10, plus one for LISTEN and, in a worker,
+    one kept for its lease renewals) and
     ``live_check_interval=`` (seconds, default 5: a silently dead LISTEN connection is
     noticed within twice that). Other options (``sslmode=require``, ...) go to the driver."""
 
@@ -59,7 +60,7 @@ class PostgresBackend(PostgresRealtime, PostgresRuns, PostgresRecovery, Postgres
         self._db = Database(url, check_schema(schema), pool_size, shown_url(url))
         self._listener = Listener(self._db, live_check_interval)
         self._saves = SaveBatcher(self._db, self._save_steps, max_inflight=pool_size // 2)
-        self._renewing = asyncio.Semaphore(max(1, pool_size // 3))
+        self._renewing = asyncio.Semaphore(max(1, pool_size // 3))  # made again by open
 
     @classmethod
     def from_url(cls, url: str) -> PostgresBackend:
@@ -86,7 +87,10 @@ class PostgresBackend(PostgresRealtime, PostgresRuns, PostgresRecovery, Postgres
 
     async def open(self) -> None:
         """Connect, create the schema or migrate it. Idempotent."""
+        opened = self._db.pool is None
         await self._db.open()
+        if opened:  # a semaphore belongs to the event loop it first waited on
+            self._renewing = asyncio.Semaphore(max(1, self._db.pool_size // 3))
 
     async def close(self) -> None:
         """Stop live delivery and close every connection. Idempotent."""

@@ -125,11 +125,11 @@ class Database:
     calls, newest on top) and puts it back after, without the pool's acquire and release:
     those cost 50 µs of the event loop's time per call here (a task and its wake-ups),
     7 % of a workflow step (``bench/pg_pool.py``). The pool still makes and bounds the
-    connections (``pool_size`` in all), hands out one when none is kept, gets one back while
-    a call waits for one in ``acquire``, each one a call failed on (it closes a broken one and
-    connects afresh on the next acquire), and each one unused for ``KEEP_IDLE`` seconds (it
-    closes those after its own 5 idle minutes): a process holds no more connections than its
-    load needs."""
+    connections (``pool_size``, and one for urgent calls), hands out one when none is kept,
+    gets one back while a call waits for one in ``acquire``, each one a call failed on (it
+    closes a broken one and connects afresh on the next acquire), and each one unused for
+    ``KEEP_IDLE`` seconds (it closes those after its own 5 idle minutes): a process holds no
+    more connections than its load needs."""
 
     def __init__(self, dsn: str, schema: str, pool_size: int, shown: str) -> None:
         self.dsn = dsn
@@ -146,10 +146,12 @@ class Database:
         # Kept connections with when each was put back, least recently used first.
         self._idle: list[tuple[asyncpg.pool.PoolConnectionProxy, float]] = []
         self._waiting = 0  # calls waiting in pool.acquire()
-        # Every call but an urgent one takes a turn of these: one connection is always left
-        # for the urgent (a heartbeat, which never waits for a lock), however many calls wait
-        # meanwhile for rows another transaction holds (an operator's, left open).
-        self._ordinary = asyncio.Semaphore(max(1, pool_size - 1))
+        # Every call but an urgent one takes one of ``pool_size`` turns, and the pool holds
+        # one connection more: it is always there for the urgent (a worker's heartbeat, which
+        # never waits for a lock), however many calls wait meanwhile for rows another
+        # transaction holds (an operator's, left open). Made again by ``open``: a semaphore
+        # belongs to the event loop it first waited on.
+        self._ordinary = asyncio.Semaphore(pool_size)
         self._open_lock = asyncio.Lock()
 
     async def open(self) -> None:
@@ -165,7 +167,7 @@ class Database:
                     # No floor to keep: asyncpg logs a traceback each time it fails to restore
                     # one while the server is down (the next call reconnects anyway).
                     min_size=0,
-                    max_size=self.pool_size,
+                    max_size=self.pool_size + 1,  # the urgent calls' connection
                     server_settings=self.settings,
                     command_timeout=30,
                     # Every use is one statement (a function call) that leaves no session state
@@ -183,6 +185,7 @@ class Database:
             except BaseException:
                 await pool.close()
                 raise
+            self._ordinary = asyncio.Semaphore(self.pool_size)
             self.pool = pool
 
     async def close(self) -> None:
@@ -206,11 +209,11 @@ class Database:
         """Rows of one statement, retried while a deadlock rolls it back, and at once on
         another connection when the driver refused it unsent on one the server is closing
         (``_unsent``): a session killer closes all of them at once, and each one refused is
-        closed, so after ``pool_size`` of them the pool connects anew. A ``read`` (a statement
+        closed, so after ``pool_size + 1`` of them the pool connects anew. A ``read`` (a statement
         that changes nothing) is also run again when its connection was lost in the middle
         (``_lost``); anything else then fails, since whether it took effect is unknown.
         ``urgent``: a statement that never waits for a lock, sent without waiting for a turn
-        (with ``pool_size`` 2 or more, a connection is left for it)."""
+        (a connection is left for it)."""
         attempt = refused = 0
         while True:
             try:
@@ -222,7 +225,7 @@ class Database:
             except BackendUnavailable as exc:
                 cause = exc.__cause__
                 again = _unsent(cause) or (read and _lost(cause))
-                if again and refused < self.pool_size:
+                if again and refused <= self.pool_size:
                     refused += 1
                     continue
                 attempt += 1

@@ -163,7 +163,7 @@ class PostgresRuns:
         ``MAX_BATCH`` runs, and a renewal of each at once would take the pool from every other
         call, while one at a time would keep each run waiting for the locks of those before
         it."""
-        renewed, changing = await self.renew_leases_now(leases, lease_ms)
+        renewed, changing = await self._heartbeat(leases, lease_ms, urgent=False)
         answers = await asyncio.gather(
             *(self._renew_one(lease, lease_ms) for lease in changing), return_exceptions=True
         )
@@ -176,10 +176,17 @@ class PostgresRuns:
     async def renew_leases_now(
         self, leases: list[Lease], lease_ms: int
     ) -> tuple[list[str], list[Lease]]:
+        """A worker's heartbeat: on the connection kept for urgent calls, never waiting for
+        one that calls waiting for row locks hold."""
+        return await self._heartbeat(leases, lease_ms, urgent=True)
+
+    async def _heartbeat(
+        self, leases: list[Lease], lease_ms: int, urgent: bool
+    ) -> tuple[list[str], list[Lease]]:
         if not leases:
             return [], []
         rows = await self._db.fetch(
-            "SELECT * FROM ss_heartbeat($1, $2, $3, $4)", *_claims(leases), lease_ms, urgent=True
+            "SELECT * FROM ss_heartbeat($1, $2, $3, $4)", *_claims(leases), lease_ms, urgent=urgent
         )
         renewed = [run_id for run_id, busy in rows if not busy]
         busy = {run_id for run_id, busy in rows if busy}
