@@ -931,16 +931,17 @@ async def test_a_heartbeat_gets_a_connection_when_every_other_waits_for_a_lock(
 
 def test_a_backend_reopened_under_another_event_loop_works(postgres_url: str) -> None:
     """Closed, then opened again under another ``asyncio.run`` (a loop per test, per job):
-    its turns and its renewals' bound were made by the first loop and, once calls had waited
-    for them there, refused the second ("bound to a different event loop")."""
+    its locks and turns were made once and, where calls had waited for them under the first
+    loop, refused the second ("bound to a different event loop")."""
     url = fresh(postgres_url, pool_size="1")
     backend = backend_from_url(url)
     assert isinstance(backend, PostgresBackend)
 
     async def use(turn: int) -> None:
-        await backend.open()
+        await asyncio.gather(backend.open(), backend.open())  # the second waits for the first
         conn = await session_in(backend, postgres_url)
         try:
+            await asyncio.gather(backend.listen(["a"]), backend.listen(["b"]))
             ids = [f"wfr_{turn}_{i}" for i in range(2)]
             for run_id in ids:
                 await backend.create_run(CreateRun(new_run(run_id)))

@@ -60,7 +60,7 @@ class PostgresBackend(PostgresRealtime, PostgresRuns, PostgresRecovery, Postgres
         self._db = Database(url, check_schema(schema), pool_size, shown_url(url))
         self._listener = Listener(self._db, live_check_interval)
         self._saves = SaveBatcher(self._db, self._save_steps, max_inflight=pool_size // 2)
-        self._renewing = asyncio.Semaphore(max(1, pool_size // 3))  # made again by open
+        self._renewing = asyncio.Semaphore(max(1, pool_size // 3))  # made again by close
 
     @classmethod
     def from_url(cls, url: str) -> PostgresBackend:
@@ -87,13 +87,13 @@ class PostgresBackend(PostgresRealtime, PostgresRuns, PostgresRecovery, Postgres
 
     async def open(self) -> None:
         """Connect, create the schema or migrate it. Idempotent."""
-        opened = self._db.pool is None
         await self._db.open()
-        if opened:  # a semaphore belongs to the event loop it first waited on
-            self._renewing = asyncio.Semaphore(max(1, self._db.pool_size // 3))
 
     async def close(self) -> None:
         """Stop live delivery and close every connection. Idempotent."""
         await self._listener.close()
         await self._saves.close()
         await self._db.close()
+        # A semaphore belongs to the event loop it first waited on; the next open may be
+        # under another.
+        self._renewing = asyncio.Semaphore(max(1, self._db.pool_size // 3))

@@ -149,8 +149,9 @@ class Database:
         # Every call but an urgent one takes one of ``pool_size`` turns, and the pool holds
         # one connection more: it is always there for the urgent (a worker's heartbeat, which
         # never waits for a lock), however many calls wait meanwhile for rows another
-        # transaction holds (an operator's, left open). Made again by ``open``: a semaphore
-        # belongs to the event loop it first waited on.
+        # transaction holds (an operator's, left open). Made again by ``close``, like the
+        # lock: each belongs to the event loop it first waited on, and a backend closed may be
+        # opened again under another (a loop per test, per job).
         self._ordinary = asyncio.Semaphore(pool_size)
         self._open_lock = asyncio.Lock()
 
@@ -185,18 +186,20 @@ class Database:
             except BaseException:
                 await pool.close()
                 raise
-            self._ordinary = asyncio.Semaphore(self.pool_size)
             self.pool = pool
 
     async def close(self) -> None:
-        pool, self.pool = self.pool, None
-        idle, self._idle = self._idle, []
-        if pool is not None:
-            for conn, _ in idle:  # each one, or pool.close() would wait for it
+        async with self._open_lock:  # never beside an open: its calls would reach the new pool
+            pool, self.pool = self.pool, None
+            idle, self._idle = self._idle, []
+            if pool is not None:
+                for conn, _ in idle:  # each one, or pool.close() would wait for it
+                    with contextlib.suppress(Exception):
+                        await pool.release(conn)
                 with contextlib.suppress(Exception):
-                    await pool.release(conn)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(pool.close(), 10)
+                    await asyncio.wait_for(pool.close(), 10)
+        self._open_lock = asyncio.Lock()
+        self._ordinary = asyncio.Semaphore(self.pool_size)
 
     def _pool(self) -> asyncpg.Pool:
         if self.pool is None:

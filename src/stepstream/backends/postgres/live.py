@@ -118,6 +118,7 @@ class Listener:
         if conn is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(conn.close(), 5)
+        self._lock = asyncio.Lock()  # unbound: the next use may be on another event loop
 
     # -- the connection ------------------------------------------------------------------------
 
