@@ -126,3 +126,5 @@ class RedisBackend(RedisRealtime, RedisRecovery, RedisFlow):
         await self._conn.close()
         if live is not None:
             await live.aclose(close_connection_pool=True)
+        # Unbound: the next open may be on another event loop.
+        self._open_lock, self._subscribe_lock = asyncio.Lock(), asyncio.Lock()

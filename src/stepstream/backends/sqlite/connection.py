@@ -106,6 +106,7 @@ class Database:
             return
         self._queue.put(None)
         await asyncio.to_thread(thread.join)
+        self._open_lock = asyncio.Lock()  # unbound: the next open may be on another event loop
 
     async def submit(self, fn: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
         """Run ``fn`` on the database thread; with ``write``, inside a write transaction that
