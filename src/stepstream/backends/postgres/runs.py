@@ -176,8 +176,8 @@ class PostgresRuns:
     async def renew_leases_now(
         self, leases: list[Lease], lease_ms: int
     ) -> tuple[list[str], list[Lease]]:
-        """A worker's heartbeat: on the connection kept for urgent calls, never waiting for
-        one that calls waiting for row locks hold."""
+        """A worker's heartbeat, sent on the connection kept for urgent calls: never behind
+        the calls that wait for row locks, however many they are."""
         return await self._heartbeat(leases, lease_ms, urgent=True)
 
     async def _heartbeat(
