@@ -462,8 +462,16 @@ async def _race_a_watch(backend: PostgresBackend, channel: str) -> None:
     stop.set()
     await asyncio.gather(*writers)
     await sink.until(lambda: sent[-1].id in {m.id for m in sink.messages + history})
+    # A connection reported lost (a slow check under load) hands catching up to the subscriber:
+    # say so rather than report it as a broken handover.
+    assert not sink.losses, f"the LISTEN connection was reported lost: {sink.losses}"
+    assert not sink.missed_channels
     seen = {m.id for m in history} | {m.id for m in sink.messages}
-    assert {m.id for m in sent} <= seen
+    unseen = [m.id for m in sent if m.id not in seen]
+    assert not unseen, (
+        f"{channel}: {unseen} in neither the history ({[m.id for m in history][-3:]} last) "
+        f"nor live ({[m.id for m in sink.messages][:3]} first)"
+    )
     await backend.unlisten([channel])
 
 
@@ -962,3 +970,29 @@ def test_a_backend_reopened_under_another_event_loop_works(postgres_url: str) ->
 
     for turn in range(2):
         asyncio.run(use(turn))
+
+
+async def test_a_call_cancelled_twice_gives_its_turn_back_with_its_connection(
+    postgres_url: str,
+) -> None:
+    """A call's turn goes back only once its connection is back in the pool, even when it is
+    cancelled again while asyncpg finishes the first cancellation (anyio cancels a streaming
+    request twice): otherwise the next call takes the turn and opens one more connection."""
+    backend = backend_from_url(fresh(postgres_url, pool_size="1"))
+    await backend.open()
+    assert isinstance(backend, PostgresBackend)
+    db = backend._db
+    try:
+        await db.fetch("SELECT 1")
+        call = asyncio.create_task(db.fetch("SELECT pg_sleep(0.5)"))
+        await asyncio.sleep(0.1)
+        call.cancel()
+        for _ in range(3):
+            await asyncio.sleep(0)  # the call's release of its connection begins
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        await db.fetch("SELECT 1")
+        assert db.pool is not None and db.pool.get_size() == 1
+    finally:
+        await backend.close()

@@ -259,7 +259,7 @@ class Database:
             if _unsent(exc):  # not closed yet, but dead: never handed out again
                 with contextlib.suppress(asyncpg.InterfaceError):
                     conn.terminate()
-            await pool.release(conn)
+            await _release_whole(pool, conn)
             raise
         if self.pool is pool and not self._waiting:
             now = asyncio.get_running_loop().time()
@@ -273,6 +273,23 @@ class Database:
     async def value(self, sql: str, *args: Any, read: bool = False) -> Any:
         rows = await self.fetch(sql, *args, read=read)
         return rows[0][0] if rows else None
+
+
+async def _release_whole(pool: asyncpg.Pool, conn: asyncpg.pool.PoolConnectionProxy) -> None:
+    """Give ``conn`` back and wait until it is back, however often the caller is cancelled
+    meanwhile (asyncpg's release goes on regardless, shielded): the caller's turn must not go
+    to another call before its connection does, or that call opens one more. A cancellation
+    that came meanwhile is raised afterwards."""
+    release = asyncio.ensure_future(pool.release(conn))
+    cancelled = False
+    while not release.done():
+        try:
+            await asyncio.shield(release)
+        except asyncio.CancelledError:
+            cancelled = True
+    release.result()
+    if cancelled:
+        raise asyncio.CancelledError
 
 
 def _usable(conn: asyncpg.pool.PoolConnectionProxy) -> bool:
