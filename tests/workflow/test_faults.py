@@ -492,6 +492,61 @@ async def test_runs_claimed_while_the_worker_stops_are_handed_straight_back(
     assert record.lease_owner is None, "claimed during stop but never released"
 
 
+@pytest.mark.parametrize("body", ["def", "async def"])
+async def test_a_stopping_worker_hands_its_run_back_between_steps(
+    harness: Harness, body: str
+) -> None:
+    """A worker told to stop lets the step body it runs finish and be stored, starts no other
+    (one that began on it would be cut off at the deadline and run again), and hands the run
+    back due at once: the next worker runs every later step, and each step runs once."""
+    workflows = harness.workflows()
+    calls: Counter[str] = Counter()
+    first_running = threading.Event()
+    first_may_end = threading.Event()  # for the thread of a def body
+    first_may_end_here = asyncio.Event()  # for an async def one
+
+    def blocking_first() -> str:
+        calls.update(["first"])
+        first_running.set()
+        first_may_end.wait(10)
+        return "first"
+
+    async def async_first() -> str:
+        calls.update(["first"])
+        first_running.set()
+        await first_may_end_here.wait()
+        return "first"
+
+    def second() -> str:
+        calls.update(["second"])
+        return "second"
+
+    @workflows.workflow("two")
+    async def two(context: WorkflowContext) -> list[str]:
+        first = blocking_first if body == "def" else async_first
+        return [await context.run("first", first), await context.run("second", second)]
+
+    worker = await harness.worker(workflows, lease=30)
+    client = workflows.client()
+    run_id = await client.trigger("two")
+    await asyncio.to_thread(first_running.wait, 10)
+    stopping = asyncio.create_task(worker.stop(grace=20))
+    await asyncio.sleep(0.1)  # the worker is stopping while the first body runs
+    first_may_end.set()
+    first_may_end_here.set()
+    async with asyncio.timeout(10):
+        await stopping  # long before the grace: the run went back after its first step
+    record = await workflows.backend.get_run(run_id)
+    assert record is not None and record.lease_owner is None, "the run was not handed back"
+    assert [step.name for step in record.steps] == ["first"]
+    assert calls == {"first": 1}
+    await harness.worker(workflows)
+    log = await wait_for_state(client, run_id, seconds=10)
+    assert log["workflowState"] == "RUN_SUCCESS"
+    assert log["workflowRunResponse"] == ["first", "second"]
+    assert calls == {"first": 1, "second": 1}
+
+
 # -- found in review ----------------------------------------------------------------------------
 
 

@@ -274,8 +274,9 @@ class WorkflowContext(Journal):
         and end, and puts its ``stepStart`` event in ``start`` until that is stored. A body
         never starts once this execution has lost its run (see ``Worker._confirmer``); one
         that runs over ``seconds`` fails with ``TimeoutError``."""
-        if self._runtime.is_paused(self.workflow_name):
-            raise self._suspend(self.now())  # released due, claimed again once resumed
+        if self._runtime.is_paused(self.workflow_name) or self.stopping():
+            # Released due: claimed again once resumed, or by another worker at once.
+            raise self._suspend(self.now())
         await self.confirm()
         threaded = not inspect.iscoroutinefunction(fn)
         if threaded:

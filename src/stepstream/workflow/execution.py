@@ -46,12 +46,14 @@ async def execute(
     clock: Clock,
     *,
     confirm: Callable[[], Awaitable[None]] | None = None,
+    stopping: Callable[[], bool] | None = None,
 ) -> None:
     """Replay ``run`` from the top once, running its new steps, until it finishes or
     suspends, under ``lease`` (every write is fenced by it). Never raises for the run's own
     failures: they become its state. A lost lease ends the execution quietly; a storage
     failure hands the run back to be resumed, it never fails it. ``confirm`` is awaited before
-    each step body and raises ``LeaseLost`` if the run is no longer this execution's."""
+    each step body and raises ``LeaseLost`` if the run is no longer this execution's; once
+    ``stopping`` says so, the run is handed back before its next step body instead."""
     try:
         definition = engine.registry.get(run.workflow)
     except UnknownWorkflow as exc:  # workers claim only what they know; a race left
@@ -60,7 +62,9 @@ async def execute(
     else:
         problem = None
     policy = definition.policy if definition is not None else None
-    context = WorkflowContext(run, engine, lease, clock, policy or _NO_RETRIES, confirm=confirm)
+    context = WorkflowContext(
+        run, engine, lease, clock, policy or _NO_RETRIES, confirm=confirm, stopping=stopping
+    )
     execution = Execution(engine, context)
     try:
         if definition is None:

@@ -60,6 +60,7 @@ class Journal:
         policy: RetryPolicy,
         *,
         confirm: Callable[[], Awaitable[None]] | None = None,
+        stopping: Callable[[], bool] | None = None,
     ) -> None:
         self.workflow_run_id = run.id
         self.workflow_name = run.workflow
@@ -72,6 +73,7 @@ class Journal:
         self._runtime = runtime
         self._policy = policy
         self._confirm = confirm
+        self._stopping = stopping
         self._recorded = {step.position: step for step in run.steps}
         self._position = FAILURE_POSITIONS if run.phase == "failure" else 0
         # Once set, every later step raises it again: an execution that lost its lease or
@@ -126,6 +128,12 @@ class Journal:
         over, say after a stall past the lease (see ``Worker._confirmer``)."""
         if self._confirm is not None:
             await self._storage(self._confirm())
+
+    def stopping(self) -> bool:
+        """Whether the worker executing this run is stopping: a step body not started yet
+        then waits for another worker (the run is released due now) rather than begin on
+        one that is about to cut it off."""
+        return self._stopping is not None and self._stopping()
 
     def raise_if_interrupted(self) -> None:
         """Raise the lost lease or storage failure that ended this execution, if one did."""

@@ -111,9 +111,11 @@ class Worker:
             self._tasks.append(asyncio.create_task(self.scheduler.run(), name="stepstream-cron"))
 
     async def stop(self, grace: float = 30.0) -> None:
-        """Stop claiming; give running executions ``grace`` seconds to finish or suspend (their
-        leases are still renewed meanwhile), then cancel the rest, releasing their runs to
-        other workers."""
+        """Stop claiming; give running executions ``grace`` seconds to reach the end of the
+        step bodies they are running (their leases are still renewed meanwhile): each then
+        hands its run back, due at once, before its next body starts, and another worker goes
+        on from there. What is still running at the deadline is cancelled, its run released
+        too (the step it cut off runs again)."""
         self._stopping = True
         if self.scheduler is not None:
             self.scheduler.stop()
@@ -248,7 +250,14 @@ class Worker:
 
     async def _execute(self, run: RunRecord, lease: Lease) -> None:
         try:
-            await execute(self.engine, run, lease, self._clock, confirm=self._confirmer(lease))
+            await execute(
+                self.engine,
+                run,
+                lease,
+                self._clock,
+                confirm=self._confirmer(lease),
+                stopping=lambda: self._stopping,
+            )
         except Exception:
             log.exception("run %s: unexpected engine error", run.id)
         finally:
