@@ -140,6 +140,8 @@ def serve(
         try:
             # Entered here, the app's own lifespan (run again by uvicorn) starts nothing twice.
             async with app.lifespan(app):
+                for sock in sockets:  # before the banner: a client it sends is never refused
+                    sock.listen(config.backlog)
                 click.echo(banner(sockets[0].getsockname()[1]))
                 await _server(config, signals).serve(sockets=sockets)
         except StepstreamError as exc:

@@ -131,3 +131,44 @@ def test_an_ipv6_host_is_served_and_named_in_brackets(tmp_path: Path) -> None:
     finally:
         process.send_signal(signal.SIGTERM)
         process.communicate(timeout=30)
+
+
+def _read_until(sock: socket.socket, marker: bytes, got: bytes = b"") -> bytes:
+    while marker not in got:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        got += chunk
+    return got
+
+
+def test_a_stream_opened_while_the_server_stops_is_told_to_reconnect_at_once(
+    tmp_path: Path,
+) -> None:
+    """A browser told ``reconnect`` by a stopping server comes straight back, on the same
+    kept-alive connection: that stream too must end at once, or the server waits for it until
+    its shutdown timeout (10 s) and logs the cancelled response."""
+    argv = [*STEPSTREAM, "dev", "--port", "0", "--backend", f"sqlite:///{tmp_path / 'x.db'}"]
+    process = subprocess.Popen(
+        argv, cwd=tmp_path, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    request = b"GET /api/realtime?channels=stepstream:runs HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline().decode()
+        port = int(line.split("http://127.0.0.1:", 1)[1].split("/", 1)[0])
+        with socket.create_connection(("127.0.0.1", port), timeout=8) as sock:
+            sock.sendall(request)
+            _read_until(sock, b'"connected"')
+            process.send_signal(signal.SIGTERM)
+            first = _read_until(sock, b"\r\n0\r\n\r\n")  # the chunked response's end
+            assert b'"reconnect"' in first
+            sock.sendall(request)  # straight back, as EventSource does
+            second = _read_until(sock, b"\r\n0\r\n\r\n")
+        assert b'"reconnect"' in second or second.count(b"HTTP/1.1") < 2, second[-300:]
+        _, err = process.communicate(timeout=8)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert b"Traceback" not in err and b"graceful shutdown exceeded" not in err, err.decode()

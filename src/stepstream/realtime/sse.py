@@ -264,6 +264,9 @@ class SSEEndpoint:
         until the client leaves or the stream ends with ``reconnect``."""
         await sender.body(encoder.encode_all(items))
         while not gone():
+            if stream.draining:  # opened after the drain began (a client straight back)
+                await sender.body(encoder.reconnect())
+                return
             try:
                 items = await stream.next()
             except StepstreamError as exc:

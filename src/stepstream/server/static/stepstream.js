@@ -24,6 +24,8 @@ const WATCHDOG_MS = 45_000;
 /** First retry delay; doubles per failed attempt, capped at {@link MAX_BACKOFF_MS}. */
 const BASE_BACKOFF_MS = 500;
 const MAX_BACKOFF_MS = 10_000;
+/** A `reconnect` this soon after the stream opened is followed after a pause, not at once. */
+const QUICK_RECONNECT_MS = 250;
 
 /**
  * @typedef {"connecting" | "connected" | "disconnected" | "error"} Status
@@ -103,6 +105,7 @@ export function subscribe({
   let retryTimer = null;
   let watchdogTimer = null;
   let attempt = 0;
+  let openedAt = 0;
   let closed = false;
 
   const setStatus = (status) => closed || onStatus?.(status);
@@ -115,6 +118,7 @@ export function subscribe({
     source = es;
     es.onopen = () => {
       opened = true;
+      openedAt = Date.now();
       setStatus("connected");
       armWatchdog();
     };
@@ -182,8 +186,14 @@ export function subscribe({
     }
     if (!closed) onSystem?.(event);
     if (event.type === "reconnect") {
-      attempt = 0;
-      connect();
+      // At once, unless the stream was told so as soon as it opened: a server shutting down
+      // says it to every new stream until it stops listening, so come back after a pause.
+      if (Date.now() - openedAt < QUICK_RECONNECT_MS) {
+        retry("disconnected");
+      } else {
+        attempt = 0;
+        connect();
+      }
     }
   }
 
