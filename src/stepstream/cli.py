@@ -188,7 +188,11 @@ def worker(
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         await pool.start()
-        click.echo(f"stepstream worker {pool.owner}: {', '.join(workflows.names)}", err=True)
+        click.echo(
+            f"stepstream worker {pool.owner}: {', '.join(workflows.names)}  "
+            f"(backend: {shown_url(workflows.backend.url)}; Ctrl-C stops)",
+            err=True,
+        )
         try:
             await stop.wait()
         finally:

@@ -214,6 +214,22 @@ def test_reload_mid_run_shows_the_history_once_then_live(page: Page, dashboard: 
     assert len({e["id"] for e in events}) == len(events) > len(history)
 
 
+def test_a_run_page_that_could_not_read_the_run_clears_its_banner_once_it_can(
+    page: Page, dashboard: str
+) -> None:
+    """The server unreachable for a moment: the banner says the run could not be read, and
+    goes once a retry reads it (it stayed beside a green "live" dot)."""
+    run_id = trigger(dashboard, "approval", {"userId": "blip"})
+    log_url = f"{dashboard}/api/runs/{run_id}"
+    page.route(log_url, lambda route: route.abort())
+    page.goto(f"{dashboard}/#/runs/{run_id}")
+    banner = page.locator("#run-banner")
+    expect(banner).to_contain_text("Could not load the run", timeout=TIMEOUT_MS)
+    page.unroute(log_url)
+    expect(banner).to_be_hidden(timeout=TIMEOUT_MS)
+    expect_step(page, "wait-for-approval", "waiting")
+
+
 def test_approve_a_waiting_run_with_the_button(page: Page, dashboard: str) -> None:
     page.goto(dashboard + "/")
     open_trigger_form(page, "approval", '{"userId": "approver"}')

@@ -172,3 +172,19 @@ def test_a_stream_opened_while_the_server_stops_is_told_to_reconnect_at_once(
             process.kill()
             process.communicate()
     assert b"Traceback" not in err and b"graceful shutdown exceeded" not in err, err.decode()
+
+
+def test_a_worker_names_the_backend_it_works_on(tmp_path: Path) -> None:
+    """Started without ``--backend`` or ``STEPSTREAM_BACKEND``, a worker quietly works on a
+    local SQLite file: its first line says which store, as ``dev`` and ``server`` do."""
+    env = {k: v for k, v in environment().items() if k != "STEPSTREAM_BACKEND"}
+    argv = [*STEPSTREAM, "worker", EXAMPLES]
+    process = subprocess.Popen(argv, cwd=tmp_path, env=env, stderr=subprocess.PIPE)
+    try:
+        assert process.stderr is not None
+        line = process.stderr.readline().decode()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+    assert line.startswith("stepstream worker "), line
+    assert "(backend: sqlite:///.stepstream/stepstream.db; Ctrl-C stops)" in line, line

@@ -60,12 +60,19 @@ export function showRun(runId) {
     return log?.workflowRunCompletedAt ?? live.run?.finishedAt ?? null;
   }
 
+  let loadFailure = null; // the banner of the last failed read of the log, until one succeeds
+
   async function loadLog() {
     clearTimeout(logTimer);
     try {
       const reply = await api("GET", `api/runs/${encodeURIComponent(runId)}`);
       if (stopped) return;
       log = reply;
+      if (loadFailure !== null) {
+        // Read again after a failure: its banner goes, unless an action's error replaced it.
+        if ($("run-banner").textContent === loadFailure) banner("");
+        loadFailure = null;
+      }
       render();
       if (log.workflowState === "RUN_STARTED") logTimer = setTimeout(loadLog, REFRESH_MS);
     } catch (error) {
@@ -74,7 +81,8 @@ export function showRun(runId) {
         notFound(error.message);
         return;
       }
-      banner(`Could not load the run: ${error.message}`);
+      loadFailure = `Could not load the run: ${error.message}`;
+      banner(loadFailure);
       logTimer = setTimeout(loadLog, RETRY_MS);
     }
   }
