@@ -24,6 +24,14 @@ CRON_HELP = (
     "5 fields (minute hour day-of-month month day-of-week, e.g. '0 9 * * 1-5'), or 6 with a "
     "leading seconds field (e.g. '*/10 * * * * *')"
 )
+# Each field's name and the numbers it takes (day-of-week 7 is Sunday, as 0).
+FIELDS = (
+    ("minute", 0, 59),
+    ("hour", 0, 23),
+    ("day-of-month", 1, 31),
+    ("month", 1, 12),
+    ("day-of-week", 0, 7),
+)
 # 'R' picks a random value per parse, so each process would see other ticks; 'H' needs a hash key.
 NOT_SHARED = re.compile(r"(?<![A-Za-z])[HR](?![A-Za-z])", re.I)
 
@@ -105,7 +113,10 @@ class Cron:
         try:
             self._iter(0).get_next(float)
         except (CroniterError, ValueError, KeyError) as exc:
-            raise ConfigurationError(f"cron {expression!r}: {exc}; expected {CRON_HELP}") from None
+            problem = _out_of_range(fields) or str(exc)
+            raise ConfigurationError(
+                f"cron {expression!r}: {problem} (cron takes {CRON_HELP})"
+            ) from None
 
     def _iter(self, at_ms: int) -> croniter[float]:
         start = datetime.fromtimestamp(at_ms / 1000, UTC).astimezone(self.zone)
@@ -147,3 +158,14 @@ def tick_run_id(schedule_id: str, tick_ms: int) -> str:
     'wfr_report-1767600000000'
     """
     return f"wfr_{schedule_id}-{tick_ms}"
+
+
+def _out_of_range(fields: list[str]) -> str | None:
+    """Which field holds a number it cannot take (``minute 61 is out of range 0-59``), if one
+    does: croniter says only that the expression is "out of range"."""
+    named = (("second", 0, 59), *FIELDS) if len(fields) == 6 else FIELDS
+    for value, (name, low, high) in zip(fields, named, strict=True):
+        for number in re.findall(r"(?<![/\d])\d+", value):  # not a step's "/n"
+            if not low <= int(number) <= high:
+                return f"{name} {number} is out of range {low}-{high}"
+    return None
