@@ -219,6 +219,16 @@ async def test_json_nested_too_deeply_is_a_400(api: Api) -> None:
             assert_error(response, 400, "malformed_json")
 
 
+async def test_an_integer_too_long_for_python_is_a_400(api: Api) -> None:
+    """Python refuses to read integers of over 4300 digits (a ``ValueError``, not a JSON
+    error): still the client's mistake, never a 500."""
+    body = b'{"n": ' + b"7" * 5000 + b"}"
+    for path in ("/api/workflows/echo", "/api/events/some-event", "/api/runs/cancel"):
+        response = await api.post(path, content=body, headers={"content-type": "application/json"})
+        assert_error(response, 400, "malformed_json")
+        assert "4300" in response.json()["error"]["message"]
+
+
 async def test_nan_is_not_json(api: Api) -> None:
     response = await api.post("/api/workflows/echo", content=b'{"x": NaN}')
     assert 400 <= response.status_code < 500

@@ -773,3 +773,39 @@ async def test_no_step_body_starts_after_the_run_was_taken_over_during_a_stall()
         await workflows.aclose()
     assert ran["taken over"] == 1
     assert ran["effect"] == 0  # the thief holds the run: this worker never ran its body
+
+
+async def test_a_step_cut_off_with_its_worker_says_so_when_it_runs_again(
+    harness: Harness,
+) -> None:
+    """A step whose start was stored but whose execution ended before its outcome (a worker
+    killed, a stop's deadline) runs again: its log says why the first attempt left no result,
+    rather than showing a second attempt with no error."""
+    workflows = harness.workflows()
+    started = asyncio.Event()
+    calls: Counter[str] = Counter()
+
+    async def slow() -> str:
+        calls.update(["slow"])
+        if calls["slow"] == 1:
+            started.set()
+            await asyncio.sleep(30)
+        return "done"
+
+    @workflows.workflow("cut")
+    async def cut(context: WorkflowContext) -> str:
+        return await context.run("slow", slow)
+
+    worker = await harness.worker(workflows, lease=30)
+    client = workflows.client()
+    run_id = await client.trigger("cut")
+    await started.wait()
+    await wait_for_step(client, run_id, "slow", {"STEP_PROGRESS"})  # its start is stored
+    await worker.stop(grace=0)  # cut off mid-body
+    await harness.worker(workflows)
+    log = await wait_for_state(client, run_id, seconds=10)
+    assert log["workflowState"] == "RUN_SUCCESS"
+    step = steps_by_name(log)["slow"]
+    assert step["attempts"] == 2
+    assert [e["attempt"] for e in step["errors"]] == [1]
+    assert step["errors"][0]["error"].startswith("interrupted: the execution running it ended")

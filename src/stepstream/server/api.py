@@ -73,6 +73,8 @@ async def read_json(request: Request, what: str) -> Any:
         raise MalformedJSON(f"{what} is not valid JSON: {exc}") from None
     except RecursionError:  # json.loads recurses per level: ~1000 "[" exhaust the stack
         raise MalformedJSON(f"{what} nests over {MAX_DEPTH} levels deep") from None
+    except ValueError as exc:  # an integer of over 4300 digits (sys.get_int_max_str_digits)
+        raise MalformedJSON(f"{what} cannot be read: {exc}") from None
     if _deeper_than(value, MAX_DEPTH):
         raise MalformedJSON(f"{what} nests over {MAX_DEPTH} levels deep")
     return value

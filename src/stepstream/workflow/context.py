@@ -186,6 +186,8 @@ class WorkflowContext(Journal):
                 raise self._suspend(step.wake_at)
         attempt = (step.attempts if step is not None else 0) + 1
         errors = step.errors if step is not None else None
+        if step is not None and step.state is StepState.PROGRESS and step.started_at is not None:
+            errors = self._interrupted_attempt(step)
         flow = self._run.flow if type in LIMITED else None
         slot = None
         if flow is not None:
@@ -200,6 +202,19 @@ class WorkflowContext(Journal):
         finally:
             if slot is not None and not slot.given:  # the outcome was not stored with it
                 await self._give_slot(slot)
+
+    def _interrupted_attempt(self, step: StepRecord) -> list[dict[str, Any]]:
+        """The errors of ``step`` with its last attempt's: it started (its start is stored) but
+        its execution ended before the body's outcome was (a worker killed, a stop's deadline,
+        a lease lost), so it runs again; said, so it does not look like a silent retry."""
+        failure = {
+            "attempt": step.attempts,
+            "error": "interrupted: the execution running it ended before it finished (its "
+            "worker stopped or lost the run), so it runs again",
+            "traceback": "",
+            "at": self.now(),
+        }
+        return [*(step.errors or [])[-(MAX_ERRORS - 1) :], failure]
 
     async def _execute(
         self,

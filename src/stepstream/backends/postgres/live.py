@@ -24,13 +24,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 import asyncpg
 
 from stepstream.backends.base import LiveSink
 from stepstream.backends.postgres.connection import Database, map_postgres_errors
+from stepstream.errors import BackendUnavailable
 from stepstream.records import Message, parse_cursor
 
 SWEEP_INTERVAL = 30.0
@@ -38,6 +39,7 @@ WATCH_TTL_MS = 120_000  # a watch lasts this long unless renewed
 RENEW_INTERVAL = 30.0  # seconds between renewals of this process's watches
 RENEW_LIMIT = WATCH_TTL_MS / 1000 - 30.0  # unrenewed this long: treat the connection as lost
 WATCH_BATCH = 1000  # channels registered per statement
+WATCH_ATTEMPTS = 3  # connections a watch tries when each is lost while it registers
 
 
 class Listener:
@@ -61,19 +63,35 @@ class Listener:
         self._renewed = 0.0  # loop time of the last renewal of every watch
 
     async def watch(self, channels: Collection[str]) -> None:
-        """Returns once every event appended to ``channels`` from now on will be delivered."""
+        """Returns once every event appended to ``channels`` from now on will be delivered.
+        A registration can wait (for a pool turn, for a channel row another transaction
+        holds); when the connection is lost meanwhile, it listens on a new one and registers
+        again before it returns."""
         async with self._lock:
-            conn = await self._connect()
-            if not self._events:
-                with map_postgres_errors(self._db.where):
-                    await conn.add_listener(self.topic, self._on_event)
-                self._events = True
-            new = [channel for channel in channels if channel not in self.channels]
-            if new:
-                if not self.channels:
-                    self._renewed = asyncio.get_running_loop().time()
-                await self._register(new)  # after LISTEN: see the module's docstring
-            self.channels.update(channels)
+            for _ in range(WATCH_ATTEMPTS):
+                conn = await self._connect()
+                if not self._events:
+                    await self._command(conn.add_listener(self.topic, self._on_event))
+                    self._events = True
+                new = [channel for channel in channels if channel not in self.channels]
+                if new:
+                    if not self.channels:
+                        self._renewed = asyncio.get_running_loop().time()
+                    await self._register(new)  # after LISTEN: see the module's docstring
+                if self._conn is conn:
+                    self.channels.update(channels)
+                    return
+        raise BackendUnavailable(
+            f"the LISTEN connection to {self._db.where} was lost {WATCH_ATTEMPTS} times while "
+            "channels were being watched"
+        )
+
+    async def _command(self, command: Awaitable[None]) -> None:
+        """LISTEN or UNLISTEN on the connection: a connection that does not answer in
+        ``check_interval`` (a half-open socket) is lost, as the watchdog would find it."""
+        with map_postgres_errors(self._db.where):
+            async with asyncio.timeout(self._check_interval):
+                await command
 
     async def unwatch(self, channels: Collection[str]) -> None:
         async with self._lock:
@@ -81,8 +99,9 @@ class Listener:
             conn = self._conn
             if not self.channels and self._events and conn is not None:
                 self._events = False
-                with contextlib.suppress(Exception):
-                    await conn.remove_listener(self.topic, self._on_event)
+                with contextlib.suppress(Exception):  # a dead connection: the watchdog's
+                    async with asyncio.timeout(self._check_interval):
+                        await conn.remove_listener(self.topic, self._on_event)
 
     async def wake_on(self, callback: Callable[[], None]) -> None:
         if callback not in self.wake_callbacks:
@@ -91,8 +110,7 @@ class Listener:
             if self.waking:
                 return
             conn = await self._connect()
-            with map_postgres_errors(self._db.where):
-                await conn.add_listener(self.wake_topic, self._on_wake)
+            await self._command(conn.add_listener(self.wake_topic, self._on_wake))
             self.waking = True
 
     async def _register(self, channels: list[str]) -> None:
@@ -164,8 +182,13 @@ class Listener:
             while True:
                 await asyncio.sleep(interval)
                 # Under the lock: one connection runs one command at a time (LISTEN too).
-                async with asyncio.timeout(interval), self._lock:
-                    await conn.fetchval("SELECT 1")
+                # Only the answer is timed: a watch may hold the lock while its registration
+                # waits for a channel row, which says nothing of this connection.
+                async with self._lock:
+                    if conn is not self._conn:
+                        return  # lost meanwhile: a new connection has its own watchdog
+                    async with asyncio.timeout(interval):
+                        await conn.fetchval("SELECT 1")
                 await self._renew(loop.time())
                 if loop.time() >= next_sweep:
                     next_sweep = loop.time() + SWEEP_INTERVAL
