@@ -191,6 +191,34 @@ async def test_events_too_large_for_a_notify_arrive_live_in_order(
     assert [(m.id, m.raw) for m in sink.messages] == [(m.id, m.raw) for m in sent]
 
 
+async def test_a_backlog_of_large_events_is_read_in_bounded_batches_in_order(
+    backend: PostgresBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Large events queued faster than they are read went to storage in one statement, however
+    many: a backlog of thousands took longer than a command may, was reported missed, and held
+    back every event behind it. Each read now asks for at most ``DRAIN_BATCH`` bodies."""
+    monkeypatch.setattr(live, "DRAIN_BATCH", 3)
+    asked: list[int] = []
+    read_bodies = backend._listener._read_bodies
+
+    async def counted(wanted: list[tuple[str, str]]) -> Any:
+        asked.append(len(wanted))
+        return await read_bodies(wanted)
+
+    monkeypatch.setattr(backend._listener, "_read_bodies", counted)
+    sink = Sink()
+    backend.set_sink(sink)
+    await backend.listen(["big"])
+    large = '"' + "x" * 9000 + '"'
+    datas = [large if i % 3 else str(i) for i in range(12)]
+    ids = await backend._db.value(
+        "SELECT ss_append($1, $2, $3, NULL, NULL)", "big", ["t.e"] * 12, datas
+    )  # one commit: the twelve notifications arrive together
+    await sink.until(lambda: len(sink.messages) >= 12)
+    assert [(m.id, m.raw) for m in sink.messages] == list(zip(ids, datas, strict=True))
+    assert asked and max(asked) <= 3 and sum(asked) == 8
+
+
 async def test_a_large_event_trimmed_before_it_is_read_is_reported_missed(
     backend: PostgresBackend,
 ) -> None:

@@ -39,6 +39,7 @@ WATCH_TTL_MS = 120_000  # a watch lasts this long unless renewed
 RENEW_INTERVAL = 30.0  # seconds between renewals of this process's watches
 RENEW_LIMIT = WATCH_TTL_MS / 1000 - 30.0  # unrenewed this long: treat the connection as lost
 WATCH_BATCH = 1000  # channels registered per statement
+DRAIN_BATCH = 200  # queued notifications delivered at once (bodies read in one statement)
 WATCH_ATTEMPTS = 3  # connections a watch tries when each is lost while it registers
 
 
@@ -236,8 +237,10 @@ class Listener:
         """Deliver queued notifications in order, reading the bodies too large for a payload."""
         try:
             while self._pending:
-                batch = list(self._pending)
-                self._pending.clear()
+                # A bounded batch: a backlog of large events read in one statement could take
+                # longer than a command may (and hold back every event queued behind it).
+                take = min(len(self._pending), DRAIN_BATCH)
+                batch = [self._pending.popleft() for _ in range(take)]
                 wanted = [(channel, id) for channel, id, message in batch if message is None]
                 bodies = await self._read_bodies(wanted)
                 live: list[Message] = []
