@@ -1038,7 +1038,7 @@ async def _watch_while_the_row_is_held(
     """``listen(["X"])`` while another session holds channel X's row (its registration waits
     for it), ``during`` that wait; then appends to X and to a channel watched before. The sink,
     what was appended, and what of it arrived live."""
-    backend = backend_from_url(fresh(postgres_url, live_check_interval="0.3"))
+    backend = backend_from_url(fresh(postgres_url, live_check_interval="0.8"))
     await backend.open()
     assert isinstance(backend, PostgresBackend)
     sink = Sink()
@@ -1053,7 +1053,7 @@ async def _watch_while_the_row_is_held(
         watching = asyncio.create_task(backend.listen(["X"]))
         await asyncio.sleep(0.2)
         await during(backend)
-        await asyncio.sleep(1.0)  # over three of the watchdog's checks
+        await asyncio.sleep(2.6)  # over three of the watchdog's checks
         await operator.commit()
         async with asyncio.timeout(10):
             await watching

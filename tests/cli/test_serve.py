@@ -165,7 +165,8 @@ def test_a_stream_opened_while_the_server_stops_is_told_to_reconnect_at_once(
             assert b'"reconnect"' in first
             sock.sendall(request)  # straight back, as EventSource does
             second = _read_until(sock, b"\r\n0\r\n\r\n")
-        assert b'"reconnect"' in second or second.count(b"HTTP/1.1") < 2, second[-300:]
+        # Answered at once (before, it waited past the socket's timeout), or closed unanswered.
+        assert not second or b'"reconnect"' in second, second[-300:]
         _, err = process.communicate(timeout=8)
     finally:
         if process.poll() is None:

@@ -809,3 +809,43 @@ async def test_a_step_cut_off_with_its_worker_says_so_when_it_runs_again(
     assert step["attempts"] == 2
     assert [e["attempt"] for e in step["errors"]] == [1]
     assert step["errors"][0]["error"].startswith("interrupted: the execution running it ended")
+
+
+async def test_a_stopping_worker_starts_no_parallel_step_waiting_for_its_turn(
+    harness: Harness,
+) -> None:
+    """Plain ``def`` bodies of one run take turns: a sibling that passed the stop check before
+    the stop came, then waited for its turn, must not start once it has the turn."""
+    workflows = harness.workflows()
+    calls: Counter[str] = Counter()
+    a_running = threading.Event()
+    a_may_end = threading.Event()
+
+    def a() -> str:
+        calls.update(["a"])
+        a_running.set()
+        a_may_end.wait(10)
+        return "a"
+
+    def b() -> str:
+        calls.update(["b"])
+        return "b"
+
+    @workflows.workflow("pair")
+    async def pair(context: WorkflowContext) -> list[str]:
+        return list(await asyncio.gather(context.run("a", a), context.run("b", b)))
+
+    worker = await harness.worker(workflows, lease=30)
+    client = workflows.client()
+    run_id = await client.trigger("pair")
+    await asyncio.to_thread(a_running.wait, 10)
+    stopping = asyncio.create_task(worker.stop(grace=20))
+    await asyncio.sleep(0.1)
+    a_may_end.set()
+    async with asyncio.timeout(10):
+        await stopping
+    assert calls == {"a": 1}, "b started on a stopping worker"
+    await harness.worker(workflows)
+    log = await wait_for_state(client, run_id, seconds=10)
+    assert log["workflowRunResponse"] == ["a", "b"]
+    assert calls == {"a": 1, "b": 1}

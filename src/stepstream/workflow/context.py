@@ -300,6 +300,8 @@ class WorkflowContext(Journal):
             await self._turn.acquire()
         turn = threaded
         try:
+            if self.stopping():  # asked while this step waited for its turn or its lease
+                raise self._suspend(self.now())
             step.started_at = self.now()
             # A step that ends within START_DELAY stores its start with its end: one write,
             # not two. A longer one stores (and streams) its start when the delay runs out.

@@ -32,6 +32,7 @@ from stepstream.errors import (
 SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,39}$")
 MIGRATION_LOCK = 0x5374_6570_7374_7265  # pg_advisory_xact_lock key: "Stepstre"
 KEEP_IDLE = 60.0  # seconds a kept connection may go unused before it goes back to the pool
+RELEASE_WAIT = 1.0  # seconds a cancelled call still waits for its connection's release
 RETRIES = 5  # deadlock / serialization failure: the call was rolled back, run it again
 
 # SQLSTATEs: connection exception (08), operator intervention (57P01 shutdown, 57P02 crash,
@@ -276,20 +277,27 @@ class Database:
 
 
 async def _release_whole(pool: asyncpg.Pool, conn: asyncpg.pool.PoolConnectionProxy) -> None:
-    """Give ``conn`` back and wait until it is back, however often the caller is cancelled
+    """Give ``conn`` back and wait until it is back, even when the caller is cancelled
     meanwhile (asyncpg's release goes on regardless, shielded): the caller's turn must not go
     to another call before its connection does, or that call opens one more. A cancellation
-    that came meanwhile is raised afterwards."""
+    that came meanwhile is raised afterwards, at most ``RELEASE_WAIT`` seconds later (a
+    release can wait for the server up to ``command_timeout``: a stop must not)."""
     release = asyncio.ensure_future(pool.release(conn))
-    cancelled = False
+    loop = asyncio.get_running_loop()
+    deadline: float | None = None  # cancelled meanwhile: wait this long more, not to its end
     while not release.done():
         try:
-            await asyncio.shield(release)
+            async with asyncio.timeout_at(deadline):
+                await asyncio.shield(release)
         except asyncio.CancelledError:
-            cancelled = True
-    release.result()
-    if cancelled:
+            deadline = deadline or loop.time() + RELEASE_WAIT
+        except TimeoutError:  # asyncpg still waits for the server (a half-open network)
+            break
+    if deadline is not None:
+        # Left to finish alone: its failure, if any, is asyncpg's to log, not news here.
+        release.add_done_callback(lambda done: done.cancelled() or done.exception())
         raise asyncio.CancelledError
+    release.result()
 
 
 def _usable(conn: asyncpg.pool.PoolConnectionProxy) -> bool:

@@ -106,6 +106,7 @@ export function subscribe({
   let watchdogTimer = null;
   let attempt = 0;
   let openedAt = 0;
+  let quickReconnects = 0; // `reconnect`s in a row told as soon as the stream opened
   let closed = false;
 
   const setStatus = (status) => closed || onStatus?.(status);
@@ -189,8 +190,10 @@ export function subscribe({
       // At once, unless the stream was told so as soon as it opened: a server shutting down
       // says it to every new stream until it stops listening, so come back after a pause.
       if (Date.now() - openedAt < QUICK_RECONNECT_MS) {
+        attempt = quickReconnects++; // every frame resets `attempt`: back off by this count
         retry("disconnected");
       } else {
+        quickReconnects = 0;
         attempt = 0;
         connect();
       }
