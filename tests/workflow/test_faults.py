@@ -809,6 +809,7 @@ async def test_a_step_cut_off_with_its_worker_says_so_when_it_runs_again(
     assert step["attempts"] == 2
     assert [e["attempt"] for e in step["errors"]] == [1]
     assert step["errors"][0]["error"].startswith("interrupted: the execution running it ended")
+    assert step["errors"][0]["traceback"] == ""
 
 
 async def test_a_stopping_worker_starts_no_parallel_step_waiting_for_its_turn(

@@ -209,8 +209,8 @@ class WorkflowContext(Journal):
         a lease lost), so it runs again; said, so it does not look like a silent retry."""
         failure = {
             "attempt": step.attempts,
-            "error": "interrupted: the execution running it ended before it finished (its "
-            "worker stopped or lost the run), so it runs again",
+            "error": "interrupted: the execution running it ended before its outcome was "
+            "stored (its worker stopped, lost the run or could not write), so it runs again",
             "traceback": "",
             "at": self.now(),
         }
