@@ -250,11 +250,7 @@ async def test_a_killed_listen_connection_is_reported_and_listening_resumes(
     assert backend.wakeups_active()
     conn = backend._listener._conn
     assert conn is not None
-    admin = await asyncpg.connect(postgres_url)
-    try:
-        await admin.execute("SELECT pg_terminate_backend($1)", conn.get_server_pid())
-    finally:
-        await admin.close()
+    await terminate(postgres_url, conn.get_server_pid())
     await sink.until(lambda: sink.losses)
     assert not backend.wakeups_active()
     # Subscribing again opens a new connection; delivery and wake-ups work as before.
@@ -576,11 +572,7 @@ async def test_a_kept_connection_the_server_closed_is_not_used_again(
     await backend._db.fetch("SELECT 1")
     ((kept, _),) = backend._db._idle
     pid = kept.get_server_pid()
-    admin = await asyncpg.connect(postgres_url)
-    try:
-        await admin.execute("SELECT pg_terminate_backend($1)", pid)
-    finally:
-        await admin.close()
+    await terminate(postgres_url, pid)
     # The first call after may still meet the dead connection (before the driver noticed):
     # then it fails as unavailable, and the pool replaces the connection.
     with contextlib.suppress(BackendUnavailable):
@@ -695,6 +687,15 @@ async def session_in(backend: Any, postgres_url: str) -> asyncpg.Connection:
     beside the backend's (a save holding a run's row, a claim in flight)."""
     assert isinstance(backend, PostgresBackend)
     return await asyncpg.connect(postgres_url, server_settings={"search_path": backend._db.schema})
+
+
+async def terminate(postgres_url: str, pid: int) -> None:
+    """End the server session ``pid`` as an administrator's ``pg_terminate_backend`` would."""
+    admin = await asyncpg.connect(postgres_url)
+    try:
+        await admin.execute("SELECT pg_terminate_backend($1)", pid)
+    finally:
+        await admin.close()
 
 
 async def test_renewing_leases_takes_part_in_no_lock_cycle(postgres_url: str) -> None:
@@ -1087,16 +1088,11 @@ async def test_a_watch_whose_connection_is_lost_while_it_registers_listens_on_a_
     """The connection really lost while the watch waits: the loss is reported, and the watch
     returns only once it listens on a new connection, its channels registered there."""
 
-    async def terminate(backend: PostgresBackend) -> None:
+    async def kill_the_listener(backend: PostgresBackend) -> None:
         listening = backend._listener._conn
         assert listening is not None
-        pid = listening.get_server_pid()
-        killer = await asyncpg.connect(postgres_url)
-        try:
-            await killer.execute("SELECT pg_terminate_backend($1)", pid)
-        finally:
-            await killer.close()
+        await terminate(postgres_url, listening.get_server_pid())
 
-    sink, sent, live = await _watch_while_the_row_is_held(postgres_url, terminate)
+    sink, sent, live = await _watch_while_the_row_is_held(postgres_url, kill_the_listener)
     assert len(sink.losses) == 1, sink.losses
     assert [m for m in live if m.channel == "X"] == sent[:2]
