@@ -35,6 +35,7 @@ def test_the_token_is_asked_once_per_load(page: Page, guarded: str) -> None:
     page.clock.install()
     page.goto(f"{guarded}/")
     expect(page.locator("#api-error")).to_contain_text("STEPSTREAM_TOKEN", timeout=TIMEOUT_MS)
+    expect(page.locator("#api-error")).to_contain_text("reload the page to enter it")
     assert asked == ["This stepstream server needs its API token (STEPSTREAM_TOKEN):"]
     for _ in range(3):  # the page's polling (workers every 10 s) asks nothing more
         page.clock.run_for(11_000)

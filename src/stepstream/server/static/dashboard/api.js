@@ -53,6 +53,19 @@ export async function authorizedFetch(path, init = {}) {
   return response;
 }
 
+/** What to tell the page's user of a refused request: the server's message, except for a
+ * 401, whose words are for API clients (which header to send): a browser's user can only
+ * enter the token again, which reloading the page offers. */
+export function failureMessage(response, data) {
+  if (response.status === 401) {
+    return (
+      "this server needs its API token (STEPSTREAM_TOKEN) and did not get the right one: " +
+      "reload the page to enter it"
+    );
+  }
+  return data?.error?.message ?? `${response.status} ${response.statusText || "error"}`;
+}
+
 /** Call the JSON API: the parsed reply, or an `ApiError` with the server's message. */
 export async function api(method, path, body) {
   const init = { method, headers: { accept: "application/json" } };
@@ -74,8 +87,8 @@ export async function api(method, path, body) {
     data = null;
   }
   if (!response.ok) {
-    const message = data?.error?.message ?? `${response.status} ${response.statusText || "error"}`;
-    throw new ApiError(message, response.status, data?.error?.code ?? "http_error");
+    const code = data?.error?.code ?? "http_error";
+    throw new ApiError(failureMessage(response, data), response.status, code);
   }
   return data;
 }

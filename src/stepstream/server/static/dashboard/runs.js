@@ -11,7 +11,7 @@
 
 import { foldWorkflowUpdate, initialRunState, isOpen } from "../run-state.js";
 import { subscribe } from "../stepstream.js";
-import { api, authorizedFetch, realtimeUrl } from "./api.js";
+import { api, authorizedFetch, failureMessage, realtimeUrl } from "./api.js";
 import { createBulk } from "./bulk.js";
 import { $, h, labelChips, loadWorkflows, setBadge, setCrumbs, showApiError } from "./dom.js";
 import { FINISH_STATES, formatDuration, formatRelative, fullDate } from "./format.js";
@@ -89,7 +89,7 @@ export function showRuns(params) {
       const response = await authorizedFetch(query(), { signal: controller.signal, headers: { accept: "application/json" } });
       const data = await response.json().catch(() => null);
       if (stopped || controller !== inflight) return;
-      if (!response.ok) throw new Error(data?.error?.message ?? `${response.status}`);
+      if (!response.ok) throw new Error(failureMessage(response, data));
       firstPage = data.runs ?? [];
       if (olderCursor === undefined) olderCursor = data.cursor;
       showApiError("");
