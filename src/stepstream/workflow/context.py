@@ -204,9 +204,8 @@ class WorkflowContext(Journal):
                 await self._give_slot(slot)
 
     def _interrupted_attempt(self, step: StepRecord) -> list[dict[str, Any]]:
-        """The errors of ``step`` with its last attempt's: it started (its start is stored) but
-        its execution ended before the body's outcome was (a worker killed, a stop's deadline,
-        a lease lost), so it runs again; said, so it does not look like a silent retry."""
+        """The errors of ``step`` with its last attempt's, which started (its start is stored)
+        but whose outcome never was: said, so the attempt it runs now is no silent retry."""
         failure = {
             "attempt": step.attempts,
             "error": "interrupted: the execution running it ended before its outcome was "
@@ -214,7 +213,7 @@ class WorkflowContext(Journal):
             "traceback": "",
             "at": self.now(),
         }
-        return [*(step.errors or [])[-(MAX_ERRORS - 1) :], failure]
+        return _kept(step.errors, failure)
 
     async def _execute(
         self,
@@ -289,9 +288,6 @@ class WorkflowContext(Journal):
         and end, and puts its ``stepStart`` event in ``start`` until that is stored. A body
         never starts once this execution has lost its run (see ``Worker._confirmer``); one
         that runs over ``seconds`` fails with ``TimeoutError``."""
-        if self._runtime.is_paused(self.workflow_name) or self.stopping():
-            # Released due: claimed again once resumed, or by another worker at once.
-            raise self._suspend(self.now())
         await self.confirm()
         threaded = not inspect.iscoroutinefunction(fn)
         if threaded:
@@ -300,7 +296,8 @@ class WorkflowContext(Journal):
             await self._turn.acquire()
         turn = threaded
         try:
-            if self.stopping():  # asked while this step waited for its turn or its lease
+            if self._runtime.is_paused(self.workflow_name) or self.stopping():
+                # Released due: claimed again once resumed, or by another worker at once.
                 raise self._suspend(self.now())
             step.started_at = self.now()
             # A step that ends within START_DELAY stores its start with its end: one write,
@@ -363,7 +360,7 @@ class WorkflowContext(Journal):
         # A durable HTTP call's body is stepstream's own request: no frame of it is the user's.
         trace = "" if step.type is StepType.CALL else user_traceback(exc)
         failure = {"attempt": step.attempts, "error": message, "traceback": trace, "at": self.now()}
-        step.errors = [*(step.errors or [])[-(MAX_ERRORS - 1) :], failure]
+        step.errors = _kept(step.errors, failure)
         log.warning(
             "run %s: step %r attempt %d failed: %s\n%s",
             self._run.id,
@@ -496,3 +493,8 @@ def where(trace: str) -> str:
 
 def type_name(value: object) -> str:
     return f"a {type(value).__name__}"
+
+
+def _kept(errors: list[dict[str, Any]] | None, failure: dict[str, Any]) -> list[dict[str, Any]]:
+    """A step's failed attempts with ``failure`` added, the latest ``MAX_ERRORS`` of them."""
+    return [*(errors or [])[-(MAX_ERRORS - 1) :], failure]
