@@ -6,6 +6,7 @@ Deliveries are signed, and the SDK verifies every one.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -350,6 +351,45 @@ async def test_a_worker_stalled_past_its_lease_delivers_nothing_stale(
     assert [e["step"] for e in executions] == ["first", "second"]  # each step body ran once
     finishes = [t for t in timeline(run.events) if t[0] == "stepFinish"]
     assert finishes == [("stepFinish", "first"), ("stepFinish", "second")]
+
+
+async def test_a_stopping_worker_hands_its_run_back_between_deliveries(
+    node: str, tmp_path: Path
+) -> None:
+    """A worker told to stop while the SDK runs step 1 for it records that step's result,
+    delivers nothing more (a delivery it began would be cut off at the deadline and its step
+    run again) and hands the run back due at once; the next worker delivers step 2."""
+    async with (
+        stepstream_app(tmp_path / "stop.db", workers=0) as (base, workflows),
+        serve_workflows(node, "two-step", sdk_env(base), tmp_path / "serve.log") as endpoint,
+        httpx.AsyncClient(timeout=10) as client,
+    ):
+        faulty = FaultyRoute(endpoint, 1, corrupt=False)  # holds the delivery of step 1
+        async with serve_uvicorn(faulty) as route:
+            worker = workflows.worker(lease=30)
+            await worker.start()
+            answer = await sdk_client(node, base, "trigger", f"{route}/two-step", "{}")
+            run_id = answer["workflowRunId"]
+            with anyio.fail_after(10):
+                await faulty.held.wait()
+            stopping = asyncio.create_task(worker.stop(grace=20))
+            await anyio.sleep(0.1)  # the worker is stopping while the SDK runs step 1
+            faulty.release.set()
+            with anyio.fail_after(10):
+                await stopping  # long before the grace: the run went back after step 1
+            record = await workflows.backend.get_run(run_id)
+            assert record is not None and record.lease_owner is None, "not handed back"
+            assert [step.name for step in record.steps] == ["first"]
+            executions = (await client.get(f"{endpoint}/_executions")).json()
+            assert [e["step"] for e in executions] == ["first"]
+            successor = workflows.worker(lease=30)
+            await successor.start()
+            try:
+                run = await finished_run(client, base, endpoint, run_id)
+            finally:
+                await successor.stop(grace=5)
+        assert run.log["workflowState"] == "RUN_SUCCESS", run.log
+        assert run.executions == ["first", "second"]  # each step body ran once
 
 
 @asynccontextmanager

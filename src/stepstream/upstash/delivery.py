@@ -91,6 +91,13 @@ class Delivery(Recorder):
                 # taken the run over and recorded the very step this stale history would make
                 # the SDK run again.
                 await self.context.confirm()
+                if self.context.stopping():
+                    # As before a step body: the worker is about to stop, and would cut this
+                    # delivery off (the SDK would run its step again on the next worker).
+                    # Released due now, the run goes to another worker at once.
+                    now = self.context.now()
+                    self.context.wakes.append(now)
+                    raise Suspend(now)
                 with handoff.listening(self.engine, self.run.id, self):
                     failure = await self.post(deliveries)
             finally:
