@@ -119,6 +119,9 @@ def test_the_first_workflow_example_runs_to_the_end(
             await env.advance(31)  # past the cool-off: it waits for the approval now
             await env.client.notify(f"approve-{approved}", {"by": "ann"})
             failing = await env.client.trigger("order", {"sku": ""})
+            unanswered = await env.client.trigger("order", {"sku": "B2"})
+            await env.advance(31 + 24 * 3600)  # its approval never comes
+            assert (await env.wait(unanswered))["workflowRunResponse"] == {"approved": False}
             return await env.wait(approved), await env.wait(failing)
 
     approved, failing = asyncio.run(scenario())

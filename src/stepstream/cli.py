@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from stepstream import events
 from stepstream.backends import DEFAULT_URL
 from stepstream.backends.base import shown_url
 from stepstream.cli_recovery import COMMANDS as RECOVERY_COMMANDS
@@ -422,7 +423,7 @@ def tail(channel: str, history: bool, url: str, token: str | None) -> None:
             ):
                 line = {"id": message.id, "event": message.event, "data": message.data}
                 click.echo(json.dumps(line), nl=True)
-                if _run_finished(channel, message.event, message.data):
+                if events.ran_to_end(channel, message.event, message.data):
                     return
         except StepstreamError as exc:
             _fail(exc)
@@ -455,16 +456,6 @@ async def _tail_start(
     except CursorUnavailable:
         newer = [{}]
     return None if newer else str(state)
-
-
-def _run_finished(channel: str, event: str, data: Any) -> bool:
-    """The last event of a run's channel: its own ``runFinish``."""
-    return (
-        event == "workflow.update"
-        and isinstance(data, dict)
-        and data.get("type") == "runFinish"
-        and data.get("workflowRunId") == channel
-    )
 
 
 def _warn_gap(channel: str, cursor: str) -> None:

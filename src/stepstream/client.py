@@ -13,8 +13,8 @@ from types import TracebackType
 from typing import Any
 
 from stepstream.backends.base import RunFilter
-from stepstream.errors import ValidationError
-from stepstream.records import RUN_STATES
+from stepstream.errors import RunFailed, ValidationError
+from stepstream.records import RUN_STATES, RunState
 from stepstream.server.wire import RunLog, RunPage, ScheduleInfo, WaiterInfo, WorkflowNames
 from stepstream.transports import EngineTransport, HTTPTransport, Transport
 from stepstream.workflow.engine import Engine, HasEngine, engine_of
@@ -83,6 +83,25 @@ class Client:
     async def logs(self, run_id: str) -> RunLog:
         """The run's log (state, payload, response, error, steps)."""
         return await self.transport.logs(run_id)
+
+    async def wait(self, run_id: str) -> RunLog:
+        """The run's log once it has ended, however it ended: waits for its ``runFinish``
+        live (no polling). ``RunNotFound`` for no such run. To give up after a while, wrap it
+        in ``asyncio.timeout(seconds)`` (the run goes on)."""
+        return await self.transport.finished(run_id)
+
+    async def result(self, run_id: str) -> Any:
+        """What the run's workflow returned, once it has ended; ``RunFailed`` (with its
+        ``state`` and ``error``) if it failed or was canceled. Waits as ``wait`` does.
+
+        >>> # run_id = await client.trigger("order", {"id": 7})
+        >>> # async with asyncio.timeout(60):
+        >>> #     receipt = await client.result(run_id)
+        """
+        log = await self.transport.finished(run_id)
+        if log["workflowState"] != RunState.SUCCESS:
+            raise RunFailed(run_id, log["workflowState"], log["error"])
+        return log["workflowRunResponse"]
 
     async def runs(
         self,

@@ -28,12 +28,13 @@ The tree, with each error's wire ``code`` and HTTP ``status``::
     ├── AppNotStarted          app_not_started         503  mounted, but its lifespan never ran
     ├── ConfigurationError     configuration_error     500  a setting is wrong
     ├── NonDeterminismError    non_determinism         500  a replay met a different step
-    ├── ChildRunFailed         child_run_failed        500  a run started by ``invoke`` failed
+    ├── RunFailed              run_failed              500  a run failed or was canceled
+    │   └── ChildRunFailed     child_run_failed        500  one started by ``invoke``
     ├── StepFailed             step_failed             500  a step failed for good
     ├── WorkflowFailed         workflow_failed         500  why a run failed (for the
     │                                                       failure function)
     └── RunStuck               run_stuck               500  a test's run can never finish
-                                                            (``stepstream.testing``)
+                                                            (defined in ``stepstream.testing``)
 
 A subclass without a code of its own (``InvalidToken``, ``BackendUnavailable``) answers with its
 parent's and comes back from the wire as the parent, except ``backend_unavailable``, which
@@ -174,10 +175,8 @@ class FieldError:
 
 
 class ValidationError(StepstreamError, ValueError):
-    """Data did not match the schema; nothing was stored.
-
-    ``errors`` lists each problem with its field path, e.g. ``stepName: Field required``.
-    """
+    """Data did not match the schema; nothing was stored. ``errors`` lists each problem with
+    its field path, e.g. ``stepName: Field required``."""
 
     code = "validation_error"
     status = 422
@@ -432,17 +431,25 @@ class NonDeterminismError(StepstreamError):
     code = "non_determinism"
 
 
-class ChildRunFailed(StepstreamError):
-    """A run started with ``context.invoke`` failed or was canceled."""
+class RunFailed(StepstreamError):
+    """``Client.result``: the run ended ``state`` (``RUN_FAILED``, ``RUN_CANCELED``)."""
 
-    code = "child_run_failed"
+    code = "run_failed"
     fields = ("run_id", "state", "error")
+    what = "run"
 
     def __init__(self, run_id: str, state: str, error: str | None) -> None:
         self.run_id = run_id
         self.state = state
         self.error = error
-        super().__init__(f"invoked run {run_id} ended {state}: {error or 'no error message'}")
+        super().__init__(f"{self.what} {run_id} ended {state}: {error or 'no error message'}")
+
+
+class ChildRunFailed(RunFailed):
+    """A run started with ``context.invoke`` failed or was canceled."""
+
+    code = "child_run_failed"
+    what = "invoked run"
 
 
 class StepFailed(StepstreamError):
@@ -470,13 +477,6 @@ class WorkflowFailed(StepstreamError):
         self.message = message
         self.step = step
         super().__init__(message)
-
-
-class RunStuck(StepstreamError):
-    """``WorkflowEnv.wait`` (``stepstream.testing``): the run can never finish (nothing runs,
-    nothing is due, and no timer is left that could wake it), or its replay diverged."""
-
-    code = "run_stuck"
 
 
 # -- not errors: control flow, and what workflow code raises ------------------------------------

@@ -95,6 +95,16 @@ STATUS: dict[RunState, Literal["success", "failed", "canceled"]] = {
 }
 
 
+def ran_to_end(run_id: str, event: str, data: Any) -> bool:
+    """Whether an event of the channel ``run_id`` is that run's last: its own ``runFinish``."""
+    return (
+        event == EVENT
+        and isinstance(data, dict)
+        and data.get("type") == "runFinish"
+        and data.get("workflowRunId") == run_id
+    )
+
+
 def run_start(run_id: str, at: int, *, resumed: bool = False) -> Emit:
     """``runStart``: the run was created at ``at`` (epoch ms), or ``resumed`` then."""
     fields: dict[str, Any] = {"type": "runStart", "workflowRunId": run_id, "timestamp": at}

@@ -19,7 +19,7 @@ from types import TracebackType
 from stepstream.backends.memory import MemoryBackend
 from stepstream.client import Client
 from stepstream.clock import system_ms
-from stepstream.errors import RunNotFound, RunStuck
+from stepstream.errors import RunNotFound, StepstreamError
 from stepstream.realtime import Channel, Realtime
 from stepstream.records import RunRecord, StepState, StepType
 from stepstream.server.wire import RunLog
@@ -31,6 +31,13 @@ from stepstream.workflows import Workflows
 __all__ = ["RunStuck", "VirtualClock", "WorkflowEnv"]
 
 POLL_SECONDS = 0.001  # how often a due run is looked for while the worker has not claimed it
+
+
+class RunStuck(StepstreamError):
+    """``WorkflowEnv.wait`` (``stepstream.testing``): the run can never finish (nothing runs,
+    nothing is due, and no timer is left that could wake it), or its replay diverged."""
+
+    code = "run_stuck"
 
 
 class VirtualClock:

@@ -6,6 +6,8 @@ shapes (``server.wire``), so a log reads the same either way.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from typing import Any, Literal, Protocol
 from urllib.parse import quote
@@ -16,9 +18,12 @@ from stepstream.backends.base import RunFilter
 from stepstream.errors import (
     DETAIL_HEADER,
     BackendUnavailable,
+    CursorUnavailable,
     StepstreamError,
     error_from_body,
 )
+from stepstream.events import EVENT, ran_to_end
+from stepstream.records import RunState
 from stepstream.server.filters import filter_fields
 from stepstream.server.recovery import selection_from
 from stepstream.server.schedules import read_schedules, schedule_info
@@ -42,6 +47,12 @@ from stepstream.workflow.flow import FlowControl
 from stepstream.workflow.scheduler import Schedules
 
 Bulk = Literal["cancel", "resume"]
+FIRST_POLL = 0.01  # seconds: how soon a run's log is read again while it has not ended
+RECHECK = 30.0  # seconds a wait for a run's end listens before it reads the log again
+
+
+def _go_on(channel: str, cursor: str) -> None:
+    """A wait for a run's end whose cursor was trimmed: it reads the log again anyway."""
 
 
 class Transport(Protocol):
@@ -61,6 +72,9 @@ class Transport(Protocol):
     ) -> str: ...
 
     async def logs(self, run_id: str) -> RunLog: ...
+
+    async def finished(self, run_id: str) -> RunLog:
+        """The run's log once it has ended, waiting for its ``runFinish`` as long as it takes."""
 
     async def runs(self, where: RunFilter, *, cursor: str | None, count: int) -> RunPage: ...
 
@@ -132,6 +146,30 @@ class EngineTransport:
 
     async def logs(self, run_id: str) -> RunLog:
         return await read_log(await self._open(), run_id)
+
+    async def finished(self, run_id: str) -> RunLog:
+        engine = await self._open()
+        realtime = engine.realtime
+        pause = FIRST_POLL
+        while True:
+            # The cursor is read before the state that decides: a run that ends after it has
+            # its runFinish after it.
+            latest = None if realtime is None else await engine.backend.latest_id(run_id)
+            log = await read_log(engine, run_id)
+            if log["workflowState"] != RunState.STARTED:
+                return log
+            if realtime is None:  # no progress events to wait for: look again
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, RECHECK)
+                continue
+            options: dict[str, Any] = {"history": True} if latest is None else {"after": latest}
+            with contextlib.suppress(TimeoutError, CursorUnavailable):  # then look again
+                async with asyncio.timeout(RECHECK):
+                    events = realtime.channel(run_id).subscribe([EVENT], **options)
+                    async with contextlib.aclosing(events):
+                        async for message in events:
+                            if ran_to_end(run_id, message.event, message.data):
+                                break
 
     async def runs(self, where: RunFilter, *, cursor: str | None, count: int) -> RunPage:
         return await read_runs(await self._open(), where, cursor=cursor, count=count)
@@ -218,6 +256,7 @@ class HTTPTransport:
     ) -> None:
         self.url = url.rstrip("/")
         self._headers = {DETAIL_HEADER: "1"}  # rebuild errors with their constructors' fields
+        self._token = token
         if token:
             self._headers["authorization"] = f"Bearer {token}"
         self._http = http
@@ -293,6 +332,34 @@ class HTTPTransport:
     async def logs(self, run_id: str) -> RunLog:
         log: RunLog = await self._call("GET", f"/api/runs/{quote(run_id, safe='')}")
         return log
+
+    async def finished(self, run_id: str) -> RunLog:
+        from stepstream.realtime.remote import subscribe_remote
+
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=30)
+        while True:
+            newest = await self._call(
+                "GET", "/api/realtime/history", params={"channel": run_id, "limit": 1}
+            )
+            cursor = newest["messages"][-1]["id"] if newest["messages"] else "0-0"
+            log = await self.logs(run_id)  # read after the cursor: see EngineTransport's
+            if log["workflowState"] != RunState.STARTED:
+                return log
+            with contextlib.suppress(TimeoutError):  # then look again
+                async with asyncio.timeout(RECHECK):
+                    events = subscribe_remote(
+                        f"{self.url}/api/realtime",
+                        [run_id],
+                        token=self._token,
+                        after={run_id: cursor},
+                        on_gap=_go_on,  # trimmed since: the log says how it ended
+                        http=self._http,
+                    )
+                    async with contextlib.aclosing(events):
+                        async for message in events:
+                            if ran_to_end(run_id, message.event, message.data):
+                                break
 
     async def runs(self, where: RunFilter, *, cursor: str | None, count: int) -> RunPage:
         params = {**filter_fields(where), **_given(cursor=cursor, count=count)}

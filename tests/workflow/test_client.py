@@ -4,6 +4,7 @@ the app): same results, same errors, with the same fields."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,6 +17,7 @@ from stepstream import (
     Client,
     NoWaiters,
     RunConflict,
+    RunFailed,
     RunNotFound,
     UnknownWorkflow,
     ValidationError,
@@ -23,6 +25,7 @@ from stepstream import (
     Workflows,
 )
 from stepstream.client import EngineTransport, HTTPTransport
+from tests.upstash.harness import serve_uvicorn
 from tests.workflow.helpers import Harness, updates, wait_for_state
 
 pytestmark = pytest.mark.anyio
@@ -154,3 +157,107 @@ async def test_an_unreachable_server_is_a_stepstream_error() -> None:
     async with Client(url=f"http://127.0.0.1:{free_port()}") as client:
         with pytest.raises(BackendUnavailable, match="cannot reach stepstream"):
             await client.logs("wfr_x")
+
+
+@asynccontextmanager
+async def served_client(workflows: Workflows, transport: str) -> AsyncIterator[Client]:
+    """``workflows``' client over ``transport``: over HTTP, through a real server (a wait for
+    a run's end streams its channel, which an in-memory ASGI transport cannot)."""
+    if transport == "engine":
+        yield workflows.client()
+        return
+    app = workflows.asgi(workers=0)
+    async with serve_uvicorn(app) as url, Client(url=url) as client:
+        yield client
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_result_waits_for_the_run_to_end(harness: Harness, transport: str) -> None:
+    """``result`` returns what the workflow returned once it ends, however late; a failed or
+    canceled run is a ``RunFailed`` with its state and error; an unknown one ``RunNotFound``."""
+    workflows = harness.workflows()
+    gate = asyncio.Event()
+
+    @workflows.workflow("gated")
+    async def gated(context: WorkflowContext) -> Any:
+        await context.run("wait", gate.wait)
+        return await context.run("echo", lambda: {"got": context.request_payload})
+
+    @workflows.workflow("broken", retries=0)
+    async def broken(context: WorkflowContext) -> None:
+        await context.run("explode", explode)
+
+    await harness.worker(workflows)
+    async with served_client(workflows, transport) as client:
+        run_id = await client.trigger("gated", {"n": 1})
+        waiting = asyncio.create_task(client.result(run_id))
+        await wait_for_step(client, run_id, "wait")
+        assert not waiting.done()  # the run has not ended: nothing to return yet
+        gate.set()
+        async with asyncio.timeout(10):
+            assert await waiting == {"got": {"n": 1}}
+        assert await client.result(run_id) == {"got": {"n": 1}}  # ended before the call
+        assert (await client.wait(run_id))["workflowState"] == "RUN_SUCCESS"
+
+        failing = await client.trigger("broken")
+        with pytest.raises(RunFailed, match=r"RUN_FAILED.*boom") as failed:
+            async with asyncio.timeout(10):
+                await client.result(failing)
+        assert (failed.value.run_id, failed.value.state) == (failing, "RUN_FAILED")
+        assert "boom" in (failed.value.error or "")
+
+        gate.clear()
+        canceled = await client.trigger("gated")
+        waiting = asyncio.create_task(client.result(canceled))
+        await wait_for_step(client, canceled, "wait")
+        await client.cancel(canceled)
+        with pytest.raises(RunFailed) as stopped:
+            async with asyncio.timeout(10):
+                await waiting
+        assert stopped.value.state == "RUN_CANCELED"
+        gate.set()
+
+        with pytest.raises(RunNotFound):
+            await client.result("wfr_no-such-run")
+
+
+async def test_result_without_a_realtime_reads_the_log_until_the_run_ends(
+    backend_url: str,
+) -> None:
+    """A ``Workflows`` without a ``Realtime`` streams no progress: ``result`` then looks at
+    the run's log again until it ends."""
+    workflows = Workflows(backend=backend_url)
+    gate = asyncio.Event()
+
+    @workflows.workflow("gated")
+    async def gated(context: WorkflowContext) -> str:
+        await context.run("wait", gate.wait)
+        return "done"
+
+    worker = workflows.worker()
+    await worker.start()
+    try:
+        client = workflows.client()
+        run_id = await client.trigger("gated")
+        waiting = asyncio.create_task(client.result(run_id))
+        await wait_for_step(client, run_id, "wait")
+        assert not waiting.done()
+        gate.set()
+        async with asyncio.timeout(10):
+            assert await waiting == "done"
+    finally:
+        await worker.stop(grace=5)
+        await workflows.aclose()
+
+
+def explode() -> None:
+    raise RuntimeError("boom")
+
+
+async def wait_for_step(client: Client, run_id: str, name: str) -> None:
+    """Until the run's log shows step ``name`` started."""
+    async with asyncio.timeout(10):
+        while True:
+            if any(step["stepName"] == name for step in (await client.logs(run_id))["steps"]):
+                return
+            await asyncio.sleep(0.01)  # polling the log, not an assertion

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import weakref
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncGenerator, Collection, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -176,7 +176,7 @@ class Realtime:
         """``history`` of the channel ``default``."""
         return await self.channel("default").history(**kwargs)
 
-    def subscribe(self, **kwargs: Any) -> AsyncIterator[Message]:
+    def subscribe(self, **kwargs: Any) -> AsyncGenerator[Message, None]:
         """``subscribe`` to the channel ``default``."""
         return self.channel("default").subscribe(**kwargs)
 
@@ -244,7 +244,7 @@ class Channel:
         events: Collection[str] | None = None,
         history: bool | int = False,
         after: str | None = None,
-    ) -> AsyncIterator[Message]:
+    ) -> AsyncGenerator[Message, None]:
         """Events as they arrive: first history (``True`` for all, ``N`` for the latest N) or
         everything after the cursor ``after``, then live, with no gap and no duplicate.
 

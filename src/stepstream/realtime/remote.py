@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from typing import Any
 
 import httpx
@@ -30,7 +31,8 @@ async def subscribe_remote(
     max_retries: int = 5,
     on_gap: Callable[[str, str], None] | None = None,
     after: Mapping[str, str] | None = None,
-) -> AsyncIterator[Message]:
+    http: httpx.AsyncClient | None = None,
+) -> AsyncGenerator[Message, None]:
     """Events of ``channels`` from the SSE endpoint at ``url`` (e.g.
     ``http://127.0.0.1:8000/api/realtime``): history first if asked, then live; reconnects
     from the last id of each channel after a drop or a ``reconnect`` event, so no event is
@@ -44,13 +46,13 @@ async def subscribe_remote(
 
     ``after``: a cursor per channel (from ``latest_cursor``, say) to start after, as if
     resuming there: that channel's events since then come first, then live ones (not with
-    ``history``, which says where to start too)."""
+    ``history``, which says where to start too). ``http``: an ``httpx.AsyncClient`` to use."""
     if after and history is not False:
         raise ValidationError("subscribe_remote takes history or after, not both")
     cursors: dict[str, str] = dict(after or {})
     failures = 0
     headers = _headers(token)
-    async with httpx.AsyncClient(timeout=httpx.Timeout(10, read=60)) as client:
+    async with _streaming(http) as client:
         while True:
             params = _query(channels, cursors, history, channel_token)
             try:
@@ -79,6 +81,16 @@ async def subscribe_remote(
                 error = BackendUnavailable(f"cannot stream from {url}: {exc}")
                 error.__cause__ = exc
                 failures = await _pause(failures, max_retries, error)
+
+
+@contextlib.asynccontextmanager
+async def _streaming(http: httpx.AsyncClient | None) -> AsyncIterator[httpx.AsyncClient]:
+    """``http``, or a client of its own (closed after) whose reads outlast keep-alives."""
+    if http is not None:
+        yield http
+        return
+    async with httpx.AsyncClient(timeout=httpx.Timeout(10, read=60)) as client:
+        yield client
 
 
 def _system(
