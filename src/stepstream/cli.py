@@ -398,7 +398,7 @@ def runs(
 def tail(channel: str, history: bool, url: str, token: str | None) -> None:
     """Print a channel's events as they arrive, one JSON object per line (Ctrl-C to stop). A
     run's channel (its id) ends after the run's ``runFinish``; an unknown run is an error."""
-    from stepstream.realtime.remote import subscribe_remote
+    from stepstream.realtime.remote import latest_cursor, subscribe_remote
 
     async def go() -> None:
         endpoint = url.rstrip("/") + "/api/realtime"
@@ -423,7 +423,10 @@ def tail(channel: str, history: bool, url: str, token: str | None) -> None:
             ):
                 line = {"id": message.id, "event": message.event, "data": message.data}
                 click.echo(json.dumps(line), nl=True)
-                if events.ran_to_end(channel, message.event, message.data):
+                # The run's last event, unless it was resumed since: then more follow.
+                if events.ran_to_end(channel, message.event, message.data) and (
+                    await latest_cursor(url, channel, token) == message.id
+                ):
                     return
         except StepstreamError as exc:
             _fail(exc)

@@ -8,10 +8,12 @@ a server's HTTP API.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
+from stepstream.auth import TOKEN_ENV
 from stepstream.backends.base import RunFilter
 from stepstream.errors import RunFailed, ValidationError
 from stepstream.records import RUN_STATES, RunState
@@ -32,6 +34,7 @@ class Client:
     >>> # run_id = await client.trigger("basic", {"userId": "u1"})
     >>> # log = await client.logs(run_id)
 
+    ``token``: the server's API token; by default ``$STEPSTREAM_TOKEN``, as the CLI's.
     ``transport=``: any ``Transport`` (e.g. ``HTTPTransport(url, http=my_httpx_client)``).
     """
 
@@ -47,10 +50,16 @@ class Client:
             raise ValueError(
                 "give one of: a Workflows (in-process), url= (a stepstream server), transport="
             )
+        if token is not None and not isinstance(token, str):
+            raise ValidationError(
+                f"token must be the server's API token (a str), got {token!r:.40}"
+            )
         if workflows is not None:
             transport = EngineTransport(engine_of(workflows))
         elif url is not None:
-            transport = HTTPTransport(url, token)
+            transport = HTTPTransport(
+                url, token if token is not None else os.environ.get(TOKEN_ENV)
+            )
         assert transport is not None
         self.transport = transport
 

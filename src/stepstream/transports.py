@@ -20,6 +20,7 @@ from stepstream.errors import (
     BackendUnavailable,
     CursorUnavailable,
     StepstreamError,
+    Unauthorized,
     error_from_body,
 )
 from stepstream.events import EVENT, ran_to_end
@@ -292,6 +293,12 @@ class HTTPTransport:
                 raise StepstreamError(
                     f"{url} answered {response.status_code} without JSON: {answer[:200]}"
                 ) from None
+        if response.status_code == 401:
+            given = "refused the API token given" if self._token else "wants an API token"
+            raise Unauthorized(
+                f"{self.url} {given}: the STEPSTREAM_TOKEN the server was started with "
+                "(Client(url=..., token=...), or the STEPSTREAM_TOKEN variable)"
+            )
         if not response.is_success:
             raise error_from_body(answer, response.status_code)
         return answer

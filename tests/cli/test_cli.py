@@ -531,6 +531,24 @@ def test_tail_of_a_run_ends_with_its_run_finish(dev: str, finished_run: str) -> 
     assert last["data"]["type"] == "runFinish" and last["data"]["workflowRunId"] == finished_run
 
 
+def test_tail_history_of_a_resumed_run_goes_on_past_its_first_run_finish(dev: str) -> None:
+    """A run canceled, then resumed, has two ``runFinish`` events: tail --history prints every
+    event up to the last one, not only those of its first execution."""
+    run_id = f"wfr_cli-resumed-{os.getpid()}"
+    assert stepstream("trigger", "approval", "--id", run_id, url=dev).returncode == 0
+    assert stepstream("cancel", run_id, url=dev).returncode == 0
+    assert wait_finished(dev, run_id)["workflowState"] == "RUN_CANCELED"
+    assert stepstream("resume", run_id, url=dev).returncode == 0
+    notified = stepstream("notify", f"approve-{run_id}", "--run", run_id, "--data", "true", url=dev)
+    assert notified.returncode == 0, notified.stderr
+    assert wait_finished(dev, run_id)["workflowState"] == "RUN_SUCCESS"
+    done = stepstream("tail", run_id, "--history", url=dev)
+    assert done.returncode == 0, done.stderr
+    kinds = [json.loads(line)["data"]["type"] for line in done.stdout.splitlines()]
+    assert kinds.count("runFinish") == 2 and kinds[-1] == "runFinish", kinds
+    assert json.loads(done.stdout.splitlines()[-1])["data"]["status"] == "success"
+
+
 def test_tail_of_a_run_that_ends_as_it_attaches_still_ends(
     dev: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -113,7 +113,12 @@ class Echo:
         await send({"type": "http.response.body", "body": answer})
 
 
-async def test_context_call_is_made_by_stepstream(node: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("object_body", [False, True])
+async def test_context_call_is_made_by_stepstream(
+    node: str, tmp_path: Path, object_body: bool
+) -> None:
+    """Made once, by stepstream; a body the SDK passes as an object (its types allow one) is
+    sent as its JSON text."""
     echo = Echo()
     async with (
         stepstream_server(tmp_path / "call.db") as base,
@@ -121,7 +126,7 @@ async def test_context_call_is_made_by_stepstream(node: str, tmp_path: Path) -> 
         serve_uvicorn(echo) as api,
         httpx.AsyncClient(timeout=10) as client,
     ):
-        payload = {"url": f"{api}/things", "payload": {"a": 1}}
+        payload = {"url": f"{api}/things", "payload": {"a": 1}, "objectBody": object_body}
         answer = await sdk_client(node, base, "trigger", f"{endpoint}/caller", json.dumps(payload))
         run = await finished_run(client, base, endpoint, answer["workflowRunId"])
         assert run.log["workflowState"] == "RUN_SUCCESS", run.log

@@ -8,6 +8,7 @@ import asyncio
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,6 +26,7 @@ from stepstream import (
     Workflows,
 )
 from stepstream.client import EngineTransport, HTTPTransport
+from stepstream.errors import Unauthorized
 from tests.upstash.harness import serve_uvicorn
 from tests.workflow.helpers import Harness, updates, wait_for_state
 
@@ -261,3 +263,24 @@ async def wait_for_step(client: Client, run_id: str, name: str) -> None:
             if any(step["stepName"] == name for step in (await client.logs(run_id))["steps"]):
                 return
             await asyncio.sleep(0.01)  # polling the log, not an assertion
+
+
+async def test_a_remote_client_takes_its_token_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Client(url=...)`` sends ``$STEPSTREAM_TOKEN`` unless given ``token=``; a refused or
+    missing token says how to give one, and a token that is not a string is refused at once."""
+    workflows = Workflows(backend=f"sqlite:///{tmp_path / 'auth.db'}")
+    async with serve_uvicorn(workflows.asgi(workers=0, token="s3cret")) as url:
+        monkeypatch.delenv("STEPSTREAM_TOKEN", raising=False)
+        async with Client(url=url) as client:
+            with pytest.raises(Unauthorized, match=r"wants an API token.*token=\.\.\."):
+                await client.workflows()
+        async with Client(url=url, token="wrong") as client:
+            with pytest.raises(Unauthorized, match="refused the API token given"):
+                await client.workflows()
+        monkeypatch.setenv("STEPSTREAM_TOKEN", "s3cret")
+        async with Client(url=url) as client:
+            assert (await client.workflows())["workflows"] == []
+    with pytest.raises(ValidationError, match="token must be"):
+        Client(url=url, token=...)  # type: ignore[arg-type]

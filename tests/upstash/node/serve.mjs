@@ -62,11 +62,12 @@ const WORKFLOWS = {
   ],
   caller: [
     async (context) => {
-      const { url, method = "POST", payload } = context.requestPayload;
+      const { url, method = "POST", payload, objectBody = false } = context.requestPayload;
       const response = await context.call("fetch", {
         url,
         method,
-        body: JSON.stringify(payload ?? {}),
+        // The SDK's types allow an object: it reaches QStash's batch as an object, not text.
+        body: objectBody ? (payload ?? {}) : JSON.stringify(payload ?? {}),
         headers: { "content-type": "application/json", "x-probe": "1" },
       });
       return await body("caller", context, "status", () => response.status);
