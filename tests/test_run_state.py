@@ -270,6 +270,8 @@ def summary(scenario: str) -> list[tuple[str, str, list[str]]]:
 
 
 def test_success() -> None:
+    sleeping = python_states(SCENARIOS["success"])[3]  # after the sleep's stepStart
+    assert sleeping["steps"][1]["status"] == "waiting"  # a sleep waits, as the log says
     assert final("success")["run"] == {
         "status": "success",
         "startedAt": 10,

@@ -31,6 +31,8 @@ STATE_STYLE = {
 
 
 OPEN = frozenset({"running", "waiting", "retrying"})
+# Steps that wait rather than run while open: an event, a sleep, a child run.
+WAITING = frozenset({"Wait", "SleepFor", "SleepUntil", "Invoke"})
 KINDS = frozenset({"runStart", "stepStart", "stepFinish", "stepFail", "runFinish"})
 REOPENED = frozenset({"failed", "canceled"})  # a resumed run's steps that run again
 
@@ -134,7 +136,7 @@ class RunProgress:
             if attempt.status == "running":  # cut short (its worker was lost): tried again
                 attempt.status, attempt.finished_at = "retrying", at
         step.tries.append(Attempt(_number(update, len(step.tries) + 1), "running", at))
-        step.status = "waiting" if step.step_type == "Wait" else "running"
+        step.status = "waiting" if step.step_type in WAITING else "running"
         step.timestamp, step.finished_at, step.error = at, None, None
 
     def _end(self, update: dict[str, Any], at: int | None, status: str) -> None:

@@ -12,9 +12,10 @@
  *   again, no finish time or error, and its `failed` and `canceled` steps become `retrying`, so
  *   the step that runs again continues its own row. Any other `runStart` changes nothing.
  * - Steps are listed in the order they first appear. A step is open while it is `running`,
- *   `waiting` (a `Wait` step) or `retrying` (it failed and will run again). A `stepStart` for the
- *   name of an open step is its next attempt; any other `stepStart` begins a new step, so a name
- *   used again after it completed or failed is a step of its own.
+ *   `waiting` (a `Wait`, `SleepFor`, `SleepUntil` or `Invoke` step) or `retrying` (it failed and
+ *   will run again). A `stepStart` for the name of an open step is its next attempt; any other
+ *   `stepStart` begins a new step, so a name used again after it completed or failed is a step
+ *   of its own.
  * - A `stepFinish` / `stepFail` whose `stepStart` was never seen (trimmed from history) still
  *   shows its step, with an attempt that starts and ends at that event.
  *
@@ -74,6 +75,8 @@ import { compareCursors, parseCursor } from "./stepstream.js";
  */
 
 const OPEN = new Set(["running", "waiting", "retrying"]);
+// Steps that wait rather than run while open: an event, a sleep, a child run.
+const WAITING = new Set(["Wait", "SleepFor", "SleepUntil", "Invoke"]);
 const REOPENED = new Set(["failed", "canceled"]); // a resumed run's steps that run again
 const KINDS = new Set(["runStart", "stepStart", "stepFinish", "stepFail", "runFinish"]);
 
@@ -140,7 +143,7 @@ function startStep(steps, update, at) {
   // An attempt still running was cut short (its worker was lost): it is tried again.
   const tries = step.tries.map((t) => (t.status === "running" ? { ...t, status: "retrying", finishedAt: at } : t));
   tries.push(attempt(update, tries.length + 1, "running", at));
-  const status = step.stepType === "Wait" ? "waiting" : "running";
+  const status = WAITING.has(step.stepType) ? "waiting" : "running";
   return replaceAt(list, index, { ...step, status, timestamp: at, finishedAt: null, attempts: tries.length, tries, error: null });
 }
 
