@@ -104,7 +104,7 @@ def test_the_schedules_page(page: Page, dashboard: str) -> None:
     expect(page.locator("#trigger-paused")).to_be_hidden()
     assert httpx.get(f"{dashboard}/api/workflows").json()["paused"] == []
     page.click("#trigger-cancel")
-    expect(workflow.locator(".badge")).to_have_text("Running", timeout=TIMEOUT_MS)
+    expect(workflow.locator(".badge")).to_have_text("Active", timeout=TIMEOUT_MS)
 
     row.get_by_role("button", name="Pause").click()
     expect(row.locator(".badge")).to_have_text("Paused")

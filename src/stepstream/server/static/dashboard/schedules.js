@@ -92,7 +92,7 @@ export function showSchedules() {
     const path = `api/workflows/${encodeURIComponent(name)}`;
     return h("li", { dataset: { workflow: name, paused: String(paused) } },
       h("span", { class: "wf-name" }, name),
-      h("span", { class: "badge", dataset: { state: paused ? "PAUSED" : "ACTIVE" } }, paused ? "Paused" : "Running"),
+      h("span", { class: "badge", dataset: { state: paused ? "PAUSED" : "ACTIVE" } }, paused ? "Paused" : "Active"),
       paused
         ? h("button", { type: "button", class: "btn", onclick: () => act(`resume ${name}`, () => api("POST", `${path}/resume`)) }, "Resume")
         : h("button", { type: "button", class: "btn", onclick: () => act(`pause ${name}`, () => api("POST", `${path}/pause`)) }, "Pause"));
