@@ -44,7 +44,8 @@ def test_the_dashboard_says_when_no_worker_runs(page: Page, server_only: str) ->
     page.goto(f"{server_only}/#/runs/{run_id}")
     expect(page.locator("#run-state")).to_have_text("Queued", timeout=TIMEOUT_MS)
     expect(page.locator("#run-status-note")).to_have_text(
-        "Queued: no worker is running (stepstream worker APP, or a server with --workers 1)"
+        "Queued: no worker is running (stepstream worker APP, a server with --workers 1, "
+        "or workflows.worker() in a script)"
     )
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "no-worker.png"), full_page=True)

@@ -31,7 +31,8 @@ async def test_a_queued_runs_log_says_why_it_is_not_claimed(harness: Harness) ->
     log: Any = await client.logs(waiting)
     assert (log["status"], log["queuedBecause"]) == (
         "queued",
-        "no worker is running (stepstream worker APP, or a server with --workers 1)",
+        "no worker is running (stepstream worker APP, a server with --workers 1, "
+        "or workflows.worker() in a script)",
     )
 
     await harness.worker(other)

@@ -422,7 +422,10 @@ async def why_queued(engine: Engine, workflow: str) -> str | None:
         return f"workflow {workflow!r} is paused (resume it to run its runs)"
     workers = await live_workers(engine)
     if not workers:
-        return "no worker is running (stepstream worker APP, or a server with --workers 1)"
+        return (
+            "no worker is running (stepstream worker APP, a server with --workers 1, or "
+            "workflows.worker() in a script)"
+        )
     if any(workflow in worker.get("workflows", ()) for worker in workers):
         return None
     return (
