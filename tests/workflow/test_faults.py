@@ -775,6 +775,53 @@ async def test_no_step_body_starts_after_the_run_was_taken_over_during_a_stall()
     assert ran["effect"] == 0  # the thief holds the run: this worker never ran its body
 
 
+async def test_a_sync_step_waiting_for_its_turn_starts_not_once_the_run_was_taken(
+    backend_url: str,
+) -> None:
+    # Parallel plain-def steps of one run take turns. While A's body holds the turn, another
+    # run's body blocks the loop past the lease and another worker takes the run over. When
+    # the loop moves again, B gets the turn: it must ask storage before its body starts, as
+    # any body does after a stall, not run what the new owner may be running already.
+    workflows = Workflows(backend=backend_url)
+    ran: Counter[str] = Counter()
+    a_started, a_may_end = threading.Event(), threading.Event()
+
+    def a_body() -> None:
+        a_started.set()
+        a_may_end.wait(10)
+
+    @workflows.workflow("victim")
+    async def victim(context: WorkflowContext) -> None:
+        await asyncio.gather(context.run("A", a_body), context.run("B", lambda: ran.update(["B"])))
+
+    @workflows.workflow("staller")
+    async def staller(context: WorkflowContext) -> None:
+        async def block() -> None:
+            await asyncio.to_thread(a_started.wait, 10)
+            time.sleep(0.6)  # noqa: ASYNC251 - the point: the loop is stuck, the 0.3 s leases run out
+            thief = await workflows.backend.claim_runs(Claim("thief", 60_000, 5, ("victim",)))
+            ran["taken over"] += len(thief)
+            a_may_end.set()
+
+        await context.run("block", block)
+
+    client = workflows.client()
+    await client.trigger("victim", workflow_run_id="victim")
+    worker = workflows.worker(lease=0.3, poll_interval=5, concurrency=2)
+    await worker.start()
+    try:
+        await asyncio.to_thread(a_started.wait, 10)
+        await client.trigger("staller", workflow_run_id="staller")
+        await wait_for_state(client, "wfr_staller", {"RUN_SUCCESS"})
+        await asyncio.sleep(0.3)  # the victim's execution has had its turn
+    finally:
+        a_may_end.set()
+        await worker.stop(grace=1)
+        await workflows.aclose()
+    assert ran["taken over"] == 1
+    assert ran["B"] == 0  # the thief holds the run: this worker never ran B's body
+
+
 async def test_a_step_cut_off_with_its_worker_says_so_when_it_runs_again(
     harness: Harness,
 ) -> None:

@@ -284,11 +284,10 @@ class WorkflowContext(Journal):
         kwargs: dict[str, Any],
         seconds: float | None,
     ) -> str:
-        """Run one attempt of a step body; its result as JSON text. Stamps the step's start
-        and end, and puts its ``stepStart`` event in ``start`` until that is stored. A body
-        never starts once this execution has lost its run (see ``Worker._confirmer``); one
-        that runs over ``seconds`` fails with ``TimeoutError``."""
-        await self.confirm()
+        """Run one attempt of a step body; its result as JSON text; over ``seconds``, a
+        ``TimeoutError``. Stamps its start and end, its ``stepStart`` kept in ``start`` until
+        stored. No body starts once this execution lost its run (``Worker._confirmer``), asked
+        with the run's turn held (a sibling's body may have held it past the lease)."""
         threaded = not inspect.iscoroutinefunction(fn)
         if threaded:
             # Synchronous bodies run on a thread, but those of one run take turns, as they
@@ -296,6 +295,7 @@ class WorkflowContext(Journal):
             await self._turn.acquire()
         turn = threaded
         try:
+            await self.confirm()
             if self._runtime.is_paused(self.workflow_name) or self.stopping():
                 # Released due: claimed again once resumed, or by another worker at once.
                 raise self._suspend(self.now())

@@ -144,9 +144,11 @@ class Journal:
         """Await a storage operation of this execution: a lost lease or a storage error ends
         the execution (see ``StorageInterrupted``). Once the replay diverged, nothing more is
         recorded: the code that can replay the run must find it as it was."""
-        self.raise_if_interrupted()
-        if self.nondeterminism is not None:
-            raise self.nondeterminism
+        if self._interrupted is not None or self.nondeterminism is not None:
+            if isinstance(operation, Coroutine):
+                operation.close()  # never to be awaited
+            self.raise_if_interrupted()
+            raise self.nondeterminism  # type: ignore[misc]
         try:
             return await operation
         except LeaseLost as exc:
