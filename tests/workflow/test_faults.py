@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import inspect
+import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -897,3 +900,107 @@ async def test_a_stopping_worker_starts_no_parallel_step_waiting_for_its_turn(
     log = await wait_for_state(client, run_id, seconds=10)
     assert log["workflowRunResponse"] == ["a", "b"]
     assert calls == {"a": 1, "b": 1}
+
+
+class OwnBaseException(BaseException):
+    """A user's exception that is no ``Exception``."""
+
+
+def exits() -> None:
+    sys.exit(2)
+
+
+async def async_exits() -> None:
+    sys.exit(2)
+
+
+def interrupts() -> None:
+    raise KeyboardInterrupt
+
+
+async def own_base() -> None:
+    raise OwnBaseException("mine")
+
+
+async def cancels_itself() -> None:
+    raise asyncio.CancelledError
+
+
+@pytest.mark.parametrize(
+    ("body", "shown"),
+    [
+        (exits, "SystemExit: 2"),
+        (async_exits, "SystemExit: 2"),
+        (interrupts, "KeyboardInterrupt"),
+        (own_base, "OwnBaseException: mine"),
+        (cancels_itself, "CancelledError"),
+    ],
+)
+async def test_a_step_body_raising_a_base_exception_fails_like_any_error(
+    harness: Harness, body: Callable[[], Any], shown: str
+) -> None:
+    """``sys.exit()`` in a step, a ``KeyboardInterrupt``, a ``BaseException`` of the user's
+    own or a ``CancelledError`` nothing asked for: each fails the attempt, retries apply, and
+    the run fails saying what was raised; the worker goes on with other runs (it ended the
+    worker's process, or retried the step forever)."""
+    workflows = harness.workflows()
+    calls: Counter[str] = Counter()
+
+    def counted() -> Any:
+        calls.update(["body"])
+        return body()
+
+    async def async_counted() -> Any:
+        calls.update(["body"])
+        return await body()
+
+    @workflows.workflow("escapes", retries=1, retry_delay=0.01)
+    async def escapes(context: WorkflowContext) -> None:
+        await context.run("escape", async_counted if inspect.iscoroutinefunction(body) else counted)
+
+    @workflows.workflow("fine")
+    async def fine(context: WorkflowContext) -> str:
+        return await context.run("fine", lambda: "fine")
+
+    await harness.worker(workflows)
+    client = workflows.client()
+    run_id = await client.trigger("escapes")
+    log = await wait_for_state(client, run_id)
+    assert log["workflowState"] == "RUN_FAILED", log
+    assert shown in (log["error"] or ""), log["error"]
+    assert calls["body"] == 2  # one retry, as for any error
+    after = await client.trigger("fine")
+    assert (await wait_for_state(client, after))["workflowState"] == "RUN_SUCCESS"
+
+
+@pytest.mark.parametrize("where", ["workflow", "failure function"])
+async def test_workflow_code_raising_system_exit_fails_the_run(
+    harness: Harness, where: str
+) -> None:
+    """``sys.exit()`` in the workflow's code outside any step, or in its failure function,
+    fails the run (the failure function failing is said in its error); the worker lives."""
+    workflows = harness.workflows()
+
+    async def on_failure(context: WorkflowContext, error: Exception) -> None:
+        sys.exit(3)
+
+    @workflows.workflow(
+        "exits", retries=0, failure_function=on_failure if where != "workflow" else None
+    )
+    async def exits_workflow(context: WorkflowContext) -> None:
+        if where == "workflow":
+            sys.exit(3)
+        raise RuntimeError("the step before failed")
+
+    @workflows.workflow("fine")
+    async def fine(context: WorkflowContext) -> str:
+        return await context.run("fine", lambda: "fine")
+
+    await harness.worker(workflows)
+    client = workflows.client()
+    run_id = await client.trigger("exits")
+    log = await wait_for_state(client, run_id)
+    assert log["workflowState"] == "RUN_FAILED", log
+    assert "SystemExit: 3" in (log["error"] or ""), log["error"]
+    after = await client.trigger("fine")
+    assert (await wait_for_state(client, after))["workflowState"] == "RUN_SUCCESS"

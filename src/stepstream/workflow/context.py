@@ -9,9 +9,6 @@ import datetime as dt
 import inspect
 import json
 import logging
-import os
-import sysconfig
-import traceback
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +32,8 @@ from stepstream.records import (
 )
 from stepstream.workflow.journal import Journal, Slot
 from stepstream.workflow.policy import RetryDelay, RetryPolicy, StepOptions
-from stepstream.workflow.runtime import Cancel
+from stepstream.workflow.runtime import Cancel, escaped
+from stepstream.workflow.tracebacks import type_name, user_traceback, where
 
 if TYPE_CHECKING:
     from stepstream.realtime.channel import Channel
@@ -43,12 +41,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("stepstream.engine")
 START_DELAY = 0.02
 MAX_ERRORS = 20  # failed attempts a step keeps in its log (the latest)
-MAX_TRACEBACK = 8000  # characters of one attempt's traceback
-# Frames of these files called the user's step body: a traceback starts after them.
-INTERNAL = (
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    sysconfig.get_paths()["stdlib"],
-)
 LIMITED = (StepType.RUN, StepType.CALL)  # the step executions flow control counts
 
 
@@ -327,6 +319,8 @@ class WorkflowContext(Journal):
                         f"the attempt took over {seconds:g}s (its timeout)"
                     ) from None
                 raise
+            except BaseException as exc:  # SystemExit from a body fails it, as any error
+                raise escaped(exc) or exc from exc
             finally:
                 timer.cancel()
                 step.finished_at = self.now()
@@ -466,33 +460,6 @@ class WorkflowContext(Journal):
         except NoWaiters:
             return 0  # nobody waiting is the answer, not a failure to retry
         return woken
-
-
-def user_traceback(exc: BaseException) -> str:
-    """``exc``'s traceback from the first frame of the user's code: the frames of stepstream
-    and the standard library that called it (the event loop, the step thread) are dropped.
-    At most ``MAX_TRACEBACK`` characters, keeping the end (where it failed)."""
-    trace = traceback.TracebackException.from_exception(exc)
-    frames = list(trace.stack)
-    while len(frames) > 1 and frames[0].filename.startswith(INTERNAL):
-        frames.pop(0)
-    trace.stack = traceback.StackSummary.from_list(frames)
-    text = "".join(trace.format())
-    return text if len(text) <= MAX_TRACEBACK else "…" + text[-MAX_TRACEBACK:]
-
-
-def where(trace: str) -> str:
-    """The frames of a formatted traceback without its header line and its last line (the
-    error, which the log line already says): an expected failure of the user's code is logged
-    as where it happened, not as an exception of the engine."""
-    lines = trace.rstrip("\n").splitlines()
-    if lines and lines[0].startswith("Traceback"):
-        lines = lines[1:-1]
-    return "\n".join(lines)
-
-
-def type_name(value: object) -> str:
-    return f"a {type(value).__name__}"
 
 
 def _kept(errors: list[dict[str, Any]] | None, failure: dict[str, Any]) -> list[dict[str, Any]]:

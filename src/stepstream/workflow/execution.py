@@ -28,11 +28,12 @@ from stepstream.errors import (
     WorkflowFailed,
 )
 from stepstream.records import Lease, RunRecord, RunState
-from stepstream.workflow.context import WorkflowContext, type_name
+from stepstream.workflow.context import WorkflowContext
 from stepstream.workflow.engine import Engine, to_json
 from stepstream.workflow.policy import RetryPolicy
 from stepstream.workflow.registry import Workflow
-from stepstream.workflow.runtime import Cancel, StorageInterrupted, Suspend
+from stepstream.workflow.runtime import Cancel, StorageInterrupted, Suspend, escaped
+from stepstream.workflow.tracebacks import type_name
 
 HAND_BACK_SECONDS = 10.0  # how long a run is offered back after a storage error
 _NO_RETRIES = RetryPolicy(retries=0)  # a run whose workflow is unknown here runs no step
@@ -123,7 +124,7 @@ class Execution:
         try:
             try:
                 async with timer:
-                    result = await _started(definition, context)
+                    result = await _user(_started, definition, context)
             finally:
                 await context.settle()
         except Suspend:
@@ -183,11 +184,8 @@ class Execution:
             return
         try:
             try:
-                outcome = definition.failure_function(
-                    context, WorkflowFailed(error, run.failed_step)
-                )
-                if inspect.isawaitable(outcome):
-                    await outcome
+                failure = WorkflowFailed(error, run.failed_step)
+                await _user(definition.failure_function, context, failure)
             finally:
                 await context.settle()
         except Suspend:
@@ -284,6 +282,17 @@ def _earliest(wakes: list[int | None], timeout_at: int | None) -> int | None:
     if timeout_at is not None:
         times.append(timeout_at)
     return min(times) if times else None
+
+
+async def _user(function: Callable[..., Any], *args: Any) -> Any:
+    """Call the workflow's own code (awaited if it returns an awaitable): a ``BaseException``
+    it raises that the engine does not mean (``SystemExit``...) comes out as the failure it
+    is (``runtime.escaped``), never ending the worker's process."""
+    try:
+        outcome = function(*args)
+        return await outcome if inspect.isawaitable(outcome) else outcome
+    except BaseException as exc:
+        raise escaped(exc) or exc from exc
 
 
 def _started(definition: Workflow, context: WorkflowContext) -> Awaitable[Any]:

@@ -8,9 +8,11 @@ it needs a new member here only if it needs a new kind of storage operation.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from stepstream.errors import LeaseLost
 from stepstream.records import Emit, FlowLimits, Lease, RunRecord, StepRecord
 
 if TYPE_CHECKING:
@@ -34,6 +36,29 @@ class StorageInterrupted(BaseException):
     """Control flow: storage failed while the run was executing. The execution stops and hands
     the run back to be resumed from its log: a storage error delays a run, it never fails it,
     and user code cannot mistake it for a failure of its own (``except Exception``)."""
+
+
+class Escaped(Exception):
+    """What user code raised that is no ``Exception`` (``SystemExit``, ``KeyboardInterrupt``,
+    a ``CancelledError`` not cancelling anything, a ``BaseException`` of its own), as the
+    failure it is: a step or a workflow fails with it, it never ends the worker's process or
+    escapes its retries."""
+
+
+def escaped(error: BaseException) -> Escaped | None:
+    """``error`` raised by user code (a step body, a workflow or failure function) as an
+    ``Escaped`` when it is a ``BaseException`` the engine does not mean; ``None`` for the
+    engine's own control flow and for a real cancellation of the running task."""
+    if isinstance(error, Exception | Suspend | Cancel | StorageInterrupted | LeaseLost):
+        return None
+    if isinstance(error, asyncio.CancelledError):
+        task = asyncio.current_task()
+        if task is None or task.cancelling():
+            return None  # the task is being cancelled (a stop, a timeout): not the code's
+    return Escaped(
+        f"{type(error).__name__}{f': {error}' if str(error) else ''} (raised by the workflow's "
+        "code, where only an Exception fails a step or a run: it cannot end the worker)"
+    )
 
 
 class Runtime(Protocol):
