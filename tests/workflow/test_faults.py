@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import inspect
+import itertools
 import sys
 import threading
 import time
@@ -21,6 +22,7 @@ from stepstream.backends.base import Claim, CreateRun, SaveSteps
 from stepstream.errors import BackendUnavailable
 from stepstream.records import RunRecord, RunState, StepRecord, StepState, StepType
 from stepstream.workflow.engine import run_id_from
+from stepstream.workflow.execution import STORAGE_BACKOFF_MS
 from tests.workflow.helpers import (
     Harness,
     check_history,
@@ -203,6 +205,40 @@ async def test_a_storage_error_during_a_step_write_does_not_fail_the_run(
     events = await updates(workflows, run_id)
     check_history(log, events)
     assert finishes(events) == {"charge": 1}
+
+
+async def test_a_run_handed_back_after_a_storage_error_waits_before_it_runs_again(
+    harness: Harness,
+) -> None:
+    """Storage refusing a step's save (a full Redis refuses writes, not reads) hands the run
+    back due a moment later, not at once: each resume runs the step's body again, and
+    resumed at once it ran many times a second for as long as storage refused."""
+    workflows = harness.workflows()
+    starts: list[float] = []
+    backend = workflows.backend
+    original = backend.save_steps
+    failures = {"left": 2}
+
+    async def full(op: SaveSteps) -> None:
+        if any(s.name == "charge" for s in op.steps) and failures["left"]:
+            failures["left"] -= 1
+            raise BackendUnavailable("OOM command not allowed (injected)")
+        await original(op)
+
+    backend.save_steps = full  # type: ignore[method-assign]
+
+    @workflows.workflow("pay", retries=0)
+    async def pay(context: WorkflowContext) -> None:
+        await context.run("charge", lambda: starts.append(time.monotonic()))
+
+    await harness.worker(workflows)
+    client = workflows.client()
+    run_id = await client.trigger("pay")
+    log = await wait_for_state(client, run_id, seconds=20)
+    assert log["workflowState"] == "RUN_SUCCESS", log["error"]
+    assert len(starts) == 3  # the body ran again after each refused save
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert min(gaps) >= STORAGE_BACKOFF_MS / 1000 * 0.9, gaps  # a lower bound: never sooner
 
 
 # -- 3. a lost lease cannot be swallowed by user code --------------------------------------------

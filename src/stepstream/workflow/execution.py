@@ -36,6 +36,9 @@ from stepstream.workflow.runtime import Cancel, StorageInterrupted, Suspend, esc
 from stepstream.workflow.tracebacks import type_name
 
 HAND_BACK_SECONDS = 10.0  # how long a run is offered back after a storage error
+# How long a run handed back after a storage error waits to be resumed: storage that refuses
+# writes (a full Redis) would otherwise have its step bodies run again many times a second.
+STORAGE_BACKOFF_MS = 1000
 _NO_RETRIES = RetryPolicy(retries=0)  # a run whose workflow is unknown here runs no step
 log = logging.getLogger("stepstream.engine")
 
@@ -251,15 +254,17 @@ class Execution:
         await self.release(self.context.now() + int(seconds * 1000), patch, hold=True)
 
     async def hand_back(self) -> None:
-        """Release the run to be resumed now, retrying while storage is down; if that never
-        works, the lease expires and another claim resumes it all the same."""
+        """Release the run to be resumed ``STORAGE_BACKOFF_MS`` from now, retrying while
+        storage is down; if that never works, the lease expires and another claim resumes it
+        all the same."""
         loop = asyncio.get_running_loop()
         delay = 0.1
         deadline = loop.time() + HAND_BACK_SECONDS
         while True:
             try:
-                await self.release(self.context.now(), {})
-                self.engine.wake()
+                due = self.context.now() + STORAGE_BACKOFF_MS
+                await self.release(due, {})
+                self.engine.wake(due)
                 return
             except LeaseLost:
                 return
