@@ -470,7 +470,8 @@ async def test_release_without_due_at_waits_for_a_wake_up(backend: Backend) -> N
 
 async def test_notify_resolves_a_waiting_step_and_makes_its_run_due(backend: Backend) -> None:
     await create_claimed(backend, "r1")
-    wait = waiting(0, "approve", started_at=1_795_500_000_123, wake_at=1_795_500_060_123)
+    started = now_ms()  # its deadline ahead: a wait past it wakes on no notify
+    wait = waiting(0, "approve", started_at=started, wake_at=started + 60_000)
     assert (
         await backend.wait_event(
             WaitEvent(await lease(backend, "r1", "w1"), wait, emits=emits("r1", "waiting"))
@@ -495,6 +496,17 @@ async def test_notify_resolves_a_waiting_step_and_makes_its_run_due(backend: Bac
     # The waiter was consumed: nobody else waits.
     assert await backend.notify(Notify("approve", "null", None, at=now)) == 0
     assert await history(backend, "r1") == ["waiting"]
+
+
+async def test_a_notify_after_a_waits_deadline_leaves_it_timed_out(backend: Backend) -> None:
+    """Past its deadline a wait has timed out (its worker records that, from the steps it
+    claimed): a notify leaves the step as it is and wakes nobody."""
+    await create_claimed(backend, "r1")
+    wait = waiting(0, "approve", started_at=now_ms() - 2_000, wake_at=now_ms() - 1_000)
+    await backend.wait_event(WaitEvent(await lease(backend, "r1", "w1"), wait))
+    assert await backend.notify(Notify("approve", '"late"', None, at=now_ms())) == 0
+    stored = await backend.get_run("r1")
+    assert stored is not None and stored.steps == [wait]  # not resolved
 
 
 async def test_wait_event_registration_is_fenced(backend: Backend) -> None:

@@ -3,6 +3,7 @@ and the errors of notifying nobody, an unknown run or a finished one."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from typing import Any
 
@@ -121,6 +122,26 @@ async def test_wait_times_out(harness: Harness) -> None:
     assert approval["finishedAt"] - approval["startedAt"] >= 200
     assert ran == {"before": 1, "after": 1}
     check_history(log, await updates(workflows, run_id))
+
+
+async def test_a_notify_after_the_deadline_finds_the_wait_timed_out(harness: Harness) -> None:
+    """Past its deadline a wait has timed out, whether or not its worker has recorded that yet:
+    a notify then wakes nobody. (It resolved the step and said 1, while the worker that took
+    the run at its deadline recorded the timeout over it: the event's data was lost.)"""
+    workflows = harness.workflows()
+    ran: Counter[str] = Counter()
+    register_waiter(workflows, ran, timeout=0.5)
+    worker = await harness.worker(workflows)
+    client = workflows.client()
+    run_id = await client.trigger("waiter", {"event": "late"})
+    await wait_for_step(client, run_id, "approval", {"STEP_PROGRESS"})
+    await harness.stop(worker)  # nobody records the timeout until a worker comes back
+    await asyncio.sleep(0.7)  # past the wait's deadline
+    with pytest.raises(NoWaiters):
+        await client.notify("late", {"by": "ada"})
+    await harness.worker(workflows)
+    log = await wait_for_state(client, run_id)
+    assert log["workflowRunResponse"] == {"data": None, "timed_out": True}
 
 
 async def test_notify_errors(harness: Harness) -> None:

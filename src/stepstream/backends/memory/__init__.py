@@ -300,7 +300,10 @@ class MemoryBackend(MemoryFlow, MemoryRecovery, RenewsAtOnce):
             waiters = store.waits.get(op.event_id, set())
             chosen = {w for w in waiters if run_id is None or w[0] == run_id}
             waiters -= chosen
-            woken = sum(store.resolve(waiter, position, op.raw) for waiter, position in chosen)
+            now = store.clock()
+            woken = sum(
+                store.resolve(waiter, position, op.raw, before=now) for waiter, position in chosen
+            )
             if not woken and run_id is not None:
                 store.lookback[(run_id, op.event_id)] = op.raw
             return woken

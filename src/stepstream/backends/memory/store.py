@@ -200,12 +200,17 @@ class Store:
             out = dumps({"state": state.value, "result": result, "error": error})
             self.resolve(record.parent, record.parent_position, out)
 
-    def resolve(self, run_id: str, position: int, out: str | None) -> bool:
+    def resolve(
+        self, run_id: str, position: int, out: str | None, *, before: int | None = None
+    ) -> bool:
         """A notify or a finished child writes a step's ``out`` while it is in progress; its
-        run becomes due now (its worker completes the step)."""
+        run becomes due now (its worker completes the step). ``before``: a notify's time,
+        which finds a wait past its deadline timed out (its worker records that)."""
         run = self.runs.get(run_id)
         step = None if run is None else run.steps.get(position)
         if run is None or step is None or step.state is not StepState.PROGRESS or step.resolved:
+            return False
+        if before is not None and step.wake_at is not None and step.wake_at <= before:
             return False
         step.out, step.resolved = out, True
         if run.record.state is RunState.STARTED:

@@ -238,7 +238,7 @@ class SQLiteRuns(RenewsAtOnce):
                     "DELETE FROM wf_waits WHERE event_id = ? AND run_id = ? AND position = ?",
                     (event_id, waiter, position),
                 )
-                woken += _resolve(conn, waiter, position, raw)
+                woken += _resolve(conn, waiter, position, raw, before=system_ms())
             if not woken and run_id is not None:
                 conn.execute(
                     "INSERT OR REPLACE INTO wf_lookback (run_id, event_id, data) VALUES (?, ?, ?)",
@@ -319,9 +319,12 @@ def _close(
         _resolve(conn, parent, meta["parent_position"], out)
 
 
-def _resolve(conn: sqlite3.Connection, run_id: str, position: int, out: str) -> bool:
+def _resolve(
+    conn: sqlite3.Connection, run_id: str, position: int, out: str, before: int | None = None
+) -> bool:
     """A notify or a finished child writes a step's ``out`` while it is still in progress; its
-    run becomes due now (the run's worker completes the step)."""
+    run becomes due now (the run's worker completes the step). ``before``: a notify's time,
+    which finds a wait past its deadline timed out (its worker records that)."""
     row = conn.execute(
         "SELECT data FROM wf_steps WHERE run_id = ? AND position = ?", (run_id, position)
     ).fetchone()
@@ -329,6 +332,8 @@ def _resolve(conn: sqlite3.Connection, run_id: str, position: int, out: str) -> 
         return False
     step = StepRecord.from_json(row[0])
     if step.state is not StepState.PROGRESS or step.resolved:
+        return False
+    if before is not None and step.wake_at is not None and step.wake_at <= before:
         return False
     step.out, step.resolved = out, True
     put_steps(conn, run_id, [step])

@@ -13,7 +13,12 @@ for _, member in ipairs(redis.call('SMEMBERS', waits)) do
   if only == '' or id == only then
     redis.call('SREM', waits, member)
     redis.call('SREM', P .. 'wf:waitsof:' .. id, position .. '|' .. event)
-    woken = woken + resolve(id, position, data)
+    -- Past its deadline a wait has timed out (its worker records that): left alone.
+    local text = redis.call('HGET', steps_key(id), position)
+    local deadline = text and cjson.decode(text).wake_at
+    if not (type(deadline) == 'number' and deadline <= now_ms()) then
+      woken = woken + resolve(id, position, data)
+    end
   end
 end
 if woken == 0 and only ~= '' then
