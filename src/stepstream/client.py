@@ -52,7 +52,7 @@ class Client:
             )
         if token is not None and not isinstance(token, str):
             raise ValidationError(
-                f"token must be the server's API token (a str), got {token!r:.40}"
+                f"token must be the server's API token (a str), got {type(token).__name__}"
             )
         if workflows is not None:
             transport = EngineTransport(engine_of(workflows))

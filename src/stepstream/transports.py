@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal, Protocol
 from urllib.parse import quote
 
@@ -17,6 +18,7 @@ import httpx
 from stepstream.backends.base import RunFilter
 from stepstream.errors import (
     DETAIL_HEADER,
+    BackendError,
     BackendUnavailable,
     CursorUnavailable,
     StepstreamError,
@@ -48,8 +50,31 @@ from stepstream.workflow.flow import FlowControl
 from stepstream.workflow.scheduler import Schedules
 
 Bulk = Literal["cancel", "resume"]
-FIRST_POLL = 0.01  # seconds: how soon a run's log is read again while it has not ended
+POLL = 0.2  # seconds between reads of a run's log where it streams no progress to wait on
 RECHECK = 30.0  # seconds a wait for a run's end listens before it reads the log again
+OUTAGE_PAUSE = 5.0  # at most this long between tries while the storage or server is away
+
+
+async def _until_finished(
+    log: Callable[[], Awaitable[RunLog]], look: Callable[[], Awaitable[RunLog | None]]
+) -> RunLog:
+    """The run's log once it has ended: ``log`` first (a wrong URL or an unknown run is the
+    error it is), then ``look`` until it has it. An unreachable storage or server meanwhile (a
+    restart) is waited out: the caller bounds the wait (``asyncio.timeout``)."""
+    first = await log()
+    if first["workflowState"] != RunState.STARTED:
+        return first
+    pause = 0.1
+    while True:
+        try:
+            ended = await look()
+        except BackendError:  # BackendUnavailable: the server; others: its storage
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, OUTAGE_PAUSE)
+            continue
+        if ended is not None:
+            return ended
+        pause = 0.1
 
 
 def _go_on(channel: str, cursor: str) -> None:
@@ -150,27 +175,31 @@ class EngineTransport:
 
     async def finished(self, run_id: str) -> RunLog:
         engine = await self._open()
+        return await _until_finished(
+            lambda: read_log(engine, run_id), lambda: self._finished(engine, run_id)
+        )
+
+    async def _finished(self, engine: Engine, run_id: str) -> RunLog | None:
+        """The log if the run has ended; else ``None`` once its end came, or a while passed."""
         realtime = engine.realtime
-        pause = FIRST_POLL
-        while True:
-            # The cursor is read before the state that decides: a run that ends after it has
-            # its runFinish after it.
-            latest = None if realtime is None else await engine.backend.latest_id(run_id)
-            log = await read_log(engine, run_id)
-            if log["workflowState"] != RunState.STARTED:
-                return log
-            if realtime is None:  # no progress events to wait for: look again
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, RECHECK)
-                continue
-            options: dict[str, Any] = {"history": True} if latest is None else {"after": latest}
-            with contextlib.suppress(TimeoutError, CursorUnavailable):  # then look again
-                async with asyncio.timeout(RECHECK):
-                    events = realtime.channel(run_id).subscribe([EVENT], **options)
-                    async with contextlib.aclosing(events):
-                        async for message in events:
-                            if ran_to_end(run_id, message.event, message.data):
-                                break
+        # The cursor is read before the state that decides: a run that ends after it has its
+        # runFinish after it.
+        latest = None if realtime is None else await engine.backend.latest_id(run_id)
+        log = await read_log(engine, run_id)
+        if log["workflowState"] != RunState.STARTED:
+            return log
+        if realtime is None:  # no progress events to wait for: the log is read again
+            await asyncio.sleep(POLL)
+            return None
+        options: dict[str, Any] = {"history": True} if latest is None else {"after": latest}
+        with contextlib.suppress(TimeoutError, CursorUnavailable):  # then look again
+            async with asyncio.timeout(RECHECK):
+                events = realtime.channel(run_id).subscribe([EVENT], **options)
+                async with contextlib.aclosing(events):
+                    async for message in events:
+                        if ran_to_end(run_id, message.event, message.data):
+                            break
+        return None
 
     async def runs(self, where: RunFilter, *, cursor: str | None, count: int) -> RunPage:
         return await read_runs(await self._open(), where, cursor=cursor, count=count)
@@ -250,6 +279,9 @@ class HTTPTransport:
 
     ``http``: an ``httpx.AsyncClient`` of your own (proxies, TLS settings, an
     ``httpx.ASGITransport`` in tests); by default one is made on first use, 30 s timeouts.
+    ``Client.wait``/``result`` stream the run's channel with it: its read timeout should outlast
+    the server's 15 s keep-alive, and over an ``ASGITransport``, which buffers a whole answer,
+    they learn of the end only when they read the log again (every 30 s).
     """
 
     def __init__(
@@ -263,6 +295,11 @@ class HTTPTransport:
         self._http = http
         self._owned = http is None
 
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=30)
+        return self._http
+
     async def _call(
         self,
         method: str,
@@ -273,16 +310,13 @@ class HTTPTransport:
         headers: dict[str, str] | None = None,
     ) -> Any:
         """The JSON answer to ``method path``; the server's error, rebuilt, if it refused."""
-        if self._http is None:
-            self._http = httpx.AsyncClient(timeout=30)
+        http = self._client()
         sent = {**self._headers, **(headers or {})}
         if body is not None:
             sent["content-type"] = "application/json"
         url = self.url + path
         try:
-            response = await self._http.request(
-                method, url, content=body, params=params, headers=sent
-            )
+            response = await http.request(method, url, content=body, params=params, headers=sent)
         except httpx.HTTPError as exc:
             raise BackendUnavailable(f"cannot reach stepstream at {self.url}: {exc}") from exc
         try:
@@ -296,8 +330,8 @@ class HTTPTransport:
         if response.status_code == 401:
             given = "refused the API token given" if self._token else "wants an API token"
             raise Unauthorized(
-                f"{self.url} {given}: the STEPSTREAM_TOKEN the server was started with "
-                "(Client(url=..., token=...), or the STEPSTREAM_TOKEN variable)"
+                f"{self.url} {given}: the server's own (its STEPSTREAM_TOKEN, or the token= it "
+                "was given), as Client(url=..., token=...) or the STEPSTREAM_TOKEN variable"
             )
         if not response.is_success:
             raise error_from_body(answer, response.status_code)
@@ -341,32 +375,34 @@ class HTTPTransport:
         return log
 
     async def finished(self, run_id: str) -> RunLog:
+        return await _until_finished(lambda: self.logs(run_id), lambda: self._finished(run_id))
+
+    async def _finished(self, run_id: str) -> RunLog | None:
+        """The log if the run has ended; else ``None`` once its end came, or a while passed."""
         from stepstream.realtime.remote import subscribe_remote
 
-        if self._http is None:
-            self._http = httpx.AsyncClient(timeout=30)
-        while True:
-            newest = await self._call(
-                "GET", "/api/realtime/history", params={"channel": run_id, "limit": 1}
-            )
-            cursor = newest["messages"][-1]["id"] if newest["messages"] else "0-0"
-            log = await self.logs(run_id)  # read after the cursor: see EngineTransport's
-            if log["workflowState"] != RunState.STARTED:
-                return log
-            with contextlib.suppress(TimeoutError):  # then look again
-                async with asyncio.timeout(RECHECK):
-                    events = subscribe_remote(
-                        f"{self.url}/api/realtime",
-                        [run_id],
-                        token=self._token,
-                        after={run_id: cursor},
-                        on_gap=_go_on,  # trimmed since: the log says how it ended
-                        http=self._http,
-                    )
-                    async with contextlib.aclosing(events):
-                        async for message in events:
-                            if ran_to_end(run_id, message.event, message.data):
-                                break
+        newest = await self._call(
+            "GET", "/api/realtime/history", params={"channel": run_id, "limit": 1}
+        )
+        cursor = str(newest["messages"][-1]["id"]) if newest["messages"] else "0-0"
+        log = await self.logs(run_id)  # read after the cursor: see EngineTransport's
+        if log["workflowState"] != RunState.STARTED:
+            return log
+        with contextlib.suppress(TimeoutError):  # then look again
+            async with asyncio.timeout(RECHECK):
+                events = subscribe_remote(
+                    f"{self.url}/api/realtime",
+                    [run_id],
+                    token=self._token,
+                    after={run_id: cursor},
+                    on_gap=_go_on,  # trimmed since: the log says how it ended
+                    http=self._client(),
+                )
+                async with contextlib.aclosing(events):
+                    async for message in events:
+                        if ran_to_end(run_id, message.event, message.data):
+                            break
+        return None
 
     async def runs(self, where: RunFilter, *, cursor: str | None, count: int) -> RunPage:
         params = {**filter_fields(where), **_given(cursor=cursor, count=count)}

@@ -86,6 +86,14 @@ async def await_release(context: WorkflowContext) -> Any:
     return {"released": not timed_out, "data": data}
 
 
+@workflows.workflow("napper")
+async def napper(context: WorkflowContext) -> str:
+    """A step, then a 60 s sleep (the test cancels it)."""
+    await context.run("prepare", _work, 0.005, "ok")
+    await context.sleep("nap", 60)
+    return "rested"
+
+
 @workflows.workflow("quick-and-slow")
 async def quick_and_slow(context: WorkflowContext) -> str:
     """A 5 ms step, a 3 s sleep, another 5 ms step: all three visible on the timeline."""

@@ -327,6 +327,20 @@ def test_send_event_is_filled_with_what_a_user_workflow_waits_for(page: Page, ap
     expect(page.locator("#run-result")).to_contain_text('"by": "ops"')
 
 
+def test_a_sleeping_run_is_offered_no_event_to_send(page: Page, app_url: str) -> None:
+    """A sleep waits, as the runs list says, but for no event: its page offers no "Send
+    event" card (a review found one, highlighted, saying the sleep waited for an event)."""
+    run_id = trigger(app_url, "napper")  # sleeps 60 s after its first step
+    page.goto(f"{app_url}/#/runs/{run_id}")
+    expect(page.locator("#run-status-note")).to_contain_text("Sleeping", timeout=5000)
+    row = page.locator('.tl-row[data-step="nap"]')
+    expect(row).to_have_attribute("data-state", re.compile("wait"), timeout=5000)
+    page.wait_for_timeout(1000)  # the page's later renders (live events, the log) have come
+    expect(page.locator("#notify-card")).to_be_hidden()
+    expect(page.locator("#notify-hint")).not_to_contain_text("nap")
+    httpx.post(f"{app_url}/api/runs/{run_id}/cancel")
+
+
 def test_a_5_ms_step_next_to_a_long_sleep_stays_visible(page: Page, app_url: str) -> None:
     run_id = trigger(app_url, "quick-and-slow")
     wait_finished(app_url, run_id)

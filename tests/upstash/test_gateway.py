@@ -392,6 +392,64 @@ async def test_a_stopping_worker_hands_its_run_back_between_deliveries(
         assert run.executions == ["first", "second"]  # each step body ran once
 
 
+class SlowAPI:
+    """A slow API (an LLM, a payment provider) a ``context.call`` calls: answers in 3 s."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        self.calls += 1
+        await anyio.sleep(3)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "http.response.body", "body": b"{}"})
+
+
+async def test_a_stopping_worker_makes_no_call_the_sdk_asked_for(node: str, tmp_path: Path) -> None:
+    """The SDK asks for a ``context.call`` in the delivery a stopping worker made: the worker
+    hands the run back rather than start the call (its deadline would cut a slow call off,
+    and the next worker call again); the next worker makes it once (found by a review)."""
+    api = SlowAPI()
+    async with (
+        stepstream_app(tmp_path / "stop-call.db", workers=0) as (base, workflows),
+        serve_workflows(node, "caller", sdk_env(base), tmp_path / "serve.log") as endpoint,
+        serve_uvicorn(api) as api_url,
+        httpx.AsyncClient(timeout=10) as client,
+    ):
+        faulty = FaultyRoute(endpoint, 1, corrupt=False)  # holds the first delivery
+        async with serve_uvicorn(faulty) as route:
+            worker = workflows.worker(lease=30)
+            await worker.start()
+            payload = {"url": f"{api_url}/things", "payload": {"a": 1}}
+            answer = await sdk_client(node, base, "trigger", f"{route}/caller", json.dumps(payload))
+            with anyio.fail_after(10):
+                await faulty.held.wait()
+            stopping = asyncio.create_task(worker.stop(grace=1))
+            await anyio.sleep(0.1)  # the worker is stopping while the SDK answers the delivery
+            faulty.release.set()
+            with anyio.fail_after(10):
+                await stopping
+            assert api.calls == 0, "a stopping worker started a context.call"
+            successor = workflows.worker(lease=30)
+            await successor.start()
+            try:
+                run = await finished_run(client, base, endpoint, answer["workflowRunId"])
+            finally:
+                await successor.stop(grace=5)
+        assert run.log["workflowState"] == "RUN_SUCCESS", run.log
+        assert api.calls == 1
+
+
 @asynccontextmanager
 async def worker_processes(
     database: Path, tmp_path: Path, count: int, *, first: int = 0, stall: Path | None = None

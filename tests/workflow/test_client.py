@@ -284,3 +284,33 @@ async def test_a_remote_client_takes_its_token_from_the_environment(
             assert (await client.workflows())["workflows"] == []
     with pytest.raises(ValidationError, match="token must be"):
         Client(url=url, token=...)  # type: ignore[arg-type]
+
+
+async def test_a_wait_for_a_run_outlasts_an_outage_but_not_a_wrong_address() -> None:
+    """Once the run's log has been read, a server or storage that stops answering (a restart)
+    is waited out; the first read's failure is the error it is (a wrong URL, say)."""
+    from stepstream.errors import BackendUnavailable
+    from stepstream.transports import _until_finished
+
+    started: Any = {"workflowState": "RUN_STARTED"}
+    ended: Any = {"workflowState": "RUN_SUCCESS"}
+    answers: list[Any] = [BackendUnavailable("restarting"), None, BackendUnavailable("x"), ended]
+
+    async def log() -> Any:
+        return started
+
+    async def look() -> Any:
+        answer = answers.pop(0)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    async with asyncio.timeout(10):
+        assert await _until_finished(log, look) is ended
+    assert answers == []
+
+    async def unreachable() -> Any:
+        raise BackendUnavailable("cannot reach stepstream at http://nowhere")
+
+    with pytest.raises(BackendUnavailable, match="nowhere"):
+        await _until_finished(unreachable, look)

@@ -81,9 +81,11 @@ class Delivery(Recorder):
                     "the endpoint answered 2xx but published no step nor ended the run"
                 )
             if failure is None:
+                self.unless_stopping()
                 failure = await self.make_calls()
             if failure is not None:
                 await self.failed(failure)  # raises: retry later, or the run fails
+            self.unless_stopping()
             deliveries = self.due(*await self.settle())
             slot = await self.take_slot()
             try:
@@ -91,18 +93,18 @@ class Delivery(Recorder):
                 # taken the run over and recorded the very step this stale history would make
                 # the SDK run again.
                 await self.context.confirm()
-                if self.context.stopping():
-                    # As before a step body: the worker is about to stop, and would cut this
-                    # delivery off (the SDK would run its step again on the next worker).
-                    # Released due now, the run goes to another worker at once.
-                    now = self.context.now()
-                    self.context.wakes.append(now)
-                    raise Suspend(now)
                 with handoff.listening(self.engine, self.run.id, self):
                     failure = await self.post(deliveries)
             finally:
                 if slot is not None:
                     await self.engine.release_slot(self.run.id, *slot)
+
+    def unless_stopping(self) -> None:
+        """As before a step body: a worker about to stop would cut a call or a delivery off
+        (and the next worker make it again), so the run is released due now instead, to go
+        to another worker at once."""
+        if self.context.stopping():
+            self.suspend(self.context.now())
 
     # -- delivering -------------------------------------------------------------------------
 

@@ -157,7 +157,7 @@ export function showRun(runId) {
 
     const entries = timelineSteps(live.steps, log?.steps);
     const steps = entries.map((entry) => entry.step);
-    renderNotify(running, steps.find((step) => step.status === "waiting"));
+    renderNotify(running, steps.find((step) => step.status === "waiting" && step.stepType === "Wait"));
     const done = steps.filter((step) => step.status === "completed").length;
     $("run-steps").textContent = steps.length ? `${done} / ${steps.length} done` : "—";
     timeline.render(entries);

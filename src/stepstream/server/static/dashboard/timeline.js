@@ -47,8 +47,11 @@ function keyed(items) {
   });
 }
 
+// Steps that wait rather than run while open, as run-state.js has them.
+const WAITING_TYPES = new Set(["Wait", "SleepFor", "SleepUntil", "Invoke"]);
+
 function fromLog(log) {
-  const status = LOG_STATUS[log.state] ?? (log.stepType === "Wait" ? "waiting" : "running");
+  const status = LOG_STATUS[log.state] ?? (WAITING_TYPES.has(log.stepType) ? "waiting" : "running");
   const attempt = {
     attempt: log.attempts || 1,
     status: status === "waiting" ? "running" : status,
