@@ -89,7 +89,8 @@ function reduceRun(state, action) {
  *   run: import("./run-state.js").WorkflowRun | null,
  *   steps: import("./run-state.js").WorkflowStep[], events: unknown[]}}  `status` is the
  *   connection's; `run.status` is the run's (`run` is `null` until its first event); each step's
- *   `status` is `running`, `waiting`, `retrying`, `completed`, `failed` or `canceled`
+ *   `status` is `running`, `waiting` (a wait for an event, a sleep or a child run: its
+ *   `stepType` says which), `retrying`, `completed`, `failed` or `canceled`
  */
 export function useWorkflowRun(runId, { url = "/api/realtime" } = {}) {
   const [state, dispatch] = useReducer(reduceRun, runId ?? null, initialRunState);
