@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from stepstream import ValidationError, WorkflowContext, Workflows
+from stepstream import Client, ValidationError, WorkflowContext, Workflows
 from stepstream.backends.base import Claim, CreateRun, SaveSteps
 from stepstream.errors import BackendUnavailable
 from stepstream.records import RunRecord, RunState, StepRecord, StepState, StepType
@@ -994,19 +994,14 @@ async def test_a_step_body_raising_a_base_exception_fails_like_any_error(
     async def escapes(context: WorkflowContext) -> None:
         await context.run("escape", async_counted if inspect.iscoroutinefunction(body) else counted)
 
-    @workflows.workflow("fine")
-    async def fine(context: WorkflowContext) -> str:
-        return await context.run("fine", lambda: "fine")
-
-    await harness.worker(workflows)
+    await harness.worker(with_a_fine_workflow(workflows))
     client = workflows.client()
     run_id = await client.trigger("escapes")
     log = await wait_for_state(client, run_id)
     assert log["workflowState"] == "RUN_FAILED", log
     assert shown in (log["error"] or ""), log["error"]
     assert calls["body"] == 2  # one retry, as for any error
-    after = await client.trigger("fine")
-    assert (await wait_for_state(client, after))["workflowState"] == "RUN_SUCCESS"
+    await the_worker_goes_on(client)
 
 
 @pytest.mark.parametrize("where", ["workflow", "failure function"])
@@ -1028,15 +1023,26 @@ async def test_workflow_code_raising_system_exit_fails_the_run(
             sys.exit(3)
         raise RuntimeError("the step before failed")
 
-    @workflows.workflow("fine")
-    async def fine(context: WorkflowContext) -> str:
-        return await context.run("fine", lambda: "fine")
-
-    await harness.worker(workflows)
+    await harness.worker(with_a_fine_workflow(workflows))
     client = workflows.client()
     run_id = await client.trigger("exits")
     log = await wait_for_state(client, run_id)
     assert log["workflowState"] == "RUN_FAILED", log
     assert "SystemExit: 3" in (log["error"] or ""), log["error"]
+    await the_worker_goes_on(client)
+
+
+def with_a_fine_workflow(workflows: Workflows) -> Workflows:
+    """``workflows`` with ``fine``, a one-step workflow that succeeds."""
+
+    @workflows.workflow("fine")
+    async def fine(context: WorkflowContext) -> str:
+        return await context.run("fine", lambda: "fine")
+
+    return workflows
+
+
+async def the_worker_goes_on(client: Client) -> None:
+    """The worker still runs runs: a ``fine`` one succeeds."""
     after = await client.trigger("fine")
     assert (await wait_for_state(client, after))["workflowState"] == "RUN_SUCCESS"
