@@ -88,8 +88,8 @@ SCENARIOS: dict[str, list[dict[str, Any]]] = {
         fail("upload-report", 21, ERROR, 2, retry=True),
         start("upload-report", 30, attempt=3),
         fail("upload-report", 31, ERROR, 3, retry=False),
-        start("record-failure", 32),
-        finish("record-failure", 33, {"recorded": ERROR}),
+        {**start("record-failure", 32), "failureFunction": True},
+        {**finish("record-failure", 33, {"recorded": ERROR}), "failureFunction": True},
         run_finish(34, "failed", ERROR),
     ),
     "retry-then-success": numbered(
@@ -199,6 +199,7 @@ def python_states(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
             {
                 "stepName": step.step_name,
                 "stepType": step.step_type,
+                "failureFunction": step.failure_function,
                 "status": step.status,
                 "timestamp": step.timestamp,
                 "finishedAt": step.finished_at,
@@ -298,6 +299,8 @@ def test_retries_then_failure() -> None:
     assert [t["attempt"] for t in upload["tries"]] == [1, 2, 3]
     assert upload["error"] == ERROR
     assert final("retries-then-failure")["run"]["status"] == "failed"
+    failure_fn = [s["failureFunction"] for s in final("retries-then-failure")["steps"]]
+    assert failure_fn == [False, False, True]  # record-failure ran in the failure function
     assert final("retries-then-failure")["run"]["error"] == ERROR
 
 

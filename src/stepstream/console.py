@@ -56,6 +56,7 @@ class StepProgress:
     tries: list[Attempt] = field(default_factory=list)
     result: Any = None
     error: str | None = None
+    failure_function: bool = False  # a step of the workflow's failure function
 
     @property
     def open(self) -> bool:
@@ -158,6 +159,8 @@ class RunProgress:
             self.steps.append(step)
         if step.step_type is None:
             step.step_type = update.get("stepType")
+        if update.get("failureFunction") is True:
+            step.failure_function = True
         return step
 
     def _open_step(self, name: str) -> StepProgress | None:
@@ -202,6 +205,8 @@ class RunProgress:
         """A step's line: its mark (none while it runs), name, time taken, attempt number."""
         took = _duration((step.finished_at or now) - (step.timestamp or now))
         text = Text.assemble((step.step_name, "bold"), (f"  {took}", "dim"))
+        if step.failure_function:
+            text.append("  failure fn", style="magenta")
         number = step.tries[-1].attempt if step.tries else 1
         if number > 1:
             text.append(f"  attempt {number}", style="yellow")

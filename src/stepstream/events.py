@@ -2,8 +2,8 @@
 models (what subscribers validate) and as the builders the engine makes them with.
 
 These are exactly the payloads of the Upstash Workflow + Realtime guide, so its frontend hook
-works unchanged. Extra fields (``stepType``, ``attempt``, ``willRetry``) are allowed and passed
-through.
+works unchanged. Extra fields (``stepType``, ``attempt``, ``willRetry``, ``failureFunction``) are
+allowed and passed through.
 
 >>> run_start("wfr_1", 1700000000000).raw
 '{"type":"runStart","workflowRunId":"wfr_1","timestamp":1700000000000}'
@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from stepstream.records import Emit, RunState, StepRecord, dumps
+from stepstream.records import FAILURE_POSITIONS, Emit, RunState, StepRecord, dumps
 
 
 class _Update(BaseModel):
@@ -165,7 +165,7 @@ def step_fail(run_id: str, step: StepRecord, *, will_retry: bool) -> Emit:
 
 
 def _step(kind: str, run_id: str, step: StepRecord, at: int | None) -> dict[str, Any]:
-    return {
+    fields = {
         "type": kind,
         "workflowRunId": run_id,
         "timestamp": at if at is not None else step.started_at,
@@ -173,6 +173,9 @@ def _step(kind: str, run_id: str, step: StepRecord, at: int | None) -> dict[str,
         "stepType": step.type.value,
         "attempt": step.attempts,
     }
+    if step.position >= FAILURE_POSITIONS:
+        fields["failureFunction"] = True  # a step of the failure function, after the run failed
+    return fields
 
 
 def _emit(run_id: str, fields: dict[str, Any]) -> Emit:

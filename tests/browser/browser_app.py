@@ -86,6 +86,20 @@ async def await_release(context: WorkflowContext) -> Any:
     return {"released": not timed_out, "data": data}
 
 
+async def _refund(context: WorkflowContext, error: Exception) -> None:
+    await context.run("refund", _work, 0.005, "refunded")
+
+
+@workflows.workflow("charge-or-refund", retries=0, failure_function=_refund)
+async def charge_or_refund(context: WorkflowContext) -> None:
+    """Its one step fails; the failure function's step ``refund`` runs."""
+    await context.run("charge", _decline)
+
+
+def _decline() -> None:
+    raise RuntimeError("card declined")
+
+
 @workflows.workflow("napper")
 async def napper(context: WorkflowContext) -> str:
     """A step, then a 60 s sleep (the test cancels it)."""

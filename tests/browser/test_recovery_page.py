@@ -327,6 +327,17 @@ def test_send_event_is_filled_with_what_a_user_workflow_waits_for(page: Page, ap
     expect(page.locator("#run-result")).to_contain_text('"by": "ops"')
 
 
+def test_the_failure_functions_steps_are_marked(page: Page, app_url: str) -> None:
+    """A step the failure function ran says so on the timeline (it looked like one more step
+    of the run), as `stepstream logs` says "failure fn"."""
+    run_id = trigger(app_url, "charge-or-refund")
+    wait_finished(app_url, run_id)
+    page.goto(f"{app_url}/#/runs/{run_id}")
+    expect_run_state(page, "RUN_FAILED")
+    expect(page.locator('.tl-row[data-step="refund"] .failure-tag')).to_be_visible()
+    expect(page.locator('.tl-row[data-step="charge"] .failure-tag')).to_be_hidden()
+
+
 def test_a_sleeping_run_is_offered_no_event_to_send(page: Page, app_url: str) -> None:
     """A sleep waits, as the runs list says, but for no event: its page offers no "Send
     event" card (a review found one, highlighted, saying the sleep waited for an event)."""

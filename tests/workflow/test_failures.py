@@ -142,6 +142,9 @@ async def test_retries_exhausted_call_the_failure_function_once(harness: Harness
     assert "card-declined" in finishes[0]["error"]
     will_retry = [e["willRetry"] for e in events if e["type"] == "stepFail"]
     assert will_retry == [True, True, False]
+    # The failure function's steps say so; the run's own carry no such field.
+    marked = {e["stepName"]: e.get("failureFunction") for e in events if "stepName" in e}
+    assert marked == {"first": None, "doomed": None, "compensate": True}
 
 
 async def test_failure_function_knows_the_failed_step(harness: Harness) -> None:

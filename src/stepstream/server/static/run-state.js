@@ -48,6 +48,7 @@ import { compareCursors, parseCursor } from "./stepstream.js";
  * @typedef {object} WorkflowStep
  * @property {string} stepName
  * @property {string | null} stepType   `Run`, `SleepFor`, `Wait`, ... (`null` if not sent)
+ * @property {boolean} failureFunction  a step of the workflow's failure function
  * @property {StepStatus} status
  * @property {number | null} timestamp  when its latest attempt started
  * @property {number | null} finishedAt when its latest attempt ended (`null` while open)
@@ -178,12 +179,13 @@ function reopenStep(step) {
 function stepFor(steps, update, at) {
   let index = openStepIndex(steps, update.stepName);
   if (index === -1) {
-    const step = { stepName: update.stepName, stepType: null, status: "running", timestamp: at, finishedAt: null, attempts: 0, tries: [], result: null, error: null };
+    const step = { stepName: update.stepName, stepType: null, failureFunction: false, status: "running", timestamp: at, finishedAt: null, attempts: 0, tries: [], result: null, error: null };
     steps = [...steps, step];
     index = steps.length - 1;
   }
   const step = steps[index];
-  return [steps, index, { ...step, stepType: step.stepType ?? update.stepType ?? null }];
+  const failureFunction = step.failureFunction || update.failureFunction === true;
+  return [steps, index, { ...step, stepType: step.stepType ?? update.stepType ?? null, failureFunction }];
 }
 
 /** The latest step of that name, if it is open; else -1. */

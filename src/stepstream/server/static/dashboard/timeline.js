@@ -27,8 +27,13 @@ export function timelineSteps(steps, logSteps = []) {
   for (const { key, item: log } of keyed(logSteps)) {
     const entry = byKey.get(key);
     if (entry) {
-      const { stepType, result } = entry.step;
-      entry.step = { ...entry.step, stepType: stepType ?? log.stepType, result: result ?? log.out ?? null };
+      const { stepType, result, failureFunction } = entry.step;
+      entry.step = {
+        ...entry.step,
+        stepType: stepType ?? log.stepType,
+        result: result ?? log.out ?? null,
+        failureFunction: failureFunction || log.stepId >= FAILURE_STEP_IDS,
+      };
     } else if (log.startedAt) {
       entries.push({ key, step: fromLog(log) });
     }
@@ -47,6 +52,8 @@ function keyed(items) {
   });
 }
 
+// A failure function's steps are numbered from here in a run's log (records.FAILURE_POSITIONS).
+const FAILURE_STEP_IDS = 1_000_000;
 // Steps that wait rather than run while open, as run-state.js has them.
 const WAITING_TYPES = new Set(["Wait", "SleepFor", "SleepUntil", "Invoke"]);
 
@@ -62,6 +69,7 @@ function fromLog(log) {
   return {
     stepName: log.stepName,
     stepType: log.stepType,
+    failureFunction: log.stepId >= FAILURE_STEP_IDS,
     status,
     timestamp: log.startedAt,
     finishedAt: log.finishedAt,
@@ -125,6 +133,7 @@ export function createTimeline(box, times, actions = () => null) {
         h("span", { class: "name", title: name }, name),
         h("span", { class: "type" }),
         h("span", { class: "type copied-tag", title: "copied from the run this one was forked from, not executed" }, "copied"),
+        h("span", { class: "type failure-tag", title: "a step of the workflow's failure function, run after the run failed" }, "failure fn"),
         h("span", { class: "tries" }),
         h("span", { class: "d" })),
       h("div", { class: "tl-track" }),
@@ -154,6 +163,7 @@ export function createTimeline(box, times, actions = () => null) {
     row.classList.toggle("copied", copied);
     entry.copied = copied;
     row.querySelector(".copied-tag").hidden = !copied;
+    row.querySelector(".failure-tag").hidden = !step.failureFunction;
     row.dataset.attempts = String(n);
     const type = row.querySelector(".type");
     type.textContent = TYPE_LABELS[step.stepType] ?? String(step.stepType).toLowerCase();
