@@ -1046,3 +1046,63 @@ async def the_worker_goes_on(client: Client) -> None:
     """The worker still runs runs: a ``fine`` one succeeds."""
     after = await client.trigger("fine")
     assert (await wait_for_state(client, after))["workflowState"] == "RUN_SUCCESS"
+
+
+async def test_steps_in_a_task_group_may_sleep_and_retry(harness: Harness) -> None:
+    """A ``TaskGroup`` wraps the ``Suspend`` of a step that sleeps or waits to be retried in
+    an exception group: the run waits as it would under ``gather`` (it failed for good, as
+    an ``Escaped``, and before that its worker's task died with the group)."""
+    workflows = harness.workflows()
+    calls: Counter[str] = Counter()
+
+    def flaky() -> str:
+        calls.update(["flaky"])
+        if calls["flaky"] == 1:
+            raise RuntimeError("once")
+        return "flaky"
+
+    @workflows.workflow("grouped", retries=2, retry_delay=0.05)
+    async def grouped(context: WorkflowContext) -> list[Any]:
+        async with asyncio.TaskGroup() as group:
+            napped = group.create_task(context.sleep("nap", 0.1))
+            ran = group.create_task(context.run("flaky", flaky))
+        return [napped.result(), ran.result()]
+
+    await harness.worker(workflows)
+    client = workflows.client()
+    log = await wait_for_state(client, await client.trigger("grouped"))
+    assert log["workflowState"] == "RUN_SUCCESS", log["error"]
+    assert log["workflowRunResponse"] == [None, "flaky"]
+    # A TaskGroup cancels the siblings of the step that suspended: an attempt of "flaky" cut
+    # off that way runs again (at least once), so it may have run a third time.
+    assert calls["flaky"] >= 2
+
+
+async def test_a_suspension_gather_returned_as_a_value_still_suspends_the_run(
+    harness: Harness,
+) -> None:
+    """``gather(..., return_exceptions=True)`` hands a step's ``Suspend`` (a sleep, a retry's
+    delay) back as a value: the run still waits and goes on, rather than succeed with the
+    engine's signals as its result and the failed step never retried."""
+    workflows = harness.workflows()
+    calls: Counter[str] = Counter()
+
+    def flaky() -> str:
+        calls.update(["flaky"])
+        if calls["flaky"] == 1:
+            raise RuntimeError("once")
+        return "flaky"
+
+    @workflows.workflow("gathered", retries=2, retry_delay=0.05)
+    async def gathered(context: WorkflowContext) -> list[Any]:
+        results = await asyncio.gather(
+            context.sleep("nap", 0.1), context.run("flaky", flaky), return_exceptions=True
+        )
+        return [repr(result) if isinstance(result, BaseException) else result for result in results]
+
+    await harness.worker(workflows)
+    client = workflows.client()
+    log = await wait_for_state(client, await client.trigger("gathered"))
+    assert log["workflowState"] == "RUN_SUCCESS", log["error"]
+    assert log["workflowRunResponse"] == [None, "flaky"]
+    assert calls["flaky"] == 2

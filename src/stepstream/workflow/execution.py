@@ -32,7 +32,7 @@ from stepstream.workflow.context import WorkflowContext
 from stepstream.workflow.engine import Engine, to_json
 from stepstream.workflow.policy import RetryPolicy
 from stepstream.workflow.registry import Workflow
-from stepstream.workflow.runtime import Cancel, StorageInterrupted, Suspend, escaped
+from stepstream.workflow.runtime import Cancel, StorageInterrupted, Suspend, as_raised
 from stepstream.workflow.tracebacks import type_name
 
 HAND_BACK_SECONDS = 10.0  # how long a run is offered back after a storage error
@@ -128,6 +128,7 @@ class Execution:
             try:
                 async with timer:
                     result = await _user(_started, definition, context)
+                    _unless_suspended(context)
             finally:
                 await context.settle()
         except Suspend:
@@ -189,6 +190,7 @@ class Execution:
             try:
                 failure = WorkflowFailed(error, run.failed_step)
                 await _user(definition.failure_function, context, failure)
+                _unless_suspended(context)
             finally:
                 await context.settle()
         except Suspend:
@@ -292,12 +294,23 @@ def _earliest(wakes: list[int | None], timeout_at: int | None) -> int | None:
 async def _user(function: Callable[..., Any], *args: Any) -> Any:
     """Call the workflow's own code (awaited if it returns an awaitable): a ``BaseException``
     it raises that the engine does not mean (``SystemExit``...) comes out as the failure it
-    is (``runtime.escaped``), never ending the worker's process."""
+    is (``runtime.as_raised``), never ending the worker's process."""
     try:
         outcome = function(*args)
         return await outcome if inspect.isawaitable(outcome) else outcome
     except BaseException as exc:
-        raise escaped(exc) or exc from exc
+        raised = as_raised(exc)
+        if raised is exc:
+            raise
+        raise raised from exc
+
+
+def _unless_suspended(context: WorkflowContext) -> None:
+    """A function that returned although a step of it suspended the run (the ``Suspend`` was
+    caught: ``gather(..., return_exceptions=True)``, ``except BaseException``) has not ended:
+    the run waits, as if the ``Suspend`` had come through."""
+    if context.wakes:
+        raise Suspend(None)  # the run is due at the earliest of ``context.wakes``
 
 
 def _started(definition: Workflow, context: WorkflowContext) -> Awaitable[Any]:

@@ -45,20 +45,49 @@ class Escaped(Exception):
     escapes its retries."""
 
 
-def escaped(error: BaseException) -> Escaped | None:
-    """``error`` raised by user code (a step body, a workflow or failure function) as an
-    ``Escaped`` when it is a ``BaseException`` the engine does not mean; ``None`` for the
-    engine's own control flow and for a real cancellation of the running task."""
-    if isinstance(error, Exception | Suspend | Cancel | StorageInterrupted | LeaseLost):
-        return None
+CONTROL = (LeaseLost, StorageInterrupted, Cancel, Suspend)  # the engine's, weightiest first
+
+
+def as_raised(error: BaseException) -> BaseException:
+    """What the engine raises for ``error``, which user code raised (a step body, a workflow
+    or failure function) or let through: the engine's own control flow and a real cancellation
+    of the running task as they are, also out of an exception group (a ``TaskGroup`` wraps a
+    step's ``Suspend``); any other ``BaseException`` as an ``Escaped``; an ``Exception`` as it
+    is."""
+    if isinstance(error, BaseExceptionGroup):
+        for kind in CONTROL:
+            found = error.subgroup(kind)
+            if found is not None:
+                return _weightiest(kind, found)
+    if isinstance(error, (Exception, *CONTROL)):
+        return error
     if isinstance(error, asyncio.CancelledError):
         task = asyncio.current_task()
         if task is None or task.cancelling():
-            return None  # the task is being cancelled (a stop, a timeout): not the code's
+            return error  # the task is being cancelled (a stop, a timeout): not the code's
     return Escaped(
         f"{type(error).__name__}{f': {error}' if str(error) else ''} (raised by the workflow's "
         "code, where only an Exception fails a step or a run: it cannot end the worker)"
     )
+
+
+def _weightiest(kind: type[BaseException], group: BaseExceptionGroup) -> BaseException:
+    """One of ``group``'s leaves of ``kind``: for ``Suspend``, the one that wakes first."""
+    leaves: list[BaseException] = []
+
+    def collect(error: BaseException) -> None:
+        if isinstance(error, BaseExceptionGroup):
+            for inner in error.exceptions:
+                collect(inner)
+        elif isinstance(error, kind):
+            leaves.append(error)
+
+    collect(group)
+    if kind is Suspend:
+        timed = [leaf for leaf in leaves if isinstance(leaf, Suspend) and leaf.wake_at is not None]
+        if timed:
+            return min(timed, key=lambda leaf: leaf.wake_at or 0)
+    return leaves[0]
 
 
 class Runtime(Protocol):
