@@ -56,12 +56,24 @@ OUTAGE_PAUSE = 5.0  # at most this long between tries while the storage or serve
 
 
 async def _until_finished(
-    log: Callable[[], Awaitable[RunLog]], look: Callable[[], Awaitable[RunLog | None]]
+    log: Callable[[], Awaitable[RunLog]],
+    look: Callable[[], Awaitable[RunLog | None]],
+    reached: Callable[[], bool] = lambda: True,
 ) -> RunLog:
-    """The run's log once it has ended: ``log`` first (a wrong URL or an unknown run is the
-    error it is), then ``look`` until it has it. An unreachable storage or server meanwhile (a
-    restart) is waited out: the caller bounds the wait (``asyncio.timeout``)."""
-    first = await log()
+    """The run's log once it has ended: ``log`` first, then ``look`` until it has it. An
+    unreachable storage or server (a restart) is waited out, the caller bounding the wait
+    (``asyncio.timeout``), unless it was never ``reached``: then it is the error it is (a
+    wrong URL, say)."""
+    pause = 0.1
+    while True:
+        try:
+            first = await log()
+            break
+        except BackendError:
+            if not reached():
+                raise
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, OUTAGE_PAUSE)
     if first["workflowState"] != RunState.STARTED:
         return first
     pause = 0.1
@@ -294,11 +306,26 @@ class HTTPTransport:
             self._headers["authorization"] = f"Bearer {token}"
         self._http = http
         self._owned = http is None
+        self._streams: httpx.AsyncClient | None = None  # for waits, apart from the calls'
+        self.reached = False  # the server has answered a call
 
     def _client(self) -> httpx.AsyncClient:
         if self._http is None:
             self._http = httpx.AsyncClient(timeout=30)
         return self._http
+
+    def _stream_client(self) -> httpx.AsyncClient:
+        """What waits for runs' ends stream with: a client of their own, with no limit on its
+        connections (each wait holds one), so a thousand waits neither queue behind one
+        another nor take the calls' connections; the caller's own ``http``, if given."""
+        if not self._owned:
+            return self._client()
+        if self._streams is None:
+            self._streams = httpx.AsyncClient(
+                timeout=httpx.Timeout(10, read=60),
+                limits=httpx.Limits(max_connections=None, max_keepalive_connections=20),
+            )
+        return self._streams
 
     async def _call(
         self,
@@ -335,6 +362,7 @@ class HTTPTransport:
             )
         if not response.is_success:
             raise error_from_body(answer, response.status_code)
+        self.reached = True
         return answer
 
     async def trigger(
@@ -375,7 +403,9 @@ class HTTPTransport:
         return log
 
     async def finished(self, run_id: str) -> RunLog:
-        return await _until_finished(lambda: self.logs(run_id), lambda: self._finished(run_id))
+        return await _until_finished(
+            lambda: self.logs(run_id), lambda: self._finished(run_id), lambda: self.reached
+        )
 
     async def _finished(self, run_id: str) -> RunLog | None:
         """The log if the run has ended; else ``None`` once its end came, or a while passed."""
@@ -396,7 +426,7 @@ class HTTPTransport:
                     token=self._token,
                     after={run_id: cursor},
                     on_gap=_go_on,  # trimmed since: the log says how it ended
-                    http=self._client(),
+                    http=self._stream_client(),
                 )
                 async with contextlib.aclosing(events):
                     async for message in events:
@@ -476,10 +506,13 @@ class HTTPTransport:
         await self._call("DELETE", f"/api/schedules/{quote(schedule_id, safe='')}")
 
     async def aclose(self) -> None:
-        """Close the HTTP client (if this transport made it)."""
+        """Close the HTTP clients (if this transport made them)."""
         if self._http is not None and self._owned:
             await self._http.aclose()
             self._http = None
+        if self._streams is not None:
+            await self._streams.aclose()
+            self._streams = None
 
 
 def _given(**params: str | float | None) -> dict[str, str | float]:

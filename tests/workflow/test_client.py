@@ -313,4 +313,15 @@ async def test_a_wait_for_a_run_outlasts_an_outage_but_not_a_wrong_address() -> 
         raise BackendUnavailable("cannot reach stepstream at http://nowhere")
 
     with pytest.raises(BackendUnavailable, match="nowhere"):
-        await _until_finished(unreachable, look)
+        await _until_finished(unreachable, look, lambda: False)  # never reached: the error
+
+    first: list[Any] = [BackendUnavailable("restarting"), ended]  # reached before: waited out
+
+    async def log_after_a_restart() -> Any:
+        answer = first.pop(0)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    async with asyncio.timeout(10):
+        assert await _until_finished(log_after_a_restart, look, lambda: True) is ended
