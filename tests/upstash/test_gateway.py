@@ -23,6 +23,8 @@ import pytest
 
 import stepstream.upstash
 from stepstream import Realtime, Workflows
+from stepstream.errors import BackendUnavailable
+from stepstream.upstash.messages import INBOX
 from tests.upstash.harness import NODE_DIR, node_env, serve_uvicorn, serve_workflows
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
@@ -390,6 +392,36 @@ async def test_a_stopping_worker_hands_its_run_back_between_deliveries(
                 await successor.stop(grace=5)
         assert run.log["workflowState"] == "RUN_SUCCESS", run.log
         assert run.executions == ["first", "second"]  # each step body ran once
+
+
+async def test_storage_down_when_the_sdk_publishes_spends_no_retry(
+    node: str, tmp_path: Path
+) -> None:
+    """The SDK's publish of a step's result finds this gateway's storage down (a 503 it passes
+    on, answering the delivery 500): storage failed, not the endpoint. The run is handed back
+    and goes on; with no retries left it failed, blaming the app (found by a review)."""
+    database = tmp_path / "blip.db"
+    async with (
+        stepstream_app(database, workers=0) as (base, workflows),
+        serve_workflows(node, "two-step", sdk_env(base), tmp_path / "serve.log") as endpoint,
+        httpx.AsyncClient(timeout=10) as client,
+        worker_processes(database, tmp_path, 1),  # the publish reaches it through storage
+    ):
+        backend = workflows.backend
+        original = backend.put_entry
+        refused: list[str] = []
+
+        async def down_once(key: str, *args: Any, **kwargs: Any) -> Any:
+            if key.startswith(INBOX) and not refused:
+                refused.append(key)
+                raise BackendUnavailable("storage is down (injected)")
+            return await original(key, *args, **kwargs)
+
+        backend.put_entry = down_once  # type: ignore[method-assign]
+        answer = await sdk_client(node, base, "trigger", f"{endpoint}/two-step", "{}", "", "0")
+        run = await finished_run(client, base, endpoint, answer["workflowRunId"], seconds=30)
+    assert refused, "the SDK's publish never met the outage"
+    assert run.log["workflowState"] == "RUN_SUCCESS", run.log
 
 
 class SlowAPI:

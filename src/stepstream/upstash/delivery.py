@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from stepstream import events
-from stepstream.errors import NonRetryableError, StepFailed, ValidationError
+from stepstream.errors import BackendError, NonRetryableError, StepFailed, ValidationError
 from stepstream.records import FLOW_CONTROL, StepRecord, StepState, StepType, dumps
 from stepstream.upstash import handoff, plans
 from stepstream.upstash.allow import policy_of
@@ -32,7 +32,7 @@ from stepstream.upstash.lazy import lazy
 from stepstream.upstash.messages import KEPT_APART, RETRIES, RETRY_DELAY
 from stepstream.upstash.outbound import Failure, failure_of, failure_payload, signed
 from stepstream.upstash.recording import Recorder
-from stepstream.workflow.runtime import Suspend
+from stepstream.workflow.runtime import StorageInterrupted, Suspend
 
 if TYPE_CHECKING:
     from stepstream.workflow.context import WorkflowContext
@@ -186,7 +186,14 @@ class Delivery(Recorder):
         status = int(answer["status"])
         if 200 <= status < 300:
             return None
-        return failure_of(status, answer)
+        failure = failure_of(status, answer)
+        if BackendError.code in failure.body:
+            # The SDK passes on this gateway's own 503 to its publish: storage failed, not the
+            # endpoint. Handed back like any storage error; no attempt of the step is spent.
+            raise StorageInterrupted(
+                f"the endpoint's publish found storage down: {failure.message}"
+            )
+        return failure
 
     async def result(self, result: Any) -> Any:
         """The run's result, as the SDK ended it; over ``max_result_bytes`` as stored (JSON
