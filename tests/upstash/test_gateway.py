@@ -424,6 +424,37 @@ async def test_storage_down_when_the_sdk_publishes_spends_no_retry(
     assert run.log["workflowState"] == "RUN_SUCCESS", run.log
 
 
+async def test_a_worker_killed_in_the_failure_callback_ends_the_run_without_a_second(
+    node: str, tmp_path: Path
+) -> None:
+    """The worker making a failed run's failure callback is SIGKILLed while the SDK's
+    failureFunction runs: the worker that takes the run over ends it failed. It delivered the
+    failed step again (run past its retries) and called the failure function a second time
+    (found by a review)."""
+    database = tmp_path / "failure-call.db"
+    async with (
+        stepstream_app(database, workers=0) as (base, workflows),
+        serve_workflows(node, "failing", sdk_env(base), tmp_path / "serve.log") as endpoint,
+        httpx.AsyncClient(timeout=10) as client,
+        worker_processes(database, tmp_path, 2),
+    ):
+        payload = json.dumps({"slowFailure": 3000})
+        answer = await sdk_client(node, base, "trigger", f"{endpoint}/failing", payload, "", "0")
+        run_id = answer["workflowRunId"]
+        with anyio.fail_after(15):
+            while True:
+                executions = (await client.get(f"{endpoint}/_executions")).json()
+                if any(e["runId"] == run_id and e["step"] == "failureFunction" for e in executions):
+                    break
+                await anyio.sleep(0.05)  # polling for the callback, not an assertion
+        record = await workflows.backend.get_run(run_id)
+        assert record is not None and record.lease_owner is not None
+        os.kill(int(record.lease_owner.split(":")[1]), signal.SIGKILL)
+        run = await finished_run(client, base, endpoint, run_id, seconds=30)
+    assert run.log["workflowState"] == "RUN_FAILED", run.log
+    assert run.executions == ["boom", "failureFunction"]  # each once
+
+
 class SlowAPI:
     """A slow API (an LLM, a payment provider) a ``context.call`` calls: answers in 3 s."""
 

@@ -26,7 +26,7 @@ from stepstream.upstash import handoff, plans
 from stepstream.upstash.allow import policy_of
 from stepstream.upstash.connections import Connections, Unanswered, direct
 from stepstream.upstash.delay import parse_delay, retry_delay_ms
-from stepstream.upstash.dlq import failure_call
+from stepstream.upstash.dlq import FAILURE_CALLS, failure_call
 from stepstream.upstash.history import Delivered
 from stepstream.upstash.lazy import lazy
 from stepstream.upstash.messages import KEPT_APART, RETRIES, RETRY_DELAY
@@ -69,6 +69,7 @@ class Delivery(Recorder):
 
     async def passes(self) -> Any:
         failure: Failure | None = None
+        await self.unless_failed()
         while True:
             fresh = await self.drain()
             if self.ended is not None:
@@ -98,6 +99,19 @@ class Delivery(Recorder):
             finally:
                 if slot is not None:
                     await self.engine.release_slot(self.run.id, *slot)
+
+    async def unless_failed(self) -> None:
+        """The run's final failure is stored (an execution stored it, then stopped or lost the
+        run making its failure callback): the run fails now, its step delivered no more, and
+        the callback made only if it was not kept yet (kept, it was made, or cut off; the DLQ
+        can make it again)."""
+        step = self.steps.get(self.next_position())
+        if step is None or step.state is not StepState.FAILED:
+            return
+        error = step.error or "failed"
+        if await self.engine.backend.get_entry(FAILURE_CALLS, self.run.id) is None:
+            await self.failure_callback(Failure(error, step.name))
+        raise StepFailed(step.name, error, step.attempts)
 
     def unless_stopping(self) -> None:
         """As before a step body: a worker about to stop would cut a call or a delivery off

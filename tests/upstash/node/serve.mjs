@@ -36,6 +36,8 @@ function body(workflow, context, step, fn) {
 
 const failureFunction = async ({ context, failStatus, failResponse }) => {
   executions.push({ workflow: "failure", step: "failureFunction", runId: context.workflowRunId });
+  const slow = context.requestPayload?.slowFailure; // ms: a failure function that takes a while
+  if (slow) await new Promise((resolve) => setTimeout(resolve, slow));
   return `handled ${failStatus}: ${failResponse}`;
 };
 
