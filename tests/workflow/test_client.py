@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -299,11 +299,7 @@ async def test_a_wait_for_a_run_outlasts_an_outage_but_not_a_wrong_address() -> 
     async def log() -> Any:
         return started
 
-    async def look() -> Any:
-        answer = answers.pop(0)
-        if isinstance(answer, BaseException):
-            raise answer
-        return answer
+    look = answering(answers)
 
     async with asyncio.timeout(10):
         assert await _until_finished(log, look) is ended
@@ -315,13 +311,18 @@ async def test_a_wait_for_a_run_outlasts_an_outage_but_not_a_wrong_address() -> 
     with pytest.raises(BackendUnavailable, match="nowhere"):
         await _until_finished(unreachable, look, lambda: False)  # never reached: the error
 
-    first: list[Any] = [BackendUnavailable("restarting"), ended]  # reached before: waited out
-
-    async def log_after_a_restart() -> Any:
-        answer = first.pop(0)
-        if isinstance(answer, BaseException):
-            raise answer
-        return answer
-
-    async with asyncio.timeout(10):
+    log_after_a_restart = answering([BackendUnavailable("restarting"), ended])
+    async with asyncio.timeout(10):  # reached before: the restart is waited out
         assert await _until_finished(log_after_a_restart, look, lambda: True) is ended
+
+
+def answering(answers: list[Any]) -> Callable[[], Awaitable[Any]]:
+    """A coroutine function giving ``answers`` one per call, raising those that are errors."""
+
+    async def answer() -> Any:
+        given = answers.pop(0)
+        if isinstance(given, BaseException):
+            raise given
+        return given
+
+    return answer

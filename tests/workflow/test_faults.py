@@ -1054,12 +1054,7 @@ async def test_steps_in_a_task_group_may_sleep_and_retry(harness: Harness) -> No
     an ``Escaped``, and before that its worker's task died with the group)."""
     workflows = harness.workflows()
     calls: Counter[str] = Counter()
-
-    def flaky() -> str:
-        calls.update(["flaky"])
-        if calls["flaky"] == 1:
-            raise RuntimeError("once")
-        return "flaky"
+    flaky = failing_once(calls)
 
     @workflows.workflow("grouped", retries=2, retry_delay=0.05)
     async def grouped(context: WorkflowContext) -> list[Any]:
@@ -1086,12 +1081,7 @@ async def test_a_suspension_gather_returned_as_a_value_still_suspends_the_run(
     engine's signals as its result and the failed step never retried."""
     workflows = harness.workflows()
     calls: Counter[str] = Counter()
-
-    def flaky() -> str:
-        calls.update(["flaky"])
-        if calls["flaky"] == 1:
-            raise RuntimeError("once")
-        return "flaky"
+    flaky = failing_once(calls)
 
     @workflows.workflow("gathered", retries=2, retry_delay=0.05)
     async def gathered(context: WorkflowContext) -> list[Any]:
@@ -1106,3 +1096,15 @@ async def test_a_suspension_gather_returned_as_a_value_still_suspends_the_run(
     assert log["workflowState"] == "RUN_SUCCESS", log["error"]
     assert log["workflowRunResponse"] == [None, "flaky"]
     assert calls["flaky"] == 2
+
+
+def failing_once(calls: Counter[str]) -> Callable[[], str]:
+    """A step body that fails its first call and returns "flaky" after, counting in ``calls``."""
+
+    def flaky() -> str:
+        calls.update(["flaky"])
+        if calls["flaky"] == 1:
+            raise RuntimeError("once")
+        return "flaky"
+
+    return flaky
