@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Awaitable, Callable
 from typing import Any, Literal, Protocol
 from urllib.parse import quote
 
@@ -18,7 +17,6 @@ import httpx
 from stepstream.backends.base import RunFilter
 from stepstream.errors import (
     DETAIL_HEADER,
-    BackendError,
     BackendUnavailable,
     CursorUnavailable,
     StepstreamError,
@@ -27,6 +25,7 @@ from stepstream.errors import (
 )
 from stepstream.events import EVENT, ran_to_end
 from stepstream.records import RunState
+from stepstream.run_end import POLL, RECHECK, go_on, until_finished
 from stepstream.server.filters import filter_fields
 from stepstream.server.recovery import selection_from
 from stepstream.server.schedules import read_schedules, schedule_info
@@ -50,47 +49,6 @@ from stepstream.workflow.flow import FlowControl
 from stepstream.workflow.scheduler import Schedules
 
 Bulk = Literal["cancel", "resume"]
-POLL = 0.2  # seconds between reads of a run's log where it streams no progress to wait on
-RECHECK = 30.0  # seconds a wait for a run's end listens before it reads the log again
-OUTAGE_PAUSE = 5.0  # at most this long between tries while the storage or server is away
-
-
-async def _until_finished(
-    log: Callable[[], Awaitable[RunLog]],
-    look: Callable[[], Awaitable[RunLog | None]],
-    reached: Callable[[], bool] = lambda: True,
-) -> RunLog:
-    """The run's log once it has ended: ``log`` first, then ``look`` until it has it. An
-    unreachable storage or server (a restart) is waited out, the caller bounding the wait
-    (``asyncio.timeout``), unless it was never ``reached``: then it is the error it is (a
-    wrong URL, say)."""
-    pause = 0.1
-    while True:
-        try:
-            first = await log()
-            break
-        except BackendError:
-            if not reached():
-                raise
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, OUTAGE_PAUSE)
-    if first["workflowState"] != RunState.STARTED:
-        return first
-    pause = 0.1
-    while True:
-        try:
-            ended = await look()
-        except BackendError:  # BackendUnavailable: the server; others: its storage
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, OUTAGE_PAUSE)
-            continue
-        if ended is not None:
-            return ended
-        pause = 0.1
-
-
-def _go_on(channel: str, cursor: str) -> None:
-    """A wait for a run's end whose cursor was trimmed: it reads the log again anyway."""
 
 
 class Transport(Protocol):
@@ -187,7 +145,7 @@ class EngineTransport:
 
     async def finished(self, run_id: str) -> RunLog:
         engine = await self._open()
-        return await _until_finished(
+        return await until_finished(
             lambda: read_log(engine, run_id), lambda: self._finished(engine, run_id)
         )
 
@@ -403,7 +361,7 @@ class HTTPTransport:
         return log
 
     async def finished(self, run_id: str) -> RunLog:
-        return await _until_finished(
+        return await until_finished(
             lambda: self.logs(run_id), lambda: self._finished(run_id), lambda: self.reached
         )
 
@@ -425,7 +383,7 @@ class HTTPTransport:
                     [run_id],
                     token=self._token,
                     after={run_id: cursor},
-                    on_gap=_go_on,  # trimmed since: the log says how it ended
+                    on_gap=go_on,  # trimmed since: the log says how it ended
                     http=self._stream_client(),
                 )
                 async with contextlib.aclosing(events):

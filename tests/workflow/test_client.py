@@ -290,7 +290,7 @@ async def test_a_wait_for_a_run_outlasts_an_outage_but_not_a_wrong_address() -> 
     """Once the run's log has been read, a server or storage that stops answering (a restart)
     is waited out; the first read's failure is the error it is (a wrong URL, say)."""
     from stepstream.errors import BackendUnavailable
-    from stepstream.transports import _until_finished
+    from stepstream.run_end import until_finished
 
     started: Any = {"workflowState": "RUN_STARTED"}
     ended: Any = {"workflowState": "RUN_SUCCESS"}
@@ -302,18 +302,18 @@ async def test_a_wait_for_a_run_outlasts_an_outage_but_not_a_wrong_address() -> 
     look = answering(answers)
 
     async with asyncio.timeout(10):
-        assert await _until_finished(log, look) is ended
+        assert await until_finished(log, look) is ended
     assert answers == []
 
     async def unreachable() -> Any:
         raise BackendUnavailable("cannot reach stepstream at http://nowhere")
 
     with pytest.raises(BackendUnavailable, match="nowhere"):
-        await _until_finished(unreachable, look, lambda: False)  # never reached: the error
+        await until_finished(unreachable, look, lambda: False)  # never reached: the error
 
     log_after_a_restart = answering([BackendUnavailable("restarting"), ended])
     async with asyncio.timeout(10):  # reached before: the restart is waited out
-        assert await _until_finished(log_after_a_restart, look, lambda: True) is ended
+        assert await until_finished(log_after_a_restart, look, lambda: True) is ended
 
 
 def answering(answers: list[Any]) -> Callable[[], Awaitable[Any]]:

@@ -32,7 +32,7 @@ from stepstream.records import (
 )
 from stepstream.workflow.journal import Journal, Slot
 from stepstream.workflow.policy import RetryDelay, RetryPolicy, StepOptions
-from stepstream.workflow.runtime import Cancel, as_raised
+from stepstream.workflow.runtime import Cancel, raise_as
 from stepstream.workflow.tracebacks import type_name, user_traceback, where
 
 if TYPE_CHECKING:
@@ -320,10 +320,7 @@ class WorkflowContext(Journal):
                     ) from None
                 raise
             except BaseException as exc:  # SystemExit from a body fails it, as any error
-                raised = as_raised(exc)
-                if raised is exc:
-                    raise
-                raise raised from exc
+                raise_as(exc)
             finally:
                 timer.cancel()
                 step.finished_at = self.now()

@@ -32,7 +32,7 @@ from stepstream.workflow.context import WorkflowContext
 from stepstream.workflow.engine import Engine, to_json
 from stepstream.workflow.policy import RetryPolicy
 from stepstream.workflow.registry import Workflow
-from stepstream.workflow.runtime import Cancel, StorageInterrupted, Suspend, as_raised
+from stepstream.workflow.runtime import Cancel, StorageInterrupted, Suspend, raise_as
 from stepstream.workflow.tracebacks import type_name
 
 HAND_BACK_SECONDS = 10.0  # how long a run is offered back after a storage error
@@ -299,10 +299,7 @@ async def _user(function: Callable[..., Any], *args: Any) -> Any:
         outcome = function(*args)
         return await outcome if inspect.isawaitable(outcome) else outcome
     except BaseException as exc:
-        raised = as_raised(exc)
-        if raised is exc:
-            raise
-        raise raised from exc
+        raise_as(exc)
 
 
 def _unless_suspended(context: WorkflowContext) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from stepstream.errors import LeaseLost
 from stepstream.records import Emit, FlowLimits, Lease, RunRecord, StepRecord
@@ -69,6 +69,14 @@ def as_raised(error: BaseException) -> BaseException:
         f"{type(error).__name__}{f': {error}' if str(error) else ''} (raised by the workflow's "
         "code, where only an Exception fails a step or a run: it cannot end the worker)"
     )
+
+
+def raise_as(error: BaseException) -> NoReturn:
+    """Raise ``error`` (caught from user code) as ``as_raised`` says."""
+    raised = as_raised(error)
+    if raised is error:
+        raise error
+    raise raised from error
 
 
 def _weightiest(kind: type[BaseException], group: BaseExceptionGroup) -> BaseException:
