@@ -107,7 +107,7 @@ class Client:
         >>> # async with asyncio.timeout(60):
         >>> #     receipt = await client.result(run_id)
         """
-        log = await self.transport.finished(run_id)
+        log = await self.wait(run_id)
         if log["workflowState"] != RunState.SUCCESS:
             raise RunFailed(run_id, log["workflowState"], log["error"])
         return log["workflowRunResponse"]

@@ -196,6 +196,11 @@ class StepRecord:
     waiting_for: str | None = None
     errors: list[dict[str, Any]] | None = None
 
+    def passed(self, at: int) -> bool:
+        """Whether the step's timer (a wait's deadline) has gone off at ``at`` (epoch ms): the
+        one rule by which a worker times a wait out and a notify finds it over."""
+        return self.wake_at is not None and self.wake_at <= at
+
     def to_json(self) -> str:
         # By hand: dataclasses.asdict deep-copies and is the slowest part of a step's write.
         data = {name: getattr(self, name) for name in STEP_FIELDS}

@@ -421,7 +421,7 @@ class WorkflowContext(Journal):
             return result.get("data"), bool(result.get("timed_out"))
         if step.resolved:
             data_value, timed_out = json.loads(step.out or "null"), False
-        elif step.wake_at is not None and step.wake_at <= now:
+        elif step.passed(now):
             data_value, timed_out = None, True
         else:
             raise self._suspend(step.wake_at)

@@ -210,7 +210,7 @@ class Store:
         step = None if run is None else run.steps.get(position)
         if run is None or step is None or step.state is not StepState.PROGRESS or step.resolved:
             return False
-        if before is not None and step.wake_at is not None and step.wake_at <= before:
+        if before is not None and step.passed(before):
             return False
         step.out, step.resolved = out, True
         if run.record.state is RunState.STARTED:

@@ -333,7 +333,7 @@ def _resolve(
     step = StepRecord.from_json(row[0])
     if step.state is not StepState.PROGRESS or step.resolved:
         return False
-    if before is not None and step.wake_at is not None and step.wake_at <= before:
+    if before is not None and step.passed(before):
         return False
     step.out, step.resolved = out, True
     put_steps(conn, run_id, [step])
