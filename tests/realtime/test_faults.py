@@ -345,6 +345,37 @@ async def assert_each_gets_its_event(streams: list[Stream], writer: Realtime) ->
         stream.close()
 
 
+async def test_a_channel_whose_subscribers_were_lost_while_it_registered_is_not_left_watched(
+    make_realtime: Callable[..., Realtime],
+) -> None:
+    """The backend's connection drops while a channel registers and comes back: the hub tells
+    its subscribers they were lost, and the registration then succeeds on the new connection.
+    A subscriber that does not come back must not leave the channel watched for nobody (on
+    PostgreSQL every later append to it would NOTIFY, and its watch be renewed, for ever)."""
+    realtime = make_realtime()
+    hub = await realtime.hub()
+    backend = realtime.backend
+    listen, unlisten = backend.listen, backend.unlisten
+    orphan_unlistened = asyncio.Event()
+
+    async def losing(channels: list[str]) -> None:
+        await listen(channels)
+        hub.lost("the test: the connection dropped while the channel registered")
+
+    async def recording(channels: list[str]) -> None:
+        if "orphan" in channels:
+            orphan_unlistened.set()
+        await unlisten(channels)
+
+    backend.listen = losing  # type: ignore[method-assign, assignment]
+    backend.unlisten = recording  # type: ignore[method-assign, assignment]
+    feed = Feed(["orphan"])
+    await hub.attach(feed)
+    assert feed.lost
+    async with asyncio.timeout(5):
+        await orphan_unlistened.wait()
+
+
 @pytest.mark.timeout(120)
 async def test_a_burst_of_subscriptions_is_one_listen_per_batch(
     make_realtime: Callable[..., Realtime],

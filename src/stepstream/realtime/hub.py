@@ -8,6 +8,7 @@ The history→live handover of one consumer is ``stream.Stream``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from collections.abc import Callable, Collection
 
@@ -183,6 +184,12 @@ class Hub:
                         if not isinstance(exc, Exception):
                             raise
                     else:
+                        # Subscribers lost while it registered (the backend's connection
+                        # dropped and came back) may never return: watch nothing for nobody.
+                        orphans = [c for c in wanted if c not in self._feeds]
+                        if orphans:
+                            with contextlib.suppress(Exception):
+                                await self._backend.unlisten(orphans)
                         ready.set_result(None)
         finally:
             self._listening = False
