@@ -336,12 +336,16 @@ def logs(run_id: str, as_json: bool, url: str, token: str | None) -> None:
 @click.option(
     "--state",
     type=click.Choice(
-        [*(s.value for s in RunState), *(s.value.removeprefix("RUN_") for s in RunState)],
+        [
+            *(s.value for s in RunState),
+            *(s.value.removeprefix("RUN_") for s in RunState),
+            "running",
+        ],
         case_sensitive=False,
     ),
     callback=lambda _ctx, _param, value: run_state(value),
     default=None,
-    help="started, success, failed or canceled (RUN_ prefix optional)",
+    help="started (or running), success, failed or canceled (RUN_ prefix optional)",
 )
 @click.option("--workflow", default=None)
 @LABEL_OPTION

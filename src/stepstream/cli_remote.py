@@ -72,10 +72,13 @@ def run_async(coro: Any) -> Any:
 
 
 def run_state(value: str | None) -> str | None:
-    """``failed``, ``FAILED`` or ``run_failed`` -> ``RUN_FAILED``."""
+    """``failed``, ``FAILED`` or ``run_failed`` -> ``RUN_FAILED``; ``running`` (what the
+    dashboard calls a run not finished) -> ``RUN_STARTED``."""
     if value is None:
         return None
     value = value.upper()
+    if value == "RUNNING":
+        return "RUN_STARTED"
     return value if value.startswith("RUN_") else "RUN_" + value
 
 

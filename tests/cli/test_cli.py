@@ -285,6 +285,17 @@ def test_cancel_ends_a_waiting_run_and_a_second_cancel_is_refused(dev: str) -> N
     assert again.returncode == 1 and "Traceback" not in again.stderr
 
 
+def test_runs_lists_a_waiting_run_as_running(dev: str) -> None:
+    """The dashboard calls an unfinished run "running": ``--state running`` is ``RUN_STARTED``."""
+    run_id = stepstream("trigger", "approval", url=dev).stdout.strip()
+    listed = stepstream("runs", "--state", "running", "--json", "--count", "100", url=dev)
+    assert listed.returncode == 0, listed.stderr
+    runs = json.loads(listed.stdout)["runs"]
+    assert run_id in [run["workflowRunId"] for run in runs]
+    assert {run["workflowState"] for run in runs} == {"RUN_STARTED"}
+    assert stepstream("cancel", run_id, url=dev).returncode == 0
+
+
 # -- logs and runs ------------------------------------------------------------------------------
 
 
