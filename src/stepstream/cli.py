@@ -9,7 +9,6 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -19,11 +18,13 @@ from stepstream.backends import DEFAULT_URL
 from stepstream.backends.base import shown_url
 from stepstream.cli_recovery import COMMANDS as RECOVERY_COMMANDS
 from stepstream.cli_remote import (
+    DATA_HELP,
     LABEL_OPTION,
     SINCE_OPTION,
     TOKEN_OPTION,
     UNTIL_OPTION,
     URL_OPTION,
+    json_data,
     run_state,
 )
 from stepstream.cli_remote import client_for as _client
@@ -206,28 +207,6 @@ def worker(
         _fail(exc)
 
 
-DATA_HELP = "JSON, or @file, or - for standard input"
-
-
-def _json_data(data: str | None) -> Any:
-    """``--data``: JSON text, ``@path`` (a file's JSON) or ``-`` (standard input's)."""
-    if data is None:
-        return None
-    try:
-        if data == "-":
-            text = sys.stdin.read()
-        elif data.startswith("@"):
-            text = Path(data[1:]).read_text()
-        else:
-            text = data
-    except OSError as exc:
-        raise click.BadParameter(f"cannot read {data[1:]!r}: {exc}", param_hint="--data") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--data") from None
-
-
 @main.command()
 @click.argument("name")
 @click.option("--data", default=None, help=f"the request payload: {DATA_HELP}")
@@ -249,7 +228,7 @@ def trigger(
 ) -> None:
     """Start a run of workflow NAME. With --follow, exit 0 on success and 1 on failure (130
     on Ctrl-C: the run goes on without you)."""
-    body = _json_data(data)
+    body = json_data(data)
     started: list[str] = []
 
     async def go() -> int:
@@ -292,7 +271,7 @@ def notify(
     event_id: str, data: str | None, run_id: str | None, url: str, token: str | None
 ) -> None:
     """Send event EVENT_ID to the runs waiting for it; prints how many were waiting."""
-    body = _json_data(data)
+    body = json_data(data)
 
     async def go() -> int:
         async with _client(url, token) as client:

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import re
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
@@ -124,3 +126,25 @@ SINCE_OPTION = click.option(
 UNTIL_OPTION = click.option(
     "--until", type=MOMENT, default=None, help=f"only runs created before this: {TIME_HELP}"
 )
+
+
+DATA_HELP = "JSON, or @file, or - for standard input"
+
+
+def json_data(data: str | None) -> Any:
+    """``--data``: JSON text, ``@path`` (a file's JSON) or ``-`` (standard input's)."""
+    if data is None:
+        return None
+    try:
+        if data == "-":
+            text = sys.stdin.read()
+        elif data.startswith("@"):
+            text = Path(data[1:]).read_text()
+        else:
+            text = data
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {data[1:]!r}: {exc}", param_hint="--data") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--data") from None

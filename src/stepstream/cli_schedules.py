@@ -10,7 +10,15 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from stepstream.cli_remote import TOKEN_OPTION, URL_OPTION, client_for, fail, run_async
+from stepstream.cli_remote import (
+    DATA_HELP,
+    TOKEN_OPTION,
+    URL_OPTION,
+    client_for,
+    fail,
+    json_data,
+    run_async,
+)
 from stepstream.console import local_time, wide_console
 from stepstream.errors import StepstreamError
 
@@ -40,6 +48,12 @@ def _at(ms: int | None) -> str:
     return "-" if ms is None else local_time(ms)
 
 
+def _not_started(error: str | None) -> str:
+    from rich.markup import escape
+
+    return "-" if error is None else f"[red]not started: {escape(error)}[/]"
+
+
 def print_schedules(items: list[ScheduleInfo]) -> None:
     from rich.table import Table
 
@@ -55,7 +69,7 @@ def print_schedules(items: list[ScheduleInfo]) -> None:
             item["timezone"],
             state,
             _at(item["nextRunAt"]),
-            item["lastRunId"] or "-",
+            item["lastRunId"] or _not_started(item.get("lastError")),
         )
     wide_console().print(table)
 
@@ -89,7 +103,7 @@ def _remote(function: Callable[..., None]) -> Callable[..., None]:
 @click.argument("workflow")
 @click.argument("cron")
 @click.option("--timezone", default="UTC", show_default=True, help="IANA name: Europe/Berlin")
-@click.option("--data", default=None, help="each run's payload, as JSON")
+@click.option("--data", default=None, help=f"each run's payload: {DATA_HELP}")
 @_remote
 @click.pass_context
 def create(
@@ -104,10 +118,7 @@ def create(
     token: str | None,
 ) -> None:
     """Start WORKFLOW on each tick of CRON (5 fields, or 6 with leading seconds; quote it)."""
-    try:
-        payload = None if data is None else json.loads(data)
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--data") from None
+    payload = json_data(data)
     made = _call(
         ctx,
         lambda client: client.create_schedule(

@@ -776,7 +776,20 @@ def test_piped_tables_fold_nothing(capsys: pytest.CaptureFixture[str]) -> None:
                 "paused": False,
                 "nextRunAt": 1_764_831_600_000,
                 "lastRunId": None,
-            }
+                "lastError": None,
+            },
+            {
+                "id": "refused",
+                "workflow": "report",
+                "cron": "30 2 * * *",
+                "timezone": "UTC",
+                "paused": False,
+                "nextRunAt": 1_764_831_600_000,
+                "lastRunId": None,
+                "lastError": "the flow control key [of] workflow 'report' cannot be computed",
+            },
         ]  # type: ignore[list-item]
     )
-    assert schedule_id in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert schedule_id in out
+    assert "not started: the flow control key [of] workflow" in words(out)

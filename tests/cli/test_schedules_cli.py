@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -87,6 +88,24 @@ def test_errors_say_what_is_wrong(dev: str) -> None:
     assert missing.returncode == 1 and "no schedule 'nope'" in words(missing.stderr)
     data = stepstream("schedules", "create", "x", "basic", "0 9 * * *", "--data", "{", url=dev)
     assert data.returncode == 2 and "not valid JSON" in data.stderr
+
+
+def test_create_takes_its_data_from_a_file_or_standard_input(dev: str, tmp_path: Path) -> None:
+    payload = tmp_path / "payload.json"
+    payload.write_text('{"userId": "from-file"}')
+    made = stepstream(
+        "schedules", "create", "f", "basic", "0 9 * * *", "--data", f"@{payload}", url=dev
+    )
+    assert made.returncode == 0, made.stderr
+    piped = stepstream(
+        "schedules", "create", "p", "basic", "0 9 * * *", "--data", "-", url=dev,
+        stdin='{"userId": "piped"}',
+    )  # fmt: skip
+    assert piped.returncode == 0, piped.stderr
+    payloads = {s["id"]: s["payload"] for s in listed(dev) if s["id"] in ("f", "p")}
+    assert payloads == {"f": {"userId": "from-file"}, "p": {"userId": "piped"}}
+    for schedule_id in ("f", "p"):
+        assert stepstream("schedules", "delete", schedule_id, url=dev).returncode == 0
 
 
 def test_pause_and_resume_a_workflow(dev: str) -> None:

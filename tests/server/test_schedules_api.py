@@ -37,6 +37,7 @@ SCHEDULE_KEYS = {
     "paused",
     "nextRunAt",
     "lastRunId",
+    "lastError",
 }
 
 

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from stepstream import FlowControl, WorkflowContext
-from stepstream.errors import ValidationError
+from stepstream.errors import ConfigurationError, ValidationError
+from stepstream.workflow.flow import MAX_LIMIT
 from tests.workflow.helpers import Harness, wait_for_state, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -158,6 +159,28 @@ async def test_trigger_overrides_and_bad_keys(harness: Harness) -> None:
     run_id = await client.trigger("keyed", {"no": "user"}, flow_control=own)
     log = await client.logs(run_id)
     assert log["flowControl"] == {"key": "vip", "parallelism": 3, "rate": None, "period": 1.0}
+
+
+async def test_the_largest_limits_run_and_larger_ones_are_refused(harness: Harness) -> None:
+    """Every backend stores a limit up to ``MAX_LIMIT`` (PostgreSQL's bigint wedged claims on
+    10**30: each claim failed, the run neither started nor failed); past it, one error."""
+    workflows = harness.workflows()
+    for too_big in (MAX_LIMIT + 1, 2**63, 10**30):
+        with pytest.raises(ConfigurationError, match="from 1 to 1,000,000,000"):
+            FlowControl(key="k", parallelism=too_big)
+        with pytest.raises(ConfigurationError, match="from 1 to 1,000,000,000"):
+            FlowControl(key="k", rate=too_big)
+
+    @workflows.workflow("wide", flow_control=FlowControl(key="k", parallelism=MAX_LIMIT))
+    async def wide(context: WorkflowContext) -> Any:
+        return await context.run("one", lambda: 1)
+
+    client = workflows.client()
+    await harness.worker(workflows)
+    rated = FlowControl(key="r", rate=MAX_LIMIT, period=1)
+    for own in (None, rated):
+        log = await wait_for_state(client, await client.trigger("wide", flow_control=own))
+        assert log["workflowState"] == "RUN_SUCCESS"
 
 
 async def test_a_steps_own_retries_and_timeout(harness: Harness) -> None:

@@ -13,6 +13,8 @@ import pytest
 from stepstream import (
     BackendUnavailable,
     Client,
+    ConfigurationError,
+    FlowControl,
     RunConflict,
     Schedule,
     UnknownWorkflow,
@@ -22,7 +24,7 @@ from stepstream import (
 )
 from stepstream.errors import RouteNotFound
 from stepstream.workflow.cron import Cron
-from stepstream.workflow.scheduler import TICK, Schedules
+from stepstream.workflow.scheduler import SCHEDULE, TICK, ScheduleRecord, Schedules
 from tests.workflow.helpers import Harness, wait_for_state, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -64,6 +66,7 @@ async def test_create_list_get_pause_resume_delete(harness: Harness) -> None:
         "paused": False,
         "nextRunAt": Cron("0 2 * * *", "Europe/Berlin").next_after(now),
         "lastRunId": None,
+        "lastError": None,
     }
     await client.create_schedule("every-second", "tick", "* * * * * *")
     assert [s["id"] for s in await client.schedules()] == ["every-second", "nightly"]
@@ -233,6 +236,56 @@ async def test_the_scheduler_survives_storage_errors(harness: Harness) -> None:
     client = workflows.client()
     await wait_until(lambda: _at_least(client, 2), 15, "ticks after the errors")
     assert failures == 2
+
+
+def with_keyed(workflows: Workflows, schedule: str | Schedule | None = None) -> None:
+    """Register ``keyed``, whose flow control key reads ``userId`` from the payload."""
+
+    @workflows.workflow(
+        "keyed",
+        flow_control=FlowControl(key=lambda payload: payload["userId"], parallelism=1),
+        schedule=schedule,
+    )
+    async def keyed(context: WorkflowContext) -> Any:
+        return context.request_payload
+
+
+async def test_a_schedule_whose_runs_could_not_start_is_refused(harness: Harness) -> None:
+    workflows = harness.workflows()
+    with_keyed(workflows)
+    client = workflows.client()
+    with pytest.raises(ValidationError, match="flow control key of workflow 'keyed'"):
+        await client.create_schedule("no-user", "keyed", "* * * * *")
+    assert await client.schedules() == []
+    await client.create_schedule("for-u1", "keyed", "* * * * *", payload={"userId": "u1"})
+    with pytest.raises(ConfigurationError, match="the schedule of workflow 'keyed'"):
+        with_keyed(harness.workflows(), "* * * * *")
+
+
+async def test_a_tick_that_cannot_start_its_run_stops_no_other_schedule(
+    harness: Harness,
+) -> None:
+    """A stored schedule whose run the workflow refuses (here: its flow control key cannot be
+    read from the payload, as after a deploy that added the key): the tick is recorded as not
+    started, saying why, and every other schedule goes on ticking."""
+    workflows = harness.workflows()
+    with_tick(workflows, "* * * * * *")
+    with_keyed(workflows)
+    await harness.worker(workflows)
+    now = workflows.engine.clock()
+    bad = ScheduleRecord("aaa-bad", "keyed", "* * * * * *", "UTC", None, False, now)
+    await workflows.backend.put_entry(SCHEDULE, bad.id, bad.definition(), create=True)
+    client = workflows.client()
+    await wait_until(lambda: _at_least(client, 3), 15, "ticks of the good schedule")
+
+    async def refused() -> bool:
+        return (await client.schedule("aaa-bad"))["lastError"] is not None
+
+    await wait_until(refused, 15, "the bad schedule's tick recorded")
+    listed = await client.schedule("aaa-bad")
+    assert listed["lastRunId"] is None
+    assert "flow control key of workflow 'keyed'" in listed["lastError"]
+    assert await run_ids(client, "keyed") == []
 
 
 async def test_a_paused_workflow_runs_nothing_until_resumed(harness: Harness) -> None:

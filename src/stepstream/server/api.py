@@ -38,7 +38,7 @@ from stepstream.server.wire import (
     workflow_names,
 )
 from stepstream.workflow.engine import Engine, run_id_from
-from stepstream.workflow.flow import FlowControl
+from stepstream.workflow.flow import MAX_LIMIT, FlowControl
 from stepstream.workflow.presence import live_workers
 
 # Headers a run does not keep from its trigger request: transport and body framing...
@@ -229,8 +229,10 @@ def _count(params: Mapping[str, str], name: str) -> int | None:
     text = params.get(name)
     if text is None:
         return None
-    if not _digits(text) or len(text) > 9 or int(text) < 1:
-        raise ValidationError(f"{name}={text[:30]!r}: expected a whole number >= 1")
+    if not _digits(text) or len(text) > 10 or not 1 <= int(text) <= MAX_LIMIT:
+        raise ValidationError(
+            f"{name}={text[:30]!r}: expected a whole number from 1 to {MAX_LIMIT:,}"
+        )
     return int(text)
 
 

@@ -37,6 +37,9 @@ SCHEDULE_SCHEMAS: dict[str, Any] = {
             "paused": {"type": "boolean"},
             "nextRunAt": nullable({**EPOCH_MS, "description": "epoch ms; null while paused"}),
             "lastRunId": nullable({"type": "string", "description": "its last tick's run"}),
+            "lastError": nullable(
+                {"type": "string", "description": "why its last tick started no run"}
+            ),
         }
     ),
 }

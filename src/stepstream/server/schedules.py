@@ -44,6 +44,7 @@ def schedule_info(record: ScheduleRecord, now: int) -> ScheduleInfo:
         paused=record.paused,
         nextRunAt=record.next_run_at(now),
         lastRunId=record.last_run_id,
+        lastError=record.last_error,
     )
 
 

@@ -206,7 +206,8 @@ class WorkflowPaused(TypedDict):
 
 class ScheduleInfo(TypedDict):
     """A schedule (DESIGN §13): ``GET /api/schedules/{id}``, and what creating, pausing and
-    resuming one answer. ``nextRunAt``: epoch ms, ``None`` while paused."""
+    resuming one answer. ``nextRunAt``: epoch ms, ``None`` while paused. ``lastError``: why
+    its last tick started no run (``lastRunId`` is then ``None``)."""
 
     id: str
     workflow: str
@@ -216,6 +217,7 @@ class ScheduleInfo(TypedDict):
     paused: bool
     nextRunAt: int | None
     lastRunId: str | None
+    lastError: str | None
 
 
 class ScheduleList(TypedDict):

@@ -15,6 +15,7 @@ from stepstream.records import FlowLimits
 
 MAX_KEY = 256  # characters of a flow control key
 MAX_PERIOD = 366 * 24 * 3600  # seconds
+MAX_LIMIT = 1_000_000_000  # a parallelism or rate: every backend stores it as a 64-bit integer
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,9 +40,10 @@ class FlowControl:
             raise ConfigurationError("FlowControl needs parallelism=, rate= or both")
         for name in ("parallelism", "rate"):
             value = getattr(self, name)
-            if value is not None and (type(value) is not int or value < 1):
+            if value is not None and (type(value) is not int or not 1 <= value <= MAX_LIMIT):
                 raise ConfigurationError(
-                    f"FlowControl {name} must be an integer >= 1, got {value!r}"
+                    f"FlowControl {name} must be an integer from 1 to {MAX_LIMIT:,}, "
+                    f"got {value!r:.40}"
                 )
         period = self.period
         if not isinstance(period, int | float) or not 0.001 <= period <= MAX_PERIOD:

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from stepstream.errors import ConfigurationError, UnknownWorkflow
+from stepstream.errors import ConfigurationError, UnknownWorkflow, ValidationError
 from stepstream.workflow.cron import Schedule, check_schedule_id
 from stepstream.workflow.flow import FlowControl
 from stepstream.workflow.policy import Backoff, RetryDelay, RetryPolicy
@@ -97,6 +97,11 @@ class Registry:
         if flow_control is not None and not isinstance(flow_control, FlowControl):
             raise ConfigurationError("flow_control must be a stepstream.FlowControl")
         when = _schedule(name, schedule)
+        if when is not None and flow_control is not None:
+            try:
+                flow_control.limits(when.payload, name)
+            except ValidationError as exc:
+                raise ConfigurationError(f"the schedule of workflow {name!r}: {exc}") from None
         try:
             json.dumps(example, allow_nan=False)
         except (TypeError, ValueError) as exc:

@@ -27,6 +27,7 @@ from stepstream.errors import (
     ConfigurationError,
     RouteNotFound,
     RunConflict,
+    StepstreamError,
     ValidationError,
 )
 from stepstream.records import dumps
@@ -36,6 +37,7 @@ from stepstream.workflow.engine import to_json
 if TYPE_CHECKING:
     from stepstream.clock import Clock
     from stepstream.workflow.engine import Engine
+    from stepstream.workflow.registry import Workflow
 
 SCHEDULE = "schedule"  # entries kind: definitions
 TICK = "schedule-tick"  # entries kind: the last tick each schedule fired
@@ -60,6 +62,7 @@ class ScheduleRecord:
     declared: bool = False
     last_tick: int | None = None
     last_run_id: str | None = None
+    last_error: str | None = None  # why its last tick started no run
 
     def definition(self) -> str:
         return dumps(
@@ -89,11 +92,20 @@ class ScheduleRecord:
             declared=bool(fields.get("declared")),
             last_tick=state.get("tick"),
             last_run_id=state.get("runId"),
+            last_error=state.get("error"),
         )
 
     def next_run_at(self, now: int) -> int | None:
         """When its next run starts (``None`` while paused)."""
         return None if self.paused else Cron(self.cron, self.timezone).next_after(now)
+
+
+def startable(workflow: Workflow, payload: Any) -> None:
+    """Refuse (``ValidationError``) a schedule whose runs could not start: a payload that is
+    not JSON, or one the workflow's flow control key cannot be computed from."""
+    to_json(payload, "the schedule's payload")
+    if workflow.flow_control is not None:
+        workflow.flow_control.limits(payload, workflow.name)
 
 
 class Schedules:
@@ -124,8 +136,7 @@ class Schedules:
             Cron(cron, timezone)
         except ConfigurationError as exc:
             raise ValidationError(str(exc)) from None
-        self.engine.registry.get(workflow)
-        to_json(payload, "the schedule's payload")
+        startable(self.engine.registry.get(workflow), payload)
         record = ScheduleRecord(
             schedule_id, workflow, " ".join(cron.split()), timezone, payload, False, self._now()
         )
@@ -230,15 +241,24 @@ class Schedules:
         return soonest
 
     async def _fire(self, record: ScheduleRecord, tick: int) -> None:
+        """Start the tick's run and record the tick as fired. A tick whose run cannot be
+        started (the workflow refuses the payload, or is no longer registered) is recorded as
+        fired with the reason (``lastError``), logged, and skipped: it must not stop the
+        other schedules, nor be tried again every second."""
         run_id = tick_run_id(record.id, tick)
+        fired: dict[str, Any] = {"tick": tick, "runId": run_id}
         try:
             await self.engine.trigger(record.workflow, record.payload, run_id=run_id)
         except RunConflict:
             pass  # another scheduler started this tick's run: there is one
+        except BackendError:
+            raise  # the loop retries
+        except StepstreamError as exc:
+            log.error("schedule %s: the run of its tick was not started: %s", record.id, exc)
+            fired = {"tick": tick, "runId": None, "error": str(exc)}
         else:
             log.info("schedule %s: started %s", record.id, run_id)
-        state = dumps({"tick": tick, "runId": run_id})
-        await self.engine.backend.put_entry(TICK, record.id, state)
+        await self.engine.backend.put_entry(TICK, record.id, dumps(fired))
 
 
 class Scheduler:
@@ -278,6 +298,10 @@ class Scheduler:
                 upcoming = await self.schedules.fire_due(now, self.workflows())
             except BackendError as exc:
                 log.warning("firing schedules failed (%s); retrying in %s s", exc, RETRY)
+                await self._sleep(RETRY)
+                continue
+            except Exception:  # a defect: logged, and the schedules go on
+                log.exception("firing schedules failed; retrying in %s s", RETRY)
                 await self._sleep(RETRY)
                 continue
             wait = LOOK_AGAIN

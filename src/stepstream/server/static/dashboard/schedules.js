@@ -75,7 +75,9 @@ export function showSchedules() {
       : h("span", { title: fullDate(item.nextRunAt) }, fullDate(item.nextRunAt), h("small", {}, fromNow(item.nextRunAt)));
     const last = item.lastRunId
       ? h("a", { class: "last mono", href: runHref(item.lastRunId), title: item.lastRunId }, item.lastRunId)
-      : h("span", { class: "last muted" }, "none yet");
+      : item.lastError
+        ? h("span", { class: "last error", title: item.lastError }, `not started: ${item.lastError}`)
+        : h("span", { class: "last muted" }, "none yet");
     return h("div", { class: "schedule-row", dataset: { id: item.id, paused: String(item.paused) } },
       h("div", {},
         h("div", { class: "name" }, item.id,
