@@ -15,6 +15,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -1096,3 +1097,32 @@ async def test_a_watch_whose_connection_is_lost_while_it_registers_listens_on_a_
     sink, sent, live = await _watch_while_the_row_is_held(postgres_url, kill_the_listener)
     assert len(sink.losses) == 1, sink.losses
     assert [m for m in live if m.channel == "X"] == sent[:2]
+
+
+async def test_calls_past_the_servers_connection_limit_wait_for_a_connection(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PostgreSQL refusing one more connection (``max_connections``, a role's limit: 53300)
+    while this process holds some: a call waits for one of those instead of failing (a
+    worker's failed save ran its step's body again, up to 83 times for one step under load),
+    and the log says once how to fix it."""
+    role = f"few_{uuid.uuid4().hex[:8]}"
+    parts = urlsplit(postgres_url)
+    admin = await asyncpg.connect(postgres_url)
+    try:
+        await admin.execute(f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 2")
+        await admin.execute(f'GRANT CREATE ON DATABASE "{parts.path.lstrip("/")}" TO {role}')
+    finally:
+        await admin.close()
+    as_role = parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port}").geturl()
+    backend = backend_from_url(fresh(as_role, pool_size="8"))
+    await backend.open()
+    try:
+        async with asyncio.timeout(30):
+            appended = await asyncio.gather(
+                *(backend.append(f"c{i % 3}", "t.e", str(i), FOREVER) for i in range(60))
+            )
+        assert len({(m.channel, m.id) for m in appended}) == 60
+        assert "lower ?pool_size= or raise max_connections" in caplog.text
+    finally:
+        await backend.close()

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import math
+import random
 import re
 from collections.abc import Iterator
 from importlib import resources
@@ -29,11 +32,17 @@ from stepstream.errors import (
     ValidationError,
 )
 
+log = logging.getLogger("stepstream.postgres")
+
 SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,39}$")
 MIGRATION_LOCK = 0x5374_6570_7374_7265  # pg_advisory_xact_lock key: "Stepstre"
 KEEP_IDLE = 60.0  # seconds a kept connection may go unused before it goes back to the pool
 RELEASE_WAIT = 1.0  # seconds a cancelled call still waits for its connection's release
 RETRIES = 5  # deadlock / serialization failure: the call was rolled back, run it again
+# PostgreSQL refusing one more connection (max_connections, a role's CONNECTION LIMIT):
+# a call waits up to this long, in seconds, for a connection of this process to come free.
+FULL_WAIT = 10.0
+FULL = "53300"  # too_many_connections
 
 # SQLSTATEs: connection exception (08), operator intervention (57P01 shutdown, 57P02 crash,
 # 57P03 cannot connect now), insufficient resources (53), read-only transaction after a
@@ -155,6 +164,7 @@ class Database:
         # opened again under another (a loop per test, per job).
         self._ordinary = asyncio.Semaphore(pool_size)
         self._open_lock = asyncio.Lock()
+        self._full_logged = -math.inf  # loop time of the last warning that the server was full
 
     async def open(self) -> None:
         async with self._open_lock:
@@ -219,6 +229,7 @@ class Database:
         ``urgent``: a statement that never waits for a lock, sent without waiting for a turn
         (a connection is left for it)."""
         attempt = refused = 0
+        full_since: float | None = None
         while True:
             try:
                 with map_postgres_errors(self.where):
@@ -232,10 +243,37 @@ class Database:
                 if again and refused <= self.pool_size:
                     refused += 1
                     continue
+                if getattr(cause, "sqlstate", None) == FULL:
+                    full_since = await self._wait_when_full(exc, full_since)
+                    continue
                 attempt += 1
                 if getattr(cause, "sqlstate", None) not in _RETRY_CODES or attempt == RETRIES:
                     raise
                 await asyncio.sleep(0.005 * 2 ** (attempt - 1))
+
+    async def _wait_when_full(self, exc: BackendUnavailable, since: float | None) -> float:
+        """The server refused this process one more connection (nothing was sent): the call
+        waits for one of the connections the process holds to come free, as it would for a
+        pool turn, rather than fail (a worker's failed save would run its step's body again;
+        under load, dozens of times). Past ``FULL_WAIT`` it fails, naming the fix."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if since is None:
+            if now - self._full_logged > 60:
+                self._full_logged = now
+                log.warning("%s", self._full_advice(exc))
+            since = now
+        if now - since > FULL_WAIT:
+            raise BackendUnavailable(self._full_advice(exc)) from exc.__cause__
+        await asyncio.sleep(0.01 + 0.09 * random.random())  # apart, not all at once
+        return since
+
+    def _full_advice(self, exc: BackendUnavailable) -> str:
+        return (
+            f"{exc}; a process opens up to pool_size + 1 connections ({self.pool_size + 1}), "
+            "a worker pool_size + 2: lower ?pool_size= or raise max_connections (README: "
+            "Deployment with PostgreSQL)"
+        )
 
     async def _call(self, sql: str, args: tuple[Any, ...]) -> list[asyncpg.Record]:
         pool = self._pool()
