@@ -44,9 +44,12 @@ def finishes(events: list[dict[str, Any]]) -> Counter[str]:
 
 
 @pytest.mark.parametrize("body", ["sync", "async"])
-async def test_a_step_stalling_past_its_lease_commits_once(harness: Harness, body: str) -> None:
+async def test_a_step_stalling_past_its_lease_commits_once(
+    harness: Harness, body: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """A body blocking 3x the lease: a sync one runs on a thread (heartbeats go on); an async
-    one blocks the loop, and the worker must not claim its own run again when it wakes."""
+    one blocks the loop, and the worker must not claim its own run again when it wakes, and
+    says what stalled it (with two workers, the other would have run the step again)."""
     workflows = harness.workflows()
     ran: Counter[str] = Counter()
 
@@ -72,6 +75,9 @@ async def test_a_step_stalling_past_its_lease_commits_once(harness: Harness, bod
     check_history(log, events)
     assert finishes(events) == {"stall": 1, "after": 1}
     assert ran == {"stall": 1, "after": 1}
+    if body == "async":  # (a sync one may stall a loaded machine's loop too: not asserted)
+        stalled = [r.getMessage() for r in caplog.records if "worker stalled" in r.getMessage()]
+        assert any(run_id in m and "make that step a plain def" in m for m in stalled), stalled
 
 
 async def test_a_stalled_execution_taken_over_cannot_commit(harness: Harness) -> None:

@@ -321,10 +321,13 @@ class Worker:
         # holds (a save, a claim in flight, an operator's open transaction) is answered apart,
         # so that however long that takes, this worker's other runs keep their leases.
         period = self.lease_ms / 3000
+        loop = asyncio.get_running_loop()
         while True:
+            asleep = loop.time()
             await asyncio.sleep(period)
             if not self.active:
                 continue
+            self._stalled(loop.time() - asleep - period)
             leases = list(self._leases.values())
             sent = asyncio.get_running_loop().time()
             try:
@@ -338,6 +341,26 @@ class Worker:
                 if lease.run_id not in self._answering:
                     task = asyncio.create_task(self._answer(lease), name="stepstream-renew")
                     self._answering[lease.run_id] = task
+
+    def _stalled(self, late: float) -> None:
+        """Say so when this worker's heartbeat came ``late`` seconds late, long enough for its
+        leases to lapse (its runs may be taken over and their step in flight run again
+        elsewhere): the usual cause is blocking code in an ``async def`` step or workflow,
+        which holds up the whole event loop, and the fix is the user's to make."""
+        if late < self.lease_ms / 3000:
+            return
+        runs = sorted(self.active)
+        shown = ", ".join(runs[:5]) + (f" and {len(runs) - 5} more" if len(runs) > 5 else "")
+        log.warning(
+            "this worker stalled for over %.1f s (its leases last %.1f s) while it ran %s: runs "
+            "taken over meanwhile run their step again elsewhere. Blocking code (time.sleep, "
+            "requests, heavy CPU work) in an async def step or workflow stops every run of "
+            "the process: make that step a plain def (it runs on a thread) or await "
+            "asyncio.to_thread(...)",
+            late,
+            self.lease_ms / 1000,
+            shown,
+        )
 
     async def _answer(self, lease: Lease) -> None:
         """Renew the lease of a run another transaction was changing, once that change is
