@@ -282,6 +282,9 @@ class RunRecord:
     restarted_from: str | None = None
     forked_from: str | None = None
     steps: list[StepRecord] = field(default_factory=list)
+    # Set by a claim: how many claims in a row took the run over from an expired lease with no
+    # step stored since the previous one (``next_takeovers``); 0 for any other claim.
+    takeovers: int = 0
 
     def meta_json(self) -> str:
         """Everything but the indexed columns and the steps, as JSON."""
@@ -320,6 +323,16 @@ class RunRecord:
 
 
 RUN_FIELDS = frozenset(f.name for f in fields(RunRecord))
+
+
+def next_takeovers(
+    count: int, at_epoch: int | None, at_steps: int | None, epoch: int, steps: int
+) -> int:
+    """``takeovers`` of a claim taking over a run at ``epoch`` (before the claim's bump) with
+    ``steps`` stored: one more than ``count`` when the run's previous claim was a takeover too
+    (it left the run at ``at_epoch``) and it stored no step since (it saw ``at_steps``), else
+    1. The one rule, which Redis's Lua and PostgreSQL's SQL state in their own language."""
+    return count + 1 if at_epoch == epoch and at_steps == steps else 1
 
 
 @dataclass(frozen=True, slots=True)

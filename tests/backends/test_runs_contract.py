@@ -288,6 +288,31 @@ async def test_claim_takes_due_unleased_runs_oldest_due_first(backend: Backend) 
     assert all(r.lease_owner == "w3" for r in again)
 
 
+async def test_a_claim_counts_the_takeovers_in_a_row_that_stored_no_step(backend: Backend) -> None:
+    """``takeovers``: how many claims in a row took the run over from an expired lease with no
+    step stored since the previous one (0 for any other claim). The engine fails a run past a
+    bound: a step blocking its worker's loop past the lease was otherwise run again for ever."""
+    await backend.create_run(CreateRun(new_run("r1")))
+
+    async def take(owner: str) -> RunRecord:
+        (run,) = await claim(backend, owner, 10, lease_ms=100)
+        await asyncio.sleep(0.15)  # the lease lapses
+        return run
+
+    assert [(await take(owner)).takeovers for owner in ("w1", "w2", "w3")] == [0, 1, 2]
+    (run,) = await claim(backend, "w4", 10, lease_ms=100)
+    assert run.takeovers == 3
+    saved = step(0, StepState.SUCCESS, out='"x"')
+    await backend.save_steps(SaveSteps(Lease("r1", "w4", run.epoch), (saved,)))
+    await asyncio.sleep(0.15)
+    # A step stored since the last takeover: counting starts again.
+    assert [(await take(owner)).takeovers for owner in ("w5", "w6")] == [1, 2]
+    # Handed back: the next claim takes no lease over, and counting starts again after it.
+    (run,) = await claim(backend, "w7", 10, lease_ms=100)
+    await backend.release_run(ReleaseRun(Lease("r1", "w7", run.epoch), 0))
+    assert [(await take(owner)).takeovers for owner in ("w8", "w9")] == [0, 1]
+
+
 async def test_claim_takes_only_the_given_workflows_and_skips_excluded(backend: Backend) -> None:
     """A worker claims only what it can run (rolling deploys), never its own executions."""
     for run_id, workflow in (("r1", "old"), ("r2", "new"), ("r3", "new"), ("r4", "new")):

@@ -22,7 +22,7 @@ from stepstream.backends.base import Claim, CreateRun, SaveSteps
 from stepstream.errors import BackendUnavailable
 from stepstream.records import RunRecord, RunState, StepRecord, StepState, StepType
 from stepstream.workflow.engine import run_id_from
-from stepstream.workflow.execution import STORAGE_BACKOFF_MS
+from stepstream.workflow.execution import MAX_TAKEOVERS, STORAGE_BACKOFF_MS
 from tests.workflow.helpers import (
     Harness,
     check_history,
@@ -78,6 +78,46 @@ async def test_a_step_stalling_past_its_lease_commits_once(
     if body == "async":  # (a sync one may stall a loaded machine's loop too: not asserted)
         stalled = [r.getMessage() for r in caplog.records if "worker stalled" in r.getMessage()]
         assert any(run_id in m and "make that step a plain def" in m for m in stalled), stalled
+
+
+async def test_a_run_taken_over_too_often_without_progress_fails_instead_of_running_again(
+    harness: Harness,
+) -> None:
+    """Workers that each die (or stall past the lease) while running the same step: after
+    ``MAX_TAKEOVERS`` takeovers in a row with no step stored, the run fails, naming the cause,
+    and its failure function runs; one takeover fewer and it runs on. (Without the bound, a
+    step blocking its worker's event loop past the lease ran again for ever.)"""
+    workflows = harness.workflows()
+    ran: Counter[str] = Counter()
+    handled: list[str] = []
+
+    async def record_failure(context: WorkflowContext, error: Exception) -> None:
+        handled.append(context.workflow_run_id)
+
+    @workflows.workflow("doomed", retries=0, failure_function=record_failure)
+    async def doomed(context: WorkflowContext) -> None:
+        await context.run("first", lambda: ran.update([context.workflow_run_id]))
+        await context.run("second", lambda: ran.update([context.workflow_run_id]))
+
+    client = workflows.client()
+    ids = {}
+    for name, ghosts in (("failed", MAX_TAKEOVERS), ("survives", MAX_TAKEOVERS - 1)):
+        run_id = ids[name] = await client.trigger("doomed", workflow_run_id=name)
+        for i in range(ghosts):  # claimed by workers that die at once: the lease lapses
+            others = tuple(other for other in ids.values() if other != run_id)
+            ghost = Claim(f"ghost-{i}", 30, 1, ("doomed",), exclude=others)
+            (claimed,) = await workflows.backend.claim_runs(ghost)
+            assert claimed.id == run_id
+            await asyncio.sleep(0.06)
+    await harness.worker(workflows)
+    failed = await wait_for_state(client, ids["failed"])
+    assert failed["workflowState"] == "RUN_FAILED"
+    assert f"taken over {MAX_TAKEOVERS} times in a row, storing no step" in failed["error"]
+    assert "must be a plain def" in failed["error"]
+    assert handled == [ids["failed"]] and ran[ids["failed"]] == 0
+    survived = await wait_for_state(client, ids["survives"])
+    assert survived["workflowState"] == "RUN_SUCCESS", survived["error"]
+    assert ran[ids["survives"]] == 2
 
 
 async def test_a_stalled_execution_taken_over_cannot_commit(harness: Harness) -> None:

@@ -53,7 +53,7 @@ def parse_request(request: Request, known_events: Collection[str] = ()) -> Spec:
         elif "-" in ack:
             spec.starts[channel] = Start(after=parse_cursor(ack))
         else:
-            spec.starts[channel] = Start(since_ms=int(ack))
+            spec.starts[channel] = Start.resume_at(int(ack))
     if dialect == "native":
         spec.events = _events(params, known_events)
     return spec

@@ -38,6 +38,13 @@ class Start:
     def live(cls) -> Start:
         return cls()
 
+    @classmethod
+    def resume_at(cls, ms: int) -> Start:
+        """Resume from a time: every event stored at or after ``ms``, and a gap if any of
+        those was trimmed (the promise of a resume after an event id, for a client that only
+        knows a time)."""
+        return cls(after=_predecessor((ms, 0)))
+
 
 @dataclass(frozen=True, slots=True)
 class Connected:

@@ -27,7 +27,7 @@ from stepstream.errors import (
     ValidationError,
     WorkflowFailed,
 )
-from stepstream.records import Lease, RunRecord, RunState
+from stepstream.records import Lease, RunRecord, RunState, StepState
 from stepstream.workflow.context import WorkflowContext
 from stepstream.workflow.engine import Engine, to_json
 from stepstream.workflow.policy import RetryPolicy
@@ -39,6 +39,10 @@ HAND_BACK_SECONDS = 10.0  # how long a run is offered back after a storage error
 # How long a run handed back after a storage error waits to be resumed: storage that refuses
 # writes (a full Redis) would otherwise have its step bodies run again many times a second.
 STORAGE_BACKOFF_MS = 1000
+# A run taken over this many times in a row with no step stored in between (each worker that
+# ran it stopped or stalled past its lease: a step blocking the event loop, or killing its
+# process) fails instead of running the step again (``RunRecord.takeovers``).
+MAX_TAKEOVERS = 10
 _NO_RETRIES = RetryPolicy(retries=0)  # a run whose workflow is unknown here runs no step
 log = logging.getLogger("stepstream.engine")
 
@@ -73,6 +77,8 @@ async def execute(
     try:
         if definition is None:
             await execution.park(problem or "unknown workflow")
+        elif run.takeovers >= MAX_TAKEOVERS:
+            await execution.taken_over_too_often(definition)
         elif run.phase == "failure":
             await execution.failure_phase(definition)
         else:
@@ -179,6 +185,23 @@ class Execution:
         }
         await self.release(self.context.now(), patch)
         self.engine.wake()
+
+    async def taken_over_too_often(self, definition: Workflow) -> None:
+        """Fail the run rather than run its step in flight once more: each of the last
+        ``MAX_TAKEOVERS`` workers that ran it stopped or stalled before storing a step."""
+        done = [step.name for step in self.run.steps if step.state is StepState.SUCCESS]
+        after = f" after step {done[-1]!r}" if done else ""
+        message = (
+            f"taken over {self.run.takeovers} times in a row, storing no step{after}: each "
+            "worker running it died or stalled past its lease. A step that blocks the event "
+            "loop (time.sleep, requests, heavy CPU work in an async def) must be a plain def; "
+            "one that kills its process (out of memory) must do less. Failed instead of "
+            "running it again (resume the run once fixed)"
+        )
+        if self.run.phase == "failure":  # the failure function is what stalls: not again
+            await self.finish(RunState.FAILED, None, f"{self.run.error or 'failed'}; {message}")
+        else:
+            await self.fail(definition, WorkflowFailed(message))
 
     async def failure_phase(self, definition: Workflow) -> None:
         context, run = self.context, self.run

@@ -58,6 +58,7 @@ from stepstream.records import (
     RunState,
     StepState,
     format_cursor,
+    next_takeovers,
 )
 
 __all__ = ["MemoryBackend"]
@@ -229,10 +230,17 @@ class MemoryBackend(MemoryFlow, MemoryRecovery, RenewsAtOnce):
                 and run.record.id not in skip
             ]
             due.sort(key=lambda run: (run.record.due_at, run.seq))
+            claimed = []
             for run in due[: op.limit]:
-                run.record.lease_owner, run.record.lease_until = op.owner, now + op.lease_ms
-                run.record.epoch += 1
-            return [run.snapshot() for run in due[: op.limit]]
+                record = run.record
+                takeovers = 0
+                if record.lease_owner is not None:  # its lease expired: a takeover
+                    takeovers = next_takeovers(*run.takeover, record.epoch, len(run.steps))
+                    run.takeover = (takeovers, record.epoch + 1, len(run.steps))
+                record.lease_owner, record.lease_until = op.owner, now + op.lease_ms
+                record.epoch += 1
+                claimed.append(replace(run.snapshot(), takeovers=takeovers))
+            return claimed
 
     async def renew_leases(self, leases: list[Lease], lease_ms: int) -> list[str]:
         store = self._store

@@ -70,6 +70,8 @@ class StoredRun:
     steps: dict[int, StepRecord]
     seq: int
     held: bool = False  # released with ``hold`` (parked) and not claimed since
+    # The last takeover: (takeovers, the epoch it left, the steps it saw).
+    takeover: tuple[int, int | None, int | None] = (0, None, None)
 
     def snapshot(self, *, steps: bool = True) -> RunRecord:
         """A copy the caller may change freely."""

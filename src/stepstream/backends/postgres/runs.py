@@ -371,6 +371,7 @@ def run_record(row: asyncpg.Record) -> RunRecord:
         labels=list(row["labels"]),
         restarted_from=row["restarted_from"],
         forked_from=row["forked_from"],
+        takeovers=row.get("takeovers", 0),
     )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from stepstream.backends.base import (
@@ -82,7 +83,10 @@ class RedisRuns(RenewsAtOnce):
             *op.workflows,
             *op.exclude,
         )
-        return [run_record(fields, steps) for fields, steps in claimed]
+        return [
+            replace(run_record(fields, steps), takeovers=int(takeovers))
+            for fields, steps, takeovers in claimed
+        ]
 
     async def renew_leases(self, leases: list[Lease], lease_ms: int) -> list[str]:
         flat: list[str | int] = []

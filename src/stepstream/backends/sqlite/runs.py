@@ -8,6 +8,7 @@ import json
 import sqlite3
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 from stepstream.backends.base import (
     CancelRun,
@@ -33,6 +34,7 @@ from stepstream.records import (
     StepRecord,
     StepState,
     dumps,
+    next_takeovers,
 )
 
 
@@ -103,12 +105,16 @@ class SQLiteRuns(RenewsAtOnce):
             runs = []
             for row in rows:
                 run = run_from_row(row)
+                run.steps = _steps(conn, run.id)
+                if run.lease_owner is not None:  # its lease expired: a takeover
+                    _taken_over(conn, run, json.loads(row[-1]))
+                else:
+                    run.takeovers = 0
                 run.lease_owner, run.lease_until, run.epoch = owner, now + lease_ms, run.epoch + 1
                 conn.execute(
                     "UPDATE wf_runs SET lease_owner = ?, lease_until = ?, epoch = ? WHERE id = ?",
                     (owner, run.lease_until, run.epoch, run.id),
                 )
-                run.steps = _steps(conn, run.id)
                 runs.append(run)
             return runs
 
@@ -342,3 +348,20 @@ def _resolve(
         (system_ms(), run_id),
     )
     return True
+
+
+def _taken_over(conn: sqlite3.Connection, run: RunRecord, meta: dict[str, Any]) -> None:
+    """Count a takeover of ``run`` (``next_takeovers``), kept in its ``meta`` with the epoch
+    it leaves and the steps it saw."""
+    run.takeovers = next_takeovers(
+        int(meta.get("takeovers", 0)),
+        meta.get("takeover_epoch"),
+        meta.get("takeover_steps"),
+        run.epoch,
+        len(run.steps),
+    )
+    conn.execute(
+        "UPDATE wf_runs SET meta = json_set(meta, '$.takeovers', ?, '$.takeover_epoch', ?, "
+        "'$.takeover_steps', ?) WHERE id = ?",
+        (run.takeovers, run.epoch + 1, len(run.steps), run.id),
+    )

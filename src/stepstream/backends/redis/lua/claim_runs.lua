@@ -2,6 +2,9 @@
 -- ARGV: P, owner, lease ms, limit, n, n workflow names, then run ids to skip (the caller's
 -- own executions). Due runs come from wf:due:<workflow>, runs whose lease expired from
 -- wf:leased:<workflow>; all are merged oldest due first. Each claim bumps the run's epoch.
+-- Returns {run hash, steps hash, takeovers} per run: a takeover (a lease expired) counts one
+-- more than the run's last one if that left the run at this epoch and with as many steps
+-- (records.next_takeovers), else 1; any other claim 0.
 local owner, lease_ms, limit, n = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 if limit < 1 then return {} end
 local now = now_ms()
@@ -31,10 +34,22 @@ local until_ = now + lease_ms
 local claimed = {}
 for i = 1, math.min(limit, #candidates) do
   local id, workflow = candidates[i][1], candidates[i][3]
+  local key = run_key(id)
+  local takeovers = 0
+  if redis.call('HEXISTS', key, 'lease_owner') == 1 then
+    local last = redis.call('HMGET', key, 'takeovers', 'takeover_epoch', 'takeover_steps', 'epoch')
+    local epoch, steps = tonumber(last[4]) or 0, redis.call('HLEN', steps_key(id))
+    takeovers = 1
+    if tonumber(last[2]) == epoch and tonumber(last[3]) == steps then
+      takeovers = (tonumber(last[1]) or 0) + 1
+    end
+    redis.call('HSET', key, 'takeovers', takeovers, 'takeover_epoch', epoch + 1,
+      'takeover_steps', steps)
+  end
   redis.call('ZREM', due_key(workflow), id)
   redis.call('ZADD', leased_key(workflow), until_, id)
-  redis.call('HSET', run_key(id), 'lease_owner', owner, 'lease_until', until_)
-  redis.call('HINCRBY', run_key(id), 'epoch', 1)
-  claimed[#claimed + 1] = {redis.call('HGETALL', run_key(id)), redis.call('HGETALL', steps_key(id))}
+  redis.call('HSET', key, 'lease_owner', owner, 'lease_until', until_)
+  redis.call('HINCRBY', key, 'epoch', 1)
+  claimed[#claimed + 1] = {redis.call('HGETALL', key), redis.call('HGETALL', steps_key(id)), takeovers}
 end
 return claimed
