@@ -120,6 +120,14 @@ class RunProgress:
                     _cancel(step, at)
         return True
 
+    def end_from(self, log: Mapping[str, Any]) -> None:
+        """End as the run's log says it ended, when no event said so (a server without a
+        ``Realtime`` sends none)."""
+        state = str(log.get("workflowState", "")).removeprefix("RUN_").lower()
+        self.status = "success" if state == "success" else state or "failed"
+        self.finished_at = log.get("workflowRunCompletedAt")
+        self.error = log.get("error")
+
     def _reopen(self) -> None:
         """A resumed run (DESIGN §14): running again; its failed or canceled steps run again,
         their last attempt now one that was retried."""

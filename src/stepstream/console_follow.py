@@ -6,15 +6,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from typing import Any
 
 from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
 from stepstream.clock import system_ms
-from stepstream.console import RunProgress, _doing
+from stepstream.console import RunProgress, _doing, print_log
 from stepstream.errors import StepstreamError
 from stepstream.realtime.remote import subscribe_remote
+from stepstream.records import RunState
 
 
 class PipedProgress:
@@ -58,6 +60,7 @@ async def follow_run(url: str, run_id: str, token: str | None = None) -> int:
     from its log, read again every ``POLL_SECONDS`` while it runs."""
     console = Console()
     progress = RunProgress(run_id)
+    from_log: list[dict[str, Any]] = []  # the log that told the run's end, if its events did not
     try:
         if console.is_terminal:
             doing = [""]
@@ -74,16 +77,23 @@ async def follow_run(url: str, run_id: str, token: str | None = None) -> int:
                 def waits(now: str) -> None:
                     doing[0] = now
 
-                await _follow(url, token, progress, moved, live.console.print, waits)
+                await _follow(url, token, progress, moved, live.console.print, waits, from_log)
         else:
             piped = PipedProgress(console, progress)
             # A line each: the steps of its history first, then what it waits for.
             await _follow(
-                url, token, progress, piped.update, console.print, piped.waits, POLL_SECONDS
-            )
+                url, token, progress, piped.update, console.print, piped.waits, from_log,
+                POLL_SECONDS,
+            )  # fmt: skip
     except StepstreamError as exc:
         Console(stderr=True).print(f"[bold red]error:[/] {exc}")
         return 1
+    if from_log:
+        console.print(
+            "[yellow]note:[/] no events came for this run (does the app give its Workflows a "
+            "Realtime?); its end and steps are read from its log:"
+        )
+        print_log(from_log[0])
     return 0 if progress.status == "success" else 1
 
 
@@ -94,33 +104,56 @@ async def _follow(
     moved: Callable[[], None],
     warn: Callable[[str], None],
     waits: Callable[[str], None],
+    from_log: list[dict[str, Any]],
     first_look: float = 0.0,
 ) -> None:
     """Apply the run's events to ``progress`` until it finishes, calling ``moved`` after each;
     meanwhile tell ``waits(what)`` what it waits for, from its log, the first time after
-    ``first_look`` seconds."""
-    watcher = asyncio.create_task(_watch(url, token, progress, waits, first_look))
+    ``first_look`` seconds. A run whose log says it ended while no event says so for
+    ``ENDED_GRACE`` seconds (a server without a ``Realtime`` sends none) ends from its log,
+    which is added to ``from_log``."""
+    watcher = asyncio.create_task(_watch(url, token, progress, waits, first_look, from_log))
+    reader = asyncio.create_task(_read(url, token, progress, moved, warn))
     try:
-        events = subscribe_remote(
-            url.rstrip("/") + "/api/realtime",
-            [progress.run_id],
-            history=True,
-            token=token,
-            on_gap=lambda channel, cursor: warn(
-                f"[yellow]warning:[/] events after {cursor} were trimmed from history before "
-                "they could be shown; the run's log has every step"
-            ),
-        )
-        async for message in events:
-            if message.event == "workflow.update" and progress.apply(message.id, message.data):
-                moved()
-                if progress.finished:
-                    break
+        await asyncio.wait({watcher, reader}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        watcher.cancel()
+        for task in (watcher, reader):
+            task.cancel()
+        outcomes = await asyncio.gather(watcher, reader, return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, Exception):
+            raise outcome
+    if from_log:
+        moved()  # the end the log told
+
+
+async def _read(
+    url: str,
+    token: str | None,
+    progress: RunProgress,
+    moved: Callable[[], None],
+    warn: Callable[[str], None],
+) -> None:
+    """Apply the run's events to ``progress`` until one says it finished."""
+    events = subscribe_remote(
+        url.rstrip("/") + "/api/realtime",
+        [progress.run_id],
+        history=True,
+        token=token,
+        on_gap=lambda channel, cursor: warn(
+            f"[yellow]warning:[/] events after {cursor} were trimmed from history before "
+            "they could be shown; the run's log has every step"
+        ),
+    )
+    async for message in events:
+        if message.event == "workflow.update" and progress.apply(message.id, message.data):
+            moved()
+            if progress.finished:
+                break
 
 
 POLL_SECONDS = 1.0
+ENDED_GRACE = 3.0  # seconds a run's events may lag its log's end before the log is believed
 
 
 async def _watch(
@@ -129,16 +162,29 @@ async def _watch(
     progress: RunProgress,
     waits: Callable[[str], None],
     first_look: float,
+    from_log: list[dict[str, Any]],
 ) -> None:
     """Tell ``waits(what)`` what the run waits for (``""``: nothing), from its log, every
-    ``POLL_SECONDS`` until it finishes."""
+    ``POLL_SECONDS`` until it finishes; end ``progress`` from the log when no event has said
+    so ``ENDED_GRACE`` seconds after the log did."""
     from stepstream.client import Client
 
+    loop = asyncio.get_running_loop()
+    ended_at: float | None = None
     async with Client(url=url, token=token) as client:
         await asyncio.sleep(first_look)
         while not progress.finished:
             with contextlib.suppress(StepstreamError):  # the events still show the steps
-                now = _doing(await client.logs(progress.run_id))
-                if not progress.finished:
-                    waits("" if now == "running" else now)
+                log = await client.logs(progress.run_id)
+                if log["workflowState"] == RunState.STARTED:
+                    ended_at = None
+                    now = _doing(log)
+                    if not progress.finished:
+                        waits("" if now == "running" else now)
+                elif ended_at is None:
+                    ended_at = loop.time()
+                elif loop.time() - ended_at >= ENDED_GRACE and not progress.finished:
+                    progress.end_from(log)
+                    from_log.append(dict(log))
+                    return
             await asyncio.sleep(POLL_SECONDS)

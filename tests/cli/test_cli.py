@@ -793,3 +793,35 @@ def test_piped_tables_fold_nothing(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert schedule_id in out
     assert "not started: the flow control key [of] workflow" in words(out)
+
+
+NO_REALTIME_APP = """
+from stepstream import Workflows
+
+workflows = Workflows()  # no Realtime: the server sends no events for its runs
+
+
+@workflows.workflow("quiet")
+async def quiet(context):
+    await context.run("first", lambda: 1)
+    await context.sleep("nap", 0.5)
+    return await context.run("second", lambda: 2)
+"""
+
+
+def test_follow_ends_from_the_log_when_the_server_sends_no_events(tmp_path: Path) -> None:
+    """An app whose ``Workflows`` has no ``Realtime``: ``trigger --follow`` used to wait for a
+    ``runFinish`` that never comes; it ends as the run's log says, showing its steps."""
+    (tmp_path / "quiet.py").write_text(NO_REALTIME_APP)
+    port = free_port()
+    command = [
+        *STEPSTREAM, "dev", "quiet:workflows", "--port", str(port),
+        "--backend", f"sqlite:///{tmp_path / 'x.db'}", "--log-level", "warning",
+    ]  # fmt: skip
+    env = environment() | {"PYTHONPATH": str(tmp_path)}
+    with serving(command, port=port, cwd=tmp_path, env=env, log_path=tmp_path / "log") as url:
+        done = stepstream("trigger", "quiet", "--follow", url=url)
+    assert done.returncode == 0, done.stdout + done.stderr
+    text = words(done.stdout)
+    assert "no events came for this run" in text
+    assert "RUN_SUCCESS" in text and "first" in text and "second" in text
