@@ -319,3 +319,34 @@ async def test_only_exact_webhook_urls_pass_without_the_token(tmp_path: Path) ->
         assert (await http.get("/api/runs", headers=bearer)).status_code == 401
         wrong = {"authorization": f"Bearer {qstash_token('guess')}"}
         assert (await http.get("/qstash/v2/waiters/e", headers=wrong)).status_code == 401
+
+
+async def test_a_configured_origin_may_call_the_api_from_a_page(tmp_path: Path) -> None:
+    """CORS for the whole API, not only the SSE endpoint: a page of a configured origin gets
+    its preflight answered (before the token check: a browser sends none with it) and can read
+    the answers; any other origin gets no CORS headers."""
+    app = build(tmp_path, cors_origins=["https://app.example"], token="s3cret")
+    async with app.router.lifespan_context(app), client(app, "api.example") as http:
+        preflight = await http.options(
+            "/api/workflows/nap",
+            headers={
+                "origin": "https://app.example",
+                "access-control-request-method": "POST",
+                "access-control-request-headers": "authorization, content-type",
+            },
+        )
+        assert preflight.status_code == 200, preflight.text
+        assert preflight.headers["access-control-allow-origin"] == "https://app.example"
+        assert "POST" in preflight.headers["access-control-allow-methods"]
+        assert "authorization" in preflight.headers["access-control-allow-headers"].lower()
+        auth = {"authorization": "Bearer s3cret", "origin": "https://app.example"}
+        started = await http.post("/api/workflows/nap", json={}, headers=auth)
+        assert started.status_code == 202, started.text
+        assert started.headers["access-control-allow-origin"] == "https://app.example"
+        listed = await http.get("/api/runs", headers=auth)
+        assert listed.headers["access-control-allow-origin"] == "https://app.example"
+        refused = await http.get("/api/runs", headers={"origin": "https://app.example"})
+        assert refused.status_code == 401  # readable by the page: it says why
+        assert refused.headers["access-control-allow-origin"] == "https://app.example"
+        other = await http.get("/api/runs", headers={**auth, "origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in other.headers

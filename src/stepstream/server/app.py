@@ -31,6 +31,7 @@ from pathlib import Path
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware as Middleware_
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -162,11 +163,31 @@ def create_app(
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ],
         middleware=[
+            *cross_origin(cors_origins),
             *([Middleware_(RequireLifespan, lifespan=lifespan)] if engine else ()),
             guard,
         ],
         lifespan=lifespan,
     )
+
+
+def cross_origin(origins: Sequence[str] | None) -> list[Middleware_]:
+    """Pages of ``origins`` may call the whole API (``"*"``: any page, without credentials):
+    the answers carry the CORS headers, and a preflight is answered before the token check (a
+    browser sends none with it). Outermost, so a refusal's answer is readable there too."""
+    if not origins:
+        return []
+    anyone = "*" in origins
+    return [
+        Middleware_(
+            CORSMiddleware,
+            allow_origins=["*"] if anyone else list(origins),
+            allow_methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=["authorization", "content-type", "cache-control", "last-event-id"],
+            allow_credentials=not anyone,
+            max_age=600,
+        )
+    ]
 
 
 def workflows_app(
