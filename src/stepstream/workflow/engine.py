@@ -77,9 +77,10 @@ def run_id_from(value: str | None) -> str:
     """A caller's id gets the ``wfr_`` prefix; no id gets 128 random bits."""
     if value is None:
         return "wfr_" + secrets.token_urlsafe(16)
-    if not isinstance(value, str) or not RUN_ID.fullmatch(value):
+    if not isinstance(value, str) or not RUN_ID.fullmatch(value) or value == "wfr_":
         raise ValidationError(
-            f"workflowRunId {str(value)[:60]!r} must be 1-128 characters of A-Z a-z 0-9 _ -"
+            f"workflowRunId {str(value)[:60]!r} must be 1-128 characters of A-Z a-z 0-9 _ - "
+            "(after the wfr_ prefix, if it has one)"
         )
     return value if value.startswith("wfr_") else "wfr_" + value
 
