@@ -5,6 +5,7 @@ every body the app reads: its size and the time it takes to arrive."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -279,6 +280,10 @@ async def test_the_public_health_check_does_not_leak_the_backend_url() -> None:
     result = await call(create_app(Realtime(backend=url)), "GET", "/healthz")
     assert result.status == 503, result.body
     assert b"hunter2" not in result.body and b"127.0.0.1" not in result.body
+    assert json.loads(result.body) == {  # the API's error shape, beside the status
+        "status": "unavailable",
+        "error": {"code": "backend_unavailable", "message": "the backend does not answer"},
+    }
 
 
 async def test_the_prefix_without_its_slash_redirects_to_the_dashboard_with_a_token(

@@ -246,7 +246,8 @@ class ChannelEndpoints:
         except StepstreamError as exc:
             # Public route: the backend's own message may name its URL (and a password in it).
             log.warning("health check: %s", exc)
-            body = {"status": "unavailable", "error": "the backend does not answer"}
+            problem = {"code": "backend_unavailable", "message": "the backend does not answer"}
+            body = {"status": "unavailable", "error": problem}
             return Json(body, status_code=503)
         health = {
             "status": "ok",

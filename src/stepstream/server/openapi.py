@@ -466,7 +466,17 @@ PATHS: dict[str, Any] = {
             "responses": {
                 "200": _json(_object({"status": {"const": "ok"}}), "up"),
                 "503": _json(
-                    {"anyOf": [_object({"status": {"const": "unavailable"}}), _ref("Error")]},
+                    {
+                        "anyOf": [
+                            {
+                                "allOf": [
+                                    _ref("Error"),
+                                    _object({"status": {"const": "unavailable"}}),
+                                ]
+                            },
+                            _ref("Error"),
+                        ]
+                    },
                     "no backend, or (mounted in another app) the app's lifespan has not run",
                 ),
             },
