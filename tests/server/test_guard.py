@@ -15,6 +15,7 @@ import pytest
 from starlette.applications import Starlette
 
 from stepstream import Realtime, WorkflowContext, Workflows
+from stepstream.errors import BackendUnavailable
 from stepstream.server.app import Guard, create_app
 from stepstream.upstash.hooks import qstash_token
 from tests.conftest import free_port
@@ -355,3 +356,22 @@ async def test_a_configured_origin_may_call_the_api_from_a_page(tmp_path: Path) 
         assert refused.headers["access-control-allow-origin"] == "https://app.example"
         other = await http.get("/api/runs", headers={**auth, "origin": "https://evil.example"})
         assert "access-control-allow-origin" not in other.headers
+
+
+async def test_a_storage_outage_is_logged_once_not_per_request(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server's 503s were its only trace of a storage outage (the access log): it warns,
+    at most once every ten seconds."""
+    app = build(tmp_path)
+    async with app.router.lifespan_context(app), client(app) as http:
+        backend = app.state.workflows.backend
+
+        async def down(*_: Any, **__: Any) -> None:
+            raise BackendUnavailable("PostgreSQL at postgresql://db/app: connection refused")
+
+        monkeypatch.setattr(backend, "find_runs", down)
+        for _ in range(3):
+            assert (await http.get("/api/runs")).status_code == 503
+    warned = [r.getMessage() for r in caplog.records if "storage unavailable" in r.getMessage()]
+    assert len(warned) == 1 and "connection refused" in warned[0], warned

@@ -24,7 +24,9 @@ Every request first passes ``RequireLifespan`` (an app with workflows mounted in
 from __future__ import annotations
 
 import logging
+import math
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -40,6 +42,7 @@ from starlette.staticfiles import StaticFiles
 from stepstream.auth import TOKEN_ENV
 from stepstream.errors import (
     DETAIL_HEADER,
+    BackendUnavailable,
     BadRequest,
     ClientDisconnected,
     MethodNotAllowed,
@@ -311,8 +314,28 @@ def _cursor(name: str, value: str | None) -> str | None:
 # -- errors: every answer in the error table's shape ---------------------------------------------
 
 
+class _Outages:
+    """A storage outage is the operator's news, which otherwise shows only as 503s in the
+    access log: a warning at most once every ``every`` seconds, not one per request."""
+
+    def __init__(self, every: float) -> None:
+        self.every = every
+        self.last = -math.inf
+
+    def report(self, exc: BackendUnavailable) -> None:
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last = now
+            log.warning("storage unavailable, answering 503: %s", exc)
+
+
+_OUTAGES = _Outages(10.0)
+
+
 async def _stepstream_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StepstreamError)
+    if isinstance(exc, BackendUnavailable):
+        _OUTAGES.report(exc)
     return error_response(exc, detail=DETAIL_HEADER in request.headers)
 
 
