@@ -119,11 +119,10 @@ async def _follow(
     finally:
         for task in (watcher, reader):
             task.cancel()
-        outcomes = await asyncio.gather(watcher, reader, return_exceptions=True)
-    for outcome in outcomes:
-        if isinstance(outcome, Exception):
-            raise outcome
-    if from_log:
+        ended, read = await asyncio.gather(watcher, reader, return_exceptions=True)
+    if isinstance(read, Exception):  # the watcher is best effort: the events tell the steps
+        raise read
+    if ended is True:
         moved()  # the end the log told
 
 
@@ -163,10 +162,11 @@ async def _watch(
     waits: Callable[[str], None],
     first_look: float,
     from_log: list[dict[str, Any]],
-) -> None:
+) -> bool:
     """Tell ``waits(what)`` what the run waits for (``""``: nothing), from its log, every
     ``POLL_SECONDS`` until it finishes; end ``progress`` from the log when no event has said
-    so ``ENDED_GRACE`` seconds after the log did."""
+    so ``ENDED_GRACE`` seconds after the log did (``True``), and add the log to ``from_log``
+    if no event came at all."""
     from stepstream.client import Client
 
     loop = asyncio.get_running_loop()
@@ -184,7 +184,9 @@ async def _watch(
                 elif ended_at is None:
                     ended_at = loop.time()
                 elif loop.time() - ended_at >= ENDED_GRACE and not progress.finished:
+                    if progress.status is None:  # no event at all: its steps from the log
+                        from_log.append(dict(log))
                     progress.end_from(log)
-                    from_log.append(dict(log))
-                    return
+                    return True
             await asyncio.sleep(POLL_SECONDS)
+    return False

@@ -480,6 +480,25 @@ async def test_last_ack_wins_over_last_event_id(server: Server, emitter: Realtim
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("stored", [False, True])
+async def test_a_time_cursor_ahead_of_the_servers_clock_loses_no_live_event(
+    stored: bool, server: Server, emitter: Realtime
+) -> None:
+    """@upstash/realtime sends ``last_ack_<channel>=Date.now()``, the browser's clock: 5 s
+    ahead of the server's, the events stored in those 5 s must still arrive live (ids below
+    the time asked for), on an empty channel or one with older events."""
+    ahead = int(time.time() * 1000) + 5_000
+    if stored:
+        await emit(emitter, "run-a", 1)
+    params = [("channel", "run-a"), ("dialect", "v1"), ("last_ack_run-a", str(ahead))]
+    async with connect(server.sse, params) as stream:
+        connected(await stream.next(), "run-a", "v1")
+        ids = await emit(emitter, "run-a", 2, 3)
+        rest = await read_until_sentinels(stream, emitter, "v1", ["run-a"])
+    assert rest == expected("run-a", ids, [2, 3])
+
+
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("dialect", ["v0", "v1", "native"])
 @pytest.mark.parametrize("form", ["id", "time"])
 async def test_trimmed_cursor_reports_a_gap_then_what_remains(

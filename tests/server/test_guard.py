@@ -375,3 +375,30 @@ async def test_a_storage_outage_is_logged_once_not_per_request(
             assert (await http.get("/api/runs")).status_code == 503
     warned = [r.getMessage() for r in caplog.records if "storage unavailable" in r.getMessage()]
     assert len(warned) == 1 and "connection refused" in warned[0], warned
+
+
+async def test_any_origin_opens_the_api_only_behind_a_token(tmp_path: Path) -> None:
+    """``cors_origins=["*"]`` without a token: the API answers no preflight and carries no
+    CORS header (any site a developer visits could otherwise read and start runs), while the
+    SSE endpoint keeps its own CORS; with a token, any page holding it may call the API."""
+    preflight = {
+        "origin": "https://evil.example",
+        "access-control-request-method": "POST",
+        "access-control-request-headers": "content-type",
+    }
+    app = build(tmp_path / "open", cors_origins=["*"])
+    async with app.router.lifespan_context(app), client(app) as http:
+        answered = await http.options("/api/workflows/nap", headers=preflight)
+        assert "access-control-allow-origin" not in answered.headers
+        listed = await http.get("/api/runs", headers={"origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in listed.headers
+        sse = await http.options(
+            "/api/realtime?channel=a",
+            headers={**preflight, "access-control-request-method": "GET",
+                     "access-control-request-headers": "x-custom"},
+        )  # fmt: skip
+        assert sse.headers.get("access-control-allow-origin") == "*", sse.headers
+    guarded = build(tmp_path / "guarded", cors_origins=["*"], token="s3cret")
+    async with guarded.router.lifespan_context(guarded), client(guarded, "api.example") as http:
+        answered = await http.options("/api/workflows/nap", headers=preflight)
+        assert answered.headers["access-control-allow-origin"] == "*"

@@ -42,8 +42,9 @@ class Start:
     def resume_at(cls, ms: int) -> Start:
         """Resume from a time: every event stored at or after ``ms``, and a gap if any of
         those was trimmed (the promise of a resume after an event id, for a client that only
-        knows a time)."""
-        return cls(after=_predecessor((ms, 0)))
+        knows a time). ``since_ms`` says it is a time: a browser's clock may be ahead of the
+        storage's, and live events stored meanwhile, before ``ms``, are still delivered."""
+        return cls(after=_predecessor((ms, 0)), since_ms=ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,9 +284,13 @@ class Stream:
         # Nothing replayed. The newest id is read after the replay, so an event stored in
         # between (it reaches us live) may already be that newest id: a cursor there would
         # drop it. Take the newest id only when the replay could not have included it.
-        if start.after is not None and not gap:
+        if start.after is not None and not gap and start.since_ms is None:
             return start.after  # nothing was stored after it when the replay read
         latest = await self._backend.latest_id(channel)
+        if start.after is not None and not gap:
+            # A time, maybe ahead of storage's clock: never past what is stored, or live
+            # events stored before that time would be taken for ones already seen.
+            return (0, 0) if latest is None else min(start.after, parse_cursor(latest))
         before = (0, 0) if latest is None else parse_cursor(latest)
         if start.after is not None and start.after > before:
             before = start.after

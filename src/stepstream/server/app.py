@@ -134,9 +134,8 @@ def create_app(
     ``Authorization: Bearer <token>``, however the app is mounted; the SSE and history endpoints
     need a subscription token for each channel (``POST /api/realtime/token`` or
     ``realtime.token(...)``) or the API token as a bearer header.
-    ``allowed_hosts``: the ``Host`` names served (``["*"]``: any); by default any with a token,
-    only loopback names without one (a DNS-rebinding page then gets nothing).
-    ``max_body``: the largest request body, in bytes (413 past it).
+    ``allowed_hosts``: the ``Host`` names served (``["*"]``: any; by default any with a token,
+    only loopback names without one). ``max_body``: the largest body, in bytes (413 past it).
 
     >>> # app = create_app(Realtime(), token=os.environ["STEPSTREAM_TOKEN"])
     """
@@ -166,7 +165,7 @@ def create_app(
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ],
         middleware=[
-            *cross_origin(cors_origins),
+            *cross_origin(cors_origins, token),
             *([Middleware_(RequireLifespan, lifespan=lifespan)] if engine else ()),
             guard,
         ],
@@ -174,19 +173,24 @@ def create_app(
     )
 
 
-def cross_origin(origins: Sequence[str] | None) -> list[Middleware_]:
-    """Pages of ``origins`` may call the whole API (``"*"``: any page, without credentials):
-    the answers carry the CORS headers, and a preflight is answered before the token check (a
-    browser sends none with it). Outermost, so a refusal's answer is readable there too."""
+def cross_origin(origins: Sequence[str] | None, token: str | None) -> list[Middleware_]:
+    """Pages of ``origins`` may call the whole API: the answers carry the CORS headers, and a
+    preflight is answered before the token check (a browser sends none with it). Outermost,
+    so a refusal's answer is readable there too. ``"*"`` (any page, without credentials)
+    opens the API only when a token guards it: without one, any site a developer visits could
+    list, trigger and cancel runs, so there ``"*"`` keeps to the SSE endpoint (its own CORS)."""
+    anyone = "*" in (origins or ())
+    if anyone and token is None:
+        origins = [origin for origin in origins or () if origin != "*"]
+        anyone = False
     if not origins:
         return []
-    anyone = "*" in origins
     return [
         Middleware_(
             CORSMiddleware,
             allow_origins=["*"] if anyone else list(origins),
             allow_methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"],
-            allow_headers=["authorization", "content-type", "cache-control", "last-event-id"],
+            allow_headers=["*"],
             allow_credentials=not anyone,
             max_age=600,
         )

@@ -193,10 +193,11 @@ class Execution:
         after = f" after step {done[-1]!r}" if done else ""
         message = (
             f"taken over {self.run.takeovers} times in a row, storing no step{after}: each "
-            "worker running it died or stalled past its lease. A step that blocks the event "
-            "loop (time.sleep, requests, heavy CPU work in an async def) must be a plain def; "
-            "one that kills its process (out of memory) must do less. Failed instead of "
-            "running it again (resume the run once fixed)"
+            "worker running it died or stalled past its lease (its logs say which: 'this "
+            "worker stalled'). A step that blocks the event loop (time.sleep, requests, heavy "
+            "CPU work in an async def), this run's or another's on the same worker, must be a "
+            "plain def; one that kills its process (out of memory) must do less. Failed "
+            "instead of running it again (resume the run once fixed)"
         )
         if self.run.phase == "failure":  # the failure function is what stalls: not again
             await self.finish(RunState.FAILED, None, f"{self.run.error or 'failed'}; {message}")
