@@ -14,6 +14,7 @@ from tests.workflow.helpers import (
     steps_by_name,
     updates,
     wait_for_state,
+    wait_until,
 )
 
 pytestmark = pytest.mark.anyio
@@ -114,3 +115,36 @@ async def test_uncaught_child_failure_fails_the_parent(harness: Harness) -> None
     assert log["workflowState"] == "RUN_FAILED"
     assert "child refuses 1" in log["error"]
     check_history(log, await updates(workflows, parent_id))
+
+
+async def test_canceling_a_parent_cancels_the_children_it_waits_for(harness: Harness) -> None:
+    """Nothing would take a canceled parent's child's result: the child (and its own child)
+    is canceled with it, where it used to run on to the end."""
+    workflows = harness.workflows()
+
+    @workflows.workflow("grandchild")
+    async def grandchild(context: WorkflowContext) -> Any:
+        return await context.wait_for_event("forever", "never-sent", timeout=3600)
+
+    @workflows.workflow("middle")
+    async def middle(context: WorkflowContext) -> Any:
+        return await context.invoke("call-grandchild", "grandchild", None)
+
+    @workflows.workflow("top")
+    async def top(context: WorkflowContext) -> Any:
+        return await context.invoke("call-middle", "middle", None)
+
+    await harness.worker(workflows)
+    client = workflows.client()
+    top_id = await client.trigger("top")
+
+    async def family_waits() -> bool:
+        return len(await client.waiters("never-sent")) == 1
+
+    await wait_until(family_waits, 15, "the grandchild waiting")
+    await client.cancel(top_id)
+    for workflow in ("middle", "grandchild"):
+        (run,) = (await client.runs(workflow=workflow))["runs"]
+        log = await wait_for_state(client, run["workflowRunId"])
+        assert log["workflowState"] == "RUN_CANCELED", (workflow, log)
+    assert (await client.logs(top_id))["workflowState"] == "RUN_CANCELED"

@@ -39,6 +39,7 @@ from stepstream.errors import (
     NonRetryableError,
     NoWaiters,
     RunConflict,
+    RunNotFound,
     StepstreamError,
     ValidationError,
 )
@@ -51,6 +52,7 @@ from stepstream.records import (
     RunRecord,
     RunState,
     StepRecord,
+    StepState,
     dumps,
 )
 from stepstream.workflow import http
@@ -405,6 +407,8 @@ class Engine:
         return workflow in self.paused
 
     async def cancel(self, run_id: str) -> None:
+        """End a running run as ``RUN_CANCELED``, and the child runs it waits for (``invoke``:
+        nothing would take their results), theirs too, after it."""
         now = self.clock()
         update = self.reported(events.run_finish(run_id, now, RunState.CANCELED, "canceled"))
         await self.backend.cancel_run(CancelRun(run_id, at=now, emits=update, policy=self.policy))
@@ -413,6 +417,11 @@ class Engine:
         for stop in list(self.stoppers):
             stop(run_id)
         self.announce(run_id, RunState.CANCELED)
+        run = await self.backend.get_run(run_id)
+        for step in run.steps if run is not None else ():
+            if step.child is not None and step.state is not StepState.SUCCESS:
+                with contextlib.suppress(RunConflict, RunNotFound):  # it ended meanwhile
+                    await self.cancel(step.child)
 
     # -- step bodies ------------------------------------------------------------------------
 
