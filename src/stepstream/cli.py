@@ -390,9 +390,13 @@ def tail(channel: str, history: bool, url: str, token: str | None) -> None:
             if channel.startswith("wfr_"):
                 state = await _tail_start(url, channel, token, history, after)
                 if state is not None:  # ended before the command: its events are all past
-                    click.echo(
-                        f"run {channel} has ended ({state}): --history prints its events", err=True
+                    why = (
+                        "its channel holds no event (expired, or the app's Workflows has no "
+                        "Realtime): `stepstream logs` shows its steps"
+                        if history
+                        else "--history prints its events"
                     )
+                    click.echo(f"run {channel} has ended ({state}): {why}", err=True)
                     return
 
             def on_gap(gapped: str, cursor: str) -> None:
@@ -421,8 +425,9 @@ def tail(channel: str, history: bool, url: str, token: str | None) -> None:
 async def _tail_start(
     url: str, channel: str, token: str | None, history: bool, after: dict[str, str]
 ) -> str | None:
-    """For ``tail`` of a run: its state if it ended before the command (nothing to follow);
-    else ``None``, with ``after`` holding where its live events start (without history).
+    """For ``tail`` of a run: its state if it ended before the command (nothing to follow;
+    with ``history``, nothing to print either); else ``None``, with ``after`` holding where its
+    live events start (without history).
 
     The cursor is read before the state that decides, so a run ending after the cursor has
     its runFinish (and every event since) after it, whenever it ends."""
@@ -430,6 +435,10 @@ async def _tail_start(
 
     async with _client(url, token) as client:
         state = (await client.logs(channel))["workflowState"]  # or RunNotFound, or a refusal
+        if history and state != RunState.STARTED:
+            # No runFinish would ever come to end it: say so rather than wait for ever.
+            empty = await latest_cursor(url, channel, token) == "0-0"
+            return str(state) if empty else None
         if history or state != RunState.STARTED:
             return None if history else str(state)
         cursor = await latest_cursor(url, channel, token)

@@ -825,3 +825,8 @@ def test_follow_ends_from_the_log_when_the_server_sends_no_events(tmp_path: Path
     text = words(done.stdout)
     assert "no events came for this run" in text
     assert "RUN_SUCCESS" in text and "first" in text and "second" in text
+    run_id = done.stdout.split()[1]  # "run wfr_..."
+    with serving(command, port=port, cwd=tmp_path, env=env, log_path=tmp_path / "log") as url:
+        tail = stepstream("tail", run_id, "--history", url=url)  # waited for ever, too
+    assert tail.returncode == 0 and tail.stdout == "", tail.stdout + tail.stderr
+    assert "its channel holds no event" in words(tail.stderr)
