@@ -1126,3 +1126,19 @@ async def test_calls_past_the_servers_connection_limit_wait_for_a_connection(
         assert "lower ?pool_size= or raise max_connections" in caplog.text
     finally:
         await backend.close()
+
+
+async def test_the_url_may_name_the_process_in_pg_stat_activity(postgres_url: str) -> None:
+    """Servers and workers all showed as ``stepstream``: ``?application_name=`` tells them
+    apart (PostgreSQL's own connection parameter, passed through)."""
+    for url, name in (
+        (fresh(postgres_url), "stepstream"),
+        (fresh(postgres_url, application_name="stepstream-worker-2"), "stepstream-worker-2"),
+    ):
+        backend = backend_from_url(url)
+        assert isinstance(backend, PostgresBackend)
+        await backend.open()
+        try:
+            assert await backend._db.value("SELECT current_setting('application_name')") == name
+        finally:
+            await backend.close()

@@ -18,6 +18,7 @@ import re
 from collections.abc import Iterator
 from importlib import resources
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 
@@ -147,11 +148,10 @@ class Database:
         self.pool_size = pool_size
         self.where = f"PostgreSQL at {shown}"
         # stepstream.notify: appends NOTIFY only watched channels (migration 6).
-        self.settings = {
-            "search_path": schema,
-            "application_name": "stepstream",
-            "stepstream.notify": "watched",
-        }
+        self.settings = {"search_path": schema, "stepstream.notify": "watched"}
+        if "application_name" not in parse_qs(urlsplit(dsn).query):
+            # ``?application_name=`` in the URL names a process in pg_stat_activity instead.
+            self.settings["application_name"] = "stepstream"
         self.pool: asyncpg.Pool | None = None
         # Kept connections with when each was put back, least recently used first.
         self._idle: list[tuple[asyncpg.pool.PoolConnectionProxy, float]] = []
