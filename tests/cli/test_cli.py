@@ -5,6 +5,7 @@ through ``STEPSTREAM_URL``. Output is read as a pipe sees it (no terminal, 80 co
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import queue
@@ -56,6 +57,21 @@ def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log_text = log_path.read_text()
     print(f"stepstream dev log:\n{log_text}")
     assert "Traceback" not in log_text, "stepstream dev logged an exception"
+
+
+@contextlib.contextmanager
+def dev_of(tmp_path: Path, module: str, source: str) -> Iterator[str]:
+    """``stepstream dev`` of the app ``source`` (saved as ``module.py`` in ``tmp_path``, its
+    ``workflows``) on a SQLite file there and a free port; yields its URL."""
+    (tmp_path / f"{module}.py").write_text(source)
+    port = free_port()
+    command = [
+        *STEPSTREAM, "dev", f"{module}:workflows", "--port", str(port),
+        "--backend", f"sqlite:///{tmp_path / 'x.db'}", "--log-level", "warning",
+    ]  # fmt: skip
+    env = environment() | {"PYTHONPATH": str(tmp_path)}
+    with serving(command, port=port, cwd=tmp_path, env=env, log_path=tmp_path / "log") as url:
+        yield url
 
 
 def stepstream(
@@ -631,14 +647,7 @@ async def approval(context: WorkflowContext) -> str:
 def test_tail_of_a_run_whose_history_expired_warns_of_no_gap(tmp_path: Path) -> None:
     """A run waiting longer than its channel's history lasts: nothing is stored when tail
     looks, and what expired before tail started is not a gap in what it prints."""
-    (tmp_path / "expiring.py").write_text(EXPIRING_APP)
-    port = free_port()
-    command = [
-        *STEPSTREAM, "dev", "expiring:workflows", "--port", str(port),
-        "--backend", f"sqlite:///{tmp_path / 'x.db'}", "--log-level", "warning",
-    ]  # fmt: skip
-    env = environment() | {"PYTHONPATH": str(tmp_path)}
-    with serving(command, port=port, cwd=tmp_path, env=env, log_path=tmp_path / "log") as url:
+    with dev_of(tmp_path, "expiring", EXPIRING_APP) as url:
         run_id = f"wfr_cli-expired-{os.getpid()}"
         assert stepstream("trigger", "approval", "--id", run_id, url=url).returncode == 0
         deadline = time.monotonic() + TIMEOUT
@@ -812,21 +821,14 @@ async def quiet(context):
 def test_follow_ends_from_the_log_when_the_server_sends_no_events(tmp_path: Path) -> None:
     """An app whose ``Workflows`` has no ``Realtime``: ``trigger --follow`` used to wait for a
     ``runFinish`` that never comes; it ends as the run's log says, showing its steps."""
-    (tmp_path / "quiet.py").write_text(NO_REALTIME_APP)
-    port = free_port()
-    command = [
-        *STEPSTREAM, "dev", "quiet:workflows", "--port", str(port),
-        "--backend", f"sqlite:///{tmp_path / 'x.db'}", "--log-level", "warning",
-    ]  # fmt: skip
-    env = environment() | {"PYTHONPATH": str(tmp_path)}
-    with serving(command, port=port, cwd=tmp_path, env=env, log_path=tmp_path / "log") as url:
+    with dev_of(tmp_path, "quiet", NO_REALTIME_APP) as url:
         done = stepstream("trigger", "quiet", "--follow", url=url)
     assert done.returncode == 0, done.stdout + done.stderr
     text = words(done.stdout)
     assert "no events came for this run" in text
     assert "RUN_SUCCESS" in text and "first" in text and "second" in text
     run_id = done.stdout.split()[1]  # "run wfr_..."
-    with serving(command, port=port, cwd=tmp_path, env=env, log_path=tmp_path / "log") as url:
+    with dev_of(tmp_path, "quiet", NO_REALTIME_APP) as url:
         tail = stepstream("tail", run_id, "--history", url=url)  # waited for ever, too
     assert tail.returncode == 0 and tail.stdout == "", tail.stdout + tail.stderr
     assert "its channel holds no event" in words(tail.stderr)
