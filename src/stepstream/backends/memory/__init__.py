@@ -239,7 +239,9 @@ class MemoryBackend(MemoryFlow, MemoryRecovery, RenewsAtOnce):
                     run.takeover = (takeovers, record.epoch + 1, len(run.steps))
                 record.lease_owner, record.lease_until = op.owner, now + op.lease_ms
                 record.epoch += 1
-                claimed.append(replace(run.snapshot(), takeovers=takeovers))
+                snapshot = run.snapshot()
+                snapshot.takeovers = takeovers
+                claimed.append(snapshot)
             return claimed
 
     async def renew_leases(self, leases: list[Lease], lease_ms: int) -> list[str]:

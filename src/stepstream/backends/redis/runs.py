@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from typing import Any
 
 from stepstream.backends.base import (
@@ -83,10 +82,12 @@ class RedisRuns(RenewsAtOnce):
             *op.workflows,
             *op.exclude,
         )
-        return [
-            replace(run_record(fields, steps), takeovers=int(takeovers))
-            for fields, steps, takeovers in claimed
-        ]
+        runs = []
+        for fields, steps, takeovers in claimed:
+            run = run_record(fields, steps)
+            run.takeovers = int(takeovers)
+            runs.append(run)
+        return runs
 
     async def renew_leases(self, leases: list[Lease], lease_ms: int) -> list[str]:
         flat: list[str | int] = []
